@@ -1,0 +1,59 @@
+"""The ``gradwatch`` command line.
+
+Each command lives in its own module that exposes ``register(subparsers)``; this file only
+collects them and turns gradwatch errors into a one-line message and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from gradwatch.errors import GradwatchError
+
+#: Modules that define commands, in the order ``gradwatch --help`` lists them.
+COMMAND_MODULES = [
+    "gradwatch.commands.runs",
+]
+
+
+class CommandError(GradwatchError):
+    """A command-line argument is wrong; reported as one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the top-level parser with every command registered."""
+    from gradwatch import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="gradwatch",
+        description="Find, explain and fix vanishing and exploding gradients in PyTorch models.",
+    )
+    parser.add_argument("--version", action="version", version=f"gradwatch {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod_name in COMMAND_MODULES:
+        importlib.import_module(mod_name).register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; return the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except GradwatchError as exc:
+        print(f"gradwatch {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"gradwatch {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""``gradwatch runs [DIR]``: placeholder removed below once the store exists."""
