@@ -12,13 +12,19 @@ from gradwatch.errors import (
     RunLockedError,
 )
 from gradwatch.findings import Finding
+from gradwatch.monitor import Monitor, watch
+from gradwatch.store import Run, load
 
 __all__ = [
     "Finding",
     "GradwatchError",
     "GradwatchTypeError",
     "GradwatchValueError",
+    "Monitor",
+    "Run",
     "RunDirectoryError",
     "RunLockedError",
     "__version__",
+    "load",
+    "watch",
 ]

@@ -1,0 +1,78 @@
+"""Which training steps the Monitor records.
+
+A schedule is a callable ``step -> bool``. ``every=k`` records steps 0, k, 2k, ...;
+``every="log"`` records every one of the first steps, then a fixed number per decade, so that
+early blow-ups are never missed while a long run stays small on disk.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+
+
+@dataclass(frozen=True)
+class Every:
+    """Record every ``k``-th step (steps 0, k, 2k, ...)."""
+
+    k: int = 1
+
+    def __call__(self, step: int) -> bool:
+        return step % self.k == 0
+
+
+@dataclass(frozen=True)
+class LogSpaced:
+    """Record all of the first ``first`` steps, then about ``per_decade`` steps per decade.
+
+    Step ``s >= first`` is recorded when ``floor(per_decade * log10(s))`` differs from that
+    of ``s - 1``: steps 10, 12, 15, 19, 25, 31, 39, 50, 63, 79, 100, ... for the defaults.
+    """
+
+    first: int = 10
+    per_decade: int = 10
+
+    def __call__(self, step: int) -> bool:
+        if step < max(self.first, 2):
+            return True
+        return math.floor(self.per_decade * math.log10(step)) != math.floor(
+            self.per_decade * math.log10(step - 1)
+        )
+
+
+def make_schedule(every: int | str | Callable[[int], bool], name: str = "every") -> Callable:
+    """Turn the ``every=`` argument of :func:`gradwatch.watch` into a schedule.
+
+    Args:
+        every: a positive int k (every k-th step), "log" (log-spaced, all first steps),
+            or a callable ``step -> bool``.
+        name: the argument's name, for error messages.
+
+    Raises:
+        GradwatchValueError: k < 1 or an unknown string.
+        GradwatchTypeError: any other type.
+    """
+    if isinstance(every, bool):
+        raise GradwatchTypeError(f"{name} must be a positive int, 'log' or a callable, got bool")
+    if isinstance(every, int):
+        if every < 1:
+            raise GradwatchValueError(
+                f"{name} must be >= 1 (record every k-th step), got {every}; "
+                f"use {name}=1 to record every step"
+            )
+        return Every(every)
+    if isinstance(every, str):
+        if every == "log":
+            return LogSpaced()
+        raise GradwatchValueError(
+            f"{name} must be a positive int, 'log' or a callable, got {every!r}"
+        )
+    if callable(every):
+        return every
+    raise GradwatchTypeError(
+        f"{name} must be a positive int, 'log' or a callable step -> bool, "
+        f"got {type(every).__name__}"
+    )

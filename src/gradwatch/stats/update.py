@@ -1,0 +1,63 @@
+"""Update statistics: ``weight_norm`` and ``update_ratio = ||delta w|| / ||w||``.
+
+Hot path, at steps that record them: before the optimizer step the parameters are copied into
+a preallocated snapshot with one fused ``torch._foreach_copy_``; after it, one fused
+``torch._foreach_sub_`` leaves ``w_before - w_after`` in the snapshot, and two fused
+``torch._foreach_norm`` calls give ``||delta w||`` and ``||w||`` per tensor. ``||w||`` is taken
+after the step. The update ratio is the standard "is this layer learning" number: around 1e-3
+per step is typical for SGD-like training; far below that, the layer has stalled.
+
+Host side: per layer, ``weight_norm = sqrt(sum ||w_p||^2)`` and
+``update_ratio = sqrt(sum ||dw_p||^2) / weight_norm``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+F32 = torch.float32
+
+
+def weight_block(params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Float32 norms of the parameters (P,)."""
+    return torch.stack(torch._foreach_norm(list(params), 2, dtype=F32))
+
+
+def update_block(snapshot: list[torch.Tensor], params: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Turn ``snapshot`` (w before) into w_before - w_after in place; return (dw, w) norms (2P,)."""
+    torch._foreach_sub_(snapshot, list(params))
+    dw = torch.stack(torch._foreach_norm(snapshot, 2, dtype=F32))
+    return torch.cat([dw, weight_block(params)])
+
+
+def _per_layer(sq: np.ndarray, param_ids, layer_params) -> tuple[list[int], np.ndarray]:
+    col = {pid: j for j, pid in enumerate(param_ids)}
+    layers, vals = [], []
+    for li, pids in layer_params.items():
+        cols = [col[q] for q in pids if q in col]
+        if cols:
+            layers.append(li)
+            vals.append(np.sqrt(sq[:, cols].sum(axis=1)))
+    return layers, np.stack(vals, axis=1) if vals else np.zeros((sq.shape[0], 0))
+
+
+def decode_weight(values: np.ndarray, param_ids, layer_params):
+    """Host side: (steps, P) norms -> per-layer ``weight_norm``."""
+    layers, w = _per_layer(values.astype(np.float64) ** 2, param_ids, layer_params)
+    return {"weight_norm": (layers, w)} if layers else {}
+
+
+def decode_update(values: np.ndarray, param_ids, layer_params):
+    """Host side: (steps, 2P) (dw, w) norms -> per-layer ``update_ratio`` and ``weight_norm``."""
+    p = len(param_ids)
+    sq = values.astype(np.float64) ** 2
+    layers, dw = _per_layer(sq[:, :p], param_ids, layer_params)
+    _, w = _per_layer(sq[:, p:], param_ids, layer_params)
+    if not layers:
+        return {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(w > 0, dw / w, np.nan)
+    return {"weight_norm": (layers, w), "update_ratio": (layers, ratio)}

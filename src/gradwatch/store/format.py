@@ -1,0 +1,65 @@
+"""The run directory format (version 1).
+
+```
+RUN_DIR/
+  meta.json              format_version, versions, model summary, layer order, settings, status
+  stats/part-000003.parquet         long form: step (int64), layer (dict string),
+  stats/part-000000-000002.parquet  stat (dict string), value (float32); a range name marks a
+                                    compacted part that replaces the parts it spans
+  findings.jsonl         one Finding per line (written by diagnosis rules)
+  .gradwatch.lock        present while a writer holds the directory
+```
+
+Parts are written to a temporary name and renamed, so a part is either complete or absent: a
+killed writer loses at most the statistics since its last flush.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+META = "meta.json"
+STATS_DIR = "stats"
+FINDINGS = "findings.jsonl"
+LOCK = ".gradwatch.lock"
+PART_RE = re.compile(r"^part-(\d{6})(?:-(\d{6}))?\.parquet$")
+COLUMNS = ("step", "layer", "stat", "value")
+
+
+def part_name(first: int, last: int | None = None) -> str:
+    """File name of a part holding flush ``first`` (or the compacted range first..last)."""
+    return f"part-{first:06d}.parquet" if last is None else f"part-{first:06d}-{last:06d}.parquet"
+
+
+def live_parts(stats_dir: Path) -> list[Path]:
+    """Parts to read, in order: compacted ranges replace the single parts they span."""
+    if not stats_dir.is_dir():
+        return []
+    spans = []  # (first, last, is_range, path)
+    for f in stats_dir.iterdir():
+        m = PART_RE.match(f.name)
+        if m:
+            a = int(m.group(1))
+            b = int(m.group(2)) if m.group(2) else a
+            spans.append((a, b, m.group(2) is not None, f))
+    ranges = [(a, b) for a, b, is_range, _ in spans if is_range]
+    keep = []
+    for a, b, _, f in sorted(spans, key=lambda s: (s[0], -s[1])):
+        covered = any(ra <= a and b <= rb and (ra, rb) != (a, b) for ra, rb in ranges)
+        if not covered:
+            keep.append(f)
+    return keep
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, default=str)
+        fh.write("\n")
+    os.replace(tmp, path)

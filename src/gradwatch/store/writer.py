@@ -1,0 +1,256 @@
+"""The background writer: blocks of device tensors in, Parquet parts out.
+
+The training thread hands over, once per flush, one flat tensor (all blocks of all buffered
+steps concatenated on their device) and the structure needed to read it. The writer thread
+moves it to the host (the only device-to-host transfer), decodes it into per-layer statistics
+with NumPy, and writes one Parquet part through a temporary file and a rename. A write that
+fails (disk full, directory removed) is reported once as a warning; training goes on and the
+rows are retried at the next flush.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from gradwatch.stats import ALL_STATS
+from gradwatch.stats.activation import decode_act
+from gradwatch.stats.backprop import decode_backprop
+from gradwatch.stats.gradient import decode_grad
+from gradwatch.stats.update import decode_update, decode_weight
+from gradwatch.store.format import STATS_DIR, live_parts, part_name
+
+STAT_INDEX = {s: i for i, s in enumerate(ALL_STATS)}
+COMPACT_AT = 32  # merge single parts once this many have accumulated
+
+
+@dataclass
+class Layout:
+    """What the host side needs to decode blocks: static facts about the watched model."""
+
+    layer_names: list[str]
+    layer_params: dict[int, list[int]]  # layer index -> parameter indices
+    numel: np.ndarray  # elements per parameter
+
+    @property
+    def loss_layer(self) -> int:
+        """Index of the pseudo-layer "" that holds the loss."""
+        return len(self.layer_names)
+
+
+@dataclass
+class Block:
+    """One block of one step: ``kind`` and ``key`` say how to decode ``tensor`` (1-D float32)."""
+
+    step: int
+    kind: str
+    key: Any
+    tensor: torch.Tensor
+
+
+@dataclass
+class _Batch:
+    flat: torch.Tensor
+    blocks: list[tuple[int, str, Any, int]]  # step, kind, key, length
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+def decode(layout: Layout, blocks: list[tuple[int, str, Any, int]], flat: np.ndarray):
+    """Decode a flush into long-form arrays (step, layer, stat, value), sorted."""
+    groups: dict[tuple[str, Any], tuple[list[int], list[np.ndarray]]] = defaultdict(
+        lambda: ([], [])
+    )
+    off = 0
+    for step, kind, key, n in blocks:
+        g = groups[(kind, key)]
+        g[0].append(step)
+        g[1].append(flat[off : off + n])
+        off += n
+    cols: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+    for (kind, key), (steps, rows) in groups.items():
+        steps_a = np.asarray(steps, dtype=np.int64)
+        vals = np.stack(rows)
+        if kind == "grad":
+            pids, has_counts = key
+            out = decode_grad(vals, has_counts, pids, layout.layer_params, layout.numel)
+        elif kind == "bp":
+            out = decode_backprop(vals, key)
+        elif kind == "act":
+            out = decode_act(vals, key)
+        elif kind == "weight":
+            out = decode_weight(vals, key, layout.layer_params)
+        elif kind == "update":
+            out = decode_update(vals, key, layout.layer_params)
+        elif kind == "loss":
+            out = {"loss": ([layout.loss_layer], vals.astype(np.float64).sum(1, keepdims=True))}
+        else:  # pragma: no cover - blocks are made by the Monitor only
+            raise AssertionError(f"unknown block kind {kind}")
+        for stat, (layers, v) in out.items():
+            s, nl = len(steps_a), len(layers)
+            cols.append(
+                (
+                    np.repeat(steps_a, nl),
+                    np.tile(np.asarray(layers, dtype=np.int32), s),
+                    np.full(s * nl, STAT_INDEX[stat], dtype=np.int32),
+                    np.asarray(v, dtype=np.float64).reshape(-1),
+                )
+            )
+    if not cols:
+        return None
+    step, layer, stat, value = (np.concatenate(c) for c in zip(*cols, strict=True))
+    order = np.lexsort((stat, layer, step))
+    return step[order], layer[order], stat[order], value[order]
+
+
+def to_table(layout: Layout, arrays) -> pa.Table:
+    """Long-form arrays -> Arrow table with dictionary-encoded layer and stat columns."""
+    step, layer, stat, value = arrays
+    layer_dict = pa.array(layout.layer_names + [""], type=pa.string())
+    stat_dict = pa.array(list(ALL_STATS), type=pa.string())
+    return pa.table(
+        {
+            "step": pa.array(step, type=pa.int64()),
+            "layer": pa.DictionaryArray.from_arrays(pa.array(layer, pa.int32()), layer_dict),
+            "stat": pa.DictionaryArray.from_arrays(pa.array(stat, pa.int32()), stat_dict),
+            "value": pa.array(value.astype(np.float32), type=pa.float32()),
+        }
+    )
+
+
+def write_part(path: Path, table: pa.Table) -> None:
+    """Write ``table`` to ``path`` atomically (temporary file, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(
+        table,
+        tmp,
+        compression="zstd",
+        compression_level=3,
+        use_dictionary=["layer", "stat", "step"],
+        use_byte_stream_split=["value"],
+    )
+    tmp.replace(path)
+
+
+class RunWriter:
+    """Background thread that turns flushed blocks into Parquet parts (or in-memory tables)."""
+
+    def __init__(self, run_dir: Path | None, layout: Layout):
+        self.run_dir = run_dir
+        self.layout = layout
+        self.tables: list[pa.Table] = []  # in-memory runs keep everything here
+        self._pending: list[pa.Table] = []  # rows not yet on disk (after a failed write)
+        self._seq = 0
+        self._single_parts: list[int] = []
+        self.error: BaseException | None = None
+        self._warned = False
+        self._q: queue.Queue[_Batch | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="gradwatch-writer", daemon=True)
+        if run_dir is not None:
+            (run_dir / STATS_DIR).mkdir(parents=True, exist_ok=True)
+        self._thread.start()
+
+    # -- called from the training thread ---------------------------------------------------
+    def submit(self, blocks: list[Block]) -> _Batch | None:
+        """Hand a flush to the writer: one concatenation on the device, no host sync here."""
+        if not blocks:
+            return None
+        flat = torch.cat([b.tensor.reshape(-1).to(torch.float32) for b in blocks])
+        batch = _Batch(flat, [(b.step, b.kind, b.key, b.tensor.numel()) for b in blocks])
+        self._q.put(batch)
+        return batch
+
+    def close(self, timeout: float = 60.0) -> None:
+        """Write everything submitted, compact the parts, stop the thread."""
+        self._q.put(None)
+        self._thread.join(timeout)
+
+    def wait(self, batch: _Batch | None, timeout: float = 60.0) -> None:
+        """Block until ``batch`` is written."""
+        if batch is not None:
+            batch.done.wait(timeout)
+
+    # -- the writer thread -------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            batch = self._q.get()
+            if batch is None:
+                self._write_pending(final=True)
+                return
+            try:
+                flat = batch.flat.detach().cpu().numpy()  # the one transfer per flush
+                arrays = decode(self.layout, batch.blocks, flat)
+                if arrays is not None:
+                    table = to_table(self.layout, arrays)
+                    if self.run_dir is None:
+                        self.tables.append(table)
+                    else:
+                        self._pending.append(table)
+                        self._write_pending(final=False)
+            except Exception as exc:  # noqa: BLE001 - the writer must never kill training
+                self._report(exc)
+            finally:
+                batch.done.set()
+
+    def _write_pending(self, final: bool) -> None:
+        if self.run_dir is None or (not self._pending and not final):
+            return
+        stats_dir = self.run_dir / STATS_DIR
+        try:
+            if self._pending:
+                table = pa.concat_tables(self._pending)
+                write_part(stats_dir / part_name(self._seq), table)
+                self._single_parts.append(self._seq)
+                self._seq += 1
+                self._pending.clear()
+            if len(self._single_parts) >= COMPACT_AT or (final and len(self._single_parts) > 1):
+                self._compact(stats_dir)
+        except Exception as exc:  # noqa: BLE001
+            self._report(exc)
+
+    def _compact(self, stats_dir: Path) -> None:
+        """Merge the single parts written since the last compaction into one range part.
+
+        Only the recent single parts are merged (never earlier ranges), so the cost of a
+        compaction stays bounded however long the run is.
+        """
+        singles = [stats_dir / part_name(s) for s in self._single_parts]
+        singles = [p for p in singles if p.exists()]
+        if len(singles) >= 2:
+            table = pa.concat_tables([pq.read_table(p) for p in singles]).combine_chunks()
+            write_part(stats_dir / part_name(self._single_parts[0], self._single_parts[-1]), table)
+            for p in singles:
+                p.unlink(missing_ok=True)
+        self._single_parts.clear()
+
+    def _report(self, exc: BaseException) -> None:
+        self.error = exc
+        if not self._warned:
+            self._warned = True
+            where = self.run_dir if self.run_dir is not None else "memory"
+            warnings.warn(
+                f"gradwatch could not write statistics to {where}: {exc!r}; training goes on, "
+                "rows are kept and retried at the next flush",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+
+def wait_until(pred, timeout: float) -> bool:
+    """Poll ``pred`` until true or ``timeout`` seconds pass (used by tests and close)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.01)
+    return pred()
