@@ -64,7 +64,6 @@ def apply_init_(
     gain: float | None = None,
     inputs: Any = None,
     layers: Sequence[str] | None = None,
-    recurrent: tuple[str, Draw] | None = None,
 ) -> InitRecord:
     """Initialise every Linear, Conv and recurrent layer of ``model`` with ``draw``, in place.
 
@@ -75,11 +74,11 @@ def apply_init_(
         gain: a fixed gain, or None for the gain of the activation after each layer.
         inputs: a batch; when given, the following activations come from a forward pass.
         layers: restrict to these qualified layer names.
-        recurrent: (scheme name, draw) for hidden-to-hidden weights; None uses ``draw``.
 
     Returns:
         Layer name → {"scheme", "activation", "gain", "std"}; recurrent weights are keyed by
         their parameter name (``"rnn.weight_hh_l0"``), norm layers get {"scheme": "reset"}.
+
     """
     check_model(model)
     targets = init_targets(model, layers)
@@ -98,7 +97,7 @@ def apply_init_(
                     m.bias.zero_()
                 records[name] = {"scheme": scheme, "activation": act, "gain": g, "std": std}
             else:
-                records.update(_init_recurrent_(name, m, scheme, draw, gain, recurrent))
+                records.update(_init_recurrent_(name, m, scheme, draw, gain))
     return records
 
 
@@ -108,24 +107,20 @@ def _init_recurrent_(
     scheme: str,
     draw: Draw,
     gain: float | None,
-    recurrent: tuple[str, Draw] | None,
 ) -> InitRecord:
     # weight_ih/weight_hh stack the gates along dim 0, (gates·hidden, fan_in): draw each
     # gate's block on its own so fans and orthogonality are per gate, as in a single cell.
     gates = 4 if isinstance(module, nn.LSTM) else 3 if isinstance(module, nn.GRU) else 1
     g, act = recurrent_gain(module) if gain is None else (gain, None)
-    hh_scheme, hh_draw = recurrent or (scheme, draw)
     records: InitRecord = {}
     for pname, p in module.named_parameters(recurse=False):
         if pname.startswith("bias"):
             p.zero_()
             continue
-        hidden = pname.startswith("weight_hh")
         blocks = p.chunk(gates, 0) if pname.startswith(("weight_ih", "weight_hh")) else [p]
-        fn = hh_draw if hidden else draw
-        stds = [fn(block, g) for block in blocks]
-        records[f"{name}.{pname}"] = {
-            "scheme": hh_scheme if hidden else scheme,
+        stds = [draw(block, g) for block in blocks]
+        records[pname if name == "(root)" else f"{name}.{pname}"] = {
+            "scheme": scheme,
             "activation": act,
             "gain": g,
             "std": stds[0],

@@ -13,6 +13,7 @@ activation's shrinkage: E[φ(z)²] = Var(z)/gain² for z ~ N(0, Var(z)) (exactly
 References:
     He, Zhang, Ren, Sun 2015, "Delving Deep into Rectifiers".
     Klambauer et al. 2017, "Self-Normalizing Neural Networks".
+
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def activation_gain(activation: nn.Module | None) -> tuple[float, str]:
     Returns:
         The gain and a short name of what it was derived from ("relu", "leaky_relu(0.2)",
         "tanh", "sigmoid", "selu", "linear").
+
     """
     if activation is None:
         return 1.0, "linear"
@@ -76,9 +78,7 @@ def recurrent_gain(module: nn.Module) -> tuple[float, str]:
     return 1.0, "sigmoid"
 
 
-def following_activations(
-    model: nn.Module, inputs: Any = None
-) -> dict[str, nn.Module | None]:
+def following_activations(model: nn.Module, inputs: Any = None) -> dict[str, nn.Module | None]:
     """Map each Linear/Conv layer name to the activation module that comes after it.
 
     With ``inputs`` the order is the one a forward pass actually runs (forward hooks on
@@ -93,6 +93,7 @@ def following_activations(
 
     Returns:
         Dict from qualified layer name (``"(root)"`` for the model itself) to module or None.
+
     """
     if inputs is None:
         sequence = [(name or "(root)", m) for name, m in model.named_modules()]

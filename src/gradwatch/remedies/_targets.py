@@ -48,7 +48,7 @@ def check_model(model: object) -> nn.Module:
 
 
 def check_choice(name: str, value: object, choices: Sequence[str]) -> str:
-    """Return ``value`` if it is one of ``choices``; raise :class:`GradwatchValueError` otherwise."""
+    """Return ``value`` if it is one of ``choices``; raise GradwatchValueError otherwise."""
     if not isinstance(value, str) or value not in choices:
         raise GradwatchValueError(
             f"{name} must be one of {', '.join(repr(c) for c in choices)}, got {value!r}"
@@ -68,12 +68,12 @@ def check_positive(name: str, value: object, *, integer: bool = False) -> float:
 
 
 def is_weight_layer(module: nn.Module) -> bool:
-    """True for Linear and Conv1d/2d/3d, the layers every scheme draws."""
+    """Tell whether ``module`` is a Linear or Conv1d/2d/3d, the layers every scheme draws."""
     return isinstance(module, WEIGHT_TYPES)
 
 
 def is_norm_layer(module: nn.Module) -> bool:
-    """True for BatchNorm, InstanceNorm, LayerNorm, GroupNorm and RMSNorm."""
+    """Tell whether ``module`` is a BatchNorm, InstanceNorm, LayerNorm, GroupNorm or RMSNorm."""
     return isinstance(module, NORM_TYPES)
 
 
@@ -89,6 +89,7 @@ def init_targets(
     Raises:
         GradwatchValueError: a name in ``layers`` is not such a layer, the model has no layer
             to initialise, or a lazy layer has not been materialised yet.
+
     """
     found = [
         (name or "(root)", m)

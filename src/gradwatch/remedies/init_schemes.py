@@ -57,6 +57,7 @@ def he_init_(
 
     References:
         He, Zhang, Ren, Sun 2015, "Delving Deep into Rectifiers".
+
     """
     check_choice("mode", mode, ("fan_in", "fan_out"))
     check_choice("distribution", distribution, _DISTRIBUTIONS)
@@ -94,6 +95,7 @@ def xavier_init_(
     References:
         Glorot & Bengio 2010, "Understanding the difficulty of training deep feedforward
         neural networks".
+
     """
     check_choice("distribution", distribution, _DISTRIBUTIONS)
     fixed = _check_gain(gain)
@@ -120,6 +122,7 @@ def lecun_init_(model: nn.Module, *, layers: Sequence[str] | None = None) -> Ini
     References:
         LeCun, Bottou, Orr, Müller 1998, "Efficient BackProp";
         Klambauer et al. 2017, "Self-Normalizing Neural Networks".
+
     """
 
     def draw(w: Tensor, gain: float) -> float:
@@ -130,7 +133,7 @@ def lecun_init_(model: nn.Module, *, layers: Sequence[str] | None = None) -> Ini
 
 
 def standard_init_(model: nn.Module, *, layers: Sequence[str] | None = None) -> InitRecord:
-    """The "standard" heuristic Glorot & Bengio compare against: w ~ U[−1/√n, 1/√n].
+    """Draw w ~ U[−1/√n, 1/√n], the "standard" heuristic Glorot & Bengio compare against.
 
     n = fan-in, biases 0, so n·Var[w] = 1/3: in the linear regime the back-propagated
     gradient variance shrinks by 1/3 per layer. Use it to reproduce the classic failure.
@@ -145,6 +148,7 @@ def standard_init_(model: nn.Module, *, layers: Sequence[str] | None = None) -> 
     References:
         Glorot & Bengio 2010, "Understanding the difficulty of training deep feedforward
         neural networks", eq. (1).
+
     """
 
     def draw(w: Tensor, gain: float) -> float:
@@ -180,6 +184,7 @@ def orthogonal_init_(
     References:
         Saxe, McClelland, Ganguli 2014, "Exact solutions to the nonlinear dynamics of
         learning in deep linear neural networks"; Mezzadri 2007 (sign correction).
+
     """
     fixed = _check_gain(gain)
     return apply_init_(

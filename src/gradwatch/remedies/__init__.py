@@ -1,0 +1,61 @@
+"""Remedies for vanishing and exploding gradients, applied to a model.
+
+Initialisation (in place, each returns what it changed): :func:`init_` by name, or
+:func:`he_init_`, :func:`xavier_init_`, :func:`lecun_init_`, :func:`standard_init_`,
+:func:`orthogonal_init_`, :func:`lsuv_init_`, :func:`fixup_init_`,
+:func:`zero_init_residual_branches_`.
+
+Structure: :func:`swap_activation` (in place), :func:`insert_norm` and
+:func:`add_residual` (return a new model, the input untouched), :class:`Residual`.
+
+Training loop: :func:`clip_grad_norm_`, :func:`clip_grad_value_`,
+:func:`adaptive_clip_grad_`, and :func:`clip_on_step` to clip before every optimizer step.
+"""
+
+from gradwatch.remedies._gains import activation_gain
+from gradwatch.remedies.activation import ACTIVATIONS, swap_activation
+from gradwatch.remedies.clipping import (
+    ClipHook,
+    ClipResult,
+    adaptive_clip_grad_,
+    clip_grad_norm_,
+    clip_grad_value_,
+    clip_on_step,
+)
+from gradwatch.remedies.fixup import fixup_init_, zero_init_residual_branches_
+from gradwatch.remedies.init import SCHEMES, init_
+from gradwatch.remedies.init_schemes import (
+    he_init_,
+    lecun_init_,
+    orthogonal_init_,
+    standard_init_,
+    xavier_init_,
+)
+from gradwatch.remedies.lsuv import lsuv_init_
+from gradwatch.remedies.normalization import insert_norm
+from gradwatch.remedies.residual import Residual, add_residual
+
+__all__ = [
+    "ACTIVATIONS",
+    "SCHEMES",
+    "ClipHook",
+    "ClipResult",
+    "Residual",
+    "activation_gain",
+    "adaptive_clip_grad_",
+    "add_residual",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "clip_on_step",
+    "fixup_init_",
+    "he_init_",
+    "init_",
+    "insert_norm",
+    "lecun_init_",
+    "lsuv_init_",
+    "orthogonal_init_",
+    "standard_init_",
+    "swap_activation",
+    "xavier_init_",
+    "zero_init_residual_branches_",
+]
