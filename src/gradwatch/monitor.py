@@ -194,15 +194,12 @@ class Monitor:
         # -- hooks (installed once; removed by close) ----------------------------------------
         self._handles: list[Any] = []
         self._handles.append(model.register_forward_pre_hook(self._on_root_forward))
-        if "backprop" in self._need or "act" in self._need:
-            for li, ly in enumerate(layers):
-                self._handles.append(
-                    ly.module.register_forward_hook(partial(self._on_layer_forward, li))
-                )
-        for ai, (_, module, fam) in enumerate(self._acts_info):
-            self._handles.append(
-                module.register_forward_hook(partial(self._on_act_forward, ai, fam))
-            )
+        # Layer and activation hooks are present only while the pending step needs them: a
+        # module with no hooks takes PyTorch's fast call path, so unrecorded steps (and the
+        # activation modules on non-detail steps) cost nothing.
+        self._layer_handles: list[Any] = []
+        self._act_handles: list[Any] = []
+        self._sync_hooks()
         for opt in optimizers:
             self._handles.append(opt.register_step_pre_hook(self._on_opt_pre))
             self._handles.append(opt.register_step_post_hook(self._on_opt_post))
@@ -313,6 +310,31 @@ class Monitor:
         self._rec_act = self._rec and "act" in self._need and (
             self._detail or not ({"act_mean", "act_std"} & self._detail_stats)
         )
+        self._grad_max = "grad_max_abs" in self.stats and (
+            self._detail or "grad_max_abs" not in self._detail_stats
+        )
+
+    def _sync_hooks(self) -> None:
+        """Install or remove the per-layer and per-activation hooks for the pending step."""
+        want_layers = self._rec and bool({"backprop", "act"} & self._need)
+        if want_layers and not self._layer_handles:
+            self._layer_handles = [
+                ly.module.register_forward_hook(partial(self._on_layer_forward, li))
+                for li, ly in enumerate(self.layers)
+            ]
+        elif not want_layers and self._layer_handles:
+            for h in self._layer_handles:
+                h.remove()
+            self._layer_handles = []
+        if self._rec_act and not self._act_handles:
+            self._act_handles = [
+                module.register_forward_hook(partial(self._on_act_forward, ai, fam))
+                for ai, (_, module, fam) in enumerate(self._acts_info)
+            ]
+        elif not self._rec_act and self._act_handles:
+            for h in self._act_handles:
+                h.remove()
+            self._act_handles = []
 
     # -------------------------------------------------------------------- HOT PATH: hooks
     def _on_root_forward(self, module: nn.Module, args: Any) -> None:
@@ -327,16 +349,43 @@ class Monitor:
         if not self._order_done and li not in self._exec_order:
             self._exec_order.append(li)
         if "backprop" in self._need:
-            hook = partial(self._on_backprop, li)
             if type(out) is torch.Tensor:
                 if out.requires_grad:
-                    out.register_hook(hook)
+                    fn = out.grad_fn
+                    if fn is not None:
+                        fn.register_prehook(partial(self._on_backprop, li))
+                    else:
+                        out.register_hook(partial(self._on_backprop_tensor, li))
             else:
+                seen: set[int] = set()
                 for t in _tensors(out):
                     if t.requires_grad:
-                        t.register_hook(hook)
+                        fn = t.grad_fn
+                        if fn is None:
+                            t.register_hook(partial(self._on_backprop_tensor, li))
+                        elif id(fn) not in seen:
+                            seen.add(id(fn))
+                            fn.register_prehook(partial(self._on_backprop, li))
 
-    def _on_backprop(self, li: int, grad: torch.Tensor) -> None:
+    def _on_backprop(self, li: int, grad_outputs: tuple[torch.Tensor | None, ...]) -> None:
+        # pre-hook of the autograd node that produced the layer's output: its incoming
+        # gradients are d loss / d output (all outputs of that node).
+        if len(grad_outputs) == 1:
+            g = grad_outputs[0]
+            if g is None:
+                return
+            norm = torch.linalg.vector_norm(g, dtype=torch.float32)
+        else:
+            gs = [g for g in grad_outputs if g is not None]
+            if not gs:
+                return
+            norm = torch.linalg.vector_norm(
+                torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in gs])
+            )
+        self._bp_layers.append(li)
+        self._bp_norms.append(norm)
+
+    def _on_backprop_tensor(self, li: int, grad: torch.Tensor) -> None:
         self._bp_layers.append(li)
         self._bp_norms.append(torch.linalg.vector_norm(grad, dtype=torch.float32))
 
@@ -396,10 +445,10 @@ class Monitor:
             self._grad_blk = None
             return
         if len({g.device for g in grads}) == 1:
-            block, has_counts = grad_block(grads)
+            block, has_counts = grad_block(grads, self._grad_max)
         else:  # parameters on several devices: one block per device, moved to the first
-            block, has_counts = _multi_device_grad_block(grads)
-        self._grad_blk = (block, has_counts, pids)
+            block, has_counts = _multi_device_grad_block(grads, self._grad_max)
+        self._grad_blk = (block, (has_counts, self._grad_max), pids)
 
     def _unscale(self) -> torch.Tensor | float:
         s = self._scaler
@@ -412,8 +461,8 @@ class Monitor:
         step = self._step
         buf = self._buffer
         if self._grad_blk is not None:
-            block, has_counts, pids = self._grad_blk
-            buf.append(Block(step, "grad", (pids, has_counts), block))
+            block, flags, pids = self._grad_blk
+            buf.append(Block(step, "grad", (pids, *flags), block))
         if self._bp_norms:
             norms = torch.stack(self._bp_norms)
             inv = self._unscale()
@@ -466,6 +515,7 @@ class Monitor:
         self._forward_seen = False
         self._step += 1
         self._decide(self._step)
+        self._sync_hooks()
         if len(self._buffer) and (
             self._n_recorded % self.flush_every == 0
             or time.monotonic() - self._last_flush > self.flush_secs
@@ -554,9 +604,11 @@ class Monitor:
             return
         self._closed = True
         try:
-            for h in self._handles:
+            for h in self._handles + self._layer_handles + self._act_handles:
                 h.remove()
             self._handles.clear()
+            self._layer_handles.clear()
+            self._act_handles.clear()
             if self._scaler_patched:
                 try:
                     del self._scaler.step  # back to the class's method
@@ -607,28 +659,26 @@ class Monitor:
         return f"Monitor({len(self.layers)} layers -> {where}, {state})"
 
 
-def _multi_device_grad_block(grads: list[torch.Tensor]) -> tuple[torch.Tensor, bool]:
+def _multi_device_grad_block(grads: list[torch.Tensor], with_max: bool) -> tuple[torch.Tensor, bool]:
     """Gradient block when parameters live on several devices (model parallel)."""
     dev0 = grads[0].device
     by_dev: dict[torch.device, list[int]] = {}
     for i, g in enumerate(grads):
         by_dev.setdefault(g.device, []).append(i)
     p = len(grads)
-    norms = torch.empty(p, device=dev0)
-    maxabs = torch.empty(p, device=dev0)
-    counts = torch.zeros(p, device=dev0)
+    k = 2 if with_max else 1
+    out = torch.zeros(k + 1, p, device=dev0)
     any_counts = False
     for idx in by_dev.values():
-        blk, has = grad_block([grads[i] for i in idx])
-        blk = blk.to(dev0)
+        blk, has = grad_block([grads[i] for i in idx], with_max)
         n = len(idx)
+        blk = blk.to(dev0).view(-1, n)
         sel = torch.tensor(idx, device=dev0)
-        norms[sel], maxabs[sel] = blk[:n], blk[n : 2 * n]
+        out[: k, sel] = blk[:k]
         if has:
-            counts[sel] = blk[2 * n :]
+            out[k, sel] = blk[k]
             any_counts = True
-    parts = [norms, maxabs] + ([counts] if any_counts else [])
-    return torch.cat(parts), any_counts
+    return (out.reshape(-1) if any_counts else out[:k].reshape(-1)), any_counts
 
 
 def _version() -> str:

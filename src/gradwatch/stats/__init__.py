@@ -15,9 +15,10 @@ writer, in NumPy float64) turns blocks into per-layer values. One module per sou
 from __future__ import annotations
 
 #: Statistics recorded at every scheduled step ("fast" tier).
-FAST_STATS = ("grad_norm", "grad_rms", "grad_max_abs", "nonfinite", "backprop_norm", "loss")
+FAST_STATS = ("grad_norm", "grad_rms", "nonfinite", "backprop_norm", "loss")
 #: Statistics that change slowly, recorded every ``detail_every``-th recorded step by default.
 DETAIL_STATS = (
+    "grad_max_abs",
     "weight_norm",
     "update_ratio",
     "act_mean",

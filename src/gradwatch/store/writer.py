@@ -82,8 +82,8 @@ def decode(layout: Layout, blocks: list[tuple[int, str, Any, int]], flat: np.nda
         steps_a = np.asarray(steps, dtype=np.int64)
         vals = np.stack(rows)
         if kind == "grad":
-            pids, has_counts = key
-            out = decode_grad(vals, has_counts, pids, layout.layer_params, layout.numel)
+            pids, has_counts, has_max = key
+            out = decode_grad(vals, has_counts, has_max, pids, layout.layer_params, layout.numel)
         elif kind == "bp":
             out = decode_backprop(vals, key)
         elif kind == "act":

@@ -1,0 +1,214 @@
+"""Watching changes nothing; close() leaves no hook; errors flush; accumulation and AMP."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gradwatch as gw
+
+
+def make_mlp(depth=4, width=16):
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), nn.Tanh()]
+    return nn.Sequential(*layers, nn.Linear(width, 3))
+
+
+def train(model, opt, steps, mon=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        x = torch.randn(8, 16, generator=g)
+        y = torch.randint(0, 3, (8,), generator=g)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        if mon is not None:
+            mon.step(loss)
+
+
+def hook_count(model, opt):
+    n = 0
+    for m in model.modules():
+        n += len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        n += len(getattr(m, "_backward_pre_hooks", {}))
+    n += len(opt._optimizer_step_pre_hooks) + len(opt._optimizer_step_post_hooks)
+    return n
+
+
+@pytest.mark.parametrize("mode", ["optimizer", "manual"])
+def test_training_is_bit_identical_and_no_hook_is_left(tmp_path, mode):
+    torch.manual_seed(0)
+    a = make_mlp()
+    b = make_mlp()
+    b.load_state_dict(a.state_dict())
+    opt_a = torch.optim.Adam(a.parameters(), lr=1e-2)
+    opt_b = torch.optim.Adam(b.parameters(), lr=1e-2)
+    train(a, opt_a, 25)
+    kwargs = {"optimizer": opt_b} if mode == "optimizer" else {}
+    with gw.watch(b, tmp_path / "run", detail_every=1, **kwargs) as mon:
+        if mode == "optimizer":
+            train(b, opt_b, 25, mon)
+        else:
+            g = torch.Generator().manual_seed(0)
+            for _ in range(25):
+                x = torch.randn(8, 16, generator=g)
+                y = torch.randint(0, 3, (8,), generator=g)
+                opt_b.zero_grad()
+                loss = nn.functional.cross_entropy(b(x), y)
+                loss.backward()
+                mon.step(loss)
+                opt_b.step()
+        assert hook_count(b, opt_b) > 0
+    for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(pa, pb)
+    assert hook_count(b, opt_b) == 0
+    run = gw.load(tmp_path / "run")
+    assert run.steps == list(range(25))
+    assert run.meta["status"] == "closed"
+    assert not (tmp_path / "run" / ".gradwatch.lock").exists()
+
+
+def test_exception_inside_with_flushes_and_reraises(tmp_path):
+    model = make_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(RuntimeError, match="boom"):
+        with gw.watch(model, tmp_path / "run", optimizer=opt, flush_every=1000,
+                      flush_secs=1000):
+            train(model, opt, 7)
+            raise RuntimeError("boom")
+    run = gw.load(tmp_path / "run")
+    assert run.steps == list(range(7))
+    assert run.meta["status"] == "failed"
+    assert hook_count(model, opt) == 0
+
+
+def test_gradient_accumulation_records_one_row_per_optimizer_step():
+    model = make_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = []
+    with gw.watch(model, optimizer=opt, detail_every=1) as mon:
+        g = torch.Generator().manual_seed(3)
+        for _ in range(5):
+            opt.zero_grad()
+            for _ in range(4):  # micro-batches
+                x = torch.randn(4, 16, generator=g)
+                y = torch.randint(0, 3, (4,), generator=g)
+                (nn.functional.cross_entropy(model(x), y) / 4).backward()
+            expected.append(math.sqrt(sum(float((p.grad.double() ** 2).sum())
+                                          for p in model[0].parameters())))
+            opt.step()
+    run = mon.run
+    gn = run.pivot("grad_norm")
+    assert list(gn.index) == [0, 1, 2, 3, 4]
+    assert len(run.stats[(run.stats.layer == "0") & (run.stats.stat == "grad_norm")]) == 5
+    np.testing.assert_allclose(gn["0"].to_numpy(), expected, rtol=1e-5)
+    # the back-propagated signal covers all 4 micro-batches: norm over the 4 calls
+    assert run.pivot("backprop_norm")["0"].notna().all()
+
+
+def test_gradscaler_records_unscaled_norms_and_the_skipped_step():
+    torch.manual_seed(0)
+    ref = make_mlp()
+    model = make_mlp()
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(8, 16)
+    y = torch.randint(0, 3, (8,))
+    # reference: no scaler
+    with gw.watch(ref) as mon_ref:
+        loss = nn.functional.cross_entropy(ref(x), y)
+        loss.backward()
+        mon_ref.step(loss)
+    want = mon_ref.run
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    with gw.watch(model, optimizer=opt, scaler=scaler) as mon:
+        for step in range(3):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            if step == 1:
+                model[0].weight.grad[0, 0] = float("inf")  # scaler must skip this step
+            scaler.step(opt)
+            scaler.update()
+            mon.step(loss)
+    assert "step" not in vars(scaler)  # the wrapper is gone
+    run = mon.run
+    gn, bp, nf = run.pivot("grad_norm"), run.pivot("backprop_norm"), run.pivot("nonfinite")
+    assert list(gn.index) == [0, 1, 2]
+    for layer in ("0", "2", "8"):
+        w_gn = want.pivot("grad_norm")[layer].iloc[0]
+        w_bp = want.pivot("backprop_norm")[layer].iloc[0]
+        assert gn[layer].iloc[0] == pytest.approx(w_gn, rel=1e-5)
+        assert bp[layer].iloc[0] == pytest.approx(w_bp, rel=1e-5)
+        assert gn[layer].iloc[2] == pytest.approx(w_gn, rel=1e-5)
+    assert nf["0"].iloc[1] >= 1  # the skipped step is recorded as non-finite
+    assert nf["0"].iloc[0] == 0 and nf["0"].iloc[2] == 0
+    assert scaler.get_scale() < 2.0**10  # the scaler did see the inf and backed off
+
+
+def test_no_grad_evaluation_in_between_is_not_recorded():
+    model = make_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, optimizer=opt, detail_every=1) as mon:
+        train(model, opt, 2, mon)
+        with torch.no_grad():
+            for _ in range(3):
+                model(torch.randn(50, 16))
+        train(model, opt, 2, mon)
+    run = mon.run
+    assert run.steps == [0, 1, 2, 3]
+    assert run.meta["steps_seen"] == 4
+
+
+def test_every_and_log_schedules():
+    model = make_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gw.watch(model, optimizer=opt, every=3) as mon:
+        train(model, opt, 10, mon)
+    assert mon.run.steps == [0, 3, 6, 9]
+    assert list(mon.run.loss().index) == [0, 3, 6, 9]
+    with gw.watch(model, optimizer=opt, every="log") as mon:
+        train(model, opt, 120, mon)
+    steps = mon.run.steps
+    assert steps[:10] == list(range(10))  # the first steps are always recorded
+    assert 100 in steps and len(steps) < 35
+    assert all(b > a for a, b in zip(steps, steps[1:], strict=False))
+
+
+def test_detail_schedule_default():
+    model = make_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    with gw.watch(model, optimizer=opt) as mon:
+        train(model, opt, 21, mon)
+    run = mon.run
+    assert list(run.pivot("grad_norm").index) == list(range(21))
+    assert list(run.pivot("update_ratio").index) == [0, 10, 20]
+    assert list(run.pivot("act_std").index) == [0, 10, 20]
+
+
+def test_loss_attached_to_the_right_step_in_both_call_orders():
+    model = make_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    losses = []
+    with gw.watch(model, optimizer=opt) as mon:
+        g = torch.Generator().manual_seed(0)
+        for i in range(6):
+            x = torch.randn(8, 16, generator=g)
+            y = torch.randint(0, 3, (8,), generator=g)
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            losses.append(loss.item())
+            if i % 2:
+                opt.step()
+                mon.step(loss)  # after the step
+            else:
+                mon.step(loss)  # before the step
+                opt.step()
+    np.testing.assert_allclose(mon.run.loss().to_numpy(), losses, rtol=1e-6)

@@ -1,0 +1,200 @@
+"""The run directory: killed writers, foreign readers, corrupt and foreign directories."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+import gradwatch as gw
+from gradwatch.errors import GradwatchError, RunDirectoryError, RunLockedError
+
+CHILD = textwrap.dedent(
+    """
+    import sys, torch, gradwatch as gw
+    from torch import nn
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    mon = gw.watch(model, sys.argv[1], optimizer=opt, flush_every=7, flush_secs=1e9)
+    step = 0
+    while True:
+        x = torch.randn(16, 8); y = torch.randint(0, 2, (16,))
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward(); opt.step(); mon.step(loss)
+        step += 1
+        if step % 7 == 0:
+            mon.flush(wait=True)
+            print(step, flush=True)
+    """
+)
+
+
+def test_sigkill_mid_run_loses_nothing_flushed(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    for trial in range(3):
+        run_dir = tmp_path / f"run{trial}"
+        proc = subprocess.Popen([sys.executable, str(script), str(run_dir)],
+                                stdout=subprocess.PIPE, text=True)
+        flushed = 0
+        target = 7 * (3 + trial * 4)
+        while flushed < target:
+            line = proc.stdout.readline()
+            assert line, "child died"
+            flushed = int(line)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        run = gw.load(run_dir)
+        assert run.meta["status"] == "running"
+        steps = run.steps
+        assert steps[: flushed] == list(range(flushed))
+        per_step = run.stats[run.stats.step < flushed].groupby("step").size()
+        # every flushed step complete: 3 layers x 4 fast stats + loss; detail steps add 15
+        assert {s: n for s, n in per_step.items()} == {
+            s: 28 if s % 10 == 0 else 13 for s in range(flushed)}
+        # the lock of the dead writer is stale: a new writer may take the directory over
+        with pytest.warns(RuntimeWarning, match="stale lock"):
+            with pytest.raises(RunDirectoryError, match="already holds a run"):
+                gw.watch(nn.Linear(2, 2), run_dir)
+
+
+def test_parts_are_readable_without_gradwatch(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, tmp_path / "run", optimizer=opt, flush_every=3) as mon:
+        for _ in range(10):
+            opt.zero_grad()
+            loss = model(torch.randn(5, 4)).pow(2).mean()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+    run = gw.load(tmp_path / "run")
+    n = len(run.stats)
+    df = pd.read_parquet(tmp_path / "run" / "stats")
+    assert len(df) == n and list(df.columns) == ["step", "layer", "stat", "value"]
+    polars = pytest.importorskip("polars")
+    pl = polars.read_parquet(str(tmp_path / "run" / "stats" / "*.parquet"))
+    assert pl.height == n
+    duckdb = pytest.importorskip("duckdb")
+    glob = str(tmp_path / "run" / "stats" / "*.parquet")
+    rows = duckdb.sql(f"select count(*), max(step) from '{glob}' where stat='grad_norm'").fetchall()[0]
+    assert rows == (10 * 2, 9)
+    meta = json.loads((tmp_path / "run" / "meta.json").read_text())
+    assert meta["format_version"] == 1 and meta["layers"] == ["0", "2"]
+
+
+def test_watch_bad_input_gives_clear_errors(tmp_path):
+    model = nn.Linear(3, 3)
+    with pytest.raises(gw.GradwatchTypeError, match="model must be a torch.nn.Module"):
+        gw.watch("not a model")
+    with pytest.raises(gw.GradwatchValueError, match="model has no parameters"):
+        gw.watch(nn.Sequential(nn.ReLU(), nn.Tanh()))
+    with pytest.raises(gw.GradwatchValueError, match="every must be >= 1"):
+        gw.watch(model, every=0)
+    with pytest.raises(gw.GradwatchValueError, match="every must be"):
+        gw.watch(model, every="sometimes")
+    with pytest.raises(gw.GradwatchTypeError, match="optimizer must be"):
+        gw.watch(model, optimizer="sgd")
+    with pytest.raises(gw.GradwatchValueError, match="stats has unknown names"):
+        gw.watch(model, stats=["grad_nrom"])
+    with pytest.raises(gw.GradwatchValueError, match="detail_every"):
+        gw.watch(model, detail_every=0)
+    assert not model._forward_hooks
+
+
+def test_second_writer_is_kept_out_and_nothing_is_lost(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 1))
+    mon = gw.watch(model, tmp_path / "run")
+    for _ in range(4):
+        model(torch.randn(2, 3)).sum().backward()
+        mon.step()
+    mon.flush()
+    with pytest.raises(RunLockedError, match="held by another writer"):
+        gw.watch(nn.Linear(2, 2), tmp_path / "run")
+    for _ in range(2):
+        model(torch.randn(2, 3)).sum().backward()
+        mon.step()
+    mon.close()
+    assert gw.load(tmp_path / "run").steps == list(range(6))
+    with pytest.raises(RunDirectoryError, match="overwrite=True"):
+        gw.watch(model, tmp_path / "run")
+    with gw.watch(model, tmp_path / "run", overwrite=True) as mon2:
+        model(torch.randn(2, 3)).sum().backward()
+        mon2.step()
+    assert gw.load(tmp_path / "run").steps == [0]
+
+
+def test_closed_monitor_refuses_steps():
+    model = nn.Linear(3, 1)
+    mon = gw.watch(model)
+    mon.close()
+    mon.close()  # idempotent
+    with pytest.raises(gw.GradwatchValueError, match="closed"):
+        mon.step()
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(RunDirectoryError, match="does not exist"):
+        gw.load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunDirectoryError, match="not a gradwatch run"):
+        gw.load(tmp_path / "empty")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirectoryError, match="is a file"):
+        gw.load(tmp_path / "file")
+    bad = tmp_path / "badmeta"
+    bad.mkdir()
+    (bad / "meta.json").write_text("{not json")
+    with pytest.raises(RunDirectoryError, match="corrupt"):
+        gw.load(bad)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "meta.json").write_text(json.dumps({"name": "something else"}))
+    with pytest.raises(RunDirectoryError, match="format_version"):
+        gw.load(foreign)
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "meta.json").write_text(json.dumps({"format_version": 99}))
+    with pytest.raises(RunDirectoryError, match="newer"):
+        gw.load(newer)
+    with pytest.raises(GradwatchError, match="run_dir must be a path"):
+        gw.load(42)
+
+
+def test_truncated_part_is_skipped_with_a_warning(tmp_path):
+    model = nn.Linear(3, 1)
+    with gw.watch(model, tmp_path / "run", flush_every=2) as mon:
+        for _ in range(6):
+            model(torch.randn(2, 3)).sum().backward()
+            mon.step()
+    parts = sorted((tmp_path / "run" / "stats").glob("*.parquet"))
+    assert len(parts) == 1  # compacted at close
+    os.truncate(parts[0], parts[0].stat().st_size // 2)
+    with pytest.warns(RuntimeWarning, match="skipping unreadable part"):
+        run = gw.load(tmp_path / "run")
+    assert len(run.stats) == 0
+
+
+def test_long_run_streams_to_disk_and_compacts(tmp_path):
+    model = nn.Linear(2, 1)
+    t0 = time.time()
+    with gw.watch(model, tmp_path / "run", flush_every=1, activations=False) as mon:
+        for _ in range(80):
+            model(torch.randn(2, 2)).sum().backward()
+            mon.step()
+            assert len(mon._buffer) <= 1
+    parts = list((tmp_path / "run" / "stats").glob("*.parquet"))
+    assert len(parts) <= 3
+    assert gw.load(tmp_path / "run").steps == list(range(80))
+    assert time.time() - t0 < 30
