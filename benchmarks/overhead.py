@@ -85,7 +85,8 @@ def bench_network(name: str, rounds: int, steps: int, workdir: Path) -> dict:
     for _ in range(rounds):
         for key, (model, opt, mon) in state.items():
             times[key].append(time_steps(model, opt, x, y, steps, mon))
-    result = {"network": name, **spec, "plain_step_ms": 1e3 * statistics.median(times["plain"]) / steps}
+    plain_ms = 1e3 * statistics.median(times["plain"]) / steps
+    result = {"network": name, **spec, "plain_step_ms": plain_ms}
     for key in CONFIGS:
         ratios = [w / p for w, p in zip(times[key], times["plain"], strict=True)]
         result[f"ratio_{key}"] = statistics.median(ratios)

@@ -49,7 +49,7 @@ def main() -> None:
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
 
     with gw.watch(model, args.out, optimizer=opt, overwrite=True) as mon:
-        for step in range(args.steps):
+        for _ in range(args.steps):
             idx = torch.randint(0, len(x), (64,))
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(x[idx]), y[idx])

@@ -476,7 +476,7 @@ class Monitor:
                 sat_dead = self._detail and bool({"saturated_frac", "dead_frac"} & set(self.stats))
                 blk = act_block(acts, fams, detail=sat_dead)
                 key = tuple(
-                    (li, FAMILY_CODE[fams[k]], a.numel(), a[0].numel() if a.dim() >= 2 else a.numel())
+                    (li, FAMILY_CODE[fams[k]], a.numel(), a[0].numel() if a.dim() >= 2 else 1)
                     for k, ((li, _, _), a) in enumerate(zip(self._acts, acts, strict=True))
                 )
                 buf.append(Block(step, "act", key, blk))
@@ -650,7 +650,8 @@ class Monitor:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None:
-            self._status = "failed" if not issubclass(exc_type, KeyboardInterrupt) else "interrupted"
+            interrupted = issubclass(exc_type, KeyboardInterrupt)
+            self._status = "interrupted" if interrupted else "failed"
         self.close()
 
     def __repr__(self) -> str:
@@ -659,7 +660,9 @@ class Monitor:
         return f"Monitor({len(self.layers)} layers -> {where}, {state})"
 
 
-def _multi_device_grad_block(grads: list[torch.Tensor], with_max: bool) -> tuple[torch.Tensor, bool]:
+def _multi_device_grad_block(
+    grads: list[torch.Tensor], with_max: bool
+) -> tuple[torch.Tensor, bool]:
     """Gradient block when parameters live on several devices (model parallel)."""
     dev0 = grads[0].device
     by_dev: dict[torch.device, list[int]] = {}

@@ -21,6 +21,7 @@ class Every:
     k: int = 1
 
     def __call__(self, step: int) -> bool:
+        """Whether ``step`` is recorded."""
         return step % self.k == 0
 
 
@@ -36,6 +37,7 @@ class LogSpaced:
     per_decade: int = 10
 
     def __call__(self, step: int) -> bool:
+        """Whether ``step`` is recorded."""
         if step < max(self.first, 2):
             return True
         return math.floor(self.per_decade * math.log10(step)) != math.floor(

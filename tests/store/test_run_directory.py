@@ -88,7 +88,8 @@ def test_parts_are_readable_without_gradwatch(tmp_path):
     assert pl.height == n
     duckdb = pytest.importorskip("duckdb")
     glob = str(tmp_path / "run" / "stats" / "*.parquet")
-    rows = duckdb.sql(f"select count(*), max(step) from '{glob}' where stat='grad_norm'").fetchall()[0]
+    query = f"select count(*), max(step) from '{glob}' where stat='grad_norm'"
+    rows = duckdb.sql(query).fetchall()[0]
     assert rows == (10 * 2, 9)
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())
     assert meta["format_version"] == 1 and meta["layers"] == ["0", "2"]

@@ -29,7 +29,7 @@ from gradwatch.stats.activation import decode_act
 from gradwatch.stats.backprop import decode_backprop
 from gradwatch.stats.gradient import decode_grad
 from gradwatch.stats.update import decode_update, decode_weight
-from gradwatch.store.format import STATS_DIR, live_parts, part_name
+from gradwatch.store.format import STATS_DIR, part_name
 
 STAT_INDEX = {s: i for i, s in enumerate(ALL_STATS)}
 COMPACT_AT = 32  # merge single parts once this many have accumulated
