@@ -35,7 +35,7 @@ from gradwatch.layers import find_activations, find_layers
 from gradwatch.schedule import make_schedule
 from gradwatch.stats import ALL_STATS, DETAIL_STATS, SOURCES
 from gradwatch.stats.activation import FAMILY_CODE, act_block
-from gradwatch.stats.gradient import grad_block
+from gradwatch.stats.gradient import NormPlan, grad_block
 from gradwatch.stats.update import update_block, weight_block
 from gradwatch.store import lock as run_lock
 from gradwatch.store.format import FINDINGS, FORMAT_VERSION, META, STATS_DIR, write_json_atomic
@@ -153,6 +153,7 @@ class Monitor:
             layer_params[li] = ids
         self._params = params
         self._all_pids = tuple(range(len(params)))
+        self._plan: NormPlan | None = None  # built lazily, once gradients exist
         self._layout = Layout(
             layer_names=self._layer_names,
             layer_params=layer_params,
@@ -436,19 +437,30 @@ class Monitor:
             return
         params = self._params
         grads = [p.grad for p in params]
+        plan = None
         if any(g is None for g in grads):
             pids = tuple(i for i, g in enumerate(grads) if g is not None)
             grads = [grads[i] for i in pids]
         else:
             pids = self._all_pids
+            plan = self._plan
+            if plan is None or plan.device != grads[0].device or plan.dtype != grads[0].dtype:
+                plan = self._plan = NormPlan(grads)
         if not grads:
             self._grad_blk = None
             return
         if len({g.device for g in grads}) == 1:
-            block, has_counts = grad_block(grads, self._grad_max)
+            block, has_counts = grad_block(grads, self._grad_max, plan)
         else:  # parameters on several devices: one block per device, moved to the first
             block, has_counts = _multi_device_grad_block(grads, self._grad_max)
         self._grad_blk = (block, (has_counts, self._grad_max), pids)
+
+    def _param_plan(self) -> NormPlan:
+        plan = getattr(self, "_wplan", None)
+        p0 = self._params[0]
+        if plan is None or plan.device != p0.device or plan.dtype != p0.dtype:
+            plan = self._wplan = NormPlan(self._params)
+        return plan
 
     def _unscale(self) -> torch.Tensor | float:
         s = self._scaler
@@ -486,7 +498,8 @@ class Monitor:
         if self._detail and "update" in self._need and not self._optimizers:
             # no optimizer: weights now; the update is measured at the next step() call
             with torch.no_grad():
-                buf.append(Block(step, "weight", self._all_pids, weight_block(self._params)))
+                wblk = weight_block(self._params, self._param_plan())
+                buf.append(Block(step, "weight", self._all_pids, wblk))
                 if self._snapshot is None:
                     self._snapshot = [torch.empty_like(p) for p in self._params]
                 torch._foreach_copy_(self._snapshot, self._params)
@@ -499,7 +512,7 @@ class Monitor:
             if self._snap_fresh:
                 self._snap_fresh = False
                 with torch.no_grad():
-                    buf = update_block(self._snapshot, self._params)
+                    buf = update_block(self._snapshot, self._params, self._param_plan())
                 self._buffer.append(Block(self._step, "update", self._all_pids, buf))
             self._record_step()
             if self._exec_order:
@@ -571,7 +584,7 @@ class Monitor:
             self._losses.append(val)
         if self._manual_snapshot_step is not None and self._snapshot is not None:
             with torch.no_grad():
-                blk = update_block(self._snapshot, self._params)
+                blk = update_block(self._snapshot, self._params, self._param_plan())
             self._buffer.append(Block(self._manual_snapshot_step, "update", self._all_pids, blk))
             self._manual_snapshot_step = None
         if self._rec:

@@ -40,27 +40,36 @@ def act_block(
     """Return the float32 block for the kept activations: (calls, 4) flattened.
 
     Columns: sum, sum of squares, saturated count (NaN if not applicable), dead units (NaN if
-    not applicable).
+    not applicable). Activations of the same shape, dtype and family are stacked and reduced
+    together (a few kernels per group instead of a few per call: most networks repeat one
+    block shape).
     """
-    sums = torch.stack([a.sum(dtype=F32) for a in acts])
-    sumsq = torch.stack(torch._foreach_norm(list(acts), 2, dtype=F32)) ** 2
-    nan = torch.full_like(sums, float("nan"))
-    sat, dead = nan.clone(), nan.clone()
-    if detail:
-        sat_vals, dead_vals = [], []
-        for a, fam in zip(acts, families, strict=True):
-            if fam in SATURATION:
-                centre, thr = SATURATION[fam]
-                x = a.abs() if centre == 0.0 else (a - centre).abs_()
-                sat_vals.append((x > thr).sum().to(F32))
-            else:
-                sat_vals.append(nan[0])
-            if fam == "rectifier" and a.dim() >= 2:
-                dead_vals.append((a.detach().flatten(1).amax(0) <= 0).sum().to(F32))
-            else:
-                dead_vals.append(nan[0])
-        sat, dead = torch.stack(sat_vals), torch.stack(dead_vals)
-    return torch.stack([sums, sumsq, sat, dead], dim=1).reshape(-1)
+    groups: dict[tuple, list[int]] = {}
+    for i, (a, fam) in enumerate(zip(acts, families, strict=True)):
+        groups.setdefault((a.shape, a.dtype, a.device, fam), []).append(i)
+    rows: list[torch.Tensor] = []
+    order: list[int] = []
+    for (shape, _, _, fam), idx in groups.items():
+        x = torch.stack([acts[i] for i in idx]) if len(idx) > 1 else acts[idx[0]].unsqueeze(0)
+        batch = shape[0] if len(shape) >= 2 else 1
+        x = x.reshape(len(idx), batch, -1)  # (G, B, units)
+        sums = x.sum(dim=(1, 2), dtype=F32)
+        sumsq = torch.linalg.vector_norm(x, dim=(1, 2), dtype=F32) ** 2
+        nan = torch.full_like(sums, float("nan"))
+        sat, dead = nan, nan
+        if detail and fam in SATURATION:
+            centre, thr = SATURATION[fam]
+            dev = x.abs() if centre == 0.0 else (x - centre).abs_()
+            sat = (dev > thr).sum(dim=(1, 2)).to(F32)
+        if detail and fam == "rectifier" and len(shape) >= 2:
+            dead = (x.amax(dim=1) <= 0).sum(dim=1).to(F32)
+        rows.append(torch.stack([sums, sumsq, sat, dead], dim=1))  # (G, 4)
+        order.extend(idx)
+    out = torch.cat(rows) if len(rows) > 1 else rows[0]
+    if order != list(range(len(order))):
+        inv = torch.argsort(torch.tensor(order, device=out.device))
+        out = out.index_select(0, inv)
+    return out.reshape(-1)
 
 
 def decode_act(

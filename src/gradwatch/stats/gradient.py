@@ -20,6 +20,7 @@ Host side: per layer, ``grad_norm = sqrt(sum of squared norms of its parameters)
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -28,18 +29,93 @@ import torch
 F32 = torch.float32
 
 
-def grad_block(grads: Sequence[torch.Tensor], with_max: bool = True) -> tuple[torch.Tensor, bool]:
+#: Tensors up to this many elements are reduced by stacking same-shape gradients and taking one
+#: batched norm: on CPU ``torch._foreach_norm`` is a loop of per-tensor kernels, and for many
+#: small tensors one stacked reduction is 2-9x faster (measured in benchmarks/overhead.py).
+STACK_MAX_NUMEL = 16384
+STACK_MIN_GROUP = 4
+
+
+class NormPlan:
+    """How to take the L2 norm of a fixed list of same-device tensors cheaply (built once).
+
+    Same-shape, same-dtype small tensors are stacked and reduced in one kernel; the rest go
+    through one fused ``torch._foreach_norm``. ``norms`` returns the (P,) float32 norms in the
+    original order.
+    """
+
+    def __init__(self, tensors: Sequence[torch.Tensor]):
+        groups: dict[tuple, list[int]] = {}
+        for i, t in enumerate(tensors):
+            groups.setdefault((tuple(t.shape), t.dtype, t.device), []).append(i)
+        self.stacked: list[list[int]] = []
+        rest: list[int] = []
+        for (shape, _, _), idx in groups.items():
+            numel = math.prod(shape)
+            if len(idx) >= STACK_MIN_GROUP and numel <= STACK_MAX_NUMEL:
+                self.stacked.append(idx)
+            else:
+                rest.extend(idx)
+        self.rest = rest
+        order = [i for g in self.stacked for i in g] + rest
+        self.n = len(tensors)
+        self.device = tensors[0].device if tensors else None
+        self.dtype = tensors[0].dtype if tensors else None
+        self.identity = order == list(range(self.n))
+        self.inverse = torch.argsort(torch.tensor(order)) if order else torch.zeros(0)
+        self._inverse_dev: dict[torch.device, torch.Tensor] = {}
+
+    def norms(self, tensors: Sequence[torch.Tensor], with_max: bool = False):
+        """Float32 L2 norms of ``tensors`` (same shapes as at construction), original order.
+
+        With ``with_max``, returns ``(norms, max_abs)``.
+        """
+        parts, maxes = [], []
+        for idx in self.stacked:
+            st = torch.stack([tensors[i] for i in idx]).view(len(idx), -1)
+            parts.append(torch.linalg.vector_norm(st, dim=1, dtype=F32))
+            if with_max:
+                lo, hi = torch.aminmax(st, dim=1)
+                maxes.append(torch.maximum(-lo, hi).to(F32))
+        if self.rest:
+            rest = [tensors[i] for i in self.rest]
+            parts.append(torch.stack(torch._foreach_norm(rest, 2, dtype=F32)))
+            if with_max:
+                # no fused max-abs kernel on CPU: aminmax per tensor, one pass each
+                mm = torch.stack([x for g in rest for x in torch.aminmax(g)]).to(F32)
+                maxes.append(mm.view(-1, 2).abs().amax(1))
+        out = self._order(torch.cat(parts) if len(parts) > 1 else parts[0])
+        if not with_max:
+            return out
+        return out, self._order(torch.cat(maxes) if len(maxes) > 1 else maxes[0])
+
+    def _order(self, out: torch.Tensor) -> torch.Tensor:
+        if self.identity:
+            return out
+        dev = out.device
+        inv = self._inverse_dev.get(dev)
+        if inv is None:
+            inv = self._inverse_dev[dev] = self.inverse.to(dev)
+        return out.index_select(0, inv)
+
+
+def grad_block(
+    grads: Sequence[torch.Tensor], with_max: bool = True, plan: NormPlan | None = None
+) -> tuple[torch.Tensor, bool]:
     """Return ``(block, has_counts)`` for the given gradients (hot path).
 
     ``block`` is float32: the P norms, then (``with_max``) the P max-abs values, then (when
-    ``has_counts``) the P non-finite counts. All gradients must live on one device.
+    ``has_counts``) the P non-finite counts. All gradients must live on one device. ``plan``
+    (a :class:`NormPlan` built for these shapes) makes the norms cheaper.
     """
-    norms = torch.stack(torch._foreach_norm(grads, 2, dtype=F32))  # (P,)
-    parts = [norms]
+    if plan is None:
+        plan = NormPlan(grads)
     if with_max:
-        # (min, max) of every gradient: max|g| = max(-min, max)
-        mm = torch.stack([x for g in grads for x in torch.aminmax(g)]).to(F32).view(-1, 2)
-        parts.append(mm.abs().amax(1))  # (P,)
+        norms, maxabs = plan.norms(grads, with_max=True)  # (P,), (P,)
+        parts = [norms, maxabs]
+    else:
+        norms = plan.norms(grads)
+        parts = [norms]
     if norms.device.type == "cpu":
         # CPU: reading a CPU scalar costs no synchronisation.
         if bool(torch.isfinite(norms.sum())):

@@ -18,19 +18,23 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from gradwatch.stats.gradient import NormPlan
+
 F32 = torch.float32
 
 
-def weight_block(params: Sequence[torch.Tensor]) -> torch.Tensor:
+def weight_block(params: Sequence[torch.Tensor], plan: NormPlan | None = None) -> torch.Tensor:
     """Float32 norms of the parameters (P,)."""
-    return torch.stack(torch._foreach_norm(list(params), 2, dtype=F32))
+    return (plan or NormPlan(params)).norms(params)
 
 
-def update_block(snapshot: list[torch.Tensor], params: Sequence[torch.Tensor]) -> torch.Tensor:
+def update_block(
+    snapshot: list[torch.Tensor], params: Sequence[torch.Tensor], plan: NormPlan | None = None
+) -> torch.Tensor:
     """Turn ``snapshot`` (w before) into w_before - w_after in place; return (dw, w) norms (2P,)."""
+    plan = plan or NormPlan(params)
     torch._foreach_sub_(snapshot, list(params))
-    dw = torch.stack(torch._foreach_norm(snapshot, 2, dtype=F32))
-    return torch.cat([dw, weight_block(params)])
+    return torch.cat([plan.norms(snapshot), plan.norms(params)])
 
 
 def _per_layer(sq: np.ndarray, param_ids, layer_params) -> tuple[list[int], np.ndarray]:
