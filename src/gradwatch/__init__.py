@@ -4,6 +4,9 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from gradwatch import remedies, theory
+from gradwatch.check import Checkup, check
+from gradwatch.diagnose import diagnose, store_findings
 from gradwatch.errors import (
     GradwatchError,
     GradwatchTypeError,
@@ -16,6 +19,7 @@ from gradwatch.monitor import Monitor, watch
 from gradwatch.store import Run, load
 
 __all__ = [
+    "Checkup",
     "Finding",
     "GradwatchError",
     "GradwatchTypeError",
@@ -25,6 +29,11 @@ __all__ = [
     "RunDirectoryError",
     "RunLockedError",
     "__version__",
+    "check",
+    "diagnose",
     "load",
+    "remedies",
+    "store_findings",
+    "theory",
     "watch",
 ]

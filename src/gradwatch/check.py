@@ -1,0 +1,487 @@
+"""``gw.check``: one forward/backward pass on a batch, the same statistics and findings as a run.
+
+``check(model, inputs)`` watches the model with the same :class:`~gradwatch.monitor.Monitor`
+that records training runs (in memory, every statistic at this one step), runs one forward
+and backward pass, and applies the same diagnosis rules. It answers "will this network's
+gradients vanish or explode?" before any training, and leaves the model as it found it:
+gradients, train/eval mode and buffers (BatchNorm running statistics) are restored, and the
+global random number generator state too.
+
+The default loss, when no targets are given, is ``0.5 * sum(output**2) / batch``: its gradient
+with respect to the output is the output itself (divided by the batch size), so the pass
+probes the network's own signal, with no labels needed. With targets it is cross-entropy for
+integer class labels of an (N, C) output, mean squared error otherwise.
+
+For recurrent layers (nn.RNN, nn.LSTM, nn.GRU) the checkup also measures temporal gradient
+flow, ``‖∂L/∂x_t‖`` for every time step t of the layer's input sequence: how far back in time
+the signal reaches (Pascanu et al. 2013; Hochreiter & Schmidhuber 1997).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+from gradwatch.diagnose import RunView, run_rules, verdict
+from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.findings import Finding
+from gradwatch.layers import Layer, find_layers
+from gradwatch.monitor import watch
+from gradwatch.store.reader import Run
+
+#: Statistic columns of :attr:`Checkup.table`, in order.
+STAT_COLUMNS = (
+    "grad_norm",
+    "grad_rms",
+    "grad_max_abs",
+    "nonfinite",
+    "backprop_norm",
+    "weight_norm",
+    "act_mean",
+    "act_std",
+    "saturated_frac",
+    "dead_frac",
+)
+TEMPORAL_COLUMNS = ("layer", "t", "grad_norm", "ratio")
+
+
+@dataclass
+class Checkup:
+    """The result of :func:`check`.
+
+    Attributes:
+        table: one row per layer, input side first: ``layer``, ``type``, every statistic of
+            :data:`STAT_COLUMNS` (NaN where it does not apply), ``backprop_ratio`` and
+            ``grad_ratio`` (``backprop_norm`` and ``grad_norm`` over the output-side layer's).
+        findings: what the diagnosis rules found.
+        verdict: "healthy", "vanishing", "exploding", "nonfinite", "dead" or "saturated".
+        run: the one-step in-memory :class:`~gradwatch.store.reader.Run` behind the table.
+        loss: the loss of the pass (may be NaN or Inf).
+        temporal: for recurrent layers, one row per (layer, t): ``grad_norm`` = ‖∂L/∂x_t‖
+            over the batch and features, ``ratio`` = that over its value at the last step;
+            empty when the model has no nn.RNN/LSTM/GRU.
+    """
+
+    table: pd.DataFrame
+    findings: list[Finding]
+    verdict: str
+    run: Run
+    loss: float
+    temporal: pd.DataFrame = field(
+        default_factory=lambda: pd.DataFrame(columns=list(TEMPORAL_COLUMNS))
+    )
+
+    def summary(self) -> str:
+        """A plain-text report: verdict, findings, then a compact per-layer table."""
+        head = f"Checkup: {self.verdict.upper()} (loss {self.loss:.4g}, {len(self.table)} layers)"
+        lines = [head]
+        if self.findings:
+            lines.append("Findings:")
+            lines += [f"  [{f.severity}] {f.kind}: {f.message}" for f in self.findings]
+        else:
+            lines.append("Findings: none")
+        cols = ["layer", "type", "backprop_norm", "backprop_ratio", "grad_norm", "dead_frac",
+                "saturated_frac"]
+        tab = self.table[cols].copy()
+        lines.append("Layers (input side first):")
+        lines.append(tab.to_string(index=False, float_format=lambda v: f"{v:.3g}", na_rep="-"))
+        if len(self.temporal):
+            lines.append("Temporal gradient flow ‖∂L/∂x_t‖ / ‖∂L/∂x_T‖ (first, middle, last t):")
+            for layer, grp in self.temporal.groupby("layer", sort=False):
+                r = grp["ratio"].to_numpy()
+                lines.append(
+                    f"  {layer}: {r[0]:.3g}, {r[len(r) // 2]:.3g}, {r[-1]:.3g} over {len(r)} steps"
+                )
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-clean content: verdict, loss, findings, table and temporal rows.
+
+        NaN table entries (statistics that do not apply) become None; infinities "inf"/"-inf".
+        """
+        return {
+            "verdict": self.verdict,
+            "loss": _json_number(self.loss, nan="nan"),
+            "findings": [f.to_dict() for f in self.findings],
+            "table": _records(self.table),
+            "temporal": _records(self.temporal),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Checkup(verdict={self.verdict!r}, loss={self.loss:.4g}, {len(self.table)} layers, "
+            f"{len(self.findings)} findings)"
+        )
+
+
+def check(
+    model: nn.Module,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
+    targets: torch.Tensor | None = None,
+    loss_fn: Callable[..., torch.Tensor] | None = None,
+    *,
+    train_mode: bool = True,
+) -> Checkup:
+    """Check a model's gradient flow with one forward/backward pass on a batch.
+
+    The model is left as it was: parameter ``.grad``, each module's train/eval mode and every
+    buffer (BatchNorm running statistics) are restored, and the pass runs under a forked RNG.
+
+    Args:
+        model: the network.
+        inputs: a batch (a tensor, or a tuple of tensors passed as ``model(*inputs)``). It is
+            moved to the model's device when all parameters live on one device.
+        targets: optional targets. Integer class labels with an (N, C, ...) output give
+            cross-entropy; anything else mean squared error against the output.
+        loss_fn: optional ``loss_fn(output, targets)`` (or ``loss_fn(output)`` without
+            targets) returning a scalar. Default without targets:
+            ``0.5 * sum(output**2) / N``, whose gradient with respect to the output is the
+            output itself (over N), so the pass probes the network's own signal.
+        train_mode: run the pass in train mode (batch statistics in BatchNorm, dropout on);
+            False for eval mode.
+
+    Returns:
+        a :class:`Checkup` (``table``, ``findings``, ``verdict``, ``run``, ``loss``,
+        ``temporal``).
+
+    Raises:
+        GradwatchTypeError: ``model`` is not an nn.Module, ``inputs``/``targets`` are not
+            tensors, ``loss_fn`` is not callable, or the model output is not a tensor.
+        GradwatchValueError: ``model`` has no parameters (or none requires grad), ``inputs``
+            do not fit the model (the message gives the shape expected where it can tell),
+            ``targets`` do not fit the output, or ``loss_fn`` does not return a scalar.
+    """
+    layers = find_layers(model)  # validates model: nn.Module with parameters
+    args = _as_args(inputs)
+    if targets is not None and not isinstance(targets, torch.Tensor):
+        raise GradwatchTypeError(
+            f"targets must be a torch.Tensor or None, got {type(targets).__name__}"
+        )
+    if loss_fn is not None and not callable(loss_fn):
+        raise GradwatchTypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
+    if isinstance(train_mode, bool) is False:
+        raise GradwatchTypeError(f"train_mode must be a bool, got {type(train_mode).__name__}")
+    device = _model_device(model)
+    if device is not None:
+        args = tuple(a.to(device) for a in args)
+        targets = targets.to(device) if targets is not None else None
+
+    state = _save_state(model)
+    rng_devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+    try:
+        with torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
+            model.train(train_mode)
+            for p in model.parameters():
+                p.grad = None
+            mon = watch(model, run_dir=None, detail_every=1)
+            probe = _ForwardProbe(layers)
+            temporal = _TemporalProbe(model)
+            try:
+                out = _forward(model, args, layers)
+                loss, loss_kind = _loss(out, targets, loss_fn)
+                if not loss.requires_grad:
+                    raise GradwatchValueError(
+                        "model: the loss does not depend on any parameter that requires grad; "
+                        "unfreeze the layers to check (requires_grad_(True))"
+                    )
+                loss.backward()
+                mon.step(loss)
+            finally:
+                mon.close()
+                probe.remove()
+                temporal.remove()
+            run = mon.run
+    finally:
+        _restore_state(model, state)
+
+    loss_value = float(loss.detach().float().cpu())
+    run.meta["checkup"] = {
+        "batch_size": int(args[0].shape[0]) if args[0].dim() >= 1 else 1,
+        "loss": _json_number(loss_value, nan="nan"),
+        "loss_kind": loss_kind,
+        "train_mode": train_mode,
+        "nonfinite_origin": probe.origin(args),
+    }
+    view = RunView(run, is_checkup=True)
+    findings = run_rules(view)
+    return Checkup(
+        table=_table(view),
+        findings=findings,
+        verdict=verdict(findings),
+        run=run,
+        loss=loss_value,
+        temporal=temporal.frame(),
+    )
+
+
+# ---------------------------------------------------------------------------- validation
+def _as_args(inputs: Any) -> tuple[torch.Tensor, ...]:
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,)
+    if isinstance(inputs, tuple | list) and inputs and all(
+        isinstance(x, torch.Tensor) for x in inputs
+    ):
+        return tuple(inputs)
+    got = type(inputs).__name__
+    if isinstance(inputs, tuple | list):
+        kinds = ", ".join(type(x).__name__ for x in inputs)
+        got = f"{got} of {kinds}" if inputs else f"empty {got}"
+    raise GradwatchTypeError(
+        f"inputs must be a torch.Tensor or a tuple of tensors (passed as model(*inputs)), got "
+        f"{got}; convert with torch.as_tensor(...)"
+    )
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    devices = {p.device for p in model.parameters()}
+    return devices.pop() if len(devices) == 1 else None
+
+
+def _expected(layer: Layer, x: torch.Tensor) -> str | None:
+    """What the first layer expects, when ``x`` visibly does not fit it."""
+    m = layer.module
+    shape = tuple(x.shape)
+    if isinstance(m, nn.Linear) and (x.dim() == 0 or shape[-1] != m.in_features):
+        return f"(..., {m.in_features})"
+    if isinstance(m, nn.modules.conv._ConvNd):
+        nd = len(m.kernel_size)
+        spatial = ", ".join("HWD"[i] if nd > 1 else "L" for i in range(nd))
+        if x.dim() not in (nd + 1, nd + 2) or shape[-nd - 1] != m.in_channels:
+            return f"(N, {m.in_channels}, {spatial})"
+    if isinstance(m, nn.RNNBase) and (x.dim() not in (2, 3) or shape[-1] != m.input_size):
+        return f"({'N, T' if m.batch_first else 'T, N'}, {m.input_size})"
+    if isinstance(m, nn.Embedding) and x.is_floating_point():
+        return f"integer indices in [0, {m.num_embeddings})"
+    return None
+
+
+def _forward(model: nn.Module, args: tuple[torch.Tensor, ...], layers: list[Layer]) -> Any:
+    try:
+        return model(*args)
+    except (RuntimeError, IndexError) as exc:
+        got = ", ".join(str(tuple(a.shape)) for a in args)
+        exp = _expected(layers[0], args[0])
+        hint = (
+            f"the first layer '{layers[0].name}' ({layers[0].type_name}) expects {exp}, got "
+            f"{got}" if exp else f"got inputs of shape {got}"
+        )
+        msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise GradwatchValueError(
+            f"inputs do not fit the model: {hint}; the forward pass failed with: {msg}"
+        ) from exc
+    except TypeError as exc:
+        if "argument" not in str(exc):
+            raise
+        raise GradwatchTypeError(
+            f"inputs do not match the model's forward() ({exc}); pass a tuple of tensors for a "
+            "forward() with several arguments"
+        ) from exc
+
+
+def _output_tensor(out: Any) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, tuple | list) and out and isinstance(out[0], torch.Tensor):
+        return out[0]
+    if isinstance(out, Mapping):
+        if isinstance(out.get("logits"), torch.Tensor):
+            return out["logits"]
+        for v in out.values():
+            if isinstance(v, torch.Tensor):
+                return v
+    raise GradwatchTypeError(
+        f"the model returned {type(out).__name__}, not a tensor; pass loss_fn= to turn its "
+        "output into a scalar loss"
+    )
+
+
+def _loss(out: Any, targets: torch.Tensor | None, loss_fn: Callable | None) -> tuple[Any, str]:
+    """The scalar loss and which loss it is."""
+    if loss_fn is not None:
+        loss = loss_fn(out, targets) if targets is not None else loss_fn(out)
+        if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+            what = tuple(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
+            raise GradwatchValueError(
+                f"loss_fn must return a scalar tensor, got {what}; reduce it with .mean()"
+            )
+        return loss.reshape(()), "loss_fn"
+    y = _output_tensor(out)
+    if targets is None:
+        n = y.shape[0] if y.dim() >= 1 and y.shape[0] > 0 else 1
+        return 0.5 * y.pow(2).sum() / n, "default"
+    integer = not (targets.is_floating_point() or targets.is_complex()) and (
+        targets.dtype != torch.bool
+    )
+    if integer and y.dim() >= 2 and tuple(targets.shape) == (y.shape[0], *y.shape[2:]):
+        try:
+            return F.cross_entropy(y, targets.long()), "cross_entropy"
+        except (RuntimeError, IndexError) as exc:
+            raise GradwatchValueError(
+                f"targets must be class labels in [0, {y.shape[1]}) for an output with "
+                f"{y.shape[1]} classes ({str(exc).splitlines()[0][:200]})"
+            ) from exc
+    if tuple(targets.shape) != tuple(y.shape):
+        raise GradwatchValueError(
+            f"targets of shape {tuple(targets.shape)} do not fit the model output of shape "
+            f"{tuple(y.shape)}: pass integer class labels of shape ({y.shape[0]},) for an "
+            "(N, C) output, targets shaped like the output, or a loss_fn"
+        )
+    return F.mse_loss(y, targets.to(y.dtype)), "mse"
+
+
+# ------------------------------------------------------------------------ model state
+def _save_state(model: nn.Module) -> dict[str, list]:
+    return {
+        "grads": [(p, p.grad) for p in model.parameters()],
+        "modes": [(m, m.training) for m in model.modules()],
+        "buffers": [(b, b.detach().clone()) for b in model.buffers()],
+    }
+
+
+def _restore_state(model: nn.Module, state: dict[str, list]) -> None:
+    for p, g in state["grads"]:
+        p.grad = g
+    for m, training in state["modes"]:
+        m.training = training
+    with torch.no_grad():
+        for b, saved in state["buffers"]:
+            b.copy_(saved)
+
+
+# ------------------------------------------------------------------------------ probes
+class _ForwardProbe:
+    """Forward hooks noting, in execution order, the first layer whose output is NaN/Inf."""
+
+    def __init__(self, layers: list[Layer]):
+        self.first: str | None = None
+        self.handles = [
+            ly.module.register_forward_hook(partial(self._hook, ly.name)) for ly in layers
+        ]
+
+    def _hook(self, name: str, module: nn.Module, args: Any, out: Any) -> None:
+        if self.first is not None:
+            return
+        tensors = [out] if isinstance(out, torch.Tensor) else (
+            [t for t in out if isinstance(t, torch.Tensor)] if isinstance(out, tuple | list) else []
+        )
+        for t in tensors:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                self.first = name
+                return
+
+    def origin(self, args: tuple[torch.Tensor, ...]) -> str | None:
+        """"inputs" if the inputs hold NaN/Inf, else the first non-finite layer, else None."""
+        if any(a.is_floating_point() and not bool(torch.isfinite(a).all()) for a in args):
+            return "inputs"
+        return self.first
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+class _TemporalProbe:
+    """Temporal gradient flow: ‖∂L/∂x_t‖ of the input sequence of each recurrent layer.
+
+    A forward pre-hook on each nn.RNN/LSTM/GRU hooks its input sequence (a leaf input is
+    replaced by a detached copy that requires grad, so its gradient exists); during backward
+    the tensor hook takes the norm over every axis but time.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.norms: dict[str, list[torch.Tensor]] = {}
+        self.handles = [
+            m.register_forward_pre_hook(partial(self._pre, name or "(root)"))
+            for name, m in model.named_modules()
+            if isinstance(m, nn.RNNBase)
+        ]
+
+    def _pre(self, name: str, module: nn.RNNBase, args: tuple) -> tuple | None:
+        x = args[0] if args else None
+        if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3) or not x.is_floating_point():
+            return None  # PackedSequence or something else: no temporal flow
+        if not torch.is_grad_enabled():
+            return None
+        time_dim = 1 if (x.dim() == 3 and module.batch_first) else 0
+        new_args = None
+        if not x.requires_grad:
+            x = x.detach().requires_grad_(True)
+            new_args = (x, *args[1:])
+        x.register_hook(partial(self._grad, name, time_dim))
+        return new_args
+
+    def _grad(self, name: str, time_dim: int, g: torch.Tensor) -> None:
+        g = g.detach().float().movedim(time_dim, 0)  # (T, ...)
+        self.norms.setdefault(name, []).append(torch.linalg.vector_norm(g.flatten(1), dim=1))
+
+    def frame(self) -> pd.DataFrame:
+        """One row per (layer, t): grad_norm and ratio to the last time step."""
+        rows = []
+        for name, calls in self.norms.items():
+            same = [c for c in calls if c.shape == calls[0].shape]
+            norms = torch.sqrt(sum(c**2 for c in same)).cpu().numpy().astype(np.float64)
+            last = norms[-1]
+            ratio = norms / last if last > 0 else np.full_like(norms, np.nan)
+            rows += [
+                {"layer": name, "t": t, "grad_norm": float(v), "ratio": float(r)}
+                for t, (v, r) in enumerate(zip(norms, ratio, strict=True))
+            ]
+        return pd.DataFrame(rows, columns=list(TEMPORAL_COLUMNS))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+# ------------------------------------------------------------------------------- table
+def _table(view: RunView) -> pd.DataFrame:
+    layers = view.layers
+    table = pd.DataFrame({"layer": layers, "type": [view.layer_type(ly) for ly in layers]})
+    for stat in STAT_COLUMNS:
+        wide = view.wide(stat)
+        if wide.empty:
+            table[stat] = np.nan
+        else:
+            row = wide.iloc[-1]
+            table[stat] = [float(row[ly]) if ly in row.index else np.nan for ly in layers]
+    table["backprop_ratio"] = _over_output_side(table["backprop_norm"].to_numpy(dtype=float))
+    table["grad_ratio"] = _over_output_side(table["grad_norm"].to_numpy(dtype=float))
+    return table
+
+
+def _over_output_side(values: np.ndarray) -> np.ndarray:
+    """Divide by the output-side-most finite, non-zero value (NaN if there is none)."""
+    ok = np.flatnonzero(np.isfinite(values) & (values != 0))
+    if not len(ok):
+        return np.full_like(values, np.nan)
+    return values / values[ok[-1]]
+
+
+def _json_number(x: float, nan: Any = None) -> Any:
+    if math.isnan(x):
+        return nan
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return x
+
+
+def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    out = []
+    for rec in df.to_dict(orient="records"):
+        out.append(
+            {
+                k: (_json_number(float(v)) if isinstance(v, float | np.floating) else
+                    int(v) if isinstance(v, np.integer) else v)
+                for k, v in rec.items()
+            }
+        )
+    return out

@@ -1,0 +1,182 @@
+"""The small read-only view every diagnosis rule works on, and helpers the rules share.
+
+A rule is a function ``rule(view) -> list[Finding]``. It never sees a Monitor or a model: only
+this view over a :class:`~gradwatch.store.reader.Run` (a recorded run, or the one-step run of
+a checkup), so the same rules serve ``gw.watch`` and ``gw.check``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from gradwatch.store.reader import Run
+
+#: A condition seen in a training run is reported when it holds at the last recorded step
+#: (it persists) or at least at this fraction of the recorded steps; a blip at one step of a
+#: long run is not worth a finding.
+PERSIST_FRACTION = 0.2
+
+#: Layer types that normalise their input; they own parameters, so they are layers, but they
+#: are not counted when the rules speak of a network's depth in weight layers.
+NORM_TYPE_MARKERS = ("Norm",)
+
+
+@dataclass
+class RunView:
+    """What a rule may look at: layer order, wide per-statistic tables, meta.
+
+    Attributes:
+        run: the underlying run.
+        is_checkup: True for the one-step run of :func:`gradwatch.check`.
+    """
+
+    run: Run
+    is_checkup: bool = False
+    _wide: dict[str, pd.DataFrame] = field(default_factory=dict, repr=False)
+    _memo: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """The run's meta.json content."""
+        return self.run.meta
+
+    @property
+    def layers(self) -> list[str]:
+        """Layer names, input side first."""
+        return self.run.layers
+
+    @property
+    def checkup(self) -> dict[str, Any]:
+        """Extra facts a checkup records in ``meta["checkup"]`` (empty for a training run)."""
+        return dict(self.meta.get("checkup") or {})
+
+    def layer_type(self, layer: str) -> str:
+        """The module class name of ``layer`` ("" when unknown)."""
+        return str((self.meta.get("layer_info") or {}).get(layer, {}).get("type", ""))
+
+    @property
+    def families(self) -> set[str]:
+        """Activation families present in the model ("sigmoid", "tanh", "rectifier", ...)."""
+        acts = self.meta.get("activations") or {}
+        return {str(a.get("family")) for a in acts.values() if isinstance(a, dict)}
+
+    @property
+    def weight_layers(self) -> list[str]:
+        """Layers that are not normalisation layers (the depth the rules speak of)."""
+        return [ly for ly in self.layers if not is_norm_type(self.layer_type(ly))]
+
+    @property
+    def has_norm(self) -> bool:
+        """Whether the model has normalisation layers (BatchNorm, LayerNorm, GroupNorm...)."""
+        return any(is_norm_type(self.layer_type(ly)) for ly in self.layers)
+
+    def wide(self, stat: str) -> pd.DataFrame:
+        """One statistic as a wide table: index step, one column per layer, input side first.
+
+        Like :meth:`Run.pivot`, but NaN and Inf values are kept (``pivot_table`` drops NaN,
+        which would hide exactly the values the nonfinite rule looks for). A layer that never
+        recorded the statistic has no column; the loss is not included (see :attr:`loss`).
+        """
+        if stat not in self._wide:
+            df = self.run.stats
+            df = df[(df["stat"] == stat) & (df["layer"] != "")]
+            if df.empty:
+                wide = pd.DataFrame(index=pd.Index([], name="step", dtype="int64"))
+            else:
+                df = df.drop_duplicates(["step", "layer"], keep="last")
+                wide = df.pivot(index="step", columns="layer", values="value").sort_index()
+                wide = wide[[c for c in self.layers if c in wide.columns]]
+            wide.columns.name = None
+            self._wide[stat] = wide
+        return self._wide[stat]
+
+    @property
+    def loss(self) -> pd.Series:
+        """The loss per recorded step (NaN and Inf kept)."""
+        if "loss" not in self._wide:
+            df = self.run.stats
+            df = df[(df["stat"] == "loss") & (df["layer"] == "")]
+            df = df.drop_duplicates(["step"], keep="last")
+            self._wide["loss"] = df.set_index("step")["value"].sort_index()
+        return self._wide["loss"]
+
+    @property
+    def steps(self) -> list[int]:
+        """Every recorded step, in order."""
+        return sorted(int(s) for s in self.run.stats["step"].unique())
+
+    def memo(self, key: str, compute: Any) -> Any:
+        """Compute a value once per view (rules share e.g. the gradient-flow analysis)."""
+        if key not in self._memo:
+            self._memo[key] = compute(self)
+        return self._memo[key]
+
+
+def is_norm_type(type_name: str) -> bool:
+    """Whether a module class name is a normalisation layer."""
+    return any(m in type_name for m in NORM_TYPE_MARKERS)
+
+
+def persists(held: list[int], recorded: list[int]) -> bool:
+    """Whether a condition held at ``held`` steps is worth reporting (see PERSIST_FRACTION)."""
+    if not held or not recorded:
+        return False
+    return held[-1] == recorded[-1] or len(held) >= math.ceil(PERSIST_FRACTION * len(recorded))
+
+
+def step_span(view: RunView, held: list[int]) -> tuple[int, int] | None:
+    """``(first, last)`` step for a training run; None for a checkup."""
+    if view.is_checkup or not held:
+        return None
+    return (int(held[0]), int(held[-1]))
+
+
+def when(view: RunView, held: list[int], recorded: list[int]) -> str:
+    """A short phrase saying when a condition held ("" for a checkup)."""
+    if view.is_checkup or not held:
+        return ""
+    first, last = held[0], held[-1]
+    span = f"at step {first}" if first == last else f"from step {first} to {last}"
+    still = " and still does" if held[-1] == recorded[-1] else ""
+    return f" {span}{still}"
+
+
+def names(layers: list[str], limit: int = 4) -> str:
+    """``'a', 'b', 'c' and 2 more``."""
+    quoted = [f"'{x}'" for x in layers[:limit]]
+    more = len(layers) - limit
+    if more > 0:
+        return ", ".join(quoted) + f" and {more} more"
+    if len(quoted) <= 1:
+        return "".join(quoted)
+    return ", ".join(quoted[:-1]) + " and " + quoted[-1]
+
+
+def pow10(x: float) -> str:
+    """``1e-06`` -> ``10^-6``; ``0.03`` -> ``3.0×10^-2`` (for messages)."""
+    if x <= 0 or not math.isfinite(x):
+        return "0" if x == 0 else str(x)
+    e = math.floor(math.log10(x))
+    mant = x / 10**e
+    if abs(mant - 1) < 0.05:
+        return f"10^{e}"
+    return f"{mant:.1f}×10^{e}"
+
+
+def num(x: Any) -> Any:
+    """A JSON-clean number: Python float/int, non-finite floats as "nan", "inf", "-inf"."""
+    if isinstance(x, bool | np.bool_):
+        return bool(x)
+    if isinstance(x, int | np.integer):
+        return int(x)
+    x = float(x)
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return float(f"{x:.6g}")

@@ -1,0 +1,55 @@
+"""Writing findings next to the statistics: ``RUN_DIR/findings.jsonl``."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from gradwatch.errors import GradwatchTypeError, RunDirectoryError
+from gradwatch.findings import Finding
+from gradwatch.store.format import FINDINGS
+
+
+def store_findings(run_dir: str | Path, findings: Iterable[Finding]) -> Path:
+    """Write ``findings`` to ``run_dir/findings.jsonl``, replacing what was there.
+
+    One ``Finding.to_dict()`` JSON object per line. The file is written to a temporary name
+    and renamed, so readers see the old file or the new one, never half of one.
+
+    Args:
+        run_dir: the run directory.
+        findings: the findings, e.g. ``gw.diagnose(run_dir)``.
+
+    Returns:
+        the path of ``findings.jsonl``.
+
+    Raises:
+        GradwatchTypeError: ``run_dir`` is not a path, or an item of ``findings`` is not a
+            Finding.
+        RunDirectoryError: ``run_dir`` is not an existing directory.
+    """
+    if not isinstance(run_dir, str | Path):
+        raise GradwatchTypeError(
+            f"run_dir must be a path to a run directory, got {type(run_dir).__name__}"
+        )
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise RunDirectoryError(f"run_dir {str(path)!r} is not an existing directory")
+    lines = []
+    for f in findings:
+        if not isinstance(f, Finding):
+            raise GradwatchTypeError(
+                f"findings must hold Finding objects, got {type(f).__name__}; pass the list "
+                "returned by gw.diagnose"
+            )
+        lines.append(json.dumps(f.to_dict(), allow_nan=False, default=str))
+    target = path / FINDINGS
+    tmp = path / f".{FINDINGS}.tmp"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write("".join(line + "\n" for line in lines))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    return target
