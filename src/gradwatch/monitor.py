@@ -89,6 +89,8 @@ class Monitor:
         overwrite: bool = False,
         name: str | None = None,
         config: dict[str, Any] | None = None,
+        distributed: bool | None = None,
+        process_group: Any = None,
     ):
         # -- validate everything before touching the model or the disk ---------------------
         layers = find_layers(model)  # raises for non-modules and models without parameters
@@ -161,8 +163,19 @@ class Monitor:
         )
         self._acts_info = find_activations(model) if "act" in self._need else []
 
+        # -- distributed: statistics combined across ranks at each flush, rank 0 writes --------
+        from gradwatch.integrations import distributed as gw_dist
+
+        self._dist = gw_dist.is_distributed(process_group) if distributed is None else distributed
+        self._pg = process_group
+        self.rank, self.world_size = (
+            gw_dist.rank_and_world(process_group) if self._dist else (0, 1)
+        )
+        if self._dist:
+            self.flush_secs = float("inf")  # ranks flush together, by step count only
+
         # -- run directory --------------------------------------------------------------------
-        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.run_dir = Path(run_dir) if run_dir is not None and self.rank == 0 else None
         self._lock_path: Path | None = None
         if self.run_dir is not None:
             self._prepare_run_dir(overwrite)
@@ -301,6 +314,7 @@ class Monitor:
                 "numpy": np.__version__,
             },
             "host": {"pid": os.getpid(), "platform": platform.platform()},
+            "distributed": {"world_size": self.world_size} if self._dist else None,
         }
 
     # ------------------------------------------------------------------------- schedule
@@ -592,8 +606,14 @@ class Monitor:
         self._close_step()
 
     def flush(self, wait: bool = True) -> None:
-        """Hand buffered statistics to the writer; with ``wait``, until they are written."""
-        if self._buffer:
+        """Hand buffered statistics to the writer; with ``wait``, until they are written.
+
+        Under ``torch.distributed`` every rank must call it together (steps, close() and the
+        step-count schedule do).
+        """
+        if self._dist:
+            self._flush_distributed(wait)
+        elif self._buffer:
             batch = self._writer.submit(self._buffer)
             self._buffer = []
             if wait:
@@ -602,6 +622,23 @@ class Monitor:
         if self.run_dir is not None and self._n_recorded and not getattr(self, "_meta_ordered", 0):
             self._meta_ordered = True
             self._write_meta("running")
+
+    def _flush_distributed(self, wait: bool) -> None:
+        from gradwatch.integrations import distributed as gw_dist
+
+        blocks, self._buffer = self._buffer, []
+        structure = [(b.step, b.kind, b.key, b.tensor.numel()) for b in blocks]
+        flat = (
+            gw_dist.to_host(torch.cat([b.tensor.reshape(-1).float() for b in blocks]))
+            if blocks
+            else np.zeros(0, dtype=np.float32)
+        )
+        gathered = gw_dist.gather_to_rank0(structure, flat, self._pg)
+        if self.rank == 0 and gathered is not None and structure:
+            structure, flat = gw_dist.combine(gathered)
+            batch = self._writer.submit_flat(structure, flat)
+            if wait:
+                self._writer.wait(batch)
 
     def _write_meta(self, status: str) -> None:
         if self.run_dir is None:
@@ -648,8 +685,12 @@ class Monitor:
 
     @property
     def run(self) -> Run:
-        """The run recorded so far, as a :class:`~gradwatch.store.reader.Run` (flushes first)."""
-        if not self._closed:
+        """The run recorded so far, as a :class:`~gradwatch.store.reader.Run` (flushes first).
+
+        Under ``torch.distributed`` it does not flush (a flush is collective): read it after
+        ``close()``, on rank 0.
+        """
+        if not self._closed and not self._dist:
             self.flush(wait=True)
         if self.run_dir is not None:
             from gradwatch.store.reader import load

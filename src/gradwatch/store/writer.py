@@ -170,6 +170,12 @@ class RunWriter:
         self._q.put(batch)
         return batch
 
+    def submit_flat(self, structure: list[tuple[int, str, Any, int]], flat: Any) -> _Batch:
+        """Hand over an already concatenated flush (used for flushes combined across ranks)."""
+        batch = _Batch(torch.as_tensor(flat), list(structure))
+        self._q.put(batch)
+        return batch
+
     def close(self, timeout: float = 60.0) -> None:
         """Write everything submitted, compact the parts, stop the thread."""
         self._q.put(None)
