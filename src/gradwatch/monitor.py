@@ -19,7 +19,10 @@ import atexit
 import os
 import platform
 import shutil
+import signal
+import threading
 import time
+import warnings
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from functools import partial
@@ -52,6 +55,41 @@ def _close_all() -> None:  # flush runs of a process that exits without closing 
             mon.close()
         except Exception:  # noqa: BLE001, S110 - never raise at exit
             pass
+
+
+_PREVIOUS_SIGTERM: Any = None
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM -> SystemExit, so ``with`` blocks and atexit flush the open runs."""
+    raise SystemExit(128 + signum)
+
+
+def _install_sigterm() -> None:
+    """Flush on SIGTERM: only from the main thread and only if nobody else handles it."""
+    global _PREVIOUS_SIGTERM
+    if threading.current_thread() is not threading.main_thread() or _PREVIOUS_SIGTERM is not None:
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+            _PREVIOUS_SIGTERM = signal.SIG_DFL
+    except (ValueError, OSError):  # pragma: no cover - not in the main interpreter
+        pass
+
+
+def _restore_sigterm() -> None:
+    global _PREVIOUS_SIGTERM
+    if _PREVIOUS_SIGTERM is None or _LIVE:
+        return
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is _on_sigterm:
+            signal.signal(signal.SIGTERM, _PREVIOUS_SIGTERM)
+        _PREVIOUS_SIGTERM = None
+    except (ValueError, OSError):  # pragma: no cover
+        pass
 
 
 def _tensors(out: Any) -> Iterable[torch.Tensor]:
@@ -225,6 +263,7 @@ class Monitor:
         if self.run_dir is not None:
             write_json_atomic(self.run_dir / META, self._meta("running"))
             (self.run_dir / FINDINGS).touch()
+            _install_sigterm()
         _LIVE.add(self)
 
     # ------------------------------------------------------------------ validation helpers
@@ -619,6 +658,7 @@ class Monitor:
             if wait:
                 self._writer.wait(batch)
         self._last_flush = time.monotonic()
+        self._report_write_errors()
         if self.run_dir is not None and self._n_recorded and not getattr(self, "_meta_ordered", 0):
             self._meta_ordered = True
             self._write_meta("running")
@@ -640,6 +680,24 @@ class Monitor:
             if wait:
                 self._writer.wait(batch)
 
+    def _report_write_errors(self) -> None:
+        """Warn (from the training thread) about writes that failed; training goes on."""
+        errs = self._writer.take_errors()
+        if errs and not self._write_warned:
+            self._write_warned = True
+            where = self.run_dir if self.run_dir is not None else "memory"
+            warnings.warn(
+                f"gradwatch could not write statistics to {where}: {errs[-1]!r}. Training goes "
+                "on; the rows are kept and retried at the next flush, and everything written "
+                "before stays readable",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        elif not errs and self._write_warned and self._writer.error is None:
+            self._write_warned = False
+
+    _write_warned = False
+
     def _write_meta(self, status: str) -> None:
         if self.run_dir is None:
             return
@@ -647,6 +705,7 @@ class Monitor:
             write_json_atomic(self.run_dir / META, self._meta(status))
         except OSError as exc:
             self._writer._report(exc)
+            self._report_write_errors()
 
     def close(self) -> None:
         """Flush everything, write the final meta.json, remove every hook. Idempotent."""
@@ -668,12 +727,14 @@ class Monitor:
             self.flush(wait=False)
             self._writer.close()
             self._write_meta(self._status)
+            self._report_write_errors()
         finally:
             self._snapshot = None
             if self._lock_path is not None:
                 run_lock.release(self._lock_path)
                 self._lock_path = None
             _LIVE.discard(self)
+            _restore_sigterm()
 
     _status = "closed"
 

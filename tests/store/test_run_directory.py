@@ -199,3 +199,65 @@ def test_long_run_streams_to_disk_and_compacts(tmp_path):
     assert len(parts) <= 3
     assert gw.load(tmp_path / "run").steps == list(range(80))
     assert time.time() - t0 < 30
+
+
+SIGTERM_CHILD = textwrap.dedent(
+    """
+    import sys, torch, gradwatch as gw
+    from torch import nn
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    mon = gw.watch(model, sys.argv[1], optimizer=opt, flush_every=10_000, flush_secs=1e9)
+    step = 0
+    while True:
+        opt.zero_grad(); model(torch.randn(3, 4)).sum().backward(); opt.step()
+        step += 1
+        if step == 25:
+            print("ready", flush=True)
+    """
+)
+
+
+def test_sigterm_flushes_everything(tmp_path):
+    script = tmp_path / "child.py"
+    script.write_text(SIGTERM_CHILD)
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "run")],
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 128 + signal.SIGTERM
+    run = gw.load(tmp_path / "run")
+    assert len(run.steps) >= 25 and run.steps == list(range(len(run.steps)))
+    assert run.meta["status"] in ("closed", "interrupted")
+
+
+def test_unwritable_run_directory_warns_and_training_goes_on(tmp_path):
+    model = nn.Sequential(nn.Linear(3, 3), nn.ReLU(), nn.Linear(3, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    run_dir = tmp_path / "run"
+    stats = run_dir / "stats"
+
+    def train(mon, n):
+        for _ in range(n):
+            opt.zero_grad()
+            loss = model(torch.randn(4, 3)).pow(2).mean()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+
+    with gw.watch(model, run_dir, optimizer=opt, flush_every=5, flush_secs=1e9) as mon:
+        train(mon, 5)
+        mon.flush(wait=True)
+        written = gw.load(run_dir).steps
+        assert written == list(range(5))
+        moved = tmp_path / "stats-away"
+        stats.rename(moved)
+        stats.write_text("not a directory")  # every write into stats/ now fails
+        with pytest.warns(RuntimeWarning, match="could not write statistics"):
+            train(mon, 10)
+            mon.flush(wait=True)
+        stats.unlink()
+        moved.rename(stats)  # the disk is back
+        train(mon, 5)
+    run = gw.load(run_dir)
+    assert run.steps == list(range(20))  # the rows of the failed flushes were retried

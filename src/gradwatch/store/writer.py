@@ -13,7 +13,6 @@ from __future__ import annotations
 import queue
 import threading
 import time
-import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +152,7 @@ class RunWriter:
         self._seq = 0
         self._single_parts: list[int] = []
         self.error: BaseException | None = None
-        self._warned = False
+        self._errors: list[BaseException] = []
         self._q: queue.Queue[_Batch | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="gradwatch-writer", daemon=True)
         if run_dir is not None:
@@ -240,16 +239,14 @@ class RunWriter:
         self._single_parts.clear()
 
     def _report(self, exc: BaseException) -> None:
+        """Keep the error for the training thread to report (warnings from threads get lost)."""
         self.error = exc
-        if not self._warned:
-            self._warned = True
-            where = self.run_dir if self.run_dir is not None else "memory"
-            warnings.warn(
-                f"gradwatch could not write statistics to {where}: {exc!r}; training goes on, "
-                "rows are kept and retried at the next flush",
-                RuntimeWarning,
-                stacklevel=2,
-            )
+        self._errors.append(exc)
+
+    def take_errors(self) -> list[BaseException]:
+        """Errors since the last call (called from the training thread)."""
+        errs, self._errors = self._errors, []
+        return errs
 
 
 def wait_until(pred, timeout: float) -> bool:
