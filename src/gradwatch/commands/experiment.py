@@ -1,0 +1,114 @@
+"""``gradwatch experiment NAME``: reproduce a classic result and check the paper's claims.
+
+Exit code 0 when every claim holds, 1 when one does not, 2 for bad input. In ``--quick``
+mode, claims marked as full-scale only are reported but do not decide the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from gradwatch.errors import GradwatchValueError
+
+
+def _list(console: Console) -> int:
+    from gradwatch.experiments import EXPERIMENTS
+
+    table = Table(title="gradwatch experiments", show_lines=False)
+    table.add_column("name", no_wrap=True)
+    table.add_column("what it shows", overflow="fold")
+    table.add_column("paper", overflow="fold")
+    for spec in EXPERIMENTS.values():
+        table.add_row(spec.name, escape(spec.description), escape(spec.paper))
+    console.print(table)
+    return 0
+
+
+def _report(console: Console, result: dict) -> bool:
+    """Print one experiment's claims; return whether its decisive claims all hold."""
+    from gradwatch.experiments.base import decisive, outcome
+
+    quick = bool(result.get("quick"))
+    counted = {id(c) for c in decisive(result["claims"], quick)}
+    mode = "quick" if quick else "full"
+    console.print(
+        f"[bold]{result['name']}[/] ({mode}, seed {result['seed']}, {result['runtime_s']:.1f} s)"
+    )
+    for c in result["claims"]:
+        mark = "[green]✓[/]" if c["holds"] else "[red]✗[/]"
+        note = "" if id(c) in counted else " [dim](full-scale claim: not expected in quick mode)[/]"
+        console.print(f"  {mark} {escape(c['claim'])}{note}")
+    ok = outcome(result)
+    console.print(f"  outputs: {result['out_dir']} (result.json, figures/, runs/)")
+    if not ok:
+        console.print("  [red]a claim of the paper does not hold in this run[/]")
+    return ok
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run one experiment (or all) and print its claims."""
+    from gradwatch.experiments import EXPERIMENTS, get, run_experiment
+
+    console = Console(highlight=False)
+    if args.list:
+        return _list(console)
+    if args.name is None:
+        raise GradwatchValueError(
+            f"give an experiment NAME ({', '.join(EXPERIMENTS)} or 'all'), or --list"
+        )
+    names = list(EXPERIMENTS) if args.name == "all" else [get(args.name).name]
+    if args.seed < 0:
+        raise GradwatchValueError(f"--seed must be >= 0, got {args.seed}")
+    out_root = Path(args.out) if args.out else Path("experiments") / time.strftime("%Y%m%d-%H%M%S")
+    if out_root.exists() and not out_root.is_dir():
+        raise GradwatchValueError(f"--out {str(out_root)!r} is a file; give a folder")
+    failed = []
+    for name in names:
+        out = out_root / name if (len(names) > 1 or args.out is None) else out_root
+        console.print(f"running {name}{' (quick)' if args.quick else ''} -> {out}")
+        result = run_experiment(
+            name,
+            out,
+            quick=args.quick,
+            seed=args.seed,
+            executor=args.executor,
+            progress=False if args.no_progress else None,
+        )
+        if not _report(console, result):
+            failed.append(name)
+    if failed:
+        console.print(f"[red]claims failed in: {', '.join(failed)}[/] (exit code 1)")
+        return 1
+    return 0
+
+
+def register(subparsers) -> None:
+    """Add ``gradwatch experiment``."""
+    p = subparsers.add_parser(
+        "experiment",
+        help="reproduce a classic result (Glorot 2010, He 2015, residual, ...)",
+        description=__doc__.splitlines()[0],
+    )
+    p.add_argument("name", nargs="?", help="experiment name, or 'all' (see --list)")
+    p.add_argument("--list", action="store_true", help="list the experiments and exit")
+    p.add_argument("--quick", action="store_true", help="small, fast version (well under a minute)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder (default: experiments/<timestamp>/<name>)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--executor",
+        choices=("local", "ray"),
+        default="local",
+        help="where grids of runs execute (experiments that run grids)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)

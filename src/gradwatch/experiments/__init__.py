@@ -1,0 +1,118 @@
+"""The laboratory: one linear, readable script per classic result about gradient flow.
+
+Each experiment is registered in :data:`EXPERIMENTS` by an :class:`ExperimentSpec`; its
+module defines a ``@dataclass`` config, ``run(out_dir, quick=False, seed=0, **kw) -> dict``
+and a pure ``claims(numbers) -> list[Claim]`` (see :mod:`gradwatch.experiments.base`).
+Run one with :func:`run_experiment` or ``gradwatch experiment NAME [--quick]``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from gradwatch.errors import GradwatchValueError
+from gradwatch.experiments.base import Claim, claim, finish, outcome
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    """What the registry knows about an experiment without importing it.
+
+    Attributes:
+        name: the name on the command line.
+        description: one line: what it shows.
+        paper: the paper it reproduces (authors, year, title).
+        module: the module that defines ``run`` and ``claims``.
+    """
+
+    name: str
+    description: str
+    paper: str
+    module: str
+
+    def load(self) -> ModuleType:
+        """Import the experiment's module."""
+        return importlib.import_module(self.module)
+
+    def accepts(self, keyword: str) -> bool:
+        """Whether the module's ``run`` takes ``keyword`` (by name or through ``**kw``)."""
+        params = inspect.signature(self.load().run).parameters
+        return keyword in params or any(
+            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
+        )
+
+    def run(self, out_dir: str | Path, quick: bool = False, seed: int = 0, **kw: Any) -> dict:
+        """Run the experiment; returns its result dict (also in ``out_dir/result.json``)."""
+        return self.load().run(Path(out_dir), quick=quick, seed=seed, **kw)
+
+
+#: Every experiment, by name, in the order ``gradwatch experiment --list`` shows them.
+EXPERIMENTS: dict[str, ExperimentSpec] = {
+    spec.name: spec
+    for spec in (
+        ExperimentSpec(
+            "glorot2010",
+            "sigmoid/tanh/softsign MLPs, standard vs normalized init: saturation and "
+            "back-propagated gradients",
+            "Glorot & Bengio 2010, Understanding the difficulty of training deep "
+            "feedforward neural networks",
+            "gradwatch.experiments.glorot2010",
+        ),
+        ExperimentSpec(
+            "he2015",
+            "22- and 30-layer ReLU MLPs, Xavier vs He init: the Xavier net stalls at 30",
+            "He, Zhang, Ren & Sun 2015, Delving Deep into Rectifiers",
+            "gradwatch.experiments.he2015",
+        ),
+        ExperimentSpec(
+            "residual",
+            "plain vs residual vs batch-normalised deep MLPs: gradient flow and training "
+            "loss as depth grows",
+            "He, Zhang, Ren & Sun 2016, Deep Residual Learning for Image Recognition",
+            "gradwatch.experiments.residual",
+        ),
+    )
+}
+
+
+def get(name: str) -> ExperimentSpec:
+    """The spec of experiment ``name``.
+
+    Raises:
+        GradwatchValueError: no experiment has that name (the message lists them).
+    """
+    if name not in EXPERIMENTS:
+        raise GradwatchValueError(
+            f"unknown experiment {name!r}; choose one of: {', '.join(EXPERIMENTS)} (or 'all')"
+        )
+    return EXPERIMENTS[name]
+
+
+def run_experiment(
+    name: str, out_dir: str | Path, quick: bool = False, seed: int = 0, **kw: Any
+) -> dict:
+    """Run experiment ``name`` into ``out_dir`` and return its result dict.
+
+    Keyword arguments the experiment's ``run`` does not accept are dropped (e.g.
+    ``executor`` for an experiment that runs no grid).
+    """
+    spec = get(name)
+    kw = {k: v for k, v in kw.items() if spec.accepts(k)}
+    return spec.run(out_dir, quick=quick, seed=seed, **kw)
+
+
+__all__ = [
+    "EXPERIMENTS",
+    "Claim",
+    "ExperimentSpec",
+    "claim",
+    "finish",
+    "get",
+    "outcome",
+    "run_experiment",
+]

@@ -1,0 +1,113 @@
+"""The one training loop the experiments share: minibatch SGD on a classifier, watched.
+
+Kept deliberately plain (nanoGPT's ``train.py`` in miniature): shuffle, forward,
+cross-entropy, backward, step, and ``gw.watch`` recording every statistic into a run
+directory. Everything the claims need is read back from that run directory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+
+@torch.no_grad()
+def error_rate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2048) -> float:
+    """Classification error of ``model`` on (x, y), in eval mode (then back to train mode)."""
+    was = model.training
+    model.eval()
+    wrong = 0
+    for lo in range(0, len(x), batch):
+        wrong += int((model(x[lo : lo + batch]).argmax(1) != y[lo : lo + batch]).sum())
+    model.train(was)
+    return wrong / len(x)
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch: int = 2048) -> float:
+    """Mean cross-entropy of ``model`` on (x, y), in eval mode (then back to train mode)."""
+    was = model.training
+    model.eval()
+    total = 0.0
+    for lo in range(0, len(x), batch):
+        out = model(x[lo : lo + batch])
+        total += float(F.cross_entropy(out, y[lo : lo + batch], reduction="sum"))
+    model.train(was)
+    return total / len(x)
+
+
+def train_classifier(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    run_dir: str | Path | None,
+    seed: int,
+    momentum: float = 0.0,
+    every: int | str = 1,
+    detail_every: int = 10,
+    config: dict[str, Any] | None = None,
+    on_step: Callable[[int], None] | None = None,
+) -> Path | None:
+    """Train ``model`` with minibatch SGD and cross-entropy, recorded by ``gw.watch``.
+
+    Minibatches are drawn without replacement, reshuffled every epoch by a generator
+    seeded with ``seed`` (so two calls with the same seed see the same batches). The step
+    recorded as 0 is taken before the first update: its gradients are those at
+    initialisation.
+
+    Args:
+        model: the classifier, trained in place.
+        x: inputs, (N, ...).
+        y: int64 labels, (N,).
+        steps: optimizer steps.
+        lr: learning rate.
+        batch_size: minibatch size.
+        run_dir: where ``gw.watch`` writes the run (replaced if it exists); None: in memory.
+        seed: seed of the batch order.
+        momentum: SGD momentum.
+        every: ``gw.watch``'s recording schedule.
+        detail_every: ``gw.watch``'s schedule for the slow statistics (activations, ...).
+        config: stored in the run's meta.json.
+        on_step: called with the step number after each step (progress bars).
+
+    Returns:
+        the run directory (None when kept in memory).
+    """
+    import gradwatch as gw
+
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(x), generator=gen)
+    pos = 0
+    model.train()
+    with gw.watch(
+        model,
+        run_dir,
+        optimizer=opt,
+        every=every,
+        detail_every=detail_every,
+        overwrite=True,
+        config=config,
+    ) as mon:
+        for step in range(steps):
+            if pos + batch_size > len(x):
+                order, pos = torch.randperm(len(x), generator=gen), 0
+            idx = order[pos : pos + batch_size]
+            pos += batch_size
+            loss = F.cross_entropy(model(x[idx]), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            mon.step(loss=loss)
+            if on_step is not None:
+                on_step(step)
+    return Path(run_dir) if run_dir is not None else None
