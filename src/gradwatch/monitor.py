@@ -36,7 +36,7 @@ from torch import nn
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError, RunDirectoryError
 from gradwatch.layers import find_activations, find_layers
 from gradwatch.schedule import make_schedule
-from gradwatch.stats import ALL_STATS, DETAIL_STATS, SOURCES
+from gradwatch.stats import ALL_STATS, DETAIL_STATS, SOURCES, norm32
 from gradwatch.stats.activation import FAMILY_CODE, act_block
 from gradwatch.stats.gradient import NormPlan, grad_block
 from gradwatch.stats.update import update_block, weight_block
@@ -251,6 +251,7 @@ class Monitor:
         # activation modules on non-detail steps) cost nothing.
         self._layer_handles: list[Any] = []
         self._act_handles: list[Any] = []
+        self._compiled = False  # set when a hook runs inside torch.compile tracing
         self._sync_hooks()
         for opt in optimizers:
             self._handles.append(opt.register_step_pre_hook(self._on_opt_pre))
@@ -397,6 +398,12 @@ class Monitor:
             self._last_layer = -1
 
     def _on_layer_forward(self, li: int, module: nn.Module, args: Any, out: Any) -> None:
+        if torch.compiler.is_compiling():
+            # Under torch.compile the hooks do nothing (no graph break): the back-propagated
+            # signal and activation statistics are not recorded; gradient, update and loss
+            # statistics (taken outside the compiled region) are. close() says so once.
+            self._compiled = True
+            return
         self._last_layer = li
         if not self._rec or not torch.is_grad_enabled():
             return
@@ -428,22 +435,25 @@ class Monitor:
             g = grad_outputs[0]
             if g is None:
                 return
-            norm = torch.linalg.vector_norm(g, dtype=torch.float32)
+            norm = norm32(g)
         else:
             gs = [g for g in grad_outputs if g is not None]
             if not gs:
                 return
             norm = torch.linalg.vector_norm(
-                torch.stack([torch.linalg.vector_norm(g, dtype=torch.float32) for g in gs])
+                torch.stack([norm32(g) for g in gs])
             )
         self._bp_layers.append(li)
         self._bp_norms.append(norm)
 
     def _on_backprop_tensor(self, li: int, grad: torch.Tensor) -> None:
         self._bp_layers.append(li)
-        self._bp_norms.append(torch.linalg.vector_norm(grad, dtype=torch.float32))
+        self._bp_norms.append(norm32(grad))
 
     def _on_act_forward(self, ai: int, fam: str, module: nn.Module, args: Any, out: Any) -> None:
+        if torch.compiler.is_compiling():
+            self._compiled = True
+            return
         if self._rec_act and self._last_layer >= 0 and torch.is_grad_enabled():
             if type(out) is torch.Tensor and out.numel() > 0:
                 self._acts.append((self._last_layer, ai, out.detach()))
@@ -457,9 +467,11 @@ class Monitor:
         self._take_grad_stats()
         if self._detail and "update" in self._need:
             params = self._params
-            if self._snapshot is None:
-                self._snapshot = [torch.empty_like(p, memory_format=torch.preserve_format)
-                                  for p in params]
+            snap = self._snapshot
+            p0 = params[0]
+            if snap is None or snap[0].dtype != p0.dtype or snap[0].device != p0.device:
+                # (re)allocated once, and again only if the model moved to another dtype/device
+                self._snapshot = [torch.empty_like(p) for p in params]
             with torch.no_grad():
                 torch._foreach_copy_(self._snapshot, params)
             self._snap_fresh = True
@@ -561,6 +573,16 @@ class Monitor:
 
     def _close_step(self) -> None:
         """Close the pending step: record it if scheduled, reset, maybe flush."""
+        if self._compiled and not self._compile_warned:
+            self._compile_warned = True
+            warnings.warn(
+                "gradwatch: the model runs under torch.compile; to keep the compiled graph "
+                "whole, backprop_norm and activation statistics are not recorded for it "
+                "(gradient, weight, update and loss statistics are). Watch the uncompiled "
+                "model for the full set.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         if self._rec:
             if self._snap_fresh:
                 self._snap_fresh = False
@@ -697,6 +719,7 @@ class Monitor:
             self._write_warned = False
 
     _write_warned = False
+    _compile_warned = False
 
     def _write_meta(self, status: str) -> None:
         if self.run_dir is None:

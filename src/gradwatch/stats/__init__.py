@@ -14,6 +14,8 @@ writer, in NumPy float64) turns blocks into per-layer values. One module per sou
 
 from __future__ import annotations
 
+import torch
+
 #: Statistics recorded at every scheduled step ("fast" tier).
 FAST_STATS = ("grad_norm", "grad_rms", "nonfinite", "backprop_norm", "loss")
 #: Statistics that change slowly, recorded every ``detail_every``-th recorded step by default.
@@ -51,3 +53,15 @@ DESCRIPTIONS = {
     "dead_frac": "fraction of ReLU-like units that are never positive over the batch",
     "loss": "the training loss (layer '')",
 }
+
+
+def acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Accumulation dtype for a reduction: float64 for float64 tensors, float32 otherwise."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def norm32(t: torch.Tensor) -> torch.Tensor:
+    """L2 norm accumulated in float32 (float64 for float64 input), returned as float32."""
+    if t.dtype == torch.float64:
+        return torch.linalg.vector_norm(t).float()
+    return torch.linalg.vector_norm(t, dtype=torch.float32)

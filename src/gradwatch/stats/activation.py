@@ -27,6 +27,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from gradwatch.stats import acc_dtype
+
 F32 = torch.float32
 
 #: Threshold on |a - centre| above which a unit counts as saturated, per family.
@@ -53,8 +55,9 @@ def act_block(
         x = torch.stack([acts[i] for i in idx]) if len(idx) > 1 else acts[idx[0]].unsqueeze(0)
         batch = shape[0] if len(shape) >= 2 else 1
         x = x.reshape(len(idx), batch, -1)  # (G, B, units)
-        sums = x.sum(dim=(1, 2), dtype=F32)
-        sumsq = torch.linalg.vector_norm(x, dim=(1, 2), dtype=F32) ** 2
+        acc = acc_dtype(x.dtype)
+        sums = x.sum(dim=(1, 2), dtype=acc).to(F32)
+        sumsq = (torch.linalg.vector_norm(x, dim=(1, 2), dtype=acc) ** 2).to(F32)
         nan = torch.full_like(sums, float("nan"))
         sat, dead = nan, nan
         if detail and fam in SATURATION:

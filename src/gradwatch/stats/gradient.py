@@ -26,6 +26,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from gradwatch.stats import acc_dtype, norm32
+
 F32 = torch.float32
 
 
@@ -73,13 +75,16 @@ class NormPlan:
         parts, maxes = [], []
         for idx in self.stacked:
             st = torch.stack([tensors[i] for i in idx]).view(len(idx), -1)
-            parts.append(torch.linalg.vector_norm(st, dim=1, dtype=F32))
+            parts.append(torch.linalg.vector_norm(st, dim=1, dtype=acc_dtype(st.dtype)).to(F32))
             if with_max:
                 lo, hi = torch.aminmax(st, dim=1)
                 maxes.append(torch.maximum(-lo, hi).to(F32))
         if self.rest:
             rest = [tensors[i] for i in self.rest]
-            parts.append(torch.stack(torch._foreach_norm(rest, 2, dtype=F32)))
+            if any(t.dtype == torch.float64 for t in rest):
+                parts.append(torch.stack([norm32(t) for t in rest]))
+            else:
+                parts.append(torch.stack(torch._foreach_norm(rest, 2, dtype=F32)))
             if with_max:
                 # no fused max-abs kernel on CPU: aminmax per tensor, one pass each
                 mm = torch.stack([x for g in rest for x in torch.aminmax(g)]).to(F32)
@@ -123,7 +128,7 @@ def grad_block(
         counts = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).to(F32)
     else:
         zeros = torch._foreach_mul(grads, 0.0)  # NaN where g is NaN or +-Inf
-        counts = torch.stack(torch._foreach_norm(zeros, 0, dtype=F32))
+        counts = torch.stack([n.to(F32) for n in torch._foreach_norm(zeros, 0)])
     parts.append(counts)
     return torch.cat(parts), True
 
