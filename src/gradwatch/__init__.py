@@ -16,6 +16,7 @@ from gradwatch.errors import (
 )
 from gradwatch.findings import Finding
 from gradwatch.monitor import Monitor, watch
+from gradwatch.remedies.fix import fix
 from gradwatch.store import Run, load
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "__version__",
     "check",
     "diagnose",
+    "fix",
     "load",
     "remedies",
     "store_findings",

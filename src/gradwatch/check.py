@@ -19,6 +19,7 @@ the signal reaches (Pascanu et al. 2013; Hochreiter & Schmidhuber 1997).
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -89,8 +90,15 @@ class Checkup:
             lines += [f"  [{f.severity}] {f.kind}: {f.message}" for f in self.findings]
         else:
             lines.append("Findings: none")
-        cols = ["layer", "type", "backprop_norm", "backprop_ratio", "grad_norm", "dead_frac",
-                "saturated_frac"]
+        cols = [
+            "layer",
+            "type",
+            "backprop_norm",
+            "backprop_ratio",
+            "grad_norm",
+            "dead_frac",
+            "saturated_frac",
+        ]
         tab = self.table[cols].copy()
         lines.append("Layers (input side first):")
         lines.append(tab.to_string(index=False, float_format=lambda v: f"{v:.3g}", na_rep="-"))
@@ -135,6 +143,7 @@ def check(
 
     The model is left as it was: parameter ``.grad``, each module's train/eval mode and every
     buffer (BatchNorm running statistics) are restored, and the pass runs under a forked RNG.
+    A float64 model is checked on a float32 copy (the statistics are accumulated in float32).
 
     Args:
         model: the network.
@@ -161,6 +170,11 @@ def check(
             ``targets`` do not fit the output, or ``loss_fn`` does not return a scalar.
     """
     layers = find_layers(model)  # validates model: nn.Module with parameters
+    if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
+        raise GradwatchValueError(
+            "model has uninitialised (lazy) parameters; run one forward pass, e.g. "
+            "model(inputs), to materialise them before checking it"
+        )
     args = _as_args(inputs)
     if targets is not None and not isinstance(targets, torch.Tensor):
         raise GradwatchTypeError(
@@ -168,8 +182,17 @@ def check(
         )
     if loss_fn is not None and not callable(loss_fn):
         raise GradwatchTypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
-    if isinstance(train_mode, bool) is False:
+    if not isinstance(train_mode, bool):
         raise GradwatchTypeError(f"train_mode must be a bool, got {type(train_mode).__name__}")
+    if any(p.dtype == torch.float64 for p in model.parameters()):
+        # The Monitor accumulates norms in float32 and its backward hooks refuse float64
+        # gradients (torch.linalg.vector_norm will not narrow), so a float64 model is
+        # checked on a float32 copy; the user's model is not touched at all.
+        model = copy.deepcopy(model).float()
+        layers = find_layers(model)
+        args = tuple(a.float() if a.dtype == torch.float64 else a for a in args)
+        if targets is not None and targets.dtype == torch.float64:
+            targets = targets.float()
     device = _model_device(model)
     if device is not None:
         args = tuple(a.to(device) for a in args)
@@ -227,8 +250,10 @@ def check(
 def _as_args(inputs: Any) -> tuple[torch.Tensor, ...]:
     if isinstance(inputs, torch.Tensor):
         return (inputs,)
-    if isinstance(inputs, tuple | list) and inputs and all(
-        isinstance(x, torch.Tensor) for x in inputs
+    if (
+        isinstance(inputs, tuple | list)
+        and inputs
+        and all(isinstance(x, torch.Tensor) for x in inputs)
     ):
         return tuple(inputs)
     got = type(inputs).__name__
@@ -271,8 +296,9 @@ def _forward(model: nn.Module, args: tuple[torch.Tensor, ...], layers: list[Laye
         got = ", ".join(str(tuple(a.shape)) for a in args)
         exp = _expected(layers[0], args[0])
         hint = (
-            f"the first layer '{layers[0].name}' ({layers[0].type_name}) expects {exp}, got "
-            f"{got}" if exp else f"got inputs of shape {got}"
+            f"the first layer '{layers[0].name}' ({layers[0].type_name}) expects {exp}, got {got}"
+            if exp
+            else f"got inputs of shape {got}"
         )
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise GradwatchValueError(
@@ -370,8 +396,14 @@ class _ForwardProbe:
     def _hook(self, name: str, module: nn.Module, args: Any, out: Any) -> None:
         if self.first is not None:
             return
-        tensors = [out] if isinstance(out, torch.Tensor) else (
-            [t for t in out if isinstance(t, torch.Tensor)] if isinstance(out, tuple | list) else []
+        tensors = (
+            [out]
+            if isinstance(out, torch.Tensor)
+            else (
+                [t for t in out if isinstance(t, torch.Tensor)]
+                if isinstance(out, tuple | list)
+                else []
+            )
         )
         for t in tensors:
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -379,7 +411,7 @@ class _ForwardProbe:
                 return
 
     def origin(self, args: tuple[torch.Tensor, ...]) -> str | None:
-        """"inputs" if the inputs hold NaN/Inf, else the first non-finite layer, else None."""
+        """Return "inputs" if the inputs hold NaN/Inf, else the first non-finite layer, or None."""
         if any(a.is_floating_point() and not bool(torch.isfinite(a).all()) for a in args):
             return "inputs"
         return self.first
@@ -479,8 +511,13 @@ def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
     for rec in df.to_dict(orient="records"):
         out.append(
             {
-                k: (_json_number(float(v)) if isinstance(v, float | np.floating) else
-                    int(v) if isinstance(v, np.integer) else v)
+                k: (
+                    _json_number(float(v))
+                    if isinstance(v, float | np.floating)
+                    else int(v)
+                    if isinstance(v, np.integer)
+                    else v
+                )
                 for k, v in rec.items()
             }
         )

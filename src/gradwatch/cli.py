@@ -16,6 +16,7 @@ from gradwatch.errors import GradwatchError
 #: Modules that define commands, in the order ``gradwatch --help`` lists them.
 COMMAND_MODULES = [
     "gradwatch.commands.runs",
+    "gradwatch.commands.check",
     "gradwatch.commands.experiment",
 ]
 

@@ -95,7 +95,7 @@ def run_rules(view: RunView, rules: Iterable[Rule] = RULES) -> list[Finding]:
 
 
 def verdict(findings: Iterable[Finding]) -> str:
-    """"healthy" or the most severe kind among warning/error findings (VERDICT_PRECEDENCE)."""
+    """Return "healthy" or the most severe kind among warning/error findings."""
     kinds = {f.kind for f in findings if SEVERITY_RANK.get(f.severity, 0) >= 1}
     for kind in VERDICT_PRECEDENCE:
         if kind in kinds:

@@ -137,13 +137,16 @@ def step_span(view: RunView, held: list[int]) -> tuple[int, int] | None:
 
 
 def when(view: RunView, held: list[int], recorded: list[int]) -> str:
-    """A short phrase saying when a condition held ("" for a checkup)."""
+    """A short phrase saying when a condition held ("" for a checkup).
+
+    `` at step 3``, `` at steps 0-29, still at the last recorded step``.
+    """
     if view.is_checkup or not held:
         return ""
     first, last = held[0], held[-1]
-    span = f"at step {first}" if first == last else f"from step {first} to {last}"
-    still = " and still does" if held[-1] == recorded[-1] else ""
-    return f" {span}{still}"
+    span = f" at step {first}" if first == last else f" at steps {first}-{last}"
+    still = ", still at the last recorded step" if held[-1] == recorded[-1] else ""
+    return span + still
 
 
 def names(layers: list[str], limit: int = 4) -> str:

@@ -66,5 +66,14 @@ def rule(view: RunView) -> list[Finding]:
         "steps_held": len(held),
         "persists": bool(still),
     }
-    return [Finding("dead", tuple(layers), step_span(view, held), severity,  # type: ignore[arg-type]
-                    message, evidence, REMEDIES)]
+    return [
+        Finding(
+            "dead",
+            tuple(layers),
+            step_span(view, held),
+            severity,  # type: ignore[arg-type]
+            message,
+            evidence,
+            REMEDIES,
+        )
+    ]

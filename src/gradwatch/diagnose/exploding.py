@@ -48,7 +48,7 @@ REMEDIES = ("clip_grad_norm", "xavier_init", "orthogonal", "lower_lr", "batchnor
 
 
 def exploding_severity(fs: FlowStep, has_norm: bool) -> str | None:
-    """"error", "warning" or None for one step's gradient flow across depth."""
+    """Return "error", "warning" or None for one step's gradient flow across depth."""
     if fs.total > EXPLODING_RATIO:
         return "error"
     if not has_norm and fs.factor > EXPLODING_FACTOR and fs.total > EXPLODING_RATIO_WITH_FACTOR:
@@ -90,8 +90,15 @@ def _across_depth(view: RunView) -> list[Finding]:
         "persists": bool(still),
     }
     return [
-        Finding("exploding", tuple(layers), step_span(view, held_steps), severity,  # type: ignore[arg-type]
-                message, evidence, REMEDIES)
+        Finding(
+            "exploding",
+            tuple(layers),
+            step_span(view, held_steps),
+            severity,  # type: ignore[arg-type]
+            message,
+            evidence,
+            REMEDIES,
+        )
     ]
 
 
@@ -138,7 +145,13 @@ def _over_steps(view: RunView) -> list[Finding]:
         "persists": bool(still),
     }
     return [
-        Finding("exploding", tuple(leaders[:3]), step_span(view, held),
-                "error" if still else "warning", message, evidence,
-                ("clip_grad_norm", "lower_lr", "xavier_init", "orthogonal", "batchnorm"))
+        Finding(
+            "exploding",
+            tuple(leaders[:3]),
+            step_span(view, held),
+            "error" if still else "warning",
+            message,
+            evidence,
+            ("clip_grad_norm", "lower_lr", "xavier_init", "orthogonal", "batchnorm"),
+        )
     ]

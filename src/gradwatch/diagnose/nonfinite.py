@@ -72,14 +72,16 @@ def rule(view: RunView) -> list[Finding]:
         | set(bad["backprop_norm"].get(first, [])),
         key=_order(view),
     )
-    acts = sorted(set(bad["act_mean"].get(first, [])) | set(bad["act_std"].get(first, [])),
-                  key=_order(view))
+    acts = sorted(
+        set(bad["act_mean"].get(first, [])) | set(bad["act_std"].get(first, [])), key=_order(view)
+    )
     weights = bad["weight_norm"].get(first, [])
     layers_all = view.layers
     if origin_fwd is not None:
         where, layer = "forward", str(origin_fwd)
         what = (
-            "the model's inputs already hold NaN/Inf" if layer == "inputs"
+            "the model's inputs already hold NaN/Inf"
+            if layer == "inputs"
             else f"layer '{layer}' produces it in the forward pass (log or sqrt of a negative, "
             "division by zero, overflow?)"
         )
@@ -104,15 +106,13 @@ def rule(view: RunView) -> list[Finding]:
         what = "only the loss is NaN/Inf (check the targets and the loss function)"
         remedies = ("check_inputs", "lower_lr")
     pos = layers_all.index(layer) if layer in layers_all else -1
-    side = (
-        "" if pos < 0 else ("input side" if pos < len(layers_all) / 2 else "output side")
-    )
+    side = "" if pos < 0 else ("input side" if pos < len(layers_all) / 2 else "output side")
     at = "" if view.is_checkup else f" at step {first}"
     place = f" ({side}, layer {pos + 1} of {len(layers_all)})" if side else ""
-    message = (
-        f"NaN/Inf first appears{at}{place}: {what}; "
-        + ("fix that operation or its inputs." if where == "forward"
-           else "clip gradients or lower the learning rate.")
+    message = f"NaN/Inf first appears{at}{place}: {what}; " + (
+        "fix that operation or its inputs."
+        if where == "forward"
+        else "clip gradients or lower the learning rate."
     )
     loss_at = loss.get(first, math.nan) if len(loss) else math.nan
     evidence = {

@@ -56,16 +56,26 @@ def _saturated(view: RunView) -> list[Finding]:
         "a ReLU-like activation or batch norm."
     )
     evidence = {
-        "saturated_frac": {ly: num(v) for ly, v in zip(wide.columns, row, strict=True)
-                           if v > SATURATED_FRAC},
+        "saturated_frac": {
+            ly: num(v) for ly, v in zip(wide.columns, row, strict=True) if v > SATURATED_FRAC
+        },
         "threshold": SATURATED_FRAC,
         "error_threshold": SATURATED_FRAC_ERROR,
         "step": steps[i],
         "steps_held": len(held),
         "persists": bool(still),
     }
-    return [Finding("saturated", tuple(layers), step_span(view, held), severity,  # type: ignore[arg-type]
-                    message, evidence, REMEDIES)]
+    return [
+        Finding(
+            "saturated",
+            tuple(layers),
+            step_span(view, held),
+            severity,  # type: ignore[arg-type]
+            message,
+            evidence,
+            REMEDIES,
+        )
+    ]
 
 
 def _top_layer(view: RunView) -> list[Finding]:
@@ -106,5 +116,6 @@ def _top_layer(view: RunView) -> list[Finding]:
         "steps_held": len(held),
         "persists": bool(still),
     }
-    return [Finding("saturated", (top,), step_span(view, held), "warning", message, evidence,
-                    REMEDIES)]
+    return [
+        Finding("saturated", (top,), step_span(view, held), "warning", message, evidence, REMEDIES)
+    ]

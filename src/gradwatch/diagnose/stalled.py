@@ -85,5 +85,8 @@ def rule(view: RunView) -> list[Finding]:
         "absolute_threshold": STALLED_ABSOLUTE,
         "persists": bool(still),
     }
-    return [Finding("stalled", tuple(layers), step_span(view, held), "warning", message,
-                    evidence, REMEDIES)]
+    return [
+        Finding(
+            "stalled", tuple(layers), step_span(view, held), "warning", message, evidence, REMEDIES
+        )
+    ]

@@ -41,7 +41,7 @@ in the finding: they get under 1% of the top layers' signal."""
 
 
 def vanishing_severity(fs: FlowStep) -> str | None:
-    """"error", "warning" or None for one step's gradient flow."""
+    """Return "error", "warning" or None for one step's gradient flow."""
     if fs.total < VANISHING_RATIO:
         return "error"
     if fs.factor < VANISHING_FACTOR and fs.total < VANISHING_RATIO_WITH_FACTOR:

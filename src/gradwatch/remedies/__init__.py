@@ -22,6 +22,7 @@ from gradwatch.remedies.clipping import (
     clip_grad_value_,
     clip_on_step,
 )
+from gradwatch.remedies.fix import FixReport, fix
 from gradwatch.remedies.fixup import fixup_init_, zero_init_residual_branches_
 from gradwatch.remedies.init import SCHEMES, init_
 from gradwatch.remedies.init_schemes import (
@@ -40,6 +41,7 @@ __all__ = [
     "SCHEMES",
     "ClipHook",
     "ClipResult",
+    "FixReport",
     "Residual",
     "activation_gain",
     "adaptive_clip_grad_",
@@ -47,6 +49,7 @@ __all__ = [
     "clip_grad_norm_",
     "clip_grad_value_",
     "clip_on_step",
+    "fix",
     "fixup_init_",
     "he_init_",
     "init_",

@@ -1,0 +1,272 @@
+"""``gradwatch check``: one forward/backward pass on a batch, and what it says about gradients.
+
+    gradwatch check FILE.py:FACTORY [--input-shape 8,3,32,32] [--targets classes:10] [--json]
+
+WARNING: this RUNS FILE.py: it is imported as a module (its top-level code executes, as
+``python FILE.py`` would without the ``__main__`` block), then ``FACTORY()`` is called with no
+arguments. FACTORY returns a model, or a tuple ``(model, inputs)`` or
+``(model, inputs, targets)``; without inputs, a seeded ``torch.randn`` batch of
+``--input-shape`` is used. Prints the verdict, the findings and a per-layer table with a bar
+of log10 ‖∂L/∂output‖ (or, with ``--json``, ``{verdict, loss, findings, table, temporal}``).
+Exit code 0 whatever the verdict; 2 with one line on stderr for a bad file, factory or shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+
+_SPEC_HINT = "write it as FILE.py:FACTORY, e.g. models.py:make_model"
+#: Width of the log10 backprop_norm bar, in characters.
+BAR_WIDTH = 16
+#: Most per-layer rows printed; the middle of a longer table is elided.
+MAX_ROWS = 40
+
+
+def register(subparsers: Any) -> None:
+    """Add the ``check`` command to the gradwatch parser."""
+    parser = subparsers.add_parser(
+        "check",
+        help="one forward/backward pass on a batch: do the gradients vanish or explode?",
+        description=(
+            "Check a model's gradient flow with one forward/backward pass on a batch (the same "
+            "statistics and diagnosis rules as a watched training run). WARNING: this imports "
+            "and so RUNS FILE.py, then calls FACTORY() to get the model (or a (model, inputs) "
+            "or (model, inputs, targets) tuple)."
+        ),
+    )
+    parser.add_argument(
+        "model",
+        metavar="FILE.py:FACTORY",
+        help="a Python file and a function in it that returns the model (the file is run)",
+    )
+    parser.add_argument(
+        "--input-shape",
+        default=None,
+        help="shape of the random input batch (torch.randn, seeded), batch first, e.g. "
+        "8,64 or 8,3,32,32; needed unless FACTORY returns (model, inputs)",
+    )
+    parser.add_argument(
+        "--targets",
+        default=None,
+        metavar="classes:K",
+        help="random integer class labels in [0, K) (cross-entropy loss); default: no "
+        "targets, loss 0.5·‖output‖²/N",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random batch")
+    parser.add_argument(
+        "--eval", action="store_true", help="run the pass in eval mode (default: train mode)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the checkup as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, run gw.check, print the result; return the exit code."""
+    from gradwatch.check import check
+
+    model, inputs, targets = load_model(args.model)
+    if inputs is None:
+        if args.input_shape is None:
+            raise GradwatchValueError(
+                f"{args.model} gives no inputs; pass --input-shape, e.g. --input-shape 8,64"
+            )
+        inputs = random_inputs(args.input_shape, args.seed)
+    if args.targets is not None:
+        targets = random_targets(args.targets, _batch(inputs), args.seed)
+    cu = check(model, inputs, targets, train_mode=not args.eval)
+    if args.json:
+        print(json.dumps(cu.to_dict(), allow_nan=False, default=str))
+    else:
+        print_checkup(cu)
+    return 0
+
+
+# --------------------------------------------------------------------------- loading
+def load_model(spec: str) -> tuple[nn.Module, Any, Any]:
+    """Run ``FILE.py`` and call ``FACTORY()``: return (model, inputs or None, targets or None).
+
+    Raises:
+        GradwatchValueError: a malformed spec, a missing file or factory, or an error raised
+            while running the file or the factory.
+        GradwatchTypeError: the factory gives something other than a model (or a tuple
+            starting with one).
+    """
+    path_str, sep, name = spec.rpartition(":")
+    if not sep or not path_str or not name:
+        raise GradwatchValueError(f"model {spec!r} has no ':FACTORY' part; {_SPEC_HINT}")
+    path = Path(path_str)
+    if path.suffix != ".py":
+        raise GradwatchValueError(f"model file {path_str!r} is not a .py file; {_SPEC_HINT}")
+    if not path.is_file():
+        raise GradwatchValueError(f"model file {path_str!r} does not exist; {_SPEC_HINT}")
+    module = _run_file(path.resolve())
+    factory = vars(module).get(name)
+    if factory is None:
+        found = sorted(k for k, v in vars(module).items() if not k.startswith("_") and callable(v))
+        raise GradwatchValueError(
+            f"model file {path_str!r} defines no {name!r}; functions in it: {found}"
+        )
+    if isinstance(factory, nn.Module):
+        made: Any = factory
+    elif callable(factory):
+        try:
+            made = factory()
+        except Exception as err:  # noqa: BLE001 - the user's code: report it in one line
+            raise GradwatchValueError(
+                f"{name}() in {path_str!r} raised {type(err).__name__}: {err}"
+            ) from err
+    else:
+        raise GradwatchTypeError(
+            f"{name!r} in {path_str!r} is a {type(factory).__name__}, not a function"
+        )
+    parts = made if isinstance(made, tuple) else (made,)
+    if not parts or not isinstance(parts[0], nn.Module) or len(parts) > 3:
+        raise GradwatchTypeError(
+            f"{name}() in {path_str!r} must return an nn.Module or a tuple (model, inputs[, "
+            f"targets]), got {type(made).__name__}"
+        )
+    model = parts[0]
+    inputs = parts[1] if len(parts) > 1 else None
+    targets = parts[2] if len(parts) > 2 else None
+    return model, inputs, targets
+
+
+def _run_file(path: Path) -> Any:
+    mod_name = f"_gradwatch_check_{abs(hash(str(path)))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise GradwatchValueError(f"model file {str(path)!r} cannot be imported")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module  # dataclasses and pickling look the module up here
+    sys.path.insert(0, str(path.parent))  # so the file can import its neighbours
+    try:
+        spec.loader.exec_module(module)
+    except Exception as err:  # noqa: BLE001 - the user's code: report it in one line
+        sys.modules.pop(mod_name, None)
+        raise GradwatchValueError(
+            f"running model file {str(path)!r} raised {type(err).__name__}: {err}"
+        ) from err
+    finally:
+        sys.path.remove(str(path.parent))
+    return module
+
+
+def random_inputs(shape: str, seed: int = 0) -> torch.Tensor:
+    """A seeded standard-normal float32 batch of ``shape`` ("8,64" -> (8, 64)).
+
+    Raises:
+        GradwatchValueError: ``shape`` is not positive integers separated by commas.
+    """
+    try:
+        dims = tuple(int(d) for d in shape.split(",") if d.strip())
+    except ValueError:
+        dims = ()
+    if not dims or any(d <= 0 for d in dims):
+        raise GradwatchValueError(
+            f"--input-shape {shape!r} must be positive integers separated by commas, batch "
+            "first, e.g. 8,64 or 8,3,32,32"
+        )
+    return torch.randn(dims, generator=torch.Generator().manual_seed(seed))
+
+
+def random_targets(spec: str, batch: int, seed: int = 0) -> torch.Tensor:
+    """Seeded random class labels from ``"classes:K"``: shape (batch,), values in [0, K).
+
+    Raises:
+        GradwatchValueError: ``spec`` is not ``classes:K`` with K >= 2.
+    """
+    kind, _, k = spec.partition(":")
+    if kind != "classes" or not k.isdigit() or int(k) < 2:
+        raise GradwatchValueError(
+            f"--targets {spec!r} must be classes:K with K >= 2 classes, e.g. classes:10"
+        )
+    gen = torch.Generator().manual_seed(seed + 1)
+    return torch.randint(0, int(k), (batch,), generator=gen)
+
+
+def _batch(inputs: Any) -> int:
+    x = inputs[0] if isinstance(inputs, tuple | list) else inputs
+    if not isinstance(x, torch.Tensor) or x.dim() == 0:
+        raise GradwatchValueError("--targets needs inputs with a batch dimension")
+    return int(x.shape[0])
+
+
+# ---------------------------------------------------------------------------- printing
+def _bar(value: float, lo: float, hi: float) -> str:
+    if not math.isfinite(value) or value <= 0:
+        return "!" if not math.isfinite(value) else ""
+    if hi - lo < 1e-12:
+        return "█" * (BAR_WIDTH // 2)
+    frac = (math.log10(value) - lo) / (hi - lo)
+    return "█" * max(1, round(frac * BAR_WIDTH))
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return "-" if math.isnan(v) else f"{v:.3g}"
+    return str(v)
+
+
+def print_checkup(cu: Any) -> None:
+    """Print a checkup for people: verdict, findings, per-layer table with a log10 bar."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    colour = {"healthy": "green", "dead": "yellow", "saturated": "yellow"}.get(cu.verdict, "red")
+    console.print(
+        f"verdict: [bold {colour}]{cu.verdict}[/]   loss {cu.loss:.4g}   {len(cu.table)} layers"
+    )
+    for f in cu.findings:
+        style = {"error": "red", "warning": "yellow"}.get(f.severity, "cyan")
+        console.print(f"[{style}]{f.severity:>7}[/] [bold]{f.kind}[/]: {f.message}")
+        if f.remedies:
+            console.print(f"         try: {', '.join(f.remedies)}", style="dim")
+    bp = [float(v) for v in cu.table["backprop_norm"] if math.isfinite(v) and v > 0]
+    lo, hi = (math.log10(min(bp)), math.log10(max(bp))) if bp else (0.0, 0.0)
+    table = Table(title="layers, input side first; bar: log10 ‖∂L/∂output‖")
+    for col, just in (
+        ("layer", "left"),
+        ("type", "left"),
+        ("backprop_norm", "right"),
+        ("", "left"),
+        ("grad_norm", "right"),
+        ("dead", "right"),
+        ("sat.", "right"),
+    ):
+        table.add_column(col, justify=just)  # type: ignore[arg-type]
+    rows = list(cu.table.itertuples(index=False))
+    if len(rows) > MAX_ROWS:
+        half = MAX_ROWS // 2
+        rows = rows[:half] + [None] + rows[-half:]
+    for r in rows:
+        if r is None:
+            table.add_row("…", "", "", "", "", "", "")
+            continue
+        table.add_row(
+            str(r.layer),
+            str(r.type),
+            _fmt(r.backprop_norm),
+            _bar(r.backprop_norm, lo, hi),
+            _fmt(r.grad_norm),
+            _fmt(r.dead_frac),
+            _fmt(r.saturated_frac),
+        )
+    console.print(table)
+    for layer, grp in cu.temporal.groupby("layer", sort=False):
+        r = grp["ratio"].to_numpy()
+        console.print(
+            f"temporal flow in '{layer}': ‖∂L/∂x_t‖/‖∂L/∂x_T‖ = {r[0]:.3g} at t=0, "
+            f"{r[len(r) // 2]:.3g} at t={len(r) // 2}, over {len(r)} steps"
+        )

@@ -1,0 +1,228 @@
+"""The report :func:`gradwatch.fix` returns: checkups before and after, and what was done."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from torch import nn
+
+if TYPE_CHECKING:
+    from gradwatch.check import Checkup
+
+#: Columns of :meth:`FixReport.table`, in order.
+TABLE_COLUMNS = (
+    "layer",
+    "layer_before",
+    "type",
+    "backprop_norm_before",
+    "backprop_norm_after",
+    "backprop_change",
+    "grad_norm_before",
+    "grad_norm_after",
+)
+
+
+def architecture_signature(model: nn.Module) -> tuple[Any, ...]:
+    """(module names and types, parameter names and shapes): equal iff the architecture is."""
+    modules = tuple((name, type(m).__name__) for name, m in model.named_modules())
+    params = tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
+    return modules, params
+
+
+@dataclass(repr=False)
+class FixReport:
+    """What :func:`gradwatch.fix` measured and changed.
+
+    Attributes:
+        before: the checkup of the model as given.
+        after: the checkup of the returned model.
+        applied: (remedy name, details) of each remedy applied, in order; the details hold
+            its settings, "kind", and the "verdict" and "backprop_spread" measured after it.
+        changed_architecture: whether modules or parameter shapes differ from the model's
+            (False when only weights changed); load the saved weights into the new
+            architecture (``new_architecture``) when True.
+        recommendations: advice for the training loop (gradient clipping) or for what the
+            allowed remedies could not fix; never applied.
+        tried: every candidate evaluated: remedy, settings, verdict, backprop_spread,
+            accepted, or "skipped" with the reason it did not apply.
+        allow: the kinds of change that were allowed.
+        new_architecture: ``repr`` of the returned model.
+    """
+
+    before: Checkup
+    after: Checkup
+    applied: list[tuple[str, dict[str, Any]]]
+    changed_architecture: bool
+    recommendations: list[str] = field(default_factory=list)
+    tried: list[dict[str, Any]] = field(default_factory=list)
+    allow: tuple[str, ...] = ()
+    new_architecture: str = ""
+
+    @property
+    def verdict_before(self) -> str:
+        """The verdict of the model as given."""
+        return self.before.verdict
+
+    @property
+    def verdict_after(self) -> str:
+        """The verdict of the returned model."""
+        return self.after.verdict
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the returned model's checkup is healthy."""
+        return self.after.verdict == "healthy"
+
+    def table(self) -> pd.DataFrame:
+        """Per-layer ``backprop_norm`` and ``grad_norm`` before and after, input side first.
+
+        One row per layer of the returned model, then rows for layers only the original had.
+        Layers are matched by type and order (the k-th Linear before is the k-th Linear
+        after), so a layer renamed by a restructuring remedy (``"2"`` → ``"2.branch.0"``)
+        stays on one row; ``layer_before`` is its name in the original model, empty for an
+        inserted layer. ``backprop_change`` = after / before.
+        """
+        before = _rows(self.before.table)
+        after = _rows(self.after.table)
+        rows = []
+        for key, a in after.items():
+            b = before.pop(key, {})
+            rows.append(_row(a.get("layer"), b.get("layer"), key[0], b, a))
+        for key, b in before.items():
+            rows.append(_row(None, b.get("layer"), key[0], b, {}))
+        return pd.DataFrame(rows, columns=list(TABLE_COLUMNS))
+
+    def summary(self) -> str:
+        """A few lines of plain text: verdicts, remedies applied, recommendations."""
+        n = len(self.applied)
+        head = f"gradwatch fix: {self.verdict_before} -> {self.verdict_after}"
+        if n == 0:
+            head += (
+                " (already healthy, nothing changed)"
+                if self.verdict_before == "healthy"
+                else " (no allowed remedy helped; the model is unchanged)"
+            )
+        else:
+            arch = "architecture changed" if self.changed_architecture else "same architecture"
+            head += f" ({n} remed{'y' if n == 1 else 'ies'} applied, {arch})"
+        lines = [head]
+        for f in self.before.findings:
+            lines.append(f"  found: [{f.kind}] {f.message}")
+        for i, (name, details) in enumerate(self.applied, 1):
+            lines.append(f"  {i}. {name}: {describe(details)}")
+        not_allowed = [
+            k for k in ("init", "activation", "normalization", "residual") if k not in self.allow
+        ]
+        if n and self.verdict_after != "healthy" and not_allowed:
+            lines.append(f"  not allowed: {', '.join(not_allowed)}")
+        for rec in self.recommendations:
+            lines.append(f"  recommended: {rec}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (NaN and infinities as None)."""
+        return _clean(
+            {
+                "verdict_before": self.verdict_before,
+                "verdict_after": self.verdict_after,
+                "changed_architecture": self.changed_architecture,
+                "allow": list(self.allow),
+                "applied": [{"remedy": name, **details} for name, details in self.applied],
+                "recommendations": list(self.recommendations),
+                "tried": self.tried,
+                "findings_before": [f.to_dict() for f in self.before.findings],
+                "findings_after": [f.to_dict() for f in self.after.findings],
+                "loss_before": getattr(self.before, "loss", None),
+                "loss_after": getattr(self.after, "loss", None),
+                "layers": self.table().to_dict(orient="records"),
+                "new_architecture": self.new_architecture if self.changed_architecture else None,
+            }
+        )
+
+    def __repr__(self) -> str:
+        return f"FixReport(\n{self.summary()}\n)"
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def describe(details: dict[str, Any]) -> str:
+    """One phrase for an applied or tried remedy's details."""
+    kind = details.get("kind")
+    if kind == "init":
+        gain = details.get("gain")
+        text = f"{details.get('scheme')} init"
+        if isinstance(gain, float):
+            text += f" (gain {gain:g})"
+        elif gain == "activation":
+            text += " (gain of each following activation)"
+    elif kind == "activation":
+        swaps = ", ".join(f"{old} -> {new}" for old, new in details.get("swaps", {}).items())
+        text = f"activation {swaps}, He re-init of the layers feeding them"
+    elif kind == "normalization":
+        text = f"{details.get('norm')} norm after each hidden Linear/Conv"
+    elif kind == "residual":
+        text = f"residual shortcuts around blocks of {details.get('block_size')} entries"
+    else:
+        text = str(kind)
+    if "verdict" in details:
+        spread = _fmt(details.get("backprop_spread"))
+        text += f" -> {details['verdict']} (backprop_norm spread {spread} decades)"
+    return text
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:.2g}" if isinstance(x, float) else str(x)
+
+
+def _rows(table: pd.DataFrame) -> dict[tuple[str, int], dict[str, Any]]:
+    """Checkup table rows keyed by (type, occurrence of that type), input side first."""
+    seen: defaultdict[str, int] = defaultdict(int)
+    out: dict[tuple[str, int], dict[str, Any]] = {}
+    for rec in table.to_dict(orient="records"):
+        typ = str(rec.get("type", ""))
+        out[(typ, seen[typ])] = rec
+        seen[typ] += 1
+    return out
+
+
+def _row(layer: Any, layer_before: Any, typ: str, b: dict[str, Any], a: dict[str, Any]) -> dict:
+    bp_b, bp_a = _float(b.get("backprop_norm")), _float(a.get("backprop_norm"))
+    return {
+        "layer": layer,
+        "layer_before": layer_before,
+        "type": typ,
+        "backprop_norm_before": bp_b,
+        "backprop_norm_after": bp_a,
+        "backprop_change": bp_a / bp_b if bp_b and math.isfinite(bp_b) else math.nan,
+        "grad_norm_before": _float(b.get("grad_norm")),
+        "grad_norm_after": _float(a.get("grad_norm")),
+    }
+
+
+def _float(x: Any) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _clean(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.bool_):
+        return bool(x)
+    if x is None or isinstance(x, (str, int, bool)):
+        return x
+    return str(x)

@@ -1,0 +1,296 @@
+"""Each diagnosis rule on runs built from chosen numbers: thresholds, layers, steps, evidence."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from gradwatch.diagnose import VERDICT_PRECEDENCE, diagnose, verdict
+from gradwatch.diagnose.dead import DEAD_FRAC, DEAD_FRAC_ERROR
+from gradwatch.diagnose.exploding import EXPLODING_RATIO
+from gradwatch.diagnose.vanishing import VANISHING_RATIO
+from gradwatch.findings import Finding
+from tests.diagnose.synthetic import const, geometric, make_run
+
+NAN = float("nan")
+
+
+def by_kind(findings, kind):
+    out = [f for f in findings if f.kind == kind]
+    for f in findings:
+        json.dumps(f.to_dict(), allow_nan=False)  # evidence is JSON-clean
+    return out
+
+
+def one(findings, kind):
+    (f,) = by_kind(findings, kind)
+    return f
+
+
+# ----------------------------------------------------------------------------- vanishing
+def test_vanishing_geometric_decay_is_an_error_with_exact_numbers():
+    run = make_run(
+        12,
+        {"backprop_norm": geometric(0.5, 12), "grad_norm": const(1.0, 12)},
+        checkup={"batch_size": 8},
+    )
+    f = one(diagnose(run), "vanishing")
+    assert f.severity == "error" and f.steps is None
+    assert f.evidence["backprop_ratio"] == pytest.approx(0.5**11, rel=1e-5)
+    assert 0.5**11 < VANISHING_RATIO
+    assert f.evidence["per_layer_factor"] == pytest.approx(0.5, rel=1e-5)
+    assert f.layers == ("l0", "l1", "l2", "l3", "l4")  # ratio < 1e-2: 0.5^7 = 0.0078
+    assert f.evidence["grad_norm_ratio"] == 1.0
+    assert "'l11' to 'l0'" in f.message and "×0.5 per layer" in f.message
+    assert "flatter" in f.message  # weight gradients flat, backprop vanishing
+    assert f.remedies[0] == "he_init"
+
+
+@pytest.mark.parametrize(
+    ("factor", "n", "expected"),
+    [
+        (0.8, 22, "warning"),  # 0.8^21 = 0.0092 < 1e-2 and factor < 0.85
+        (0.9, 45, None),  # 0.9^44 = 0.0097 but a factor of 0.9 is not steep enough
+        (0.9, 67, "error"),  # 0.9^66 = 9.5e-4 < 1e-3 whatever the factor
+        (0.95, 20, None),
+    ],
+)
+def test_vanishing_thresholds(factor, n, expected):
+    found = by_kind(diagnose(make_run(n, {"backprop_norm": geometric(factor, n)})), "vanishing")
+    assert [f.severity for f in found] == ([expected] if expected else [])
+
+
+@pytest.mark.parametrize(
+    ("families", "first"),
+    [(("sigmoid",), "relu"), (("tanh",), "xavier_init"), (("rectifier",), "he_init")],
+)
+def test_vanishing_remedies_follow_the_activation(families, first):
+    run = make_run(12, {"backprop_norm": geometric(0.5, 12)}, families=families)
+    assert one(diagnose(run), "vanishing").remedies[0] == first
+
+
+def vanishing_at(steps_vanishing, n_steps=10, n=12):
+    bp = const(1.0, n, n_steps)
+    for s in steps_vanishing:
+        bp[s] = geometric(0.5, n)[0]
+    return make_run(n, {"backprop_norm": bp})
+
+
+def test_vanishing_at_one_step_of_ten_is_not_reported():
+    assert by_kind(diagnose(vanishing_at([2])), "vanishing") == []
+
+
+def test_vanishing_that_went_away_is_a_warning_with_its_steps():
+    f = one(diagnose(vanishing_at([0, 1, 2, 3])), "vanishing")
+    assert f.steps == (0, 3) and f.severity == "warning"
+    assert f.evidence["persists"] is False and f.evidence["steps_held"] == 4
+    assert "at steps 0-3" in f.message and "still" not in f.message
+
+
+def test_vanishing_that_persists_is_an_error():
+    f = one(diagnose(vanishing_at([8, 9])), "vanishing")
+    assert f.steps == (8, 9) and f.severity == "error" and f.evidence["persists"] is True
+    assert "at steps 8-9, still at the last recorded step" in f.message
+
+
+# ----------------------------------------------------------------------------- exploding
+def test_exploding_mild_growth_is_a_warning_unless_batchnorm():
+    run = make_run(20, {"backprop_norm": geometric(1.2, 20)})
+    f = one(diagnose(run), "exploding")
+    assert f.severity == "warning" and f.evidence["axis"] == "depth"
+    assert f.evidence["backprop_ratio"] == pytest.approx(1.2**19, rel=1e-5)
+    assert f.evidence["per_layer_factor"] == pytest.approx(1.2, rel=1e-5)
+    # ratio > 10: 1.2^(19-i) > 10 for i <= 6
+    assert f.layers == tuple(f"l{i}" for i in range(7))
+    assert f.remedies[0] == "clip_grad_norm"
+    # batch norm grows the signal by ~1.2 per block at init by design (Yang et al. 2019)
+    bn = make_run(20, {"backprop_norm": geometric(1.2, 20)}, types={"l3": "BatchNorm1d"})
+    assert by_kind(diagnose(bn), "exploding") == []
+
+
+def test_exploding_strong_growth_is_an_error_even_with_batchnorm():
+    run = make_run(20, {"backprop_norm": geometric(1.5, 20)}, types={"l3": "BatchNorm1d"})
+    f = one(diagnose(run), "exploding")
+    assert 1.5**19 > EXPLODING_RATIO and f.severity == "error"
+
+
+def test_exploding_over_steps_names_the_leading_layer_and_steps():
+    gn = const(1.0, 3, 10)
+    gn[5:] = [1e4, 1e4, 1e5]
+    run = make_run(3, {"grad_norm": gn, "backprop_norm": const(1.0, 3, 10)})
+    f = one(diagnose(run), "exploding")
+    assert f.evidence["axis"] == "steps" and f.steps == (5, 9) and f.severity == "error"
+    assert f.layers[0] == "l2"
+    growth = math.sqrt(2e8 + 1e10) / math.sqrt(3)
+    assert f.evidence["growth"] == pytest.approx(growth, rel=1e-5)
+
+
+def test_huge_gradient_norm_is_exploding_from_the_start():
+    run = make_run(2, {"grad_norm": const(2e6, 2, 5)})
+    f = one(diagnose(run), "exploding")
+    assert f.steps == (0, 4)
+
+
+# ----------------------------------------------------------------------------- nonfinite
+def test_nonfinite_in_backward_starts_at_the_output_side_most_layer():
+    gn = const(1.0, 4, 10)
+    gn[5:, :3] = NAN  # left unrecorded here, added below as genuine NaN values
+    extra = [(s, f"l{j}", "grad_norm", NAN) for s in range(5, 10) for j in range(3)]
+    extra += [(s, f"l{j}", "nonfinite", 3.0) for s in range(5, 10) for j in range(3)]
+    run = make_run(4, {"grad_norm": gn}, loss=[1.0] * 10, extra=extra)
+    f = one(diagnose(run), "nonfinite")
+    assert f.layers == ("l2",) and f.steps == (5, 9) and f.severity == "error"
+    assert f.evidence["origin"] == "backward" and f.evidence["first_step"] == 5
+    assert f.evidence["side"] == "output side"
+    assert f.evidence["layers_nonfinite_grad"] == ["l0", "l1", "l2"]
+    assert "at step 5" in f.message
+
+
+def test_nonfinite_weights_and_loss_only():
+    run = make_run(
+        3,
+        {"weight_norm": const(1.0, 3, 5)},
+        loss=[1.0] * 5,
+        extra=[(3, "l1", "weight_norm", float("inf"))],
+    )
+    f = one(diagnose(run), "nonfinite")
+    assert f.evidence["origin"] == "weights" and f.layers == ("l1",) and f.steps == (3, 3)
+    run = make_run(3, {"grad_norm": const(1.0, 3, 5)}, loss=[1.0, 1.0, NAN, 1.0, 1.0])
+    f = one(diagnose(run), "nonfinite")
+    assert f.evidence["origin"] == "loss" and f.layers == () and f.steps == (2, 2)
+
+
+def test_nonfinite_origin_from_a_checkup_forward_pass():
+    run = make_run(
+        4,
+        {"grad_norm": const(1.0, 4)},
+        loss=[NAN],
+        checkup={"batch_size": 8, "nonfinite_origin": "l1"},
+    )
+    f = one(diagnose(run), "nonfinite")
+    assert f.evidence["origin"] == "forward" and f.layers == ("l1",) and f.steps is None
+    assert f.evidence["side"] == "input side"
+
+
+def test_finite_run_has_no_nonfinite_finding():
+    run = make_run(3, {"grad_norm": const(1.0, 3, 4), "nonfinite": const(0, 3, 4)}, loss=[1.0] * 4)
+    assert by_kind(diagnose(run), "nonfinite") == []
+
+
+# --------------------------------------------------------------------- dead, saturated
+@pytest.mark.parametrize(("frac", "expected"), [(0.95, "error"), (0.6, "warning"), (0.4, None)])
+def test_dead_thresholds(frac, expected):
+    dead = np.array([[0.0, frac, 0.1]])
+    found = by_kind(diagnose(make_run(3, {"dead_frac": dead})), "dead")
+    assert [f.severity for f in found] == ([expected] if expected else [])
+    if expected:
+        assert found[0].layers == ("l1",) and found[0].remedies[0] == "leaky_relu"
+        assert found[0].evidence["dead_frac"] == {"l1": frac}
+    assert DEAD_FRAC < 0.6 and 0.6 < DEAD_FRAC_ERROR < 0.95
+
+
+def test_dead_units_need_a_batch_to_mean_anything():
+    dead = np.array([[0.0, 0.7, 0.1]])
+    assert (
+        by_kind(diagnose(make_run(3, {"dead_frac": dead}, checkup={"batch_size": 2})), "dead") == []
+    )
+    assert by_kind(diagnose(make_run(3, {"dead_frac": dead}, checkup={"batch_size": 16})), "dead")
+
+
+@pytest.mark.parametrize(("frac", "expected"), [(0.9, "error"), (0.5, "warning"), (0.2, None)])
+def test_saturated_thresholds(frac, expected):
+    sat = np.array([[frac, 0.0, NAN]])
+    found = by_kind(diagnose(make_run(3, {"saturated_frac": sat}, families=("tanh",))), "saturated")
+    assert [f.severity for f in found] == ([expected] if expected else [])
+
+
+def test_top_sigmoid_layer_stuck_at_zero():
+    # Glorot & Bengio 2010: the top hidden sigmoid layer driven to 0 early in training
+    sat = const(0.1, 3, 6)
+    sat[:, 2] = NAN
+    mean = np.tile([0.5, 0.02, NAN], (6, 1))
+    std = np.tile([0.2, 0.05, NAN], (6, 1))
+    run = make_run(
+        3, {"saturated_frac": sat, "act_mean": mean, "act_std": std}, families=("sigmoid",)
+    )
+    f = one(diagnose(run), "saturated")
+    assert f.layers == ("l1",) and f.steps == (0, 5) and "top hidden sigmoid" in f.message
+    assert f.evidence["act_mean"] == 0.02
+    # a tanh layer saturated on both sides (mean ~0, std ~1) is not that
+    std[:, 1] = 0.9
+    run = make_run(
+        3, {"saturated_frac": sat, "act_mean": mean, "act_std": std}, families=("sigmoid", "tanh")
+    )
+    assert by_kind(diagnose(run), "saturated") == []
+
+
+# ------------------------------------------------------------------------------ stalled
+def test_stalled_layer_over_many_steps():
+    ur = const(1e-3, 4, 6)
+    ur[:, 0] = 1e-8
+    run = make_run(4, {"update_ratio": ur, "grad_norm": const(1.0, 4, 6)})
+    f = one(diagnose(run), "stalled")
+    assert f.layers == ("l0",) and f.steps == (0, 5) and f.severity == "warning"
+    assert f.evidence["update_ratio"] == {"l0": 1e-8}
+    assert f.evidence["median_update_ratio"] == 1e-3
+
+
+def test_not_stalled_when_frozen_brief_or_a_checkup():
+    ur = const(1e-3, 4, 6)
+    ur[:, 0] = 1e-8
+    gn = const(1.0, 4, 6)
+    gn[:, 0] = NAN  # no gradient: frozen, not stalled
+    assert by_kind(diagnose(make_run(4, {"update_ratio": ur, "grad_norm": gn})), "stalled") == []
+    ur2 = const(1e-3, 4, 6)
+    ur2[4:, 0] = 1e-8  # 2 of 6 steps
+    assert (
+        by_kind(
+            diagnose(make_run(4, {"update_ratio": ur2, "grad_norm": const(1, 4, 6)})), "stalled"
+        )
+        == []
+    )
+    run = make_run(
+        4, {"update_ratio": ur[:1], "grad_norm": const(1.0, 4, 1)}, checkup={"batch_size": 8}
+    )
+    assert by_kind(diagnose(run), "stalled") == []
+
+
+# ------------------------------------------------------------------------- healthy_deep
+def test_healthy_deep_note_for_a_deep_net_with_healthy_gradients():
+    f = one(diagnose(make_run(25, {"backprop_norm": const(1.0, 25)})), "healthy_deep")
+    assert f.severity == "info" and f.remedies == ("residual",) and f.evidence["depth"] == 25
+    assert "He et al. 2016" in f.message and "not vanishing" in f.message
+    assert by_kind(diagnose(make_run(10, {"backprop_norm": const(1.0, 10)})), "healthy_deep") == []
+
+
+def test_healthy_deep_counts_weight_layers_and_skips_residual_nets():
+    types5 = {f"l{i}": "BatchNorm1d" for i in range(1, 10, 2)}  # 5 norm layers: depth 20
+    types6 = {f"l{i}": "BatchNorm1d" for i in range(1, 12, 2)}  # 6 norm layers: depth 19
+    assert by_kind(
+        diagnose(make_run(25, {"backprop_norm": const(1, 25)}, types=types5)), "healthy_deep"
+    )
+    assert not by_kind(
+        diagnose(make_run(25, {"backprop_norm": const(1, 25)}, types=types6)), "healthy_deep"
+    )
+    res = make_run(25, {"backprop_norm": const(1, 25)}, repr_="Net((0): BasicBlock(...))")
+    assert not by_kind(diagnose(res), "healthy_deep")
+    vanishing = make_run(25, {"backprop_norm": geometric(0.5, 25)})
+    assert not by_kind(diagnose(vanishing), "healthy_deep")
+
+
+# ------------------------------------------------------------------------------ verdict
+def test_verdict_precedence():
+    def f(kind, severity="error"):
+        return Finding(kind, (), None, severity, "")
+
+    assert verdict([]) == "healthy"
+    assert verdict([f("healthy_deep", "info")]) == "healthy"
+    assert verdict([f("stalled", "warning")]) == "healthy"
+    assert verdict([f("saturated"), f("dead", "warning")]) == "dead"
+    assert verdict([f("dead"), f("vanishing", "warning")]) == "vanishing"
+    assert verdict([f("vanishing"), f("exploding", "warning")]) == "exploding"
+    assert verdict([f("exploding"), f("nonfinite")]) == "nonfinite"
+    assert VERDICT_PRECEDENCE == ("nonfinite", "exploding", "vanishing", "dead", "saturated")
