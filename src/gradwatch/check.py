@@ -19,7 +19,6 @@ the signal reaches (Pascanu et al. 2013; Hochreiter & Schmidhuber 1997).
 
 from __future__ import annotations
 
-import copy
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -143,7 +142,6 @@ def check(
 
     The model is left as it was: parameter ``.grad``, each module's train/eval mode and every
     buffer (BatchNorm running statistics) are restored, and the pass runs under a forked RNG.
-    A float64 model is checked on a float32 copy (the statistics are accumulated in float32).
 
     Args:
         model: the network.
@@ -184,15 +182,6 @@ def check(
         raise GradwatchTypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     if not isinstance(train_mode, bool):
         raise GradwatchTypeError(f"train_mode must be a bool, got {type(train_mode).__name__}")
-    if any(p.dtype == torch.float64 for p in model.parameters()):
-        # The Monitor accumulates norms in float32 and its backward hooks refuse float64
-        # gradients (torch.linalg.vector_norm will not narrow), so a float64 model is
-        # checked on a float32 copy; the user's model is not touched at all.
-        model = copy.deepcopy(model).float()
-        layers = find_layers(model)
-        args = tuple(a.float() if a.dtype == torch.float64 else a for a in args)
-        if targets is not None and targets.dtype == torch.float64:
-            targets = targets.float()
     device = _model_device(model)
     if device is not None:
         args = tuple(a.to(device) for a in args)

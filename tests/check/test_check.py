@@ -345,7 +345,7 @@ def test_temporal_flow_time_major_and_lstm():
     np.testing.assert_allclose(tf["grad_norm"], xr.grad.norm(dim=(1, 2)).numpy(), rtol=1e-5)
 
 
-def test_float64_model_is_checked_on_a_float32_copy():
+def test_float64_model():
     model = small_model().double()
     x = torch.randn(5, 6, dtype=torch.float64)
     cu = gw.check(model, x)
