@@ -151,6 +151,43 @@ class FixReport:
         return self.summary()
 
 
+def recommendations(before: Checkup, after: Checkup) -> list[str]:
+    """Advice that fix cannot apply: clipping for exploding gradients, what else to allow."""
+    out: list[str] = []
+    wants_clip = before.verdict in ("exploding", "nonfinite") or after.verdict in (
+        "exploding",
+        "nonfinite",
+    )
+    wants_clip = wants_clip or any(
+        "clip" in r.lower() for f in [*before.findings, *after.findings] for r in f.remedies
+    )
+    if wants_clip:
+        out.append(_clip_advice(after))
+    if after.verdict in ("vanishing", "dead", "saturated"):
+        out.append(
+            f"still {after.verdict} after the allowed remedies: allow more kinds of change "
+            '(e.g. allow=("init", "activation", "normalization", "residual")) or change the '
+            "architecture by hand (see the findings)"
+        )
+    return out
+
+
+def _clip_advice(after: Checkup) -> str:
+    norms = np.asarray(after.table.get("grad_norm", []), dtype=np.float64)
+    norms = norms[np.isfinite(norms)]
+    total = float(np.sqrt((norms**2).sum())) if len(norms) else math.nan
+    threshold = (
+        f"max_norm of about {total:.3g} (the global gradient norm on this batch; Pascanu et "
+        "al. suggest 0.5 to 10 times the average norm seen in training)"
+        if math.isfinite(total) and total > 0
+        else "max_norm between 0.5 and 10 times the average gradient norm seen in training"
+    )
+    return (
+        "clip gradients by norm in the training loop (a training-loop remedy, not applied "
+        f"here): gw.remedies.clip_on_step(optimizer, max_norm=...), with {threshold}"
+    )
+
+
 def describe(details: dict[str, Any]) -> str:
     """One phrase for an applied or tried remedy's details."""
     kind = details.get("kind")

@@ -51,7 +51,7 @@ from torch import nn
 
 from gradwatch.errors import GradwatchError, GradwatchTypeError, GradwatchValueError
 from gradwatch.layers import activation_family
-from gradwatch.remedies._fix_report import FixReport, architecture_signature
+from gradwatch.remedies._fix_report import FixReport, architecture_signature, recommendations
 from gradwatch.remedies._gains import following_activations
 from gradwatch.remedies._sequential import entries, is_plain_sequential
 from gradwatch.remedies._targets import check_model, check_positive, is_weight_layer
@@ -80,8 +80,6 @@ REMEDY_KINDS = {
 
 #: A candidate must lower the backprop spread by this many decades to count as better.
 MIN_IMPROVEMENT = 0.1
-
-_BAD_VERDICTS = ("vanishing", "exploding", "dead", "saturated")
 
 
 @dataclass
@@ -185,7 +183,7 @@ def fix(
         after=current.checkup,
         applied=applied,
         changed_architecture=architecture_signature(model) != architecture_signature(current.model),
-        recommendations=_recommendations(before, current.checkup),
+        recommendations=recommendations(before, current.checkup),
         tried=tried,
         allow=kinds,
         new_architecture=repr(current.model),
@@ -468,42 +466,3 @@ def _try(
     trial = _Trial(changed, checkup, _score(checkup), entry)
     entry.update(_outcome(trial))
     return trial
-
-
-# --- recommendations ----------------------------------------------------------------------
-
-
-def _recommendations(before: Checkup, after: Checkup) -> list[str]:
-    out: list[str] = []
-    wants_clip = before.verdict in ("exploding", "nonfinite") or after.verdict in (
-        "exploding",
-        "nonfinite",
-    )
-    wants_clip = wants_clip or any(
-        "clip" in r.lower() for f in [*before.findings, *after.findings] for r in f.remedies
-    )
-    if wants_clip:
-        out.append(_clip_advice(after))
-    if after.verdict in _BAD_VERDICTS and after.verdict != "exploding":
-        out.append(
-            f"still {after.verdict} after the allowed remedies: allow more kinds of change "
-            '(e.g. allow=("init", "activation", "normalization", "residual")) or change the '
-            "architecture by hand (see the findings)"
-        )
-    return out
-
-
-def _clip_advice(after: Checkup) -> str:
-    norms = np.asarray(after.table.get("grad_norm", []), dtype=np.float64)
-    norms = norms[np.isfinite(norms)]
-    total = float(np.sqrt((norms**2).sum())) if len(norms) else math.nan
-    threshold = (
-        f"max_norm of about {total:.3g} (the global gradient norm on this batch; Pascanu et "
-        "al. suggest 0.5 to 10 times the average norm seen in training)"
-        if math.isfinite(total) and total > 0
-        else "max_norm between 0.5 and 10 times the average gradient norm seen in training"
-    )
-    return (
-        "clip gradients by norm in the training loop (a training-loop remedy, not applied "
-        f"here): gw.remedies.clip_on_step(optimizer, max_norm=...), with {threshold}"
-    )
