@@ -71,7 +71,9 @@ class Run:
                 f"stat must be one of {', '.join(ALL_STATS)}; got {stat!r}"
             )
         df = self.stats[self.stats["stat"] == stat]
-        wide = df.pivot_table(index="step", columns="layer", values="value", aggfunc="last")
+        # pivot (not pivot_table): NaN values, and all-NaN steps or layers, stay visible
+        df = df.drop_duplicates(["step", "layer"], keep="last")
+        wide = df.pivot(index="step", columns="layer", values="value")
         cols = [c for c in self.layers + [""] if c in wide.columns]
         return wide[cols]
 
