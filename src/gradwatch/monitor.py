@@ -129,6 +129,7 @@ class Monitor:
         config: dict[str, Any] | None = None,
         distributed: bool | None = None,
         process_group: Any = None,
+        diagnose: bool = True,
     ):
         # -- validate everything before touching the model or the disk ---------------------
         layers = find_layers(model)  # raises for non-modules and models without parameters
@@ -220,6 +221,7 @@ class Monitor:
         self._writer = RunWriter(self.run_dir, self._layout)
         self._started = time.time()
         self._config = dict(config or {})
+        self._diagnose_at_close = bool(diagnose)
 
         # -- per-step state -----------------------------------------------------------------
         self._step = 0  # index of the pending (not yet closed) step
@@ -702,6 +704,23 @@ class Monitor:
             if wait:
                 self._writer.wait(batch)
 
+    def _store_findings(self) -> None:
+        """Diagnose the finished run and write ``findings.jsonl`` (never raises)."""
+        if self.run_dir is None or not self._diagnose_at_close or not self._n_recorded:
+            return
+        try:
+            from gradwatch.diagnose import diagnose, store_findings
+            from gradwatch.store.reader import load
+
+            store_findings(self.run_dir, diagnose(load(self.run_dir)))
+        except Exception as exc:  # noqa: BLE001 - a diagnosis bug must not lose the run
+            warnings.warn(
+                f"gradwatch: the run in {self.run_dir} is complete, but diagnosing it failed "
+                f"({exc!r}); run gw.diagnose on it later",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
     def _report_write_errors(self) -> None:
         """Warn (from the training thread) about writes that failed; training goes on."""
         errs = self._writer.take_errors()
@@ -751,6 +770,7 @@ class Monitor:
             self._writer.close()
             self._write_meta(self._status)
             self._report_write_errors()
+            self._store_findings()
         finally:
             self._snapshot = None
             if self._lock_path is not None:
@@ -854,7 +874,8 @@ def watch(
             ``torch.amp.GradScaler`` in use: gradients are then recorded unscaled and skipped
             steps are recorded as non-finite), ``flush_every`` (steps, default 50),
             ``flush_secs`` (default 5), ``overwrite`` (replace an existing run), ``name``,
-            ``config`` (dict stored in meta.json).
+            ``config`` (dict stored in meta.json), ``diagnose`` (default True: diagnose the
+            run when it closes and write ``findings.jsonl``).
 
     Returns:
         the :class:`Monitor` (a context manager).

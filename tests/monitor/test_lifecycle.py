@@ -212,3 +212,33 @@ def test_loss_attached_to_the_right_step_in_both_call_orders():
                 mon.step(loss)  # before the step
                 opt.step()
     np.testing.assert_allclose(mon.run.loss().to_numpy(), losses, rtol=1e-6)
+
+
+def test_close_diagnoses_the_run_and_writes_findings(tmp_path):
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(10):
+        lin = nn.Linear(32, 32)
+        bound = 1 / math.sqrt(32)  # Glorot & Bengio's "standard" init
+        nn.init.uniform_(lin.weight, -bound, bound)
+        nn.init.zeros_(lin.bias)
+        layers += [lin, nn.Sigmoid()]
+    model = nn.Sequential(*layers, nn.Linear(32, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, tmp_path / "run", optimizer=opt) as mon:
+        for _ in range(12):
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(torch.randn(16, 32)),
+                                               torch.randint(0, 3, (16,)))
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+    findings = gw.load(tmp_path / "run").findings
+    vanishing = [f for f in findings if f.kind == "vanishing"]
+    assert vanishing and vanishing[0].steps == (0, 11)
+    assert "0" in vanishing[0].layers
+    with gw.watch(model, tmp_path / "quiet", optimizer=opt, diagnose=False) as mon:
+        opt.zero_grad()
+        model(torch.randn(4, 32)).sum().backward()
+        opt.step()
+    assert (tmp_path / "quiet" / "findings.jsonl").read_text() == ""
