@@ -17,6 +17,7 @@ from gradwatch.errors import GradwatchError
 COMMAND_MODULES = [
     "gradwatch.commands.runs",
     "gradwatch.commands.check",
+    "gradwatch.commands.theory",
     "gradwatch.commands.fix",
     "gradwatch.commands.experiment",
 ]

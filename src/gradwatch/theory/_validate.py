@@ -11,7 +11,7 @@ from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 
 
 def _as_array(name: str, value: Any) -> np.ndarray:
-    if isinstance(value, bool | np.bool_) or isinstance(value, str | bytes):
+    if value is None or isinstance(value, bool | np.bool_ | str | bytes):
         raise GradwatchTypeError(
             f"{name} must be a number or an array of numbers, got {type(value).__name__}; "
             f"pass e.g. {name}=1.5"
@@ -40,17 +40,18 @@ def variances(sigma_w2: Any, sigma_b2: Any) -> tuple[np.ndarray, np.ndarray, tup
     Raises:
         GradwatchTypeError: not numbers.
         GradwatchValueError: out of range, not finite, or shapes that do not broadcast.
+
     """
     w = _as_array("sigma_w2", sigma_w2)
     b = _as_array("sigma_b2", sigma_b2)
     if not np.all(np.isfinite(w)) or np.any(w <= 0):
-        bad = w[~(np.isfinite(w) & (w > 0))].ravel()[0]
+        bad = float(w[~(np.isfinite(w) & (w > 0))].ravel()[0])
         raise GradwatchValueError(
             f"sigma_w2 must be finite and > 0, got {bad!r}; it is fan_in * Var(W), e.g. 1.0 "
             "for LeCun init, 2.0 for He init"
         )
     if not np.all(np.isfinite(b)) or np.any(b < 0):
-        bad = b[~(np.isfinite(b) & (b >= 0))].ravel()[0]
+        bad = float(b[~(np.isfinite(b) & (b >= 0))].ravel()[0])
         raise GradwatchValueError(
             f"sigma_b2 must be finite and >= 0, got {bad!r}; it is Var(b), 0.0 for zero biases"
         )
@@ -79,6 +80,7 @@ def depth(value: Any, name: str = "depth") -> int:
     Raises:
         GradwatchTypeError: not an integer.
         GradwatchValueError: < 1.
+
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise GradwatchTypeError(

@@ -1,10 +1,10 @@
 """Activation functions for mean-field theory: name or callable -> values and derivatives.
 
-The mean-field integrals need φ, φ' and φ'' at the quadrature nodes. Named activations are
-torch functions; their derivatives come from autograd in float64, so they are exact (to
-rounding) wherever the function is differentiable. Any elementwise torch callable is
-differentiated the same way; a numpy callable (one that fails on a torch tensor) falls back
-to central finite differences.
+The mean-field integrals need φ, φ' and φ'' at the quadrature nodes. Named activations
+have them in closed form (numpy, see ``_named``). Any elementwise torch callable is
+differentiated by autograd on a float64 tensor, exact to rounding wherever it is
+differentiable; a numpy callable (one that fails on a torch tensor) falls back to central
+finite differences.
 
 References: Poole et al. 2016, "Exponential expressivity in deep neural networks through
 transient chaos"; Schoenholz et al. 2017, "Deep Information Propagation".
@@ -13,6 +13,7 @@ transient chaos"; Schoenholz et al. 2017, "Deep Information Propagation".
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import math
 from collections.abc import Callable
@@ -21,38 +22,25 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.theory._named import NAMED, piecewise_linear
 
 #: Slope of "leaky_relu" when the name gives none (PyTorch's default).
 DEFAULT_LEAKY_SLOPE = 0.01
 
-
-def _linear(x: torch.Tensor) -> torch.Tensor:
-    return x * 1.0
-
-
-#: Named activations: name -> torch function of a float64 tensor.
-_NAMED: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "tanh": torch.tanh,
-    "relu": torch.relu,
-    "leaky_relu": lambda x: F.leaky_relu(x, DEFAULT_LEAKY_SLOPE),
-    "sigmoid": torch.sigmoid,
-    "gelu": F.gelu,
-    "elu": F.elu,
-    "selu": F.selu,
-    "softsign": F.softsign,
-    "linear": _linear,
-    "hard_tanh": F.hardtanh,
-    "swish": F.silu,
-    "silu": F.silu,
-    "erf": torch.erf,
-}
-
 #: Every name `resolve_activation` accepts (plus "leaky_relu:SLOPE").
-KNOWN_ACTIVATIONS: tuple[str, ...] = tuple(_NAMED)
+KNOWN_ACTIVATIONS: tuple[str, ...] = tuple(NAMED)
+
+#: Where named activations have a kink (φ or φ' not smooth).
+_KINKS = {
+    "relu": (0.0,),
+    "leaky_relu": (0.0,),
+    "elu": (0.0,),
+    "selu": (0.0,),
+    "hard_tanh": (-1.0, 1.0),
+}
 
 #: Odd, bounded activations whose length map contracts to q* = 0 when σb² = 0 and
 #: σw² φ'(0)² ≤ 1 (the tanh family of Poole et al. 2016).
@@ -65,21 +53,28 @@ class Activation:
 
     Attributes:
         name: a readable name ("tanh", "leaky_relu:0.2", or the callable's name).
-        fn: the function: takes and returns a torch tensor (backend "torch") or a numpy
-            array (backend "numpy").
-        backend: "torch" (derivatives by autograd) or "numpy" (finite differences).
+        fn: backend "exact": fn(x, order) -> [φ, φ', φ''][: order + 1] on numpy arrays;
+            "torch": φ of a torch tensor; "numpy": φ of a numpy array.
+        backend: "exact" (closed form), "torch" (derivatives by autograd) or "numpy"
+            (finite differences).
         slopes: (slope for x > 0, slope for x < 0) when φ is piecewise linear and
             positively homogeneous (relu, leaky_relu, linear), else None. Such φ have
             closed-form mean-field quantities: E[φ(√q z)²] = q (a² + b²) / 2.
         odd_saturating: φ is odd and bounded like tanh, so q* = 0 when σb² = 0 and
             σw² φ'(0)² ≤ 1.
+        kinks: points where φ or φ' is not smooth (hard_tanh: ±1); the Gaussian integrals
+            are split there, since quadrature converges slowly across a kink. Give them
+            for a kinked callable with ``dataclasses.replace(resolve_activation(fn),
+            kinks=(0.0,))``.
+
     """
 
     name: str
     fn: Callable[[Any], Any]
-    backend: Literal["torch", "numpy"]
+    backend: Literal["exact", "torch", "numpy"]
     slopes: tuple[float, float] | None = None
     odd_saturating: bool = False
+    kinks: tuple[float, ...] = ()
 
     @property
     def homogeneous(self) -> bool:
@@ -96,8 +91,11 @@ class Activation:
         Args:
             x: the points, any shape.
             order: the highest derivative wanted, 0, 1 or 2.
+
         """
         x = np.asarray(x, dtype=np.float64)
+        if self.backend == "exact":
+            return self.fn(x, order)
         if self.backend == "torch":
             return _torch_derivatives(self.fn, x, order)
         return _fd_derivatives(self.fn, x, order)
@@ -158,6 +156,7 @@ def resolve_activation(activation: Any) -> Activation:
     Raises:
         GradwatchValueError: unknown name, bad slope, or a callable that is not elementwise.
         GradwatchTypeError: neither a string nor a callable.
+
     """
     if isinstance(activation, Activation):
         return activation
@@ -173,8 +172,8 @@ def resolve_activation(activation: Any) -> Activation:
 
 @functools.cache
 def _named(name: str) -> Activation:
-    base, _, arg = name.partition(":")
-    if base == "leaky_relu" and arg:
+    base, sep, arg = name.partition(":")
+    if base == "leaky_relu" and sep:
         try:
             slope = float(arg)
         except ValueError:
@@ -186,11 +185,12 @@ def _named(name: str) -> Activation:
             )
         return Activation(
             name=f"leaky_relu:{slope:g}",
-            fn=lambda x: F.leaky_relu(x, slope),
-            backend="torch",
+            fn=piecewise_linear(slope),
+            backend="exact",
             slopes=(1.0, slope),
+            kinks=(0.0,),
         )
-    if arg or base not in _NAMED:
+    if sep or base not in NAMED:
         raise GradwatchValueError(
             f"activation {name!r} is not a known name; use one of "
             f"{', '.join(KNOWN_ACTIVATIONS)} (or 'leaky_relu:SLOPE'), or pass an elementwise "
@@ -199,10 +199,11 @@ def _named(name: str) -> Activation:
     slopes = {"relu": (1.0, 0.0), "leaky_relu": (1.0, DEFAULT_LEAKY_SLOPE), "linear": (1.0, 1.0)}
     return Activation(
         name=base,
-        fn=_NAMED[base],
-        backend="torch",
+        fn=NAMED[base],
+        backend="exact",
         slopes=slopes.get(base),
         odd_saturating=base in _ODD_SATURATING,
+        kinks=_KINKS.get(base, ()),
     )
 
 
@@ -264,3 +265,73 @@ def _check_elementwise(act: Activation, probe: np.ndarray) -> Activation:
             "the other points); pass a function applied to each element on its own"
         )
     return act
+
+
+#: Parameter-free elementwise activation modules taken as callables (autograd derivatives).
+_ELEMENTWISE_MODULES: tuple[type[nn.Module], ...] = (
+    nn.Softplus,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.CELU,
+    nn.LogSigmoid,
+    nn.Tanhshrink,
+    nn.Softshrink,
+    nn.Hardshrink,
+    nn.Threshold,
+)
+
+
+def activation_from_module(module: nn.Module) -> Activation | None:
+    """Return the Activation an activation module applies, or None for other modules.
+
+    Known modules map to names (nn.Tanh -> "tanh", nn.LeakyReLU(0.2) -> "leaky_relu:0.2",
+    nn.Identity -> "linear", ...); variants with other constants (nn.ELU(alpha=2),
+    nn.GELU("tanh"), nn.ReLU6) and other elementwise modules (nn.Softplus, nn.Mish, ...)
+    are used as callables.
+    """
+    simple: dict[type[nn.Module], str] = {
+        nn.Identity: "linear",
+        nn.Tanh: "tanh",
+        nn.ReLU: "relu",
+        nn.Sigmoid: "sigmoid",
+        nn.SELU: "selu",
+        nn.Softsign: "softsign",
+        nn.SiLU: "silu",
+    }
+    name = simple.get(type(module))
+    if name is not None:
+        return resolve_activation(name)
+    if isinstance(module, nn.LeakyReLU):
+        return resolve_activation(f"leaky_relu:{module.negative_slope!r}")
+    if isinstance(module, nn.PReLU):  # one slope per channel: the mean slope
+        return resolve_activation(f"leaky_relu:{float(module.weight.detach().mean())!r}")
+    if isinstance(module, nn.RReLU):
+        # Its slope is random in training; the mean-field slope is the average one.
+        return resolve_activation(f"leaky_relu:{(module.lower + module.upper) / 2!r}")
+    if isinstance(module, nn.GELU):
+        return resolve_activation("gelu" if module.approximate == "none" else module)
+    if isinstance(module, nn.ELU) and module.alpha == 1.0:
+        return resolve_activation("elu")
+    if type(module) is nn.Hardtanh and module.min_val == -1 and module.max_val == 1:
+        return resolve_activation("hard_tanh")
+    # Subclasses of the simple ones may change the function: use them as callables.
+    simple_types = (nn.Tanh, nn.ReLU, nn.Sigmoid, nn.SELU, nn.Softsign, nn.SiLU)
+    if isinstance(module, _ELEMENTWISE_MODULES + simple_types + (nn.ELU, nn.Hardtanh)):
+        return dataclasses.replace(resolve_activation(module), kinks=_module_kinks(module))
+    return None
+
+
+def _module_kinks(module: nn.Module) -> tuple[float, ...]:
+    """Where an activation module's function has kinks, read from its constants."""
+    if isinstance(module, nn.ELU | nn.CELU | nn.ReLU | nn.SELU):
+        return (0.0,)
+    if isinstance(module, nn.Hardtanh):  # also nn.ReLU6
+        return (float(module.min_val), float(module.max_val))
+    if isinstance(module, nn.Hardswish | nn.Hardsigmoid):
+        return (-3.0, 3.0)
+    if isinstance(module, nn.Softshrink | nn.Hardshrink):
+        return (-float(module.lambd), float(module.lambd))
+    if isinstance(module, nn.Threshold):
+        return (float(module.threshold),)
+    return ()
