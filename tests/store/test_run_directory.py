@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import pandas as pd
 import pytest
@@ -22,10 +23,11 @@ CHILD = textwrap.dedent(
     """
     import sys, torch, gradwatch as gw
     from torch import nn
-    torch.manual_seed(0)
+    torch.manual_seed(int(sys.argv[2]))
     model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.05)
-    mon = gw.watch(model, sys.argv[1], optimizer=opt, flush_every=7, flush_secs=1e9)
+    # tiny flush interval and frequent compaction: kills land inside writes and compactions
+    mon = gw.watch(model, sys.argv[1], optimizer=opt, flush_every=3, flush_secs=1e9)
     step = 0
     while True:
         x = torch.randn(16, 8); y = torch.randint(0, 2, (16,))
@@ -33,40 +35,55 @@ CHILD = textwrap.dedent(
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward(); opt.step(); mon.step(loss)
         step += 1
-        if step % 7 == 0:
+        if step % 3 == 0:
             mon.flush(wait=True)
             print(step, flush=True)
     """
 )
+KILL_POINTS = 20
 
 
-def test_sigkill_mid_run_loses_nothing_flushed(tmp_path):
+def _start(script, run_dir, seed):
+    return subprocess.Popen([sys.executable, str(script), str(run_dir), str(seed)],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_sigkill_at_random_points_loses_nothing_flushed(tmp_path):
+    """20 kills at random moments (often mid-write); every step reported flushed is readable."""
+    import random
+
     script = tmp_path / "child.py"
     script.write_text(CHILD)
-    for trial in range(3):
-        run_dir = tmp_path / f"run{trial}"
-        proc = subprocess.Popen([sys.executable, str(script), str(run_dir)],
-                                stdout=subprocess.PIPE, text=True)
-        flushed = 0
-        target = 7 * (3 + trial * 4)
-        while flushed < target:
-            line = proc.stdout.readline()
-            assert line, "child died"
-            flushed = int(line)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        run = gw.load(run_dir)
-        assert run.meta["status"] == "running"
-        steps = run.steps
-        assert steps[: flushed] == list(range(flushed))
-        per_step = run.stats[run.stats.step < flushed].groupby("step").size()
-        # every flushed step complete: 3 layers x 4 fast stats + loss; detail steps add 15
-        assert {s: n for s, n in per_step.items()} == {
-            s: 28 if s % 10 == 0 else 13 for s in range(flushed)}
-        # the lock of the dead writer is stale: a new writer may take the directory over
-        with pytest.warns(RuntimeWarning, match="stale lock"):
-            with pytest.raises(RunDirectoryError, match="already holds a run"):
-                gw.watch(nn.Linear(2, 2), run_dir)
+    rng = random.Random(1234)
+    t0 = time.monotonic()
+    trials = list(range(KILL_POINTS))
+    while trials:
+        batch, trials = trials[:2], trials[2:]  # two children at a time (2 cores)
+        procs = {t: _start(script, tmp_path / f"run{t}", t) for t in batch}
+        for t, proc in procs.items():
+            target = 3 * rng.randint(1, 25)
+            flushed = 0
+            while flushed < target:
+                line = proc.stdout.readline()
+                assert line, "child died"
+                flushed = int(line)
+            time.sleep(rng.random() * 0.05)  # land anywhere, not just after a flush
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")  # a corrupt part would warn: fail instead
+                run = gw.load(tmp_path / f"run{t}")
+            assert run.meta["status"] == "running"
+            assert run.steps[:flushed] == list(range(flushed))
+            per_step = run.stats[run.stats.step < flushed].groupby("step").size()
+            # every flushed step complete: 3 layers x 4 fast stats + loss; detail steps +15
+            assert {s: n for s, n in per_step.items()} == {
+                s: 28 if s % 10 == 0 else 13 for s in range(flushed)}
+    print(f"{KILL_POINTS} kill points in {time.monotonic() - t0:.0f} s")
+    # the lock of a dead writer is stale: a new writer may take the directory over
+    with pytest.warns(RuntimeWarning, match="stale lock"):
+        with pytest.raises(RunDirectoryError, match="already holds a run"):
+            gw.watch(nn.Linear(2, 2), tmp_path / "run0")
 
 
 def test_parts_are_readable_without_gradwatch(tmp_path):
