@@ -40,11 +40,12 @@ class ExperimentSpec:
         return importlib.import_module(self.module)
 
     def accepts(self, keyword: str) -> bool:
-        """Whether the module's ``run`` takes ``keyword`` (by name or through ``**kw``)."""
-        params = inspect.signature(self.load().run).parameters
-        return keyword in params or any(
-            p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()
-        )
+        """Whether the module's ``run`` names the parameter ``keyword``.
+
+        Options such as ``executor`` or ``progress`` are passed only to experiments whose
+        ``run`` names them (a catch-all ``**kw`` of config overrides does not count).
+        """
+        return keyword in inspect.signature(self.load().run).parameters
 
     def run(self, out_dir: str | Path, quick: bool = False, seed: int = 0, **kw: Any) -> dict:
         """Run the experiment; returns its result dict (also in ``out_dir/result.json``)."""
@@ -93,16 +94,29 @@ def get(name: str) -> ExperimentSpec:
     return EXPERIMENTS[name]
 
 
+#: Options the command line passes to every experiment; each reaches only the experiments
+#: whose ``run`` names it.
+OPTIONS = ("executor", "progress")
+
+
 def run_experiment(
     name: str, out_dir: str | Path, quick: bool = False, seed: int = 0, **kw: Any
 ) -> dict:
     """Run experiment ``name`` into ``out_dir`` and return its result dict.
 
-    Keyword arguments the experiment's ``run`` does not accept are dropped (e.g.
-    ``executor`` for an experiment that runs no grid).
+    Args:
+        name: a key of :data:`EXPERIMENTS`.
+        out_dir: the output folder.
+        quick: run the quick version.
+        seed: the seed.
+        **kw: :data:`OPTIONS` (dropped for experiments whose ``run`` does not name them)
+            and config overrides (passed as they are).
+
+    Raises:
+        GradwatchValueError: unknown ``name``.
     """
     spec = get(name)
-    kw = {k: v for k, v in kw.items() if spec.accepts(k)}
+    kw = {k: v for k, v in kw.items() if k not in OPTIONS or spec.accepts(k)}
     return spec.run(out_dir, quick=quick, seed=seed, **kw)
 
 

@@ -111,3 +111,37 @@ def train_classifier(
             if on_step is not None:
                 on_step(step)
     return Path(run_dir) if run_dir is not None else None
+
+
+def probe(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    run_dir: str | Path | None,
+    config: dict[str, Any] | None = None,
+) -> Path | None:
+    """Record one forward/backward pass on a large batch, without updating the weights.
+
+    The gradient statistics of a minibatch of 10 are noisy; this records every statistic
+    (``detail_every=1``) for one pass over ``x`` as step 0 of its own run directory — the
+    gradient flow of the network as it is now (at initialisation, when called before
+    training). The parameters' ``.grad`` are cleared afterwards.
+
+    Args:
+        model: the classifier (its train/eval mode is used as is).
+        x: inputs, (N, ...).
+        y: int64 labels, (N,).
+        run_dir: where ``gw.watch`` writes the run (replaced if it exists); None: in memory.
+        config: stored in the run's meta.json.
+
+    Returns:
+        the run directory (None when kept in memory).
+    """
+    import gradwatch as gw
+
+    with gw.watch(model, run_dir, every=1, detail_every=1, overwrite=True, config=config) as mon:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        mon.step(loss=loss)
+    model.zero_grad(set_to_none=True)
+    return Path(run_dir) if run_dir is not None else None

@@ -1,0 +1,424 @@
+"""Glorot & Bengio (2010): why deep sigmoid and tanh networks were hard to train.
+
+Paper: X. Glorot and Y. Bengio, "Understanding the difficulty of training deep feedforward
+neural networks", AISTATS 2010.
+
+Setup (as in the paper, scaled down in quick mode): MLPs with 4 hidden layers of equal
+width (1000 units in the paper and in full mode, 256 in quick mode), sigmoid, tanh or
+softsign units, biases 0, softmax + negative log-likelihood, plain SGD with minibatches of
+10, on Shapeset-3×2 (generated: :func:`gradwatch.experiments.data.shapeset`) and on the
+8×8 digits bundled with scikit-learn. Two initialisations of the weights:
+
+- "standard": W ~ U[-1/√n, 1/√n] (n = fan-in), so n·Var[W] = 1/3;
+- "normalized" (Xavier): W ~ U[-√6/√(n_in + n_out), +√6/√(n_in + n_out)].
+
+Expected outcome — what the paper found, and what this script measures and checks:
+
+1. With standard init the back-propagated gradient ∂cost/∂s (s: a layer's pre-activation)
+   shrinks from the top hidden layer toward the input at initialisation — in the linear
+   regime its variance is multiplied by n·Var[W] = 1/3 per layer. With normalized init it
+   stays about level (their Figure 7). Measured: ``backprop_norm`` per layer on one
+   500-example batch before training; the claim compares the first hidden layer's to the
+   top hidden layer's.
+2. Sigmoid networks: the top hidden layer is driven to saturation at 0 early in training
+   (its mean activation falls from 0.5 toward 0 while the lower layers stay near 0.5) and
+   only slowly comes back (their Figure 2). Measured: ``act_mean`` per layer during training.
+3. tanh with standard init: the layers saturate one after another starting from the
+   first (input-side) layer (their Figure 3). Measured: ``saturated_frac`` per layer.
+4. Test error (their Table 1): sigmoid with standard init is worst; normalized init does
+   better than standard for tanh. The last point needs the full-size run (the gap is a few
+   points after many updates); in quick mode it is computed and reported, not required.
+
+How to read the figures (``figures/``):
+
+- ``backprop_at_init``: ‖∂cost/∂s‖ per layer at initialisation (log scale), input side on
+  the left; a line rising to the right means the signal shrinks toward the input.
+- ``activations``: left, the mean sigmoid output of each hidden layer during training (the
+  top layer's curve falls toward 0); right, the fraction of saturated tanh units per layer
+  (|tanh| > 0.97; standard init saturates layer 1 first).
+- ``test_error``: final test error of every activation × init, per data set.
+
+Run: ``gradwatch experiment glorot2010 [--quick]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from gradwatch.experiments import base
+from gradwatch.experiments.base import Claim, claim
+from gradwatch.experiments.data import digits, shapeset
+from gradwatch.experiments.training import error_rate, probe, train_classifier
+
+NAME = "glorot2010"
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "softsign": nn.Softsign}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of the experiment (full mode); :data:`QUICK` is the quick one."""
+
+    # (activation, init) pairs; the first three are the ones the claims are about
+    combos: tuple[tuple[str, str], ...] = (
+        ("sigmoid", "standard"),
+        ("tanh", "standard"),
+        ("tanh", "normalized"),
+        ("sigmoid", "normalized"),
+        ("softsign", "standard"),
+        ("softsign", "normalized"),
+    )
+    datasets: tuple[str, ...] = ("shapeset", "digits")
+    hidden_layers: int = 4
+    width: int = 1000
+    shapeset_train: int = 20000
+    shapeset_test: int = 5000
+    steps: dict[str, int] = field(default_factory=lambda: {"shapeset": 6000, "digits": 2000})
+    lr: float = 0.1
+    batch_size: int = 10  # as in the paper
+    probe_size: int = 500  # examples in the at-initialisation gradient measurement
+    every: int = 5  # record the gradient statistics every 5 steps...
+    detail_every: int = 2  # ...and the activation statistics every 10
+
+
+QUICK = Config(
+    combos=(("sigmoid", "standard"), ("tanh", "standard"), ("tanh", "normalized")),
+    width=256,
+    shapeset_train=6000,
+    shapeset_test=2000,
+    steps={"shapeset": 600, "digits": 250},
+)
+
+
+def build(activation: str, init: str, d_in: int, width: int, hidden: int, classes: int):
+    """The MLP: ``hidden`` × [Linear, activation], then Linear to ``classes``; biases 0."""
+    import gradwatch as gw
+
+    layers: list[nn.Module] = []
+    for i in range(hidden):
+        layers += [nn.Linear(d_in if i == 0 else width, width), ACTIVATIONS[activation]()]
+    model = nn.Sequential(*layers, nn.Linear(width, classes))
+    if init == "standard":
+        gw.remedies.standard_init_(model)  # U[-1/√n, 1/√n], biases 0
+    else:
+        gw.remedies.xavier_init_(model, distribution="uniform", gain=1.0)  # biases 0
+    return model
+
+
+def predicted_ratio(model: nn.Module, hidden: int) -> float | None:
+    """Mean-field prediction of ‖δ_first hidden‖ / ‖δ_top hidden‖ (None without gw.theory)."""
+    try:
+        from gradwatch.theory import predict
+    except ImportError:  # theory is optional here
+        return None
+    att = predict(model, q0=1.0).table["attenuation"].to_numpy(dtype=float)  # ‖δ_l‖²/‖δ_L‖²
+    return float(math.sqrt(att[0] / att[hidden - 1]))
+
+
+def run(
+    out_dir: str | Path,
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool | None = None,
+    **overrides: Any,
+) -> dict:
+    """Run the experiment; write runs/, figures/ and result.json under ``out_dir``.
+
+    Args:
+        out_dir: output folder.
+        quick: the small version (:data:`QUICK`).
+        seed: seed of data, initialisation and batch order.
+        progress: show a progress bar (None: when on a terminal).
+        **overrides: fields of :class:`Config` to change.
+
+    Returns:
+        the result dict (see :func:`gradwatch.experiments.base.finish`).
+    """
+    import gradwatch as gw
+
+    cfg = replace(QUICK if quick else Config(), **overrides)
+    out = Path(out_dir)
+    started = base.stopwatch()
+    H = cfg.hidden_layers
+    numbers: dict[str, Any] = {"hidden_layers": H, "runs": {}}
+    total = len(cfg.combos) * sum(cfg.steps[d] for d in cfg.datasets)
+    with base.seeded(seed), base.progress(total, NAME, disable=progress is False) as bar:
+        for di, dataset in enumerate(cfg.datasets):
+            # -- data: inputs standardised with the training set's statistics ---------------
+            if dataset == "shapeset":
+                x, y = shapeset(cfg.shapeset_train, seed=seed)  # (N, 1, 32, 32), 9 classes
+                xt, yt = shapeset(cfg.shapeset_test, seed=seed + 10_000)
+                x, xt = x.flatten(1), xt.flatten(1)  # (N, 1024)
+                mu, sd = x.mean(), x.std()
+                x, xt = (x - mu) / sd, (xt - mu) / sd
+            else:
+                x, y = digits("train", seed=seed)  # (1347, 64), 10 classes
+                xt, yt = digits("test", seed=seed)
+            classes = int(y.max()) + 1
+
+            for ci, (act, init) in enumerate(cfg.combos):
+                key = f"{dataset}/{act}-{init}"
+                bar.note(f"{NAME}: {key}")
+                torch.manual_seed(seed * 1000 + di * 100 + ci)
+                model = build(act, init, x.shape[1], cfg.width, H, classes)
+                runs = out / base.RUNS
+                tag = f"{dataset}-{act}-{init}"
+                info = {"experiment": NAME, "dataset": dataset, "activation": act, "init": init}
+
+                # -- 1. gradient flow at initialisation, on one large batch -----------------
+                init_dir = probe(
+                    model, x[: cfg.probe_size], y[: cfg.probe_size], runs / f"{tag}-init", info
+                )
+                prediction = predicted_ratio(model, H)
+
+                # -- 2. training, every statistic recorded --------------------------------
+                train_dir = train_classifier(
+                    model,
+                    x,
+                    y,
+                    steps=cfg.steps[dataset],
+                    lr=cfg.lr,
+                    batch_size=cfg.batch_size,
+                    run_dir=runs / tag,
+                    seed=seed,
+                    every=cfg.every,
+                    detail_every=cfg.detail_every,
+                    config=info,
+                    on_step=lambda _: bar.advance(),
+                )
+
+                # -- 3. read the numbers back from the run directories ----------------------
+                at_init = gw.load(init_dir)
+                bp = list(base.layer_profile(at_init, "backprop_norm").values())  # input first
+                gn = list(base.layer_profile(at_init, "grad_norm").values())
+                trained = gw.load(train_dir)
+                act_mean = trained.pivot("act_mean")  # (detail steps, hidden layers)
+                sat = trained.pivot("saturated_frac")
+                tail = max(1, len(act_mean) // 5)  # the last 20% of the recorded steps
+                losses = trained.loss()
+                numbers["runs"][key] = {
+                    "backprop_init": bp,  # ‖∂cost/∂s‖ per layer (hidden layers, then output)
+                    "grad_norm_init": gn,
+                    "backprop_ratio": bp[0] / bp[H - 1],  # first hidden / top hidden
+                    "grad_norm_ratio": gn[0] / gn[H - 1],
+                    "predicted_backprop_ratio": prediction,
+                    "act_mean_init": act_mean.iloc[0].tolist(),
+                    "act_mean_end": act_mean.iloc[-tail:].mean().tolist(),
+                    "saturated_frac_end": sat.iloc[-tail:].mean().tolist(),
+                    "train_loss_end": float(losses.iloc[-max(1, len(losses) // 10) :].mean()),
+                    "test_error": error_rate(model, xt, yt),
+                    "chance_error": 1 - 1 / classes,
+                }
+
+    result_claims = claims(numbers)
+    figures = plot(out, numbers, cfg)
+    return base.finish(
+        out,
+        NAME,
+        cfg,
+        quick=quick,
+        seed=seed,
+        numbers=numbers,
+        claims=result_claims,
+        started=started,
+        figures=figures,
+    )
+
+
+# Thresholds of the claims. In the linear regime standard init shrinks ‖δ‖ by √(1/3) ≈ 0.58
+# per layer, so by 0.58³ ≈ 0.19 over the 3 steps from the top hidden layer to the first.
+SHRINK_BELOW = 0.5  # standard init: first/top hidden ‖δ‖ ratio below this
+FLATTER_FACTOR = 2.0  # normalized init's ratio at least this many times standard's
+SIGMOID_TOP_BELOW = 0.3  # sigmoid's top hidden layer ends with mean activation below this
+SATURATION_MARGIN = 0.05  # tanh/standard: layer 1 saturated fraction exceeds the top's by this
+
+
+def claims(numbers: dict[str, Any]) -> list[Claim]:
+    """The paper's claims, computed from the measured numbers (pure: no side effects).
+
+    Args:
+        numbers: ``result["numbers"]``: {"hidden_layers", "runs": {"<dataset>/<act>-<init>":
+            {...}}}.
+
+    Returns:
+        the claims, each with its evidence.
+    """
+    runs = numbers["runs"]
+    H = numbers["hidden_layers"]
+    datasets = sorted({k.split("/")[0] for k in runs})
+
+    def get(dataset: str, combo: str, what: str) -> Any:
+        return runs.get(f"{dataset}/{combo}", {}).get(what, float("nan"))
+
+    out: list[Claim] = []
+
+    # 1. standard init: the back-propagated gradient shrinks toward the input
+    ratios = {
+        f"{d}/{a}-standard": get(d, f"{a}-standard", "backprop_ratio")
+        for d in datasets
+        for a in ("sigmoid", "tanh")
+    }
+    out.append(
+        claim(
+            f"With standard init the back-propagated gradient shrinks toward the input at "
+            f"initialisation: ‖δ‖ of the first hidden layer < {SHRINK_BELOW}× the top "
+            f"hidden layer's (sigmoid and tanh, every data set)",
+            all(r < SHRINK_BELOW for r in ratios.values()),
+            ratios=ratios,
+            threshold=SHRINK_BELOW,
+        )
+    )
+
+    # 2. normalized init keeps it flatter
+    pairs = {
+        d: {
+            "standard": get(d, "tanh-standard", "backprop_ratio"),
+            "normalized": get(d, "tanh-normalized", "backprop_ratio"),
+            "predicted_standard": get(d, "tanh-standard", "predicted_backprop_ratio"),
+            "predicted_normalized": get(d, "tanh-normalized", "predicted_backprop_ratio"),
+        }
+        for d in datasets
+    }
+    out.append(
+        claim(
+            f"Normalized (Xavier) init keeps the back-propagated gradient flatter: for tanh "
+            f"its first/top hidden-layer ratio is ≥ {FLATTER_FACTOR}× standard init's, "
+            "closer to 1 (every data set)",
+            all(
+                p["normalized"] >= FLATTER_FACTOR * p["standard"] and p["normalized"] <= 1.5
+                for p in pairs.values()
+            ),
+            ratios=pairs,
+            factor=FLATTER_FACTOR,
+        )
+    )
+
+    # 3. sigmoid: the top hidden layer saturates toward 0
+    init_means = get("shapeset", "sigmoid-standard", "act_mean_init")
+    end_means = get("shapeset", "sigmoid-standard", "act_mean_end")
+    ok = isinstance(end_means, list) and len(end_means) == H
+    out.append(
+        claim(
+            f"Sigmoid (standard init, Shapeset): the top hidden layer is pushed toward "
+            f"saturation at 0 — it ends training with the lowest mean activation of the hidden "
+            f"layers, below {SIGMOID_TOP_BELOW} (it starts near 0.5)",
+            ok
+            and end_means[-1] < SIGMOID_TOP_BELOW
+            and end_means[-1] == min(end_means)
+            and init_means[-1] > 0.4,
+            act_mean_init=init_means,
+            act_mean_end=end_means,
+            threshold=SIGMOID_TOP_BELOW,
+        )
+    )
+
+    # 4. tanh + standard init saturates from the input side first
+    sat = get("shapeset", "tanh-standard", "saturated_frac_end")
+    ok = isinstance(sat, list) and len(sat) == H
+    out.append(
+        claim(
+            "tanh with standard init saturates from the input side: at the end the first "
+            f"hidden layer's saturated fraction exceeds the top hidden layer's by > "
+            f"{SATURATION_MARGIN} (Shapeset)",
+            ok and sat[0] > sat[-1] + SATURATION_MARGIN,
+            saturated_frac_end=sat,
+            margin=SATURATION_MARGIN,
+        )
+    )
+
+    # 5. test errors
+    errors = {k: v["test_error"] for k, v in runs.items()}
+    shp = {k: v for k, v in errors.items() if k.startswith("shapeset/")}
+    worst = max(shp.values()) if shp else float("nan")
+    out.append(
+        claim(
+            "Sigmoid with standard init ends with the highest test error on Shapeset",
+            bool(shp) and shp.get("shapeset/sigmoid-standard", -1.0) >= worst,
+            test_error=shp,
+        )
+    )
+    out.append(
+        claim(
+            "Normalized init ends with lower test error than standard init for tanh "
+            "(Shapeset; needs the full-size run)",
+            get("shapeset", "tanh-normalized", "test_error")
+            < get("shapeset", "tanh-standard", "test_error"),
+            scale="full",
+            tanh_standard=get("shapeset", "tanh-standard", "test_error"),
+            tanh_normalized=get("shapeset", "tanh-normalized", "test_error"),
+        )
+    )
+    return out
+
+
+def plot(out: Path, numbers: dict[str, Any], cfg: Config) -> list[Path]:
+    """Draw the three figures from the run directories and the numbers; return their paths."""
+    import gradwatch as gw
+
+    paths: list[Path] = []
+    runs = numbers["runs"]
+    H = numbers["hidden_layers"]
+    datasets = list(cfg.datasets)
+
+    # backprop_at_init: ‖δ‖ per layer, one panel per data set
+    fig, axes = base.new_figure(1, len(datasets), (4.2 * len(datasets), 3.4), squeeze=False)
+    for ax, d in zip(axes[0], datasets, strict=True):
+        for act, init in cfg.combos:
+            bp = runs[f"{d}/{act}-{init}"]["backprop_init"][:H]
+            style = "-" if init == "normalized" else "--"
+            ax.semilogy(range(1, H + 1), bp, style, marker="o", label=f"{act}, {init}")
+        ax.set(
+            title=f"{d}: back-propagated gradient at init",
+            xlabel="hidden layer (1 = input side)",
+            ylabel="‖∂cost/∂s‖",
+            xticks=range(1, H + 1),
+        )
+        ax.legend(fontsize=7)
+    paths += base.save_figure(fig, out, "backprop_at_init")
+
+    # activations: sigmoid mean activation and tanh saturation during training
+    fig, axes = base.new_figure(1, 2, (9, 3.4))
+    sig = out / base.RUNS / "shapeset-sigmoid-standard"
+    if sig.is_dir():
+        am = gw.load(sig).pivot("act_mean")
+        for i, col in enumerate(am.columns):
+            axes[0].plot(am.index, am[col], label=f"layer {i + 1}")
+        axes[0].set(
+            title="sigmoid, standard init: mean activation",
+            xlabel="step",
+            ylabel="mean sigmoid output",
+            ylim=(0, 1),
+        )
+        axes[0].legend(fontsize=7)
+    for init, style in (("standard", "--"), ("normalized", "-")):
+        tanh = out / base.RUNS / f"shapeset-tanh-{init}"
+        if tanh.is_dir():
+            sf = gw.load(tanh).pivot("saturated_frac")
+            for i, col in enumerate(sf.columns):
+                axes[1].plot(
+                    sf.index, sf[col], style, color=f"C{i}", label=f"layer {i + 1}, {init}"
+                )
+    axes[1].set(
+        title="tanh: saturated units (|a| > 0.97)", xlabel="step", ylabel="fraction saturated"
+    )
+    axes[1].legend(fontsize=6, ncol=2)
+    paths += base.save_figure(fig, out, "activations")
+
+    # test_error: bars per combo, per data set
+    fig, ax = base.new_figure(1, 1, (1.6 + 1.2 * len(cfg.combos), 3.2))
+    width = 0.8 / len(datasets)
+    for j, d in enumerate(datasets):
+        errs = [runs[f"{d}/{a}-{i}"]["test_error"] for a, i in cfg.combos]
+        ax.bar(np.arange(len(cfg.combos)) + j * width, errs, width, label=d)
+    ax.set_xticks(np.arange(len(cfg.combos)) + width * (len(datasets) - 1) / 2)
+    ax.set_xticklabels([f"{a}\n{i}" for a, i in cfg.combos], fontsize=7)
+    ax.set(ylabel="test error", title="final test error")
+    ax.legend(fontsize=7)
+    paths += base.save_figure(fig, out, "test_error")
+    return paths

@@ -1,0 +1,380 @@
+"""He et al. (2015): deep ReLU nets need He init; with Xavier init a 30-layer net stalls.
+
+Paper: K. He, X. Zhang, S. Ren and J. Sun, "Delving Deep into Rectifiers: Surpassing
+Human-Level Performance on ImageNet Classification", ICCV 2015, section 2.2 and Figure 3.
+
+For ReLU layers y_l = W_l max(0, y_{l-1}), Var[y_L] = Var[y_1] ∏ ½ n_l Var[w_l]: the signal
+keeps its size through depth only when ½ n Var[w] = 1, std = √(2/n) ("He" init). Xavier
+init, Var[w] = 2/(n_in + n_out) = 1/n for square layers, halves the variance at every layer,
+forward and backward: over L layers the back-propagated signal shrinks by 2^(-L/2) in norm.
+The paper's 22-layer model trains with both inits (He's starts reducing the error earlier);
+its 30-layer model trains with He init and "completely stalls" with Xavier's.
+
+Setup here: MLPs of 22 and 30 Linear layers (ReLU between them, width 128, biases 0) on the
+scikit-learn digits, SGD with momentum 0.9 and minibatches of 64; He (fan-in, normal) vs
+Xavier (normal) init, otherwise identical (same seed for data order).
+
+Mean-field theory (Poole et al. 2016; Schoenholz et al. 2017) says the same thing per
+layer: going back through layer l multiplies ‖δ‖² by χ1 = σw²_l ∫Dz φ'(√q z)² = σw²_l / 2
+for ReLU, σw²_l = n·Var[w_l]. The script measures each layer's σw² from its weights, takes
+χ1 from ``gw.theory.chi1`` and puts the predicted ‖δ_first‖/‖δ_last‖ = (∏ χ1)^½ beside the
+measured one.
+
+Expected (and checked):
+
+1. at initialisation the 30-layer Xavier net's input-side back-propagated signal, relative to
+   its output side, is at least 100× below the He net's (theory: 2^-14.5 ≈ 4·10^-5 vs ≈ 1);
+2. trained the same way, the 30-layer Xavier net's loss stays at chance, ln 10 ≈ 2.303,
+   while the He net's falls by more than 1 nat;
+3. at 22 layers the He net starts reducing the loss earlier than the Xavier net (in the
+   full run the Xavier net trains too, as in the paper: a full-scale claim);
+4. theory predicts the measured attenuation within a factor 5 for all four nets;
+5. ``gw.diagnose`` calls the Xavier nets' gradients vanishing at initialisation, and not the
+   He nets'.
+
+Figures (``figures/``): ``backprop_at_init`` (‖δ‖ per layer at init, log scale, measured
+markers and mean-field prediction dashed; input side on the left) and ``loss`` (training
+loss, running mean, against ln 10).
+
+Run: ``gradwatch experiment he2015 [--quick]``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from gradwatch.experiments import base
+from gradwatch.experiments.base import Claim, claim
+from gradwatch.experiments.data import digits
+from gradwatch.experiments.training import probe, train_classifier
+
+NAME = "he2015"
+CHANCE = math.log(10)  # cross-entropy of a uniform guess over the 10 digits
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of the experiment (full mode); :data:`QUICK` is the quick one."""
+
+    depths: tuple[int, ...] = (22, 30)  # Linear layers, ReLU between them
+    inits: tuple[str, ...] = ("xavier", "he")
+    width: int = 128
+    steps: int = 3000
+    lr: float = 0.01
+    momentum: float = 0.9
+    batch_size: int = 64
+    probe_size: int = 500
+    every: int = 5
+    detail_every: int = 4
+    window: int = 5  # recorded losses in the running mean
+
+
+QUICK = Config(steps=300)
+
+
+def build(depth: int, width: int, init: str, d_in: int = 64, classes: int = 10) -> nn.Sequential:
+    """``depth`` Linear layers with ReLU between them; He or Xavier init, biases 0."""
+    import gradwatch as gw
+
+    layers: list[nn.Module] = []
+    for i in range(depth - 1):
+        layers += [nn.Linear(d_in if i == 0 else width, width), nn.ReLU()]
+    model = nn.Sequential(*layers, nn.Linear(width, classes))
+    if init == "he":
+        gw.remedies.he_init_(model, mode="fan_in", distribution="normal")  # std = √(2/n)
+    else:
+        gw.remedies.xavier_init_(model, distribution="normal", gain=1.0)  # Var = 2/(n_in+n_out)
+    return model
+
+
+def theory(model: nn.Sequential) -> dict[str, Any]:
+    """Mean-field prediction of ‖δ_first‖ / ‖δ_last‖ from each layer's measured σw².
+
+    Going back through Linear layer l (l = 2..L) multiplies ‖δ‖² by χ1(relu, σw²_l, 0) with
+    σw²_l = fan_in · Var[W_l]. Returns the per-layer σw², the χ1 of the median hidden layer,
+    the predicted norm ratio (None without ``gw.theory``) and the predicted ‖δ_l‖/‖δ_last‖
+    for every layer.
+    """
+    linears = [m for m in model if isinstance(m, nn.Linear)]
+    sw2 = [float(m.in_features * m.weight.detach().double().var()) for m in linears]
+    try:
+        from gradwatch.theory import chi1
+    except ImportError:  # the theory package is optional here
+        return {"sigma_w2": sw2, "chi1_hidden": None, "predicted_ratio": None, "profile": None}
+    chis = [float(chi1("relu", s, 0.0)) for s in sw2[1:]]  # crossing layers 2..L
+    # ‖δ_l‖/‖δ_L‖ = (∏_{k=l+1..L} χ1_k)^½, input side first
+    profile = [math.sqrt(float(np.prod(chis[i:]))) for i in range(len(linears))]
+    hidden = float(np.median(sw2[1:-1]))
+    return {
+        "sigma_w2": sw2,
+        "chi1_hidden": float(chi1("relu", hidden, 0.0)),
+        "predicted_ratio": profile[0],
+        "profile": profile,
+    }
+
+
+def loss_summary(losses: pd.Series, window: int) -> dict[str, Any]:
+    """Start, end and lowest running mean of a recorded loss curve, and when it first fell.
+
+    ``steps_to_fall``: the first step whose running mean (over ``window`` recorded losses) is
+    below ln 10 − 0.25; None if it never is.
+    """
+    smooth = losses.rolling(window, min_periods=window).mean().dropna()
+    fell = smooth[smooth < CHANCE - 0.25]
+    quarter = max(1, len(losses) // 4)
+    return {
+        "loss_start": float(losses.iloc[0]),
+        "loss_end": float(losses.iloc[-quarter:].mean()),
+        "loss_min_running": float(smooth.min()) if len(smooth) else float("nan"),
+        "loss_max_running": float(smooth.max()) if len(smooth) else float("nan"),
+        "steps_to_fall": int(fell.index[0]) if len(fell) else None,
+    }
+
+
+def run(
+    out_dir: str | Path,
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool | None = None,
+    **overrides: Any,
+) -> dict:
+    """Run the experiment; write runs/, figures/ and result.json under ``out_dir``.
+
+    Args:
+        out_dir: output folder.
+        quick: the small version (:data:`QUICK`).
+        seed: seed of initialisation and batch order.
+        progress: show a progress bar (None: when on a terminal).
+        **overrides: fields of :class:`Config` to change.
+
+    Returns:
+        the result dict (see :func:`gradwatch.experiments.base.finish`).
+    """
+    import gradwatch as gw
+
+    cfg = replace(QUICK if quick else Config(), **overrides)
+    out = Path(out_dir)
+    started = base.stopwatch()
+    numbers: dict[str, Any] = {"chance_loss": CHANCE, "steps": cfg.steps, "runs": {}}
+    total = len(cfg.depths) * len(cfg.inits) * cfg.steps
+    with base.seeded(seed), base.progress(total, NAME, disable=progress is False) as bar:
+        x, y = digits("train", seed=seed)  # (1347, 64), standardised
+        for depth in cfg.depths:
+            for init in cfg.inits:
+                key = f"{depth}-{init}"
+                bar.note(f"{NAME}: {depth} layers, {init} init")
+                torch.manual_seed(seed * 1000 + depth)  # same draw for both inits
+                model = build(depth, cfg.width, init)
+                info = {"experiment": NAME, "depth": depth, "init": init}
+
+                # -- 1. gradient flow at initialisation, measured and predicted ---------------
+                init_dir = probe(
+                    model,
+                    x[: cfg.probe_size],
+                    y[: cfg.probe_size],
+                    out / base.RUNS / f"{key}-init",
+                    info,
+                )
+                predicted = theory(model)
+                findings = gw.diagnose(init_dir)
+
+                # -- 2. train ------------------------------------------------------------------
+                train_dir = train_classifier(
+                    model,
+                    x,
+                    y,
+                    steps=cfg.steps,
+                    lr=cfg.lr,
+                    momentum=cfg.momentum,
+                    batch_size=cfg.batch_size,
+                    run_dir=out / base.RUNS / key,
+                    seed=seed,
+                    every=cfg.every,
+                    detail_every=cfg.detail_every,
+                    config=info,
+                    on_step=lambda _: bar.advance(),
+                )
+
+                # -- 3. numbers, read back from the run directories ----------------------------
+                bp = list(base.layer_profile(init_dir, "backprop_norm").values())  # input first
+                numbers["runs"][key] = {
+                    "depth": depth,
+                    "init": init,
+                    "backprop_init": bp,
+                    "backprop_ratio": bp[0] / bp[-1],  # first layer / last layer
+                    **predicted,
+                    "findings_at_init": sorted(
+                        {f.kind for f in findings if f.severity in ("warning", "error")}
+                    ),
+                    **loss_summary(gw.load(train_dir).loss(), cfg.window),
+                }
+
+    result_claims = claims(numbers)
+    figures = plot(out, numbers, cfg)
+    return base.finish(
+        out,
+        NAME,
+        cfg,
+        quick=quick,
+        seed=seed,
+        numbers=numbers,
+        claims=result_claims,
+        started=started,
+        figures=figures,
+    )
+
+
+# Thresholds of the claims.
+GAP = 100.0  # Xavier's input/output ratio at least this many times below He's (30 layers)
+STALL_MARGIN = 0.05  # Xavier-30's running loss never goes below ln 10 minus this
+FALL_MARGIN = 1.0  # He-30's running loss goes below ln 10 minus this
+THEORY_FACTOR = 5.0  # measured attenuation within this factor of the mean-field prediction
+
+
+def claims(numbers: dict[str, Any]) -> list[Claim]:
+    """The paper's claims, computed from the measured numbers (pure: no side effects).
+
+    Args:
+        numbers: ``result["numbers"]``: {"chance_loss", "steps", "runs": {"<depth>-<init>":
+            {...}}}.
+
+    Returns:
+        the claims, each with its evidence.
+    """
+    runs = numbers["runs"]
+    chance = numbers["chance_loss"]
+    depths = sorted({int(k.split("-")[0]) for k in runs})
+    deep, shallow = max(depths), min(depths)
+    nan = float("nan")
+
+    def get(depth: int, init: str, what: str) -> Any:
+        return runs.get(f"{depth}-{init}", {}).get(what, nan)
+
+    out: list[Claim] = []
+    xr, hr = get(deep, "xavier", "backprop_ratio"), get(deep, "he", "backprop_ratio")
+    out.append(
+        claim(
+            f"At {deep} layers the Xavier net's input-side back-propagated signal (relative to "
+            f"its output side) is ≥ {GAP:g}× below the He net's at initialisation",
+            xr * GAP <= hr,
+            xavier_ratio=xr,
+            he_ratio=hr,
+            gap=hr / xr if xr else None,
+            threshold=GAP,
+        )
+    )
+
+    x_min, h_min = get(deep, "xavier", "loss_min_running"), get(deep, "he", "loss_min_running")
+    out.append(
+        claim(
+            f"At {deep} layers the Xavier net stalls at chance (its running loss never goes "
+            f"below ln 10 − {STALL_MARGIN}) while the He net's falls below ln 10 − "
+            f"{FALL_MARGIN}",
+            x_min > chance - STALL_MARGIN and h_min < chance - FALL_MARGIN,
+            xavier_min_running_loss=x_min,
+            he_min_running_loss=h_min,
+            chance=chance,
+        )
+    )
+
+    x_fall, h_fall = get(shallow, "xavier", "steps_to_fall"), get(shallow, "he", "steps_to_fall")
+    out.append(
+        claim(
+            f"At {shallow} layers the He net starts reducing the loss earlier than the Xavier "
+            "net (first step with running loss below ln 10 − 0.25)",
+            h_fall is not None
+            and not (isinstance(h_fall, float) and math.isnan(h_fall))
+            and (x_fall is None or h_fall < x_fall),
+            he_step=h_fall,
+            xavier_step=x_fall,
+            steps=numbers["steps"],
+        )
+    )
+    out.append(
+        claim(
+            f"At {shallow} layers the Xavier net trains too, given time: its running loss "
+            f"falls below ln 10 − {FALL_MARGIN} (needs the full-length run)",
+            get(shallow, "xavier", "loss_min_running") < chance - FALL_MARGIN,
+            scale="full",
+            xavier_min_running_loss=get(shallow, "xavier", "loss_min_running"),
+        )
+    )
+
+    errs = {}
+    for key, r in runs.items():
+        pred = r.get("predicted_ratio")
+        errs[key] = {
+            "measured": r["backprop_ratio"],
+            "predicted": pred,
+            "factor": (
+                max(r["backprop_ratio"] / pred, pred / r["backprop_ratio"])
+                if pred and r["backprop_ratio"] > 0
+                else None
+            ),
+        }
+    out.append(
+        claim(
+            f"Mean-field theory (χ1 = σw²/2 per ReLU layer, σw² measured) predicts the "
+            f"measured input/output ratio of back-propagated norms within a factor "
+            f"{THEORY_FACTOR:g} for every net",
+            all(e["factor"] is not None and e["factor"] < THEORY_FACTOR for e in errs.values()),
+            per_net=errs,
+            threshold=THEORY_FACTOR,
+        )
+    )
+
+    kinds = {k: r.get("findings_at_init", []) for k, r in runs.items()}
+    out.append(
+        claim(
+            "gw.diagnose calls every Xavier net's gradients vanishing at initialisation, and "
+            "no He net's",
+            all(("vanishing" in v) == k.endswith("xavier") for k, v in kinds.items()),
+            findings=kinds,
+        )
+    )
+    return out
+
+
+def plot(out: Path, numbers: dict[str, Any], cfg: Config) -> list[Path]:
+    """Draw the two figures from the numbers and the run directories; return their paths."""
+    import gradwatch as gw
+
+    paths: list[Path] = []
+    runs = numbers["runs"]
+    fig, axes = base.new_figure(1, len(cfg.depths), (4.3 * len(cfg.depths), 3.4), squeeze=False)
+    for ax, depth in zip(axes[0], cfg.depths, strict=True):
+        for j, init in enumerate(cfg.inits):
+            r = runs[f"{depth}-{init}"]
+            layers = np.arange(1, len(r["backprop_init"]) + 1)
+            ax.semilogy(layers, r["backprop_init"], "o", ms=3, color=f"C{j}", label=f"{init}")
+            if r.get("profile"):
+                pred = np.asarray(r["profile"]) * r["backprop_init"][-1]
+                ax.semilogy(layers, pred, "--", color=f"C{j}", label=f"{init}, theory")
+        ax.set(
+            title=f"{depth} layers: ‖∂loss/∂y‖ at init",
+            xlabel="layer (1 = input side)",
+            ylabel="back-propagated norm",
+        )
+        ax.legend(fontsize=7)
+    paths += base.save_figure(fig, out, "backprop_at_init")
+
+    fig, axes = base.new_figure(1, len(cfg.depths), (4.3 * len(cfg.depths), 3.2), squeeze=False)
+    for ax, depth in zip(axes[0], cfg.depths, strict=True):
+        for j, init in enumerate(cfg.inits):
+            d = out / base.RUNS / f"{depth}-{init}"
+            if d.is_dir():
+                loss = gw.load(d).loss().rolling(cfg.window, min_periods=1).mean()
+                ax.plot(loss.index, loss.values, color=f"C{j}", label=init)
+        ax.axhline(numbers["chance_loss"], color="grey", ls=":", label="ln 10 (chance)")
+        ax.set(title=f"{depth} layers: training loss", xlabel="step", ylabel="cross-entropy")
+        ax.legend(fontsize=7)
+    paths += base.save_figure(fig, out, "loss")
+    return paths
