@@ -240,6 +240,7 @@ class Monitor:
         self._snapshot: list[torch.Tensor] | None = None
         self._manual_snapshot_step: int | None = None
         self._pre_done = False
+        self._grads_after_step = False
         self._snap_fresh = False
         self._grad_blk: tuple[torch.Tensor, bool, tuple[int, ...]] | None = None
         self._closed = False
@@ -466,7 +467,17 @@ class Monitor:
         self._pre_done = True
         if not self._rec:
             return
-        self._take_grad_stats()
+        # the hook sees (optimizer, *args): a closure is the callable among them
+        closure = kwargs.get("closure") if kwargs else None
+        if closure is None:
+            closure = next((a for a in args if callable(a)), None)
+        if callable(closure):
+            # optimizer.step(closure) runs backward inside the step: this step's gradients
+            # exist only after it (the weight snapshot below is right: the closure does not
+            # change weights)
+            self._grads_after_step = True
+        else:
+            self._take_grad_stats()
         if self._detail and "update" in self._need:
             params = self._params
             snap = self._snapshot
@@ -481,7 +492,31 @@ class Monitor:
     def _on_opt_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if optimizer is not self._optimizers[-1]:
             return  # the step closes when the last listed optimizer has stepped
+        if self._grads_after_step:
+            self._grads_after_step = False
+            self._take_grad_stats()
         self._close_step()
+
+    def take_gradients(self) -> None:
+        """Take the pending step's gradient statistics from the gradients as they are now.
+
+        For training frameworks that change gradients between backward and
+        ``optimizer.step()`` (clipping, for one): call it at the point where the gradients
+        are complete (after accumulation and AMP unscaling, before clipping); the optimizer
+        step then records the step without taking them again. Also takes the weight snapshot
+        for ``update_ratio``.
+        """
+        self._ensure_open()
+        if not self._optimizers:
+            raise GradwatchValueError(
+                "take_gradients() needs a Monitor made with optimizer=; without one, "
+                "step() takes the gradients"
+            )
+        self._grads_after_step = False
+        if not self._pre_done:
+            self._on_opt_pre(self._optimizers[0], (), {})
+        elif self._rec:
+            self._take_grad_stats()
 
     def _wrap_scaler_step(self, orig: Callable) -> Callable:
         def step(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
@@ -614,6 +649,11 @@ class Monitor:
 
     # ------------------------------------------------------------------------ public API
     @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run."""
+        return self._closed
+
+    @property
     def step_count(self) -> int:
         """Number of training steps seen so far (recorded or not)."""
         return self._step
@@ -649,7 +689,8 @@ class Monitor:
             if loss is not None:
                 if not self._forward_seen and self._step > 0:
                     prev = self._step - 1  # the step that optimizer.step() just closed
-                    if self._schedule(prev):
+                    if self._schedule(prev) and self._late_loss_step != prev:
+                        self._late_loss_step = prev  # one loss per step
                         self._buffer.append(
                             Block(prev, "loss", (), val.to(torch.float32).reshape(1))
                         )
@@ -739,6 +780,8 @@ class Monitor:
 
     _write_warned = False
     _compile_warned = False
+    _grads_after_step = False
+    _late_loss_step = -1
 
     def _write_meta(self, status: str) -> None:
         if self.run_dir is None:
@@ -749,8 +792,19 @@ class Monitor:
             self._writer._report(exc)
             self._report_write_errors()
 
-    def close(self) -> None:
-        """Flush everything, write the final meta.json, remove every hook. Idempotent."""
+    def close(self, status: str | None = None) -> None:
+        """Flush everything, write the final meta.json, remove every hook. Idempotent.
+
+        Args:
+            status: the run's final status in meta.json: "closed" (default), "failed" or
+                "interrupted" (what leaving a ``with`` block on an exception writes).
+        """
+        if status is not None:
+            if status not in ("closed", "failed", "interrupted"):
+                raise GradwatchValueError(
+                    f"status must be 'closed', 'failed' or 'interrupted', got {status!r}"
+                )
+            self._status = status
         if self._closed:
             return
         self._closed = True

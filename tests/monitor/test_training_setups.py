@@ -109,3 +109,43 @@ def test_model_moved_to_another_dtype_mid_run():
     assert gn.shape == (4, 3)
     assert gn["0"].iloc[-1] == pytest.approx(grad0 ** 0.5, rel=1e-5)
     assert np.isfinite(mon.run.pivot("update_ratio").to_numpy()).all()
+
+
+def test_closure_optimizer_records_this_steps_gradients():
+    """optimizer.step(closure) runs backward inside the step (LBFGS, Lightning)."""
+    torch.manual_seed(0)
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    expected = []
+    with gw.watch(model, optimizer=opt) as mon:
+        for x, y in data(3):
+            def closure(x=x, y=y):
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                expected.append(float(sum((p.grad.double() ** 2).sum()
+                                          for p in model[0].parameters()) ** 0.5))
+                return loss
+
+            opt.step(closure)
+    np.testing.assert_allclose(mon.run.pivot("grad_norm")["0"].to_numpy(), expected, rtol=1e-5)
+
+
+def test_take_gradients_before_clipping_and_close_status(tmp_path):
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    mon = gw.watch(model, tmp_path / "run", optimizer=opt)
+    x, y = data(1)[0]
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    before = float(sum((p.grad.double() ** 2).sum() for p in model[0].parameters()) ** 0.5)
+    mon.take_gradients()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-4)
+    opt.step()
+    mon.close(status="failed")
+    assert mon.closed
+    run = gw.load(tmp_path / "run")
+    assert run.pivot("grad_norm")["0"].iloc[0] == pytest.approx(before, rel=1e-5)
+    assert run.meta["status"] == "failed"
+    with pytest.raises(gw.GradwatchValueError, match="status must be"):
+        gw.watch(nn.Linear(2, 2)).close(status="bad")

@@ -142,7 +142,7 @@ class GradwatchCallback(pl.Callback):
         if exception is None:
             mon.close()
         else:  # the context-manager exit sets the status to "failed" or "interrupted"
-            mon.__exit__(type(exception), exception, exception.__traceback__)
+            mon.close("interrupted" if isinstance(exception, KeyboardInterrupt) else "failed")
 
     @property
     def run(self) -> Any:
@@ -157,7 +157,7 @@ class GradwatchCallback(pl.Callback):
     ) -> None:
         """Take the step's gradient statistics: after backward and unscaling, before clipping."""
         mon = self.monitor
-        if mon is not None and not mon._closed:
+        if mon is not None and not mon.closed:
             _take_gradients_now(mon, optimizer)
 
     def on_train_batch_start(
@@ -177,7 +177,7 @@ class GradwatchCallback(pl.Callback):
     ) -> None:
         """Attach the loss to the optimizer step this batch ended (kept on device)."""
         mon = self.monitor
-        if mon is None or mon._closed:
+        if mon is None or mon.closed:
             return
         loss = _loss_of(outputs)
         if loss is not None:
@@ -196,21 +196,12 @@ class GradwatchCallback(pl.Callback):
 def _take_gradients_now(mon: Monitor, optimizer: torch.optim.Optimizer) -> None:
     """Take the pending step's gradient statistics from the gradients as they are now.
 
-    A workaround for how Lightning steps the optimizer. In 32-bit precision Lightning runs the
-    forward and backward passes *inside* ``optimizer.step(closure)``, so the Monitor's optimizer
-    step pre-hook fires before this step's gradients exist (it would record the previous
-    step's); under AMP the pre-hook fires after gradient clipping. ``on_before_optimizer_step``
-    is the one point where both paths see this step's full gradients (after accumulation and
-    unscaling, before clipping).
+    ``on_before_optimizer_step`` is the one point where Lightning's paths all see this step's
+    full gradients (after accumulation and unscaling, before ``gradient_clip_val`` clipping):
+    in 32-bit precision Lightning runs forward and backward *inside*
+    ``optimizer.step(closure)``, and under AMP it clips before stepping.
     """
-    if not mon._pre_done:
-        # AMP (or no closure): the pre-hook has not run; run it now (gradient statistics and
-        # the weight snapshot for update_ratio), and the real one then does nothing.
-        mon._on_opt_pre(optimizer, (), {})
-    elif mon._rec:
-        # closure: the pre-hook ran before backward; the weight snapshot it took is right
-        # (the closure does not change weights), the gradient statistics are not.
-        mon._take_grad_stats()
+    mon.take_gradients()
 
 
 def _grad_scaler(trainer: pl.Trainer) -> Any:

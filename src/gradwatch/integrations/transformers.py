@@ -109,7 +109,7 @@ class GradwatchTrainerCallback(TrainerCallback):
     ) -> None:
         """Attach the logged training loss to the optimizer step just taken."""
         mon = self.monitor
-        if mon is None or mon._closed:
+        if mon is None or mon.closed:
             return
         if logs is None and state.log_history:
             logs = state.log_history[-1]
