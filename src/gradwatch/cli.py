@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "gradwatch.commands.theory",
     "gradwatch.commands.fix",
     "gradwatch.commands.experiment",
+    "gradwatch.commands.report",
 ]
 
 

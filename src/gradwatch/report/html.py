@@ -1,0 +1,445 @@
+r"""The HTML report: one self-contained file that opens offline.
+
+Order of the page: the verdict and the findings (message, layers, steps, evidence, remedies);
+the figures (an interactive gradient-flow chart, then every run figure with how to read it);
+the per-layer table at the last recorded step; the run's settings. A checkup or a ``gw.fix``
+report adds its own section.
+
+Self-contained means no network fetch of any kind: CSS and JavaScript are inline, figures are
+SVG ``data:`` URIs (an image cannot run script). Every string that comes from the model or the
+run (layer names, module reprs, messages, settings) goes through :func:`html.escape`, and the
+JSON read by the script holds no ``<``, ``>`` or ``&`` at all (``\u003c`` ...), so it cannot
+close its ``<script>`` element.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import html
+import inspect
+import io
+import json
+import math
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gradwatch.errors import GradwatchValueError
+from gradwatch.report._data import as_run, findings_and_verdict, is_checkup, last_values, wide
+from gradwatch.report._html_assets import CSS, JS
+from gradwatch.store.reader import Run
+
+#: Statistics the interactive chart can show, in its menu order.
+CHART_STATS = ("backprop_norm", "grad_norm", "update_ratio")
+#: At most this many steps go into the interactive chart (evenly spaced, first and last kept).
+CHART_MAX_STEPS = 400
+
+
+def esc(value: Any) -> str:
+    """``value`` as text, escaped for HTML content and attribute values."""
+    return html.escape(str(value), quote=True)
+
+
+def script_json(obj: Any) -> str:
+    r"""JSON that is safe inside ``<script type="application/json">``.
+
+    ASCII only (``ensure_ascii``, which also escapes U+2028/U+2029), no NaN
+    (``allow_nan=False``), and ``<``, ``>`` and ``&`` written as ``\u003c``, ``\u003e`` and
+    ``\u0026`` (as Django's ``json_script`` does): stronger than escaping ``</`` as ``<\/``,
+    since the text then holds no ``</script``, no ``<!--`` and no markup at all, while
+    ``JSON.parse`` returns the original strings.
+    """
+    text = json.dumps(obj, ensure_ascii=True, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def write_html(
+    run_or_path: Any,
+    out_path: str | Path,
+    checkup: Any = None,
+    fix_report: Any = None,
+) -> Path:
+    """Write the self-contained HTML report of a run.
+
+    Args:
+        run_or_path: a Run, a run directory path, or a Checkup.
+        out_path: the HTML file to write (its folder is created if missing).
+        checkup: optional Checkup shown with its own findings and temporal gradient flow.
+        fix_report: optional report of ``gw.fix`` (before/after figure and what was applied).
+
+    Returns:
+        the path written.
+
+    Raises:
+        RunDirectoryError: ``run_or_path`` is not a readable run directory.
+        GradwatchValueError: ``out_path`` is a folder.
+    """
+    if is_checkup(run_or_path) and checkup is None:
+        checkup = run_or_path
+    run = as_run(run_or_path)
+    primary_checkup = checkup if checkup is not None and checkup.run is run else None
+    out = Path(out_path)
+    if out.is_dir():
+        raise GradwatchValueError(f"out_path {str(out)!r} is a folder; give a file name")
+    findings, verdict, source = findings_and_verdict(run, primary_checkup)
+
+    body = [
+        _header(run, verdict, source),
+        _findings_section(findings, source, "Findings"),
+    ]
+    if checkup is not None and primary_checkup is None:
+        body.append(_checkup_section(checkup))
+    if fix_report is not None:
+        body.append(_fix_section(fix_report))
+    body.append(_figures_section(run, checkup))
+    body.append(_layer_table(run))
+    body.append(_meta_section(run))
+    body.append(_footer(run))
+    page = _page(_title(run), "\n".join(body), _chart_data(run))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+# ------------------------------------------------------------------------------ page
+def _title(run: Run) -> str:
+    name = run.meta.get("name") or (run.path.name if run.path else "checkup")
+    return f"gradwatch report: {name}"
+
+
+def _page(title: str, body: str, chart: dict[str, Any] | None) -> str:
+    script = ""
+    if chart is not None:
+        script = (
+            f'<script id="gw-flow-data" type="application/json">{script_json(chart)}</script>\n'
+            f"<script>{JS}</script>"
+        )
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
+        # No fetch at all, even if someone edits the file: only inline styles, scripts, data:.
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
+        "img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'\">\n"
+        f"<title>{esc(title)}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n"
+        f"{body}\n</main>\n{script}\n</body>\n</html>\n"
+    )
+
+
+def _header(run: Run, verdict: str, source: str) -> str:
+    cls = {"healthy": "v-healthy", "not diagnosed": "v-unknown"}.get(verdict, "v-problem")
+    steps = run.steps
+    where = str(run.path) if run.path else "in-memory run"
+    span = f"steps {steps[0]}–{steps[-1]}" if steps else "no recorded step"
+    model = run.meta.get("model", {}) if isinstance(run.meta.get("model"), dict) else {}
+    what = f"{model.get('class', '?')}, {model.get('parameters', '?')} parameters"
+    return (
+        f"<h1>{esc(_title(run))}</h1>\n"
+        f'<div class="sub">{esc(where)} · {esc(what)} · {len(run.layers)} layers · '
+        f"{len(steps)} recorded steps ({esc(span)}) · status {esc(run.meta.get('status', '?'))}"
+        f"</div>\n"
+        f'<div id="gw-verdict" class="verdict {cls}">{esc(verdict.upper())}</div>'
+        f'<div class="sub">verdict source: {esc(source)}</div>'
+    )
+
+
+def _footer(run: Run) -> str:
+    ver = run.meta.get("versions", {}) if isinstance(run.meta.get("versions"), dict) else {}
+    from gradwatch import __version__
+
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    return (
+        f"<footer>written by gradwatch {esc(__version__)} on {esc(now)}; run recorded with "
+        f"gradwatch {esc(ver.get('gradwatch', '?'))}, torch {esc(ver.get('torch', '?'))}. "
+        "This file is self-contained: it fetches nothing.</footer>"
+    )
+
+
+# -------------------------------------------------------------------------- findings
+def _findings_section(findings: list[Any], source: str, title: str) -> str:
+    parts = [f"<h2>{esc(title)}</h2>"]
+    if not findings:
+        text = source if source.startswith("not diagnosed") else "No findings: nothing to fix."
+        parts.append(f'<p class="sub">{esc(text)}</p>')
+    for f in findings:
+        parts.append(_finding(f))
+    return "<section>" + "\n".join(parts) + "</section>"
+
+
+def _finding(f: Any) -> str:
+    sev = str(f.severity)
+    layers = list(f.layers)
+    shown = ", ".join(f'<code class="name">{esc(ly)}</code>' for ly in layers[:12])
+    if len(layers) > 12:
+        rest = ", ".join(f'<code class="name">{esc(ly)}</code>' for ly in layers[12:])
+        shown += f" <details><summary>and {len(layers) - 12} more</summary>{rest}</details>"
+    steps = (
+        f"steps {esc(f.steps[0])}–{esc(f.steps[1])}" if f.steps is not None
+        else "one-batch checkup"
+    )
+    remedies = ", ".join(f"<code>{esc(r)}</code>" for r in f.remedies) or "–"
+    return (
+        f'<div class="finding sev-{esc(sev)}">'
+        f'<span class="sev">{esc(sev)}</span><span class="kind">{esc(f.kind)}</span>'
+        f'<div class="msg">{esc(f.message)}</div>'
+        f'<div class="meta-line">layers: {shown or "–"} · {steps}</div>'
+        f'<div class="meta-line">remedies to try: {remedies}</div>'
+        f"{_evidence(f.evidence)}</div>"
+    )
+
+
+def _evidence(evidence: dict[str, Any]) -> str:
+    if not evidence:
+        return ""
+    rows = "".join(
+        f"<tr><th>{esc(k)}</th><td>{esc(_fmt_any(v))}</td></tr>" for k, v in evidence.items()
+    )
+    return f"<details><summary>evidence</summary><table>{rows}</table></details>"
+
+
+def _fmt_any(v: Any) -> str:
+    if isinstance(v, float | np.floating):
+        return _fmt_num(float(v))
+    if isinstance(v, dict | list | tuple):
+        try:
+            return json.dumps(v, default=str, allow_nan=True)[:2000]
+        except (TypeError, ValueError):
+            return str(v)[:2000]
+    return str(v)
+
+
+def _fmt_num(v: float) -> str:
+    if math.isnan(v):
+        return "–"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return f"{v:.4g}"
+
+
+# ------------------------------------------------------------- checkup, fix sections
+def _checkup_section(checkup: Any) -> str:
+    findings = list(getattr(checkup, "findings", []))
+    inner = _findings_section(findings, "checkup", "One-batch checkup")
+    verdict = esc(getattr(checkup, "verdict", "?"))
+    return inner.replace("</h2>", f"</h2><p>checkup verdict: <b>{verdict}</b></p>", 1)
+
+
+def _fix_section(report: Any) -> str:
+    from gradwatch.report.figures.fix_comparison import fix_comparison
+
+    try:
+        from gradwatch.remedies._fix_report import describe
+    except ImportError:  # pragma: no cover - remedies/fix.py is written by another team
+        describe = str
+    before = getattr(getattr(report, "before", None), "verdict", "?")
+    after = getattr(getattr(report, "after", None), "verdict", "?")
+    applied = getattr(report, "applied", []) or []
+    items = "".join(
+        f"<li><b>{esc(name)}</b>: {esc(describe(details))}</li>" for name, details in applied
+    ) or "<li>nothing applied</li>"
+    recs = "".join(f"<li>{esc(r)}</li>" for r in getattr(report, "recommendations", []) or [])
+    parts = [
+        "<section><h2>gw.fix: before and after</h2>",
+        f"<p>verdict before: <b>{esc(before)}</b> → after: <b>{esc(after)}</b></p>",
+        f"<h3>Applied</h3><ol>{items}</ol>",
+    ]
+    if recs:
+        parts.append(f"<h3>Recommended</h3><ul>{recs}</ul>")
+    parts.append(_figure_block(fix_comparison(report), fix_comparison,
+                               "backprop_norm per layer before and after gw.fix"))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- figures
+def _figures_section(run: Run, checkup: Any) -> str:
+    from gradwatch.report.figures import RUN_FIGURES
+    from gradwatch.report.figures.temporal import temporal
+
+    parts = ["<section><h2>Figures</h2>", _chart_block(run)]
+    captions = {
+        "gradient_flow": "Gradient flow by layer (first, middle and last recorded steps)",
+        "heatmap_backprop_norm": "backprop_norm over layers and steps",
+        "heatmap_grad_norm": "grad_norm over layers and steps",
+        "activations": "Saturated and dead units over training",
+        "update_ratio": "Update ratio ‖Δw‖/‖w‖",
+        "loss": "Loss",
+    }
+    for name, make in RUN_FIGURES.items():
+        parts.append(_figure_block(make(run), make, captions.get(name, name)))
+    tdf = getattr(checkup, "temporal", None)
+    if tdf is not None and len(tdf):
+        parts.append(_figure_block(temporal(checkup), temporal, "Temporal gradient flow"))
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _chart_block(run: Run) -> str:
+    options = [s for s in CHART_STATS if not wide(run, s).empty]
+    if not options:
+        return '<p class="sub">Interactive gradient flow: no gradient statistic recorded.</p>'
+    opts = "".join(f'<option value="{esc(s)}">{esc(s)}</option>' for s in options)
+    return (
+        "<h3>Gradient flow, step by step (interactive)</h3>"
+        '<p class="help">One statistic per layer, input side left, log scale, at the step '
+        "chosen with the slider; the dashed grey line is the first recorded step. Hover a point "
+        "for its layer and value. A line that falls towards the left by decades is a vanishing "
+        "gradient, one that rises an exploding gradient; red dots on the top edge are "
+        "non-finite values.</p>"
+        '<div id="gw-flow"><div class="controls">'
+        f'<label>statistic <select id="gw-stat">{opts}</select></label>'
+        '<label>step <input id="gw-step" type="range" min="0" max="0" value="0"></label>'
+        '<span id="gw-step-label"></span></div>'
+        '<svg id="gw-flow-svg" role="img" aria-label="gradient flow by layer"></svg>'
+        '<div id="gw-tip"></div></div>'
+        "<noscript><p>The interactive chart needs JavaScript; the figures below do not."
+        "</p></noscript>"
+    )
+
+
+def _chart_data(run: Run) -> dict[str, Any] | None:
+    stats = {}
+    for stat in CHART_STATS:
+        table = wide(run, stat)
+        if table.empty:
+            continue
+        table = table.reindex(columns=run.layers)
+        keep = _thin(len(table), CHART_MAX_STEPS)
+        table = table.iloc[keep]
+        rows = run.stats[(run.stats["stat"] == stat) & run.stats["value"].isna()]
+        nan_at = set(zip(rows["step"].tolist(), rows["layer"].tolist(), strict=True))
+        values = []
+        for step, row in zip(table.index.tolist(), table.to_numpy(dtype=float), strict=True):
+            values.append([
+                "nan" if (step, ly) in nan_at else _json_value(v)  # recorded NaN vs missing
+                for ly, v in zip(table.columns, row, strict=True)
+            ])
+        stats[stat] = {"steps": [int(s) for s in table.index], "values": values}
+    if not stats:
+        return None
+    return {"layers": [str(ly) for ly in run.layers], "stats": stats}
+
+
+def _thin(n: int, most: int) -> list[int]:
+    if n <= most:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, most).round().astype(int).tolist()))
+
+
+def _json_value(v: float) -> float | str | None:
+    if math.isnan(v):
+        return None
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    return float(v)
+
+
+def _figure_block(fig: Any, func: Any, caption: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="svg", metadata={"Date": None})
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    help_text = how_to_read(func)
+    help_html = (
+        f'<details><summary>How to read this figure</summary><p class="help">{esc(help_text)}'
+        "</p></details>" if help_text else ""
+    )
+    return (
+        f'<figure><img alt="{esc(caption)}" src="data:image/svg+xml;base64,{data}">'
+        f"<figcaption>{esc(caption)}{help_html}</figcaption></figure>"
+    )
+
+
+def how_to_read(func: Any) -> str:
+    """The "How to read it:" paragraph of a figure function's docstring (one line of text)."""
+    func = getattr(func, "func", func)  # functools.partial
+    doc = inspect.getdoc(func) or ""
+    m = re.search(r"How to read it:(.*?)(?:\n\s*\n|\Z)", doc, flags=re.S)
+    return " ".join(m.group(1).split()) if m else ""
+
+
+# ------------------------------------------------------------------- per-layer table
+def _layer_table(run: Run) -> str:
+    table = last_values(run)
+    steps = table.attrs.get("steps", {})
+    recorded = table.attrs.get("recorded", {})
+    stats = [c for c in table.columns if c != "layer"]
+    info = run.meta.get("layer_info", {}) if isinstance(run.meta.get("layer_info"), dict) else {}
+    if not stats:
+        return '<section><h2>Layers</h2><p class="sub">No statistic recorded.</p></section>'
+    head = "<tr><th>#</th><th>layer</th><th>type</th>" + "".join(
+        f'<th title="{esc(_describe(s))}">{esc(s)}<br><span class="sub">step '
+        f"{esc(steps.get(s, '?'))}</span></th>"
+        for s in stats
+    ) + "</tr>"
+    rows = []
+    for i, rec in enumerate(table.to_dict(orient="records")):
+        layer = rec["layer"]
+        typ = info.get(layer, {}).get("type", "") if isinstance(info.get(layer), dict) else ""
+        cells = "".join(_num_cell(rec[s], layer in recorded.get(s, ())) for s in stats)
+        rows.append(
+            f'<tr><td class="num">{i}</td><td><code class="name">{esc(layer)}</code></td>'
+            f"<td>{esc(typ)}</td>{cells}</tr>"
+        )
+    return (
+        "<section><h2>Layers at the last recorded step</h2>"
+        '<p class="help">Input side first. Each statistic at the last step it was recorded '
+        "(the slowly changing ones are taken every few steps); – means it does not apply to "
+        "the layer, red marks NaN/Inf. Hover a column title for its definition.</p>"
+        f'<div class="scroll"><table id="gw-layers">{head}{"".join(rows)}</table></div>'
+        "</section>"
+    )
+
+
+def _describe(stat: str) -> str:
+    from gradwatch.stats import DESCRIPTIONS
+
+    return DESCRIPTIONS.get(stat, stat)
+
+
+def _num_cell(v: Any, recorded: bool = True) -> str:
+    v = float(v)
+    if math.isnan(v) and recorded:
+        return '<td class="num bad">nan</td>'
+    cls = "num bad" if math.isinf(v) else "num"
+    return f'<td class="{cls}">{esc(_fmt_num(v))}</td>'
+
+
+# ------------------------------------------------------------------------ settings
+HIDDEN_META = ("layers", "layer_info")
+
+
+def _meta_section(run: Run) -> str:
+    meta = {k: v for k, v in run.meta.items() if k not in HIDDEN_META}
+    model = dict(meta.get("model", {})) if isinstance(meta.get("model"), dict) else {}
+    model_repr = model.pop("repr", None)
+    if model:
+        meta["model"] = model
+    rows = "".join(
+        f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in _flatten(meta)
+    )
+    parts = ["<section><h2>Run settings</h2>", f'<table id="gw-meta">{rows}</table>']
+    if model_repr:
+        parts.append(f"<details><summary>model</summary><pre>{esc(model_repr)}</pre></details>")
+    parts.append("</section>")
+    return "\n".join(parts)
+
+
+def _flatten(obj: Any, prefix: str = "") -> Iterable[tuple[str, str]]:
+    if prefix == "activations" and isinstance(obj, dict):
+        for name, info in obj.items():  # one row per activation: "Sigmoid (sigmoid)"
+            if isinstance(info, dict):
+                yield f"activations.{name}", f"{info.get('type', '?')} ({info.get('family', '?')})"
+            else:
+                yield f"activations.{name}", str(info)
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+    elif prefix in ("started", "updated") and isinstance(obj, int | float):
+        yield prefix, _dt.datetime.fromtimestamp(obj).strftime("%Y-%m-%d %H:%M:%S")
+    elif isinstance(obj, list | tuple):
+        yield prefix, ", ".join(str(v) for v in obj) if obj else "[]"
+    else:
+        yield prefix, "–" if obj is None else str(obj)
