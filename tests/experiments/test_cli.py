@@ -67,3 +67,10 @@ def test_executor_passed_through(fake, tmp_path):
 
 def test_bad_seed(capsys):
     assert main(["experiment", "he2015", "--seed", "-1"]) == 2
+
+
+def test_all_runs_every_registered(fake, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(experiments, "EXPERIMENTS", {"fake": fake})
+    assert main(["experiment", "all", "--quick", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "fake" / "result.json").is_file()
+    assert "fake (quick" in capsys.readouterr().out

@@ -18,7 +18,7 @@ def _doctor(numbers, path, value):
     node = doctored
     for key in path[:-1]:
         node = node[key]
-    node[path[-1]] = value
+    node[path[-1]] = value(node[path[-1]]) if callable(value) else value
     return doctored
 
 
@@ -60,8 +60,20 @@ CASES = [
         "highest test error",
     ),
     (he2015, "he2015", ("runs", "30-xavier", "backprop_ratio"), 0.5, "below the He net's"),
-    (he2015, "he2015", ("runs", "30-xavier", "loss_min_running"), 0.4, "stalls at chance"),
-    (he2015, "he2015", ("runs", "30-he", "loss_min_running"), 2.3, "stalls at chance"),
+    (
+        he2015,
+        "he2015",
+        ("runs", "30-xavier", "curve_running"),
+        lambda c: [0.4] * len(c),
+        "Xavier net stalls",
+    ),
+    (
+        he2015,
+        "he2015",
+        ("runs", "30-he", "curve_running"),
+        lambda c: [2.3] * len(c),
+        "Xavier net stalls",
+    ),
     (he2015, "he2015", ("runs", "22-he", "steps_to_fall"), 10_000, "starts reducing the loss"),
     (he2015, "he2015", ("runs", "30-he", "predicted_ratio"), 1e-3, "Mean-field theory"),
     (he2015, "he2015", ("runs", "30-he", "findings_at_init"), ["vanishing"], "gw.diagnose"),

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         raise GradwatchValueError(f"--out {str(out_root)!r} is a file; give a folder")
     failed = []
     for name in names:
-        out = out_root / name if (len(names) > 1 or args.out is None) else out_root
+        out = out_root / name if (args.name == "all" or args.out is None) else out_root
         console.print(f"running {name}{' (quick)' if args.quick else ''} -> {out}")
         result = run_experiment(
             name,
@@ -101,7 +101,7 @@ def register(subparsers) -> None:
     p.add_argument(
         "--out",
         default=None,
-        help="output folder (default: experiments/<timestamp>/<name>)",
+        help="output folder (default: experiments/<timestamp>/<name>; with all: a subfolder each)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument(
