@@ -15,6 +15,7 @@ from gradwatch.errors import GradwatchError
 
 #: Modules that define commands, in the order ``gradwatch --help`` lists them.
 COMMAND_MODULES = [
+    "gradwatch.commands.demo",
     "gradwatch.commands.runs",
     "gradwatch.commands.check",
     "gradwatch.commands.theory",

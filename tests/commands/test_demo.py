@@ -1,0 +1,36 @@
+"""``gradwatch demo`` end to end, as a user runs it (fewer training steps)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+
+def test_demo_prints_both_verdicts_and_writes_the_report(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradwatch.cli", "demo", "--out", str(out), "--steps", "60",
+         "--json"],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = " ".join(proc.stdout.split())  # rich wraps long lines
+    assert "verdict before: vanishing" in text
+    assert "verdict after: healthy" in text
+    assert f"report: {out / 'report.html'}" in text.replace("\n", "")
+    result = json.loads(proc.stdout[proc.stdout.index("{\n"):])
+    assert result["verdict_before"] == "vanishing" and result["verdict_after"] == "healthy"
+    assert result["run_verdict_before"] == "vanishing"
+    assert result["after"]["final_train_loss"] < 0.7 * result["before"]["final_train_loss"]
+    html = (out / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and "vanishing" in html
+    assert (out / "before" / "meta.json").is_file() and (out / "after" / "meta.json").is_file()
+
+
+def test_demo_rejects_bad_arguments():
+    proc = subprocess.run([sys.executable, "-m", "gradwatch.cli", "demo", "--steps", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "--steps must be a positive integer" in proc.stderr
+    assert "Traceback" not in proc.stderr
