@@ -122,7 +122,7 @@ class Monitor:
         detail_every: int = 10,
         stats: Iterable[str] | None = None,
         scaler: Any = None,
-        flush_every: int = 50,
+        flush_every: int = 1000,
         flush_secs: float = 5.0,
         overwrite: bool = False,
         name: str | None = None,
@@ -926,7 +926,7 @@ def watch(
             update ratio, activation statistics — every n-th recorded step; default 10, 1 for
             everything every step), ``stats`` (names to record), ``scaler`` (the
             ``torch.amp.GradScaler`` in use: gradients are then recorded unscaled and skipped
-            steps are recorded as non-finite), ``flush_every`` (steps, default 50),
+            steps are recorded as non-finite), ``flush_every`` (steps, default 1000),
             ``flush_secs`` (default 5), ``overwrite`` (replace an existing run), ``name``,
             ``config`` (dict stored in meta.json), ``diagnose`` (default True: diagnose the
             run when it closes and write ``findings.jsonl``).
