@@ -11,18 +11,22 @@ mode; up to 100 in full mode), width 128, ReLU, on the scikit-learn digits:
   U[-1/√n, 1/√n] (Glorot & Bengio's "standard" init; biases set to 0);
 - **plain + BN**: the same with a BatchNorm1d after every hidden Linear
   (``gw.remedies.insert_norm``), as He et al.'s plain baselines;
-- **residual**: the same with every [ReLU, Linear(n, n)] pair wrapped in x + F(x)
-  (``gw.remedies.add_residual``; the last layer of each branch starts at zero, so each block
-  starts as the identity).
+- **residual**: plain + BN with every [BN, ReLU, Linear(n, n)] run wrapped in x + F(x)
+  (``gw.remedies.add_residual`` on the BN net): the pre-activation ResNet block of He et al.
+  (2016b). The last Linear of each branch starts at zero, so each block starts as the
+  identity. It differs from plain + BN only by the shortcuts, as in the paper's comparison.
 
 All three train with the same SGD (momentum 0.9, minibatches of 64, same learning rate,
-same batch order).
+same batch order). (A residual net *without* BN was tried first: with this learning rate
+its 100-layer version diverged to NaN within 15 steps, which is why ResNets carry BN, or
+Fixup's scaling; see docs/experiments.md.)
 
 Expected (and checked):
 
 1. the plain net's back-propagated signal at initialisation shrinks toward the input, and
    the more so the deeper it is (ReLU at n·Var[w] = 1/3: ‖δ‖ × √(1/6) per layer);
-2. the residual net's does not: the identity path carries it whatever the depth;
+2. the residual net's does not: the identity path carries it whatever the depth (its
+   branches hold the same BN layers as plain + BN: the shortcuts make the difference);
 3. the plain + BN net has no vanishing gradient (``gw.diagnose`` does not say "vanishing"
    for it) — He et al.: "we argue that this optimization difficulty is unlikely to be caused
    by vanishing gradients ... [BN] ensures forward propagated signals to have non-zero
@@ -82,7 +86,7 @@ QUICK = Config(depths=(10, 30, 50), steps=100)
 
 
 def build(variant: str, depth: int, width: int, d_in: int = 64, classes: int = 10):
-    """The plain net (``depth`` Linear layers, ReLU between) and its BN or residual version."""
+    """The plain net (``depth`` Linear layers, ReLU between), its BN and its ResNet version."""
     import gradwatch as gw
 
     layers: list[nn.Module] = []
@@ -93,8 +97,9 @@ def build(variant: str, depth: int, width: int, d_in: int = 64, classes: int = 1
     if variant == "plain+bn":
         return gw.remedies.insert_norm(plain, kind="batch", after="linear")
     if variant == "residual":
-        # [Linear(64, n), Residual(ReLU, Linear(n, n)), ..., ReLU, Linear(n, 10)]
-        return gw.remedies.add_residual(plain, block_size=2, zero_init=True)
+        # [Linear(64, n), Residual(BN, ReLU, Linear(n, n)) × (depth − 2), BN, ReLU, Linear(n, 10)]
+        bn = gw.remedies.insert_norm(plain, kind="batch", after="linear")
+        return gw.remedies.add_residual(bn, block_size=3, zero_init=True)
     return plain
 
 
