@@ -1,0 +1,98 @@
+"""Every ``python`` code block of docs/ runs.
+
+The blocks of a page run in order in one namespace (as a reader pasting them one after the
+other would), in a temporary working directory of their own, on one thread, with fixed seeds and the
+environment restored after each block. One test per block, so a failure names the page, the
+block and (in the traceback) the line of the Markdown file. A block marked
+``<!-- docs-test: requires=lightning -->`` is skipped, with the reason, when that module is
+not installed; CI installs every extra, so there it runs.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.docs.markdown_blocks import DOCS, Block, python_blocks
+
+BLOCKS = python_blocks()
+
+
+@dataclass
+class Page:
+    """A page's shared namespace and working directory, and how far its blocks have run."""
+
+    namespace: dict
+    workdir: Path
+    done: set[int] = field(default_factory=set)
+    failed: str | None = None
+
+
+_PAGES: dict[str, Page] = {}
+
+
+def _page(block: Block, factory: pytest.TempPathFactory) -> Page:
+    page = _PAGES.get(block.page)
+    if page is None:
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", block.page.removesuffix(".md"))
+        page = Page({"__name__": f"docs_{slug}"}, factory.mktemp(f"docs_{slug}"))
+        _PAGES[block.page] = page
+        random.seed(0)
+        np.random.seed(0)
+    return page
+
+
+def _run(block: Block, page: Page) -> None:
+    """Execute one block in the page's namespace, restoring cwd, environment and threads."""
+    cwd, env, threads = Path.cwd(), dict(os.environ), torch.get_num_threads()
+    os.chdir(page.workdir)
+    torch.set_num_threads(1)  # the examples' models are small: one thread is fastest
+    try:
+        # leading newlines: tracebacks give the line number in the Markdown file
+        code = compile("\n" * block.line + block.code, str(DOCS / block.page), "exec")
+        exec(code, page.namespace)  # noqa: S102 - the documentation's own code
+    finally:
+        os.chdir(cwd)
+        os.environ.clear()
+        os.environ.update(env)
+        torch.set_num_threads(threads)
+        import matplotlib.pyplot as plt
+
+        plt.close("all")
+
+
+def test_every_page_has_been_collected():
+    assert BLOCKS, f"no python blocks found under {DOCS}"
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=[b.id for b in BLOCKS])
+def test_docs_python_block(block: Block, tmp_path_factory: pytest.TempPathFactory):
+    page = _page(block, tmp_path_factory)
+    if page.failed:
+        pytest.skip(f"block {page.failed} of this page failed; the later blocks need its names")
+    # run earlier blocks first when this one is selected alone (pytest -k)
+    for earlier in BLOCKS:
+        if earlier.page == block.page and earlier.index < block.index:
+            if earlier.index not in page.done and not earlier.missing():
+                _run(earlier, page)
+                page.done.add(earlier.index)
+    missing = block.missing()
+    if missing:
+        pytest.skip(
+            f"needs {', '.join(missing)}, not installed here (CI installs it): "
+            f"pip install {' '.join(missing)}"
+        )
+    torch.manual_seed(0)
+    try:
+        _run(block, page)
+    except BaseException:
+        page.failed = block.id
+        raise
+    page.done.add(block.index)
