@@ -255,6 +255,13 @@ class Monitor:
         self._layer_handles: list[Any] = []
         self._act_handles: list[Any] = []
         self._compiled = False  # set when a hook runs inside torch.compile tracing
+        self._clip: Any = None  # the last ClipResult of gradwatch's clipping on this model
+        self._param_ids = {id(p) for p in params}
+        if "clip" in self._need:
+            from gradwatch.remedies import clipping
+
+            self._clip_ref = weakref.WeakMethod(self._on_clip)
+            clipping._LISTENERS.append(self._clip_ref)
         self._sync_hooks()
         for opt in optimizers:
             self._handles.append(opt.register_step_pre_hook(self._on_opt_pre))
@@ -461,6 +468,11 @@ class Monitor:
             if type(out) is torch.Tensor and out.numel() > 0:
                 self._acts.append((self._last_layer, ai, out.detach()))
 
+    def _on_clip(self, result: Any, params: list[torch.Tensor]) -> None:
+        # gradwatch's clipping ran: keep its tensors if it clipped this model's gradients
+        if self._rec and params and id(params[0]) in self._param_ids:
+            self._clip = result
+
     def _on_opt_pre(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._pre_done:
             return  # several optimizers: the first one to step takes the gradient statistics
@@ -597,6 +609,11 @@ class Monitor:
         if self._losses:
             loss = torch.stack(self._losses).mean().reshape(1).to(torch.float32)
             buf.append(Block(step, "loss", (), loss))
+        if self._clip is not None:
+            norm, coef = self._clip
+            dev = norm.device
+            buf.append(Block(step, "clip", (), torch.stack([norm.float(), coef.float().to(dev)])))
+            self._clip = None
         if self._detail and "update" in self._need and not self._optimizers:
             # no optimizer: weights now; the update is measured at the next step() call
             with torch.no_grad():
@@ -635,6 +652,7 @@ class Monitor:
         self._bp_norms = []
         self._acts = []
         self._losses = []
+        self._clip = None
         self._grad_blk = None
         self._pre_done = False
         self._forward_seen = False
@@ -811,6 +829,11 @@ class Monitor:
         try:
             for h in self._handles + self._layer_handles + self._act_handles:
                 h.remove()
+            from gradwatch.remedies import clipping
+
+            ref = getattr(self, "_clip_ref", None)
+            if ref is not None and ref in clipping._LISTENERS:
+                clipping._LISTENERS.remove(ref)
             self._handles.clear()
             self._layer_handles.clear()
             self._act_handles.clear()

@@ -149,3 +149,32 @@ def test_take_gradients_before_clipping_and_close_status(tmp_path):
     assert run.meta["status"] == "failed"
     with pytest.raises(gw.GradwatchValueError, match="status must be"):
         gw.watch(nn.Linear(2, 2)).close(status="bad")
+
+
+def test_monitor_records_gradwatch_clipping():
+    from gradwatch.remedies import clip_grad_norm_
+
+    model = make()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    norms = []
+    with gw.watch(model, optimizer=opt) as mon:
+        for x, y in data(3):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            res = clip_grad_norm_(model, max_norm=0.05)
+            norms.append((float(res.total_norm), float(res.clip_coef)))
+            opt.step()
+        other = nn.Linear(3, 3)  # clipping another model is not recorded
+        other(torch.randn(2, 3)).sum().backward()
+        clip_grad_norm_(other, 1e-3)
+    run = mon.run
+    np.testing.assert_allclose(run.pivot("clip_norm")[""].to_numpy(), [n for n, _ in norms],
+                               rtol=1e-6)
+    coef = run.pivot("clip_coef")[""].to_numpy()
+    np.testing.assert_allclose(coef, [c for _, c in norms], rtol=1e-6)
+    assert (coef < 1).all()
+    # the recorded gradient norm is what the optimizer saw: clipped to 0.05 overall
+    total = np.sqrt((run.pivot("grad_norm").to_numpy() ** 2).sum(axis=1))
+    np.testing.assert_allclose(total, 0.05, rtol=1e-4)
+    from gradwatch.remedies import clipping
+    assert all(ref() is None or ref().__self__ is not mon for ref in clipping._LISTENERS)

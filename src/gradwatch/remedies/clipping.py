@@ -22,6 +22,22 @@ from gradwatch.remedies._targets import check_positive
 Params = nn.Module | Tensor | Iterable[Tensor]
 
 
+#: Weak references to callables ``fn(result, params)`` told of every clipping call: a watching
+#: Monitor records the pre-clip norm and the factor applied (``clip_norm``, ``clip_coef``).
+#: Tensors only: no sync.
+_LISTENERS: list = []
+
+
+def _publish(result: ClipResult, params: list[Tensor]) -> ClipResult:
+    for ref in list(_LISTENERS):
+        fn = ref()  # weak references: a Monitor nobody holds any more is not kept alive
+        if fn is None:
+            _LISTENERS.remove(ref)
+        else:
+            fn(result, params)
+    return result
+
+
 class ClipResult(NamedTuple):
     """What one clipping call saw and did, as 0-dim tensors (read them off the hot path).
 
@@ -64,12 +80,13 @@ def clip_grad_norm_(params_or_model: Params, max_norm: float) -> ClipResult:
 
     """
     check_positive("max_norm", max_norm)
-    groups = _grads_by_device(params_or_model)
+    params = _params(params_or_model)
+    groups = _grads_by_device(params)
     total = _global_norm(groups)
     coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
     for grads in groups:
         torch._foreach_mul_(grads, coef.to(grads[0].device))
-    return ClipResult(total, coef)
+    return _publish(ClipResult(total, coef), params)
 
 
 def clip_grad_value_(params_or_model: Params, clip_value: float) -> ClipResult:
@@ -84,12 +101,13 @@ def clip_grad_value_(params_or_model: Params, clip_value: float) -> ClipResult:
 
     """
     check_positive("clip_value", clip_value)
-    groups = _grads_by_device(params_or_model)
+    params = _params(params_or_model)
+    groups = _grads_by_device(params)
     before = _global_norm(groups)
     for grads in groups:
         torch._foreach_clamp_min_(grads, -clip_value)
         torch._foreach_clamp_max_(grads, clip_value)
-    return ClipResult(before, _ratio(_global_norm(groups), before))
+    return _publish(ClipResult(before, _ratio(_global_norm(groups), before)), params)
 
 
 def adaptive_clip_grad_(
@@ -122,7 +140,8 @@ def adaptive_clip_grad_(
     check_positive("clipping", clipping)
     check_positive("eps", eps)
     before_sq, after_sq = [], []
-    for p in _params(params_or_model):
+    params = _params(params_or_model)
+    for p in params:
         if p.grad is None:
             continue
         g, w = p.grad.detach(), p.detach()
@@ -137,7 +156,7 @@ def adaptive_clip_grad_(
     device = before_sq[0].device
     total = torch.stack([t.to(device) for t in before_sq]).sum().sqrt()
     after = torch.stack([t.to(device) for t in after_sq]).sum().sqrt()
-    return ClipResult(total.float(), _ratio(after, total).float())
+    return _publish(ClipResult(total.float(), _ratio(after, total).float()), params)
 
 
 def _unit_norms(x: Tensor) -> Tensor:

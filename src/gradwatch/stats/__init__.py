@@ -28,7 +28,9 @@ DETAIL_STATS = (
     "saturated_frac",
     "dead_frac",
 )
-ALL_STATS = FAST_STATS + DETAIL_STATS
+#: Recorded only when gradwatch's clipping functions run on the watched model (layer "").
+CLIP_STATS = ("clip_norm", "clip_coef")
+ALL_STATS = FAST_STATS + DETAIL_STATS + CLIP_STATS
 
 #: Which statistics each data source produces (a source is computed if any is requested).
 SOURCES = {
@@ -37,6 +39,7 @@ SOURCES = {
     "act": ("act_mean", "act_std", "saturated_frac", "dead_frac"),
     "update": ("weight_norm", "update_ratio"),
     "loss": ("loss",),
+    "clip": CLIP_STATS,
 }
 
 DESCRIPTIONS = {
@@ -52,6 +55,8 @@ DESCRIPTIONS = {
     "saturated_frac": "fraction of sigmoid/tanh-like outputs in their flat tails",
     "dead_frac": "fraction of ReLU-like units that are never positive over the batch",
     "loss": "the training loss (layer '')",
+    "clip_norm": "global gradient norm before gradwatch's clipping (layer ''; when clipping runs)",
+    "clip_coef": "factor the clipping applied, ||g after|| / ||g before|| (layer ''; 1: none)",
 }
 
 

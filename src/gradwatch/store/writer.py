@@ -93,6 +93,10 @@ def decode(layout: Layout, blocks: list[tuple[int, str, Any, int]], flat: np.nda
             out = decode_update(vals, key, layout.layer_params)
         elif kind == "loss":
             out = {"loss": ([layout.loss_layer], vals.astype(np.float64).sum(1, keepdims=True))}
+        elif kind == "clip":  # (norm, coef) of the last clipping call of the step
+            v = vals.astype(np.float64)
+            out = {"clip_norm": ([layout.loss_layer], v[:, 0:1]),
+                   "clip_coef": ([layout.loss_layer], v[:, 1:2])}
         else:  # pragma: no cover - blocks are made by the Monitor only
             raise AssertionError(f"unknown block kind {kind}")
         for stat, (layers, v) in out.items():
