@@ -130,6 +130,7 @@ class Monitor:
         distributed: bool | None = None,
         process_group: Any = None,
         diagnose: bool = True,
+        tensorboard: str | Path | None = None,
     ):
         # -- validate everything before touching the model or the disk ---------------------
         layers = find_layers(model)  # raises for non-modules and models without parameters
@@ -218,7 +219,12 @@ class Monitor:
         self._lock_path: Path | None = None
         if self.run_dir is not None:
             self._prepare_run_dir(overwrite)
-        self._writer = RunWriter(self.run_dir, self._layout)
+        tb_writer = None
+        if tensorboard is not None and self.rank == 0:
+            from gradwatch.report.tensorboard import _summary_writer
+
+            tb_writer = _summary_writer()(log_dir=str(tensorboard))
+        self._writer = RunWriter(self.run_dir, self._layout, tb_writer)
         self._started = time.time()
         self._config = dict(config or {})
         self._diagnose_at_close = bool(diagnose)
@@ -952,7 +958,9 @@ def watch(
             steps are recorded as non-finite), ``flush_every`` (steps, default 1000),
             ``flush_secs`` (default 5), ``overwrite`` (replace an existing run), ``name``,
             ``config`` (dict stored in meta.json), ``diagnose`` (default True: diagnose the
-            run when it closes and write ``findings.jsonl``).
+            run when it closes and write ``findings.jsonl``), ``tensorboard`` (a log dir:
+            every flushed value is also written there live, as ``gradwatch report
+            --tensorboard`` would; needs the ``tensorboard`` package).
 
     Returns:
         the :class:`Monitor` (a context manager).

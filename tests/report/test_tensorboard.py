@@ -41,3 +41,29 @@ def test_missing_tensorboard_names_the_extra(mixed_run, tmp_path, monkeypatch):
     with pytest.raises(MissingExtraError, match=r"pip install gradwatch\[tensorboard\]") as err:
         export_tensorboard(mixed_run, tmp_path / "tb")
     assert isinstance(err.value, gw.GradwatchError) and isinstance(err.value, ImportError)
+
+
+def test_monitor_writes_tensorboard_live(tmp_path):
+    import numpy as np
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch import nn
+
+    import gradwatch as gw
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, tmp_path / "run", optimizer=opt, tensorboard=tmp_path / "tb",
+                  flush_every=2) as mon:
+        for _ in range(5):
+            opt.zero_grad()
+            loss = model(torch.randn(3, 4)).pow(2).mean()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+    acc = EventAccumulator(str(tmp_path / "tb"))
+    acc.Reload()
+    run = gw.load(tmp_path / "run")
+    got = [e.value for e in acc.Scalars("backprop_norm/0")]
+    np.testing.assert_allclose(got, run.pivot("backprop_norm")["0"].to_numpy(), rtol=1e-6)
+    assert [e.step for e in acc.Scalars("loss")] == [0, 1, 2, 3, 4]

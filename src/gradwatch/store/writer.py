@@ -148,9 +148,10 @@ def write_part(path: Path, table: pa.Table) -> None:
 class RunWriter:
     """Background thread that turns flushed blocks into Parquet parts (or in-memory tables)."""
 
-    def __init__(self, run_dir: Path | None, layout: Layout):
+    def __init__(self, run_dir: Path | None, layout: Layout, tensorboard: Any = None):
         self.run_dir = run_dir
         self.layout = layout
+        self._tb = tensorboard  # a SummaryWriter written live, from this thread, or None
         self.tables: list[pa.Table] = []  # in-memory runs keep everything here
         self._pending: list[pa.Table] = []  # rows not yet on disk (after a failed write)
         self._seq = 0
@@ -195,11 +196,15 @@ class RunWriter:
             batch = self._q.get()
             if batch is None:
                 self._write_pending(final=True)
+                if self._tb is not None:
+                    self._tb.close()
                 return
             try:
                 flat = batch.flat.detach().cpu().numpy()  # the one transfer per flush
                 arrays = decode(self.layout, batch.blocks, flat)
                 if arrays is not None:
+                    if self._tb is not None:
+                        self._write_tensorboard(arrays)
                     table = to_table(self.layout, arrays)
                     if self.run_dir is None:
                         self.tables.append(table)
@@ -210,6 +215,17 @@ class RunWriter:
                 self._report(exc)
             finally:
                 batch.done.set()
+
+    def _write_tensorboard(self, arrays) -> None:
+        """Every decoded value as a TensorBoard scalar (tag ``stat/layer``, ``loss``)."""
+        from gradwatch.report.tensorboard import tag
+
+        names = self.layout.layer_names + [""]
+        step, layer, stat, value = arrays
+        for s_, l_, k_, v_ in zip(step.tolist(), layer.tolist(), stat.tolist(), value.tolist(),
+                                  strict=True):
+            self._tb.add_scalar(tag(ALL_STATS[k_], names[l_]), v_, global_step=s_)
+        self._tb.flush()
 
     def _write_pending(self, final: bool) -> None:
         if self.run_dir is None or (not self._pending and not final):
