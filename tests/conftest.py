@@ -9,5 +9,7 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    # one intra-op thread: the tests' models are small, where more threads only add overhead
+    # (and oversubscribe the CPU when a test starts subprocesses)
+    torch.set_num_threads(1)
     yield

@@ -333,6 +333,7 @@ class Monitor:
             "steps_recorded": self._n_recorded,
             "layers": [self._layer_names[i] for i in order],
             "layer_order": "execution" if self._exec_order else "registration",
+            "diagnosed": self._diagnosed,
             "layer_info": {
                 ly.name: {
                     "type": ly.type_name,
@@ -778,6 +779,8 @@ class Monitor:
             from gradwatch.store.reader import load
 
             store_findings(self.run_dir, diagnose(load(self.run_dir)))
+            self._diagnosed = True
+            self._write_meta(self._status)
         except Exception as exc:  # noqa: BLE001 - a diagnosis bug must not lose the run
             warnings.warn(
                 f"gradwatch: the run in {self.run_dir} is complete, but diagnosing it failed "
@@ -806,6 +809,7 @@ class Monitor:
     _compile_warned = False
     _grads_after_step = False
     _late_loss_step = -1
+    _diagnosed = False
 
     def _write_meta(self, status: str) -> None:
         if self.run_dir is None:

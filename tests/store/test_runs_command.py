@@ -21,6 +21,7 @@ def test_runs_lists_run_directories(tmp_path):
     rows = json.loads(out.stdout)
     assert sorted(r["run"] for r in rows) == [str(tmp_path / "a"), str(tmp_path / "nested/b")]
     assert all(r["status"] == "closed" and r["steps"] == 3 and r["layers"] == 2 for r in rows)
+    assert all(r["verdict"] == "healthy" for r in rows)  # diagnosed at close, nothing found
     table = subprocess.run([sys.executable, "-m", "gradwatch.cli", "runs", str(tmp_path)],
                            capture_output=True, text=True, check=True)
     assert "nested" in table.stdout and "closed" in table.stdout

@@ -14,9 +14,6 @@ from gradwatch.errors import GradwatchValueError
 from gradwatch.findings import SEVERITY_RANK
 from gradwatch.store.format import FINDINGS, META
 
-#: Order in which a finding kind decides a run's verdict (most serious first).
-VERDICT_ORDER = ("nonfinite", "exploding", "vanishing", "dead", "saturated", "stalled")
-
 
 def find_runs(root: Path, max_depth: int = 3) -> list[Path]:
     """Run directories (folders with a meta.json) at most ``max_depth`` levels below ``root``."""
@@ -41,12 +38,14 @@ def find_runs(root: Path, max_depth: int = 3) -> list[Path]:
 
 
 def verdict_of(findings: list[dict]) -> str:
-    """The verdict a list of finding dicts implies ("healthy" when none is a warning or error)."""
+    """The verdict a list of finding dicts implies (the same rule as ``gw.diagnose``)."""
+    from gradwatch.diagnose import VERDICT_PRECEDENCE
+
     serious = [f for f in findings if SEVERITY_RANK.get(f.get("severity"), 0) >= 1]
-    for kind in VERDICT_ORDER:
+    for kind in VERDICT_PRECEDENCE:
         if any(f.get("kind") == kind for f in serious):
             return kind
-    return "healthy" if findings is not None else "?"
+    return "healthy"
 
 
 def summarize(run_dir: Path) -> dict:
@@ -63,7 +62,7 @@ def summarize(run_dir: Path) -> dict:
                 findings.append(json.loads(line))
             except ValueError:
                 continue
-    diagnosed = fpath.is_file() and fpath.stat().st_size > 0
+    diagnosed = bool(meta.get("diagnosed")) or (fpath.is_file() and fpath.stat().st_size > 0)
     return {
         "run": str(run_dir),
         "status": meta.get("status", "?"),
