@@ -216,7 +216,13 @@ def check(
         _restore_state(model, state)
 
     loss_value = float(loss.detach().float().cpu())
+    temporal_frame = temporal.frame()
     run.meta["checkup"] = {
+        "temporal": {
+            str(layer): {"first_over_last": _json_number(float(grp["ratio"].iloc[0]), nan=None),
+                         "steps": int(len(grp))}
+            for layer, grp in temporal_frame.groupby("layer", sort=False)
+        },
         "batch_size": int(args[0].shape[0]) if args[0].dim() >= 1 else 1,
         "loss": _json_number(loss_value, nan="nan"),
         "loss_kind": loss_kind,
@@ -231,7 +237,7 @@ def check(
         verdict=verdict(findings),
         run=run,
         loss=loss_value,
-        temporal=temporal.frame(),
+        temporal=temporal_frame,
     )
 
 

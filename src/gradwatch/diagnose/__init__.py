@@ -24,6 +24,7 @@ from gradwatch.diagnose import (
     nonfinite,
     saturated,
     stalled,
+    temporal,
     vanishing,
 )
 from gradwatch.diagnose._view import RunView
@@ -42,6 +43,7 @@ RULES: list[Rule] = [
     nonfinite.rule,
     exploding.rule,
     vanishing.rule,
+    temporal.rule,
     dead.rule,
     saturated.rule,
     stalled.rule,
