@@ -394,7 +394,12 @@ def plot(out: Path, numbers: dict[str, Any], cfg: Config) -> list[Path]:
                 loss = gw.load(d).loss().rolling(cfg.window, min_periods=1).mean()
                 ax.plot(loss.index, loss.values, color=f"C{j}", label=init)
         ax.axhline(numbers["chance_loss"], color="grey", ls=":", label="ln 10 (chance)")
-        ax.set(title=f"{depth} layers: training loss", xlabel="step", ylabel="cross-entropy")
+        ax.set(
+            title=f"{depth} layers: training loss",
+            xlabel="step",
+            ylabel="cross-entropy (spikes clipped)",
+            ylim=(0, 1.4 * numbers["chance_loss"]),
+        )
         ax.legend(fontsize=7)
     paths += base.save_figure(fig, out, "loss")
     return paths
