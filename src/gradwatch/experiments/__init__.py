@@ -77,6 +77,21 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {
             "He, Zhang, Ren & Sun 2016, Deep Residual Learning for Image Recognition",
             "gradwatch.experiments.residual",
         ),
+        ExperimentSpec(
+            "criticality",
+            "tanh MLPs over σw² × depth: trainable only within about 6 ξ_c of the critical "
+            "line (a grid; --executor ray)",
+            "Schoenholz, Gilmer, Ganguli & Sohl-Dickstein 2017, Deep Information Propagation",
+            "gradwatch.experiments.criticality",
+        ),
+        ExperimentSpec(
+            "pascanu2013",
+            "vanilla RNN vs LSTM vs GRU: gradients through time, the spectral condition, "
+            "clipping an exploding RNN",
+            "Pascanu, Mikolov & Bengio 2013, On the difficulty of training recurrent neural "
+            "networks",
+            "gradwatch.experiments.pascanu2013",
+        ),
     )
 }
 
