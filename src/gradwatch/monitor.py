@@ -238,7 +238,6 @@ class Monitor:
         self._bp_norms: list[torch.Tensor] = []
         self._acts: list[tuple[int, int, torch.Tensor]] = []
         self._losses: list[torch.Tensor] = []
-        self._late_losses: list[torch.Tensor] = []  # losses passed after their step closed
         self._last_layer = -1
         self._forward_seen = False
         self._exec_order: list[int] = []
@@ -498,15 +497,18 @@ class Monitor:
         else:
             self._take_grad_stats()
         if self._detail and "update" in self._need:
-            params = self._params
-            snap = self._snapshot
-            p0 = params[0]
-            if snap is None or snap[0].dtype != p0.dtype or snap[0].device != p0.device:
-                # (re)allocated once, and again only if the model moved to another dtype/device
-                self._snapshot = [torch.empty_like(p) for p in params]
-            with torch.no_grad():
-                torch._foreach_copy_(self._snapshot, params)
+            self._take_snapshot()
             self._snap_fresh = True
+
+    def _take_snapshot(self) -> None:
+        """Copy the parameters into the preallocated snapshot (one fused copy)."""
+        params, snap = self._params, self._snapshot
+        p0 = params[0]
+        if snap is None or snap[0].dtype != p0.dtype or snap[0].device != p0.device:
+            # (re)allocated once, and again only if the model moved to another dtype/device
+            self._snapshot = [torch.empty_like(p) for p in params]
+        with torch.no_grad():
+            torch._foreach_copy_(self._snapshot, params)
 
     def _on_opt_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if optimizer is not self._optimizers[-1]:
@@ -620,15 +622,12 @@ class Monitor:
             norm, coef = self._clip
             dev = norm.device
             buf.append(Block(step, "clip", (), torch.stack([norm.float(), coef.float().to(dev)])))
-            self._clip = None
         if self._detail and "update" in self._need and not self._optimizers:
             # no optimizer: weights now; the update is measured at the next step() call
             with torch.no_grad():
                 wblk = weight_block(self._params, self._param_plan())
-                buf.append(Block(step, "weight", self._all_pids, wblk))
-                if self._snapshot is None:
-                    self._snapshot = [torch.empty_like(p) for p in self._params]
-                torch._foreach_copy_(self._snapshot, self._params)
+            buf.append(Block(step, "weight", self._all_pids, wblk))
+            self._take_snapshot()
             self._manual_snapshot_step = step
         self._n_recorded += 1
 
@@ -653,8 +652,6 @@ class Monitor:
             self._record_step()
             if self._exec_order:
                 self._order_done = True
-        if self._late_losses:
-            self._late_losses.clear()
         self._bp_layers = []
         self._bp_norms = []
         self._acts = []
@@ -749,7 +746,7 @@ class Monitor:
                 self._writer.wait(batch)
         self._last_flush = time.monotonic()
         self._report_write_errors()
-        if self.run_dir is not None and self._n_recorded and not getattr(self, "_meta_ordered", 0):
+        if self.run_dir is not None and self._n_recorded and not self._meta_ordered:
             self._meta_ordered = True
             self._write_meta("running")
 
@@ -810,6 +807,7 @@ class Monitor:
     _grads_after_step = False
     _late_loss_step = -1
     _diagnosed = False
+    _meta_ordered = False  # meta.json rewritten once the execution order of layers is known
 
     def _write_meta(self, status: str) -> None:
         if self.run_dir is None:

@@ -45,6 +45,17 @@ def register(subparsers: Any) -> None:
             "or (model, inputs, targets) tuple)."
         ),
     )
+    add_model_arguments(parser, "loss 0.5·‖output‖²/N")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random batch")
+    parser.add_argument(
+        "--eval", action="store_true", help="run the pass in eval mode (default: train mode)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the checkup as JSON")
+    parser.set_defaults(func=run)
+
+
+def add_model_arguments(parser: argparse.ArgumentParser, default_loss: str) -> None:
+    """FILE.py:FACTORY, --input-shape and --targets: how ``check`` and ``fix`` get a model."""
     parser.add_argument(
         "model",
         metavar="FILE.py:FACTORY",
@@ -61,14 +72,8 @@ def register(subparsers: Any) -> None:
         default=None,
         metavar="classes:K",
         help="random integer class labels in [0, K) (cross-entropy loss); default: no "
-        "targets, loss 0.5·‖output‖²/N",
+        f"targets, {default_loss}",
     )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random batch")
-    parser.add_argument(
-        "--eval", action="store_true", help="run the pass in eval mode (default: train mode)"
-    )
-    parser.add_argument("--json", action="store_true", help="print the checkup as JSON")
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,6 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from gradwatch.commands.check import add_model_arguments
 from gradwatch.errors import GradwatchValueError
 
 #: Most per-layer rows printed; the middle of a longer table is elided.
@@ -47,24 +48,7 @@ def register(subparsers: Any) -> None:
             "model.load_state_dict(torch.load(PATH, weights_only=True))."
         ),
     )
-    parser.add_argument(
-        "model",
-        metavar="FILE.py:FACTORY",
-        help="a Python file and a function in it that returns the model (the file is run)",
-    )
-    parser.add_argument(
-        "--input-shape",
-        default=None,
-        help="shape of the random input batch (torch.randn, seeded), batch first, e.g. "
-        "8,64 or 8,3,32,32; needed unless FACTORY returns (model, inputs)",
-    )
-    parser.add_argument(
-        "--targets",
-        default=None,
-        metavar="classes:K",
-        help="random integer class labels in [0, K) (cross-entropy loss); default: no "
-        "targets, the loss gw.check uses without them",
-    )
+    add_model_arguments(parser, "the loss gw.check uses without them")
     parser.add_argument(
         "--allow",
         default=",".join(KINDS),

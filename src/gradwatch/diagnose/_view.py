@@ -183,3 +183,27 @@ def num(x: Any) -> Any:
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
     return float(f"{x:.6g}")
+
+
+def layers_over(
+    view: RunView, stat: str, threshold: float
+) -> tuple[dict[str, float], np.ndarray, list[int], list[int]] | None:
+    """Layers whose ``stat`` (a fraction) exceeds ``threshold``, if that persists.
+
+    Returns:
+        ({layer: value} over the threshold at the last step where any layer was, that step's
+        row of values (all layers), the steps where any layer was over, all recorded steps),
+        or None when the statistic is not recorded or the condition does not persist.
+    """
+    wide = view.wide(stat)
+    if wide.empty:
+        return None
+    arr = np.nan_to_num(wide.to_numpy(dtype=np.float64), nan=0.0)
+    steps = [int(s) for s in wide.index]
+    hot = (arr > threshold).any(axis=1)
+    held = [s for s, h in zip(steps, hot, strict=True) if h]
+    if not persists(held, steps):
+        return None
+    row = arr[steps.index(held[-1])]
+    over = {str(c): float(v) for c, v in zip(wide.columns, row, strict=True) if v > threshold}
+    return over, row, held, steps

@@ -13,9 +13,7 @@ nothing about dead units and is skipped.
 
 from __future__ import annotations
 
-import numpy as np
-
-from gradwatch.diagnose._view import RunView, names, num, persists, step_span, when
+from gradwatch.diagnose._view import RunView, layers_over, names, num, step_span, when
 from gradwatch.findings import Finding
 
 DEAD_FRAC = 0.5
@@ -35,18 +33,11 @@ def rule(view: RunView) -> list[Finding]:
     batch = view.checkup.get("batch_size")
     if view.is_checkup and batch is not None and batch < DEAD_MIN_BATCH:
         return []
-    wide = view.wide("dead_frac")
-    if wide.empty:
+    over = layers_over(view, "dead_frac", DEAD_FRAC)
+    if over is None:
         return []
-    arr = np.nan_to_num(wide.to_numpy(dtype=np.float64), nan=0.0)
-    steps = [int(s) for s in wide.index]
-    hot = (arr > DEAD_FRAC).any(axis=1)
-    held = [s for s, h in zip(steps, hot, strict=True) if h]
-    if not persists(held, steps):
-        return []
-    i = steps.index(held[-1])
-    row = arr[i]
-    layers = [str(c) for c, v in zip(wide.columns, row, strict=True) if v > DEAD_FRAC]
+    values, row, held, steps = over
+    layers = list(values)
     worst = float(row.max())
     still = held[-1] == steps[-1]
     severity = "error" if worst > DEAD_FRAC_ERROR and still else "warning"
@@ -59,10 +50,10 @@ def rule(view: RunView) -> list[Finding]:
         "learning rate."
     )
     evidence = {
-        "dead_frac": {ly: num(v) for ly, v in zip(wide.columns, row, strict=True) if v > DEAD_FRAC},
+        "dead_frac": {ly: num(v) for ly, v in values.items()},
         "threshold": DEAD_FRAC,
         "error_threshold": DEAD_FRAC_ERROR,
-        "step": steps[i],
+        "step": held[-1],
         "steps_held": len(held),
         "persists": bool(still),
     }

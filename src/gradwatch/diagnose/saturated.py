@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradwatch.diagnose._view import RunView, names, num, persists, step_span, when
+from gradwatch.diagnose._view import RunView, layers_over, names, num, persists, step_span, when
 from gradwatch.findings import Finding
 
 SATURATED_FRAC = 0.3
@@ -34,18 +34,11 @@ def rule(view: RunView) -> list[Finding]:
 
 
 def _saturated(view: RunView) -> list[Finding]:
-    wide = view.wide("saturated_frac")
-    if wide.empty:
+    over = layers_over(view, "saturated_frac", SATURATED_FRAC)
+    if over is None:
         return []
-    arr = np.nan_to_num(wide.to_numpy(dtype=np.float64), nan=0.0)
-    steps = [int(s) for s in wide.index]
-    hot = (arr > SATURATED_FRAC).any(axis=1)
-    held = [s for s, h in zip(steps, hot, strict=True) if h]
-    if not persists(held, steps):
-        return []
-    i = steps.index(held[-1])
-    row = arr[i]
-    layers = [str(c) for c, v in zip(wide.columns, row, strict=True) if v > SATURATED_FRAC]
+    values, row, held, steps = over
+    layers = list(values)
     worst = float(row.max())
     still = held[-1] == steps[-1]
     severity = "error" if worst > SATURATED_FRAC_ERROR and still else "warning"
@@ -56,12 +49,10 @@ def _saturated(view: RunView) -> list[Finding]:
         "a ReLU-like activation or batch norm."
     )
     evidence = {
-        "saturated_frac": {
-            ly: num(v) for ly, v in zip(wide.columns, row, strict=True) if v > SATURATED_FRAC
-        },
+        "saturated_frac": {ly: num(v) for ly, v in values.items()},
         "threshold": SATURATED_FRAC,
         "error_threshold": SATURATED_FRAC_ERROR,
-        "step": steps[i],
+        "step": held[-1],
         "steps_held": len(held),
         "persists": bool(still),
     }
@@ -112,7 +103,7 @@ def _top_layer(view: RunView) -> list[Finding]:
         "act_mean": num(m[i]),
         "act_std": num(s[i]),
         "threshold": TOP_SATURATION_MEAN,
-        "step": steps[i],
+        "step": held[-1],
         "steps_held": len(held),
         "persists": bool(still),
     }
