@@ -16,7 +16,6 @@ which moves them to the host in one transfer.
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,8 @@ from gradwatch.monitor.hooks import HotPath
 from gradwatch.monitor.lifecycle import _LIVE, Lifecycle, _install_sigterm
 from gradwatch.monitor.meta import MetaMixin
 from gradwatch.monitor.optim import OptimHooks, check_optimizers
+from gradwatch.monitor.origin import Forensics
+from gradwatch.monitor.record import StepRecord
 from gradwatch.schedule import make_schedule
 from gradwatch.stats import ALL_STATS, DETAIL_STATS, SOURCES
 from gradwatch.stats.gradient import NormPlan
@@ -40,7 +41,7 @@ from gradwatch.store.writer import Block, Layout, RunWriter
 __all__ = ["Monitor", "watch"]
 
 
-class Monitor(HotPath, OptimHooks, Lifecycle, MetaMixin):
+class Monitor(HotPath, StepRecord, OptimHooks, Forensics, Lifecycle, MetaMixin):
     """Records per-layer gradient, activation and update statistics of a model.
 
     Create it with :func:`gradwatch.watch`. Use it as a context manager, or call
@@ -163,52 +164,15 @@ class Monitor(HotPath, OptimHooks, Lifecycle, MetaMixin):
         self._config = dict(config or {})
         self._diagnose_at_close = bool(diagnose)
 
-        # -- per-step state -----------------------------------------------------------------
+        # -- per-step state and hooks (installed once; removed by close) ----------------------
         self._step = 0  # index of the pending (not yet closed) step
         self._n_recorded = 0
         self._buffer: list[Block] = []
         self._last_flush = time.monotonic()
-        self._bp_layers: list[int] = []
-        self._bp_norms: list[torch.Tensor] = []
-        self._acts: list[tuple[int, int, torch.Tensor]] = []
-        self._losses: list[torch.Tensor] = []
-        self._last_layer = -1
-        self._forward_seen = False
-        self._exec_order: list[int] = []
-        self._order_done = False
-        self._snapshot: list[torch.Tensor] | None = None
-        self._manual_snapshot_step: int | None = None
-        self._pre_done = False
-        self._grads_after_step = False
-        self._snap_fresh = False
-        self._grad_blk: tuple[torch.Tensor, bool, tuple[int, ...]] | None = None
         self._closed = False
-        self._decide(0)
-
-        # -- hooks (installed once; removed by close) ----------------------------------------
         self._handles: list[Any] = []
-        self._handles.append(model.register_forward_pre_hook(self._on_root_forward))
-        # Layer and activation hooks are present only while the pending step needs them: a
-        # module with no hooks takes PyTorch's fast call path, so unrecorded steps (and the
-        # activation modules on non-detail steps) cost nothing.
-        self._layer_handles: list[Any] = []
-        self._act_handles: list[Any] = []
-        self._compiled = False  # set when a hook runs inside torch.compile tracing
-        self._clip: Any = None  # the last ClipResult of gradwatch's clipping on this model
-        self._param_ids = {id(p) for p in params}
-        if "clip" in self._need:
-            from gradwatch.remedies import clipping
-
-            self._clip_ref = weakref.WeakMethod(self._on_clip)
-            clipping._LISTENERS.append(self._clip_ref)
-        self._sync_hooks()
-        for opt in optimizers:
-            self._handles.append(opt.register_step_pre_hook(self._on_opt_pre))
-            self._handles.append(opt.register_step_post_hook(self._on_opt_post))
-        self._scaler_patched = False
-        if scaler is not None:
-            scaler.step = self._wrap_scaler_step(type(scaler).step.__get__(scaler))
-            self._scaler_patched = True
+        self._init_optim_hooks()  # optim.py: optimizer hooks, GradScaler, clipping listener
+        self._init_hot_path()  # hooks.py: buffers, hook functions built once, root hook
 
         if self.run_dir is not None:
             write_json_atomic(self.run_dir / META, self._meta("running"))

@@ -1,28 +1,42 @@
-"""THE HOT PATH of the Monitor: per-layer and per-activation hooks, and the step record.
+"""THE HOT PATH of the Monitor: per-layer and per-activation hooks, written into buffers.
 
-Three places run during training: ``_on_layer_forward`` / ``_on_backprop`` (per layer call),
-``_on_act_forward`` (per activation call) and ``_record_step`` (once per recorded step). None
-of them calls ``.item()`` or ``.cpu()`` on an accelerator or loops over parameters where a
-fused ``torch._foreach_*`` call exists; each recorded step leaves a few small float32 tensors
-on the device, and every ``flush_every`` steps they go to the background writer.
+Everything here runs inside the user's forward and backward passes, so it is kept to a few
+tensor operations per call and allocates no hook objects per step:
+
+- every hook function is built once, per layer or activation module, when the Monitor is
+  made (no ``functools.partial`` per forward);
+- the back-propagated signal ‖∂L/∂y‖ is taken by a tensor hook on the layer's output, which
+  writes one ``vector_norm`` into its layer's slot of a preallocated device buffer
+  (``out=``); of the mechanisms PyTorch offers this was the cheapest measured (see
+  :mod:`gradwatch.stats.backprop`);
+- activation statistics are reduced inside the activation's forward hook (a sum and an L2
+  norm, written into the row of a preallocated buffer), so no activation tensor outlives its
+  forward pass in the Monitor;
+- a later call of the same layer or activation in one step (shared modules, recurrent cells,
+  gradient accumulation) adds into a per-row accumulator: memory does not grow with the
+  number of micro-batches.
+
+Which hooks are present follows the schedule: a module without hooks takes PyTorch's fast
+call path, so unrecorded and non-detail steps cost nothing. Under ``torch.compile`` the hooks
+stay registered for good (adding and removing hooks would make Dynamo recompile) and return
+at once while compiling. Nothing here reads a device value on the host.
 """
 
 from __future__ import annotations
 
-import time
 import warnings
 from collections.abc import Iterable
-from functools import partial
 from typing import Any
 
 import torch
 from torch import nn
 
-from gradwatch.errors import GradwatchTypeError, GradwatchValueError
-from gradwatch.stats import norm32
-from gradwatch.stats.activation import FAMILY_CODE, act_block
-from gradwatch.stats.update import update_block, weight_block
-from gradwatch.store.writer import Block
+from gradwatch.stats.activation import FAMILY_CODE, act_row, sat_dead
+
+F32 = torch.float32
+#: dtypes whose tensors take the in-place (``out=``) path; others take the general one.
+FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_CONV = (nn.modules.conv._ConvNd,)
 
 
 def _tensors(out: Any) -> Iterable[torch.Tensor]:
@@ -37,235 +51,308 @@ def _tensors(out: Any) -> Iterable[torch.Tensor]:
             yield from _tensors(o)
 
 
+class RowBuffer:
+    """A growable (rows, width) float32 device buffer with precomputed row views.
+
+    Each row is written in place by the first call of a step (``stamp`` says which step
+    last wrote it) and added to by later calls of that step (``extra``).
+    """
+
+    def __init__(self, width: int):
+        self.width = width
+        self.buf: torch.Tensor | None = None
+        self.views: list[list[torch.Tensor]] = []
+        self.stamp: list[int] = []
+        self.extra: dict[int, torch.Tensor] = {}
+        self.called: list[int] = []
+
+    def ensure(self, rows: int, device: torch.device) -> None:
+        """Have at least ``rows`` rows on ``device`` (reallocated on growth or a move)."""
+        buf = self.buf
+        if buf is not None and buf.shape[0] >= rows and buf.device == device:
+            return
+        n = max(rows, 2 * buf.shape[0] if buf is not None else rows)
+        new = torch.zeros(n, self.width, dtype=F32, device=device)
+        if buf is not None:  # rows written earlier in this step move along
+            new[: buf.shape[0]].copy_(buf.to(device))
+            self.extra = {k: v.to(device) for k, v in self.extra.items()}
+        self.buf = new
+        self.views = [list(r.unbind()) for r in new.unbind()]
+        self.stamp = self.stamp + [-1] * (n - len(self.stamp))
+
+    def reset(self) -> None:
+        """Start a new step (rows are overwritten by their next first call)."""
+        self.called = []
+        if self.extra:
+            self.extra = {}
+
+
 class HotPath:
-    """Mixin of :class:`~gradwatch.monitor.Monitor`: schedule, hooks and the step record."""
+    """Mixin of :class:`~gradwatch.monitor.Monitor`: schedule, hooks and buffers."""
+
+    def _init_hot_path(self) -> None:
+        """Build the per-layer hook functions and buffers once; install the root hook."""
+        self._last_layer = -1
+        self._forward_seen = False
+        self._exec_order: list[int] = []
+        self._order_done = False
+        self._compiled = False  # set when a hook runs inside torch.compile tracing
+        self._persistent = False  # hooks stay registered (torch.compile seen)
+        self._skip_warned: set[str] = set()
+        self._inputs: tuple[Any, Any] | None = None  # reference to the step's last inputs
+        self._out_shape: dict[int, list[int]] = {}
+        self._bp = RowBuffer(1)
+        self._act = RowBuffer(4)
+        self._act_rows: dict[tuple[int, int], int] = {}  # (activation, layer) -> row
+        self._act_meta: list[tuple[int, int]] = []  # row -> (layer, family code)
+        self._act_n: dict[int, list[int]] = {}  # row -> [elements, units] in the step
+        self._wanted = set(self.stats)
+        self._replaying = False  # a NaN-forensics replay is running: hooks stand aside
+        self._idx_cache: dict = {}
+        self._flag_cache: dict = {}
+        self._channels_first = [isinstance(ly.module, _CONV) for ly in self.layers]
+        self._bp_fns = [self._make_bp_hook(li) for li in range(len(self.layers))]
+        self._layer_fns = [self._make_layer_hook(li) for li in range(len(self.layers))]
+        self._act_fns = [
+            self._make_act_hook(ai, fam) for ai, (_, _, fam) in enumerate(self._acts_info)
+        ]
+        self._layer_handles: list[Any] = []
+        self._act_handles: list[Any] = []
+        self._handles.append(
+            self.model.register_forward_pre_hook(self._on_root_forward, with_kwargs=True)
+        )
+        self._decide(self._step)
+        self._sync_hooks()
 
     # ------------------------------------------------------------------------- schedule
     def _decide(self, step: int) -> None:
-        """Decide whether step ``step`` is recorded, and whether in detail."""
+        """Decide whether step ``step`` is recorded, in detail, and what it takes."""
         self._rec = bool(self._schedule(step))
         self._detail = self._rec and (self._n_recorded % self.detail_every == 0)
+        tiered = self._detail_stats
+        self._rec_bp = (
+            self._rec
+            and "backprop" in self._need
+            and (self._detail or "backprop_norm" not in tiered)
+        )
         self._rec_act = (
             self._rec
             and "act" in self._need
-            and (self._detail or not ({"act_mean", "act_std"} & self._detail_stats))
+            and (self._detail or not ({"act_mean", "act_std"} & tiered))
         )
+        self._act_detail = self._detail and bool({"saturated_frac", "dead_frac"} & self._wanted)
         self._grad_max = "grad_max_abs" in self.stats and (
-            self._detail or "grad_max_abs" not in self._detail_stats
+            self._detail or "grad_max_abs" not in tiered
         )
 
     def _sync_hooks(self) -> None:
         """Install or remove the per-layer and per-activation hooks for the pending step."""
-        want_layers = self._rec and bool({"backprop", "act"} & self._need)
+        want_layers = self._persistent or self._rec_bp or (self._rec_act and self._acts_info)
         if want_layers and not self._layer_handles:
             self._layer_handles = [
-                ly.module.register_forward_hook(partial(self._on_layer_forward, li))
-                for li, ly in enumerate(self.layers)
+                ly.module.register_forward_hook(fn)
+                for ly, fn in zip(self.layers, self._layer_fns, strict=True)
             ]
         elif not want_layers and self._layer_handles:
             for h in self._layer_handles:
                 h.remove()
             self._layer_handles = []
-        if self._rec_act and not self._act_handles:
+        want_acts = self._persistent or self._rec_act
+        if want_acts and not self._act_handles:
             self._act_handles = [
-                module.register_forward_hook(partial(self._on_act_forward, ai, fam))
-                for ai, (_, module, fam) in enumerate(self._acts_info)
+                module.register_forward_hook(fn)
+                for (_, module, _), fn in zip(self._acts_info, self._act_fns, strict=True)
             ]
-        elif not self._rec_act and self._act_handles:
+        elif not want_acts and self._act_handles:
             for h in self._act_handles:
                 h.remove()
             self._act_handles = []
 
+    def _warn_skip(self, what: str, exc: BaseException | None = None) -> None:
+        """Warn once per kind of thing the Monitor could not record; training goes on."""
+        if what in self._skip_warned:
+            return
+        self._skip_warned.add(what)
+        why = f" ({exc!r})" if exc is not None else ""
+        warnings.warn(
+            f"gradwatch: {what} could not be recorded{why}; training goes on and the other "
+            "statistics are recorded",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def _on_compiled(self) -> None:
+        # Under torch.compile the hooks do nothing (no graph break) and, from now on, stay
+        # registered so that Dynamo's guards on them never change.
+        self._compiled = True
+        self._persistent = True
+
     # -------------------------------------------------------------------- HOT PATH: hooks
-    def _on_root_forward(self, module: nn.Module, args: Any) -> None:
-        if torch.is_grad_enabled():
+    def _on_root_forward(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if torch.compiler.is_compiling():
+            self._on_compiled()
+            return
+        if torch.is_grad_enabled() and not self._replaying:
             self._forward_seen = True
             self._last_layer = -1
+            self._inputs = (args, kwargs)  # a reference, for NaN forensics; never copied
 
-    def _on_layer_forward(self, li: int, module: nn.Module, args: Any, out: Any) -> None:
-        if torch.compiler.is_compiling():
-            # Under torch.compile the hooks do nothing (no graph break): the back-propagated
-            # signal and activation statistics are not recorded; gradient, update and loss
-            # statistics (taken outside the compiled region) are. close() says so once.
-            self._compiled = True
-            return
-        self._last_layer = li
-        if not self._rec or not torch.is_grad_enabled():
-            return
-        if not self._order_done and li not in self._exec_order:
-            self._exec_order.append(li)
-        if "backprop" in self._need:
+    def _make_layer_hook(self, li: int):
+        bp_fn = self._bp_fns[li]
+
+        def on_layer_forward(module: nn.Module, args: Any, out: Any) -> None:
+            if torch.compiler.is_compiling():
+                self._on_compiled()
+                return
+            self._last_layer = li
+            if li not in self._out_shape and not self._replaying:
+                self._first_forward(li, out)
+            if not self._rec_bp or not torch.is_grad_enabled():
+                return
             if type(out) is torch.Tensor:
                 if out.requires_grad:
-                    fn = out.grad_fn
-                    if fn is not None:
-                        fn.register_prehook(partial(self._on_backprop, li))
-                    else:
-                        out.register_hook(partial(self._on_backprop_tensor, li))
+                    out.register_hook(bp_fn)
             else:
-                seen: set[int] = set()
                 for t in _tensors(out):
                     if t.requires_grad:
-                        fn = t.grad_fn
-                        if fn is None:
-                            t.register_hook(partial(self._on_backprop_tensor, li))
-                        elif id(fn) not in seen:
-                            seen.add(id(fn))
-                            fn.register_prehook(partial(self._on_backprop, li))
+                        t.register_hook(bp_fn)
 
-    def _on_backprop(self, li: int, grad_outputs: tuple[torch.Tensor | None, ...]) -> None:
-        # pre-hook of the autograd node that produced the layer's output: its incoming
-        # gradients are d loss / d output (all outputs of that node).
-        if len(grad_outputs) == 1:
-            g = grad_outputs[0]
-            if g is None:
-                return
-            norm = norm32(g)
-        else:
-            gs = [g for g in grad_outputs if g is not None]
-            if not gs:
-                return
-            norm = torch.linalg.vector_norm(torch.stack([norm32(g) for g in gs]))
-        self._bp_layers.append(li)
-        self._bp_norms.append(norm)
+        return on_layer_forward
 
-    def _on_backprop_tensor(self, li: int, grad: torch.Tensor) -> None:
-        self._bp_layers.append(li)
-        self._bp_norms.append(norm32(grad))
+    def _first_forward(self, li: int, out: Any) -> None:
+        """Once per layer: its output shape (batch included) and its execution order."""
+        first = next(iter(_tensors(out)), None)
+        self._out_shape[li] = list(first.shape) if first is not None else []
+        if not self._order_done and li not in self._exec_order:
+            self._exec_order.append(li)
 
-    def _on_act_forward(self, ai: int, fam: str, module: nn.Module, args: Any, out: Any) -> None:
-        if torch.compiler.is_compiling():
-            self._compiled = True
+    def _make_bp_hook(self, li: int):
+        bp = self._bp
+
+        def on_backprop(grad: torch.Tensor) -> None:
+            # d loss / d output of layer li: one norm into the layer's slot (first call of
+            # the step) or into its accumulator (later calls)
+            try:
+                if bp.stamp[li] != self._step if li < len(bp.stamp) else True:
+                    if (
+                        grad.dtype in FAST_DTYPES
+                        and bp.buf is not None
+                        and grad.device == bp.buf.device
+                        and grad.layout == torch.strided
+                        and not grad.requires_grad
+                    ):
+                        torch.linalg.vector_norm(grad, dtype=F32, out=bp.views[li][0])
+                        bp.stamp[li] = self._step
+                        bp.called.append(li)
+                        return
+                    self._bp_slow(li, grad, first=True)
+                else:
+                    self._bp_slow(li, grad, first=False)
+            except Exception as exc:  # noqa: BLE001 - never take training down
+                self._warn_skip("backprop_norm", exc)
+
+        return on_backprop
+
+    def _bp_slow(self, li: int, grad: torch.Tensor, first: bool) -> None:
+        """General path: other dtypes, layouts or devices, and repeated calls of a layer."""
+        from gradwatch.stats.numeric import dense_real
+
+        g = dense_real(grad.detach())
+        if g is None:
+            self._warn_skip(f"backprop_norm of {grad.layout}/{grad.device.type} gradients")
             return
-        if self._rec_act and self._last_layer >= 0 and torch.is_grad_enabled():
-            if type(out) is torch.Tensor and out.numel() > 0:
-                self._acts.append((self._last_layer, ai, out.detach()))
+        sq = torch.linalg.vector_norm(g, dtype=torch.float64).to(F32).square()
+        if first:
+            self._bp.ensure(len(self.layers), g.device)
+            self._bp.views[li][0].fill_(0.0)
+            self._bp.stamp[li] = self._step
+            self._bp.called.append(li)
+        prev = self._bp.extra.get(li)
+        sq = sq.to(self._bp.buf.device)
+        self._bp.extra[li] = sq if prev is None else prev + sq
 
-    def _record_step(self) -> None:
-        """Turn what the hooks kept for the pending step into blocks (HOT PATH, once a step)."""
-        step = self._step
-        buf = self._buffer
-        if self._grad_blk is not None:
-            block, flags, pids = self._grad_blk
-            buf.append(Block(step, "grad", (pids, *flags), block))
-        if self._bp_norms:
-            norms = torch.stack(self._bp_norms)
-            inv = self._unscale()
-            if not isinstance(inv, float):
-                norms = norms * inv.to(norms.device)
-            buf.append(Block(step, "bp", tuple(self._bp_layers), norms))
-        if self._acts:
-            acts = [a for _, _, a in self._acts]
-            fams = [self._acts_info[ai][2] for _, ai, _ in self._acts]
-            if len({a.device for a in acts}) == 1:
-                sat_dead = self._detail and bool({"saturated_frac", "dead_frac"} & set(self.stats))
-                blk = act_block(acts, fams, detail=sat_dead)
-                key = tuple(
-                    (li, FAMILY_CODE[fams[k]], a.numel(), a[0].numel() if a.dim() >= 2 else 1)
-                    for k, ((li, _, _), a) in enumerate(zip(self._acts, acts, strict=True))
-                )
-                buf.append(Block(step, "act", key, blk))
-        if self._losses:
-            loss = torch.stack(self._losses).mean().reshape(1).to(torch.float32)
-            buf.append(Block(step, "loss", (), loss))
-        if self._clip is not None:
-            norm, coef = self._clip
-            dev = norm.device
-            buf.append(Block(step, "clip", (), torch.stack([norm.float(), coef.float().to(dev)])))
-        if self._detail and "update" in self._need and not self._optimizers:
-            # no optimizer: weights now; the update is measured at the next step() call
-            with torch.no_grad():
-                wblk = weight_block(self._params, self._param_plan())
-            buf.append(Block(step, "weight", self._all_pids, wblk))
-            self._take_snapshot()
-            self._manual_snapshot_step = step
-        self._n_recorded += 1
+    def _make_act_hook(self, ai: int, fam: str):
+        code = FAMILY_CODE[fam]
+        act = self._act
 
-    def _close_step(self) -> None:
-        """Close the pending step: record it if scheduled, reset, maybe flush."""
-        if self._compiled and not self._compile_warned:
-            self._compile_warned = True
-            warnings.warn(
-                "gradwatch: the model runs under torch.compile; to keep the compiled graph "
-                "whole, backprop_norm and activation statistics are not recorded for it "
-                "(gradient, weight, update and loss statistics are). Watch the uncompiled "
-                "model for the full set.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        if self._rec:
-            if self._snap_fresh:
-                self._snap_fresh = False
-                with torch.no_grad():
-                    buf = update_block(self._snapshot, self._params, self._param_plan())
-                self._buffer.append(Block(self._step, "update", self._all_pids, buf))
-            self._record_step()
-            if self._exec_order:
-                self._order_done = True
-        self._bp_layers = []
-        self._bp_norms = []
-        self._acts = []
-        self._losses = []
-        self._clip = None
-        self._grad_blk = None
-        self._pre_done = False
-        self._forward_seen = False
-        self._step += 1
-        self._decide(self._step)
-        self._sync_hooks()
-        if len(self._buffer) and (
-            self._n_recorded % self.flush_every == 0
-            or time.monotonic() - self._last_flush > self.flush_secs
-        ):
-            self.flush(wait=False)
+        def on_act_forward(module: nn.Module, args: Any, out: Any) -> None:
+            if torch.compiler.is_compiling():
+                self._on_compiled()
+                return
+            li = self._last_layer
+            if not self._rec_act or li < 0 or not torch.is_grad_enabled() or self._replaying:
+                return
+            if type(out) is not torch.Tensor or out.numel() == 0:
+                return
+            try:
+                row = self._act_rows.get((ai, li))
+                if row is None:
+                    row = self._new_act_row(ai, li, code, out)
+                a = out.detach()
+                first = act.stamp[row] != self._step
+                if (
+                    first
+                    and a.dtype in FAST_DTYPES
+                    and a.device == act.buf.device
+                    and a.layout == torch.strided
+                ):
+                    v = act.views[row]
+                    torch.sum(a, dim=self._all_dims(a), dtype=F32, out=v[0])
+                    torch.linalg.vector_norm(a, dtype=F32, out=v[1])  # squared at the step
+                    units = 1
+                    got = sat_dead(a, fam, self._channels_first[li]) if self._act_detail else None
+                    if got is not None:
+                        act.buf[row, 2:].copy_(got[0])
+                        units = got[1]
+                    elif self._act_detail:  # neither column applies to this family
+                        act.buf[row, 2:].fill_(float("nan"))
+                    act.stamp[row] = self._step
+                    act.called.append(row)
+                    self._act_n[row] = [a.numel(), units]
+                else:
+                    self._act_slow(row, a, fam, li, first)
+            except Exception as exc:  # noqa: BLE001 - never take training down
+                self._warn_skip("activation statistics", exc)
 
-    def step(self, loss: torch.Tensor | float | None = None) -> None:
-        """Mark the end of a training step (or, with ``optimizer=``, pass the loss).
+        return on_act_forward
 
-        Without ``optimizer=``: call it after ``loss.backward()`` (and before
-        ``optimizer.step()``, so that the update ratio covers the right step); it records
-        the pending step. With ``optimizer=``, steps close on ``optimizer.step()`` and this
-        only attaches the loss: to the step just closed if no forward pass has run since,
-        otherwise to the pending step.
+    _DIMS: dict[int, tuple[int, ...]] = {}
 
-        Args:
-            loss: the training loss (a tensor is kept on its device; no host sync).
-        """
-        self._ensure_open()
-        if loss is not None:
-            if isinstance(loss, torch.Tensor):
-                if loss.numel() != 1:
-                    raise GradwatchValueError(
-                        f"loss must be a scalar, got a tensor of shape {tuple(loss.shape)}; "
-                        "pass loss.mean() or the value you call backward() on"
-                    )
-                val = loss.detach().reshape(())
-            elif isinstance(loss, int | float) and not isinstance(loss, bool):
-                val = torch.tensor(float(loss))
-            else:
-                raise GradwatchTypeError(
-                    f"loss must be a tensor or a number, got {type(loss).__name__}"
-                )
-        if self._optimizers:
-            if loss is not None:
-                if not self._forward_seen and self._step > 0:
-                    prev = self._step - 1  # the step that optimizer.step() just closed
-                    if self._schedule(prev) and self._late_loss_step != prev:
-                        self._late_loss_step = prev  # one loss per step
-                        self._buffer.append(
-                            Block(prev, "loss", (), val.to(torch.float32).reshape(1))
-                        )
-                elif self._rec:
-                    self._losses.append(val)
+    def _all_dims(self, a: torch.Tensor) -> tuple[int, ...]:
+        dims = self._DIMS.get(a.dim())
+        if dims is None:
+            dims = self._DIMS[a.dim()] = tuple(range(a.dim()))
+        return dims
+
+    def _new_act_row(self, ai: int, li: int, code: int, out: torch.Tensor) -> int:
+        row = len(self._act_meta)
+        self._act_rows[(ai, li)] = row
+        self._act_meta.append((li, code))
+        self._act.ensure(row + 1, out.device)
+        return row
+
+    def _act_slow(self, row: int, a: torch.Tensor, fam: str, li: int, first: bool) -> None:
+        """General path: other dtypes or devices, and later calls of a step (accumulated)."""
+        from gradwatch.stats.numeric import dense_real
+
+        d = dense_real(a)
+        if d is None:
+            self._warn_skip(f"activation statistics of {a.layout}/{a.device.type} outputs")
             return
-        # manual mode
-        if loss is not None and self._rec:
-            self._losses.append(val)
-        if self._manual_snapshot_step is not None and self._snapshot is not None:
-            with torch.no_grad():
-                blk = update_block(self._snapshot, self._params, self._param_plan())
-            self._buffer.append(Block(self._manual_snapshot_step, "update", self._all_pids, blk))
-            self._manual_snapshot_step = None
-        if self._rec:
-            self._take_grad_stats()
-        self._close_step()
+        vals, units = act_row(d, fam, self._channels_first[li], self._act_detail)
+        vals = vals.to(self._act.buf.device)
+        vals[1] = vals[1].sqrt()  # stored as a norm, like the in-place path
+        act = self._act
+        if first:
+            act.buf[row].copy_(vals)
+            act.stamp[row] = self._step
+            act.called.append(row)
+            self._act_n[row] = [a.numel(), units]
+            return
+        # a later call of this step: add sums, squares and counts; elements and units grow
+        sq = torch.stack([vals[0], vals[1].square(), vals[2], vals[3]])
+        prev = act.extra.get(row)
+        act.extra[row] = sq if prev is None else prev + sq
+        n = self._act_n[row]
+        n[0] += a.numel()
+        n[1] += units

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from gradwatch.errors import GradwatchValueError, RunDirectoryError
+from gradwatch.monitor.listeners import remove_clip_listener
 from gradwatch.store import lock as run_lock
 from gradwatch.store.format import FINDINGS, META, STATS_DIR, write_json_atomic
 from gradwatch.store.reader import Run, tables_to_frame
@@ -208,11 +209,9 @@ class Lifecycle:
         try:
             for h in self._handles + self._layer_handles + self._act_handles:
                 h.remove()
-            from gradwatch.remedies import clipping
-
             ref = getattr(self, "_clip_ref", None)
-            if ref is not None and ref in clipping._LISTENERS:
-                clipping._LISTENERS.remove(ref)
+            if ref is not None:
+                remove_clip_listener(ref)
             self._handles.clear()
             self._layer_handles.clear()
             self._act_handles.clear()

@@ -36,8 +36,11 @@ class MetaMixin:
                     "type": ly.type_name,
                     "params": int(sum(p.numel() for p in ly.module.parameters(recurse=False))),
                     "shapes": [list(p.shape) for p in ly.module.parameters(recurse=False)],
+                    # the layer's first tensor output at its first recorded forward, batch
+                    # dimension included (None until a recorded forward has run)
+                    "out_shape": self._out_shape.get(li),
                 }
-                for ly in self.layers
+                for li, ly in enumerate(self.layers)
             },
             "activations": {
                 name: {"type": type(m).__name__, "family": fam} for name, m, fam in self._acts_info

@@ -8,7 +8,13 @@ from typing import Any
 import torch
 
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.monitor.listeners import add_clip_listener
 from gradwatch.stats.gradient import NormPlan, grad_block
+from gradwatch.stats.numeric import dense_real
+
+
+class _General(Exception):
+    """Internal signal: take the general gradient path."""
 
 
 def check_optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
@@ -27,6 +33,32 @@ def check_optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
 
 class OptimHooks:
     """Mixin of :class:`~gradwatch.monitor.Monitor`: what runs around ``optimizer.step()``."""
+
+    def _init_optim_hooks(self) -> None:
+        """Per-step optimizer state; step hooks, GradScaler wiring, the clipping listener."""
+        self._snapshot: list[torch.Tensor] | None = None
+        self._manual_snapshot_step: int | None = None
+        self._pre_done = False
+        self._grads_after_step = False
+        self._snap_fresh = False
+        self._grad_blk: tuple[torch.Tensor, Any, tuple[int, ...]] | None = None
+        self._grad_general = False  # some gradient needs the general path (dtype, layout)
+        self._clip: Any = None  # the last ClipResult of gradwatch's clipping on this model
+        self._scale_used: torch.Tensor | None = None  # GradScaler's scale for this step
+        self._skipped = False  # GradScaler skipped this step's optimizer.step()
+        self._origin: tuple[tuple, torch.Tensor] | None = None  # NaN-origin counts
+        self._losses: list[torch.Tensor] = []
+        self._param_ids = {id(p) for p in self._params}
+        if "clip" in self._need:
+            self._clip_ref = add_clip_listener(self._on_clip)
+        for opt in self._optimizers:
+            self._handles.append(opt.register_step_pre_hook(self._on_opt_pre))
+            self._handles.append(opt.register_step_post_hook(self._on_opt_post))
+        self._scaler_patched = False
+        if self._scaler is not None:
+            scaler = self._scaler
+            scaler.step = self._wrap_scaler_step(type(scaler).step.__get__(scaler))
+            self._scaler_patched = True
 
     def _on_clip(self, result: Any, params: list[torch.Tensor]) -> None:
         # gradwatch's clipping ran: keep its tensors if it clipped this model's gradients
@@ -96,17 +128,31 @@ class OptimHooks:
     def _wrap_scaler_step(self, orig: Callable) -> Callable:
         def step(optimizer: torch.optim.Optimizer, *args: Any, **kwargs: Any) -> Any:
             before = self._step
+            last = optimizer is self._optimizers[-1]
+            if last and self._rec and "scaler" in self._need:
+                self._scale_used = self._current_scale()
             out = orig(optimizer, *args, **kwargs)
-            if self._step == before and optimizer is self._optimizers[-1]:
-                # GradScaler skipped optimizer.step() (Inf/NaN found): record the step anyway,
-                # with the unscaled (non-finite) gradients.
+            if self._step == before and last:
+                # GradScaler skipped optimizer.step() (Inf/NaN in the scaled gradients): the
+                # step is recorded (loss, skipped = 1, the scale) without its gradient
+                # statistics, since the overflow is the scaler's routine, not the model's
                 self._pre_done = True
-                if self._rec:
-                    self._take_grad_stats()
+                self._skipped = True
                 self._close_step()
             return out
 
         return step
+
+    def _current_scale(self) -> torch.Tensor:
+        """The scale this step's backward used, as a (1,) float32 device tensor.
+
+        A copy: ``scaler.update()`` changes the scale in place afterwards.
+        """
+        s = self._scaler
+        scale = getattr(s, "_scale", None) if s.is_enabled() else None
+        if scale is None:
+            return self._flags(self._params[0].device)[1]
+        return scale.detach().to(torch.float32).reshape(1).clone()
 
     def _take_grad_stats(self) -> None:
         """Gradient block from the current ``.grad`` of every watched parameter."""
@@ -120,17 +166,57 @@ class OptimHooks:
             grads = [grads[i] for i in pids]
         else:
             pids = self._all_pids
-            plan = self._plan
-            if plan is None or plan.device != grads[0].device or plan.dtype != grads[0].dtype:
-                plan = self._plan = NormPlan(grads)
         if not grads:
             self._grad_blk = None
             return
-        if len({g.device for g in grads}) == 1:
-            block, has_counts = grad_block(grads, self._grad_max, plan)
-        else:  # parameters on several devices: one block per device, moved to the first
-            block, has_counts = _multi_device_grad_block(grads, self._grad_max)
+        try:
+            if self._grad_general:
+                raise _General
+            if pids is self._all_pids:
+                plan = self._plan
+                g0 = grads[0]
+                if plan is None or plan.device != g0.device or plan.dtype != g0.dtype:
+                    plan = self._plan = NormPlan(grads)
+            if len({g.device for g in grads}) == 1:
+                block, has_counts = grad_block(grads, self._grad_max, plan)
+            else:  # parameters on several devices: one block per device, moved to the first
+                block, has_counts = _multi_device_grad_block(grads, self._grad_max)
+        except Exception:  # noqa: BLE001 - sparse, complex, quantized or meta gradients
+            self._grad_general = True
+            got = self._general_grad_block(grads, pids)
+            if got is None:
+                self._grad_blk = None
+                return
+            block, has_counts, pids = got
         self._grad_blk = (block, (has_counts, self._grad_max), pids)
+        if has_counts and block.device.type == "cpu" and self._origin is None:
+            self._trace_origin()  # a non-finite step (CPU: known without a device sync)
+
+    def _general_grad_block(self, grads: list[torch.Tensor], pids: tuple[int, ...]):
+        """Gradient block for gradients the fused path cannot take; skips what has no values.
+
+        Complex gradients count by modulus (‖z‖₂ = ‖|z|‖₂), sparse ones by their stored
+        values, quantized ones dequantized; ``meta`` tensors are skipped with one warning.
+        """
+        keep, dense = [], []
+        for pid, g in zip(pids, grads, strict=True):
+            d = dense_real(g.detach())
+            if d is None:
+                self._warn_skip(f"gradient statistics of {g.layout}/{g.device.type} gradients")
+                continue
+            keep.append(pid)
+            dense.append(d)
+        if not dense:
+            return None
+        try:
+            if len({d.device for d in dense}) == 1:
+                block, has_counts = grad_block(dense, self._grad_max)
+            else:
+                block, has_counts = _multi_device_grad_block(dense, self._grad_max)
+        except Exception as exc:  # noqa: BLE001 - never take training down
+            self._warn_skip("gradient statistics", exc)
+            return None
+        return block, has_counts, tuple(keep)
 
     def _param_plan(self) -> NormPlan:
         plan = getattr(self, "_wplan", None)

@@ -30,10 +30,7 @@ import pyarrow.parquet as pq
 import torch
 
 from gradwatch.stats import ALL_STATS
-from gradwatch.stats.activation import decode_act
-from gradwatch.stats.backprop import decode_backprop
-from gradwatch.stats.gradient import decode_grad
-from gradwatch.stats.update import decode_update, decode_weight
+from gradwatch.stats.registry import decode_block
 from gradwatch.store.format import STATS_DIR, is_real_dir, part_name, write_with
 
 STAT_INDEX = {s: i for i, s in enumerate(ALL_STATS)}
@@ -87,25 +84,7 @@ def decode(layout: Layout, blocks: list[tuple[int, str, Any, int]], flat: np.nda
     for (kind, key), (steps, rows) in groups.items():
         steps_a = np.asarray(steps, dtype=np.int64)
         vals = np.stack(rows)
-        if kind == "grad":
-            pids, has_counts, has_max = key
-            out = decode_grad(vals, has_counts, has_max, pids, layout.layer_params, layout.numel)
-        elif kind == "bp":
-            out = decode_backprop(vals, key)
-        elif kind == "act":
-            out = decode_act(vals, key)
-        elif kind == "weight":
-            out = decode_weight(vals, key, layout.layer_params)
-        elif kind == "update":
-            out = decode_update(vals, key, layout.layer_params)
-        elif kind == "loss":
-            out = {"loss": ([layout.loss_layer], vals.astype(np.float64).sum(1, keepdims=True))}
-        elif kind == "clip":  # (norm, coef) of the last clipping call of the step
-            v = vals.astype(np.float64)
-            out = {"clip_norm": ([layout.loss_layer], v[:, 0:1]),
-                   "clip_coef": ([layout.loss_layer], v[:, 1:2])}
-        else:  # pragma: no cover - blocks are made by the Monitor only
-            raise AssertionError(f"unknown block kind {kind}")
+        out = decode_block(kind, vals, key, layout)  # one definition per block kind
         for stat, (layers, v) in out.items():
             s, nl = len(steps_a), len(layers)
             cols.append(
@@ -198,7 +177,11 @@ class RunWriter:
         """Hand a flush to the writer: one concatenation on the device, no host sync here."""
         if not blocks:
             return None
-        flat = torch.cat([b.tensor.reshape(-1).to(torch.float32) for b in blocks])
+        parts = [b.tensor.reshape(-1).to(torch.float32) for b in blocks]
+        if len({t.device for t in parts}) > 1:
+            # the model moved to another device between flushes: meet on the host (rare)
+            parts = [t.cpu() for t in parts]
+        flat = torch.cat(parts)
         batch = _Batch(flat, [(b.step, b.kind, b.key, b.tensor.numel()) for b in blocks])
         self._q.put(batch)
         return batch
