@@ -8,6 +8,7 @@ from gradwatch import remedies, theory
 from gradwatch.check import Checkup, check
 from gradwatch.diagnose import diagnose, store_findings
 from gradwatch.errors import (
+    DistributedFlushError,
     GradwatchError,
     GradwatchTypeError,
     GradwatchValueError,
@@ -15,12 +16,16 @@ from gradwatch.errors import (
     RunLockedError,
 )
 from gradwatch.findings import Finding
-from gradwatch.monitor import Monitor, watch
+from gradwatch.monitor import Monitor, set_default_diagnose, watch
 from gradwatch.remedies.fix import fix
 from gradwatch.store import Run, load
 
+# diagnosis at close is handed down to the Monitor (it sits below diagnose in the layers)
+set_default_diagnose(lambda run_dir: diagnose(load(run_dir)))
+
 __all__ = [
     "Checkup",
+    "DistributedFlushError",
     "Finding",
     "GradwatchError",
     "GradwatchTypeError",

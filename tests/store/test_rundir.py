@@ -120,7 +120,7 @@ def test_resume_continues_after_the_last_step_on_disk(tmp_path):
         RunDirectory.open(run, resume=True)
     finish(rd2)
     meta = json.loads((run / META).read_text())
-    assert [s["status"] for s in meta["sessions"]] == ["running", "closed"]
+    assert [s["status"] for s in meta["sessions"]] == ["crashed", "closed"]
     assert [s["first_step"] for s in meta["sessions"]] == [0, 5] and meta["resumed"] is True
     assert run_state(run) == "closed"
     assert not (run / RESERVE).exists() and not (run / LOCK).exists()

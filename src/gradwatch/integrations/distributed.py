@@ -15,6 +15,16 @@ rank r's share, equal shares):
 - activation sums, sums of squares and counts add up over ranks (``dead_frac`` becomes the
   ranks' average fraction of dead units);
 - ``loss``: the mean over ranks.
+
+Failures. A flush is a collective, so a rank that fails must not enter one: the others are
+blocked elsewhere (inside DDP's all-reduce) and would never join it. The Monitor therefore
+gathers only when it closes normally; a rank whose training raised closes without any
+collective and its exception propagates, so its process ends and the peers' pending
+collectives fail at once ("connection closed by peer") instead of hanging. Steps flushed
+before stay on disk, rank 0 marks the run "failed", and the steps it buffered since the last
+collective flush (not combined across ranks) are counted as lost. A collective flush that
+fails because a peer is gone raises :class:`~gradwatch.errors.DistributedFlushError` naming
+the cause.
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+
+from gradwatch.errors import DistributedFlushError
 
 
 def is_distributed(process_group: Any = None) -> bool:
@@ -42,12 +54,41 @@ def rank_and_world(process_group: Any = None) -> tuple[int, int]:
 def gather_to_rank0(
     structure: list[tuple[int, str, Any, int]], flat: np.ndarray, process_group: Any = None
 ) -> list[tuple[list, np.ndarray]] | None:
-    """Gather every rank's (structure, flat values); rank 0 gets the list, others None."""
+    """Gather every rank's (structure, flat values); rank 0 gets the list, others None.
+
+    Raises:
+        DistributedFlushError: the collective failed (another rank stopped or timed out).
+    """
     rank, world = rank_and_world(process_group)
     out: list[Any] | None = [None] * world if rank == 0 else None
     dst = dist.get_global_rank(process_group, 0) if process_group is not None else 0
-    dist.gather_object((structure, flat), out, dst=dst, group=process_group)
+    try:
+        dist.gather_object((structure, flat), out, dst=dst, group=process_group)
+    except RuntimeError as exc:  # DistBackendError and gloo's errors are RuntimeErrors
+        raise DistributedFlushError(
+            f"gradwatch: the statistics flush on rank {rank} of {world} failed because "
+            f"another rank stopped ({str(exc).splitlines()[0][:200]}); see that rank's error "
+            "for the cause. Steps flushed before are kept in the run directory"
+        ) from exc
     return out
+
+
+def broadcast_from_rank0(value: Any, process_group: Any = None) -> Any:
+    """Rank 0's ``value`` on every rank (used once, when a resumed run is opened).
+
+    Raises:
+        DistributedFlushError: the collective failed (another rank stopped).
+    """
+    box = [value]
+    src = dist.get_global_rank(process_group, 0) if process_group is not None else 0
+    try:
+        dist.broadcast_object_list(box, src=src, group=process_group)
+    except RuntimeError as exc:
+        raise DistributedFlushError(
+            f"gradwatch: rank 0 could not tell the other ranks where the resumed run "
+            f"continues ({str(exc).splitlines()[0][:200]}); see rank 0's error for the cause"
+        ) from exc
+    return box[0]
 
 
 def combine(gathered: list[tuple[list, np.ndarray]]) -> tuple[list, np.ndarray]:

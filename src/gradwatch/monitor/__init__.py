@@ -26,8 +26,9 @@ from torch import nn
 
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.layers import find_activations, find_layers
+from gradwatch.monitor import options as opts
 from gradwatch.monitor.hooks import HotPath
-from gradwatch.monitor.lifecycle import _LIVE, Lifecycle, _install_sigterm
+from gradwatch.monitor.lifecycle import _DEFAULT_DIAGNOSE, _LIVE, Lifecycle, set_default_diagnose
 from gradwatch.monitor.meta import MetaMixin
 from gradwatch.monitor.optim import OptimHooks, check_optimizers
 from gradwatch.monitor.origin import Forensics
@@ -35,10 +36,10 @@ from gradwatch.monitor.record import StepRecord
 from gradwatch.schedule import make_schedule
 from gradwatch.stats import ALL_STATS, DETAIL_STATS, SOURCES
 from gradwatch.stats.gradient import NormPlan
-from gradwatch.store.format import FINDINGS, META, write_json_atomic
-from gradwatch.store.writer import Block, Layout, RunWriter
+from gradwatch.store.rundir import check_run_dir
+from gradwatch.store.writer import MAX_PENDING_ROWS, Block, Layout, RunWriter
 
-__all__ = ["Monitor", "watch"]
+__all__ = ["Monitor", "set_default_diagnose", "watch"]
 
 
 class Monitor(HotPath, StepRecord, OptimHooks, Forensics, Lifecycle, MetaMixin):
@@ -66,10 +67,13 @@ class Monitor(HotPath, StepRecord, OptimHooks, Forensics, Lifecycle, MetaMixin):
         config: dict[str, Any] | None = None,
         distributed: bool | None = None,
         process_group: Any = None,
-        diagnose: bool = True,
+        diagnose: bool | Callable[[Path], Iterable[Any]] = True,
         tensorboard: str | Path | None = None,
+        resume: bool = False,
+        max_pending_rows: int = MAX_PENDING_ROWS,
     ):
         # -- validate everything before touching the model or the disk ---------------------
+        opts.check_initialised(model)
         layers = find_layers(model)  # raises for non-modules and models without parameters
         self._schedule = make_schedule(every, "every")
         if isinstance(detail_every, bool) or not isinstance(detail_every, int):
@@ -81,14 +85,25 @@ class Monitor(HotPath, StepRecord, OptimHooks, Forensics, Lifecycle, MetaMixin):
                 f"detail_every must be >= 1, got {detail_every}; use 1 to record every "
                 "statistic at every recorded step"
             )
-        for arg, val in (("flush_every", flush_every), ("flush_secs", flush_secs)):
-            if isinstance(val, bool) or not isinstance(val, int | float) or val <= 0:
-                raise GradwatchValueError(f"{arg} must be a positive number, got {val!r}")
-        wanted = set(ALL_STATS if stats is None else stats)
-        unknown = wanted - set(ALL_STATS)
-        if unknown:
+        flush_every = opts.check_flush_every(flush_every)
+        flush_secs = opts.check_flush_secs(flush_secs)
+        wanted = opts.check_stats(stats, ALL_STATS)
+        if run_dir is not None:
+            run_dir = check_run_dir(run_dir)
+        config = opts.check_config(config)
+        for flag, val in (("activations", activations), ("overwrite", overwrite),
+                          ("resume", resume)):
+            opts.check_flag(flag, val)
+        if distributed is not None:
+            opts.check_flag("distributed", distributed)
+        diagnose = opts.check_diagnose(diagnose)
+        opts.check_positive_int("max_pending_rows", max_pending_rows, MAX_PENDING_ROWS)
+        opts.check_optional_path("tensorboard", tensorboard)
+        opts.check_name(name)
+        if overwrite and resume:
             raise GradwatchValueError(
-                f"stats has unknown names {sorted(unknown)}; known: {', '.join(ALL_STATS)}"
+                "overwrite=True and resume=True contradict each other: resume continues the "
+                "run in run_dir, overwrite deletes it; pass one of them"
             )
         if not activations:
             wanted -= set(SOURCES["act"])
@@ -151,22 +166,29 @@ class Monitor(HotPath, StepRecord, OptimHooks, Forensics, Lifecycle, MetaMixin):
 
         # -- run directory --------------------------------------------------------------------
         self.run_dir = Path(run_dir) if run_dir is not None and self.rank == 0 else None
-        self._lock_path: Path | None = None
-        if self.run_dir is not None:
-            self._prepare_run_dir(overwrite)
+        self._step = 0  # index of the pending (not yet closed) step
+        self._n_recorded = 0
+        self._open_run_dir(run_dir, overwrite, resume)  # a resumed run continues its steps
         tb_writer = None
         if tensorboard is not None and self.rank == 0:
             from gradwatch.report.tensorboard import _summary_writer
 
             tb_writer = _summary_writer()(log_dir=str(tensorboard))
-        self._writer = RunWriter(self.run_dir, self._layout, tb_writer)
+        self._writer = RunWriter(
+            self.run_dir,
+            self._layout,
+            tb_writer,
+            first_part=self._rundir.first_part if self._rundir is not None else 0,
+            max_pending_rows=max_pending_rows,
+        )
         self._started = time.time()
-        self._config = dict(config or {})
-        self._diagnose_at_close = bool(diagnose)
+        self._config = config
+        self._diagnose_fn = (
+            diagnose if callable(diagnose)
+            else (_DEFAULT_DIAGNOSE[0] if diagnose and _DEFAULT_DIAGNOSE else None)
+        )
 
         # -- per-step state and hooks (installed once; removed by close) ----------------------
-        self._step = 0  # index of the pending (not yet closed) step
-        self._n_recorded = 0
         self._buffer: list[Block] = []
         self._last_flush = time.monotonic()
         self._closed = False
@@ -174,10 +196,7 @@ class Monitor(HotPath, StepRecord, OptimHooks, Forensics, Lifecycle, MetaMixin):
         self._init_optim_hooks()  # optim.py: optimizer hooks, GradScaler, clipping listener
         self._init_hot_path()  # hooks.py: buffers, hook functions built once, root hook
 
-        if self.run_dir is not None:
-            write_json_atomic(self.run_dir / META, self._meta("running"))
-            (self.run_dir / FINDINGS).touch()
-            _install_sigterm()
+        self._start_run_dir()  # meta.json "running"; signal and exception handlers
         _LIVE.add(self)
 
     # ------------------------------------------------------------------ validation helpers
@@ -215,9 +234,14 @@ def watch(
             steps are recorded as non-finite), ``flush_every`` (steps, default 1000),
             ``flush_secs`` (default 5), ``overwrite`` (replace an existing run), ``name``,
             ``config`` (dict stored in meta.json), ``diagnose`` (default True: diagnose the
-            run when it closes and write ``findings.jsonl``), ``tensorboard`` (a log dir:
-            every flushed value is also written there live, as ``gradwatch report
-            --tensorboard`` would; needs the ``tensorboard`` package).
+            run when it closes and write ``findings.jsonl``; or a callable run directory ->
+            findings), ``tensorboard`` (a log dir: every flushed value is also written there
+            live, as ``gradwatch report --tensorboard`` would; needs the ``tensorboard``
+            package), ``resume`` (continue the run already in ``run_dir``, closed or
+            crashed, from the step after its last step on disk; meta.json records every
+            session), ``max_pending_rows`` (rows held for retry while writes fail, default
+            2,000,000; past it the oldest are dropped and counted in meta.json's
+            ``lost_rows``).
 
     Returns:
         the :class:`Monitor` (a context manager).
@@ -225,7 +249,8 @@ def watch(
     Raises:
         GradwatchTypeError: ``model`` is not an nn.Module, or a wrong argument type.
         GradwatchValueError: ``model`` has no parameters, ``every < 1``, unknown stats.
-        RunLockedError: another writer holds ``run_dir``.
-        RunDirectoryError: ``run_dir`` already holds a run (pass ``overwrite=True``).
+        RunLockedError: another writer (alive) holds ``run_dir``.
+        RunDirectoryError: ``run_dir`` already holds a run (pass ``overwrite=True`` or
+            ``resume=True``), or cannot be written.
     """
     return Monitor(model, run_dir, optimizer, every, activations, **options)

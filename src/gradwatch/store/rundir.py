@@ -204,16 +204,18 @@ class RunDirectory:
         self._session["status"] = status
         if status != RUNNING:
             self._session["ended"] = time.time()
-        sessions = list((self.previous or {}).get("sessions") or [])
+        sessions = [dict(x) for x in (self.previous or {}).get("sessions") or []]
         if self.previous is not None and not sessions:  # a run written before sessions
             sessions = [{"started": self.previous.get("started"),
                          "status": self.previous.get("status"), "first_step": 0}]
+        if sessions and sessions[-1].get("status") == RUNNING:
+            sessions[-1]["status"] = CRASHED  # resumed after its writer died
         meta = dict(body)
         meta["status"] = status
         meta["sessions"] = sessions + [dict(self._session)]
+        meta["resumed"] = self.previous is not None
         if self.previous is not None:
             meta["started"] = self.previous.get("started", meta.get("started"))
-            meta["resumed"] = True
         meta.update(extra)
         return meta
 
