@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradwatch.stats.activation import FAMILY_CODE, act_row, sat_dead
+from gradwatch.stats.activation import FAMILY_CODE, act_row, applicable, detail_into
 
 F32 = torch.float32
 #: dtypes whose tensors take the in-place (``out=``) path; others take the general one.
@@ -49,6 +49,21 @@ def _tensors(out: Any) -> Iterable[torch.Tensor]:
     elif isinstance(out, dict):
         for o in out.values():
             yield from _tensors(o)
+
+
+def _slots(handles: list[Any], fns: list[Any]) -> list[tuple[Any, int, Any]]:
+    """(hook dict, hook id, function) of each registered forward hook."""
+    return [(h.hooks_dict_ref(), h.id, fn) for h, fn in zip(handles, fns, strict=True)]
+
+
+def _switch(slots: list[tuple[Any, int, Any]], on: bool) -> None:
+    for hooks, hid, fn in slots:
+        if hooks is None:
+            continue  # the module is gone
+        if on:
+            hooks[hid] = fn
+        else:
+            hooks.pop(hid, None)
 
 
 class RowBuffer:
@@ -146,27 +161,35 @@ class HotPath:
         )
 
     def _sync_hooks(self) -> None:
-        """Install or remove the per-layer and per-activation hooks for the pending step."""
-        want_layers = self._persistent or self._rec_bp or (self._rec_act and self._acts_info)
-        if want_layers and not self._layer_handles:
+        """Switch the per-layer and per-activation hooks on or off for the pending step.
+
+        The hooks are registered once (their handles live until close); switching one off
+        takes its function out of the module's hook dict and switching it on puts it back,
+        which costs a dict operation instead of a new handle per layer per toggle. A module
+        whose hook dicts are empty takes PyTorch's fast call path.
+        """
+        want_layers = bool(
+            self._persistent or self._rec_bp or (self._rec_act and self._acts_info)
+        )
+        if not self._layer_handles:
             self._layer_handles = [
                 ly.module.register_forward_hook(fn)
                 for ly, fn in zip(self.layers, self._layer_fns, strict=True)
             ]
-        elif not want_layers and self._layer_handles:
-            for h in self._layer_handles:
-                h.remove()
-            self._layer_handles = []
-        want_acts = self._persistent or self._rec_act
-        if want_acts and not self._act_handles:
             self._act_handles = [
                 module.register_forward_hook(fn)
                 for (_, module, _), fn in zip(self._acts_info, self._act_fns, strict=True)
             ]
-        elif not want_acts and self._act_handles:
-            for h in self._act_handles:
-                h.remove()
-            self._act_handles = []
+            self._layer_slots = _slots(self._layer_handles, self._layer_fns)
+            self._act_slots = _slots(self._act_handles, self._act_fns)
+            self._layers_on = self._acts_on = True
+        if want_layers != self._layers_on:
+            _switch(self._layer_slots, want_layers)
+            self._layers_on = want_layers
+        want_acts = bool(self._persistent or self._rec_act)
+        if want_acts != self._acts_on:
+            _switch(self._act_slots, want_acts)
+            self._acts_on = want_acts
 
     def _warn_skip(self, what: str, exc: BaseException | None = None) -> None:
         """Warn once per kind of thing the Monitor could not record; training goes on."""
@@ -287,7 +310,7 @@ class HotPath:
             try:
                 row = self._act_rows.get((ai, li))
                 if row is None:
-                    row = self._new_act_row(ai, li, code, out)
+                    row = self._new_act_row(ai, li, code, fam, out)
                 a = out.detach()
                 first = act.stamp[row] != self._step
                 if (
@@ -300,12 +323,8 @@ class HotPath:
                     torch.sum(a, dim=self._all_dims(a), dtype=F32, out=v[0])
                     torch.linalg.vector_norm(a, dtype=F32, out=v[1])  # squared at the step
                     units = 1
-                    got = sat_dead(a, fam, self._channels_first[li]) if self._act_detail else None
-                    if got is not None:
-                        act.buf[row, 2:].copy_(got[0])
-                        units = got[1]
-                    elif self._act_detail:  # neither column applies to this family
-                        act.buf[row, 2:].fill_(float("nan"))
+                    if self._act_detail:
+                        units = detail_into(a, fam, self._channels_first[li], v[2], v[3])
                     act.stamp[row] = self._step
                     act.called.append(row)
                     self._act_n[row] = [a.numel(), units]
@@ -324,11 +343,17 @@ class HotPath:
             dims = self._DIMS[a.dim()] = tuple(range(a.dim()))
         return dims
 
-    def _new_act_row(self, ai: int, li: int, code: int, out: torch.Tensor) -> int:
+    def _new_act_row(self, ai: int, li: int, code: int, fam: str, out: torch.Tensor) -> int:
         row = len(self._act_meta)
         self._act_rows[(ai, li)] = row
         self._act_meta.append((li, code))
         self._act.ensure(row + 1, out.device)
+        # the columns that do not apply to this family stay NaN for good
+        sat_ok, dead_ok = applicable(fam)
+        if not sat_ok:
+            self._act.buf[row, 2] = float("nan")
+        if not dead_ok:
+            self._act.buf[row, 3] = float("nan")
         return row
 
     def _act_slow(self, row: int, a: torch.Tensor, fam: str, li: int, first: bool) -> None:

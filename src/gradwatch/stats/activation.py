@@ -43,30 +43,35 @@ SATURATION = {"tanh": (0.0, 0.97), "sigmoid": (0.5, 0.47)}
 FAMILY_CODE = {"sigmoid": 1, "tanh": 2, "rectifier": 3, "other": 0}
 
 
-def unit_dims(ndim: int, channels_first: bool) -> tuple[int, ...]:
-    """Dimensions reduced away to leave one value per unit (see the module docstring)."""
-    if ndim < 2:
-        return (0,) if ndim == 1 else ()
-    unit = 1 if (channels_first or ndim == 2) else ndim - 1
-    return tuple(d for d in range(ndim) if d != unit)
+def unit_dim(ndim: int, channels_first: bool) -> int:
+    """The dimension that indexes units (see the module docstring)."""
+    return 1 if (channels_first or ndim == 2) else ndim - 1
 
 
-def sat_dead(a: torch.Tensor, fam: str, channels_first: bool) -> tuple[torch.Tensor, int] | None:
-    """Detail columns of one call: (saturated count, dead units) as (2,) float32, and units.
+def detail_into(
+    a: torch.Tensor, fam: str, channels_first: bool, sat: torch.Tensor, dead: torch.Tensor
+) -> int:
+    """Write one call's saturated count into ``sat`` or its dead units into ``dead``.
 
-    NaN marks a column that does not apply to the family; None if neither applies.
+    ``sat`` and ``dead`` are 0-d float32 views of the Monitor's buffer, written in place.
+    Returns the number of units (1 where neither applies).
     """
     if fam in SATURATION:
         centre, thr = SATURATION[fam]
         dev = a.abs() if centre == 0.0 else (a - centre).abs_()
-        sat = (dev > thr).sum().to(F32)
-        return torch.stack([sat, torch.full_like(sat, float("nan"))]), 1
+        torch.sum(dev > thr, dim=tuple(range(a.dim())), dtype=F32, out=sat)
+        return 1
     if fam == "rectifier" and a.dim() >= 2:
-        dims = unit_dims(a.dim(), channels_first)
-        alive = a.amax(dim=dims) > 0  # (units,)
-        dead = (~alive).sum().to(F32)
-        return torch.stack([torch.full_like(dead, float("nan")), dead]), alive.numel()
-    return None
+        unit = unit_dim(a.dim(), channels_first)
+        alive = a.amax(dim=tuple(d for d in range(a.dim()) if d != unit)) > 0  # (units,)
+        torch.sum(alive.logical_not_(), dim=0, dtype=F32, out=dead)
+        return a.shape[unit]
+    return 1
+
+
+def applicable(fam: str) -> tuple[bool, bool]:
+    """Whether (saturated_frac, dead_frac) apply to an activation family."""
+    return fam in SATURATION, fam == "rectifier"
 
 
 def act_row(a: torch.Tensor, fam: str, channels_first: bool, detail: bool):
@@ -79,13 +84,9 @@ def act_row(a: torch.Tensor, fam: str, channels_first: bool, detail: bool):
     s = a.sum(dtype=acc).to(F32)
     ss = (torch.linalg.vector_norm(a, dtype=acc) ** 2).to(F32)
     nan = torch.full_like(s, float("nan"))
-    units = 1
-    cols = torch.stack([nan, nan])
-    if detail:
-        got = sat_dead(a, fam, channels_first)
-        if got is not None:
-            cols, units = got
-    return torch.cat([torch.stack([s, ss]), cols]), units
+    row = torch.stack([s, ss, nan, nan])
+    units = detail_into(a, fam, channels_first, row[2], row[3]) if detail else 1
+    return row, units
 
 
 def decode_act(
