@@ -186,12 +186,17 @@ def test_read_only_until_close_reports_it_and_the_run_can_be_resumed(tmp_path):
         run_dir = fs.path / "run"
         model = make()
         opt = torch.optim.SGD(model.parameters(), lr=0.05)
-        with pytest.warns(RuntimeWarning, match="final meta.json could not be written"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
             with gw.watch(model, run_dir, optimizer=opt, flush_every=5, flush_secs=1e9) as mon:
                 train_steps(model, opt, mon, 5)
                 mon.flush(wait=True)
                 fs.readonly()
                 train_steps(model, opt, mon, 3)
+        messages = [str(w.message) for w in caught]
+        assert len(messages) == 2 and "Read-only file system" in messages[0]
+        assert messages[1].startswith("gradwatch lost") and "(steps 5-7)" in messages[1]
+        assert "final meta.json could not be written" in messages[1]
         assert gw.load(run_dir).meta["status"] == "running"  # the disk kept the old meta
         fs.writable()
         with pytest.warns(RuntimeWarning, match="stale lock"):
