@@ -35,6 +35,7 @@ import json
 import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -128,7 +129,7 @@ class Runner:
         self.after_backward = None
         self.after_step = None
         if key in CONFIGS:
-            self.mon = gw.watch(self.model, workdir / key, optimizer=self.opt, **CONFIGS[key])
+            self.mon = gw.watch(self.model, workdir, optimizer=self.opt, **CONFIGS[key])
         elif key == "lightning":
             from lightning.pytorch.utilities import grad_norm
 
@@ -136,11 +137,12 @@ class Runner:
         elif key.startswith("wandb"):
             import wandb
 
-            self.wandb_run = wandb.init(project="gradwatch-bench", dir=str(workdir),
-                                        mode="offline", reinit="create_new")
-            freq = 10 if key == "wandb10" else 1
-            self.wandb_run.watch(self.model, log="all", log_freq=freq)
-            self.after_step = lambda: self.wandb_run.log({"loss": 0.0})
+            if wandb.run is None:  # one offline run; wandb.watch follows several models in it
+                (workdir.parent / "wandb").mkdir(parents=True, exist_ok=True)
+                wandb.init(project="gradwatch-bench", dir=str(workdir.parent / "wandb"),
+                           mode="offline")
+            wandb.watch(self.model, log="all", log_freq=10 if key == "wandb10" else 1)
+            self.after_step = lambda: wandb.log({"loss": 0.0})
 
     def steps(self, n: int) -> None:
         model, opt = self.model, self.opt
@@ -209,7 +211,7 @@ def bench_network(name, rounds, steps, workdir, device, clock, anchors) -> dict:
     desc, base, x, loss_fn = make(name, device)
     base = base.to(device)
     keys = ["plain", *CONFIGS, *anchors]
-    runners = {k: Runner(k, base, x, loss_fn, workdir / name) for k in keys}
+    runners = {k: Runner(k, base, x, loss_fn, workdir / name / k) for k in keys}
     for r in runners.values():
         r.steps(3)  # warm-up: plans, buffers, allocator
     times: dict[str, list[float]] = {k: [] for k in keys}
@@ -231,9 +233,10 @@ def bench_network(name, rounds, steps, workdir, device, clock, anchors) -> dict:
         run = gw.load(mon.run_dir)
         size = sum(f.stat().st_size for f in (mon.run_dir / "stats").glob("*.parquet"))
         result[f"bytes_per_value_{k}"] = size / max(len(run.stats), 1)
-    for k in anchors:
-        if k.startswith("wandb"):
-            runners[k].wandb_run.finish(quiet=True)
+    if any(k.startswith("wandb") for k in anchors):
+        import wandb
+
+        wandb.unwatch()
     return result
 
 
@@ -275,6 +278,8 @@ def main() -> None:
             print(f"{r['description']}: plain step {r['plain_step_ms']:.2f} ms | {ratios}",
                   flush=True)
     finally:
+        if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+            sys.modules["wandb"].finish(quiet=True)
         shutil.rmtree(workdir, ignore_errors=True)
     print()
     print(table(results, [*CONFIGS, *anchors]))

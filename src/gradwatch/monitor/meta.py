@@ -75,6 +75,6 @@ class MetaMixin:
 
 
 def _version() -> str:
-    from gradwatch import __version__
+    from gradwatch.version import __version__
 
     return __version__

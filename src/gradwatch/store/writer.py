@@ -139,7 +139,7 @@ class RunWriter:
         self,
         run_dir: Path | None,
         layout: Layout,
-        tensorboard: Any = None,
+        sink: Any = None,
         *,
         first_part: int = 0,
         max_pending_rows: int = MAX_PENDING_ROWS,
@@ -149,14 +149,17 @@ class RunWriter:
         Args:
             run_dir: the run directory (its ``stats/`` exists), or None to keep tables here.
             layout: how to decode blocks.
-            tensorboard: a SummaryWriter written live from this thread, or None.
+            sink: a live sink called from this thread with every decoded flush as
+                ``sink(steps, layer names, stat names, values)`` (and ``sink.close()`` at
+                the end, if it has one), or None. The live TensorBoard export is one; it is
+                handed down from above (this layer imports nothing that renders).
             first_part: number of the first part to write (a resumed run continues after
                 the parts on disk).
             max_pending_rows: most rows held for retries after failed writes.
         """
         self.run_dir = run_dir
         self.layout = layout
-        self._tb = tensorboard  # a SummaryWriter written live, from this thread, or None
+        self._sink = sink  # a live sink called from this thread, or None
         self.tables: list[pa.Table] = []  # in-memory runs keep everything here
         self._pending: list[pa.Table] = []  # rows not yet on disk (after a failed write)
         self._seq = first_part
@@ -230,15 +233,16 @@ class RunWriter:
             batch = self._q.get()
             if batch is None:
                 self._write_pending(final=True)
-                if self._tb is not None:
-                    self._tb.close()
+                close = getattr(self._sink, "close", None)
+                if close is not None:
+                    close()
                 return
             try:
                 flat = batch.flat.detach().cpu().numpy()  # the one transfer per flush
                 arrays = decode(self.layout, batch.blocks, flat)
                 if arrays is not None:
-                    if self._tb is not None:
-                        self._write_tensorboard(arrays)
+                    if self._sink is not None:
+                        self._write_sink(arrays)
                     table = to_table(self.layout, arrays)
                     if self.run_dir is None:
                         self.tables.append(table)
@@ -252,16 +256,13 @@ class RunWriter:
             finally:
                 batch.done.set()
 
-    def _write_tensorboard(self, arrays) -> None:
-        """Every decoded value as a TensorBoard scalar (tag ``stat/layer``, ``loss``)."""
-        from gradwatch.report.tensorboard import tag
-
+    def _write_sink(self, arrays) -> None:
+        """Hand every decoded value to the live sink, with layer and statistic names."""
         names = self.layout.layer_names + [""]
         step, layer, stat, value = arrays
-        for s_, l_, k_, v_ in zip(step.tolist(), layer.tolist(), stat.tolist(), value.tolist(),
-                                  strict=True):
-            self._tb.add_scalar(tag(ALL_STATS[k_], names[l_]), v_, global_step=s_)
-        self._tb.flush()
+        self._sink(
+            step, [names[i] for i in layer.tolist()], [ALL_STATS[k] for k in stat.tolist()], value
+        )
 
     def _bound_pending(self) -> None:
         """Drop the oldest pending tables while more than ``max_pending_rows`` are held."""
