@@ -157,7 +157,7 @@ class Monitor(HotPath, StepRecord, OptimHooks, Forensics, Lifecycle, MetaMixin):
         self._acts_info = find_activations(model) if "act" in self._need else []
 
         # -- distributed: statistics combined across ranks at each flush, rank 0 writes --------
-        from gradwatch.monitor import collective as gw_dist
+        from gradwatch.integrations import distributed as gw_dist
 
         self._dist = gw_dist.is_distributed(process_group) if distributed is None else distributed
         self._pg = process_group
