@@ -148,7 +148,7 @@ class Lifecycle:
             first_step = self._rundir.first_step
             self._n_recorded = self._rundir.steps_on_disk
         if self._dist and resume:  # every rank numbers the steps as rank 0's run does
-            from gradwatch.integrations import distributed as gw_dist
+            from gradwatch.monitor import collective as gw_dist
 
             first_step = gw_dist.broadcast_from_rank0(first_step, self._pg)
         self._step = first_step
@@ -195,7 +195,7 @@ class Lifecycle:
             self._write_meta(RUNNING)
 
     def _flush_distributed(self, wait: bool) -> None:
-        from gradwatch.integrations import distributed as gw_dist
+        from gradwatch.monitor import collective as gw_dist
 
         if self._dist_broken:
             raise DistributedFlushError(
