@@ -33,6 +33,7 @@ from gradwatch.monitor.meta import MetaMixin
 from gradwatch.monitor.optim import OptimHooks, check_optimizers
 from gradwatch.monitor.origin import Forensics
 from gradwatch.monitor.record import StepRecord
+from gradwatch.monitor.sinks import make_live_sink
 from gradwatch.schedule import make_schedule
 from gradwatch.stats import ALL_STATS, DETAIL_STATS, SOURCES
 from gradwatch.stats.gradient import NormPlan
@@ -171,9 +172,7 @@ class Monitor(HotPath, StepRecord, OptimHooks, Forensics, Lifecycle, MetaMixin):
         self._open_run_dir(run_dir, overwrite, resume)  # a resumed run continues its steps
         tb_writer = None
         if tensorboard is not None and self.rank == 0:
-            from gradwatch.report.tensorboard import _summary_writer
-
-            tb_writer = _summary_writer()(log_dir=str(tensorboard))
+            tb_writer = make_live_sink(tensorboard)  # supplied from above by the package root
         self._writer = RunWriter(
             self.run_dir,
             self._layout,
