@@ -51,8 +51,6 @@ PENDING: dict[tuple[str, str], str] = {
     ("experiments", "gradwatch"): "experiments import the package root: laboratory (issue 15)",
     ("demo", "gradwatch"): "demo imports the package root: newcomer (issue 13)",
     ("report", "gradwatch"): "report/html reads gradwatch.__version__: use gradwatch.version",
-    ("monitor", "gradwatch.integrations"): "DDP gather/combine used by the Monitor: move below "
-    "the watch layer (run lifecycle, issue 12)",
 }
 
 

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from gradwatch.jsonable import jsonable
+
 FORMAT_VERSION = 1
 META = "meta.json"
 STATS_DIR = "stats"
@@ -108,8 +110,11 @@ def write_bytes_atomic(path: Path, data: bytes) -> None:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename (see :func:`write_with`)."""
-    data = (json.dumps(obj, indent=2, default=str) + "\n").encode("utf-8")
+    """Write JSON to ``path`` through a temporary file and a rename (see :func:`write_with`).
+
+    Numbers follow :mod:`gradwatch.jsonable`'s convention (NaN and ±inf as strings).
+    """
+    data = (json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n").encode("utf-8")
     write_bytes_atomic(path, data)
 
 

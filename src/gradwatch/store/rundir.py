@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError, RunDirectoryError
 from gradwatch.findings import Finding
+from gradwatch.jsonable import jsonable
 from gradwatch.store import lock as run_lock
 from gradwatch.store.format import (
     FINDINGS,
@@ -246,7 +247,7 @@ class RunDirectory:
     def write_findings(self, findings: Iterable[Finding]) -> None:
         """Replace ``findings.jsonl`` with one ``Finding.to_dict()`` per line (atomically)."""
         lines = "".join(
-            json.dumps(f.to_dict(), allow_nan=False, default=str) + "\n" for f in findings
+            json.dumps(jsonable(f.to_dict()), allow_nan=False) + "\n" for f in findings
         )
         write_bytes_atomic(self.path / FINDINGS, lines.encode("utf-8"))
 
