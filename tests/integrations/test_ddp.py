@@ -113,3 +113,19 @@ def test_one_rank_failing_other_cases(tmp_path, failing, mode):
     """Rank 0 (the writer) failing, and Monitors left open (closed by gradwatch at exit)."""
     procs, outs, seconds = run_failing(tmp_path / "run", failing=failing, mode=mode)
     check_failure(tmp_path / "run", procs, outs, failing, seconds)
+
+
+@pytest.mark.slow
+def test_ddp_resume_numbers_and_flushes_steps_as_rank0s_run(tmp_path):
+    worker = Path(__file__).with_name("ddp_resume_worker.py")
+    port = str(free_port())
+    procs = [subprocess.Popen([sys.executable, str(worker), str(r), "2", port,
+                               str(tmp_path / "run")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for r in range(2)]
+    outs = [p.communicate(timeout=150)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    run = gw.load(tmp_path / "run")
+    assert run.steps == list(range(6)) and run.meta["status"] == "closed"
+    assert not run.stats.duplicated(["step", "layer", "stat"]).any()
+    assert [s["first_step"] for s in run.meta["sessions"]] == [0, 3]

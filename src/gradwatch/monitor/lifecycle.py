@@ -140,18 +140,18 @@ class Lifecycle:
 
     def _open_run_dir(self, run_dir: Any, overwrite: bool, resume: bool) -> None:
         """Open (create or resume) the run directory; set where steps and parts continue."""
-        first_step = 0
+        first_step, recorded = 0, 0
         if self.run_dir is not None:
             self._rundir = RunDirectory.open(
                 run_dir, overwrite=overwrite, resume=resume, layers=self._layer_names
             )
-            first_step = self._rundir.first_step
-            self._n_recorded = self._rundir.steps_on_disk
-        if self._dist and resume:  # every rank numbers the steps as rank 0's run does
+            first_step, recorded = self._rundir.first_step, self._rundir.steps_on_disk
+        if self._dist and resume:
+            # every rank numbers the steps, and flushes, as rank 0's resumed run does
             from gradwatch.monitor import collective as gw_dist
 
-            first_step = gw_dist.broadcast_from_rank0(first_step, self._pg)
-        self._step = first_step
+            first_step, recorded = gw_dist.broadcast_from_rank0((first_step, recorded), self._pg)
+        self._step, self._n_recorded = first_step, recorded
         self._late_loss_step = first_step - 1  # a loss never goes to a step already on disk
 
     def _start_run_dir(self) -> None:
