@@ -8,7 +8,14 @@ argument is a path from :func:`tests.bad_input.places.make_places` (``{a_file}``
 
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import traceback
+import warnings
 from dataclasses import dataclass
+
+from gradwatch.cli import main
 
 NUM_INT = [("zero", "0"), ("negative", "-1"), ("word", "x"), ("float", "1.5"), ("empty", "")]
 SEED = [("negative", "-1"), ("word", "x"), ("float", "0.5"), ("huge", str(2**70))]
@@ -125,3 +132,25 @@ def cli_cases() -> list[tuple[str, list[str], str]]:
                 word = cmd.word.get(option, option)
                 out.append((f"{cmd.name}/{option}={label}", with_bad(cmd, option, value), word))
     return out
+
+
+def run_cli(argv, places):
+    """Run the CLI in-process from the places' folder; return (exit code, stdout, stderr)."""
+    args = [a.format(**{k: str(v) for k, v in places.items()}) for a in argv]
+    out, err = io.StringIO(), io.StringIO()
+    here = os.getcwd()
+    os.chdir(places["root"])  # default output folders land in the temporary folder
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+                warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                code = main(args)
+            except SystemExit as exc:  # argparse's own errors
+                code = exc.code
+            except BaseException:  # noqa: BLE001 - an uncaught error is what a user sees as a traceback
+                traceback.print_exc(file=err)
+                code = "traceback"
+    finally:
+        os.chdir(here)
+    return code, out.getvalue(), err.getvalue()

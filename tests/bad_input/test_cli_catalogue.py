@@ -7,13 +7,9 @@ runs the command anyway fails the case.
 
 from __future__ import annotations
 
-import os
-import warnings
-
 import pytest
 
-from gradwatch.cli import main
-from tests.bad_input.cli_table import cli_cases, names_option
+from tests.bad_input.cli_table import cli_cases, names_option, run_cli
 from tests.bad_input.places import make_places
 
 CASES = cli_cases()
@@ -22,33 +18,6 @@ CASES = cli_cases()
 @pytest.fixture(scope="module")
 def places(tmp_path_factory):
     return make_places(tmp_path_factory.mktemp("bad_cli"))
-
-
-def run_cli(argv, places):
-    """Run the CLI in-process from the places' folder; return (exit code, stdout, stderr)."""
-    import contextlib
-    import io
-
-    args = [a.format(**{k: str(v) for k, v in places.items()}) for a in argv]
-    out, err = io.StringIO(), io.StringIO()
-    here = os.getcwd()
-    os.chdir(places["root"])  # default output folders land in the temporary folder
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                code = main(args)
-            except SystemExit as exc:  # argparse's own errors
-                code = exc.code
-            except BaseException:  # noqa: BLE001 - an uncaught error is what a user sees as a traceback
-                import traceback
-
-                traceback.print_exc(file=err)
-                code = "traceback"
-    finally:
-        os.chdir(here)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.mark.parametrize("argv,word", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
