@@ -76,8 +76,11 @@ def check_path(name: str, value: Any, hint: str = "") -> Path:
             f"{name} must be a path (str or pathlib.Path), got {type(value).__name__}"
             f"{_hint(hint)}"
         )
-    if not os.fspath(value):
+    text = os.fspath(value)
+    if not text:
         raise GradwatchValueError(f"{name} is an empty path; give a file or folder name")
+    if "\x00" in str(text):
+        raise GradwatchValueError(f"{name} {text!r} contains a NUL byte, which no path may hold")
     return Path(value)
 
 

@@ -94,8 +94,10 @@ ACTIVATION = [("unknown", "relux"), ("empty", ""), ("int", 3), ("none", None),
               ("list", ["tanh"])]
 RUN = [("int", 42), ("none", None), ("missing", MISSING), ("a-file", A_FILE),
        ("empty-dir", EMPTY_DIR), ("foreign", FOREIGN), ("list", [1])]
-OUT_FILE = [("none", None), ("int", 123), ("a-folder", EMPTY_DIR), ("under-a-file", UNDER_FILE)]
-OUT_DIR = [("none", None), ("int", 123), ("a-file", A_FILE), ("under-a-file", UNDER_FILE)]
+OUT_FILE = [("none", None), ("int", 123), ("a-folder", EMPTY_DIR), ("under-a-file", UNDER_FILE),
+            ("nul-byte", "x\x00y.html"), ("empty", "")]
+OUT_DIR = [("none", None), ("int", 123), ("a-file", A_FILE), ("under-a-file", UNDER_FILE),
+           ("nul-byte", "x\x00y"), ("empty", "")]
 CHOICE = [("unknown", "magic"), ("empty", ""), ("int", 3), ("none", None)]
 LAYERS = [("unknown", ["nope"]), ("int", 5), ("unknown-str", "nope"), ("list-of-int", [1])]
 INPUTS = [

@@ -25,7 +25,8 @@ def check_seed(seed: int) -> int:
 def check_at_least(option: str, value: int, minimum: int = 1) -> int:
     """An integer option must be >= ``minimum``."""
     if value < minimum:
-        raise GradwatchValueError(f"{option} must be an integer >= {minimum}, got {value}")
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise GradwatchValueError(f"{option} must be {what}, got {value}")
     return value
 
 
@@ -48,7 +49,9 @@ def existing_dir(option: str, value: str) -> Path:
         raise GradwatchValueError(f"{option} is an empty path; give a folder")
     path = Path(value)
     if not path.exists():
-        raise GradwatchValueError(f"{option} {value!r} does not exist; give an existing folder")
+        raise GradwatchValueError(
+            f"{option} {value!r} is not a directory (it does not exist); give an existing folder"
+        )
     if not path.is_dir():
-        raise GradwatchValueError(f"{option} {value!r} is a file, not a folder")
+        raise GradwatchValueError(f"{option} {value!r} is not a directory (it is a file)")
     return path

@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from gradwatch.commands.args import check_at_least, check_seed, out_file
+from gradwatch.commands.args import check_seed, out_file
 from gradwatch.commands.check import add_model_arguments
 from gradwatch.errors import GradwatchValueError
 
@@ -81,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
 
     allow = check_allow([a.strip() for a in args.allow.split(",") if a.strip()])
     check_seed(args.seed)
-    check_at_least("--max-rounds", args.max_rounds, 1)
     if args.save is not None:
         out_file("--save", args.save)
         if not Path(args.save).resolve().parent.is_dir():

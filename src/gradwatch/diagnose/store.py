@@ -37,11 +37,6 @@ def store_findings(run_dir: str | Path, findings: Iterable[Finding]) -> Path:
     path = Path(run_dir)
     if not path.is_dir():
         raise RunDirectoryError(f"run_dir {str(path)!r} is not an existing directory")
-    if not (path / META).is_file():
-        raise RunDirectoryError(
-            f"run_dir {str(path)!r} is not a gradwatch run (no {META}); pass the directory "
-            "given to gw.watch(run_dir=...)"
-        )
     if isinstance(findings, str | bytes | dict) or not hasattr(findings, "__iter__"):
         raise GradwatchTypeError(
             f"findings must be a list of Finding objects, got {type(findings).__name__}; pass "
@@ -55,5 +50,10 @@ def store_findings(run_dir: str | Path, findings: Iterable[Finding]) -> Path:
                 "returned by gw.diagnose"
             )
         lines.append(json.dumps(f.to_dict(), allow_nan=False, default=str))
+    if not (path / META).is_file():
+        raise RunDirectoryError(
+            f"run_dir {str(path)!r} is not a gradwatch run (no {META}); pass the directory "
+            "given to gw.watch(run_dir=...)"
+        )
     # a new temporary file renamed over the target: never through a planted symlink
     return write_atomic(path / FINDINGS, "".join(line + "\n" for line in lines))

@@ -44,6 +44,8 @@ def check_watch_options(owner: str, run_dir: Any, own: tuple[str, ...], **option
                 f"run_dir {str(path)!r} is a file, not a folder; give a folder for the run"
             )
     probe = nn.Linear(1, 1)
-    # the probe's Monitor validates every option; its in-memory run is dropped at once
-    options = {k: v for k, v in options.items() if k not in ("overwrite", "tensorboard")}
-    watch(probe, run_dir=None, **options).close()
+    # The probe's Monitor validates every option; its in-memory run is dropped at once. It is
+    # never distributed: closing it must not wait for other ranks.
+    skip = ("overwrite", "tensorboard", "distributed", "process_group")
+    options = {k: v for k, v in options.items() if k not in skip}
+    watch(probe, run_dir=None, distributed=False, **options).close()

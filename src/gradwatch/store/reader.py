@@ -103,7 +103,7 @@ def read_stats(run_dir: Path) -> pd.DataFrame:
             tables.append(_read_part(part))
         except (OSError, ValueError, pa.ArrowException) as exc:
             warnings.warn(
-                f"skipping part {part}: {exc}; the other parts are loaded",
+                f"skipping unreadable part {part} ({exc}); the other parts are loaded",
                 RuntimeWarning,
                 stacklevel=3,
             )
