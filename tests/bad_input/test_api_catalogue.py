@@ -80,5 +80,5 @@ def test_watch_validation_from_the_monitor_branch(places, spec, param, label, va
 
 
 def test_the_catalogue_is_big_enough():
-    assert len(CASES) >= 250
+    assert len(CASES) >= 300
     assert len({c[0] for c in CASES}) == len(CASES), "case ids must be unique"

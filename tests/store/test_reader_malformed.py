@@ -51,18 +51,22 @@ def _finding_line():
                               severity="error", message="kept").to_dict())
 
 
-@pytest.mark.parametrize("bad_line", [
-    b"[1, 2, 3]",                                   # JSON, not an object
-    b'"just a string"',                             # JSON string
-    b"42",                                          # JSON number
-    b'{"no_kind": 1}',                              # an object without kind
-    b'{"kind": 5}',                                 # kind of the wrong type
-    b'{"kind": "dead", "layers": 3}',               # layers not a list
-    b'{"kind": "dead", "evidence": [1]}',           # evidence not an object
-    b'{"kind": "dead", "steps": ["a", "b"]}',       # steps not integers
-    b"\xff\xfe\x00garbage",                         # not UTF-8
-    b"{truncated",                                  # not JSON
-])
+BAD_LINES = {
+    "list": b"[1, 2, 3]",                                  # JSON, not an object
+    "string": b'"just a string"',
+    "number": b"42",
+    "no-kind": b'{"no_kind": 1}',
+    "kind-not-str": b'{"kind": 5}',
+    "layers-not-list": b'{"kind": "dead", "layers": 3}',
+    "evidence-not-object": b'{"kind": "dead", "evidence": [1]}',
+    "steps-not-int": b'{"kind": "dead", "steps": ["a", "b"]}',
+    "not-utf8": b"\xff\xfe\x00garbage",
+    "not-json": b"{truncated",
+    "too-deep": b"[" * 100_000 + b"]" * 100_000,          # deeper than the parser goes
+}
+
+
+@pytest.mark.parametrize("bad_line", list(BAD_LINES.values()), ids=list(BAD_LINES))
 def test_a_bad_findings_line_is_skipped_with_a_warning(run_dir, bad_line):
     (run_dir / "findings.jsonl").write_bytes(
         bad_line + b"\n" + _finding_line().encode() + b"\n")
@@ -158,7 +162,7 @@ def test_a_meta_json_of_the_wrong_shape_is_a_run_directory_error(run_dir, meta, 
 
 
 def test_a_meta_json_that_is_not_utf8_or_not_json_is_a_run_directory_error(run_dir):
-    for content in (b"\xff\xfe{\x00", b'{"format_version": 1,'):
+    for content in (b"\xff\xfe{\x00", b'{"format_version": 1,', b"[" * 100_000):
         (run_dir / "meta.json").write_bytes(content)
         with pytest.raises(RunDirectoryError, match="meta.json is corrupt"):
             gw.load(run_dir)

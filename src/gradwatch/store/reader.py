@@ -222,8 +222,8 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     where = f"run_dir {str(run_dir)!r}: {META}"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        raise RunDirectoryError(f"{where} is corrupt ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError: a ValueError
+        raise RunDirectoryError(f"{where} is corrupt ({type(exc).__name__}: {exc})") from None
     if not isinstance(meta, dict) or "format_version" not in meta:
         raise RunDirectoryError(
             f"{where} is not a gradwatch run description (a JSON "
@@ -280,7 +280,7 @@ def read_findings(fpath: Path) -> list[dict[str, Any]]:
         try:
             d = json.loads(line.decode("utf-8"))
             Finding.from_dict(_finding_fields(d))
-        except (ValueError, TypeError):  # UnicodeDecodeError is a ValueError
+        except (ValueError, TypeError, RecursionError):  # UnicodeDecodeError: a ValueError
             skipped += 1
             continue
         findings.append(d)
