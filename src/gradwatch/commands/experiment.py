@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from gradwatch.commands.args import check_seed, out_dir
 from gradwatch.errors import GradwatchValueError
 
 
@@ -63,11 +64,12 @@ def run(args: argparse.Namespace) -> int:
             f"give an experiment NAME ({', '.join(EXPERIMENTS)} or 'all'), or --list"
         )
     names = list(EXPERIMENTS) if args.name == "all" else [get(args.name).name]
-    if args.seed < 0:
-        raise GradwatchValueError(f"--seed must be >= 0, got {args.seed}")
-    out_root = Path(args.out) if args.out else Path("experiments") / time.strftime("%Y%m%d-%H%M%S")
-    if out_root.exists() and not out_root.is_dir():
-        raise GradwatchValueError(f"--out {str(out_root)!r} is a file; give a folder")
+    check_seed(args.seed)
+    out_dir("--out", args.out)
+    out_root = (
+        Path(args.out) if args.out is not None
+        else Path("experiments") / time.strftime("%Y%m%d-%H%M%S")
+    )
     failed = []
     for name in names:
         out = out_root / name if (args.name == "all" or args.out is None) else out_root

@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-from gradwatch.errors import GradwatchValueError
+from gradwatch.commands.args import existing_dir
+from gradwatch.errors import RunDirectoryError
 from gradwatch.findings import SEVERITY_RANK
 from gradwatch.store.format import FINDINGS, META
+from gradwatch.store.reader import read_findings, read_meta
 
 
 def find_runs(root: Path, max_depth: int = 3) -> list[Path]:
@@ -51,17 +54,13 @@ def verdict_of(findings: list[dict]) -> str:
 def summarize(run_dir: Path) -> dict:
     """One row of the listing, read from meta.json and findings.jsonl only."""
     try:
-        meta = json.loads((run_dir / META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = read_meta(run_dir)  # checks the shape and types of what is read below
+    except RunDirectoryError:
         return {"run": str(run_dir), "status": "corrupt meta.json"}
-    findings = []
     fpath = run_dir / FINDINGS
-    if fpath.is_file():
-        for line in fpath.read_text(encoding="utf-8").splitlines():
-            try:
-                findings.append(json.loads(line))
-            except ValueError:
-                continue
+    with warnings.catch_warnings():  # a listing skips bad lines without a word per run
+        warnings.simplefilter("ignore")
+        findings = read_findings(fpath)
     diagnosed = bool(meta.get("diagnosed")) or (fpath.is_file() and fpath.stat().st_size > 0)
     return {
         "run": str(run_dir),
@@ -77,9 +76,7 @@ def summarize(run_dir: Path) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """Print the table (or JSON) of runs."""
-    root = Path(args.dir)
-    if not root.is_dir():
-        raise GradwatchValueError(f"DIR {str(root)!r} is not a directory")
+    root = existing_dir("DIR", args.dir)
     rows = [summarize(p) for p in find_runs(root)]
     if args.json:
         print(json.dumps(rows, indent=2))

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from gradwatch.argcheck import check_out_dir, refuse_symlink
 from gradwatch.errors import GradwatchError
 from gradwatch.report._data import as_run, findings_and_verdict
 
@@ -82,9 +83,9 @@ def export_tensorboard(run_or_path: Any, logdir: str | Path) -> Path:
             ImportError naming ``pip install gradwatch[tensorboard]``).
         RunDirectoryError: ``run_or_path`` is not a readable run directory.
     """
+    out = refuse_symlink("logdir", check_out_dir("logdir", logdir))
     run = as_run(run_or_path)
     writer_cls = _summary_writer()
-    out = Path(logdir)
     out.mkdir(parents=True, exist_ok=True)
     stats = run.stats.sort_values(["step", "layer", "stat"], kind="stable")
     tags = [tag(s, ly) for s, ly in zip(stats["stat"], stats["layer"], strict=True)]

@@ -29,6 +29,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from gradwatch.argcheck import check_number
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.theory import fixed_points
 from gradwatch.theory.activations import Activation, activation_from_module, resolve_activation
@@ -116,12 +117,14 @@ def predict(model: nn.Module, q0: float = 1.0, tol: float = CRITICAL_TOL) -> Pre
             f"q0 must be a finite number > 0, got {q0!r}; it is the mean square of the input "
             "coordinates, 1.0 for standardised inputs"
         )
+    check_number("tol", tol, at_least=0.0, hint="the half-width of the critical band, e.g. 0.01")
     layers = _layers_and_activations(model)
     if not layers:
         raise GradwatchValueError(
             f"model has no nn.Linear or nn.Conv1d/2d/3d layer (it is a {type(model).__name__}); "
             "predict() needs a stack of such layers and activation modules"
         )
+    _check_weights(layers)
     rows = []
     dphi2 = []  # ∫Dz φ'(√q z)² per layer: the activation's share of the backward factor
     m_prev = float(q0)
@@ -170,6 +173,27 @@ def predict(model: nn.Module, q0: float = 1.0, tol: float = CRITICAL_TOL) -> Pre
         verdict=verdict,
         depth=depth,
     )
+
+
+def _check_weights(layers: list[tuple[str, nn.Module, Activation]]) -> None:
+    """Each layer's weight must be materialised, non-empty and finite."""
+    for name, module, _ in layers:
+        w = module.weight
+        label = f"model layer {name or '(the model itself)'!r} ({type(module).__name__})"
+        if isinstance(w, nn.parameter.UninitializedParameter):
+            raise GradwatchValueError(
+                f"{label} has uninitialised (lazy) weights; run one forward pass first"
+            )
+        if w.numel() == 0:
+            raise GradwatchValueError(
+                f"{label} has no weights (shape {tuple(w.shape)}); every layer needs at least "
+                "one input and one output"
+            )
+        if not bool(torch.isfinite(w).all()):
+            raise GradwatchValueError(
+                f"{label} has non-finite weights (NaN or Inf), so no prediction holds; "
+                "re-initialise it, e.g. gw.remedies.init_(model, 'he')"
+            )
 
 
 def _layers_and_activations(model: nn.Module) -> list[tuple[str, nn.Module, Activation]]:
