@@ -19,12 +19,13 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 _SPEC_HINT = "write it as FILE.py:FACTORY, e.g. models.py:make_model"
 #: Width of the log10 backprop_norm bar, in characters.
@@ -107,6 +108,8 @@ def load_model(spec: str) -> tuple[nn.Module, Any, Any]:
         GradwatchTypeError: the factory gives something other than a model (or a tuple
             starting with one).
     """
+    from torch import nn  # here, not at the top: ``gradwatch --help`` must not load torch
+
     path_str, sep, name = spec.rpartition(":")
     if not sep or not path_str or not name:
         raise GradwatchValueError(f"model {spec!r} has no ':FACTORY' part; {_SPEC_HINT}")
@@ -173,6 +176,8 @@ def random_inputs(shape: str, seed: int = 0) -> torch.Tensor:
     Raises:
         GradwatchValueError: ``shape`` is not positive integers separated by commas.
     """
+    import torch
+
     try:
         dims = tuple(int(d) for d in shape.split(",") if d.strip())
     except ValueError:
@@ -191,6 +196,8 @@ def random_targets(spec: str, batch: int, seed: int = 0) -> torch.Tensor:
     Raises:
         GradwatchValueError: ``spec`` is not ``classes:K`` with K >= 2.
     """
+    import torch
+
     kind, _, k = spec.partition(":")
     if kind != "classes" or not k.isdigit() or int(k) < 2:
         raise GradwatchValueError(
@@ -201,6 +208,8 @@ def random_targets(spec: str, batch: int, seed: int = 0) -> torch.Tensor:
 
 
 def _batch(inputs: Any) -> int:
+    import torch
+
     x = inputs[0] if isinstance(inputs, tuple | list) else inputs
     if not isinstance(x, torch.Tensor) or x.dim() == 0:
         raise GradwatchValueError("--targets needs inputs with a batch dimension")

@@ -25,12 +25,13 @@ from gradwatch.errors import GradwatchValueError
 
 #: Most per-layer rows printed; the middle of a longer table is elided.
 MAX_ROWS = 30
+#: The kinds of change ``--allow`` takes: ``gradwatch.remedies.fix.KINDS``, written out here
+#: so that ``gradwatch fix --help`` does not import torch (a test checks they agree).
+KINDS = ("init", "activation", "normalization", "residual")
 
 
 def register(subparsers: Any) -> None:
     """Add the ``fix`` command to the gradwatch parser."""
-    from gradwatch.remedies.fix import KINDS
-
     parser = subparsers.add_parser(
         "fix",
         help="apply remedies (init, activation, norm, residual) to a copy and verify them",

@@ -23,7 +23,12 @@ class MissingExtraError(GradwatchError, ImportError):
     """An optional dependency of the feature asked for is not installed."""
 
 
-def _summary_writer() -> Any:
+def summary_writer_class() -> Any:
+    """``torch.utils.tensorboard.SummaryWriter``, imported on first use.
+
+    Raises:
+        MissingExtraError: the tensorboard package is not installed (names the extra).
+    """
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
@@ -32,6 +37,11 @@ def _summary_writer() -> Any:
             f"install it with `{EXTRA_HINT}` ({exc})"
         ) from None
     return SummaryWriter
+
+
+# The old private name, kept only until gradwatch.monitor takes the writer class as an
+# argument instead of importing it from this (higher) layer.
+_summary_writer = summary_writer_class
 
 
 def tag(stat: str, layer: str) -> str:
@@ -60,7 +70,7 @@ def export_tensorboard(run_or_path: Any, logdir: str | Path) -> Path:
         RunDirectoryError: ``run_or_path`` is not a readable run directory.
     """
     run = as_run(run_or_path)
-    writer_cls = _summary_writer()
+    writer_cls = summary_writer_class()
     out = Path(logdir)
     out.mkdir(parents=True, exist_ok=True)
     stats = run.stats.sort_values(["step", "layer", "stat"], kind="stable")
