@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 _SPEC_HINT = "write it as FILE.py:FACTORY, e.g. models.py:make_model"
 #: Width of the log10 backprop_norm bar, in characters.
-BAR_WIDTH = 16
+BAR_WIDTH = 12
 #: Most per-layer rows printed; the middle of a longer table is elided.
 MAX_ROWS = 40
 
@@ -250,16 +250,20 @@ def print_checkup(cu: Any) -> None:
     bp = [float(v) for v in cu.table["backprop_norm"] if math.isfinite(v) and v > 0]
     lo, hi = (math.log10(min(bp)), math.log10(max(bp))) if bp else (0.0, 0.0)
     table = Table(title="layers, input side first; bar: log10 ‖∂L/∂output‖")
+    # Layer names wrap rather than being cut: siblings ("layer1.0.conv1", "layer1.0.conv2")
+    # differ at the end, which an ellipsis would hide.
     for col, just in (
         ("layer", "left"),
         ("type", "left"),
-        ("backprop_norm", "right"),
+        ("‖∂L/∂out‖", "right"),
         ("", "left"),
-        ("grad_norm", "right"),
+        ("‖∂L/∂W‖", "right"),
         ("dead", "right"),
         ("sat.", "right"),
     ):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+        wrap = col == "layer"
+        table.add_column(col, justify=just, overflow="fold" if wrap else "ellipsis",  # type: ignore[arg-type]
+                         no_wrap=not wrap, ratio=1 if wrap else None)
     rows = list(cu.table.itertuples(index=False))
     if len(rows) > MAX_ROWS:
         half = MAX_ROWS // 2

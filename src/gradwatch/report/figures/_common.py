@@ -11,6 +11,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from gradwatch.report.names import shorten
+
 #: Colour of non-finite markers and guide lines that mean "look here".
 ALARM = "#d62728"
 
@@ -85,17 +87,8 @@ def layer_axis(ax: Axes, layers: Sequence[str], max_labels: int = 40, axis: str 
 
 
 def short(name: str, width: int = 24) -> str:
-    """A layer name shortened from the middle to ``width`` characters.
-
-    Both ends are kept (``encoder.layers.0…attn.q_proj``): the start says where the layer is,
-    the end which one it is, so that sibling layers stay distinguishable.
-    """
-    name = name or "(root)"
-    if len(name) <= width:
-        return name
-    head = (width - 1) // 2
-    tail = width - 1 - head
-    return name[:head] + "…" + name[-tail:]
+    """A layer name shortened from the middle to ``width`` characters (see :func:`shorten`)."""
+    return shorten(name, width)
 
 
 def step_colours(n: int) -> list[tuple[float, float, float, float]]:
