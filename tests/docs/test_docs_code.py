@@ -5,7 +5,8 @@ other would), in a temporary working directory of their own, on one thread, with
 environment restored after each block. One test per block, so a failure names the page, the
 block and (in the traceback) the line of the Markdown file. A block marked
 ``<!-- docs-test: requires=lightning -->`` is skipped, with the reason, when that module is
-not installed; CI installs every extra, so there it runs.
+not installed, and so is every later block of its page (they run in its namespace and may use
+its names); CI installs every extra, so there they run.
 """
 
 from __future__ import annotations
@@ -77,6 +78,13 @@ def test_docs_python_block(block: Block, tmp_path_factory: pytest.TempPathFactor
     page = _page(block, tmp_path_factory)
     if page.failed:
         pytest.skip(f"block {page.failed} of this page failed; the later blocks need its names")
+    # a later block may use the names of a block skipped for a missing module: skip it too
+    for earlier in BLOCKS:
+        if earlier.page == block.page and earlier.index < block.index and earlier.missing():
+            pytest.skip(
+                f"block {earlier.id} needs {', '.join(earlier.missing())}, not installed here "
+                f"(CI installs it), and this block runs after it in the same namespace"
+            )
     # run earlier blocks first when this one is selected alone (pytest -k)
     for earlier in BLOCKS:
         if earlier.page == block.page and earlier.index < block.index:

@@ -81,7 +81,10 @@ def figure_block(make: Callable[[], Any], func: Any, caption: str, extra: str = 
     """
     wide = svg_uri(make())
     with narrow_layout():
-        narrow = svg_uri(make())
+        small = make()
+        for ax in small.axes:  # a long panel title wraps instead of running off the figure
+            ax.title.set_wrap(True)
+        narrow = svg_uri(small)
     help_text = how_to_read(func)
     help_html = (
         f'<details><summary>How to read this figure</summary><p class="help">'
