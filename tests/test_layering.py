@@ -26,7 +26,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gradwatch"
 
-BOTTOM = ("errors", "findings", "layers", "schedule", "structure", "jsonable", "version")
+BOTTOM = ("argcheck", "errors", "findings", "handoff", "layers", "schedule", "structure", "jsonable", "version")
 ORDER: list[tuple[str, ...]] = [
     BOTTOM,
     ("stats", "theory"),

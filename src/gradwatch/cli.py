@@ -2,12 +2,17 @@
 
 Each command lives in its own module that exposes ``register(subparsers)``; this file only
 collects them and turns gradwatch errors into a one-line message and exit code 2.
+
+Building the parser imports no torch (the command modules import it inside their ``run``), so
+``gradwatch --help`` and every ``gradwatch COMMAND --help`` answer at once. Help texts are
+often taken from docstrings: their reStructuredText inline markup is removed before printing.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -42,6 +47,30 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+_MARKUP = re.compile(r"``(.+?)``|:(?:func|class|mod|meth|data|attr):`~?([^`]+)`|\*\*(.+?)\*\*")
+
+
+def plain(text: str | None) -> str | None:
+    """``text`` without reStructuredText inline markup (````x````, ``:func:`x```, ``**x**``)."""
+    if text is None:
+        return None
+    return _MARKUP.sub(lambda m: next(g for g in m.groups() if g is not None), text)
+
+
+def _clean_help(parser: argparse.ArgumentParser) -> None:
+    """Remove docstring markup from a parser's texts, its arguments' and its commands'."""
+    parser.description = plain(parser.description)
+    parser.epilog = plain(parser.epilog)
+    for action in parser._actions:
+        if isinstance(action.help, str):
+            action.help = plain(action.help)
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = plain(choice.help)
+            for sub in set(action.choices.values()):
+                _clean_help(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every command registered."""
     from gradwatch import __version__
@@ -54,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod_name in COMMAND_MODULES:
         importlib.import_module(mod_name).register(sub)
+    _clean_help(parser)
     return parser
 
 

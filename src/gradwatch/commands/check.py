@@ -20,17 +20,18 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from gradwatch.commands.args import check_seed
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
 _SPEC_HINT = "write it as FILE.py:FACTORY, e.g. models.py:make_model"
 #: Width of the log10 backprop_norm bar, in characters.
-BAR_WIDTH = 16
+BAR_WIDTH = 12
 #: Most per-layer rows printed; the middle of a longer table is elided.
 MAX_ROWS = 40
 
@@ -125,6 +126,8 @@ def load_model(spec: str) -> tuple[nn.Module, Any, Any]:
         GradwatchTypeError: the factory gives something other than a model (or a tuple
             starting with one).
     """
+    from torch import nn  # here, not at the top: ``gradwatch --help`` must not load torch
+
     path_str, sep, name = spec.rpartition(":")
     if not sep or not path_str or not name:
         raise GradwatchValueError(f"model {spec!r} has no ':FACTORY' part; {_SPEC_HINT}")
@@ -219,6 +222,8 @@ def random_inputs(shape: str, seed: int = 0) -> torch.Tensor:
     Raises:
         GradwatchValueError: as :func:`input_dims`.
     """
+    import torch
+
     dims = input_dims(shape)
     return torch.randn(dims, generator=torch.Generator().manual_seed(seed))
 
@@ -229,6 +234,8 @@ def random_targets(spec: str, batch: int, seed: int = 0) -> torch.Tensor:
     Raises:
         GradwatchValueError: ``spec`` is not ``classes:K`` with K >= 2.
     """
+    import torch
+
     kind, _, k = spec.partition(":")
     if kind != "classes" or not k.isdigit() or int(k) < 2:
         raise GradwatchValueError(
@@ -239,6 +246,8 @@ def random_targets(spec: str, batch: int, seed: int = 0) -> torch.Tensor:
 
 
 def _batch(inputs: Any) -> int:
+    import torch
+
     x = inputs[0] if isinstance(inputs, tuple | list) else inputs
     if not isinstance(x, torch.Tensor) or x.dim() == 0:
         raise GradwatchValueError("--targets needs inputs with a batch dimension")
@@ -279,16 +288,20 @@ def print_checkup(cu: Any) -> None:
     bp = [float(v) for v in cu.table["backprop_norm"] if math.isfinite(v) and v > 0]
     lo, hi = (math.log10(min(bp)), math.log10(max(bp))) if bp else (0.0, 0.0)
     table = Table(title="layers, input side first; bar: log10 ‖∂L/∂output‖")
+    # Layer names wrap rather than being cut: siblings ("layer1.0.conv1", "layer1.0.conv2")
+    # differ at the end, which an ellipsis would hide.
     for col, just in (
         ("layer", "left"),
         ("type", "left"),
-        ("backprop_norm", "right"),
+        ("‖∂L/∂out‖", "right"),
         ("", "left"),
-        ("grad_norm", "right"),
+        ("‖∂L/∂W‖", "right"),
         ("dead", "right"),
         ("sat.", "right"),
     ):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+        wrap = col == "layer"
+        table.add_column(col, justify=just, overflow="fold" if wrap else "ellipsis",  # type: ignore[arg-type]
+                         no_wrap=not wrap, ratio=1 if wrap else None)
     rows = list(cu.table.itertuples(index=False))
     if len(rows) > MAX_ROWS:
         half = MAX_ROWS // 2

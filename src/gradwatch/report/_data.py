@@ -187,12 +187,8 @@ def findings_and_verdict(
 
 
 def _verdict(findings: list[Finding]) -> str:
-    try:
-        from gradwatch.diagnose import verdict
-    except ImportError:  # pragma: no cover
-        from gradwatch.commands.runs import verdict_of
+    from gradwatch.diagnose import verdict
 
-        return verdict_of([f.to_dict() for f in findings])
     return verdict(findings)
 
 

@@ -24,7 +24,12 @@ class MissingExtraError(GradwatchError, ImportError):
     """An optional dependency of the feature asked for is not installed."""
 
 
-def _summary_writer() -> Any:
+def summary_writer_class() -> Any:
+    """``torch.utils.tensorboard.SummaryWriter``, imported on first use.
+
+    Raises:
+        MissingExtraError: the tensorboard package is not installed (names the extra).
+    """
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
@@ -33,6 +38,11 @@ def _summary_writer() -> Any:
             f"install it with `{EXTRA_HINT}` ({exc})"
         ) from None
     return SummaryWriter
+
+
+# The old private name, kept only until gradwatch.monitor takes the writer class as an
+# argument instead of importing it from this (higher) layer.
+_summary_writer = summary_writer_class
 
 
 def tag(stat: str, layer: str) -> str:
@@ -85,7 +95,7 @@ def export_tensorboard(run_or_path: Any, logdir: str | Path) -> Path:
     """
     out = refuse_symlink("logdir", check_out_dir("logdir", logdir))
     run = as_run(run_or_path)
-    writer_cls = _summary_writer()
+    writer_cls = summary_writer_class()
     out.mkdir(parents=True, exist_ok=True)
     stats = run.stats.sort_values(["step", "layer", "stat"], kind="stable")
     tags = [tag(s, ly) for s, ly in zip(stats["stat"], stats["layer"], strict=True)]
