@@ -4,7 +4,7 @@ import copy
 
 import pytest
 
-from gradwatch.experiments import glorot2010, he2015, residual, xiong2020
+from gradwatch.experiments import glorot2010, he2015, residual
 
 
 def _holds(claims, text):
@@ -88,45 +88,6 @@ CASES = [
     ),
     (residual, "residual", ("runs", "50-plain+bn", "loss_end"), 0.01, "trains worse than the"),
     (residual, "residual", ("runs", "50-residual", "loss_end"), 2.3, "Degradation"),
-    # xiong2020: post-LN as flat and small as pre-LN at init
-    (
-        xiong2020,
-        "xiong2020",
-        ("init", "post-LN-L24", "ffn_grad"),
-        lambda g: [0.02] * len(g),
-        "larger near the output",
-    ),
-    # pre-LN rising toward the output like post-LN
-    (
-        xiong2020,
-        "xiong2020",
-        ("init", "pre-LN-L12", "ffn_grad"),
-        lambda g: [v * (1 + 0.2 * i) for i, v in enumerate(g)],
-        "larger near the output",
-    ),
-    # the deep pre-LN net's last-layer gradient as large as the shallow one's
-    (
-        xiong2020,
-        "xiong2020",
-        ("init", "pre-LN-L24", "ffn_grad"),
-        lambda g: [v * 3 for v in g],
-        "shrinks at least about as 1/√L",
-    ),
-    # the deep post-LN net's last-layer gradient shrinking with depth
-    (
-        xiong2020,
-        "xiong2020",
-        ("init", "post-LN-L24", "ffn_grad"),
-        lambda g: [v / 3 for v in g],
-        "shrinks at least about as 1/√L",
-    ),
-    (xiong2020, "xiong2020", ("runs", "post-LN", "loss_end"), 0.01, "Without warmup"),
-    (xiong2020, "xiong2020", ("runs", "pre-LN", "loss_end"), 2.7, "Without warmup"),
-    (xiong2020, "xiong2020", ("runs", "pre-LN", "all_finite"), False, "Without warmup"),
-    (xiong2020, "xiong2020", ("runs", "post-LN+warmup", "loss_end"), 2.7, "Warmup rescues"),
-    (xiong2020, "xiong2020", ("runs", "post-LN+warmup", "all_finite"), False, "Warmup rescues"),
-    (xiong2020, "xiong2020", ("runs", "post-LN", "flagged"), [], "gw.diagnose flags"),
-    (xiong2020, "xiong2020", ("runs", "pre-LN", "flagged"), ["stalled"], "gw.diagnose flags"),
 ]
 
 

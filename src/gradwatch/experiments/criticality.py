@@ -29,11 +29,11 @@ What the paper found, and what this script measures and checks:
    (E[δ_l²] = χ1 E[δ_{l+1}²]): it vanishes in the ordered phase and explodes in the chaotic
    one. Measured: the per-layer log-slope of ``backprop_norm`` at step 0 of each run
    (recorded by ``gw.watch``), against the predicted ½ ln χ1 per layer toward the input.
-3. Not the paper's, but the lab's: the grid is a set of independent trainings, run on a
-   local process pool (``executor="local"``) or on Ray (``executor="ray"``). Each job is
-   seeded by its grid point, so the numbers do not depend on where or in what order the
-   jobs ran. Checked: a few grid points are trained again in this process and must give the
-   same numbers as the executor did.
+Not a claim of the paper, but a property of the lab, tested in
+``tests/experiments/test_criticality.py`` rather than claimed here: the grid is a set of
+independent trainings, run on a local process pool (``executor="local"``) or on Ray
+(``executor="ray"``); each job is seeded by its grid point, so the numbers do not depend
+on where or in what order the jobs ran.
 
 How to read the figure (``figures/phase_diagram``): left, test accuracy over σw² (x) and
 depth (y, log scale), bright = trained; the white curve is the predicted trainable depth
