@@ -276,6 +276,13 @@ class Monitor:
             scaler.step = self._wrap_scaler_step(type(scaler).step.__get__(scaler))
             self._scaler_patched = True
 
+        # -- structure (issue 11): meta["structure"] = describe(model), refined from the loss's
+        # autograd graph at the first step with a loss tensor (residual joins, attention).
+        # Guarded: reading the structure must never break training.
+        self._structure: dict[str, Any] | None = _describe_structure(model, None)
+        self._structure_from_graph = False
+        # -- end structure ------------------------------------------------------------------
+
         if self.run_dir is not None:
             write_json_atomic(self.run_dir / META, self._meta("running"))
             (self.run_dir / FINDINGS).touch()
@@ -345,6 +352,7 @@ class Monitor:
                 name: {"type": type(m).__name__, "family": fam}
                 for name, m, fam in self._acts_info
             },
+            "structure": self._structure,  # issue 11 structure block
             "model": {
                 "class": type(self.model).__name__,
                 "parameters": int(n_params),
@@ -693,6 +701,17 @@ class Monitor:
             loss: the training loss (a tensor is kept on its device; no host sync).
         """
         self._ensure_open()
+        # -- structure (issue 11): once, from the first loss tensor's autograd graph ---------
+        if (
+            not self._structure_from_graph
+            and isinstance(loss, torch.Tensor)
+            and loss.grad_fn is not None
+        ):
+            self._structure_from_graph = True
+            found = _describe_structure(self.model, loss)
+            if found is not None:
+                self._structure = found
+        # -- end structure ------------------------------------------------------------------
         if loss is not None:
             if isinstance(loss, torch.Tensor):
                 if loss.numel() != 1:
@@ -925,6 +944,22 @@ def _multi_device_grad_block(
             out[k, sel] = blk[k]
             any_counts = True
     return (out.reshape(-1) if any_counts else out[:k].reshape(-1)), any_counts
+
+
+def _describe_structure(model: nn.Module, loss: torch.Tensor | None) -> dict[str, Any] | None:
+    """``gradwatch.structure.describe``, or None if it fails (it must never break training)."""
+    try:
+        from gradwatch.structure import describe
+
+        return describe(model, loss)
+    except Exception as exc:  # noqa: BLE001 - a structure bug must not stop training
+        warnings.warn(
+            f"gradwatch: could not read the model's structure ({exc!r}); the diagnosis will "
+            "not know about its residual connections",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None
 
 
 def _version() -> str:
