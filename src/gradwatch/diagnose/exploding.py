@@ -52,6 +52,15 @@ def exploding_severity(fs: FlowStep, plain_chain: bool, is_checkup: bool = True)
     return v[1]
 
 
+def _at_start(held: list[int], recorded: list[int]) -> bool:
+    """Whether a run starts in the condition.
+
+    Its first recorded step is the state ``gw.check`` sees at initialisation, whatever the
+    network turns into afterwards (a chaotic tanh net saturates and then vanishes).
+    """
+    return bool(held) and bool(recorded) and held[0] == recorded[0]
+
+
 def rule(view: RunView) -> list[Finding]:
     """Report gradients that grow toward the input, over training steps, or swamp updates."""
     return _across_depth(view) + _over_steps(view) + _swamping_updates(view)
@@ -61,7 +70,7 @@ def _across_depth(view: RunView) -> list[Finding]:
     steps = flow_steps(view)
     held = [fs for fs in steps if exploding_severity(fs, view.plain_chain, view.is_checkup)]
     held_steps, recorded = [fs.step for fs in held], [fs.step for fs in steps]
-    if not persists(held_steps, recorded):
+    if not (persists(held_steps, recorded) or _at_start(held_steps, recorded)):
         return []
     last = held[-1]
     still = held_steps[-1] == recorded[-1]

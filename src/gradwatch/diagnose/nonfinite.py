@@ -87,9 +87,26 @@ def _run_level(view: RunView, stat: str) -> dict[int, float]:
     return {int(s): float(v) for s, v in zip(df["step"], df["value"], strict=True)}
 
 
-def skipped_steps(view: RunView) -> list[int]:
-    """Steps a GradScaler skipped (``skipped`` = 1), in order."""
-    return sorted(s for s, v in _run_level(view, "skipped").items() if v >= 0.5)
+def skipped_steps(view: RunView, bad: dict[str, dict[int, list[str]]]) -> list[int]:
+    """Steps a GradScaler skipped, in order.
+
+    From ``skipped`` (= 1) when the run recorded it. A run recorded with a scaler but without
+    that statistic: a GradScaler skips exactly the steps whose gradients hold NaN/Inf, so a
+    step whose only non-finite values are gradients (finite loss, weights and forward) is one.
+    """
+    recorded = _run_level(view, "skipped")
+    if recorded:
+        return sorted(s for s, v in recorded.items() if v >= 0.5)
+    if not _has_scaler(view):
+        return []
+    loss = view.loss
+    grads = set(bad["nonfinite"]) | set(bad["grad_norm"])
+    other = set().union(
+        *(set(bad[k]) for k in ("weight_norm", "weight_nonfinite", "forward_nonfinite"))
+    )
+    return sorted(
+        s for s in grads - other if s not in loss.index or math.isfinite(float(loss[s]))
+    )
 
 
 def _persistent_skips(view: RunView, skipped: list[int]) -> list[int]:
@@ -114,10 +131,20 @@ def _persistent_skips(view: RunView, skipped: list[int]) -> list[int]:
     return []
 
 
+def _has_scaler(view: RunView) -> bool:
+    return bool((view.meta.get("settings") or {}).get("scaler"))
+
+
 def rule(view: RunView) -> list[Finding]:
     """Report the first step and layer where NaN/Inf appears."""
-    skipped = skipped_steps(view)
     bad = {stat: _bad(view, stat) for stat in WATCHED}
+    if _has_scaler(view):
+        # ‖δ‖ of a scaled loss can overflow float32 while every gradient entry is finite:
+        # a non-finite backprop_norm alone, at a step with finite parameter gradients, is
+        # the scale's, not the model's
+        param_bad = set(bad["nonfinite"]) | set(bad["grad_norm"])
+        bad["backprop_norm"] = {s: v for s, v in bad["backprop_norm"].items() if s in param_bad}
+    skipped = skipped_steps(view, bad)
     loss = view.loss
     bad_loss = [int(s) for s, v in loss.items() if not math.isfinite(v)]
     bad_input = [s for s, v in _run_level(view, "input_nonfinite").items() if not v == 0]

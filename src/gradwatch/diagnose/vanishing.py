@@ -16,6 +16,7 @@ from __future__ import annotations
 from gradwatch.diagnose._advice import advice, flow_remedies
 from gradwatch.diagnose._flow import FlowStep, flow_steps
 from gradwatch.diagnose._view import RunView, names, num, persists, step_span, when
+from gradwatch.diagnose.dead import DEAD_FRAC_ERROR
 from gradwatch.findings import Finding
 from gradwatch.verdicts import VANISHING_RATIO, depth_verdict
 from gradwatch.wording import number, times
@@ -31,10 +32,24 @@ def vanishing_severity(fs: FlowStep) -> str | None:
     return v[1] if v else None
 
 
+def cut_by_dead_units(view: RunView, step: int) -> list[str]:
+    """Layers almost wholly dead at ``step``: they cut the signal (the dead rule's finding)."""
+    dead = view.wide("dead_frac")
+    earlier = [s for s in dead.index if s <= step]  # a detail statistic: the latest one
+    if dead.empty or not earlier:
+        return []
+    row = dead.loc[earlier[-1]]
+    return [str(ly) for ly, v in row.items() if v == v and v > DEAD_FRAC_ERROR]
+
+
 def rule(view: RunView) -> list[Finding]:
-    """Report a back-propagated signal that shrinks toward the input."""
+    """Report a back-propagated signal that shrinks toward the input.
+
+    A signal cut by layers whose units are almost all dead is the dead rule's finding (the
+    cause), not a second, vanishing one.
+    """
     steps = flow_steps(view)
-    held = [fs for fs in steps if vanishing_severity(fs)]
+    held = [fs for fs in steps if vanishing_severity(fs) and not cut_by_dead_units(view, fs.step)]
     held_steps = [fs.step for fs in held]
     recorded = [fs.step for fs in steps]
     if not persists(held_steps, recorded):
