@@ -12,9 +12,12 @@ layers that the other skips. For each input branch of the addition, take the set
 whose parameters it reaches; the join is residual when one set is a non-empty strict subset of
 the other (the skip path and the block path fork from a common tensor). This tells
 ``x + f(x)`` (He et al. 2016) from ``tok_emb + pos_emb`` (two unrelated inputs) and from
-``x + 0.044715 * x**3`` (no layer on either path); a projection shortcut (a 1×1 convolution
-and its norm on the skip path) still counts. Without an output only registered block
-types are seen (:func:`register_residual_type`), and ``residual`` is None (unknown).
+``x + 0.044715 * x**3`` (no layer on either path) and from ``x @ W + b`` (one side a parameter
+seen through shape operations only); a projection shortcut (a 1×1 convolution and its norm on
+the skip path) still counts. An addition whose skip path starts at the model's input (no
+autograd node) is not seen, so the first block of a net that starts with one is missed.
+Without an output only registered block types are seen (:func:`register_residual_type`),
+and ``residual`` is None (unknown).
 
 Users register their own types with :func:`register_norm_type` and
 :func:`register_residual_type`.
@@ -45,6 +48,12 @@ _ATTENTION_TYPES: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
 PROJECTION_LAYERS = 2
 #: Autograd node names that add two tensors (the join of a residual connection).
 _ADD_NODES = ("AddBackward0", "AddBackward1")
+#: Autograd node name prefixes of operations that only move or reshape values.
+_SHAPE_OPS = (
+    "View", "Reshape", "Expand", "Split", "Select", "Unsqueeze", "Squeeze", "Transpose",
+    "TBackward", "Permute", "Slice", "Unbind", "Chunk", "Clone", "Unflatten", "UnsafeView",
+    "Alias", "AsStrided", "ToCopy",
+)
 #: Autograd node names of a softmax (attention weights) and of fused attention kernels.
 _SOFTMAX_NODES = ("SoftmaxBackward0", "SafeSoftmaxBackward0")
 _FUSED_ATTENTION_PREFIX = "ScaledDotProduct"
@@ -203,6 +212,7 @@ def _read_graph(model: nn.Module, output: torch.Tensor) -> tuple[int, list[list[
     # iterative post-order walk: the set of layers each node reaches (bitmask over layers)
     bit = {name: 1 << i for name, i in order.items()}
     reach: dict[Any, int] = {}
+    pure: dict[Any, bool] = {}
     nodes: list[Any] = []
     stack: list[tuple[Any, bool]] = [(output.grad_fn, False)]
     while stack:
@@ -214,10 +224,16 @@ def _read_graph(model: nn.Module, output: torch.Tensor) -> tuple[int, list[list[
             var = getattr(node, "variable", None)
             if var is not None and id(var) in owner:
                 mask = bit[owner[id(var)]]
-            for child, _ in node.next_functions:
-                if child is not None:
-                    mask |= reach.get(child, 0)
+            children = [c for c, _ in node.next_functions if c is not None]
+            for child in children:
+                mask |= reach.get(child, 0)
             reach[node] = mask
+            # a parameter seen through shape operations only (a bias added by hand): no data
+            pure[node] = var is not None or (
+                type(node).__name__.startswith(_SHAPE_OPS)
+                and bool(children)
+                and all(pure[c] for c in children)
+            )
             nodes.append(node)
             continue
         reach[node] = 0  # mark as visiting
@@ -230,8 +246,9 @@ def _read_graph(model: nn.Module, output: torch.Tensor) -> tuple[int, list[list[
     for node in nodes:
         kind = type(node).__name__
         if kind in _ADD_NODES:
-            masks = [reach.get(c, 0) for c, _ in node.next_functions if c is not None]
-            if len(masks) == 2:
+            sides = [c for c, _ in node.next_functions if c is not None]
+            masks = [reach.get(c, 0) for c in sides]
+            if len(masks) == 2 and not any(pure.get(c, False) for c in sides):
                 if _is_residual_join(*masks):
                     joins += 1
                     extra = masks[0] ^ masks[1]
