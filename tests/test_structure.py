@@ -61,9 +61,9 @@ def test_residual_joins_are_found_in_the_graph_projection_shortcuts_included():
     net = Net()
     d = describe(net, net(torch.randn(2, 3, 8, 8)).sum())
     assert d["residual"] is True and d["residual_joins"] == 3 and d["from_graph"]
+    # the projection shortcut's conv and BN are the skip path, not the block
     assert d["residual_branches"][1] == [
-        "blocks.1.conv1", "blocks.1.bn1", "blocks.1.conv2", "blocks.1.bn2",
-        "blocks.1.proj.0", "blocks.1.proj.1",
+        "blocks.1.conv1", "blocks.1.bn1", "blocks.1.conv2", "blocks.1.bn2"
     ]
     assert d["has_norm"] and len(d["norm_layers"]) == 7
     json.dumps(d)  # JSON-safe

@@ -126,7 +126,8 @@ def describe(model: nn.Module, output: torch.Tensor | None = None) -> dict[str, 
         module names), ``has_norm``, ``recurrent``, ``attention`` (bool), ``residual``
         (True/False from the graph, True from a registered block type, None when unknown),
         ``residual_joins`` (number of residual additions found), ``residual_branches``
-        (for each join, the layers on the block path, input side first, at most 64 joins),
+        (for each join, the layers on the block path in registration order, a projection
+        shortcut's layers left out; at most 64 joins),
         ``lstm_forget_bias`` (mean forget-gate bias of each nn.LSTM) and ``from_graph``.
 
     Raises:
@@ -251,8 +252,10 @@ def _read_graph(model: nn.Module, output: torch.Tensor) -> tuple[int, list[list[
             if len(masks) == 2 and not any(pure.get(c, False) for c in sides):
                 if _is_residual_join(*masks):
                     joins += 1
-                    extra = masks[0] ^ masks[1]
-                    branches.append([n for n in names if bit[n] & extra])
+                    a, b = masks
+                    only_a, only_b = a & ~b, b & ~a
+                    block = only_a if bin(only_a).count("1") > bin(only_b).count("1") else only_b
+                    branches.append([n for n in names if bit[n] & block])
         elif kind.startswith(_FUSED_ATTENTION_PREFIX):
             attends = True
         elif kind in _SOFTMAX_NODES and not attends:

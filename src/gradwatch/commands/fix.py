@@ -122,7 +122,7 @@ def _print_report(report: Any, saved: str | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from gradwatch.remedies._fix_report import describe
+    from gradwatch.remedies.fix_report import describe
 
     console = Console(highlight=False)
     style = {"healthy": "green"}

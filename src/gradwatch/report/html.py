@@ -231,7 +231,7 @@ def _fix_section(report: Any) -> str:
     from gradwatch.report.figures.fix_comparison import fix_comparison
 
     try:
-        from gradwatch.remedies._fix_report import describe
+        from gradwatch.remedies.fix_report import describe
     except ImportError:  # pragma: no cover - remedies/fix.py is written by another team
         describe = str
     before = getattr(getattr(report, "before", None), "verdict", "?")
