@@ -9,10 +9,11 @@ input side first, and compare it **only between layers whose outputs have the sa
   χ1 = σw² E[φ'²] (Schoenholz et al. 2017), ``< 1`` in the ordered phase;
 - across a shape change every one of them picks up a factor set by the operation, not by
   the health of the network: a global average pool over H×W multiplies ‖δ‖ by 1/√(HW) (and
-  the RMS by 1/HW); a strided convolution under fan-in (He) init keeps ‖δ‖ but not the RMS,
-  under fan-out init the RMS but not ‖δ‖; a width change C_in → C_out multiplies ‖δ‖² by
-  C_in/C_out under fan-out init. A straight line fitted through norms of different shapes
-  reads such one-off steps as decay.
+  the RMS by 1/HW); a ReLU conv C_in → C_out with stride s keeps ‖δ‖ under fan-in (He) init
+  but multiplies the RMS by √(C_out/C_in)/s, and under fan-out init (ResNet) multiplies ‖δ‖
+  by √(C_in/C_out) and the RMS by 1/s (E‖Mᵀδ‖² = fan_in·Var(W)·‖δ‖² for a conv M, whatever
+  its stride). A straight line fitted through norms of different shapes reads such one-off
+  steps as decay.
 
 So the signal is followed from the output side to the input side (layers in execution order)
 by a walk that, from each layer, steps to the nearest input-side layer with the same output
