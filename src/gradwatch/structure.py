@@ -44,6 +44,8 @@ _RESIDUAL_TYPES: list[type[nn.Module]] = []
 _RECURRENT_TYPES: tuple[type[nn.Module], ...] = (nn.RNNBase, nn.RNNCellBase)
 _ATTENTION_TYPES: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
 
+#: Residual branches kept in the description (a 96-block GPT-2 has 192 joins).
+MAX_BRANCHES = 512
 #: Layers a projection shortcut may hold (a 1×1 convolution and its norm, He et al. 2016).
 PROJECTION_LAYERS = 2
 #: Autograd node names that add two tensors (the join of a residual connection).
@@ -127,7 +129,7 @@ def describe(model: nn.Module, output: torch.Tensor | None = None) -> dict[str, 
         (True/False from the graph, True from a registered block type, None when unknown),
         ``residual_joins`` (number of residual additions found), ``residual_branches``
         (for each join, the layers on the block path in registration order, a projection
-        shortcut's layers left out; at most 64 joins),
+        shortcut's layers left out; at most :data:`MAX_BRANCHES` joins),
         ``lstm_forget_bias`` (mean forget-gate bias of each nn.LSTM) and ``from_graph``.
 
     Raises:
@@ -179,7 +181,7 @@ def describe(model: nn.Module, output: torch.Tensor | None = None) -> dict[str, 
         joins, branches, attends = _read_graph(model, output)
         out["from_graph"] = True
         out["residual_joins"] = joins
-        out["residual_branches"] = branches[:64]
+        out["residual_branches"] = branches[:MAX_BRANCHES]
         out["residual"] = bool(joins) or bool(blocks)
         out["attention"] = out["attention"] or attends
     return out

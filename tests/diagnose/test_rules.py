@@ -357,3 +357,14 @@ def test_verdict_precedence():
     assert verdict([f("uncertain", "warning"), f("dead", "warning")]) == "dead"
     assert verdict([f("uncertain", "warning")]) == "uncertain"
     assert verdict([f("diverging")]) == "exploding"
+
+
+def test_residual_nets_are_followed_along_the_trunk():
+    # l1, l2 are a residual branch whose last norm starts at zero (Goyal et al. 2017): no
+    # gradient reaches l1 by design; the trunk (l0, l2, l3) is flat
+    bp = np.array([[1.0, 0.0, 1.0, 1.0]])
+    branch = {"residual": True, "residual_branches": [["l1", "l2"]]}
+    run = make_run(4, {"backprop_norm": bp}, checkup={"batch_size": 8}, structure=branch)
+    assert by_kind(diagnose(run), "vanishing") == []
+    plain = make_run(4, {"backprop_norm": bp}, checkup={"batch_size": 8})
+    assert one(diagnose(plain), "vanishing").severity == "error"

@@ -19,7 +19,8 @@ So the signal is followed from the output side to the input side (layers in exec
 by a walk that, from each layer, steps to the nearest input-side layer with the same output
 shape, counting that gain, and crosses a shape change (to the layer just before) without
 counting it. In a plain net this compares neighbours; in a residual net it follows the trunk
-(the last layer of each block, whose δ is the residual stream's) within each stage. ``total``
+(the last layer of each residual branch, whose δ is the residual stream's, and the layers
+outside the branches) within each stage. ``total``
 is the product of the counted gains and ``factor`` their geometric mean: how much the signal
 is multiplied by each layer it crosses. When output shapes are not recorded every step counts.
 
@@ -128,7 +129,17 @@ def same_shape_walk(
 
 
 def flow_layers(view: RunView, columns: list[str]) -> list[str]:
-    """The layers whose δ the rules compare: a layer normalised next is read at its norm."""
+    """The layers whose δ the rules compare.
+
+    A layer normalised next is read at its norm. In a residual net only the trunk is
+    followed: the layers inside a residual branch are left out but its last one, whose δ is
+    the residual stream's (a branch whose last norm starts at zero, Goyal et al. 2017, passes
+    no gradient inside by design).
+    """
+    inside: set[str] = set()
+    for branch in view.structure.get("residual_branches") or ():
+        inside.update(branch[:-1])
+    columns = [c for c in columns if c not in inside]
     out = []
     for k, ly in enumerate(columns):
         nxt = columns[k + 1] if k + 1 < len(columns) else None
