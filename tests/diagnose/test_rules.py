@@ -360,11 +360,17 @@ def test_verdict_precedence():
 
 
 def test_residual_nets_are_followed_along_the_trunk():
+    from gradwatch.diagnose import view_of
+    from gradwatch.diagnose._flow import flow_steps
+
     # l1, l2 are a residual branch whose last norm starts at zero (Goyal et al. 2017): no
     # gradient reaches l1 by design; the trunk (l0, l2, l3) is flat
     bp = np.array([[1.0, 0.0, 1.0, 1.0]])
     branch = {"residual": True, "residual_branches": [["l1", "l2"]]}
     run = make_run(4, {"backprop_norm": bp}, checkup={"batch_size": 8}, structure=branch)
-    assert by_kind(diagnose(run), "vanishing") == []
+    (fs,) = flow_steps(view_of(run))
+    assert fs.layers == ("l0", "l2", "l3") and fs.total == 1.0
+    assert [f.kind for f in diagnose(run)] == []
     plain = make_run(4, {"backprop_norm": bp}, checkup={"batch_size": 8})
-    assert one(diagnose(plain), "vanishing").severity == "error"
+    (fs,) = flow_steps(view_of(plain))
+    assert fs.layers == ("l0", "l1", "l2", "l3")
