@@ -82,9 +82,11 @@ def test_vanishing_at_one_step_of_ten_is_not_reported():
     assert by_kind(diagnose(vanishing_at([2])), "vanishing") == []
 
 
-def test_vanishing_that_went_away_is_a_warning_with_its_steps():
+def test_vanishing_that_went_away_is_a_note_with_its_steps():
+    # the run recovered: a note, not the run's verdict
     f = one(diagnose(vanishing_at([0, 1, 2, 3])), "vanishing")
-    assert f.steps == (0, 3) and f.severity == "warning"
+    assert f.steps == (0, 3) and f.severity == "info"
+    assert verdict(diagnose(vanishing_at([0, 1, 2, 3]))) == "healthy"
     assert f.evidence["persists"] is False and f.evidence["steps_held"] == 4
     assert "at steps 0-3" in f.message and "still" not in f.message
 
@@ -374,3 +376,29 @@ def test_residual_nets_are_followed_along_the_trunk():
     plain = make_run(4, {"backprop_norm": bp}, checkup={"batch_size": 8})
     (fs,) = flow_steps(view_of(plain))
     assert fs.layers == ("l0", "l1", "l2", "l3")
+
+
+def test_dead_units_that_revived_are_a_note():
+    dead = const(0.0, 3, 10)
+    dead[2:5, 1] = 0.6  # half the units of l1 dead for a while, then alive again
+    f = one(diagnose(make_run(3, {"dead_frac": dead})), "dead")
+    assert f.severity == "info" and f.steps == (2, 4)
+
+
+def test_vanishing_in_a_run_that_learns_is_a_note():
+    # He et al. 2015: a 22-layer ReLU net under Xavier init loses 2^-11 in ‖δ‖ yet converges;
+    # its input-side layers keep pace in update size and the loss falls
+    n, steps = 12, 10
+    stats = {"backprop_norm": geometric(0.5, n, steps), "update_ratio": const(1e-3, n, steps)}
+    learns = make_run(n, stats, loss=[2.3 * 0.8**i for i in range(steps)])
+    f = one(diagnose(learns), "vanishing")
+    assert f.severity == "info" and f.evidence["still_learning"]["pace"] == 1.0
+    assert "but the run learns: the loss fell from 2" in f.message
+    assert "update at 1× the median layer's rate" in f.message
+    assert verdict(diagnose(learns)) == "healthy"
+    stalls = make_run(n, stats, loss=[2.3] * steps)
+    assert one(diagnose(stalls), "vanishing").severity == "error"
+    slow = dict(stats, update_ratio=const(1e-3, n, steps))
+    slow["update_ratio"][:, :5] = 1e-6  # the input side does not keep pace
+    lagging = make_run(n, slow, loss=[2.3 * 0.8**i for i in range(steps)])
+    assert one(diagnose(lagging), "vanishing").severity == "error"

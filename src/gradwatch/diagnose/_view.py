@@ -18,7 +18,8 @@ from gradwatch.store.reader import Run
 
 #: A condition seen in a training run is reported when it holds at the last recorded step
 #: (it persists) or at least at this fraction of the recorded steps; a blip at one step of a
-#: long run is not worth a finding.
+#: long run is not worth a finding. A vanishing, dead or saturated condition that has cleared
+#: by the last recorded step is reported as a note (severity "info"): the run recovered.
 PERSIST_FRACTION = 0.2
 
 

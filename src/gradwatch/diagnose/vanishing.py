@@ -13,6 +13,8 @@ back-propagated signal vanishes. The thresholds are :mod:`gradwatch.verdicts`'.
 
 from __future__ import annotations
 
+import numpy as np
+
 from gradwatch.diagnose._advice import advice, flow_remedies
 from gradwatch.diagnose._flow import FlowStep, flow_steps
 from gradwatch.diagnose._view import RunView, names, num, persists, step_span, when
@@ -20,6 +22,16 @@ from gradwatch.diagnose.dead import DEAD_FRAC_ERROR
 from gradwatch.findings import Finding
 from gradwatch.verdicts import VANISHING_RATIO, depth_verdict
 from gradwatch.wording import number, times
+
+KEEP_PACE = 0.1
+"""In a training run, input-side layers whose update ratio ``‖Δw‖/‖w‖`` is at least this
+fraction of the median layer's still learn at the network's pace ..."""
+
+LOSS_FELL = 0.75
+"""... and a loss whose end (median of the last fifth of the run) is below this fraction of
+its start (median of the first three recorded losses) shows the run learning: a vanishing
+back-propagated signal that does not stop training is reported as a note (info). He et al.
+(2015): a 22-layer ReLU net under Xavier init loses 2^-11 in ‖δ‖ yet converges."""
 
 VANISHING_LAYER_RATIO = 1e-2
 """Layers whose signal is below this fraction of the output-side layer's are named in the
@@ -42,6 +54,31 @@ def cut_by_dead_units(view: RunView, step: int) -> list[str]:
     return [str(ly) for ly, v in row.items() if v == v and v > DEAD_FRAC_ERROR]
 
 
+def still_learning(view: RunView, layers: list[str]) -> dict[str, float] | None:
+    """The numbers that show a run learning despite the vanishing signal, or None.
+
+    Needs ``update_ratio`` (an optimizer) and a loss: the named layers' median update ratio
+    over the last fifth of the run is at least :data:`KEEP_PACE` of the median layer's, and
+    the loss fell below :data:`LOSS_FELL` of its start.
+    """
+    ur = view.wide("update_ratio")
+    loss = view.loss.to_numpy(dtype=np.float64)
+    loss = loss[np.isfinite(loss)]
+    cols = [c for c in layers if c in ur.columns]
+    if ur.empty or not cols or len(loss) < 5:
+        return None
+    tail = ur.iloc[-max(1, len(ur) // 5) :]
+    arr = tail.to_numpy(dtype=np.float64)
+    overall = float(np.nanmedian(arr)) if np.isfinite(arr).any() else np.nan
+    mine = tail[cols].to_numpy(dtype=np.float64)
+    named = float(np.nanmedian(mine)) if np.isfinite(mine).any() else np.nan
+    start = float(np.median(loss[:3]))
+    end = float(np.median(loss[-max(1, len(loss) // 5) :]))
+    if not (overall > 0 and named >= KEEP_PACE * overall and end < LOSS_FELL * start):
+        return None
+    return {"loss_start": start, "loss_end": end, "pace": named / overall}
+
+
 def rule(view: RunView) -> list[Finding]:
     """Report a back-propagated signal that shrinks toward the input.
 
@@ -58,11 +95,14 @@ def rule(view: RunView) -> list[Finding]:
     severity = vanishing_severity(last) or "warning"
     still = held_steps[-1] == recorded[-1]
     if not still:
-        severity = "warning"
+        severity = "info"  # cleared by the end of the run: a note, not the run's verdict
     pairs = zip(last.layers, last.ratios, strict=True)
     layers = [ly for ly, r in pairs if r < VANISHING_LAYER_RATIO]
     layers = layers or [last.layers[0]]
     remedies = flow_remedies(view, "vanishing")
+    learning = None if view.is_checkup else still_learning(view, layers)
+    if learning is not None:
+        severity = "info"
     flat = ""
     if last.grad_total == last.grad_total and last.grad_total > 10 * last.total:
         flat = (
@@ -77,6 +117,15 @@ def rule(view: RunView) -> list[Finding]:
         f"{when(view, held_steps, recorded)}: the input-side layers {names(layers)} barely "
         f"learn{flat}; {advice(remedies)}."
     )
+    if learning is not None:
+        message = (
+            f"The back-propagated gradient shrinks to {times(last.total)} of its size from "
+            f"layer '{last.layers[-1]}' to '{last.layers[0]}'{when(view, held_steps, recorded)}"
+            f", but the run learns: the loss fell from {number(learning['loss_start'])} to "
+            f"{number(learning['loss_end'])} and the input-side layers update at "
+            f"{times(learning['pace'])} the median layer's rate; if it should learn "
+            f"faster, {advice(remedies)}."
+        )
     evidence = {
         **last.evidence(),
         "layers_below": list(layers),
@@ -86,6 +135,7 @@ def rule(view: RunView) -> list[Finding]:
         "steps_recorded": len(recorded),
         "persists": bool(still),
         "min_backprop_ratio": num(min(fs.total for fs in held)),
+        "still_learning": learning,
     }
     return [
         Finding(
