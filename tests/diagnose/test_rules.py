@@ -393,7 +393,7 @@ def test_vanishing_in_a_run_that_learns_is_a_note():
     learns = make_run(n, stats, loss=[2.3 * 0.8**i for i in range(steps)])
     f = one(diagnose(learns), "vanishing")
     assert f.severity == "info" and f.evidence["still_learning"]["pace"] == 1.0
-    assert "but the run learns: the loss fell from 2" in f.message
+    assert "but the run learns: the loss fell from 1.8 to 0.35" in f.message
     assert "update at 1× the median layer's rate" in f.message
     assert verdict(diagnose(learns)) == "healthy"
     stalls = make_run(n, stats, loss=[2.3] * steps)
