@@ -7,6 +7,12 @@ gradients vanish or explode?" before any training, and leaves the model as it fo
 gradients, train/eval mode and buffers (BatchNorm running statistics) are restored, and the
 global random number generator state too.
 
+The checkup also records each layer's output shape (``meta["layer_info"][name]
+["out_shape"]``) and the model's structure (``meta["structure"]``, from
+:func:`gradwatch.structure.describe` on the loss's autograd graph), which the rules read.
+``check`` sits below :mod:`gradwatch.diagnose` and takes its rules as an argument
+(:func:`use_rules`); ``import gradwatch`` hands them down.
+
 The default loss, when no targets are given, is ``0.5 * sum(output**2) / batch``: its gradient
 with respect to the output is the output itself (divided by the batch size), so the pass
 probes the network's own signal, with no labels needed. With targets it is cross-entropy for
@@ -87,7 +93,8 @@ class Checkup:
             :data:`STAT_COLUMNS` (NaN where it does not apply), ``backprop_ratio`` and
             ``grad_ratio`` (``backprop_norm`` and ``grad_norm`` over the output-side layer's).
         findings: what the diagnosis rules found.
-        verdict: "healthy", "vanishing", "exploding", "nonfinite", "dead" or "saturated".
+        verdict: "healthy", "vanishing", "exploding", "nonfinite", "dead", "saturated" or
+            "uncertain" (:mod:`gradwatch.verdicts`).
         run: the one-step in-memory :class:`~gradwatch.store.reader.Run` behind the table.
         loss: the loss of the pass (may be NaN or Inf).
         temporal: for recurrent layers, one row per (layer, t): ``grad_norm`` = ‖∂L/∂x_t‖
