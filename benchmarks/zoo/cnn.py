@@ -121,7 +121,7 @@ CASES = [
               "layer, forward and backward (trained at 1/8 width: smaller still)."),
     _case("vgg16_he_init", partial(vgg16, "he", False), "healthy", "healthy",
           "He et al. 2015, §2.2 and Fig. 3: VGG-style nets train from scratch with their init",
-          "trains", steps=150, train_model=partial(vgg16, "he", False, 8), quick=True),
+          "trains", steps=150, train_model=partial(vgg16, "he", False, 8)),
     _case("vgg16_bn_paper_init", partial(vgg16, "vgg", True), "healthy", "healthy",
           "Ioffe & Szegedy 2015, §3.3: with BN back-propagation is unaffected by the scale "
           "of the weights; zoo training run", "trains", drop=0.2,
@@ -144,7 +144,7 @@ CASES = [
     _case("cnn_strided_he", partial(plain_cnn, 8, 16, nn.ReLU, "he", "strided"),
           "healthy", "healthy",
           "He et al. 2015 init with strided convs (as in ResNets' downsampling); zoo "
-          "training run", "trains", quick=True,
+          "training run", "trains",
           why="Stride-2 convs shrink H×W by 4 and double the channels: the L2 norm of a "
               "layer's output gradient changes with its shape, not with the signal's health."),
     _case("cnn_gap_10_64px", partial(plain_cnn, 10, 16, nn.ReLU, "he"), "healthy", "healthy",

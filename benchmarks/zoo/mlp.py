@@ -95,7 +95,7 @@ CASES = [
         "mlp_tanh_critical", partial(mlp, 50, 128, nn.Tanh, "gauss", 1.0, 0.0),
         "healthy", "healthy",
         "Schoenholz et al. 2017, §4: at criticality (σw², σb²) = (1, 0) gradients neither "
-        "vanish nor explode and deep tanh nets train", "trains", quick=True,
+        "vanish nor explode and deep tanh nets train", "trains",
     ),
     _digits_case(
         "mlp_tanh_chaotic", partial(mlp, 100, 64, nn.Tanh, "gauss", 4.0, 0.0),

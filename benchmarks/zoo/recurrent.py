@@ -80,7 +80,7 @@ CASES = [
     _case("rnn_tanh_t20", "rnn", 20, "vanishing", "vanishing",
           "zoo training run (1000 Adam steps, stays at the 1/6 baseline); Bengio et al. 1994: "
           "a tanh RNN whose W_rec has spectral radius < 1 loses its gradient through time",
-          "stalls", train_steps=1000, quick=True,
+          "stalls", train_steps=1000,
           why="Default init U[-1/√h, 1/√h] gives W_rec a spectral radius ≈ 1/√3: the "
               "gradient through time shrinks by ~0.58 or less per step, ~10^-5 over 20 steps. "
               "Even at T = 20 (and at lr 1e-3, 3e-3, 1e-2, width 64) it did not learn."),

@@ -159,7 +159,7 @@ CASES = [
               "(hence the smaller stated drop, 10% below chance)."),
     _case("resnet50", 50, source=PAPER.format(d=50)),
     _case("resnet50_zero_init", 50, zero=True, source=GOYAL),
-    _case("resnet101", 101, source=PAPER.format(d=101), quick=True,
+    _case("resnet101", 101, source=PAPER.format(d=101),
           why="With BN the back-propagated signal grows toward the input at init (Yang et "
               "al. 2019 predict this for deep BN nets); it trains with the standard recipe, "
               "so that growth is not 'exploding'."),

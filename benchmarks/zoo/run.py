@@ -107,9 +107,19 @@ def judge(losses: list[float], tr: Train) -> dict[str, Any]:
 
 
 def run_case(case: Case) -> dict[str, Any]:
-    """Run one case (check at init, then the training run); times in seconds."""
+    """Run one case (check at init, then the training run); times in seconds.
+
+    Sets one intra-op thread (left so) and flushes subnormals for the case's duration.
+    """
     torch.set_num_threads(1)
     torch.set_flush_denormal(True)
+    try:
+        return _run_case(case)
+    finally:
+        torch.set_flush_denormal(False)  # PyTorch's default (there is no getter)
+
+
+def _run_case(case: Case) -> dict[str, Any]:
     row: dict[str, Any] = {
         "name": case.name, "family": case.family, "source": case.source, "why": case.why,
         "expect_init": case.expect_init, "expect_run": case.expect_run,

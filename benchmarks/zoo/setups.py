@@ -12,7 +12,7 @@ from torch import nn
 import gradwatch as gw
 
 from .case import Case, Train
-from .data import digits_batch
+from .data import digits, digits_batch
 from .mlp import CHANCE, adam, mlp, probe, sgd
 
 
@@ -38,6 +38,34 @@ def dead_mlp() -> nn.Sequential:
         for lin in linears[:-1]:
             lin.bias.fill_(-3.0)
     return model
+
+
+def full_digits_one_hot() -> tuple[torch.Tensor, torch.Tensor]:
+    """Every digit (1797, 64) with one-hot targets (1797, 10): a full-batch regression."""
+    x, y = digits()
+    return x, nn.functional.one_hot(y, 10).float()
+
+
+def mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over every output."""
+    return nn.functional.mse_loss(out, target)
+
+
+def sgd_past_the_edge(factor: float = 2.05):
+    """``model -> SGD`` at ``factor / λmax`` for linear least squares on the full digits.
+
+    Gradient descent on a quadratic diverges when lr > 2/λmax of its Hessian; the error
+    along the top eigenvector then grows by |1 - lr·λmax| per step: 1.05 at factor 2.05,
+    so the loss climbs steadily (×1000 in 100 steps) and stays finite.
+    """
+
+    def make(model: nn.Module) -> torch.optim.Optimizer:
+        x, _ = digits()
+        xa = torch.cat([x, torch.ones(len(x), 1)], 1)  # (N, 65): the bias as a feature
+        lam = 2 / 10 * float(torch.linalg.eigvalsh(xa.T @ xa / len(x)).max())
+        return torch.optim.SGD(model.parameters(), lr=factor / lam)
+
+    return make
 
 
 def repaired_demo_model() -> nn.Module:
@@ -66,7 +94,7 @@ he12 = partial(mlp, 12, 128, nn.ReLU, "he")
 CASES = [
     _case("setup_adam_digits", he12, "healthy", "healthy",
           "zoo training run: Adam (lr 1e-3) on a 12-layer He-init ReLU MLP",
-          _train("trains", adam(1e-3)), quick=True),
+          _train("trains", adam(1e-3))),
     _case("setup_sgd_digits", he12, "healthy", "healthy",
           "zoo training run: SGD with momentum (lr 0.01) on a 12-layer He-init ReLU MLP",
           _train("trains", sgd(0.01))),
@@ -90,6 +118,14 @@ CASES = [
           _train("diverges", sgd(10.0, momentum=0.0), steps=60),
           why="A healthy model and a learning rate 1000× too large: the weights blow up "
               "within a few steps, then the loss and gradients are NaN."),
+    Case(name="setup_lr_diverging", family="setup", model=partial(nn.Linear, 64, 10),
+         batch=full_digits_one_hot, loss=mse, expect_init="healthy", expect_run="exploding",
+         source="zoo training run; gradient descent on a quadratic diverges for lr > 2/λmax "
+                "(e.g. Goodfellow et al. 2016, §4.3.1): the loss climbs ×1000 in 100 steps",
+         train=Train(steps=100, optimizer=sgd_past_the_edge(), batch=lambda i:
+                     full_digits_one_hot(), outcome="diverges"),
+         why="Linear least squares at 2.05/λmax: a finite, steadily climbing loss (the issue's "
+             "'2.3 to 166'), which only a rule that reads the loss can call."),
     _case("setup_dead_relu", dead_mlp, "dead", "dead",
           "zoo training run: hidden biases at -3 switch every ReLU off; the loss cannot "
           "fall below the class-frequency baseline", _train("stalls", adam(1e-3)), quick=True,

@@ -90,7 +90,6 @@ CASES = [
                     baseline=CHANCE, model=partial(gpt2, True)),
         why="Checked at full size (12 layers, 768 wide) on 2 sequences of 16 tokens; the "
             "attention, norm and residual structure must be recognised from torch.nn types.",
-        quick=True,
     ),
     Case(
         name="bert", family="transformer", model=partial(bert, False),
@@ -119,7 +118,7 @@ CASES = [
         batch=_ids(reverse_batch, n=8), loss=token_loss,
         expect_init="healthy", expect_run="healthy",
         source="Xiong et al. 2020, §3-4: pre-LN gradients are well-behaved at init and it "
-               "trains with Adam without warmup", quick=True,
+               "trains with Adam without warmup",
         train=Train(steps=200, optimizer=adam(1e-3), batch=reverse_batch, outcome="trains",
                     baseline=CHANCE, drop=0.1),
         why="Reversal is learnt slowly at this size: in 200 steps the pre-LN loss falls ~18% "
