@@ -26,7 +26,10 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "gradwatch"
 
-BOTTOM = ("errors", "findings", "layers", "schedule", "structure", "jsonable", "version")
+BOTTOM = (
+    "argcheck", "errors", "findings", "handoff", "jsonable", "layers", "schedule", "structure",
+    "version",
+)
 ORDER: list[tuple[str, ...]] = [
     BOTTOM,
     ("stats", "theory"),

@@ -25,11 +25,12 @@ import torch
 from torch import nn
 
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.handoff import diagnose_at_close
 from gradwatch.layers import find_activations, find_layers
 from gradwatch.monitor import options as opts
 from gradwatch.monitor.hooks import HotPath
-from gradwatch.monitor.lifecycle import _DEFAULT_DIAGNOSE, _LIVE, Lifecycle, set_default_diagnose
-from gradwatch.monitor.meta import MetaMixin
+from gradwatch.monitor.lifecycle import _LIVE, Lifecycle, set_default_diagnose
+from gradwatch.monitor.meta import MetaMixin, describe_structure
 from gradwatch.monitor.optim import OptimHooks, check_optimizers
 from gradwatch.monitor.origin import Forensics
 from gradwatch.monitor.record import StepRecord
@@ -182,9 +183,13 @@ class Monitor(HotPath, StepRecord, OptimHooks, Forensics, Lifecycle, MetaMixin):
         )
         self._started = time.time()
         self._config = config
+        # what the diagnosis needs to know of the model's structure (meta["structure"]):
+        # module types now, the autograd graph at the first step given a loss tensor
+        self._structure = describe_structure(model, None)
+        self._structure_from_graph = False
         self._diagnose_fn = (
             diagnose if callable(diagnose)
-            else (_DEFAULT_DIAGNOSE[0] if diagnose and _DEFAULT_DIAGNOSE else None)
+            else (diagnose_at_close() if diagnose else None)
         )
 
         # -- per-step state and hooks (installed once; removed by close) ----------------------

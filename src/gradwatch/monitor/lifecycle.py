@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from gradwatch.errors import DistributedFlushError, GradwatchValueError
+from gradwatch.handoff import set_diagnose_at_close
 from gradwatch.monitor.listeners import remove_clip_listener
 from gradwatch.store.reader import Run, tables_to_frame
 from gradwatch.store.rundir import (
@@ -38,7 +39,6 @@ from gradwatch.store.rundir import (
 )
 
 _LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
-_DEFAULT_DIAGNOSE: list[Diagnose] = []  # set by the top-level package (diagnose is above us)
 
 
 def set_default_diagnose(fn: Diagnose | None) -> None:
@@ -50,9 +50,7 @@ def set_default_diagnose(fn: Diagnose | None) -> None:
     Args:
         fn: run directory -> findings to store in ``findings.jsonl``; None to diagnose nothing.
     """
-    _DEFAULT_DIAGNOSE.clear()
-    if fn is not None:
-        _DEFAULT_DIAGNOSE.append(fn)
+    set_diagnose_at_close(fn)
 
 
 @atexit.register

@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import platform
 import time
+import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
 from gradwatch.store.format import FORMAT_VERSION
+from gradwatch.structure import describe
 
 
 class MetaMixin:
@@ -45,6 +47,9 @@ class MetaMixin:
             "activations": {
                 name: {"type": type(m).__name__, "family": fam} for name, m, fam in self._acts_info
             },
+            # torch.nn types and the autograd graph (gradwatch.structure): residual joins,
+            # normalization, recurrence, attention; None if it could not be read
+            "structure": self._structure,
             "model": {
                 "class": type(self.model).__name__,
                 "parameters": int(n_params),
@@ -78,3 +83,17 @@ def _version() -> str:
     from gradwatch.version import __version__
 
     return __version__
+
+
+def describe_structure(model: torch.nn.Module, loss: torch.Tensor | None) -> dict[str, Any] | None:
+    """:func:`gradwatch.structure.describe`, or None if it fails: it must never stop training."""
+    try:
+        return describe(model, loss)
+    except Exception as exc:  # noqa: BLE001 - a structure bug must not stop training
+        warnings.warn(
+            f"gradwatch: could not read the model's structure ({exc!r}); the diagnosis will "
+            "not know about its residual connections",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return None

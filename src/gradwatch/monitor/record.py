@@ -14,6 +14,7 @@ import warnings
 import torch
 
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.monitor.meta import describe_structure
 from gradwatch.stats.update import update_block, weight_block
 from gradwatch.store.writer import Block
 
@@ -167,6 +168,15 @@ class StepRecord:
                 flush.
         """
         self._ensure_open()
+        if (
+            not self._structure_from_graph
+            and isinstance(loss, torch.Tensor)
+            and loss.grad_fn is not None
+        ):  # once: residual joins and attention, read from the loss's autograd graph
+            self._structure_from_graph = True
+            found = describe_structure(self.model, loss)
+            if found is not None:
+                self._structure = found
         if loss is not None:
             if isinstance(loss, torch.Tensor):
                 if loss.numel() != 1:

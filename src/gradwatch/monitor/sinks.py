@@ -12,16 +12,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gradwatch import handoff
 from gradwatch.errors import GradwatchValueError
-
-_FACTORY: list[Callable[[str | Path], Any]] = []
 
 
 def set_live_sink_factory(factory: Callable[[str | Path], Any] | None) -> None:
     """Register (or, with None, remove) the factory ``log_dir -> sink`` of live exports."""
-    _FACTORY.clear()
-    if factory is not None:
-        _FACTORY.append(factory)
+    handoff.set_live_sink_factory(factory)
 
 
 def make_live_sink(log_dir: str | Path) -> Any:
@@ -31,9 +28,10 @@ def make_live_sink(log_dir: str | Path) -> Any:
         GradwatchValueError: no factory is registered (``import gradwatch`` registers the
             TensorBoard one).
     """
-    if not _FACTORY:
+    factory = handoff.live_sink_factory()
+    if factory is None:
         raise GradwatchValueError(
             "tensorboard= needs the live TensorBoard export, which `import gradwatch` "
             "registers; import gradwatch (not only gradwatch.monitor) before watching"
         )
-    return _FACTORY[0](log_dir)
+    return factory(log_dir)

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from gradwatch.argcheck import check_out_dir, refuse_symlink
 from gradwatch.errors import GradwatchError
 from gradwatch.report._data import as_run, findings_and_verdict
 
@@ -23,7 +24,12 @@ class MissingExtraError(GradwatchError, ImportError):
     """An optional dependency of the feature asked for is not installed."""
 
 
-def _summary_writer() -> Any:
+def summary_writer_class() -> Any:
+    """``torch.utils.tensorboard.SummaryWriter``, imported on first use.
+
+    Raises:
+        MissingExtraError: the tensorboard package is not installed (names the extra).
+    """
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as exc:
@@ -32,6 +38,11 @@ def _summary_writer() -> Any:
             f"install it with `{EXTRA_HINT}` ({exc})"
         ) from None
     return SummaryWriter
+
+
+# The old private name, kept only until gradwatch.monitor takes the writer class as an
+# argument instead of importing it from this (higher) layer.
+_summary_writer = summary_writer_class
 
 
 def tag(stat: str, layer: str) -> str:
@@ -82,9 +93,9 @@ def export_tensorboard(run_or_path: Any, logdir: str | Path) -> Path:
             ImportError naming ``pip install gradwatch[tensorboard]``).
         RunDirectoryError: ``run_or_path`` is not a readable run directory.
     """
+    out = refuse_symlink("logdir", check_out_dir("logdir", logdir))
     run = as_run(run_or_path)
-    writer_cls = _summary_writer()
-    out = Path(logdir)
+    writer_cls = summary_writer_class()
     out.mkdir(parents=True, exist_ok=True)
     stats = run.stats.sort_values(["step", "layer", "stat"], kind="stable")
     tags = [tag(s, ly) for s, ly in zip(stats["stat"], stats["layer"], strict=True)]
