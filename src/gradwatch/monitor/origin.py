@@ -55,7 +55,7 @@ class Forensics:
                 if first is not None and li not in outs:
                     outs[li] = count_nonfinite([first], dev)
 
-            handles.append(ly.module.register_forward_hook(hook))
+            handles.append(ly.module.register_forward_hook(hook, prepend=True))
         buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
         cuda = sorted({p.device.index or 0 for p in self._params if p.device.type == "cuda"})
         self._replaying = True

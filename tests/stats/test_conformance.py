@@ -1,0 +1,167 @@
+"""Every registered statistic, through one shared tester, against brute-force autograd.
+
+The torchmetrics pattern: one tester runs each statistic the same way. For each name in the
+registry (``gradwatch.stats.STATISTICS``) a *reference* computes the value from plain autograd
+and the tensors themselves, independently of gradwatch; the tester records the scenario the
+reference names with ``gw.watch`` and compares layer by layer. A statistic added to the
+registry without a reference fails ``test_every_statistic_has_a_reference``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import pytest
+import torch
+from torch import nn
+
+import gradwatch as gw
+from gradwatch.stats import STATISTICS
+
+
+def net() -> nn.Sequential:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(),
+                          nn.Linear(16, 3))
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)  # some tanh units saturate
+        model[2].bias[:4].fill_(-9.0)  # some ReLU units die
+    return model
+
+
+LAYERS = {"0": 0, "2": 2, "4": 4}
+
+
+@dataclass
+class Brute:
+    """What plain autograd saw in one training step, and what gradwatch recorded."""
+
+    grads: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    before: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    after: dict[str, list[torch.Tensor]] = field(default_factory=dict)
+    outs: dict[str, torch.Tensor] = field(default_factory=dict)  # retained layer outputs
+    acts: dict[str, torch.Tensor] = field(default_factory=dict)  # activation after a layer
+    run: dict[tuple[str, str], float] = field(default_factory=dict)
+    x: torch.Tensor | None = None
+    loss: float = math.nan
+    scale: float = math.nan
+    clip: tuple[float, float] = (math.nan, math.nan)
+
+
+def train_step(scaler: bool = False, clip: float | None = None, nan_input: bool = False):
+    """One optimizer step, watched, with the brute-force quantities taken beside it."""
+    model = net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(1))
+    if nan_input:
+        x[3, 2] = math.nan
+    y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(2))
+    b = Brute(x=x)
+    handles = []
+    for name, i in LAYERS.items():
+        def keep(m, a, o, name=name):
+            if not torch.is_grad_enabled():
+                return  # the Monitor's NaN-forensics replay runs under no_grad
+            o.retain_grad()
+            b.outs[name] = o
+        handles.append(model[i].register_forward_hook(keep))
+    for name, i in (("0", 1), ("2", 3)):
+        handles.append(model[i].register_forward_hook(
+            lambda m, a, o, name=name: b.acts.__setitem__(name, o.detach().double())))
+    sc = torch.amp.GradScaler("cpu", init_scale=2.0**4) if scaler else None
+    with gw.watch(model, optimizer=opt, detail_every=1, scaler=sc) as mon:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        b.loss = float(loss)
+        (sc.scale(loss) if sc else loss).backward()
+        if sc:
+            b.scale = float(sc.get_scale())
+            sc.unscale_(opt)
+        for name, i in LAYERS.items():
+            ps = list(model[i].parameters())
+            b.grads[name] = [p.grad.detach().double().clone() for p in ps]
+            b.before[name] = [p.detach().double().clone() for p in ps]
+            b.outs[name] = b.outs[name].grad.double() * (b.scale if sc else 1.0)
+        if clip is not None:
+            res = gw.remedies.clip_grad_norm_(model, clip)
+            b.clip = (float(res.total_norm), float(res.clip_coef))
+        (sc.step(opt) if sc else opt.step())
+        if sc:
+            sc.update()
+        mon.step(loss)
+    for h in handles:
+        h.remove()
+    for name, i in LAYERS.items():
+        b.after[name] = [p.detach().double().clone() for p in model[i].parameters()]
+    df = mon.run.stats
+    b.run = {(ly, st): v for ly, st, v in zip(df.layer, df.stat, df.value, strict=True)}
+    return b
+
+
+def norm(ts) -> float:
+    return math.sqrt(sum(float((t**2).sum()) for t in ts))
+
+
+def per_layer(fn):
+    return lambda b: {ly: fn(b, ly) for ly in LAYERS}
+
+
+def act_ref(fn):
+    return lambda b: {ly: fn(b.acts[ly]) for ly in b.acts}
+
+
+REFERENCES = {
+    # name: (scenario, reference: Brute -> {layer: value})
+    "grad_norm": ({}, per_layer(lambda b, ly: norm(b.grads[ly]))),
+    "grad_rms": ({}, per_layer(
+        lambda b, ly: norm(b.grads[ly]) / math.sqrt(sum(g.numel() for g in b.grads[ly])))),
+    "grad_max_abs": ({}, per_layer(lambda b, ly: max(float(g.abs().max()) for g in b.grads[ly]))),
+    "nonfinite": ({}, per_layer(
+        lambda b, ly: float(sum(int((~torch.isfinite(g)).sum()) for g in b.grads[ly])))),
+    "backprop_norm": ({}, per_layer(lambda b, ly: float(b.outs[ly].norm()))),
+    "weight_norm": ({}, per_layer(lambda b, ly: norm(b.after[ly]))),
+    "update_ratio": ({}, per_layer(lambda b, ly: norm(
+        [a - c for a, c in zip(b.after[ly], b.before[ly], strict=True)]) / norm(b.after[ly]))),
+    "act_mean": ({}, act_ref(lambda a: float(a.mean()))),
+    "act_std": ({}, act_ref(lambda a: float(a.std(unbiased=False)))),
+    "saturated_frac": ({}, lambda b: {"0": float((b.acts["0"].abs() > 0.97).double().mean())}),
+    "dead_frac": ({}, lambda b: {"2": float((b.acts["2"].amax(0) <= 0).double().mean())}),
+    "loss": ({}, lambda b: {"": b.loss}),
+    "clip_norm": ({"clip": 0.05}, lambda b: {"": b.clip[0]}),
+    "clip_coef": ({"clip": 0.05}, lambda b: {"": b.clip[1]}),
+    "skipped": ({"scaler": True}, lambda b: {"": 0.0}),
+    "loss_scale": ({"scaler": True}, lambda b: {"": b.scale}),
+    "input_nonfinite": ({"nan_input": True},
+                        lambda b: {"": float((~torch.isfinite(b.x)).sum())}),
+    "weight_nonfinite": ({"nan_input": True}, per_layer(lambda b, ly: 0.0)),
+    # one NaN input row: every layer's output row 3 is NaN, all its features
+    "forward_nonfinite": ({"nan_input": True}, lambda b: {"0": 16.0, "2": 16.0, "4": 3.0}),
+}
+
+_CACHE: dict[tuple, Brute] = {}
+
+
+def scenario(**kw) -> Brute:
+    key = tuple(sorted(kw.items()))
+    if key not in _CACHE:
+        _CACHE[key] = train_step(**kw)
+    return _CACHE[key]
+
+
+def test_every_statistic_has_a_reference():
+    assert set(STATISTICS) == set(REFERENCES)
+
+
+@pytest.mark.parametrize("name", sorted(STATISTICS))
+def test_statistic_equals_brute_force(name):
+    kw, ref = REFERENCES[name]
+    b = scenario(**kw)
+    want = ref(b)
+    assert want, name
+    for layer, value in want.items():
+        assert (layer, name) in b.run, f"{name} not recorded for layer {layer!r}"
+        got = b.run[(layer, name)]
+        assert got == pytest.approx(value, rel=1e-4, abs=1e-6), (name, layer)
+    if STATISTICS[name].scope == "run":
+        assert set(want) == {""}
