@@ -83,8 +83,11 @@ class OptimHooks:
         else:
             self._take_grad_stats()
         if self._detail and "update" in self._need:
-            self._take_snapshot()
-            self._snap_fresh = True
+            try:
+                self._take_snapshot()
+                self._snap_fresh = True
+            except Exception as exc:  # noqa: BLE001 - quantized, meta or mixed-device weights
+                self._warn_skip("weight_norm and update_ratio", exc)
 
     def _take_snapshot(self) -> None:
         """Copy the parameters into the preallocated snapshot (one fused copy)."""
@@ -172,6 +175,8 @@ class OptimHooks:
         try:
             if self._grad_general:
                 raise _General
+            if grads[0].device.type == "meta":
+                raise _General  # no values to reduce: the general path skips them
             if pids is self._all_pids:
                 plan = self._plan
                 g0 = grads[0]

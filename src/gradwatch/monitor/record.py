@@ -94,12 +94,22 @@ class StepRecord:
             buf.append(Block(step, "origin", key, counts))
         if self._detail and "update" in self._need and not self._optimizers:
             # no optimizer: weights now; the update is measured at the next step() call
-            with torch.no_grad():
-                wblk = weight_block(self._params, self._param_plan())
-            buf.append(Block(step, "weight", self._all_pids, wblk))
-            self._take_snapshot()
-            self._manual_snapshot_step = step
+            try:
+                with torch.no_grad():
+                    wblk = weight_block(self._params, self._param_plan())
+                buf.append(Block(step, "weight", self._all_pids, wblk))
+                self._take_snapshot()
+                self._manual_snapshot_step = step
+            except Exception as exc:  # noqa: BLE001 - quantized, meta or mixed-device weights
+                self._warn_skip("weight_norm and update_ratio", exc)
         self._n_recorded += 1
+
+    def _drop_meta(self, start: int) -> None:
+        """Drop the step's blocks that live on the ``meta`` device (they hold no values)."""
+        new = self._buffer[start:]
+        if any(b.tensor.device.type == "meta" for b in new):
+            self._warn_skip("statistics of tensors on the meta device")
+            self._buffer[start:] = [b for b in new if b.tensor.device.type != "meta"]
 
     def _flags(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         """Constant (1,) tensors 0.0 and 1.0 on ``device``, made once (no copy per step)."""
@@ -126,10 +136,15 @@ class StepRecord:
             if self._snap_fresh:
                 self._snap_fresh = False
                 if not self._skipped:
-                    with torch.no_grad():
-                        blk = update_block(self._snapshot, self._params, self._param_plan())
-                    self._buffer.append(Block(self._step, "update", self._all_pids, blk))
+                    try:
+                        with torch.no_grad():
+                            blk = update_block(self._snapshot, self._params, self._param_plan())
+                        self._buffer.append(Block(self._step, "update", self._all_pids, blk))
+                    except Exception as exc:  # noqa: BLE001 - never take training down
+                        self._warn_skip("weight_norm and update_ratio", exc)
+            n = len(self._buffer)
             self._record_step()
+            self._drop_meta(n)
             if self._exec_order:
                 self._order_done = True
         self._bp.reset()
@@ -187,6 +202,9 @@ class StepRecord:
                 val = loss.detach().reshape(())
                 if val.is_complex():
                     val = val.real
+                if val.device.type == "meta":
+                    self._warn_skip("a loss on the meta device")
+                    loss = None
             elif isinstance(loss, int | float) and not isinstance(loss, bool):
                 val = torch.tensor(float(loss), dtype=F32)
             else:
@@ -207,9 +225,14 @@ class StepRecord:
         if loss is not None and self._rec:
             self._losses.append(val)
         if self._manual_snapshot_step is not None and self._snapshot is not None:
-            with torch.no_grad():
-                blk = update_block(self._snapshot, self._params, self._param_plan())
-            self._buffer.append(Block(self._manual_snapshot_step, "update", self._all_pids, blk))
+            try:
+                with torch.no_grad():
+                    blk = update_block(self._snapshot, self._params, self._param_plan())
+                self._buffer.append(
+                    Block(self._manual_snapshot_step, "update", self._all_pids, blk)
+                )
+            except Exception as exc:  # noqa: BLE001 - the model moved or changed dtype
+                self._warn_skip("update_ratio", exc)
             self._manual_snapshot_step = None
         if self._rec:
             self._take_grad_stats()

@@ -79,17 +79,22 @@ class NormPlan:
             st = torch.stack([tensors[i] for i in idx]).view(len(idx), -1)
             parts.append(torch.linalg.vector_norm(st, dim=1, dtype=acc_dtype(st.dtype)).to(F32))
             if with_max:
-                lo, hi = torch.aminmax(st, dim=1)
-                maxes.append(torch.maximum(-lo, hi).to(F32))
+                if st.is_complex():
+                    maxes.append(st.abs().amax(dim=1).to(F32))
+                else:
+                    lo, hi = torch.aminmax(st, dim=1)
+                    maxes.append(torch.maximum(-lo, hi).to(F32))
         if self.rest:
             rest = [tensors[i] for i in self.rest]
-            if any(t.dtype == torch.float64 for t in rest):
+            if any(t.dtype == torch.float64 or t.is_complex() for t in rest):
                 parts.append(torch.stack([norm32(t) for t in rest]))
             else:
                 parts.append(torch.stack(torch._foreach_norm(rest, 2, dtype=F32)))
             if with_max:
                 # no fused max-abs kernel on CPU: aminmax per tensor, one pass each
-                mm = torch.stack([x for g in rest for x in torch.aminmax(g)]).to(F32)
+                mm = torch.stack(
+                    [x for g in rest for x in torch.aminmax(g.abs() if g.is_complex() else g)]
+                ).to(F32)
                 maxes.append(mm.view(-1, 2).abs().amax(1))
         out = self._order(torch.cat(parts) if len(parts) > 1 else parts[0])
         if not with_max:

@@ -10,14 +10,22 @@ F32 = torch.float32
 PLAIN_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype for a reduction: float64 for float64 tensors, float32 otherwise."""
+def acc_dtype(dtype: torch.dtype) -> torch.dtype | None:
+    """Accumulation dtype for a reduction.
+
+    float64 for float64 tensors, float32 for other real tensors, None (their own) for complex.
+    """
+    if dtype.is_complex:
+        return None
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def norm32(t: torch.Tensor) -> torch.Tensor:
-    """L2 norm accumulated in float32 (float64 for float64 input), returned as float32."""
-    if t.dtype == torch.float64:
+    """L2 norm accumulated in float32 (float64 for float64 input), returned as float32.
+
+    Complex tensors give the norm of their moduli (‖z‖₂ = √Σ|z|²), in their own precision.
+    """
+    if t.dtype == torch.float64 or t.is_complex():
         return torch.linalg.vector_norm(t).float()
     return torch.linalg.vector_norm(t, dtype=torch.float32)
 
