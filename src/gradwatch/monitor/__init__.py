@@ -231,11 +231,12 @@ def watch(
         every: record every k-th step, ``"log"`` (every one of the first 10 steps, then ~10
             per decade), or a callable ``step -> bool``.
         activations: record activation statistics (mean, std, saturation, dead units).
-        **options: ``detail_every`` (record the slowly changing statistics — weight norm,
-            update ratio, activation statistics — every n-th recorded step; default 10, 1 for
-            everything every step), ``stats`` (names to record), ``scaler`` (the
-            ``torch.amp.GradScaler`` in use: gradients are then recorded unscaled and skipped
-            steps are recorded as non-finite), ``flush_every`` (steps, default 1000),
+        **options: ``detail_every`` (record the detail statistics — back-propagated norm,
+            max |g|, weight norm, update ratio, activation statistics — every n-th recorded
+            step; default 10, 1 for everything every step), ``stats`` (names to record),
+            ``scaler`` (the ``torch.amp.GradScaler`` in use: gradients are then recorded
+            unscaled, and each step records ``skipped`` and ``loss_scale``; a skipped
+            step records no gradient statistics), ``flush_every`` (steps, default 1000),
             ``flush_secs`` (default 5), ``overwrite`` (replace an existing run), ``name``,
             ``config`` (dict stored in meta.json), ``diagnose`` (default True: diagnose the
             run when it closes and write ``findings.jsonl``; or a callable run directory ->
