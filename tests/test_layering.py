@@ -3,7 +3,8 @@
 Every module under src/gradwatch is parsed (``ast``), counting imports made inside functions,
 and each import is checked against the layer order of DESIGN.md:
 
-    bottom (errors, findings, layers, schedule, structure, jsonable, version)
+    bottom (argcheck, errors, findings, handoff, jsonable, layers, probes, schedule,
+            structure, verdicts, version, wording: helpers that import only each other)
     → stats, theory → store → monitor (watch) → check → diagnose → remedies → report
     → integrations, experiments, demo → commands, cli, the package root (top)
 
@@ -27,8 +28,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "gradwatch"
 
 BOTTOM = (
-    "argcheck", "errors", "findings", "handoff", "jsonable", "layers", "schedule", "structure",
-    "version",
+    "argcheck", "errors", "findings", "handoff", "jsonable", "layers", "probes", "schedule",
+    "structure", "verdicts", "version", "wording",
 )
 ORDER: list[tuple[str, ...]] = [
     BOTTOM,
