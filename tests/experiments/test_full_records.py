@@ -50,6 +50,17 @@ CASES = [
     ("he2015", ("runs", "30-he", "loss_end"), float("nan"), "Over the full run"),
     ("he2015", ("runs", "30-xavier", "loss_end"), 0.2, "Over the full run"),
     ("he2015", ("runs", "22-xavier", "loss_min_running"), 2.0, "the Xavier net trains too"),
+    (
+        "glorot2010",
+        ("tuning", "tanh-normalized", "0.01", "test_error"),
+        0.7,
+        "each at the learning",
+    ),
+    ("glorot2010", ("tuning", "tanh-standard", "0.03", "test_error"), 0.6, "each at the learning"),
+    ("pascanu2013", ("training", "adding/T100/lstm", "final"), 0.1, "the LSTM reaches"),
+    ("pascanu2013", ("training", "adding/T100/rnn", "final"), 0.001, "the LSTM reaches"),
+    ("pascanu2013", ("sweep", -1, "decay_slope"), -0.01, "separates the regimes"),
+    ("residual", ("runs", "100-residual", "loss_end"), 2.2, "Degradation"),
     # xiong2020: post-LN as flat and small as pre-LN at init
     (
         "xiong2020",
