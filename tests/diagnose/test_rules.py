@@ -402,3 +402,15 @@ def test_vanishing_in_a_run_that_learns_is_a_note():
     slow["update_ratio"][:, :5] = 1e-6  # the input side does not keep pace
     lagging = make_run(n, slow, loss=[2.3 * 0.8**i for i in range(steps)])
     assert one(diagnose(lagging), "vanishing").severity == "error"
+
+
+def test_a_signal_cut_by_dead_units_is_the_dead_finding():
+    dead = np.full((1, 6), 0.0)
+    dead[0, 3] = 0.97
+    cut = np.array([[0.0, 0.0, 0.0, 0.0, 1.0, 1.0]])  # exactly 0 below the dead layer
+    run = make_run(6, {"backprop_norm": cut, "dead_frac": dead}, checkup={"batch_size": 8})
+    assert [f.kind for f in diagnose(run)] == ["dead"] and verdict(diagnose(run)) == "dead"
+    small = make_run(
+        6, {"backprop_norm": geometric(0.1, 6), "dead_frac": dead}, checkup={"batch_size": 8}
+    )
+    assert verdict(diagnose(small)) == "vanishing"  # small but not zero: vanishing

@@ -44,8 +44,15 @@ def vanishing_severity(fs: FlowStep) -> str | None:
     return v[1] if v else None
 
 
-def cut_by_dead_units(view: RunView, step: int) -> list[str]:
-    """Layers almost wholly dead at ``step``: they cut the signal (the dead rule's finding)."""
+def cut_by_dead_units(view: RunView, fs: FlowStep) -> list[str]:
+    """Layers almost wholly dead at ``fs.step`` when the signal below them is exactly 0.
+
+    Such layers cut the signal (the dead rule's finding, its cause); a signal that is small
+    but not zero is vanishing whatever the dead units.
+    """
+    if float(np.min(fs.bp)) > 0:
+        return []
+    step = fs.step
     dead = view.wide("dead_frac")
     earlier = [s for s in dead.index if s <= step]  # a detail statistic: the latest one
     if dead.empty or not earlier:
@@ -86,7 +93,7 @@ def rule(view: RunView) -> list[Finding]:
     cause), not a second, vanishing one.
     """
     steps = flow_steps(view)
-    held = [fs for fs in steps if vanishing_severity(fs) and not cut_by_dead_units(view, fs.step)]
+    held = [fs for fs in steps if vanishing_severity(fs) and not cut_by_dead_units(view, fs)]
     held_steps = [fs.step for fs in held]
     recorded = [fs.step for fs in steps]
     if not persists(held_steps, recorded):
