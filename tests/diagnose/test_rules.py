@@ -414,3 +414,16 @@ def test_a_signal_cut_by_dead_units_is_the_dead_finding():
         6, {"backprop_norm": geometric(0.1, 6), "dead_frac": dead}, checkup={"batch_size": 8}
     )
     assert verdict(diagnose(small)) == "vanishing"  # small but not zero: vanishing
+
+
+def test_some_dead_units_in_a_run_that_learns_are_a_note():
+    dead = const(0.0, 3, 10)
+    dead[:, 1] = 0.6
+    learns = make_run(3, {"dead_frac": dead}, loss=[2.3 * 0.8**i for i in range(10)])
+    f = one(diagnose(learns), "dead")
+    assert f.severity == "info" and "the live ones carry the signal" in f.message
+    stalls = make_run(3, {"dead_frac": dead}, loss=[2.3] * 10)
+    assert one(diagnose(stalls), "dead").severity == "warning"
+    dead[:, 1] = 0.95  # a wall for the gradient, learning or not
+    walled = make_run(3, {"dead_frac": dead}, loss=[2.3 * 0.8**i for i in range(10)])
+    assert one(diagnose(walled), "dead").severity == "error"

@@ -12,8 +12,8 @@ learns (its loss fell, :data:`~gradwatch.diagnose._view.LOSS_FELL`) a layer with
 :data:`DEAD_FRAC_ERROR` of its units dead is a note, its live units carrying the signal.
 
 A healthy ReLU unit is zero on a given sample half of the time, so on a batch of n samples
-it looks dead by chance with probability 2^-n: a checkup on fewer than :data:`DEAD_MIN_BATCH` samples says
-nothing about dead units and is skipped.
+it looks dead by chance with probability 2^-n: a checkup on fewer than
+:data:`DEAD_MIN_BATCH` samples says nothing about dead units and is skipped.
 """
 
 from __future__ import annotations
