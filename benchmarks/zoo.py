@@ -46,13 +46,15 @@ def _init_worker(root: str) -> None:
         sys.path.insert(0, root)
 
 
-def run(names: list[str], jobs: int) -> list[dict]:
+def run(names: list[str], jobs: int, on_row=None) -> list[dict]:
     """Run the named cases, ``jobs`` at a time, largest budget first; rows in the zoo's order."""
     rows: dict[str, dict] = {}
     if jobs <= 1:
         for n in names:
             rows[n] = _run_named(n)
             _progress(rows[n], len(rows), len(names))
+            if on_row:
+                on_row([rows[k] for k in names if k in rows])
     else:
         ctx = get_context("spawn")  # fresh interpreters: no torch threads inherited
         with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
@@ -63,6 +65,8 @@ def run(names: list[str], jobs: int) -> list[dict]:
                 row = fut.result()
                 rows[row["name"]] = row
                 _progress(row, len(rows), len(names))
+                if on_row:
+                    on_row([rows[k] for k in names if k in rows])
     return [rows[n] for n in names]
 
 
@@ -88,7 +92,28 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown cases {unknown}; known: {', '.join(BY_NAME)}")
         names = [n for n in names if n in wanted] if args.quick else wanted
     t0, c0 = time.perf_counter(), time.process_time()
-    rows = run(names, max(1, args.jobs))
+
+    def write(rows: list[dict], complete: bool) -> None:
+        if not args.json:
+            return
+        import torch
+
+        import gradwatch
+
+        meta = {"complete": complete, "cases_total": len(names),
+                "wall_s": time.perf_counter() - t0, "main_cpu_s": time.process_time() - c0,
+                "case_cpu_s": sum(r["cpu_s"] for r in rows), "jobs": args.jobs,
+                "loadavg": os.getloadavg(), "cpus": os.cpu_count(),
+                "python": platform.python_version(), "torch": torch.__version__,
+                "gradwatch": gradwatch.__version__, "quick": args.quick,
+                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"meta": meta, "summary": summary(rows), "cases": rows},
+                                   indent=1, default=str))
+
+    # the JSON is rewritten after every case, so an interrupted run still leaves its rows
+    rows = run(names, max(1, args.jobs), on_row=lambda done: write(done, False))
     wall = time.perf_counter() - t0
     summ = summary(rows)
     print(render(rows, summ))
@@ -96,20 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(rows)} cases in {wall:.0f} s wall, {case_cpu:.0f} s CPU in the cases "
           f"({args.jobs} jobs; load average {os.getloadavg()[0]:.1f})")
     if args.json:
-        import torch
-
-        import gradwatch
-
-        meta = {"wall_s": wall, "case_cpu_s": case_cpu, "main_cpu_s": time.process_time() - c0,
-                "jobs": args.jobs, "loadavg": os.getloadavg(), "cpus": os.cpu_count(),
-                "python": platform.python_version(), "torch": torch.__version__,
-                "gradwatch": gradwatch.__version__, "quick": args.quick,
-                "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
-        path = Path(args.json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"meta": meta, "summary": summ, "cases": rows}, indent=1,
-                                   default=str))
-        print(f"written: {path}")
+        write(rows, True)
+        print(f"written: {args.json}")
     return 0
 
 
