@@ -427,3 +427,21 @@ def test_some_dead_units_in_a_run_that_learns_are_a_note():
     dead[:, 1] = 0.95  # a wall for the gradient, learning or not
     walled = make_run(3, {"dead_frac": dead}, loss=[2.3 * 0.8**i for i in range(10)])
     assert one(diagnose(walled), "dead").severity == "error"
+
+
+def test_a_loss_that_does_not_fall_without_a_cause_is_uncertain():
+    n = 30
+    stuck = make_run(3, {"backprop_norm": const(1.0, 3, n)}, loss=[2.77] * n)
+    (f,) = diagnose(stuck)
+    assert (f.kind, f.severity, verdict([f])) == ("uncertain", "warning", "uncertain")
+    assert "has not fallen in 30 recorded steps (2.8 at the start, 2.8 at the end)" in f.message
+    falling = [2.77 * 0.9**i for i in range(n)]
+    learns = make_run(3, {"backprop_norm": const(1.0, 3, n)}, loss=falling)
+    assert diagnose(learns) == []
+    # a cause found by another rule speaks alone
+    vanishing = make_run(12, {"backprop_norm": geometric(0.5, 12, n)}, loss=[2.77] * n)
+    assert [f.kind for f in diagnose(vanishing)] == ["vanishing"]
+    rnn = make_run(2, {"backprop_norm": const(1.0, 2, n)}, loss=[0.17] * n,
+                   structure={"recurrent": True, "recurrent_layers": {"l0": {"type": "RNN"}}})
+    (f,) = diagnose(rnn)
+    assert "gw.check" in f.message and f.remedies[0] == "lstm_or_gru"
