@@ -5,6 +5,29 @@ import torch
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
+#: Long end-to-end tests, left out of the default run (``python -m pytest`` stays under five
+#: minutes on two cores) and run by CI with ``python -m pytest -m slow``. Listed here, by test
+#: (all parametrisations), so that the list of what the default run skips is in one place.
+SLOW_TESTS = frozenset({
+    "tests/store/test_run_directory.py::test_sigkill_at_random_points_loses_nothing_flushed",
+    "tests/store/test_run_directory.py::test_sigterm_flushes_everything",
+    "tests/experiments/test_criticality.py::test_ray_and_local_pool_give_the_same_grid",
+    "tests/experiments/test_criticality.py::test_seeded_repeatable",
+    "tests/experiments/test_pascanu2013.py::test_seeded_repeatable",
+    "tests/experiments/test_repeatable.py::test_tiny_run_twice_identical",
+    "tests/integrations/test_ddp.py::test_ddp_two_ranks_match_a_single_process_on_the_combined_batch",
+})
+#: Tests that use one of these fixtures are slow too: each runs experiments' quick mode once
+#: per session (a minute or more apiece on two cores).
+SLOW_FIXTURES = frozenset({"quick_result"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m 'not slow' deselects by marker
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.nodeid.split("[", 1)[0] in SLOW_TESTS or SLOW_FIXTURES & set(item.fixturenames):
+            item.add_marker(pytest.mark.slow)
+
 
 @pytest.fixture(autouse=True)
 def _seed_and_threads():

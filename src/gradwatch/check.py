@@ -293,13 +293,13 @@ def check(
 # ---------------------------------------------------------------------------- validation
 def _as_args(inputs: Any) -> tuple[torch.Tensor, ...]:
     if isinstance(inputs, torch.Tensor):
-        return (inputs,)
+        return _non_empty((inputs,))
     if (
         isinstance(inputs, tuple | list)
         and inputs
         and all(isinstance(x, torch.Tensor) for x in inputs)
     ):
-        return tuple(inputs)
+        return _non_empty(tuple(inputs))
     got = type(inputs).__name__
     if isinstance(inputs, tuple | list):
         kinds = ", ".join(type(x).__name__ for x in inputs)
@@ -308,6 +308,16 @@ def _as_args(inputs: Any) -> tuple[torch.Tensor, ...]:
         f"inputs must be a torch.Tensor or a tuple of tensors (passed as model(*inputs)), got "
         f"{got}; convert with torch.as_tensor(...)"
     )
+
+
+def _non_empty(args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    for x in args:
+        if x.numel() == 0:
+            raise GradwatchValueError(
+                f"inputs has no elements (shape {tuple(x.shape)}); give a batch of at least "
+                "one example"
+            )
+    return args
 
 
 def _model_device(model: nn.Module) -> torch.device | None:

@@ -15,14 +15,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 import gradwatch as gw
 from gradwatch.errors import GradwatchValueError
+from gradwatch.report.remedy_text import describe_remedy
 
 
 @dataclass
@@ -35,6 +36,7 @@ class DemoConfig:
     batch: int = 32
     lr: float = 1e-3  # Adam
     seed: int = 0
+    eval_every: int = 10  # steps between two measurements of the test accuracy
 
 
 def digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -68,28 +70,46 @@ def sigmoid_mlp(depth: int, width: int, seed: int) -> nn.Sequential:
     return model
 
 
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    """Fraction of ``x`` that ``model`` classifies as ``y`` (eval mode, no gradient)."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        acc = (model(x).argmax(1) == y).float().mean().item()
+    model.train(was_training)
+    return acc
+
+
 def train(model: nn.Module, data, cfg: DemoConfig, run_dir: Path, progress, label: str) -> dict:
-    """Train with Adam on the same batches every time, watched; return losses and accuracy."""
+    """Train with Adam on the same batches every time, watched; return losses and accuracy.
+
+    The test accuracy is measured before training and after every ``cfg.eval_every``-th step
+    (and the last), at the step numbers the Monitor records (0 is the first step).
+    """
     xtr, ytr, xte, yte = data
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     order = torch.Generator().manual_seed(cfg.seed + 1)
     task = progress.add_task(label, total=cfg.steps)
+    acc_steps, acc_values = [], []
     with gw.watch(model, run_dir, optimizer=opt, overwrite=True, name=label,
                   config={"demo": asdict(cfg)}) as mon:
-        for _ in range(cfg.steps):
+        for step in range(cfg.steps):
             idx = torch.randint(0, len(xtr), (cfg.batch,), generator=order)
             opt.zero_grad()
             loss = nn.functional.cross_entropy(model(xtr[idx]), ytr[idx])
             loss.backward()
             opt.step()
             mon.step(loss)
+            if step % cfg.eval_every == 0 or step == cfg.steps - 1:
+                acc_steps.append(step)
+                acc_values.append(accuracy(model, xte, yte))
             progress.advance(task)
     model.eval()
     with torch.no_grad():
         train_loss = nn.functional.cross_entropy(model(xtr), ytr).item()
-        acc = (model(xte).argmax(1) == yte).float().mean().item()
     model.train()
-    return {"final_train_loss": train_loss, "test_accuracy": acc}
+    return {"final_train_loss": train_loss, "test_accuracy": acc_values[-1],
+            "accuracy_curve": {"steps": acc_steps, "test_accuracy": acc_values}}
 
 
 def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig | None = None,
@@ -134,7 +154,8 @@ def _run_demo(out: str | Path, cfg: DemoConfig, console: Console | None) -> dict
     console.rule("[bold]2. gw.fix: remedies applied to a copy until the check says healthy")
     fixed, report = gw.fix(model, probe_x, probe_y)
     for name, details in report.applied:
-        console.print(f"  applied [bold]{name}[/]: {_short(details)}")
+        what = escape(describe_remedy(name, details))
+        console.print(f"  applied [bold]{escape(name)}[/]: {what}")
     console.print(f"  verdict before: [red]{report.verdict_before}[/]  ->  after: "
                   f"[green]{report.verdict_after}[/]")
 
@@ -152,7 +173,14 @@ def _run_demo(out: str | Path, cfg: DemoConfig, console: Console | None) -> dict
 
     from gradwatch.report.html import write_html
 
-    report_path = write_html(run_before, out / "report.html", checkup=before, fix_report=report)
+    curves = {
+        "original": _curve(res_before),
+        "fixed": _curve(res_after),
+    }
+    report_path = write_html(
+        run_before, out / "report.html", checkup=before, fix_report=report,
+        compare={"original": run_before, "fixed": run_after}, accuracy=curves, chance=0.1,
+    )
     write_html(run_after, out / "after" / "report.html")
     verdict_run_before = _run_verdict(run_before)
     verdict_run_after = _run_verdict(run_after)
@@ -187,16 +215,6 @@ def _run_verdict(run: gw.Run) -> str:
     return verdict(run.findings)
 
 
-def _short(details: Any) -> str:
-    if isinstance(details, dict):
-        items = list(details.items())[:4]
-        return ", ".join(f"{k}={_fmt(v)}" for k, v in items) + (" ..." if len(details) > 4 else "")
-    return str(details)[:100]
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float | np.floating):
-        return f"{v:.3g}"
-    if isinstance(v, dict | list):
-        return f"<{len(v)} items>"
-    return str(v)[:40]
+def _curve(result: dict) -> tuple[list[int], list[float]]:
+    curve = result["accuracy_curve"]
+    return curve["steps"], curve["test_accuracy"]

@@ -25,6 +25,17 @@ def test_demo_prints_both_verdicts_and_writes_the_report(tmp_path):
     assert result["after"]["final_train_loss"] < 0.7 * result["before"]["final_train_loss"]
     html = (out / "report.html").read_text()
     assert html.startswith("<!DOCTYPE html>") and "vanishing" in html
+    # one page tells the whole story: diagnosis, what fix changed and why, both training runs
+    # (loss and accuracy) side by side, gradient flow before and after, both verdicts
+    for part in ("Findings", "What gw.fix changed, in order, and why", "why: ",
+                 "Both training runs, side by side", "held-out accuracy",
+                 "Back-propagated signal per layer, before and after"):
+        assert part in html, part
+    curve = result["after"]["accuracy_curve"]
+    assert curve["steps"][0] == 0 and curve["steps"][-1] == 59
+    assert f"{result['after']['test_accuracy']:.1%}" in html
+    assert f"{result['before']['test_accuracy']:.1%}" in html
+    assert "``" not in html and "items>" not in proc.stdout
     assert (out / "before" / "meta.json").is_file() and (out / "after" / "meta.json").is_file()
 
 

@@ -8,10 +8,17 @@ right before the fence (invisible on the rendered page and on GitHub) can mark i
 runs the block only when those modules can be imported (CI installs them); otherwise the
 block is skipped, with the missing module as the reason. Blocks of a page run in order, in
 one namespace.
+
+    <!-- docs-test: output=shown -->
+
+before a ``text`` block marks it as the printed output of the ``python`` block just above it:
+the test compares what that block prints with it (numbers within a tolerance), and
+``python -m tests.docs.update_outputs`` rewrites it from a real run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import re
 from dataclasses import dataclass
@@ -33,6 +40,8 @@ class Block:
     lang: str
     code: str
     requires: tuple[str, ...] = ()
+    is_output: bool = False  # a text block marked as the output of the block above
+    output: Block | None = None  # for a python block: its shown output block, if any
 
     @property
     def id(self) -> str:
@@ -93,6 +102,7 @@ def blocks(path: Path, root: Path = DOCS) -> list[Block]:
                 lang=lang,
                 code="\n".join(body) + "\n",
                 requires=requires,
+                is_output=mark.get("output") == "shown",
             )
         )
         mark = {}
@@ -100,5 +110,14 @@ def blocks(path: Path, root: Path = DOCS) -> list[Block]:
 
 
 def python_blocks(root: Path = DOCS) -> list[Block]:
-    """Every ``python`` block of every page, page by page, in order."""
-    return [b for p in pages(root) for b in blocks(p, root) if b.lang == "python"]
+    """Every ``python`` block of every page, page by page, in order, with its shown output."""
+    out = []
+    for p in pages(root):
+        page = blocks(p, root)
+        for b, nxt in zip(page, [*page[1:], None], strict=False):
+            if b.lang != "python":
+                continue
+            if nxt is not None and nxt.is_output:
+                b = dataclasses.replace(b, output=nxt)
+            out.append(b)
+    return out

@@ -107,3 +107,29 @@ def fix_report():
     model = nn.Sequential(*layers, nn.Linear(16, 4))
     _, report = gw.fix(model, torch.randn(32, 16), allow="init", max_rounds=1)
     return report
+
+
+@pytest.fixture(scope="session")
+def sigmoid_run(tmp_path_factory):
+    """9 steps of a 6-layer sigmoid net with standard init: its gradient vanishes."""
+    torch.manual_seed(0)
+    layers = []
+    for _ in range(6):
+        layers += [nn.Linear(16, 16), nn.Sigmoid()]
+    return record(tmp_path_factory.mktemp("runs") / "sigmoid", nn.Sequential(*layers,
+                                                                               nn.Linear(16, 3)))
+
+
+#: Held-out accuracy per run for the comparison report: (steps, values).
+ACCURACY = {"original": ([0, 4, 8], [0.30, 0.34, 0.33]), "fixed": ([0, 4, 8], [0.32, 0.61, 0.9])}
+
+
+@pytest.fixture(scope="session")
+def compare_html(sigmoid_run, mixed_run, fix_report, tmp_path_factory):
+    """A report laid out as the demo's: a fix section and two training runs side by side."""
+    from gradwatch.report import write_html
+
+    return write_html(
+        sigmoid_run, tmp_path_factory.mktemp("html") / "compare.html", fix_report=fix_report,
+        compare={"original": sigmoid_run, "fixed": mixed_run}, accuracy=ACCURACY, chance=1 / 3,
+    )

@@ -1,9 +1,12 @@
 """The HTML report in a real headless browser (Debian's chromium): it renders, its script runs
-without a console error, the interactive chart is built, and hostile layer names stay text."""
+without a console error, the interactive chart is built, hostile layer names stay text, and the
+page fits a wide screen (1400 px) and a phone (420 px) without horizontal overflow, with the
+figures re-laid out for the phone rather than shrunk."""
 
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import shutil
@@ -25,20 +28,66 @@ pytestmark = pytest.mark.skipif(
 FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--enable-logging=stderr", "--v=0", "--window-size=1200,2000",
+    "--enable-logging=stderr", "--v=0", "--hide-scrollbars",
 ]
+# Appended to a copy of the page: measures the layout once everything (images included) has
+# loaded, and writes the numbers into the DOM that --dump-dom prints.
+MEASURE = """<script>
+window.addEventListener("load", function () {
+  var figs = [].slice.call(document.querySelectorAll("figure")).map(function (f) {
+    var shown = [].slice.call(f.querySelectorAll("img")).filter(function (i) {
+      return getComputedStyle(i).display !== "none"; });
+    return {shown: shown.map(function (i) { return i.className; }),
+            width: shown.length ? shown[0].getBoundingClientRect().width : 0,
+            natural: shown.length ? shown[0].naturalWidth : 0};
+  });
+  var lbl = document.querySelector("#gw-flow-svg .lbl");
+  var out = {inner: window.innerWidth, scroll: document.documentElement.scrollWidth,
+             figs: figs, chartFont: lbl ? lbl.getBoundingClientRect().height : null};
+  parent.postMessage(JSON.stringify(out), "*");
+});
+</script>"""
+# Chromium's headless window is at least 500 px wide, so the page is shown in an iframe of
+# exactly the width to test: its viewport (and its media queries) are that wide. The frame
+# posts its numbers to this wrapper, which writes them where --dump-dom prints them.
+FRAME = """<!DOCTYPE html><html><body style="margin:0">
+<iframe src="{src}" style="border:0;width:{width}px;height:{height}px;display:block"></iframe>
+<script>
+window.addEventListener("message", function (ev) {{
+  var pre = document.createElement("pre");
+  pre.id = "gw-measure";
+  pre.textContent = ev.data;
+  document.body.appendChild(pre);
+}});
+</script></body></html>"""
 
 
-def browse(page, tmp_path, name):
+def browse(page, tmp_path, name, width=1200, height=2000, extra=()):
     """Load ``page`` once: screenshot, the DOM after scripts ran, and chromium's stderr."""
     shot = tmp_path / f"{name}.png"
-    cmd = [CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / (name + '-profile')}",
+    cmd = [CHROMIUM, *FLAGS, *extra, f"--window-size={width},{height}",
+           f"--user-data-dir={tmp_path / (name + '-profile')}",
            f"--screenshot={shot}", "--dump-dom", page.resolve().as_uri()]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-2000:]
     console = [ln for ln in proc.stderr.splitlines()
                if ":CONSOLE" in ln or "Uncaught" in ln]
     return shot, proc.stdout, console
+
+
+def measured(page, tmp_path, name, width):
+    """Screenshot, layout numbers and console lines of ``page`` at ``width`` CSS pixels."""
+    copy = tmp_path / f"{name}.html"
+    copy.write_text(page.read_text(encoding="utf-8").replace("</body>", MEASURE + "</body>"),
+                    encoding="utf-8")
+    # the page's own CSP allows inline scripts only, which the measuring script is
+    frame = tmp_path / f"{name}-frame.html"
+    frame.write_text(FRAME.format(src=copy.name, width=width, height=2400), encoding="utf-8")
+    shot, dom, console = browse(frame, tmp_path, name, width=max(width, 500), height=2400,
+                                extra=["--virtual-time-budget=20000"])
+    found = re.search(r'<pre id="gw-measure">(.*?)</pre>', dom, flags=re.S)
+    assert found, "the measuring script did not run"
+    return shot, json.loads(html.unescape(found.group(1))), console
 
 
 def test_report_renders_runs_its_script_and_escapes_names(mixed_run, mixed_html, tmp_path):
@@ -60,6 +109,41 @@ def test_report_renders_runs_its_script_and_escapes_names(mixed_run, mixed_html,
     assert html.escape(XSS) in dom and html.escape(XSS_TITLE, quote=False) in dom
     assert "<script>alert(1)" not in dom
     assert "PWNED" not in re.search(r"<title>(.*?)</title>", dom, flags=re.S).group(1)
+
+
+@pytest.mark.parametrize("width", [1400, 420])
+def test_report_fits_the_screen_at_1400_and_420_px(compare_html, tmp_path, width):
+    shot, m, console = measured(compare_html, tmp_path, f"compare-{width}", width)
+    assert console == []  # no JS error, no CSP violation
+    assert m["inner"] == width
+    # no horizontal overflow of the page: wide tables scroll inside their own box
+    assert m["scroll"] <= m["inner"], m
+    # every figure shows one image: the wide layout on a wide screen, the phone layout on a
+    # phone, never wider than the screen
+    assert len(m["figs"]) >= 9
+    want = "fig-wide" if width == 1400 else "fig-narrow"
+    assert all(f["shown"] == [want] for f in m["figs"]), m["figs"]
+    assert all(0 < f["width"] <= width for f in m["figs"])
+    if width == 420:
+        # re-laid out, not shrunk: a phone figure (about 310 pt) is shown at least at its
+        # natural size, so its 8 pt tick labels stay at least 10 px high
+        assert all(f["width"] >= 0.95 * f["natural"] for f in m["figs"]), m["figs"]
+    # the interactive chart draws its labels at their size (11 px), whatever the width
+    assert m["chartFont"] is not None and 9 <= m["chartFont"] <= 16
+    img = imread(shot)[:, :width, :3]
+    assert img.std() > 0.05
+    saved = os.environ.get("GRADWATCH_SCREENSHOTS")
+    if saved:  # for a person to look at: GRADWATCH_SCREENSHOTS=DIR python -m pytest ...
+        shutil.copy(shot, os.path.join(saved, f"report-{width}.png"))
+
+
+def test_overflow_would_be_seen(tmp_path):
+    """The overflow check above is meaningful: a page wider than the screen is caught."""
+    page = tmp_path / "wide.html"
+    page.write_text("<!DOCTYPE html><meta name='viewport' content='width=device-width'>"
+                    "<body><div style='width:900px'>wide</div></body>")
+    _, m, _ = measured(page, tmp_path, "wide", 420)
+    assert m["scroll"] > m["inner"] == 420
 
 
 def test_console_errors_would_be_seen(tmp_path):

@@ -33,8 +33,9 @@ def test_self_contained_no_remote_resources(mixed_html):
     assert REMOTE.search(text) is None
     assert "http://" not in text and "https://" not in text
     assert "<link" not in text and not re.search(r"<script[^>]*\bsrc=", text)
-    # figures are embedded images
-    assert text.count('src="data:image/svg+xml;base64,') == 6
+    # figures are embedded images, each in a wide and a phone layout
+    assert text.count('src="data:image/svg+xml;base64,') == 2 * 6
+    assert text.count('class="fig-wide"') == text.count('class="fig-narrow"') == 6
 
 
 def test_verdict_and_findings_come_first(mixed_run, mixed_html):
@@ -95,7 +96,7 @@ def test_checkup_report_with_temporal_flow(rnn_checkup, tmp_path):
     text = page(out)
     assert f">{rnn_checkup.verdict.upper()}</div>" in text
     assert "verdict source: checkup" in text
-    assert "Temporal gradient flow" in text and text.count("data:image/svg+xml") == 7
+    assert "Temporal gradient flow" in text and text.count("data:image/svg+xml") == 2 * 7
 
 
 def test_fix_report_section_on_a_run_with_few_stats(fix_report, bare_run, tmp_path):
@@ -106,7 +107,8 @@ def test_fix_report_section_on_a_run_with_few_stats(fix_report, bare_run, tmp_pa
             f"<b>{fix_report.verdict_after}</b>") in text
     for name, _ in fix_report.applied:
         assert f"<b>{html.escape(name)}</b>" in text
-    assert text.count("data:image/svg+xml") == 7  # the run's six figures and the comparison
+    # the run's six figures and the comparison, each in a wide and a phone layout
+    assert text.count("data:image/svg+xml") == 2 * 7
     # the run holds backprop_norm only: the chart offers just that, the table has one column
     assert '<option value="backprop_norm">' in text and '"grad_norm"' not in text
     assert "<th title=" in text and text.count("<th title=") == 1

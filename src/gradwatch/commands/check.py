@@ -17,20 +17,36 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import nn
-
+from gradwatch.commands.args import check_seed
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 _SPEC_HINT = "write it as FILE.py:FACTORY, e.g. models.py:make_model"
 #: Width of the log10 backprop_norm bar, in characters.
-BAR_WIDTH = 16
+BAR_WIDTH = 12
 #: Most per-layer rows printed; the middle of a longer table is elided.
 MAX_ROWS = 40
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume 4 GiB
+        return 2**32
+
+
+#: Largest random input batch ``--input-shape`` may ask for (float32 bytes): 1 GiB, or a
+#: quarter of the machine's memory when that is less. A check needs a few examples; a batch
+#: near the memory size would be killed, or swap, instead of saying what is wrong.
+MAX_INPUT_BYTES = min(2**30, _physical_memory() // 4)
 
 
 def register(subparsers: Any) -> None:
@@ -80,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     """Load the model, run gw.check, print the result; return the exit code."""
     from gradwatch.check import check
 
+    check_seed(args.seed)
+    if args.input_shape is not None:
+        input_dims(args.input_shape)  # a bad shape fails before FILE.py runs
     model, inputs, targets = load_model(args.model)
     if inputs is None:
         if args.input_shape is None:
@@ -107,6 +126,8 @@ def load_model(spec: str) -> tuple[nn.Module, Any, Any]:
         GradwatchTypeError: the factory gives something other than a model (or a tuple
             starting with one).
     """
+    from torch import nn  # here, not at the top: ``gradwatch --help`` must not load torch
+
     path_str, sep, name = spec.rpartition(":")
     if not sep or not path_str or not name:
         raise GradwatchValueError(f"model {spec!r} has no ':FACTORY' part; {_SPEC_HINT}")
@@ -129,16 +150,18 @@ def load_model(spec: str) -> tuple[nn.Module, Any, Any]:
             made = factory()
         except Exception as err:  # noqa: BLE001 - the user's code: report it in one line
             raise GradwatchValueError(
-                f"{name}() in {path_str!r} raised {type(err).__name__}: {err}"
+                f"model factory {name}() in {path_str!r} raised {type(err).__name__}: {err}"
             ) from err
     else:
         raise GradwatchTypeError(
-            f"{name!r} in {path_str!r} is a {type(factory).__name__}, not a function"
+            f"model factory {name!r} in {path_str!r} is a {type(factory).__name__}, not a "
+            "function; name a function that returns the model"
         )
     parts = made if isinstance(made, tuple) else (made,)
     if not parts or not isinstance(parts[0], nn.Module) or len(parts) > 3:
         raise GradwatchTypeError(
-            f"{name}() in {path_str!r} must return an nn.Module or a tuple (model, inputs[, "
+            f"model factory {name}() in {path_str!r} must return an nn.Module or a tuple "
+            "(model, inputs[, "
             f"targets]), got {type(made).__name__}"
         )
     model = parts[0]
@@ -167,11 +190,12 @@ def _run_file(path: Path) -> Any:
     return module
 
 
-def random_inputs(shape: str, seed: int = 0) -> torch.Tensor:
-    """A seeded standard-normal float32 batch of ``shape`` ("8,64" -> (8, 64)).
+def input_dims(shape: str) -> tuple[int, ...]:
+    """The dimensions of ``--input-shape`` ("8,64" -> (8, 64)), checked before allocating.
 
     Raises:
-        GradwatchValueError: ``shape`` is not positive integers separated by commas.
+        GradwatchValueError: ``shape`` is not positive integers separated by commas, or the
+            batch would take more than :data:`MAX_INPUT_BYTES`.
     """
     try:
         dims = tuple(int(d) for d in shape.split(",") if d.strip())
@@ -182,6 +206,25 @@ def random_inputs(shape: str, seed: int = 0) -> torch.Tensor:
             f"--input-shape {shape!r} must be positive integers separated by commas, batch "
             "first, e.g. 8,64 or 8,3,32,32"
         )
+    nbytes = 4 * math.prod(dims)  # float32
+    if nbytes > MAX_INPUT_BYTES:
+        raise GradwatchValueError(
+            f"--input-shape {shape!r} would take {nbytes / 2**30:.3g} GiB for the input batch "
+            f"alone (at most {MAX_INPUT_BYTES / 2**30:.3g} GiB); a few examples are enough for "
+            "a check, e.g. 8,64"
+        )
+    return dims
+
+
+def random_inputs(shape: str, seed: int = 0) -> torch.Tensor:
+    """A seeded standard-normal float32 batch of ``shape`` ("8,64" -> (8, 64)).
+
+    Raises:
+        GradwatchValueError: as :func:`input_dims`.
+    """
+    import torch
+
+    dims = input_dims(shape)
     return torch.randn(dims, generator=torch.Generator().manual_seed(seed))
 
 
@@ -191,6 +234,8 @@ def random_targets(spec: str, batch: int, seed: int = 0) -> torch.Tensor:
     Raises:
         GradwatchValueError: ``spec`` is not ``classes:K`` with K >= 2.
     """
+    import torch
+
     kind, _, k = spec.partition(":")
     if kind != "classes" or not k.isdigit() or int(k) < 2:
         raise GradwatchValueError(
@@ -201,6 +246,8 @@ def random_targets(spec: str, batch: int, seed: int = 0) -> torch.Tensor:
 
 
 def _batch(inputs: Any) -> int:
+    import torch
+
     x = inputs[0] if isinstance(inputs, tuple | list) else inputs
     if not isinstance(x, torch.Tensor) or x.dim() == 0:
         raise GradwatchValueError("--targets needs inputs with a batch dimension")
@@ -241,16 +288,20 @@ def print_checkup(cu: Any) -> None:
     bp = [float(v) for v in cu.table["backprop_norm"] if math.isfinite(v) and v > 0]
     lo, hi = (math.log10(min(bp)), math.log10(max(bp))) if bp else (0.0, 0.0)
     table = Table(title="layers, input side first; bar: log10 ‖∂L/∂output‖")
+    # Layer names wrap rather than being cut: siblings ("layer1.0.conv1", "layer1.0.conv2")
+    # differ at the end, which an ellipsis would hide.
     for col, just in (
         ("layer", "left"),
         ("type", "left"),
-        ("backprop_norm", "right"),
+        ("‖∂L/∂out‖", "right"),
         ("", "left"),
-        ("grad_norm", "right"),
+        ("‖∂L/∂W‖", "right"),
         ("dead", "right"),
         ("sat.", "right"),
     ):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+        wrap = col == "layer"
+        table.add_column(col, justify=just, overflow="fold" if wrap else "ellipsis",  # type: ignore[arg-type]
+                         no_wrap=not wrap, ratio=1 if wrap else None)
     rows = list(cu.table.itertuples(index=False))
     if len(rows) > MAX_ROWS:
         half = MAX_ROWS // 2

@@ -17,20 +17,23 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
+from gradwatch.commands.args import check_seed, out_file
 from gradwatch.commands.check import add_model_arguments
-from gradwatch.errors import GradwatchValueError
+from gradwatch.errors import GradwatchError, GradwatchValueError
 
 #: Most per-layer rows printed; the middle of a longer table is elided.
 MAX_ROWS = 30
+#: The kinds of change ``--allow`` takes: ``gradwatch.remedies.fix.KINDS``, written out here
+#: so that ``gradwatch fix --help`` does not import torch (a test checks they agree).
+KINDS = ("init", "activation", "normalization", "residual")
 
 
 def register(subparsers: Any) -> None:
     """Add the ``fix`` command to the gradwatch parser."""
-    from gradwatch.remedies.fix import KINDS
-
     parser = subparsers.add_parser(
         "fix",
         help="apply remedies (init, activation, norm, residual) to a copy and verify them",
@@ -75,15 +78,23 @@ def run(args: argparse.Namespace) -> int:
     """Load the model, fix it, print the report, save the weights; return the exit code."""
     import torch
 
-    from gradwatch.commands.check import load_model, random_inputs, random_targets
+    from gradwatch.commands.check import input_dims, load_model, random_inputs, random_targets
     from gradwatch.remedies.fix import check_allow, fix
 
-    allow = check_allow([a.strip() for a in args.allow.split(",") if a.strip()])
-    if args.save and not Path(args.save).resolve().parent.is_dir():
-        raise GradwatchValueError(
-            f"--save {args.save!r}: the folder {str(Path(args.save).parent)!r} does not exist; "
-            "create it or pass another path"
-        )
+    try:
+        allow = check_allow([a.strip() for a in args.allow.split(",") if a.strip()])
+    except GradwatchError as err:  # the same error, in this command's syntax
+        raise type(err)(cli_syntax(str(err))) from None
+    check_seed(args.seed)
+    if args.save is not None:
+        out_file("--save", args.save)
+        if not Path(args.save).resolve().parent.is_dir():
+            raise GradwatchValueError(
+                f"--save {args.save!r}: the folder {str(Path(args.save).parent)!r} does not "
+                "exist; create it or pass another path"
+            )
+    if args.input_shape is not None:
+        input_dims(args.input_shape)  # a bad shape fails before FILE.py runs
     model, inputs, targets = load_model(args.model)
     if inputs is None:
         if args.input_shape is None:
@@ -120,9 +131,10 @@ def _save(model: Any, path: str) -> None:
 
 def _print_report(report: Any, saved: str | None) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    from gradwatch.remedies.fix_report import describe
+    from gradwatch.report.remedy_text import describe_remedy
 
     console = Console(highlight=False)
     style = {"healthy": "green"}
@@ -144,12 +156,12 @@ def _print_report(report: Any, saved: str | None) -> None:
         for column in ("#", "remedy", "what", "verdict after"):
             applied.add_column(column)
         for i, (name, details) in enumerate(report.applied, 1):
-            what = describe({k: v for k, v in details.items() if k != "verdict"})
+            what = describe_remedy(name, {k: v for k, v in details.items() if k != "verdict"})
             applied.add_row(str(i), name, what, str(details.get("verdict", "")))
         console.print(applied)
     console.print(_layer_table(report))
     for rec in report.recommendations:
-        console.print(f"[yellow]recommended:[/yellow] {rec}")
+        console.print(f"[yellow]recommended:[/yellow] {escape(cli_syntax(rec))}")
     if report.changed_architecture:
         console.print(
             "[bold]The architecture changed.[/bold] Saved weights load only into this model:"
@@ -171,7 +183,9 @@ def _layer_table(report: Any) -> Any:
     df = report.table()
     table = Table(title="back-propagated signal ‖∂loss/∂output‖ and weight gradient per layer")
     for column in ("layer", "type", "backprop before", "backprop after", "grad before", "after"):
-        table.add_column(column, justify="left" if column in ("layer", "type") else "right")
+        wrap = column in ("layer", "type")
+        table.add_column(column, justify="left" if wrap else "right",
+                         overflow="fold" if wrap else "ellipsis", no_wrap=not wrap)
     records = df.to_dict(orient="records")
     if len(records) > MAX_ROWS:
         half = MAX_ROWS // 2
@@ -195,6 +209,28 @@ def _layer_table(report: Any) -> Any:
             ),
         )
     return table
+
+
+_ALLOW = re.compile(r"\ballow=\(([^)]*)\)|^allow\b(?!=)")
+_KWARG = re.compile(r"\b(max_rounds)=(\w+)")
+
+
+def cli_syntax(text: str) -> str:
+    """Advice written for the Python API, in this command's syntax.
+
+    ``allow=("init", "activation")`` becomes ``--allow init,activation``, a message that
+    starts with the argument name ``allow`` starts with ``--allow``, and ``max_rounds=4``
+    becomes ``--max-rounds 4``.
+    """
+
+    def allow(m: re.Match[str]) -> str:
+        if m.group(1) is None:
+            return "--allow"
+        kinds = re.findall(r"[\"']([^\"']+)[\"']", m.group(1))
+        return "--allow " + ",".join(kinds)
+
+    text = _ALLOW.sub(allow, text)
+    return _KWARG.sub(lambda m: f"--{m.group(1).replace('_', '-')} {m.group(2)}", text)
 
 
 def _fmt(x: Any) -> str:

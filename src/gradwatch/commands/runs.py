@@ -1,4 +1,16 @@
-"""``gradwatch runs [DIR]``: list the run directories under DIR with their state and verdict."""
+"""``gradwatch runs [DIR]``: list the run directories under DIR with their state and verdict.
+
+The listing reads only ``meta.json``, ``findings.jsonl``, the lock file and the ``step`` column
+of the Parquet parts, so it is quick and never needs torch. It tells the truth about each run:
+
+- a run whose ``meta.json`` says "running" but whose writer is gone (the lock names a process
+  of this host that no longer runs, e.g. a training killed with SIGKILL) is shown as
+  ``crashed``, with the steps actually on disk rather than the count meta.json last saw;
+- a run it cannot read (a ``meta.json`` that is not a JSON object, an unreadable part) is one
+  row whose status says why; a bad line of ``findings.jsonl`` is skipped and counted.
+
+One odd folder never aborts the listing.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +18,13 @@ import argparse
 import json
 import time
 from pathlib import Path
-
-from rich.console import Console
-from rich.table import Table
+from typing import Any
 
 from gradwatch.errors import GradwatchValueError
-from gradwatch.findings import SEVERITY_RANK
-from gradwatch.store.format import FINDINGS, META
+
+#: File names of the run directory format (``gradwatch.store.format``), written out here so
+#: that ``gradwatch runs`` does not import the store (and pandas) just to list folders.
+META, FINDINGS, STATS_DIR = "meta.json", "findings.jsonl", "stats"
 
 
 def find_runs(root: Path, max_depth: int = 3) -> list[Path]:
@@ -40,6 +52,7 @@ def find_runs(root: Path, max_depth: int = 3) -> list[Path]:
 def verdict_of(findings: list[dict]) -> str:
     """The verdict a list of finding dicts implies (the same rule as ``gw.diagnose``)."""
     from gradwatch.diagnose import VERDICT_PRECEDENCE
+    from gradwatch.findings import SEVERITY_RANK
 
     serious = [f for f in findings if SEVERITY_RANK.get(f.get("severity"), 0) >= 1]
     for kind in VERDICT_PRECEDENCE:
@@ -48,61 +61,141 @@ def verdict_of(findings: list[dict]) -> str:
     return "healthy"
 
 
-def summarize(run_dir: Path) -> dict:
-    """One row of the listing, read from meta.json and findings.jsonl only."""
+def writer_alive(run_dir: Path) -> bool | None:
+    """Whether the writer holding ``run_dir`` still runs.
+
+    Returns:
+        True, False (its process is gone), or None (no lock, or it cannot be told, e.g. a
+        writer on another host).
+    """
+    from gradwatch.store.lock import read_lock
+
+    info = read_lock(run_dir)
+    return None if info is None else info.alive
+
+
+def steps_on_disk(run_dir: Path) -> int:
+    """How many distinct steps the Parquet parts of ``run_dir`` hold (reads the step column).
+
+    Raises:
+        OSError, ValueError: a part cannot be read (pyarrow's errors derive from these).
+    """
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    from gradwatch.store.format import live_parts
+
+    steps: set[int] = set()
+    for part in live_parts(run_dir / STATS_DIR):
+        column = pq.read_table(part, columns=["step"]).column("step")
+        steps.update(pc.unique(column).to_pylist())
+    return len(steps)
+
+
+def summarize(run_dir: Path) -> dict[str, Any]:
+    """One row of the listing; a run that cannot be read is a row whose status says why."""
+    row: dict[str, Any] = {"run": str(run_dir)}
     try:
         meta = json.loads((run_dir / META).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"run": str(run_dir), "status": "corrupt meta.json"}
-    findings = []
-    fpath = run_dir / FINDINGS
-    if fpath.is_file():
-        for line in fpath.read_text(encoding="utf-8").splitlines():
-            try:
-                findings.append(json.loads(line))
-            except ValueError:
-                continue
-    diagnosed = bool(meta.get("diagnosed")) or (fpath.is_file() and fpath.stat().st_size > 0)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return {**row, "status": f"unreadable meta.json ({type(exc).__name__})"}
+    if not isinstance(meta, dict):
+        return {**row, "status": f"unreadable meta.json (a JSON {type(meta).__name__}, "
+                                 "not an object)"}
+    findings, bad_lines = _read_findings(run_dir / FINDINGS)
+    status = str(meta.get("status", "?"))
+    steps: Any = meta.get("steps_recorded", 0)
+    if status == "running" and writer_alive(run_dir) is False:
+        status = "crashed"  # its writer died without closing the run (SIGKILL, power loss)
+    if status != "closed":  # meta.json's count may be stale: count what is on disk
+        try:
+            steps = steps_on_disk(run_dir)
+        except (OSError, ValueError) as exc:
+            status = f"{status}; unreadable stats ({type(exc).__name__})"
+    model = meta.get("model")
+    layers = meta.get("layers")
+    diagnosed = bool(meta.get("diagnosed")) or bool(findings) or bad_lines > 0
+    verdict = verdict_of(findings) if diagnosed else "not diagnosed"
+    if bad_lines:
+        verdict += f" ({bad_lines} unreadable findings line{'s' if bad_lines > 1 else ''})"
+    updated = meta.get("updated")
     return {
-        "run": str(run_dir),
-        "status": meta.get("status", "?"),
-        "steps": meta.get("steps_recorded", 0),
-        "layers": len(meta.get("layers", [])),
-        "model": meta.get("model", {}).get("class", "?"),
-        "updated": meta.get("updated"),
-        "verdict": verdict_of(findings) if diagnosed else "not diagnosed",
+        **row,
+        "status": status,
+        "steps": steps if isinstance(steps, int) else "?",
+        "layers": len(layers) if isinstance(layers, list) else "?",
+        "model": str(model.get("class", "?")) if isinstance(model, dict) else "?",
+        "updated": updated if isinstance(updated, int | float) else None,
+        "verdict": verdict,
         "findings": len(findings),
     }
 
 
+def _read_findings(path: Path) -> tuple[list[dict], int]:
+    """(the finding dicts of findings.jsonl, the number of lines that are not one)."""
+    if not path.is_file():
+        return [], 0
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return [], 1
+    found, bad = [], 0
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            item = None
+        if isinstance(item, dict):
+            found.append(item)
+        else:
+            bad += 1
+    return found, bad
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the table (or JSON) of runs."""
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
     root = Path(args.dir)
     if not root.is_dir():
-        raise GradwatchValueError(f"DIR {str(root)!r} is not a directory")
+        raise GradwatchValueError(
+            f"DIR {str(root)!r} is not a directory; give the folder that holds your runs"
+        )
     rows = [summarize(p) for p in find_runs(root)]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
     console = Console()
     if not rows:
-        console.print(f"no gradwatch runs under {root}")
+        console.print(f"no gradwatch runs under {escape(str(root))}")
         return 0
-    table = Table(title=f"gradwatch runs under {root}")
+    table = Table(title=f"gradwatch runs under {escape(str(root))}")
     for col in ("run", "model", "status", "steps", "layers", "verdict", "updated"):
         table.add_column(col, overflow="fold")
     colour = {"healthy": "green", "not diagnosed": "dim"}
     for r in rows:
         upd = r.get("updated")
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(upd)) if upd else ""
-        v = r.get("verdict", "?")
-        table.add_row(r["run"], r.get("model", ""), r.get("status", ""), str(r.get("steps", "")),
-                      str(r.get("layers", "")), f"[{colour.get(v, 'red')}]{v}[/]", when)
+        v = str(r.get("verdict", ""))
+        status = str(r.get("status", ""))
+        table.add_row(
+            escape(r["run"]),
+            escape(str(r.get("model", ""))),
+            escape(status) if status in ("closed", "running") else f"[red]{escape(status)}[/]",
+            str(r.get("steps", "")),
+            str(r.get("layers", "")),
+            f"[{colour.get(v, 'red')}]{escape(v)}[/]" if v else "",
+            when,
+        )
     console.print(table)
     return 0
 
 
-def register(subparsers) -> None:
+def register(subparsers: Any) -> None:
     """Add ``gradwatch runs``."""
     p = subparsers.add_parser("runs", help="list runs with their verdicts",
                               description=__doc__.splitlines()[0])

@@ -16,7 +16,12 @@ import json
 import math
 from typing import Any
 
-from gradwatch.theory.activations import KNOWN_ACTIVATIONS
+#: ``gradwatch.theory.activations.KNOWN_ACTIVATIONS``, written out here so that
+#: ``gradwatch theory --help`` does not import torch (a test checks they agree).
+KNOWN_ACTIVATIONS = (
+    "tanh", "relu", "leaky_relu", "sigmoid", "gelu", "elu", "selu", "softsign", "linear",
+    "hard_tanh", "swish", "silu", "erf",
+)
 
 #: (key, label, explanation) of each row of the human-readable table, in order.
 _ROWS = [

@@ -45,9 +45,19 @@ th { background: var(--panel); }
 td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums;
   font-family: ui-monospace, monospace; }
 td.bad { color: var(--bad); font-weight: 700; }
-.scroll { overflow-x: auto; }
+.scroll { overflow-x: auto; max-width: 100%; }
+#gw-meta td { overflow-wrap: anywhere; min-width: 12em; }
+td.ok { color: var(--ok); font-weight: 700; } td.bad { color: var(--bad); font-weight: 700; }
 figure { margin: 18px 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; }
+figure img.fig-narrow { display: none; }
+.msg, .meta-line, .help, li { overflow-wrap: anywhere; }
+@media (max-width: 720px) {
+  body { padding: 12px 10px 32px; }
+  figure img.fig-wide { display: none; }
+  figure img.fig-narrow { display: block; width: 100%; }
+  h1 { font-size: 1.25rem; }
+}
 figcaption { font-size: .9rem; margin-top: 4px; }
 details > summary { cursor: pointer; color: var(--info); }
 .help { color: var(--muted); font-size: .88rem; max-width: 900px; }
@@ -55,7 +65,7 @@ details > summary { cursor: pointer; color: var(--info); }
   padding: 10px; }
 #gw-flow .controls { display: flex; gap: 14px; align-items: center; flex-wrap: wrap;
   font-size: .9rem; }
-#gw-flow input[type=range] { width: 320px; }
+#gw-flow input[type=range] { width: 320px; max-width: 100%; }
 #gw-flow-svg { width: 100%; height: auto; display: block; }
 #gw-flow-svg .axis { stroke: #57606a; stroke-width: 1; }
 #gw-flow-svg .grid { stroke: #d0d7de; stroke-width: 1; stroke-dasharray: 2 3; }
@@ -83,7 +93,16 @@ JS = r"""
   var slider = document.getElementById("gw-step");
   var stepLabel = document.getElementById("gw-step-label");
   var statSel = document.getElementById("gw-stat");
+  // The chart is drawn at the size it is shown (re-drawn on resize), so its labels keep
+  // their size on a phone instead of shrinking with a fixed viewBox.
   var W = 1000, H = 400, L = 70, R = 20, T = 16, B = 96;
+  function fit() {
+    var w = Math.round(svg.getBoundingClientRect().width) || 1000;
+    W = Math.max(280, w);
+    H = W < 600 ? 330 : 400;
+    L = W < 600 ? 52 : 70;
+    svg.setAttribute("viewBox", "0 0 " + W + " " + H);
+  }
   var layers = data.layers;
   var n = layers.length;
 
@@ -93,6 +112,11 @@ JS = r"""
       e.setAttribute(k, attrs[k]); } }
     (parent || svg).appendChild(e);
     return e;
+  }
+  function shorten(name, width) {  // keep both ends: where the layer is, and which one
+    if (name.length <= width) { return name; }
+    var head = Math.floor((width - 1) / 2);
+    return name.slice(0, head) + "\u2026" + name.slice(name.length - (width - 1 - head));
   }
   function ok(v) { return typeof v === "number" && isFinite(v) && v > 0; }
   function fmt(v) {
@@ -106,6 +130,7 @@ JS = r"""
   }
 
   function draw() {
+    fit();
     var s = data.stats[statSel.value];
     var k = Math.min(Number(slider.value), s.steps.length - 1);
     var row = s.values[k], first = s.values[0];
@@ -127,11 +152,11 @@ JS = r"""
     }
     el("line", {x1: L, x2: L, y1: T, y2: H - B, "class": "axis"});
     el("line", {x1: L, x2: W - R, y1: H - B, y2: H - B, "class": "axis"});
-    var every = Math.max(1, Math.ceil(n / 40));
+    var every = Math.max(1, Math.ceil(n / Math.max(6, Math.floor((W - L - R) / 24))));
     for (var i = 0; i < n; i += every) {
       var t = el("text", {x: x(i), y: H - B + 14, "text-anchor": "end", "class": "lbl",
         transform: "rotate(-45 " + x(i) + " " + (H - B + 14) + ")"});
-      t.textContent = layers[i].length > 22 ? "\u2026" + layers[i].slice(-21) : layers[i];
+      t.textContent = shorten(layers[i], 22);
     }
     el("text", {x: (L + W - R) / 2, y: H - 4, "text-anchor": "middle", "class": "lbl"})
       .textContent = "layer (input side \u2192 output side)";
@@ -167,8 +192,9 @@ JS = r"""
     if (Number(slider.value) > s.steps.length - 1) { slider.value = slider.max; }
     draw();
   }
-  svg.setAttribute("viewBox", "0 0 " + W + " " + H);
+  fit();
   slider.addEventListener("input", draw);
+  window.addEventListener("resize", draw);
   statSel.addEventListener("change", reset);
   slider.max = String(data.stats[statSel.value].steps.length - 1);
   slider.value = slider.max;

@@ -14,34 +14,31 @@ close its ``<script>`` element.
 
 from __future__ import annotations
 
-import base64
 import datetime as _dt
-import html
-import inspect
-import io
 import json
 import math
-import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from gradwatch.errors import GradwatchValueError
+from gradwatch.argcheck import check_out_file
+from gradwatch.errors import GradwatchTypeError
 from gradwatch.report._data import as_run, findings_and_verdict, is_checkup, last_values, wide
 from gradwatch.report._html_assets import CSS, JS
+from gradwatch.report._html_parts import esc, figure_block, how_to_read
+from gradwatch.report._html_sections import comparison_section, saturation_note
+from gradwatch.report.remedy_text import describe_remedy, why_remedy
 from gradwatch.store.reader import Run
+from gradwatch.store.safe_write import write_atomic
+
+__all__ = ["CHART_STATS", "esc", "how_to_read", "script_json", "write_html"]
 
 #: Statistics the interactive chart can show, in its menu order.
 CHART_STATS = ("backprop_norm", "grad_norm", "update_ratio")
 #: At most this many steps go into the interactive chart (evenly spaced, first and last kept).
 CHART_MAX_STEPS = 400
-
-
-def esc(value: Any) -> str:
-    """``value`` as text, escaped for HTML content and attribute values."""
-    return html.escape(str(value), quote=True)
 
 
 def script_json(obj: Any) -> str:
@@ -62,6 +59,9 @@ def write_html(
     out_path: str | Path,
     checkup: Any = None,
     fix_report: Any = None,
+    compare: Mapping[str, Any] | None = None,
+    accuracy: Mapping[str, tuple[Sequence[int], Sequence[float]]] | None = None,
+    chance: float | None = None,
 ) -> Path:
     """Write the self-contained HTML report of a run.
 
@@ -70,6 +70,11 @@ def write_html(
         out_path: the HTML file to write (its folder is created if missing).
         checkup: optional Checkup shown with its own findings and temporal gradient flow.
         fix_report: optional report of ``gw.fix`` (before/after figure and what was applied).
+        compare: optional label -> Run (or run directory) of training runs to show side by
+            side with their verdicts, loss, accuracy and per-layer gradient flow at the same
+            steps (the demo passes the original and the fixed model's runs).
+        accuracy: label -> (steps, held-out accuracy in [0, 1]) for the runs of ``compare``.
+        chance: the accuracy of guessing, drawn as a dotted line in the accuracy panel.
 
     Returns:
         the path written.
@@ -78,13 +83,22 @@ def write_html(
         RunDirectoryError: ``run_or_path`` is not a readable run directory.
         GradwatchValueError: ``out_path`` is a folder.
     """
+    from gradwatch.remedies import FixReport
+
+    out = check_out_file("out_path", out_path)
+    if checkup is not None and not is_checkup(checkup):
+        raise GradwatchTypeError(
+            f"checkup must be a Checkup (from gw.check) or None, got {type(checkup).__name__}"
+        )
+    if fix_report is not None and not isinstance(fix_report, FixReport):
+        raise GradwatchTypeError(
+            f"fix_report must be the FixReport returned by gw.fix or None, got "
+            f"{type(fix_report).__name__}"
+        )
     if is_checkup(run_or_path) and checkup is None:
         checkup = run_or_path
     run = as_run(run_or_path)
     primary_checkup = checkup if checkup is not None and checkup.run is run else None
-    out = Path(out_path)
-    if out.is_dir():
-        raise GradwatchValueError(f"out_path {str(out)!r} is a folder; give a file name")
     findings, verdict, source = findings_and_verdict(run, primary_checkup)
 
     body = [
@@ -95,13 +109,16 @@ def write_html(
         body.append(_checkup_section(checkup))
     if fix_report is not None:
         body.append(_fix_section(fix_report))
+    if compare:
+        body.append(comparison_section(compare, accuracy, chance))
     body.append(_figures_section(run, checkup))
     body.append(_layer_table(run))
     body.append(_meta_section(run))
     body.append(_footer(run))
     page = _page(_title(run), "\n".join(body), _chart_data(run))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    # never through a symlink planted at out_path: the link is replaced, its target untouched
+    write_atomic(out, page)
     return out
 
 
@@ -197,7 +214,8 @@ def _evidence(evidence: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><th>{esc(k)}</th><td>{esc(_fmt_any(v))}</td></tr>" for k, v in evidence.items()
     )
-    return f"<details><summary>evidence</summary><table>{rows}</table></details>"
+    return (f'<details><summary>evidence</summary><div class="scroll"><table>{rows}</table>'
+            "</div></details>")
 
 
 def _fmt_any(v: Any) -> str:
@@ -230,26 +248,27 @@ def _checkup_section(checkup: Any) -> str:
 def _fix_section(report: Any) -> str:
     from gradwatch.report.figures.fix_comparison import fix_comparison
 
-    try:
-        from gradwatch.remedies.fix_report import describe
-    except ImportError:  # pragma: no cover - remedies/fix.py is written by another team
-        describe = str
     before = getattr(getattr(report, "before", None), "verdict", "?")
     after = getattr(getattr(report, "after", None), "verdict", "?")
     applied = getattr(report, "applied", []) or []
     items = "".join(
-        f"<li><b>{esc(name)}</b>: {esc(describe(details))}</li>" for name, details in applied
+        f"<li><b>{esc(name)}</b>: {esc(describe_remedy(name, details))}"
+        f'<div class="help">why: {esc(why_remedy(details))}</div></li>'
+        for name, details in applied
     ) or "<li>nothing applied</li>"
     recs = "".join(f"<li>{esc(r)}</li>" for r in getattr(report, "recommendations", []) or [])
     parts = [
         "<section><h2>gw.fix: before and after</h2>",
         f"<p>verdict before: <b>{esc(before)}</b> → after: <b>{esc(after)}</b></p>",
-        f"<h3>Applied</h3><ol>{items}</ol>",
+        '<p class="help">gw.fix checks the model on one batch, tries the remedies the '
+        "findings name on copies, and keeps a remedy only if the check after it is measurably "
+        "better; it stops when the check says healthy.</p>",
+        f"<h3>What gw.fix changed, in order, and why</h3><ol>{items}</ol>",
     ]
     if recs:
         parts.append(f"<h3>Recommended</h3><ul>{recs}</ul>")
-    parts.append(_figure_block(fix_comparison(report), fix_comparison,
-                               "backprop_norm per layer before and after gw.fix"))
+    parts.append(figure_block(lambda: fix_comparison(report), fix_comparison,
+                              "backprop_norm per layer before and after gw.fix (one batch)"))
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -269,10 +288,13 @@ def _figures_section(run: Run, checkup: Any) -> str:
         "loss": "Loss",
     }
     for name, make in RUN_FIGURES.items():
-        parts.append(_figure_block(make(run), make, captions.get(name, name)))
+        extra = saturation_note(run) if name == "activations" else ""
+        parts.append(figure_block(lambda make=make: make(run), make, captions.get(name, name),
+                                  extra))
     tdf = getattr(checkup, "temporal", None)
     if tdf is not None and len(tdf):
-        parts.append(_figure_block(temporal(checkup), temporal, "Temporal gradient flow"))
+        parts.append(figure_block(lambda: temporal(checkup), temporal,
+                                  "Temporal gradient flow"))
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -337,29 +359,6 @@ def _json_value(v: float) -> float | str | None:
     return float(v)
 
 
-def _figure_block(fig: Any, func: Any, caption: str) -> str:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="svg", metadata={"Date": None})
-    data = base64.b64encode(buf.getvalue()).decode("ascii")
-    help_text = how_to_read(func)
-    help_html = (
-        f'<details><summary>How to read this figure</summary><p class="help">{esc(help_text)}'
-        "</p></details>" if help_text else ""
-    )
-    return (
-        f'<figure><img alt="{esc(caption)}" src="data:image/svg+xml;base64,{data}">'
-        f"<figcaption>{esc(caption)}{help_html}</figcaption></figure>"
-    )
-
-
-def how_to_read(func: Any) -> str:
-    """The "How to read it:" paragraph of a figure function's docstring (one line of text)."""
-    func = getattr(func, "func", func)  # functools.partial
-    doc = inspect.getdoc(func) or ""
-    m = re.search(r"How to read it:(.*?)(?:\n\s*\n|\Z)", doc, flags=re.S)
-    return " ".join(m.group(1).split()) if m else ""
-
-
 # ------------------------------------------------------------------- per-layer table
 def _layer_table(run: Run) -> str:
     table = last_values(run)
@@ -420,7 +419,10 @@ def _meta_section(run: Run) -> str:
     rows = "".join(
         f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in _flatten(meta)
     )
-    parts = ["<section><h2>Run settings</h2>", f'<table id="gw-meta">{rows}</table>']
+    parts = [
+        "<section><h2>Run settings</h2>",
+        f'<div class="scroll"><table id="gw-meta">{rows}</table></div>',
+    ]
     if model_repr:
         parts.append(f"<details><summary>model</summary><pre>{esc(model_repr)}</pre></details>")
     parts.append("</section>")

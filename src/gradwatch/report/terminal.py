@@ -17,6 +17,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from gradwatch.argcheck import check_int
+from gradwatch.errors import GradwatchTypeError
 from gradwatch.report._data import (
     as_run,
     findings_and_verdict,
@@ -24,11 +26,14 @@ from gradwatch.report._data import (
     nonfinite_layers,
     wide,
 )
+from gradwatch.report.names import shorten
 
 #: Colour of each verdict; anything else (a problem) is red.
 VERDICT_STYLE = {"healthy": "bold green", "not diagnosed": "bold yellow", "stalled": "bold yellow"}
 SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "error": "bold red"}
 BAR_WIDTH = 30
+#: Longest layer name in the gradient-flow table; longer ones are shortened from the middle.
+NAME_WIDTH = 32
 
 
 def print_summary(run_or_checkup: Any, console: Console | None = None, max_layers: int = 60) -> str:
@@ -49,6 +54,11 @@ def print_summary(run_or_checkup: Any, console: Console | None = None, max_layer
     Returns:
         the verdict printed.
     """
+    if console is not None and not isinstance(console, Console):
+        raise GradwatchTypeError(
+            f"console must be a rich.console.Console or None, got {type(console).__name__}"
+        )
+    check_int("max_layers", max_layers, minimum=1)
     console = console or Console()
     checkup = run_or_checkup if is_checkup(run_or_checkup) else None
     run = as_run(run_or_checkup)
@@ -120,7 +130,7 @@ def _flow_table(run: Any, max_layers: int) -> Table | Text:
         ly for ly, v in zip(names, values, strict=True) if not math.isnan(v)
     }
     out = Table(title=title, title_justify="left", title_style="bold", box=None, pad_edge=False)
-    out.add_column("layer", overflow="ellipsis", max_width=32, no_wrap=True)
+    out.add_column("layer", no_wrap=True)
     out.add_column("", min_width=BAR_WIDTH, no_wrap=True)
     out.add_column("value", justify="right")
     out.add_column("below max", justify="right", style="dim")
@@ -152,7 +162,7 @@ def _flow_table(run: Any, max_layers: int) -> Table | Text:
             style = "green" if dec < 1 else "yellow" if dec < 3 else "red"
             bar = Text("█" * n, style=style)
             val, below = Text(f"{v:.3g}"), f"{dec:.1f} dec"
-        out.add_row(Text(str(names[i])), bar, val, Text(below))
+        out.add_row(Text(shorten(str(names[i]), NAME_WIDTH)), bar, val, Text(below))
     return out
 
 

@@ -151,6 +151,11 @@ def predict(model: nn.Module, q0: float = 1.0, tol: float = CRITICAL_TOL) -> Pre
             "predict() needs a stack of such layers and activation modules"
         )
     for name, module, _ in layers:
+        if isinstance(module.weight, nn.parameter.UninitializedParameter):
+            raise GradwatchValueError(
+                f"model: layer '{name or '(root)'}' has uninitialised (lazy) weights; run one "
+                "forward pass first"
+            )
         if module.weight.numel() == 0:
             raise GradwatchValueError(
                 f"model: layer '{name or '(root)'}' ({module}) has no weights (a zero-sized "

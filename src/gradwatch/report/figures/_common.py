@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import contextvars
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from gradwatch.report.names import shorten
+
 #: Colour of non-finite markers and guide lines that mean "look here".
 ALARM = "#d62728"
+
+
+#: Width in inches of a figure drawn for a phone screen: about 300 pt, so that a 420 px wide
+#: page shows it at about 1.3x and 8 pt tick labels stay about 10 px high.
+NARROW_WIDTH = 4.3
+_NARROW: contextvars.ContextVar[bool] = contextvars.ContextVar("gradwatch_narrow", default=False)
+
+
+@contextlib.contextmanager
+def narrow_layout() -> Iterator[None]:
+    """Figures made inside this block are laid out for a narrow (phone) screen.
+
+    Panels side by side are stacked one above the other and the figure is
+    :data:`NARROW_WIDTH` inches wide, with the fonts at their usual size: the figure is
+    re-laid out, not shrunk, so its labels stay readable.
+    """
+    token = _NARROW.set(True)
+    try:
+        yield
+    finally:
+        _NARROW.reset(token)
 
 
 def new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (8.0, 4.5)) -> tuple[
@@ -19,7 +44,14 @@ def new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (8.0,
     """A figure on the Agg canvas, never registered with pyplot, and its axes (flat list).
 
     Figures made this way hold no global state: they are freed when the last reference goes.
+    Inside :func:`narrow_layout` the panels are stacked in one column, :data:`NARROW_WIDTH`
+    inches wide (the flat list of axes keeps its order).
     """
+    if _NARROW.get():
+        panels = nrows * ncols
+        panel_h = min(3.6, max(2.8, size[1] / nrows * 0.8))
+        nrows, ncols = panels, 1
+        size = (NARROW_WIDTH, panel_h * panels + 0.4)
     fig = Figure(figsize=size, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(nrows, ncols, squeeze=False)
@@ -55,9 +87,8 @@ def layer_axis(ax: Axes, layers: Sequence[str], max_labels: int = 40, axis: str 
 
 
 def short(name: str, width: int = 24) -> str:
-    """A layer name cut to ``width`` characters (keeping its end, where names differ)."""
-    name = name or "(root)"
-    return name if len(name) <= width else "…" + name[-(width - 1):]
+    """A layer name shortened from the middle to ``width`` characters (see :func:`shorten`)."""
+    return shorten(name, width)
 
 
 def step_colours(n: int) -> list[tuple[float, float, float, float]]:
