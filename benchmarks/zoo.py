@@ -23,7 +23,7 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -46,33 +46,32 @@ def _init_worker(root: str) -> None:
         sys.path.insert(0, root)
 
 
-def run(names: list[str], jobs: int) -> list[dict]:
-    """Run the named cases, ``jobs`` at a time, longest first; rows in the zoo's order."""
+def run(names: list[str], jobs: int, on_row=None) -> list[dict]:
+    """Run the named cases, ``jobs`` at a time, largest budget first; rows in the zoo's order."""
     rows: dict[str, dict] = {}
     if jobs <= 1:
         for n in names:
             rows[n] = _run_named(n)
             _progress(rows[n], len(rows), len(names))
+            if on_row:
+                on_row([rows[k] for k in names if k in rows])
     else:
         ctx = get_context("spawn")  # fresh interpreters: no torch threads inherited
         with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
                                  initargs=(str(ROOT),)) as pool:
-            futures = {pool.submit(_run_named, n): n for n in names}
-            for fut in _as_completed(futures):
+            by_budget = sorted(names, key=lambda n: -BY_NAME[n].budget_s)
+            futures = [pool.submit(_run_named, n) for n in by_budget]
+            for fut in as_completed(futures):
                 row = fut.result()
                 rows[row["name"]] = row
                 _progress(row, len(rows), len(names))
+                if on_row:
+                    on_row([rows[k] for k in names if k in rows])
     return [rows[n] for n in names]
 
 
-def _as_completed(futures):
-    from concurrent.futures import as_completed
-
-    return as_completed(futures)
-
-
 def _progress(row: dict, done: int, total: int) -> None:
-    cpu = row["init"]["cpu_s"] + row["run"]["cpu_s"]
+    cpu = row["cpu_s"]
     print(f"[{done}/{total}] {row['name']}: init {row['init'].get('verdict')}, "
           f"run {row['run'].get('verdict')} ({cpu:.1f} s cpu)", file=sys.stderr, flush=True)
 
@@ -93,28 +92,37 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unknown cases {unknown}; known: {', '.join(BY_NAME)}")
         names = [n for n in names if n in wanted] if args.quick else wanted
     t0, c0 = time.perf_counter(), time.process_time()
-    rows = run(names, max(1, args.jobs))
-    wall = time.perf_counter() - t0
-    summ = summary(rows)
-    print(render(rows, summ))
-    case_cpu = sum(r["init"]["cpu_s"] + r["run"]["cpu_s"] for r in rows)
-    print(f"\n{len(rows)} cases in {wall:.0f} s wall, {case_cpu:.0f} s CPU in the cases "
-          f"({args.jobs} jobs; load average {os.getloadavg()[0]:.1f})")
-    if args.json:
+
+    def write(rows: list[dict], complete: bool) -> None:
+        if not args.json:
+            return
         import torch
 
         import gradwatch
 
-        meta = {"wall_s": wall, "case_cpu_s": case_cpu, "main_cpu_s": time.process_time() - c0,
-                "jobs": args.jobs, "loadavg": os.getloadavg(), "cpus": os.cpu_count(),
+        meta = {"complete": complete, "cases_total": len(names),
+                "wall_s": time.perf_counter() - t0, "main_cpu_s": time.process_time() - c0,
+                "case_cpu_s": sum(r["cpu_s"] for r in rows), "jobs": args.jobs,
+                "loadavg": os.getloadavg(), "cpus": os.cpu_count(),
                 "python": platform.python_version(), "torch": torch.__version__,
                 "gradwatch": gradwatch.__version__, "quick": args.quick,
                 "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"meta": meta, "summary": summ, "cases": rows}, indent=1,
-                                   default=str))
-        print(f"written: {path}")
+        path.write_text(json.dumps({"meta": meta, "summary": summary(rows), "cases": rows},
+                                   indent=1, default=str))
+
+    # the JSON is rewritten after every case, so an interrupted run still leaves its rows
+    rows = run(names, max(1, args.jobs), on_row=lambda done: write(done, False))
+    wall = time.perf_counter() - t0
+    summ = summary(rows)
+    print(render(rows, summ))
+    case_cpu = sum(r["cpu_s"] for r in rows)
+    print(f"\n{len(rows)} cases in {wall:.0f} s wall, {case_cpu:.0f} s CPU in the cases "
+          f"({args.jobs} jobs; load average {os.getloadavg()[0]:.1f})")
+    if args.json:
+        write(rows, True)
+        print(f"written: {args.json}")
     return 0
 
 

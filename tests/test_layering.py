@@ -28,15 +28,15 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src" / "gradwatch"
 
 BOTTOM = (
-    "argcheck", "errors", "findings", "handoff", "jsonable", "layers", "probes", "schedule",
-    "structure", "verdicts", "version", "wording",
+    "argcheck", "errors", "findings", "handoff", "jsonable", "layers", "schedule", "structure",
+    "verdicts", "version", "wording",
 )
 ORDER: list[tuple[str, ...]] = [
     BOTTOM,
     ("stats", "theory"),
     ("store",),
     ("monitor",),
-    ("check",),
+    ("check", "probes"),
     ("diagnose",),
     ("remedies",),
     ("report",),
@@ -47,10 +47,6 @@ LAYER = {unit: i for i, units in enumerate(ORDER) for unit in units}
 
 #: Offences other pieces of work remove: (importing unit, imported module) -> who fixes it.
 PENDING: dict[tuple[str, str], str] = {
-    ("check", "gradwatch.diagnose"): "check <-> diagnose: verdicts (issue 11)",
-    ("remedies", "gradwatch.remedies._fix_report"): "remedies._fix_report: verdicts (issue 11)",
-    ("commands", "gradwatch.remedies._fix_report"): "remedies._fix_report: verdicts (issue 11)",
-    ("report", "gradwatch.remedies._fix_report"): "remedies._fix_report: verdicts (issue 11)",
     ("report", "gradwatch.commands.runs"): "report/_data -> commands.runs: newcomer (issue 13)",
     ("experiments", "gradwatch"): "experiments import the package root: laboratory (issue 15)",
     ("demo", "gradwatch"): "demo imports the package root: newcomer (issue 13)",

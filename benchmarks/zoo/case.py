@@ -89,6 +89,8 @@ class Case:
             uncertain.
         quick: part of the quick subset run by the test suite.
         seed: for the model and the batches.
+        budget_s: CPU seconds the case may take (check and run, one thread); the zoo
+            reports the cases over budget.
     """
 
     name: str
@@ -103,6 +105,7 @@ class Case:
     why: str = ""
     quick: bool = False
     seed: int = 0
+    budget_s: float = 15.0
 
     def __post_init__(self) -> None:
         for v in (self.expect_init, self.expect_run):

@@ -55,6 +55,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         f["truth_held"] += bool(r["run"].get("truth_held"))
     out["families"] = {k: dict(v) for k, v in sorted(fam.items())}
     out["truth_not_held"] = [r["name"] for r in rows if not r["run"].get("truth_held")]
+    out["over_budget"] = [r["name"] for r in rows if r["over_budget"]]
     return out
 
 
@@ -72,9 +73,9 @@ def render(rows: list[dict[str, Any]], summ: dict[str, Any]) -> str:
         mark = "" if run.get("truth_held") else " ✗truth"
         loss = (f"{oc} ({run['loss_start']:.3g}→{run['loss_end']:.3g}){mark}"
                 if "loss_start" in run else f"error{mark}")
-        cpu = r["init"]["cpu_s"] + r["run"]["cpu_s"]
+        over = f" > budget {r['budget_s']:.0f}" if r["over_budget"] else ""
         lines.append(f"{r['name']:<28} {r['family']:<11} {cells[0]:<24} {cells[1]:<24} "
-                     f"{loss:<30} {cpu:>6.1f}")
+                     f"{loss:<30} {r['cpu_s']:>6.1f}{over}")
     for stage, title in STAGES:
         s = summ[stage]
         conf = s["confusion"]
@@ -95,4 +96,6 @@ def render(rows: list[dict[str, Any]], summ: dict[str, Any]) -> str:
                      f"{f['run_correct']:>4} {f['truth_held']:>4}")
     if summ["truth_not_held"]:
         lines.append(f"ground truth did not hold (training outcome): {summ['truth_not_held']}")
+    if summ["over_budget"]:
+        lines.append(f"over their CPU budget: {summ['over_budget']}")
     return "\n".join(lines)

@@ -126,12 +126,14 @@ class ResNet(nn.Module):
 
 
 def _case(name: str, depth: int, *, shortcut: bool = True, zero: bool = False,
-          source: str, drop: float = 0.3, why: str = "", quick: bool = False) -> Case:
+          source: str, drop: float = 0.3, budget_s: float = 15.0, why: str = "",
+          quick: bool = False) -> Case:
     return Case(
         name=name, family="resnet",
         model=partial(ResNet, depth, 64, shortcut, zero),
         batch=partial(image_batch, 10_000, size=32, batch=8),
         expect_init="healthy", expect_run="healthy", source=source, why=why, quick=quick,
+        budget_s=budget_s,
         # SGD at lr 0.01: the rate He et al. (2016, §4.2) start their 110-layer net with
         # ("0.1 is slightly too large to start converging"); 200 steps at 1/8 width.
         train=Train(steps=200, optimizer=sgd(0.01), outcome="trains", baseline=CHANCE,
@@ -159,10 +161,10 @@ CASES = [
               "(hence the smaller stated drop, 10% below chance)."),
     _case("resnet50", 50, source=PAPER.format(d=50)),
     _case("resnet50_zero_init", 50, zero=True, source=GOYAL),
-    _case("resnet101", 101, source=PAPER.format(d=101),
+    _case("resnet101", 101, source=PAPER.format(d=101), budget_s=30,
           why="With BN the back-propagated signal grows toward the input at init (Yang et "
               "al. 2019 predict this for deep BN nets); it trains with the standard recipe, "
               "so that growth is not 'exploding'."),
-    _case("resnet152", 152, source=PAPER.format(d=152)),
-    _case("resnet152_zero_init", 152, zero=True, source=GOYAL),
+    _case("resnet152", 152, source=PAPER.format(d=152), budget_s=45),
+    _case("resnet152_zero_init", 152, zero=True, source=GOYAL, budget_s=45),
 ]

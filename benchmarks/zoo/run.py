@@ -124,6 +124,7 @@ def _run_case(case: Case) -> dict[str, Any]:
         "name": case.name, "family": case.family, "source": case.source, "why": case.why,
         "expect_init": case.expect_init, "expect_run": case.expect_run,
         "expect_outcome": case.train.outcome, "drop": case.train.drop,
+        "budget_s": case.budget_s,
     }
     for key, fn in (("init", check_at_init), ("run", train_watched)):
         wall, cpu = time.perf_counter(), time.process_time()
@@ -134,4 +135,6 @@ def _run_case(case: Case) -> dict[str, Any]:
         res["wall_s"] = time.perf_counter() - wall
         res["cpu_s"] = time.process_time() - cpu
         row[key] = res
+    row["cpu_s"] = row["init"]["cpu_s"] + row["run"]["cpu_s"]
+    row["over_budget"] = row["cpu_s"] > case.budget_s
     return row

@@ -68,6 +68,11 @@ def sgd_past_the_edge(factor: float = 2.05):
     return make
 
 
+def ce_sum(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy summed over the batch (64 × the mean: Adam does not mind the scale)."""
+    return nn.functional.cross_entropy(out, target, reduction="sum")
+
+
 def repaired_demo_model() -> nn.Module:
     """The demo's sick model (16 sigmoid layers, standard init) as ``gw.fix`` repairs it."""
     from gradwatch.demo import sigmoid_mlp  # the demo's own builder: the same sick model
@@ -101,9 +106,11 @@ CASES = [
     _case("setup_grad_scaler_skips", he12, "healthy", "healthy",
           "zoo training run; PyTorch AMP docs: GradScaler skips steps whose scaled gradients "
           "overflow and lowers the scale, routinely so in the first steps of fp16 training",
-          _train("trains", adam(1e-3), scaler_init_scale=2.0**127), quick=True,
-          why="init_scale 2^127 overflows the scaled loss; the scaler halves the scale and "
-              "skips the step until it fits (about 7 skipped steps), then trains normally."),
+          Train(steps=200, optimizer=adam(1e-3), batch=digits_batch, outcome="trains",
+                baseline=64 * CHANCE, loss=ce_sum, scaler_init_scale=2.0**127), quick=True,
+          why="With init_scale 2^127 the scaled loss (summed over the batch, ≈ 150) overflows "
+              "float32; the scaler halves the scale and skips the step until it fits (7 "
+              "skipped steps), then trains normally, as fp16 training does from 2^16."),
     _case("setup_grad_accumulation", he12, "healthy", "healthy",
           "zoo training run: 4 micro-batches of 16 per optimizer step (Adam, lr 1e-3)",
           Train(steps=150, optimizer=adam(1e-3), outcome="trains", baseline=CHANCE,

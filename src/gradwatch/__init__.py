@@ -32,6 +32,12 @@ def _diagnose_run_dir(run_dir: Any) -> Any:
     return diagnose(load(run_dir))
 
 
+def _check_rules(run: Any, is_checkup: bool) -> Any:
+    from gradwatch.diagnose import diagnose_run
+
+    return diagnose_run(run, is_checkup)
+
+
 def _live_tensorboard(log_dir: Any) -> Any:
     """The live TensorBoard export of ``watch(..., tensorboard=LOGDIR)``."""
     from gradwatch.report.tensorboard import LiveTensorBoard
@@ -41,6 +47,7 @@ def _live_tensorboard(log_dir: Any) -> Any:
 
 # The Monitor sits below diagnose and report: both are handed down, imported only when used.
 handoff.set_diagnose_at_close(_diagnose_run_dir)
+handoff.set_check_rules(_check_rules)
 handoff.set_live_sink_factory(_live_tensorboard)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 _DIAGNOSE: list[Callable[[Any], Any]] = []
+_CHECK_RULES: list[Callable[[Any, bool], Any]] = []
 _LIVE_SINK: list[Callable[[Any], Any]] = []
 
 
@@ -39,3 +40,15 @@ def set_live_sink_factory(factory: Callable[[Any], Any] | None) -> None:
 def live_sink_factory() -> Callable[[Any], Any] | None:
     """The registered ``log_dir -> sink`` factory, or None."""
     return _LIVE_SINK[0] if _LIVE_SINK else None
+
+
+def set_check_rules(fn: Callable[[Any, bool], Any] | None) -> None:
+    """Register (or, with None, remove) ``(run, is_checkup) -> findings``, gw.check's rules."""
+    _CHECK_RULES.clear()
+    if fn is not None:
+        _CHECK_RULES.append(fn)
+
+
+def check_rules() -> Callable[[Any, bool], Any] | None:
+    """The registered diagnosis rules of ``gw.check``, or None."""
+    return _CHECK_RULES[0] if _CHECK_RULES else None

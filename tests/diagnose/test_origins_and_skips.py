@@ -67,7 +67,7 @@ def scaler_run(skipped_steps, n_steps=40, recorded_stat=True):
         extra += [(s, "", "loss_scale", 2.0 ** (16 - min(s, 16))) for s in range(n_steps)]
     else:  # an older Monitor: the skipped steps' gradients are recorded as Inf
         extra = [(s, f"l{i}", "grad_norm", float("inf")) for s in skipped_steps for i in range(4)]
-    run = make_run(4, stats, extra=extra, loss=[2.0] * n_steps)
+    run = make_run(4, stats, extra=extra, loss=[2.0 * 0.95**s for s in range(n_steps)])
     run.meta["settings"] = {"scaler": "GradScaler"}
     return run
 

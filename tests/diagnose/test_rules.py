@@ -402,3 +402,46 @@ def test_vanishing_in_a_run_that_learns_is_a_note():
     slow["update_ratio"][:, :5] = 1e-6  # the input side does not keep pace
     lagging = make_run(n, slow, loss=[2.3 * 0.8**i for i in range(steps)])
     assert one(diagnose(lagging), "vanishing").severity == "error"
+
+
+def test_a_signal_cut_by_dead_units_is_the_dead_finding():
+    dead = np.full((1, 6), 0.0)
+    dead[0, 3] = 0.97
+    cut = np.array([[0.0, 0.0, 0.0, 0.0, 1.0, 1.0]])  # exactly 0 below the dead layer
+    run = make_run(6, {"backprop_norm": cut, "dead_frac": dead}, checkup={"batch_size": 8})
+    assert [f.kind for f in diagnose(run)] == ["dead"] and verdict(diagnose(run)) == "dead"
+    small = make_run(
+        6, {"backprop_norm": geometric(0.1, 6), "dead_frac": dead}, checkup={"batch_size": 8}
+    )
+    assert verdict(diagnose(small)) == "vanishing"  # small but not zero: vanishing
+
+
+def test_some_dead_units_in_a_run_that_learns_are_a_note():
+    dead = const(0.0, 3, 10)
+    dead[:, 1] = 0.6
+    learns = make_run(3, {"dead_frac": dead}, loss=[2.3 * 0.8**i for i in range(10)])
+    f = one(diagnose(learns), "dead")
+    assert f.severity == "info" and "the live ones carry the signal" in f.message
+    stalls = make_run(3, {"dead_frac": dead}, loss=[2.3] * 10)
+    assert one(diagnose(stalls), "dead").severity == "warning"
+    dead[:, 1] = 0.95  # a wall for the gradient, learning or not
+    walled = make_run(3, {"dead_frac": dead}, loss=[2.3 * 0.8**i for i in range(10)])
+    assert one(diagnose(walled), "dead").severity == "error"
+
+
+def test_a_loss_that_does_not_fall_without_a_cause_is_uncertain():
+    n = 30
+    stuck = make_run(3, {"backprop_norm": const(1.0, 3, n)}, loss=[2.77] * n)
+    (f,) = diagnose(stuck)
+    assert (f.kind, f.severity, verdict([f])) == ("uncertain", "warning", "uncertain")
+    assert "has not fallen in 30 recorded steps (2.8 at the start, 2.8 at the end)" in f.message
+    falling = [2.77 * 0.9**i for i in range(n)]
+    learns = make_run(3, {"backprop_norm": const(1.0, 3, n)}, loss=falling)
+    assert diagnose(learns) == []
+    # a cause found by another rule speaks alone
+    vanishing = make_run(12, {"backprop_norm": geometric(0.5, 12, n)}, loss=[2.77] * n)
+    assert [f.kind for f in diagnose(vanishing)] == ["vanishing"]
+    rnn = make_run(2, {"backprop_norm": const(1.0, 2, n)}, loss=[0.17] * n,
+                   structure={"recurrent": True, "recurrent_layers": {"l0": {"type": "RNN"}}})
+    (f,) = diagnose(rnn)
+    assert "gw.check" in f.message and f.remedies[0] == "lstm_or_gru"

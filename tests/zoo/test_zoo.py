@@ -15,7 +15,7 @@ from benchmarks.zoo.run import check_at_init, judge, run_case
 
 QUICK = [c.name for c in CASES if c.quick]
 #: Large models whose check at init is quick but whose training run is not.
-INIT_ONLY = ["resnet101", "vgg16_paper_init", "encoder_post_ln_24", "gpt2"]
+INIT_ONLY = ["resnet101", "vgg16_paper_init", "encoder_post_ln_24"]
 
 
 def _assert_case(row: dict) -> None:

@@ -29,6 +29,7 @@ from gradwatch.diagnose import (
     exploding,
     healthy_deep,
     nonfinite,
+    not_learning,
     saturated,
     stalled,
     temporal,
@@ -37,9 +38,9 @@ from gradwatch.diagnose import (
 from gradwatch.diagnose._view import RunView
 from gradwatch.diagnose.store import store_findings
 from gradwatch.errors import GradwatchTypeError
-from gradwatch.findings import Finding
+from gradwatch.findings import SEVERITY_RANK, Finding
 from gradwatch.store.reader import Run, load
-from gradwatch.verdicts import VERDICT_PRECEDENCE, verdict
+from gradwatch.verdicts import VERDICT_PRECEDENCE, verdict, verdict_of_kind
 
 Rule = Callable[[RunView], list[Finding]]
 
@@ -54,6 +55,7 @@ RULES: list[Rule] = [
     saturated.rule,
     stalled.rule,
     healthy_deep.rule,
+    not_learning.rule,
 ]
 
 
@@ -89,10 +91,20 @@ def view_of(run: Run | str | Path | Checkup) -> RunView:
 
 
 def run_rules(view: RunView, rules: Iterable[Rule] = RULES) -> list[Finding]:
-    """Apply ``rules`` to ``view`` and collect their findings."""
+    """Apply ``rules`` to ``view`` and collect their findings.
+
+    The ``not_learning`` finding speaks only when no other rule found a cause: it is dropped
+    when another finding of severity warning or error counts toward a verdict.
+    """
     findings: list[Finding] = []
     for rule in rules:
         findings.extend(rule(view))
+    explained = any(
+        f.kind != "uncertain" and verdict_of_kind(f.kind) and SEVERITY_RANK[f.severity] >= 1
+        for f in findings
+    )
+    if explained:
+        findings = [f for f in findings if f.evidence.get("rule") != "not_learning"]
     return findings
 
 

@@ -23,6 +23,12 @@ from gradwatch.store.reader import Run
 PERSIST_FRACTION = 0.2
 
 
+LOSS_FELL = 0.75
+"""A training run whose loss ends (median of its last fifth) below this fraction of its start
+(median of the first three recorded losses) is learning: a condition that has not stopped it
+(a vanishing signal whose input side keeps pace, a layer with some dead units) is a note."""
+
+
 @dataclass
 class RunView:
     """What a rule may look at: layer order, wide per-statistic tables, meta.
@@ -145,6 +151,19 @@ class RunView:
         if key not in self._memo:
             self._memo[key] = compute(self)
         return self._memo[key]
+
+
+def loss_fell(view: RunView) -> tuple[float, float] | None:
+    """``(start, end)`` of the loss when the run is learning (see :data:`LOSS_FELL`), else None."""
+    if view.is_checkup:
+        return None
+    loss = view.loss.to_numpy(dtype=np.float64)
+    loss = loss[np.isfinite(loss)]
+    if len(loss) < 5:
+        return None
+    start = float(np.median(loss[:3]))
+    end = float(np.median(loss[-max(1, len(loss) // 5) :]))
+    return (start, end) if end < LOSS_FELL * start else None
 
 
 def persists(held: list[int], recorded: list[int]) -> bool:

@@ -8,6 +8,11 @@ the input of each nn.RNN/LSTM/GRU layer (``Checkup.temporal``); this rule reads 
 the first time step's to the last one's. A ratio of exactly 0 is a signal that underflowed on
 its way back: vanished, not missing. It is kind "vanishing" or "exploding" with
 ``evidence["through"] == "time"``; the thresholds are :mod:`gradwatch.verdicts`'.
+
+A gated layer (nn.LSTM, nn.GRU) that vanishes through time at initialisation is a note
+(info), not a verdict: its forget (update) gate is a parameter that training opens, which a
+vanilla RNN's W_rec cannot do without exploding (Hochreiter & Schmidhuber 1997; Gers et al.
+2000: the gate is learnt; an LSTM at its default init solves the adding problem).
 """
 
 from __future__ import annotations
@@ -24,6 +29,9 @@ from gradwatch.verdicts import (
 )
 from gradwatch.wording import number, times
 
+GATED = ("LSTM", "GRU", "LSTMCell", "GRUCell")
+"""Recurrent module types whose carry through time is gated by learnt parameters."""
+
 TEMPORAL_MIN_STEPS = 5
 """Sequences shorter than this say little about long-range gradient flow: not judged."""
 
@@ -33,7 +41,9 @@ def rule(view: RunView) -> list[Finding]:
     flows = view.checkup.get("temporal") or {}
     out = []
     remedies = recurrent_remedies(view)
+    kinds = view.structure.get("recurrent_layers") or {}
     for layer, info in flows.items():
+        gated = str((kinds.get(layer) or {}).get("type", "")) in GATED
         ratio, steps = info.get("first_over_last"), int(info.get("steps", 0))
         if ratio is None or steps < TEMPORAL_MIN_STEPS:
             continue
@@ -55,16 +65,23 @@ def rule(view: RunView) -> list[Finding]:
                 if ratio == 0
                 else f"{times(ratio)} of the last one's ({number(per_step)} per step)"
             )
+            message = (
+                f"The gradient through time of recurrent layer '{layer}' vanishes: the "
+                f"first of {steps} time steps gets {got}, so dependencies that long "
+                f"cannot be learned; {advice(remedies)}."
+            )
+            if gated:
+                message = (
+                    f"At initialisation the gradient through time of gated layer '{layer}' "
+                    f"fades: the first of {steps} time steps gets {got}; its gates are learnt "
+                    f"open in training, and to start them open, {advice(remedies, 1)}."
+                )
             out.append(Finding(
                 kind="vanishing",
                 layers=(layer,),
                 steps=None,
-                severity="error" if severe else "warning",
-                message=(
-                    f"The gradient through time of recurrent layer '{layer}' vanishes: the "
-                    f"first of {steps} time steps gets {got}, so dependencies that long "
-                    f"cannot be learned; {advice(remedies)}."
-                ),
+                severity="info" if gated else "error" if severe else "warning",
+                message=message,
                 evidence=evidence,
                 remedies=remedies,
             ))

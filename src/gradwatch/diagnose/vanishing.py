@@ -17,7 +17,7 @@ import numpy as np
 
 from gradwatch.diagnose._advice import advice, flow_remedies
 from gradwatch.diagnose._flow import FlowStep, flow_steps
-from gradwatch.diagnose._view import RunView, names, num, persists, step_span, when
+from gradwatch.diagnose._view import RunView, loss_fell, names, num, persists, step_span, when
 from gradwatch.diagnose.dead import DEAD_FRAC_ERROR
 from gradwatch.findings import Finding
 from gradwatch.verdicts import VANISHING_RATIO, depth_verdict
@@ -25,13 +25,10 @@ from gradwatch.wording import number, times
 
 KEEP_PACE = 0.1
 """In a training run, input-side layers whose update ratio ``‖Δw‖/‖w‖`` is at least this
-fraction of the median layer's still learn at the network's pace ..."""
-
-LOSS_FELL = 0.75
-"""... and a loss whose end (median of the last fifth of the run) is below this fraction of
-its start (median of the first three recorded losses) shows the run learning: a vanishing
-back-propagated signal that does not stop training is reported as a note (info). He et al.
-(2015): a 22-layer ReLU net under Xavier init loses 2^-11 in ‖δ‖ yet converges."""
+fraction of the median layer's still learn at the network's pace; with a loss that fell
+(:data:`~gradwatch.diagnose._view.LOSS_FELL`) a vanishing back-propagated signal that does
+not stop training is reported as a note (info). He et al. (2015): a 22-layer ReLU net under
+Xavier init loses 2^-11 in ‖δ‖ yet converges."""
 
 VANISHING_LAYER_RATIO = 1e-2
 """Layers whose signal is below this fraction of the output-side layer's are named in the
@@ -44,8 +41,15 @@ def vanishing_severity(fs: FlowStep) -> str | None:
     return v[1] if v else None
 
 
-def cut_by_dead_units(view: RunView, step: int) -> list[str]:
-    """Layers almost wholly dead at ``step``: they cut the signal (the dead rule's finding)."""
+def cut_by_dead_units(view: RunView, fs: FlowStep) -> list[str]:
+    """Layers almost wholly dead at ``fs.step`` when the signal below them is exactly 0.
+
+    Such layers cut the signal (the dead rule's finding, its cause); a signal that is small
+    but not zero is vanishing whatever the dead units.
+    """
+    if float(np.min(fs.bp)) > 0:
+        return []
+    step = fs.step
     dead = view.wide("dead_frac")
     earlier = [s for s in dead.index if s <= step]  # a detail statistic: the latest one
     if dead.empty or not earlier:
@@ -59,24 +63,21 @@ def still_learning(view: RunView, layers: list[str]) -> dict[str, float] | None:
 
     Needs ``update_ratio`` (an optimizer) and a loss: the named layers' median update ratio
     over the last fifth of the run is at least :data:`KEEP_PACE` of the median layer's, and
-    the loss fell below :data:`LOSS_FELL` of its start.
+    the loss fell (:func:`~gradwatch.diagnose._view.loss_fell`).
     """
     ur = view.wide("update_ratio")
-    loss = view.loss.to_numpy(dtype=np.float64)
-    loss = loss[np.isfinite(loss)]
     cols = [c for c in layers if c in ur.columns]
-    if ur.empty or not cols or len(loss) < 5:
+    fell = loss_fell(view)
+    if ur.empty or not cols or fell is None:
         return None
     tail = ur.iloc[-max(1, len(ur) // 5) :]
     arr = tail.to_numpy(dtype=np.float64)
     overall = float(np.nanmedian(arr)) if np.isfinite(arr).any() else np.nan
     mine = tail[cols].to_numpy(dtype=np.float64)
     named = float(np.nanmedian(mine)) if np.isfinite(mine).any() else np.nan
-    start = float(np.median(loss[:3]))
-    end = float(np.median(loss[-max(1, len(loss) // 5) :]))
-    if not (overall > 0 and named >= KEEP_PACE * overall and end < LOSS_FELL * start):
+    if not (overall > 0 and named >= KEEP_PACE * overall):
         return None
-    return {"loss_start": start, "loss_end": end, "pace": named / overall}
+    return {"loss_start": fell[0], "loss_end": fell[1], "pace": named / overall}
 
 
 def rule(view: RunView) -> list[Finding]:
@@ -86,7 +87,7 @@ def rule(view: RunView) -> list[Finding]:
     cause), not a second, vanishing one.
     """
     steps = flow_steps(view)
-    held = [fs for fs in steps if vanishing_severity(fs) and not cut_by_dead_units(view, fs.step)]
+    held = [fs for fs in steps if vanishing_severity(fs) and not cut_by_dead_units(view, fs)]
     held_steps = [fs.step for fs in held]
     recorded = [fs.step for fs in steps]
     if not persists(held_steps, recorded):
