@@ -126,7 +126,7 @@ def to_jsonable(obj: Any) -> Any:
 
 def versions() -> dict[str, str]:
     """Versions of Python, torch, numpy and gradwatch, for result.json."""
-    from gradwatch import __version__
+    from gradwatch.version import __version__
 
     return {
         "python": platform.python_version(),

@@ -143,7 +143,7 @@ def train_point(job: Job) -> dict[str, Any]:
         ``train_loss`` is the full training set's cross-entropy after training,
         ``backprop_slope`` the fitted d ln‖δ_l‖ / d(layers toward the input) at step 0.
     """
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -252,7 +252,7 @@ def run(
 
 def measure(cfg: Config, out: Path, seed: int, bar: Any, executor: str = "local") -> dict:
     """Train the grid; return the numbers the claims are computed from."""
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     processes = max(1, min(os.cpu_count() or 1, cfg.processes))
 

@@ -20,7 +20,7 @@ def plot(
 
     Measured slopes are drawn for depths ≥ ``slope_min_depth`` (those the claim uses).
     """
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     sw2 = np.asarray(numbers["sigma_w2s"], dtype=float)
     depths = np.asarray(numbers["depths"], dtype=float)

@@ -105,7 +105,7 @@ QUICK = Config(
 
 def build(activation: str, init: str, d_in: int, width: int, hidden: int, classes: int):
     """The MLP: ``hidden`` × [Linear, activation], then Linear to ``classes``; biases 0."""
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     layers: list[nn.Module] = []
     for i in range(hidden):
@@ -164,7 +164,7 @@ def run(
 
 def measure(cfg: Config, out: Path, seed: int, bar: Any) -> dict[str, Any]:
     """Train and measure every net; return the numbers the claims are computed from."""
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     H = cfg.hidden_layers
     numbers: dict[str, Any] = {"hidden_layers": H, "lr": cfg.lr, "runs": {}, "tuning": {}}
@@ -420,7 +420,7 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
 
 def plot(out: Path, numbers: dict[str, Any], cfg: Config) -> list[Path]:
     """Draw the three figures from the run directories and the numbers; return their paths."""
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     paths: list[Path] = []
     runs = numbers["runs"]

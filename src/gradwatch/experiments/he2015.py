@@ -91,7 +91,7 @@ QUICK = Config(steps=300, milestones=())
 
 def build(depth: int, width: int, init: str, d_in: int = 64, classes: int = 10) -> nn.Sequential:
     """``depth`` Linear layers with ReLU between them; He or Xavier init, biases 0."""
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     layers: list[nn.Module] = []
     for i in range(depth - 1):
@@ -187,7 +187,7 @@ def run(
 
 def measure(cfg: Config, out: Path, seed: int, bar: Any) -> dict[str, Any]:
     """Train and measure every net; return the numbers the claims are computed from."""
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     numbers: dict[str, Any] = {"chance_loss": CHANCE, "steps": cfg.steps, "runs": {}}
     bar.total(len(cfg.depths) * len(cfg.inits) * cfg.steps)
@@ -393,7 +393,7 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
 
 def plot(out: Path, numbers: dict[str, Any], cfg: Config) -> list[Path]:
     """Draw the two figures from the numbers and the run directories; return their paths."""
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     paths: list[Path] = []
     runs = numbers["runs"]

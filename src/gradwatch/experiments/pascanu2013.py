@@ -227,7 +227,7 @@ def run(
 
 def measure(cfg: Config, out: Path, seed: int, bar: Any) -> dict[str, Any]:
     """Train and measure every net; return the numbers the claims are computed from."""
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     runs = out / base.RUNS
     numbers: dict[str, Any] = {"gamma": GAMMA, "lengths": list(cfg.lengths), "flow": {}}

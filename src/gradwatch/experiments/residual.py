@@ -87,7 +87,7 @@ QUICK = Config(depths=(10, 30, 50), steps=100)
 
 def build(variant: str, depth: int, width: int, d_in: int = 64, classes: int = 10):
     """The plain net (``depth`` Linear layers, ReLU between), its BN and its ResNet version."""
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     layers: list[nn.Module] = []
     for i in range(depth - 1):
@@ -139,7 +139,7 @@ def run(
 
 def measure(cfg: Config, out: Path, seed: int, bar: Any) -> dict[str, Any]:
     """Train and measure every net; return the numbers the claims are computed from."""
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     numbers: dict[str, Any] = {"chance_loss": CHANCE, "depths": list(cfg.depths), "runs": {}}
     bar.total(len(cfg.depths) * len(VARIANTS) * cfg.steps)
@@ -293,7 +293,7 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
 
 def plot(out: Path, numbers: dict[str, Any], cfg: Config) -> list[Path]:
     """Draw the two figures from the numbers and the run directories; return their paths."""
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     paths: list[Path] = []
     runs = numbers["runs"]

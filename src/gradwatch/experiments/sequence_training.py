@@ -41,7 +41,7 @@ def train(
     metric (MSE for adding, error rate for temporal order) is taken every ``steps // 10``
     steps and at the end.
     """
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     u, y, ut, yt = data
     gen = torch.Generator().manual_seed(seed)

@@ -87,7 +87,7 @@ def train_classifier(
     Returns:
         the run directory (None when kept in memory).
     """
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=0.1)
@@ -144,7 +144,7 @@ def probe(
     Returns:
         the run directory (None when kept in memory).
     """
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     with gw.watch(model, run_dir, every=1, detail_every=1, overwrite=True, config=config) as mon:
         loss = F.cross_entropy(model(x), y)

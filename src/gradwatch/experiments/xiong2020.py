@@ -142,7 +142,7 @@ def train(
     The learning rate rises linearly from lr/warmup to lr over the first ``warmup`` steps
     (0: no warmup), then stays constant.
     """
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas)
     ramp = torch.optim.lr_scheduler.LambdaLR(
@@ -205,7 +205,7 @@ def run(
 
 def measure(cfg: Config, out: Path, seed: int, bar: Any) -> dict[str, Any]:
     """Measure gradients at init, train the three arms; return the numbers."""
-    import gradwatch as gw
+    from gradwatch.experiments import gw
 
     runs = out / base.RUNS
     chance = math.log(cfg.vocab - 1)
