@@ -28,7 +28,7 @@ from gradwatch.report.remedy_text import describe_remedy
 
 @dataclass
 class DemoConfig:
-    """Settings of the demo (the defaults take about a minute on 2 CPU cores)."""
+    """Settings of the demo (the defaults take about two minutes of CPU time on 2 cores)."""
 
     depth: int = 16  # hidden sigmoid layers
     width: int = 64
@@ -123,7 +123,7 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig | None = None,
     cfg = cfg or DemoConfig()
     # The vanishing net's gradients (and Adam's second moments of them) fall into the
     # subnormal range, where CPU arithmetic is ~100x slower; flushing them to zero changes
-    # nothing visible and keeps the demo at about a minute.
+    # nothing visible and keeps the demo at about two minutes.
     torch.set_flush_denormal(True)
     try:
         return _run_demo(out, cfg, console)
