@@ -1,23 +1,30 @@
-"""Overhead of the Monitor: plain training vs watched training, side by side in one process.
+"""Overhead of the Monitor beside the anchors: plain training vs watched training, in one process.
 
-For each network, the plain loop and each Monitor configuration train their own copy of the
-model on the same data; the loops are interleaved in rounds (plain, config 1, config 2, ...)
-so that machine noise hits all of them alike, and the reported figure is the median over rounds
-of (watched time / plain time). Also reports the bytes on disk per recorded value.
+For each network, plain training and each configuration train their own copy of the model on
+the same data; the loops are interleaved in rounds (plain, config 1, config 2, ...) so that
+machine noise hits all of them alike, and the reported figure is the median over rounds of
+(watched time / plain time). Also reports the bytes on disk per recorded value.
 
-    python benchmarks/overhead.py                 # both networks, all configurations
-    python benchmarks/overhead.py --rounds 30 --steps 20 --out benchmarks/results/overhead.json
-    python benchmarks/overhead.py --device cuda     # on a GPU: CUDA events, host syncs per step
+    python benchmarks/overhead.py                    # MLPs (a), (b), a conv net, a transformer
+    python benchmarks/overhead.py --networks a,b --rounds 31 --steps 20 --out results/o.json
+    python benchmarks/overhead.py --clock cpu --threads 1   # a busy shared machine
+    python benchmarks/overhead.py --device cuda      # on a GPU: CUDA events, host syncs per step
 
 Subnormal floats are flushed to zero (torch.set_flush_denormal): the deep tanh nets' tiny
 gradients would otherwise put the CPU on its slow path and make every timing about that.
 
+``--clock cpu`` times the process's CPU time instead of the wall clock: on a machine shared
+with other jobs it counts only this process's work (use it with ``--threads 1``).
+
 Configurations:
 - param_grads: parameter-gradient statistics only (grad_norm, grad_rms, nonfinite, loss)
-- grads:      gradient statistics (the above + backprop_norm; grad_max_abs)
-- everything: every statistic at every step (detail_every=1, activations on)
-- default:    gw.watch defaults (gradient and back-propagated norms every step; weight norm,
-              update ratio and activation statistics every 10th recorded step)
+- default:     gw.watch defaults (gradient norms, non-finite counts and the loss every step;
+               back-propagated norms, max |g|, weight norm, update ratio and activation
+               statistics every 10th recorded step)
+- everything:  every statistic at every step (detail_every=1, activations on)
+- lightning:   Lightning's ``grad_norm(model, 2)`` after every backward (when installed)
+- wandb / wandb10: ``wandb.watch(model, log="all")`` offline, every step / every 10th step
+               (when installed; WANDB_MODE=offline, nothing leaves the machine)
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -36,51 +45,137 @@ from torch import nn
 
 import gradwatch as gw
 
-NETWORKS = {
-    "a": dict(depth=20, width=256, batch=128),
-    "b": dict(depth=200, width=64, batch=64),
-}
 CONFIGS = {
     "param_grads": dict(stats=["grad_norm", "grad_rms", "nonfinite", "loss"], activations=False),
-    "grads": dict(
-        stats=["grad_norm", "grad_rms", "grad_max_abs", "nonfinite", "backprop_norm", "loss"],
-        activations=False,
-    ),
-    "everything": dict(detail_every=1),
     "default": dict(),
+    "everything": dict(detail_every=1),
+}
+LABELS = {
+    "param_grads": "gradwatch, parameter-gradient statistics only",
+    "default": "**gradwatch default**",
+    "everything": "gradwatch, everything every step",
+    "lightning": "Lightning `grad_norm` every step (norms only)",
+    "wandb": "wandb.watch every step",
+    "wandb10": "wandb.watch every 10 steps",
 }
 
 
-def make_model(depth: int, width: int) -> nn.Module:
-    layers = []
+def mlp(depth: int, width: int) -> nn.Module:
+    layers: list[nn.Module] = []
     for _ in range(depth):
         layers += [nn.Linear(width, width), nn.Tanh()]
     return nn.Sequential(*layers[:-1])
 
 
-def time_steps(model, opt, x, y, n: int, mon=None) -> float:
+def convnet() -> nn.Module:
+    """A small CNN with strides and pooling: (B, 3, 32, 32) -> (B, 10)."""
+    def block(c_in, c_out, stride):
+        return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out),
+                nn.ReLU()]
+
+    return nn.Sequential(
+        *block(3, 32, 1), *block(32, 32, 1), nn.MaxPool2d(2),
+        *block(32, 64, 1), *block(64, 64, 2), *block(64, 128, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(128, 10),
+    )
+
+
+class Transformer(nn.Module):
+    """A small encoder: embedding, 4 pre-norm layers (d=128, 4 heads), head; (B, T) tokens."""
+
+    def __init__(self, vocab: int = 512, d: int = 128, layers: int = 4):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, d)
+        layer = nn.TransformerEncoderLayer(d, 4, 4 * d, dropout=0.0, batch_first=True,
+                                           norm_first=True, activation="gelu")
+        self.enc = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.head = nn.Linear(d, vocab)
+
+    def forward(self, tokens):  # (B, T) -> (B, T, vocab)
+        return self.head(self.enc(self.emb(tokens)))
+
+
+def make(name: str, device: str):
+    """(description, model, inputs, loss function) of a benchmark network."""
+    g = torch.Generator().manual_seed(0)
+    if name in ("a", "b"):
+        depth, width, batch = (20, 256, 128) if name == "a" else (200, 64, 64)
+        x = torch.randn(batch, width, generator=g)
+        y = torch.randn(batch, width, generator=g)
+        desc = f"({name}) {depth} tanh layers x {width}, batch {batch}"
+        return desc, mlp(depth, width), x.to(device), lambda out: ((out - y.to(device)) ** 2).mean()
+    if name == "conv":
+        x = torch.randn(32, 3, 32, 32, generator=g)
+        y = torch.randint(0, 10, (32,), generator=g)
+        return ("(conv) 5 conv-BN-ReLU, strides and pooling, 3x32x32, batch 32", convnet(),
+                x.to(device), lambda out: nn.functional.cross_entropy(out, y.to(device)))
+    if name == "transformer":
+        x = torch.randint(0, 512, (16, 64), generator=g)
+        y = torch.randint(0, 512, (16, 64), generator=g)
+        return ("(transformer) 4 pre-norm encoder layers d=128, seq 64, batch 16",
+                Transformer(), x.to(device),
+                lambda out: nn.functional.cross_entropy(out.flatten(0, 1), y.to(device).flatten()))
+    raise SystemExit(f"unknown network {name!r}")
+
+
+class Runner:
+    """One configuration: its own copy of the model, optimizer and instrumentation."""
+
+    def __init__(self, key, base, x, loss_fn, workdir):
+        self.key, self.x, self.loss_fn = key, x, loss_fn
+        self.model = copy.deepcopy(base)
+        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3)
+        self.mon = None
+        self.after_backward = None
+        self.after_step = None
+        if key in CONFIGS:
+            self.mon = gw.watch(self.model, workdir, optimizer=self.opt, **CONFIGS[key])
+        elif key == "lightning":
+            from lightning.pytorch.utilities import grad_norm
+
+            self.after_backward = lambda: grad_norm(self.model, norm_type=2)
+        elif key.startswith("wandb"):
+            import wandb
+
+            if wandb.run is None:  # one offline run; wandb.watch follows several models in it
+                (workdir.parent / "wandb").mkdir(parents=True, exist_ok=True)
+                wandb.init(project="gradwatch-bench", dir=str(workdir.parent / "wandb"),
+                           mode="offline")
+            wandb.watch(self.model, log="all", log_freq=10 if key == "wandb10" else 1)
+            self.after_step = lambda: wandb.log({"loss": 0.0})
+
+    def steps(self, n: int) -> None:
+        model, opt = self.model, self.opt
+        for _ in range(n):
+            opt.zero_grad(set_to_none=True)
+            loss = self.loss_fn(model(self.x))
+            loss.backward()
+            if self.after_backward is not None:
+                self.after_backward()
+            opt.step()
+            if self.mon is not None:
+                self.mon.step(loss)
+            if self.after_step is not None:
+                self.after_step()
+
+
+def timed(runner: Runner, n: int, clock: str) -> float:
     """Seconds for n training steps (CUDA events and a final sync on a GPU)."""
-    cuda = x.is_cuda
-    if cuda:
+    if runner.x.is_cuda:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         torch.cuda.synchronize()
         start.record()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        opt.zero_grad(set_to_none=True)
-        loss = ((model(x) - y) ** 2).mean()
-        loss.backward()
-        opt.step()
-        if mon is not None:
-            mon.step(loss)
-    if cuda:
+        runner.steps(n)
         end.record()
         torch.cuda.synchronize()
         return start.elapsed_time(end) / 1e3
-    return time.perf_counter() - t0
+    tick = time.process_time if clock == "cpu" else time.perf_counter
+    t0 = tick()
+    runner.steps(n)
+    return tick() - t0
 
 
-def count_host_syncs(model, opt, x, y, mon, n: int = 20) -> int:
+def count_host_syncs(runner: Runner, n: int = 20) -> int:
     """Host synchronisations during n watched steps between flushes (CUDA only)."""
     import warnings
 
@@ -88,83 +183,109 @@ def count_host_syncs(model, opt, x, y, mon, n: int = 20) -> int:
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            time_steps(model, opt, x, y, n, mon)
+            runner.steps(n)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     return sum("synchroniz" in str(w.message) for w in caught)
 
 
-def bench_network(name: str, rounds: int, steps: int, workdir: Path, device: str = "cpu") -> dict:
-    spec = NETWORKS[name]
+def available_anchors() -> list[str]:
+    out = []
+    try:
+        import lightning.pytorch.utilities  # noqa: F401
+
+        out.append("lightning")
+    except ImportError:
+        pass
+    try:
+        import wandb  # noqa: F401
+
+        out += ["wandb", "wandb10"]
+    except ImportError:
+        pass
+    return out
+
+
+def bench_network(name, rounds, steps, workdir, device, clock, anchors) -> dict:
     torch.manual_seed(0)
-    base = make_model(spec["depth"], spec["width"]).to(device)
-    x = torch.randn(spec["batch"], spec["width"], device=device)
-    y = torch.randn(spec["batch"], spec["width"], device=device)
-    runs = {"plain": (copy.deepcopy(base), None)}
-    for cfg, opts in CONFIGS.items():
-        runs[cfg] = (copy.deepcopy(base), opts)
-    state = {}
-    for key, (model, opts) in runs.items():
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-        mon = None
-        if opts is not None:
-            mon = gw.watch(model, workdir / f"{name}-{key}", optimizer=opt, **opts)
-        state[key] = (model, opt, mon)
-        time_steps(model, opt, x, y, 5, mon)  # warm-up
-    times = {k: [] for k in state}
+    desc, base, x, loss_fn = make(name, device)
+    base = base.to(device)
+    keys = ["plain", *CONFIGS, *anchors]
+    runners = {k: Runner(k, base, x, loss_fn, workdir / name / k) for k in keys}
+    for r in runners.values():
+        r.steps(3)  # warm-up: plans, buffers, allocator
+    times: dict[str, list[float]] = {k: [] for k in keys}
     for _ in range(rounds):
-        for key, (model, opt, mon) in state.items():
-            times[key].append(time_steps(model, opt, x, y, steps, mon))
-    plain_ms = 1e3 * statistics.median(times["plain"]) / steps
-    result = {"network": name, **spec, "plain_step_ms": plain_ms}
-    for key in CONFIGS:
-        ratios = [w / p for w, p in zip(times[key], times["plain"], strict=True)]
-        result[f"ratio_{key}"] = statistics.median(ratios)
+        for k, r in runners.items():
+            times[k].append(timed(r, steps, clock))
+    plain = statistics.median(times["plain"]) / steps
+    result = {"network": name, "description": desc, "plain_step_ms": 1e3 * plain}
+    for k in keys[1:]:
+        ratios = [w / p for w, p in zip(times[k], times["plain"], strict=True)]
+        result[f"ratio_{k}"] = statistics.median(ratios)
     if device.startswith("cuda"):
-        model, opt, mon = state["default"]
-        mon.flush_every, mon.flush_secs = 10**9, float("inf")  # no flush inside the count
-        result["host_syncs_per_step_default"] = count_host_syncs(model, opt, x, y, mon) / 20
-    for key in CONFIGS:
-        mon = state[key][2]
+        r = runners["default"]
+        r.mon.flush_every, r.mon.flush_secs = 10**9, float("inf")  # no flush inside the count
+        result["host_syncs_per_step_default"] = count_host_syncs(r) / 20
+    for k in CONFIGS:
+        mon = runners[k].mon
         mon.close()
         run = gw.load(mon.run_dir)
         size = sum(f.stat().st_size for f in (mon.run_dir / "stats").glob("*.parquet"))
-        result[f"bytes_per_value_{key}"] = size / max(len(run.stats), 1)
-        result[f"values_{key}"] = len(run.stats)
+        result[f"bytes_per_value_{k}"] = size / max(len(run.stats), 1)
+    if any(k.startswith("wandb") for k in anchors):
+        import wandb
+
+        wandb.unwatch()
     return result
+
+
+def table(results: list[dict], keys: list[str]) -> str:
+    head = "| configuration | " + " | ".join(r["network"] for r in results) + " |"
+    lines = [head, "|---|" + "---|" * len(results)]
+    lines.append("| plain step | " + " | ".join(f"{r['plain_step_ms']:.1f} ms" for r in results)
+                 + " |")
+    for k in keys:
+        cells = [f"{r[f'ratio_{k}']:.2f}x" if f"ratio_{k}" in r else "-" for r in results]
+        lines.append(f"| {LABELS[k]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--networks", default="a,b")
+    ap.add_argument("--networks", default="a,b,conv,transformer")
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
+    ap.add_argument("--no-anchors", action="store_true", help="skip Lightning and wandb")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # deep tanh nets underflow; keep the timings about the Monitor
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    anchors = [] if args.no_anchors else available_anchors()
     workdir = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     results = []
     try:
         for name in args.networks.split(","):
-            r = bench_network(name, args.rounds, args.steps, workdir, args.device)
+            r = bench_network(name, args.rounds, args.steps, workdir, args.device, args.clock,
+                              anchors)
             results.append(r)
-            print(
-                f"({name}) depth {r['depth']} width {r['width']} batch {r['batch']}: "
-                f"plain step {r['plain_step_ms']:.2f} ms | ratio param-grads "
-                f"{r['ratio_param_grads']:.3f}x, grads+backprop {r['ratio_grads']:.3f}x, "
-                f"everything-every-step {r['ratio_everything']:.3f}x, "
-                f"default {r['ratio_default']:.3f}x | disk bytes/value: "
-                f"{r['bytes_per_value_everything']:.2f} (everything), "
-                f"{r['bytes_per_value_default']:.2f} (default)",
-                flush=True,
-            )
+            ratios = ", ".join(f"{k} {v:.3f}x" for k, v in r.items() if k.startswith("ratio_"))
+            print(f"{r['description']}: plain step {r['plain_step_ms']:.2f} ms | {ratios}",
+                  flush=True)
     finally:
+        if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
+            sys.modules["wandb"].finish(quiet=True)
         shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(table(results, [*CONFIGS, *anchors]))
     meta = {"torch": torch.__version__, "threads": args.threads, "rounds": args.rounds,
-            "steps_per_round": args.steps, "device": args.device}
+            "steps_per_round": args.steps, "device": args.device, "clock": args.clock,
+            "load": os.getloadavg()}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))

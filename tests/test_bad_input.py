@@ -1,8 +1,9 @@
-"""The bad-input catalogue: every public function and CLI command, given what users get wrong.
+"""Hand-written bad inputs, each with the exact error class it must raise.
 
-Each case asserts the error type (a gradwatch error, which is also the matching built-in) and
-that the message names the argument. CLI cases assert exit code 2, one line on stderr, and no
-traceback.
+The generated catalogue (every public parameter and CLI option against a table of bad values)
+is in ``tests/bad_input/``; these cases pin the error class (value or type error) of common
+mistakes. CLI cases assert exit code 2, one line on stderr, and no traceback; one of them runs
+the real ``python -m gradwatch.cli`` in a subprocess, the others run ``main`` in-process.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from gradwatch.errors import (
     GradwatchValueError,
     RunDirectoryError,
 )
+from tests.bad_input.cli_table import run_cli
 
 E_VAL, E_TYPE, E_RUN = GradwatchValueError, GradwatchTypeError, RunDirectoryError
 
@@ -163,9 +165,18 @@ CLI_CASES = [
 
 @pytest.mark.parametrize("args,word", [c[1:] for c in CLI_CASES], ids=[c[0] for c in CLI_CASES])
 def test_cli_bad_input_exits_2_with_one_line(foreign, args, word):
-    proc = _cli(*[a.format(root=foreign) for a in args])
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    err = proc.stderr.strip()
+    code, _, err = run_cli(args, {"root": foreign})
+    err = err.strip()
     assert "Traceback" not in err
+    assert code == 2, err
     assert len(err.splitlines()) == 1, err
     assert word.lower() in err.lower(), err
+
+
+def test_the_installed_entry_point_gives_one_line_for_a_usage_error(foreign):
+    proc = _cli("theory", "--activation", "tanh", "--sigma-w2", "x")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "gradwatch theory: error: argument --sigma-w2: invalid float value: 'x' "
+        "(see gradwatch theory --help)"
+    ]

@@ -12,15 +12,36 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
+from gradwatch import handoff
 from gradwatch.errors import (
+    DistributedFlushError,
     GradwatchError,
     GradwatchTypeError,
     GradwatchValueError,
     RunDirectoryError,
     RunLockedError,
 )
+from gradwatch.version import __version__
 
-__version__ = "0.1.0"
+
+def _diagnose_run_dir(run_dir: Any) -> Any:
+    """Diagnose a closed run directory: what ``watch(..., diagnose=True)`` does at close."""
+    from gradwatch.diagnose import diagnose
+    from gradwatch.store import load
+
+    return diagnose(load(run_dir))
+
+
+def _live_tensorboard(log_dir: Any) -> Any:
+    """The live TensorBoard export of ``watch(..., tensorboard=LOGDIR)``."""
+    from gradwatch.report.tensorboard import LiveTensorBoard
+
+    return LiveTensorBoard(log_dir)
+
+
+# The Monitor sits below diagnose and report: both are handed down, imported only when used.
+handoff.set_diagnose_at_close(_diagnose_run_dir)
+handoff.set_live_sink_factory(_live_tensorboard)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from gradwatch import remedies, theory
@@ -88,6 +109,7 @@ sys.modules[__name__].__class__ = _Package
 
 __all__ = [
     "Checkup",
+    "DistributedFlushError",
     "Finding",
     "GradwatchError",
     "GradwatchTypeError",

@@ -7,6 +7,12 @@ gradients vanish or explode?" before any training, and leaves the model as it fo
 gradients, train/eval mode and buffers (BatchNorm running statistics) are restored, and the
 global random number generator state too.
 
+The checkup also records each layer's output shape (``meta["layer_info"][name]
+["out_shape"]``) and the model's structure (``meta["structure"]``, from
+:func:`gradwatch.structure.describe` on the loss's autograd graph), which the rules read.
+``check`` sits below :mod:`gradwatch.diagnose` and takes its rules as an argument
+(:func:`use_rules`); ``import gradwatch`` hands them down.
+
 The default loss, when no targets are given, is ``0.5 * sum(output**2) / batch``: its gradient
 with respect to the output is the output itself (divided by the batch size), so the pass
 probes the network's own signal, with no labels needed. With targets it is cross-entropy for
@@ -22,7 +28,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 import numpy as np
@@ -31,12 +36,38 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from gradwatch.diagnose import RunView, run_rules, verdict
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.findings import Finding
 from gradwatch.layers import Layer, find_layers
 from gradwatch.monitor import watch
+from gradwatch.probes import TEMPORAL_COLUMNS, ForwardProbe, TemporalProbe
 from gradwatch.store.reader import Run
+from gradwatch.structure import describe
+from gradwatch.verdicts import verdict
+
+#: A diagnosis: ``rules(run, is_checkup) -> findings``. ``check`` sits below
+#: :mod:`gradwatch.diagnose` in the package's layers, so the rules are handed down to it: as
+#: the ``rules`` argument, or once for all by :func:`use_rules` (which ``gradwatch.diagnose``
+#: calls when it is imported, as ``import gradwatch`` does).
+Rules = Callable[[Run, bool], list[Finding]]
+_DEFAULT_RULES: list[Rules] = []
+
+
+def use_rules(rules: Rules) -> None:
+    """Make ``rules`` the diagnosis every :func:`check` without ``rules=`` applies.
+
+    Args:
+        rules: ``rules(run, is_checkup) -> list[Finding]``, e.g.
+            ``gradwatch.diagnose.diagnose_run``.
+
+    Raises:
+        GradwatchTypeError: ``rules`` is not callable.
+    """
+    if not callable(rules):
+        raise GradwatchTypeError(
+            f"rules must be callable as rules(run, is_checkup), got {type(rules).__name__}"
+        )
+    _DEFAULT_RULES[:] = [rules]
 
 #: Statistic columns of :attr:`Checkup.table`, in order.
 STAT_COLUMNS = (
@@ -51,7 +82,6 @@ STAT_COLUMNS = (
     "saturated_frac",
     "dead_frac",
 )
-TEMPORAL_COLUMNS = ("layer", "t", "grad_norm", "ratio")
 
 
 @dataclass
@@ -63,7 +93,8 @@ class Checkup:
             :data:`STAT_COLUMNS` (NaN where it does not apply), ``backprop_ratio`` and
             ``grad_ratio`` (``backprop_norm`` and ``grad_norm`` over the output-side layer's).
         findings: what the diagnosis rules found.
-        verdict: "healthy", "vanishing", "exploding", "nonfinite", "dead" or "saturated".
+        verdict: "healthy", "vanishing", "exploding", "nonfinite", "dead", "saturated" or
+            "uncertain" (:mod:`gradwatch.verdicts`).
         run: the one-step in-memory :class:`~gradwatch.store.reader.Run` behind the table.
         loss: the loss of the pass (may be NaN or Inf).
         temporal: for recurrent layers, one row per (layer, t): ``grad_norm`` = ‖∂L/∂x_t‖
@@ -137,6 +168,7 @@ def check(
     loss_fn: Callable[..., torch.Tensor] | None = None,
     *,
     train_mode: bool = True,
+    rules: Rules | None = None,
 ) -> Checkup:
     """Check a model's gradient flow with one forward/backward pass on a batch.
 
@@ -155,6 +187,8 @@ def check(
             output itself (over N), so the pass probes the network's own signal.
         train_mode: run the pass in train mode (batch statistics in BatchNorm, dropout on);
             False for eval mode.
+        rules: the diagnosis, ``rules(run, is_checkup) -> list[Finding]``; by default the
+            rules of :mod:`gradwatch.diagnose` (see :func:`use_rules`).
 
     Returns:
         a :class:`Checkup` (``table``, ``findings``, ``verdict``, ``run``, ``loss``,
@@ -182,6 +216,17 @@ def check(
         raise GradwatchTypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     if not isinstance(train_mode, bool):
         raise GradwatchTypeError(f"train_mode must be a bool, got {type(train_mode).__name__}")
+    if rules is None and _DEFAULT_RULES:
+        rules = _DEFAULT_RULES[0]
+    if rules is None:
+        raise GradwatchValueError(
+            "rules: no diagnosis rules are registered; import gradwatch (which registers "
+            "gradwatch.diagnose's rules) or pass rules="
+        )
+    if not callable(rules):
+        raise GradwatchTypeError(
+            f"rules must be callable as rules(run, is_checkup), got {type(rules).__name__}"
+        )
     device = _model_device(model)
     if device is not None:
         args = tuple(a.to(device) for a in args)
@@ -195,8 +240,8 @@ def check(
             for p in model.parameters():
                 p.grad = None
             mon = watch(model, run_dir=None, detail_every=1)
-            probe = _ForwardProbe(layers)
-            temporal = _TemporalProbe(model)
+            probe = ForwardProbe(layers)
+            temporal = TemporalProbe(model)
             try:
                 out = _forward(model, args, layers)
                 loss, loss_kind = _loss(out, targets, loss_fn)
@@ -205,6 +250,7 @@ def check(
                         "model: the loss does not depend on any parameter that requires grad; "
                         "unfreeze the layers to check (requires_grad_(True))"
                     )
+                structure = describe(model, loss)
                 loss.backward()
                 mon.step(loss)
             finally:
@@ -229,10 +275,13 @@ def check(
         "train_mode": train_mode,
         "nonfinite_origin": probe.origin(args),
     }
-    view = RunView(run, is_checkup=True)
-    findings = run_rules(view)
+    run.meta["structure"] = structure
+    info = run.meta.setdefault("layer_info", {})
+    for name, shape in probe.shapes.items():
+        info.setdefault(name, {}).setdefault("out_shape", shape)
+    findings = rules(run, True)
     return Checkup(
-        table=_table(view),
+        table=_table(run),
         findings=findings,
         verdict=verdict(findings),
         run=run,
@@ -244,13 +293,13 @@ def check(
 # ---------------------------------------------------------------------------- validation
 def _as_args(inputs: Any) -> tuple[torch.Tensor, ...]:
     if isinstance(inputs, torch.Tensor):
-        return (inputs,)
+        return _non_empty((inputs,))
     if (
         isinstance(inputs, tuple | list)
         and inputs
         and all(isinstance(x, torch.Tensor) for x in inputs)
     ):
-        return tuple(inputs)
+        return _non_empty(tuple(inputs))
     got = type(inputs).__name__
     if isinstance(inputs, tuple | list):
         kinds = ", ".join(type(x).__name__ for x in inputs)
@@ -259,6 +308,16 @@ def _as_args(inputs: Any) -> tuple[torch.Tensor, ...]:
         f"inputs must be a torch.Tensor or a tuple of tensors (passed as model(*inputs)), got "
         f"{got}; convert with torch.as_tensor(...)"
     )
+
+
+def _non_empty(args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    for x in args:
+        if x.numel() == 0:
+            raise GradwatchValueError(
+                f"inputs has no elements (shape {tuple(x.shape)}); give a batch of at least "
+                "one example"
+            )
+    return args
 
 
 def _model_device(model: nn.Module) -> torch.device | None:
@@ -378,108 +437,17 @@ def _restore_state(model: nn.Module, state: dict[str, list]) -> None:
             b.copy_(saved)
 
 
-# ------------------------------------------------------------------------------ probes
-class _ForwardProbe:
-    """Forward hooks noting, in execution order, the first layer whose output is NaN/Inf."""
-
-    def __init__(self, layers: list[Layer]):
-        self.first: str | None = None
-        self.handles = [
-            ly.module.register_forward_hook(partial(self._hook, ly.name)) for ly in layers
-        ]
-
-    def _hook(self, name: str, module: nn.Module, args: Any, out: Any) -> None:
-        if self.first is not None:
-            return
-        tensors = (
-            [out]
-            if isinstance(out, torch.Tensor)
-            else (
-                [t for t in out if isinstance(t, torch.Tensor)]
-                if isinstance(out, tuple | list)
-                else []
-            )
-        )
-        for t in tensors:
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-                self.first = name
-                return
-
-    def origin(self, args: tuple[torch.Tensor, ...]) -> str | None:
-        """Return "inputs" if the inputs hold NaN/Inf, else the first non-finite layer, or None."""
-        if any(a.is_floating_point() and not bool(torch.isfinite(a).all()) for a in args):
-            return "inputs"
-        return self.first
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-class _TemporalProbe:
-    """Temporal gradient flow: ‖∂L/∂x_t‖ of the input sequence of each recurrent layer.
-
-    A forward pre-hook on each nn.RNN/LSTM/GRU hooks its input sequence (a leaf input is
-    replaced by a detached copy that requires grad, so its gradient exists); during backward
-    the tensor hook takes the norm over every axis but time.
-    """
-
-    def __init__(self, model: nn.Module):
-        self.norms: dict[str, list[torch.Tensor]] = {}
-        self.handles = [
-            m.register_forward_pre_hook(partial(self._pre, name or "(root)"))
-            for name, m in model.named_modules()
-            if isinstance(m, nn.RNNBase)
-        ]
-
-    def _pre(self, name: str, module: nn.RNNBase, args: tuple) -> tuple | None:
-        x = args[0] if args else None
-        if not isinstance(x, torch.Tensor) or x.dim() not in (2, 3) or not x.is_floating_point():
-            return None  # PackedSequence or something else: no temporal flow
-        if not torch.is_grad_enabled():
-            return None
-        time_dim = 1 if (x.dim() == 3 and module.batch_first) else 0
-        new_args = None
-        if not x.requires_grad:
-            x = x.detach().requires_grad_(True)
-            new_args = (x, *args[1:])
-        x.register_hook(partial(self._grad, name, time_dim))
-        return new_args
-
-    def _grad(self, name: str, time_dim: int, g: torch.Tensor) -> None:
-        g = g.detach().float().movedim(time_dim, 0)  # (T, ...)
-        self.norms.setdefault(name, []).append(torch.linalg.vector_norm(g.flatten(1), dim=1))
-
-    def frame(self) -> pd.DataFrame:
-        """One row per (layer, t): grad_norm and ratio to the last time step."""
-        rows = []
-        for name, calls in self.norms.items():
-            same = [c for c in calls if c.shape == calls[0].shape]
-            norms = torch.sqrt(sum(c**2 for c in same)).cpu().numpy().astype(np.float64)
-            last = norms[-1]
-            ratio = norms / last if last > 0 else np.full_like(norms, np.nan)
-            rows += [
-                {"layer": name, "t": t, "grad_norm": float(v), "ratio": float(r)}
-                for t, (v, r) in enumerate(zip(norms, ratio, strict=True))
-            ]
-        return pd.DataFrame(rows, columns=list(TEMPORAL_COLUMNS))
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
 # ------------------------------------------------------------------------------- table
-def _table(view: RunView) -> pd.DataFrame:
-    layers = view.layers
-    table = pd.DataFrame({"layer": layers, "type": [view.layer_type(ly) for ly in layers]})
+def _table(run: Run) -> pd.DataFrame:
+    layers = run.layers
+    info = run.meta.get("layer_info") or {}
+    types = [str(info.get(ly, {}).get("type", "")) for ly in layers]
+    table = pd.DataFrame({"layer": layers, "type": types})
+    df = run.stats
     for stat in STAT_COLUMNS:
-        wide = view.wide(stat)
-        if wide.empty:
-            table[stat] = np.nan
-        else:
-            row = wide.iloc[-1]
-            table[stat] = [float(row[ly]) if ly in row.index else np.nan for ly in layers]
+        sel = df[(df["stat"] == stat) & (df["layer"] != "")]
+        last = sel.drop_duplicates("layer", keep="last").set_index("layer")["value"]
+        table[stat] = [float(last[ly]) if ly in last.index else np.nan for ly in layers]
     table["backprop_ratio"] = _over_output_side(table["backprop_norm"].to_numpy(dtype=float))
     table["grad_ratio"] = _over_output_side(table["grad_norm"].to_numpy(dtype=float))
     return table

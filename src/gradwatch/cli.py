@@ -15,6 +15,7 @@ import importlib
 import re
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from gradwatch.errors import GradwatchError
 
@@ -32,6 +33,18 @@ COMMAND_MODULES = [
 
 class CommandError(GradwatchError):
     """A command-line argument is wrong; reported as one line, exit code 2."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An argparse parser whose usage errors are one line on stderr (exit code 2).
+
+    argparse prints the whole usage block before the error; a user needs the error, and the
+    pointer to ``--help``. Subcommand parsers inherit the class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        """Print ``prog: error: message`` as one line and exit with code 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 _MARKUP = re.compile(r"``(.+?)``|:(?:func|class|mod|meth|data|attr):`~?([^`]+)`|\*\*(.+?)\*\*")
@@ -62,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every command registered."""
     from gradwatch import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="gradwatch",
         description="Find, explain and fix vanishing and exploding gradients in PyTorch models.",
     )
@@ -84,11 +97,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except GradwatchError as exc:
-        print(f"gradwatch {args.command}: error: {exc}", file=sys.stderr)
+        print(f"gradwatch {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except (OSError, MemoryError) as exc:
+        # a file-system or memory fault no check foresaw: still one line, no traceback
+        print(f"gradwatch {args.command}: error: {type(exc).__name__}: {_one_line(exc)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"gradwatch {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -28,6 +28,10 @@ class RunLockedError(RunDirectoryError):
     """Another writer holds the run directory."""
 
 
+class DistributedFlushError(GradwatchError, RuntimeError):
+    """A collective flush under ``torch.distributed`` failed: another rank stopped."""
+
+
 def check_type(name: str, value: object, types: type | tuple[type, ...], hint: str = "") -> None:
     """Raise :class:`GradwatchTypeError` unless ``value`` is an instance of ``types``."""
     if not isinstance(value, types):

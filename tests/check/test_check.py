@@ -162,7 +162,8 @@ def test_nan_inputs_are_reported_as_inputs():
     x = torch.randn(8, 4)
     x[0, 0] = float("nan")
     f = finding(gw.check(model, x), "nonfinite")
-    assert f.evidence["origin_layer"] == "inputs"
+    assert f.evidence["origin"] == "input" and f.layers == ()
+    assert "inputs already hold NaN/Inf" in f.message
 
 
 # ------------------------------------------------------------------------------ table

@@ -18,11 +18,17 @@ def make_run(
     families: tuple[str, ...] = ("rectifier",),
     checkup: dict | None = None,
     repr_: str = "Sequential(...)",
+    structure: dict | None = None,
+    norm: tuple[str, ...] = (),
+    shapes: dict[str, list[int]] | None = None,
 ) -> Run:
     """A run with layers l0 (input side) .. l{n-1} and steps 0 .. S-1.
 
     ``stats[name]`` is an (S, n) array; NaN entries are left unrecorded. ``extra`` rows
-    (step, layer, stat, value) are added as they are, e.g. genuine NaN values.
+    (step, layer, stat, value) are added as they are, e.g. genuine NaN values. ``norm`` names
+    the normalisation layers and ``structure`` adds to ``meta["structure"]`` (as
+    ``gradwatch.structure.describe`` writes it); ``shapes`` gives each layer's ``out_shape``
+    (batch dimension first).
     """
     layers = [f"l{i}" for i in range(n_layers)]
     rows = []
@@ -44,6 +50,16 @@ def make_run(
         "activations": {f"a{i}": {"type": "X", "family": f} for i, f in enumerate(families)},
         "model": {"repr": repr_},
     }
+    meta["structure"] = {
+        "norm_layers": list(norm),
+        "has_norm": bool(norm),
+        "residual": False,
+        "attention": False,
+        "recurrent": False,
+        **(structure or {}),
+    }
+    for ly, shape in (shapes or {}).items():
+        meta["layer_info"][ly]["out_shape"] = list(shape)
     if checkup is not None:
         meta["checkup"] = checkup
     return Run(meta=meta, stats=df, path=None)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import gradwatch as gw
+from gradwatch import verdicts
 from gradwatch.diagnose import temporal
 from gradwatch.diagnose._view import RunView
 
@@ -30,7 +31,7 @@ def test_vanilla_rnn_over_60_steps_vanishes_through_time():
     assert len(found) == 1 and found[0].kind == "vanishing" and found[0].severity == "error"
     assert found[0].layers == ("rnn",)
     first = cu.temporal[cu.temporal.layer == "rnn"]["ratio"].iloc[0]
-    assert found[0].evidence["first_over_last"] == first < temporal.TEMPORAL_VANISHING_ERROR
+    assert found[0].evidence["first_over_last"] == first < verdicts.TEMPORAL_VANISHING_ERROR
     assert cu.verdict == "vanishing"
 
 
@@ -53,3 +54,29 @@ def test_short_sequences_are_not_judged_and_explosions_are():
     found = temporal.rule(RunView(run, is_checkup=True))
     assert [(f.kind, f.severity) for f in found] == [("exploding", "error")]
     assert "clip_grad_norm" in found[0].remedies
+
+
+def test_a_signal_that_underflows_through_time_is_vanished_not_missing():
+    # Bengio et al. 1994: a tanh RNN read at the last of 200 steps; the first steps' gradient
+    # underflows to exactly 0 in float32
+    torch.manual_seed(0)
+    cu = gw.check(Seq("RNN"), torch.randn(8, 200, 4))
+    flow = cu.temporal[cu.temporal.layer == "rnn"]["ratio"].to_numpy()
+    assert flow[0] == 0.0 and flow[-1] == 1.0
+    (f,) = [f for f in cu.findings if f.evidence.get("through") == "time"]
+    assert (f.kind, f.severity, cu.verdict) == ("vanishing", "error", "vanishing")
+    assert f.evidence["underflow"] is True and "underflows to 0" in f.message
+    # a vanilla RNN is offered an LSTM/GRU; an LSTM is not
+    assert f.remedies[:2] == ("lstm_or_gru", "orthogonal") and "clip_grad_norm" in f.remedies
+
+
+def test_an_lstm_is_offered_the_forget_bias_not_an_lstm():
+    torch.manual_seed(0)
+    model = Seq("LSTM")
+    with torch.no_grad():
+        for name in ("bias_ih_l0", "bias_hh_l0"):
+            getattr(model.rnn, name).fill_(-2.0)  # every gate nearly shut: the carry fades
+    cu = gw.check(model, torch.randn(8, 100, 4))
+    (f,) = [f for f in cu.findings if f.evidence.get("through") == "time"]
+    assert f.kind == "vanishing" and f.remedies[0] == "forget_gate_bias"
+    assert "lstm_or_gru" not in f.remedies and "set the LSTM forget-gate bias to 1" in f.message

@@ -16,7 +16,8 @@ from tests.docs.markdown_blocks import DOCS
 PAGE = DOCS / "reference" / "statistics.md"
 RULE_MODULES = [sys.modules[rule.__module__] for rule in RULES]
 SHARED = [
-    importlib.import_module(m) for m in ("gradwatch.diagnose._view", "gradwatch.diagnose._flow")
+    importlib.import_module(m)
+    for m in ("gradwatch.diagnose._view", "gradwatch.diagnose._flow", "gradwatch.verdicts")
 ]
 NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![\w.])")
 

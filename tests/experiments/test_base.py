@@ -77,3 +77,41 @@ def test_registry():
             assert "expected" in mod.__doc__.lower()  # the paper's expected result
     with pytest.raises(GradwatchValueError, match="glorot2010"):
         get("nope")
+
+
+def test_execute_is_the_shared_runner(tmp_path):
+    from dataclasses import dataclass
+
+    @dataclass(frozen=True)
+    class Cfg:
+        n: int = 3
+
+    seen = {}
+
+    def measure(cfg, out, seed, bar, extra="none"):
+        bar.total(cfg.n)
+        seen.update(n=cfg.n, seed=seed, extra=extra, draw=float(torch.rand(())))
+        return {"n": cfg.n, "draw": seen["draw"]}
+
+    def claims(numbers):
+        return [
+            base.claim("n is 5", numbers["n"] == 5),
+            base.claim("n is big", numbers["n"] > 100, scale="full"),
+        ]
+
+    def plot(out, numbers, cfg):
+        return [out / "figures" / "none.png"]
+
+    args = ("t", measure, claims, plot, Cfg(n=50), Cfg(n=3), tmp_path)
+    r = base.execute(*args, quick=True, seed=7, overrides={"n": 5}, options={"extra": "x"})
+    assert seen["n"] == 5 and seen["seed"] == 7 and seen["extra"] == "x"
+    assert [c["status"] for c in r["claims"]] == ["holds", base.NOT_RUN]
+    assert base.outcome(r) and base.load_result(tmp_path)["numbers"]["n"] == 5
+    again = base.execute(*args, quick=True, seed=7, overrides={"n": 5})
+    assert again["numbers"]["draw"] == r["numbers"]["draw"]  # seeded
+    full = base.execute(*args, quick=False, seed=7)
+    assert full["numbers"]["n"] == 50 and [c["status"] for c in full["claims"]] == [
+        "fails",
+        "fails",
+    ]
+    assert not base.outcome(full)

@@ -1,5 +1,6 @@
 """``gradwatch experiment``: listing, errors and exit codes, as a user runs it."""
 
+import json
 import subprocess
 import sys
 
@@ -45,21 +46,25 @@ def fake(monkeypatch):
 
 
 def test_exit_codes_follow_claims(fake, tmp_path, capsys, monkeypatch):
-    # quick: the failing claim is full-scale only -> exit 0, shown as not expected
+    # quick: the failing claim is full-scale only -> exit 0, shown as not run, without ✗
     assert main(["experiment", "fake", "--quick", "--out", str(tmp_path / "q")]) == 0
     out = capsys.readouterr().out
-    assert "✓ x is positive" in out and "not expected in quick mode" in out
+    assert (
+        "✓ x is positive" in out and "– y is positive (full scale) (not run in quick mode)" in out
+    )
+    assert "✗" not in out
     assert str(tmp_path / "q") in out
+    claims = json.loads((tmp_path / "q" / "result.json").read_text())["claims"]
+    assert [c["status"] for c in claims] == ["holds", "not run in quick mode"]
     # full mode: the same claim decides -> exit 1
     assert main(["experiment", "fake", "--out", str(tmp_path / "f")]) == 1
     out = capsys.readouterr().out
     assert "✗ y is positive" in out and "does not hold" in out
-    assert (tmp_path / "f" / "result.json").is_file()
+    claims = json.loads((tmp_path / "f" / "result.json").read_text())["claims"]
+    assert [c["status"] for c in claims] == ["holds", "fails"]
 
 
 def test_executor_passed_through(fake, tmp_path):
-    import json
-
     assert main(["experiment", "fake", "--quick", "--executor", "ray", "--out", str(tmp_path)]) == 0
     numbers = json.loads((tmp_path / "result.json").read_text())["numbers"]
     assert numbers["executor"] == "ray"

@@ -82,8 +82,9 @@ CASES = [
     # (path into numbers, doctored value, text of the claim that must fail)
     (("flow", "lstm/T50", "first_over_last"), 1e-17, "gated cells keep far more"),
     (("flow", "gru/T50", "first_over_last"), 1e-17, "gated cells keep far more"),
-    (("flow", "rnn/T50", "decay_slope"), -0.05, "σ_max(W_hh) < 1/γ"),  # slower than the bound
-    (("sweep", 0, "decay_slope"), 0.1, "σ_max(W_hh) < 1/γ"),  # σ_max = 0.5 but growing
+    (("flow", "rnn/T50", "decay_slope"), 0.05, "separates the regimes"),  # σ_max 0.9, growing
+    (("sweep", 0, "decay_slope"), 0.1, "separates the regimes"),  # σ_max = 0.5 but growing
+    (("sweep", -1, "decay_slope"), -0.1, "separates the regimes"),  # σ_max = 4 but vanishing
     (("clipping", "unclipped", "all_finite"), True, "clipping stops the explosion"),
     (("clipping", "clipped", "all_finite"), False, "clipping stops the explosion"),
     (("clipping", "clipped", "final_loss"), 5.0, "clipping stops the explosion"),

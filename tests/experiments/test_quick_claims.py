@@ -14,7 +14,7 @@ from .conftest import OURS
 # claims that need the full-size run (scale "full"); they are computed in quick mode, not required
 FULL_ONLY = {
     "glorot2010": ["Normalized init ends with lower test error"],
-    "he2015": ["the Xavier net trains too"],
+    "he2015": ["the Xavier net trains too", "Over the full run"],
     "residual": [],
 }
 
@@ -76,3 +76,14 @@ def test_he_theory_beside_measurement(quick_result):
         assert x30["chi1_hidden"] == pytest.approx(0.5, abs=0.05)  # σw² ≈ 1 -> χ1 = 1/2
         assert h30["chi1_hidden"] == pytest.approx(1.0, abs=0.05)  # σw² ≈ 2 -> χ1 = 1
     assert x30["backprop_ratio"] < 1e-3 < h30["backprop_ratio"]
+
+
+@pytest.mark.slow
+def test_xiong2020_quick_claims_hold_and_outputs(quick_result):
+    # slow (about 30 s of CPU): its claims are checked on the stored full record by default
+    result = quick_result("xiong2020")
+    assert all(c["holds"] for c in result["claims"]), result["claims"]
+    out = Path(result["out_dir"])
+    assert {p.stem for p in (out / "figures").glob("*.png")} == {"grad_at_init", "loss"}
+    for arm in ("post-LN", "pre-LN", "post-LN_warmup"):
+        assert gw.load(out / "runs" / arm).meta["status"] == "closed"

@@ -176,5 +176,5 @@ def test_monitor_records_gradwatch_clipping():
     # the recorded gradient norm is what the optimizer saw: clipped to 0.05 overall
     total = np.sqrt((run.pivot("grad_norm").to_numpy() ** 2).sum(axis=1))
     np.testing.assert_allclose(total, 0.05, rtol=1e-4)
-    from gradwatch.remedies import clipping
-    assert all(ref() is None or ref().__self__ is not mon for ref in clipping._LISTENERS)
+    from gradwatch.monitor import listeners
+    assert all(ref() is None or ref().__self__ is not mon for ref in listeners._clip_listeners)

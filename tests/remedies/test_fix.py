@@ -11,8 +11,8 @@ from torch import nn
 
 import gradwatch as gw
 from gradwatch import remedies
-from gradwatch.remedies._fix_report import architecture_signature
 from gradwatch.remedies.fix import REMEDY_KINDS, backprop_spread
+from gradwatch.remedies.fix_report import architecture_signature
 
 
 def mlp(depth, act, width=64, d_in=64, d_out=10):

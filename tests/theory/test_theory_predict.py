@@ -175,3 +175,54 @@ def test_model_without_layers_is_an_error_naming_model():
         T.predict("mlp")
     with pytest.raises(GradwatchValueError, match="q0"):
         T.predict(mlp(2, 4, nn.ReLU), q0=0.0)
+    with pytest.raises(GradwatchValueError, match="tol"):
+        T.predict(mlp(2, 4, nn.ReLU), tol="x")
+    with pytest.raises(GradwatchValueError, match="no weights"):
+        T.predict(nn.Linear(4, 0))
+
+
+def test_predict_check_and_diagnose_share_one_verdict_on_a_40_layer_tanh_net():
+    # the same thresholds (gradwatch.verdicts) on the same norm ratio: theory and measurement
+    # agree on tanh at σw² = 0.5 (ordered: ‖δ‖ shrinks by about √0.5 per layer) and at the
+    # critical σw² = 1
+    import gradwatch as gw
+
+    model = mlp(40, 200, nn.Tanh, gaussian_init(0.5), seed=1)
+    pred = T.predict(model)
+    cu = gw.check(model, torch.randn(64, 200))
+    assert pred.verdict == cu.verdict == "vanishing"
+    measured = cu.findings[0].evidence["backprop_ratio"]
+    assert math.log10(measured) == pytest.approx(math.log10(pred.norm_ratio), abs=1.0)
+    critical = mlp(40, 200, nn.Tanh, gaussian_init(1.0), seed=1)
+    assert T.predict(critical).verdict == gw.check(critical, torch.randn(64, 200)).verdict
+    assert T.predict(critical).verdict == "healthy"
+
+
+def test_models_outside_the_theory_are_uncertain_with_the_reason():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return x + self.b(torch.relu(self.a(x)))
+
+    cases = {
+        "normalization layers": nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU()),
+        "recurrent layers": nn.Sequential(nn.RNN(8, 8), nn.Linear(8, 2)),
+        "attention": nn.Sequential(nn.Linear(8, 8), nn.MultiheadAttention(8, 2)),
+        "may not be a chain": Residual(),
+        "does not see 1 parametrised": nn.Sequential(nn.Linear(8, 8), nn.PReLU(), nn.Linear(8, 2)),
+    }
+    for reason, model in cases.items():
+        pred = T.predict(model)
+        assert pred.verdict == "uncertain" and reason in pred.reason, reason
+        assert pred.summary().startswith("uncertain: ") and len(pred.table) >= 1
+
+
+def test_nan_weights_are_not_healthy():
+    model = mlp(4, 8, nn.ReLU, he_init)
+    with torch.no_grad():
+        model[0].weight[0, 0] = float("nan")
+    pred = T.predict(model)
+    assert pred.verdict == "nonfinite" and "NaN" in pred.summary()

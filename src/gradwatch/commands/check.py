@@ -17,10 +17,12 @@ import argparse
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gradwatch.commands.args import check_seed
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 
 if TYPE_CHECKING:
@@ -32,6 +34,19 @@ _SPEC_HINT = "write it as FILE.py:FACTORY, e.g. models.py:make_model"
 BAR_WIDTH = 12
 #: Most per-layer rows printed; the middle of a longer table is elided.
 MAX_ROWS = 40
+
+
+def _physical_memory() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # no sysconf (Windows): assume 4 GiB
+        return 2**32
+
+
+#: Largest random input batch ``--input-shape`` may ask for (float32 bytes): 1 GiB, or a
+#: quarter of the machine's memory when that is less. A check needs a few examples; a batch
+#: near the memory size would be killed, or swap, instead of saying what is wrong.
+MAX_INPUT_BYTES = min(2**30, _physical_memory() // 4)
 
 
 def register(subparsers: Any) -> None:
@@ -81,6 +96,9 @@ def run(args: argparse.Namespace) -> int:
     """Load the model, run gw.check, print the result; return the exit code."""
     from gradwatch.check import check
 
+    check_seed(args.seed)
+    if args.input_shape is not None:
+        input_dims(args.input_shape)  # a bad shape fails before FILE.py runs
     model, inputs, targets = load_model(args.model)
     if inputs is None:
         if args.input_shape is None:
@@ -132,16 +150,18 @@ def load_model(spec: str) -> tuple[nn.Module, Any, Any]:
             made = factory()
         except Exception as err:  # noqa: BLE001 - the user's code: report it in one line
             raise GradwatchValueError(
-                f"{name}() in {path_str!r} raised {type(err).__name__}: {err}"
+                f"model factory {name}() in {path_str!r} raised {type(err).__name__}: {err}"
             ) from err
     else:
         raise GradwatchTypeError(
-            f"{name!r} in {path_str!r} is a {type(factory).__name__}, not a function"
+            f"model factory {name!r} in {path_str!r} is a {type(factory).__name__}, not a "
+            "function; name a function that returns the model"
         )
     parts = made if isinstance(made, tuple) else (made,)
     if not parts or not isinstance(parts[0], nn.Module) or len(parts) > 3:
         raise GradwatchTypeError(
-            f"{name}() in {path_str!r} must return an nn.Module or a tuple (model, inputs[, "
+            f"model factory {name}() in {path_str!r} must return an nn.Module or a tuple "
+            "(model, inputs[, "
             f"targets]), got {type(made).__name__}"
         )
     model = parts[0]
@@ -170,14 +190,13 @@ def _run_file(path: Path) -> Any:
     return module
 
 
-def random_inputs(shape: str, seed: int = 0) -> torch.Tensor:
-    """A seeded standard-normal float32 batch of ``shape`` ("8,64" -> (8, 64)).
+def input_dims(shape: str) -> tuple[int, ...]:
+    """The dimensions of ``--input-shape`` ("8,64" -> (8, 64)), checked before allocating.
 
     Raises:
-        GradwatchValueError: ``shape`` is not positive integers separated by commas.
+        GradwatchValueError: ``shape`` is not positive integers separated by commas, or the
+            batch would take more than :data:`MAX_INPUT_BYTES`.
     """
-    import torch
-
     try:
         dims = tuple(int(d) for d in shape.split(",") if d.strip())
     except ValueError:
@@ -187,6 +206,25 @@ def random_inputs(shape: str, seed: int = 0) -> torch.Tensor:
             f"--input-shape {shape!r} must be positive integers separated by commas, batch "
             "first, e.g. 8,64 or 8,3,32,32"
         )
+    nbytes = 4 * math.prod(dims)  # float32
+    if nbytes > MAX_INPUT_BYTES:
+        raise GradwatchValueError(
+            f"--input-shape {shape!r} would take {nbytes / 2**30:.3g} GiB for the input batch "
+            f"alone (at most {MAX_INPUT_BYTES / 2**30:.3g} GiB); a few examples are enough for "
+            "a check, e.g. 8,64"
+        )
+    return dims
+
+
+def random_inputs(shape: str, seed: int = 0) -> torch.Tensor:
+    """A seeded standard-normal float32 batch of ``shape`` ("8,64" -> (8, 64)).
+
+    Raises:
+        GradwatchValueError: as :func:`input_dims`.
+    """
+    import torch
+
+    dims = input_dims(shape)
     return torch.randn(dims, generator=torch.Generator().manual_seed(seed))
 
 

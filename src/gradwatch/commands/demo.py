@@ -5,16 +5,18 @@ from __future__ import annotations
 import argparse
 import json
 
-from gradwatch.errors import GradwatchValueError
+from gradwatch.commands.args import check_at_least, check_seed, out_dir
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print where its report is."""
     from gradwatch.demo import DemoConfig, run_demo
 
-    for name in ("depth", "steps", "width"):
-        if getattr(args, name) < 1:
-            raise GradwatchValueError(f"--{name} must be a positive integer")
+    check_at_least("--depth", args.depth, 2)
+    for name in ("steps", "width"):
+        check_at_least(f"--{name}", getattr(args, name), 1)
+    check_seed(args.seed)
+    out_dir("--out", args.out)
     cfg = DemoConfig(depth=args.depth, width=args.width, steps=args.steps, seed=args.seed)
     result = run_demo(args.out, cfg)
     if args.json:

@@ -21,6 +21,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from gradwatch.commands.args import check_seed, out_file
 from gradwatch.commands.check import add_model_arguments
 from gradwatch.errors import GradwatchError, GradwatchValueError
 
@@ -77,18 +78,23 @@ def run(args: argparse.Namespace) -> int:
     """Load the model, fix it, print the report, save the weights; return the exit code."""
     import torch
 
-    from gradwatch.commands.check import load_model, random_inputs, random_targets
+    from gradwatch.commands.check import input_dims, load_model, random_inputs, random_targets
     from gradwatch.remedies.fix import check_allow, fix
 
     try:
         allow = check_allow([a.strip() for a in args.allow.split(",") if a.strip()])
     except GradwatchError as err:  # the same error, in this command's syntax
         raise type(err)(cli_syntax(str(err))) from None
-    if args.save and not Path(args.save).resolve().parent.is_dir():
-        raise GradwatchValueError(
-            f"--save {args.save!r}: the folder {str(Path(args.save).parent)!r} does not exist; "
-            "create it or pass another path"
-        )
+    check_seed(args.seed)
+    if args.save is not None:
+        out_file("--save", args.save)
+        if not Path(args.save).resolve().parent.is_dir():
+            raise GradwatchValueError(
+                f"--save {args.save!r}: the folder {str(Path(args.save).parent)!r} does not "
+                "exist; create it or pass another path"
+            )
+    if args.input_shape is not None:
+        input_dims(args.input_shape)  # a bad shape fails before FILE.py runs
     model, inputs, targets = load_model(args.model)
     if inputs is None:
         if args.input_shape is None:

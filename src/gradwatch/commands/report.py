@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from gradwatch.commands.args import out_dir, out_file
 from gradwatch.errors import GradwatchValueError
 
 
@@ -16,27 +17,37 @@ def run(args: argparse.Namespace) -> int:
     from gradwatch.report import export_tensorboard, print_summary, save_figures, write_html
     from gradwatch.store.reader import load
 
+    if not args.run_dir:
+        raise GradwatchValueError("RUN_DIR is an empty path; give the run directory")
     run_dir = Path(args.run_dir)
+    # every output is checked before any is written
+    out = out_file("-o", args.output) if args.output is not None else run_dir / "report.html"
+    figures = out_dir("--figures", args.figures)
+    tensorboard = out_dir("--tensorboard", args.tensorboard)
     loaded = load(run_dir)  # RunDirectoryError for a missing, empty or foreign directory
     console = Console()
     print_summary(loaded, console=console)
-    out = Path(args.output) if args.output else run_dir / "report.html"
     try:
         path = write_html(loaded, out)
     except OSError as exc:
         raise GradwatchValueError(f"-o {str(out)!r}: cannot write the report ({exc})") from None
     console.print(f"HTML report: {path}", highlight=False, soft_wrap=True)
-    if args.figures:
+    if figures is not None:
         try:
-            written = save_figures(loaded, args.figures)
+            written = save_figures(loaded, figures)
         except OSError as exc:
             raise GradwatchValueError(
                 f"--figures {args.figures!r}: cannot write the figures ({exc})"
             ) from None
         console.print(f"figures: {len(written)} files in {args.figures}", highlight=False,
                       soft_wrap=True)
-    if args.tensorboard:
-        logdir = export_tensorboard(loaded, args.tensorboard)
+    if tensorboard is not None:
+        try:
+            logdir = export_tensorboard(loaded, tensorboard)
+        except OSError as exc:
+            raise GradwatchValueError(
+                f"--tensorboard {args.tensorboard!r}: cannot write the logs ({exc})"
+            ) from None
         console.print(f"TensorBoard logs: {logdir} (tensorboard --logdir {logdir})",
                       highlight=False, soft_wrap=True)
     return 0

@@ -68,32 +68,10 @@ def writer_alive(run_dir: Path) -> bool | None:
         True, False (its process is gone), or None (no lock, or it cannot be told, e.g. a
         writer on another host).
     """
-    try:
-        from gradwatch.store.lock import read_lock
-    except ImportError:  # a store without the lock-read API: read the lock file here
-        return _lock_alive(run_dir)
+    from gradwatch.store.lock import read_lock
+
     info = read_lock(run_dir)
     return None if info is None else info.alive
-
-
-def _lock_alive(run_dir: Path) -> bool | None:
-    import os
-    import socket
-
-    try:
-        holder = json.loads((run_dir / ".gradwatch.lock").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    pid = holder.get("pid") if isinstance(holder, dict) else None
-    if not isinstance(pid, int) or pid <= 0 or holder.get("host") != socket.gethostname():
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return None
-    return True
 
 
 def steps_on_disk(run_dir: Path) -> int:

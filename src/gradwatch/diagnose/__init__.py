@@ -8,17 +8,24 @@ order their findings are returned. The same rules serve a training run (``gw.wat
 
 Remedy names used in findings: "he_init", "xavier_init", "orthogonal", "lsuv", "relu",
 "leaky_relu", "tanh_or_relu", "batchnorm", "residual", "clip_grad_norm", "lower_lr", "adam",
-"check_inputs".
+"check_inputs", "pre_ln", "warmup", "forget_gate_bias", "lstm_or_gru",
+"shorter_truncation", "zero_init_last_norm", "fixup" (see ``_advice.PHRASES``).
+
+The verdict words and thresholds live in :mod:`gradwatch.verdicts`, shared with
+``gw.check``, ``gw.fix`` and ``gw.theory.predict``. Importing this package hands its rules
+down to :func:`gradwatch.check.check` (``check`` sits below ``diagnose`` and takes them as an
+argument).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from gradwatch.check import Checkup, use_rules
 from gradwatch.diagnose import (
     dead,
+    diverging,
     exploding,
     healthy_deep,
     nonfinite,
@@ -30,17 +37,16 @@ from gradwatch.diagnose import (
 from gradwatch.diagnose._view import RunView
 from gradwatch.diagnose.store import store_findings
 from gradwatch.errors import GradwatchTypeError
-from gradwatch.findings import SEVERITY_RANK, Finding
+from gradwatch.findings import Finding
 from gradwatch.store.reader import Run, load
-
-if TYPE_CHECKING:
-    from gradwatch.check import Checkup
+from gradwatch.verdicts import VERDICT_PRECEDENCE, verdict
 
 Rule = Callable[[RunView], list[Finding]]
 
 #: Every rule, in the order its findings are reported.
 RULES: list[Rule] = [
     nonfinite.rule,
+    diverging.rule,
     exploding.rule,
     vanishing.rule,
     temporal.rule,
@@ -49,10 +55,6 @@ RULES: list[Rule] = [
     stalled.rule,
     healthy_deep.rule,
 ]
-
-#: Verdict kinds, most severe first: the verdict is the first of these among the findings of
-#: severity "warning" or "error" ("healthy" when there is none).
-VERDICT_PRECEDENCE = ("nonfinite", "exploding", "vanishing", "dead", "saturated")
 
 
 def diagnose(run: Run | str | Path | Checkup) -> list[Finding]:
@@ -74,8 +76,6 @@ def diagnose(run: Run | str | Path | Checkup) -> list[Finding]:
 
 def view_of(run: Run | str | Path | Checkup) -> RunView:
     """The :class:`RunView` the rules read, for anything :func:`diagnose` accepts."""
-    from gradwatch.check import Checkup
-
     if isinstance(run, Checkup):
         return RunView(run.run, is_checkup=True)
     if isinstance(run, str | Path):
@@ -96,13 +96,12 @@ def run_rules(view: RunView, rules: Iterable[Rule] = RULES) -> list[Finding]:
     return findings
 
 
-def verdict(findings: Iterable[Finding]) -> str:
-    """Return "healthy" or the most severe kind among warning/error findings."""
-    kinds = {f.kind for f in findings if SEVERITY_RANK.get(f.severity, 0) >= 1}
-    for kind in VERDICT_PRECEDENCE:
-        if kind in kinds:
-            return kind
-    return "healthy"
+def diagnose_run(run: Run, is_checkup: bool = False) -> list[Finding]:
+    """Apply every rule to a Run (the form :func:`gradwatch.check.check` takes its rules in)."""
+    return run_rules(RunView(run, is_checkup=is_checkup))
+
+
+use_rules(diagnose_run)
 
 
 __all__ = [
@@ -110,6 +109,7 @@ __all__ = [
     "VERDICT_PRECEDENCE",
     "RunView",
     "diagnose",
+    "diagnose_run",
     "run_rules",
     "store_findings",
     "verdict",

@@ -18,12 +18,9 @@ from gradwatch.store.reader import Run
 
 #: A condition seen in a training run is reported when it holds at the last recorded step
 #: (it persists) or at least at this fraction of the recorded steps; a blip at one step of a
-#: long run is not worth a finding.
+#: long run is not worth a finding. A vanishing, dead or saturated condition that has cleared
+#: by the last recorded step is reported as a note (severity "info"): the run recovered.
 PERSIST_FRACTION = 0.2
-
-#: Layer types that normalise their input; they own parameters, so they are layers, but they
-#: are not counted when the rules speak of a network's depth in weight layers.
-NORM_TYPE_MARKERS = ("Norm",)
 
 
 @dataclass
@@ -66,14 +63,47 @@ class RunView:
         return {str(a.get("family")) for a in acts.values() if isinstance(a, dict)}
 
     @property
+    def structure(self) -> dict[str, Any]:
+        """``meta["structure"]`` (:func:`gradwatch.structure.describe`), {} when not recorded."""
+        return dict(self.meta.get("structure") or {})
+
+    def is_norm(self, layer: str) -> bool:
+        """Whether ``layer`` is a normalisation layer (from the recorded structure)."""
+        return layer in set(self.structure.get("norm_layers") or ())
+
+    def out_shape(self, layer: str) -> tuple[int, ...] | None:
+        """The layer's output shape without the batch dimension (None when not recorded)."""
+        shape = (self.meta.get("layer_info") or {}).get(layer, {}).get("out_shape")
+        if not isinstance(shape, list | tuple) or not shape:
+            return None
+        return tuple(int(n) for n in shape[1:])
+
+    @property
     def weight_layers(self) -> list[str]:
         """Layers that are not normalisation layers (the depth the rules speak of)."""
-        return [ly for ly in self.layers if not is_norm_type(self.layer_type(ly))]
+        return [ly for ly in self.layers if not self.is_norm(ly)]
 
     @property
     def has_norm(self) -> bool:
         """Whether the model has normalisation layers (BatchNorm, LayerNorm, GroupNorm...)."""
-        return any(is_norm_type(self.layer_type(ly)) for ly in self.layers)
+        return bool(self.structure.get("norm_layers"))
+
+    @property
+    def residual(self) -> bool | None:
+        """Whether the model has residual connections (None: not known)."""
+        r = self.structure.get("residual")
+        return None if r is None else bool(r)
+
+    @property
+    def plain_chain(self) -> bool:
+        """A chain of layers without normalization, residual connections or attention.
+
+        Only in such a chain does growth of the back-propagated signal toward the input
+        predict a failed run (deep BN and residual nets grow at init and train). A run without
+        a recorded structure counts as a plain chain.
+        """
+        st = self.structure
+        return not (st.get("has_norm") or st.get("residual") or st.get("attention"))
 
     def wide(self, stat: str) -> pd.DataFrame:
         """One statistic as a wide table: index step, one column per layer, input side first.
@@ -117,11 +147,6 @@ class RunView:
         return self._memo[key]
 
 
-def is_norm_type(type_name: str) -> bool:
-    """Whether a module class name is a normalisation layer."""
-    return any(m in type_name for m in NORM_TYPE_MARKERS)
-
-
 def persists(held: list[int], recorded: list[int]) -> bool:
     """Whether a condition held at ``held`` steps is worth reporting (see PERSIST_FRACTION)."""
     if not held or not recorded:
@@ -158,17 +183,6 @@ def names(layers: list[str], limit: int = 4) -> str:
     if len(quoted) <= 1:
         return "".join(quoted)
     return ", ".join(quoted[:-1]) + " and " + quoted[-1]
-
-
-def pow10(x: float) -> str:
-    """``1e-06`` -> ``10^-6``; ``0.03`` -> ``3.0×10^-2`` (for messages)."""
-    if x <= 0 or not math.isfinite(x):
-        return "0" if x == 0 else str(x)
-    e = math.floor(math.log10(x))
-    mant = x / 10**e
-    if abs(mant - 1) < 0.05:
-        return f"10^{e}"
-    return f"{mant:.1f}×10^{e}"
 
 
 def num(x: Any) -> Any:

@@ -40,7 +40,7 @@ def rule(view: RunView) -> list[Finding]:
     layers = list(values)
     worst = float(row.max())
     still = held[-1] == steps[-1]
-    severity = "error" if worst > DEAD_FRAC_ERROR and still else "warning"
+    severity = ("error" if worst > DEAD_FRAC_ERROR else "warning") if still else "info"
     lo = min(v for v in row if v > DEAD_FRAC)
     pct = f"{worst:.0%}" if len(layers) == 1 else f"{lo:.0%}-{worst:.0%}"
     subject = f"Layer {names(layers)} has" if len(layers) == 1 else f"Layers {names(layers)} have"

@@ -1,84 +1,90 @@
-"""Rule ``exploding``: gradients grow toward the input, or blow up over training steps.
+"""Rule ``exploding``: what predicts a run that blows up.
 
-Across depth: the mirror image of vanishing. In the chaotic phase of mean-field theory
-(χ1 > 1; e.g. tanh with σw² = 4) ``E[δ_l²] ∝ χ1^(L-l)`` grows toward the input (Schoenholz
-et al. 2017). Over steps: Pascanu, Mikolov & Bengio (2013) describe gradient norms that jump
-by orders of magnitude (cliffs in the loss surface); their remedy is clipping by norm.
+"Exploding" is reserved for what predicts a failed run:
 
-Batch-normalised nets are treated apart: their back-propagated signal grows by ~1.2 per block
-at initialisation by construction (Yang et al. 2019, "A Mean Field Theory of Batch
-Normalization"), yet He et al. (2016) report their gradients as healthy for plain nets of
-20-34 layers. Only the strong threshold applies to them.
+- **across depth, through a plain chain** (no normalization, no residual connection, no
+  attention): the back-propagated signal grows geometrically toward the input, the chaotic
+  phase of mean-field theory (χ1 > 1, e.g. tanh at σw² = 4; ``E[δ_l²] ∝ χ1^(L-l)``,
+  Schoenholz et al. 2017). Deep batch-normalised and residual nets grow at initialisation by
+  construction (Yang et al. 2019, "A Mean Field Theory of Batch Normalization") and train
+  with the standard recipe (He et al. 2016: ResNet-101/152), so growth there is not judged.
+  In a training run only growth past :data:`~gradwatch.verdicts.EXPLODING_RATIO` that is
+  still there at the last step counts.
+- **over the steps of a run**: the total gradient norm jumps by orders of magnitude (cliffs in
+  the loss surface, Pascanu, Mikolov & Bengio 2013), or
+- **updates that swamp the weights**: ``‖Δw‖/‖w‖`` at or above
+  :data:`~gradwatch.verdicts.UPDATE_SWAMP` at a step, for a layer whose weights are not
+  zero-initialised (nothing learned survives the next step).
+
+The thresholds are :mod:`gradwatch.verdicts`'.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from gradwatch.diagnose._advice import advice, flow_remedies
 from gradwatch.diagnose._flow import FlowStep, flow_steps
-from gradwatch.diagnose._view import RunView, names, num, persists, pow10, step_span, when
+from gradwatch.diagnose._view import RunView, names, num, persists, step_span, when
 from gradwatch.findings import Finding
-
-EXPLODING_RATIO = 1e3
-"""Input-side over output-side ``backprop_norm`` above this is exploding (severity error):
-the input-side layers get steps 1000× larger than the top ones."""
-
-EXPLODING_FACTOR = 1.1
-"""A fitted per-layer growth above this is geometric explosion (a warning when the total is
-also above :data:`EXPLODING_RATIO_WITH_FACTOR`); χ1 = 1.21 gives 1.1 per layer in norm.
-Not applied to nets with normalisation layers (see the module docstring)."""
-
-EXPLODING_RATIO_WITH_FACTOR = 10.0
-"""Total growth that, with a steady per-layer growth, is worth a warning: tanh at σw² = 4
-(χ1 ≈ 1.36) grows ~15× over 20 layers."""
+from gradwatch.verdicts import (
+    EXPLODING_GROWTH,
+    EXPLODING_RATIO,
+    GRAD_NORM_HUGE,
+    UPDATE_SWAMP,
+    depth_verdict,
+)
+from gradwatch.wording import number, times
 
 EXPLODING_LAYER_RATIO = 10.0
-"""Layers whose ``backprop_norm`` is above this multiple of the output-side layer's are named."""
+"""Layers whose signal is above this multiple of the output-side layer's are named."""
 
-EXPLODING_GROWTH = 1e3
-"""Over a training run: the total gradient norm (over all layers) exceeding this multiple of
-its value at the first recorded steps (median of the first three) is an explosion in time
-(Pascanu et al. 2013)."""
-
-GRAD_NORM_HUGE = 1e6
-"""A total gradient norm above this is exploding whatever its history: with a loss of order 1
-no healthy network has gradients this large (a scaled loss is unscaled by the Monitor)."""
-
-REMEDIES = ("clip_grad_norm", "xavier_init", "orthogonal", "lower_lr", "batchnorm")
+TIME_REMEDIES = ("clip_grad_norm", "lower_lr", "warmup")
 
 
-def exploding_severity(fs: FlowStep, has_norm: bool) -> str | None:
+def exploding_severity(fs: FlowStep, plain_chain: bool, is_checkup: bool = True) -> str | None:
     """Return "error", "warning" or None for one step's gradient flow across depth."""
-    if fs.total > EXPLODING_RATIO:
-        return "error"
-    if not has_norm and fs.factor > EXPLODING_FACTOR and fs.total > EXPLODING_RATIO_WITH_FACTOR:
-        return "warning"
-    return None
+    v = depth_verdict(fs.total, fs.factor, plain_chain=plain_chain)
+    if v is None or v[0] != "exploding":
+        return None
+    if not is_checkup and fs.total <= EXPLODING_RATIO:
+        return None
+    return v[1]
+
+
+def _at_start(held: list[int], recorded: list[int]) -> bool:
+    """Whether a run starts in the condition.
+
+    Its first recorded step is the state ``gw.check`` sees at initialisation, whatever the
+    network turns into afterwards (a chaotic tanh net saturates and then vanishes).
+    """
+    return bool(held) and bool(recorded) and held[0] == recorded[0]
 
 
 def rule(view: RunView) -> list[Finding]:
-    """Report gradients that grow toward the input, or over training steps."""
-    return _across_depth(view) + _over_steps(view)
+    """Report gradients that grow toward the input, over training steps, or swamp updates."""
+    return _across_depth(view) + _over_steps(view) + _swamping_updates(view)
 
 
 def _across_depth(view: RunView) -> list[Finding]:
     steps = flow_steps(view)
-    held = [fs for fs in steps if exploding_severity(fs, view.has_norm)]
+    held = [fs for fs in steps if exploding_severity(fs, view.plain_chain, view.is_checkup)]
     held_steps, recorded = [fs.step for fs in held], [fs.step for fs in steps]
-    if not persists(held_steps, recorded):
+    if not (persists(held_steps, recorded) or _at_start(held_steps, recorded)):
         return []
     last = held[-1]
     still = held_steps[-1] == recorded[-1]
-    severity = (exploding_severity(last, view.has_norm) or "warning") if still else "warning"
+    sev = exploding_severity(last, view.plain_chain, view.is_checkup)
+    severity = (sev or "warning") if still else "warning"
+    remedies = flow_remedies(view, "exploding")
     pairs = zip(last.layers, last.ratios, strict=True)
     layers = [ly for ly, r in pairs if r > EXPLODING_LAYER_RATIO]
     layers = layers or [last.layers[0]]
     message = (
-        f"The back-propagated gradient grows by {pow10(last.total)} from layer "
-        f"'{last.layers[-1]}' to '{last.layers[0]}' (×{last.factor:.3g} per layer)"
+        f"The back-propagated gradient grows {times(last.total)} from layer "
+        f"'{last.layers[-1]}' to '{last.layers[0]}' ({number(last.factor)} per layer)"
         f"{when(view, held_steps, recorded)}: the input-side layers {names(layers)} get the "
-        "largest updates and training may blow up; clip the gradient norm, use Xavier or "
-        "orthogonal init, or lower the learning rate."
+        f"largest updates and training may blow up; {advice(remedies)}."
     )
     evidence = {
         **last.evidence(),
@@ -97,7 +103,7 @@ def _across_depth(view: RunView) -> list[Finding]:
             severity,  # type: ignore[arg-type]
             message,
             evidence,
-            REMEDIES,
+            remedies,
         )
     ]
 
@@ -129,8 +135,8 @@ def _over_steps(view: RunView) -> list[Finding]:
     leaders = [str(gn.columns[j]) for j in order[:3] if np.isfinite(per_layer[j])]
     still = held[-1] == recorded[-1]
     message = (
-        f"The total gradient norm grew {pow10(float(growth[i]))}-fold"
-        f"{when(view, held, recorded)} (to {pow10(float(total[i]))}), led by layer "
+        f"The total gradient norm grew {times(float(growth[i]))}"
+        f"{when(view, held, recorded)} (to {number(float(total[i]))}), led by layer "
         f"{names(leaders[:1]) or 'all layers'}: clip the gradient norm or lower the learning rate."
     )
     evidence = {
@@ -152,6 +158,57 @@ def _over_steps(view: RunView) -> list[Finding]:
             "error" if still else "warning",
             message,
             evidence,
-            ("clip_grad_norm", "lower_lr", "xavier_init", "orthogonal", "batchnorm"),
+            TIME_REMEDIES,
+        )
+    ]
+
+
+def _swamping_updates(view: RunView) -> list[Finding]:
+    """Updates as large as the weights themselves (zero-initialised layers left out)."""
+    if view.is_checkup:
+        return []
+    ur, wn = view.wide("update_ratio"), view.wide("weight_norm")
+    if ur.empty or wn.empty:
+        return []
+    wn = wn.reindex(index=ur.index, columns=ur.columns)
+    arr = ur.to_numpy(dtype=np.float64)
+    w = wn.to_numpy(dtype=np.float64)
+    # a layer whose weights start at zero (zero-init of the last norm, Fixup) has an infinite
+    # ratio at first: judged only once its weights reach a tenth of their largest norm
+    wmax = np.nanmax(np.where(np.isfinite(w), w, np.nan), axis=0, initial=0.0)
+    grown = np.isfinite(w) & (w > 0.1 * wmax)
+    hot_cells = np.isfinite(arr) & grown & (arr >= UPDATE_SWAMP)
+    steps = [int(s) for s in ur.index]
+    hot = hot_cells.any(axis=1)
+    held = [s for s, h in zip(steps, hot, strict=True) if h]
+    if not persists(held, steps):
+        return []
+    i = steps.index(held[-1])
+    cols = [j for j in range(arr.shape[1]) if hot_cells[i, j]]
+    layers = [str(ur.columns[j]) for j in cols]
+    worst = max(cols, key=lambda j: arr[i, j])
+    still = held[-1] == steps[-1]
+    message = (
+        f"Updates as large as the weights{when(view, held, steps)}: ‖Δw‖/‖w‖ reaches "
+        f"{number(float(arr[i, worst]))} at '{ur.columns[worst]}', so each step overwrites "
+        "what the last one learned; lower the learning rate, warm it up or clip the gradient "
+        "norm."
+    )
+    evidence = {
+        "axis": "updates",
+        "update_ratio": {ly: num(arr[i, j]) for ly, j in zip(layers, cols, strict=True)},
+        "threshold": UPDATE_SWAMP,
+        "steps_held": len(held),
+        "persists": bool(still),
+    }
+    return [
+        Finding(
+            "exploding",
+            tuple(layers),
+            step_span(view, held),
+            "error" if still else "warning",
+            message,
+            evidence,
+            ("lower_lr", "warmup", "clip_grad_norm"),
         )
     ]

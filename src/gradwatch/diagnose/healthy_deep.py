@@ -11,18 +11,16 @@ badly, the cure is residual connections, not a new initialisation.
 from __future__ import annotations
 
 from gradwatch.diagnose._flow import flow_steps
-from gradwatch.diagnose._view import RunView, num, pow10
+from gradwatch.diagnose._view import RunView, num
 from gradwatch.diagnose.exploding import exploding_severity
 from gradwatch.diagnose.vanishing import vanishing_severity
 from gradwatch.findings import Finding
+from gradwatch.wording import times
 
 HEALTHY_DEEP_LAYERS = 20
 """Weight layers (normalisation layers not counted) from which a plain net counts as deep:
 He et al.'s plain-20 is where their degradation curves start to separate."""
 
-RESIDUAL_MARKERS = ("Residual", "BasicBlock", "Bottleneck", "ResBlock", "Skip")
-"""Class names in the model's repr that mean it already has residual connections (a
-heuristic: the run stores the model's repr, not its graph)."""
 
 
 def rule(view: RunView) -> list[Finding]:
@@ -33,15 +31,18 @@ def rule(view: RunView) -> list[Finding]:
     steps = flow_steps(view)
     if not steps:
         return []
-    if any(vanishing_severity(fs) or exploding_severity(fs, view.has_norm) for fs in steps):
+    if any(
+        vanishing_severity(fs) or exploding_severity(fs, view.plain_chain, view.is_checkup)
+        for fs in steps
+    ):
         return []
-    repr_ = str((view.meta.get("model") or {}).get("repr", ""))
-    if any(m in repr_ for m in RESIDUAL_MARKERS):
-        return []
+    st = view.structure
+    if view.residual is not False or st.get("attention") or st.get("recurrent"):
+        return []  # residual (or not known to be plain): the note does not apply
     last = steps[-1]
     message = (
         f"This {depth}-layer network's gradients are healthy (the back-propagated gradient "
-        f"changes by ×{pow10(last.total)} from '{last.layers[-1]}' to '{last.layers[0]}'): "
+        f"changes by {times(last.total)} from '{last.layers[-1]}' to '{last.layers[0]}'): "
         "if it trains worse than a shallower net, that is the degradation of plain deep nets "
         "(He et al. 2016), not vanishing gradients; add residual connections."
     )

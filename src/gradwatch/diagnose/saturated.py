@@ -41,7 +41,7 @@ def _saturated(view: RunView) -> list[Finding]:
     layers = list(values)
     worst = float(row.max())
     still = held[-1] == steps[-1]
-    severity = "error" if worst > SATURATED_FRAC_ERROR and still else "warning"
+    severity = ("error" if worst > SATURATED_FRAC_ERROR else "warning") if still else "info"
     subject = f"Layer {names(layers)} has" if len(layers) == 1 else f"Layers {names(layers)} have"
     message = (
         f"{subject} up to {worst:.0%} of their sigmoid/tanh units saturated in the flat tails"
@@ -108,5 +108,13 @@ def _top_layer(view: RunView) -> list[Finding]:
         "persists": bool(still),
     }
     return [
-        Finding("saturated", (top,), step_span(view, held), "warning", message, evidence, REMEDIES)
+        Finding(
+            "saturated",
+            (top,),
+            step_span(view, held),
+            "warning" if still else "info",
+            message,
+            evidence,
+            REMEDIES,
+        )
     ]

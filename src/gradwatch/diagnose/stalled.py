@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from gradwatch.diagnose._view import RunView, names, num, persists, pow10, step_span, when
+from gradwatch.diagnose._advice import flow_remedies
+from gradwatch.diagnose._view import RunView, names, num, persists, step_span, when
 from gradwatch.findings import Finding
+from gradwatch.wording import number
 
 STALLED_RELATIVE = 1e-3
 """A layer whose update ratio is below this fraction of the median layer's is stalled."""
@@ -27,7 +29,6 @@ STALLED_MIN_STEPS = 3
 STALLED_MIN_FRACTION = 0.5
 """...and at half of the recorded update steps: a layer that stalls once is not stalled."""
 
-REMEDIES = ("he_init", "lsuv", "batchnorm", "adam")
 
 
 def rule(view: RunView) -> list[Finding]:
@@ -73,8 +74,8 @@ def rule(view: RunView) -> list[Finding]:
     message = (
         f"Layer{'s' if len(layers) > 1 else ''} {names(layers)} barely move"
         f"{'' if len(layers) > 1 else 's'}{when(view, held, steps)}: update ‖Δw‖/‖w‖ "
-        f"{pow10(w)} at '{worst}' against a median of {pow10(float(medians[i]))}; fix the "
-        "gradient flow (He init, LSUV, batch norm) or use Adam."
+        f"{number(w)} at '{worst}' against a median of {number(float(medians[i]))}; fix the "
+        "gradient flow into them or give them a larger learning rate (Adam does)."
     )
     evidence = {
         "update_ratio": {ly: num(arr[i, c]) for ly, c in zip(layers, cols, strict=True)},
@@ -87,6 +88,12 @@ def rule(view: RunView) -> list[Finding]:
     }
     return [
         Finding(
-            "stalled", tuple(layers), step_span(view, held), "warning", message, evidence, REMEDIES
+            "stalled",
+            tuple(layers),
+            step_span(view, held),
+            "warning",
+            message,
+            evidence,
+            (*flow_remedies(view, "vanishing"), "adam"),
         )
     ]

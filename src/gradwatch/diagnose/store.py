@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from gradwatch.errors import GradwatchTypeError, RunDirectoryError
 from gradwatch.findings import Finding
-from gradwatch.store.format import FINDINGS
+from gradwatch.store.format import FINDINGS, META
+from gradwatch.store.safe_write import write_atomic
 
 
 def store_findings(run_dir: str | Path, findings: Iterable[Finding]) -> Path:
@@ -37,6 +37,11 @@ def store_findings(run_dir: str | Path, findings: Iterable[Finding]) -> Path:
     path = Path(run_dir)
     if not path.is_dir():
         raise RunDirectoryError(f"run_dir {str(path)!r} is not an existing directory")
+    if isinstance(findings, str | bytes | dict) or not hasattr(findings, "__iter__"):
+        raise GradwatchTypeError(
+            f"findings must be a list of Finding objects, got {type(findings).__name__}; pass "
+            "the list returned by gw.diagnose"
+        )
     lines = []
     for f in findings:
         if not isinstance(f, Finding):
@@ -45,11 +50,10 @@ def store_findings(run_dir: str | Path, findings: Iterable[Finding]) -> Path:
                 "returned by gw.diagnose"
             )
         lines.append(json.dumps(f.to_dict(), allow_nan=False, default=str))
-    target = path / FINDINGS
-    tmp = path / f".{FINDINGS}.tmp"
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write("".join(line + "\n" for line in lines))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, target)
-    return target
+    if not (path / META).is_file():
+        raise RunDirectoryError(
+            f"run_dir {str(path)!r} is not a gradwatch run (no {META}); pass the directory "
+            "given to gw.watch(run_dir=...)"
+        )
+    # a new temporary file renamed over the target: never through a planted symlink
+    return write_atomic(path / FINDINGS, "".join(line + "\n" for line in lines))

@@ -6,71 +6,87 @@ Through a chain of layers the gradient is a product of per-layer Jacobians, so i
 nets under Xavier init (variance ×1/2 per layer), and mean-field theory puts it as
 ``E[δ_l²] ∝ χ1^(L-l)`` with χ1 < 1 in the ordered phase (Schoenholz et al. 2017).
 
-The rule reads ``backprop_norm`` (‖∂L/∂output‖ of each layer), not the weight gradients:
-Glorot & Bengio found the weight gradients can look flat while the back-propagated signal
-vanishes. Both ratios go into the evidence.
+The rule reads ``backprop_norm`` through same-shape steps (see :mod:`._flow`), not the
+weight gradients: Glorot & Bengio found the weight gradients can look flat while the
+back-propagated signal vanishes. The thresholds are :mod:`gradwatch.verdicts`'.
 """
 
 from __future__ import annotations
 
+import numpy as np
+
+from gradwatch.diagnose._advice import advice, flow_remedies
 from gradwatch.diagnose._flow import FlowStep, flow_steps
-from gradwatch.diagnose._view import RunView, names, num, persists, pow10, step_span, when
+from gradwatch.diagnose._view import RunView, names, num, persists, step_span, when
+from gradwatch.diagnose.dead import DEAD_FRAC_ERROR
 from gradwatch.findings import Finding
+from gradwatch.verdicts import VANISHING_RATIO, depth_verdict
+from gradwatch.wording import number, times
 
-VANISHING_RATIO = 1e-3
-"""Input-side over output-side ``backprop_norm`` below this is vanishing (severity error).
+KEEP_PACE = 0.1
+"""In a training run, input-side layers whose update ratio ``‖Δw‖/‖w‖`` is at least this
+fraction of the median layer's still learn at the network's pace ..."""
 
-Three orders of magnitude: the input-side layers then learn ~1000× slower than the top ones
-with one global learning rate, He et al.'s (2015) "completely stalls" regime (30 ReLU layers
-under Xavier init lose 2^-15 ≈ 3×10^-5 in norm).
-"""
-
-VANISHING_FACTOR = 0.85
-"""A fitted per-layer factor below this is a geometric decay (a warning when the total ratio
-is also below :data:`VANISHING_RATIO_WITH_FACTOR`). Glorot & Bengio's standard init shrinks
-the gradient by ~√(1/3) ≈ 0.58 per layer in the linear regime; He et al.'s ReLU + Xavier by
-1/√2 ≈ 0.71; a healthy (critical) network stays near 1.
-"""
-
-VANISHING_RATIO_WITH_FACTOR = 1e-2
-"""Total attenuation that, with a steady per-layer decay, is already worth a warning."""
+LOSS_FELL = 0.75
+"""... and a loss whose end (median of the last fifth of the run) is below this fraction of
+its start (median of the first three recorded losses) shows the run learning: a vanishing
+back-propagated signal that does not stop training is reported as a note (info). He et al.
+(2015): a 22-layer ReLU net under Xavier init loses 2^-11 in ‖δ‖ yet converges."""
 
 VANISHING_LAYER_RATIO = 1e-2
-"""Layers whose ``backprop_norm`` is below this fraction of the output-side layer's are named
-in the finding: they get under 1% of the top layers' signal."""
+"""Layers whose signal is below this fraction of the output-side layer's are named in the
+finding: they get under 1% of the top layers' signal."""
 
 
 def vanishing_severity(fs: FlowStep) -> str | None:
     """Return "error", "warning" or None for one step's gradient flow."""
-    if fs.total < VANISHING_RATIO:
-        return "error"
-    if fs.factor < VANISHING_FACTOR and fs.total < VANISHING_RATIO_WITH_FACTOR:
-        return "warning"
-    return None
+    v = depth_verdict(fs.total, fs.factor, plain_chain=False)
+    return v[1] if v else None
 
 
-def remedies_for(families: set[str]) -> tuple[tuple[str, ...], str]:
-    """Remedy names for the activation families present, and a phrase for the message."""
-    if "sigmoid" in families:
-        return (
-            ("relu", "he_init", "batchnorm", "residual", "lsuv"),
-            "swap the sigmoid for ReLU with He init, or add batch norm",
-        )
-    if "tanh" in families:
-        return (
-            ("xavier_init", "relu", "he_init", "batchnorm", "residual", "lsuv"),
-            "use Xavier init, or swap tanh for ReLU with He init",
-        )
-    return (
-        ("he_init", "relu", "batchnorm", "residual", "lsuv"),
-        "try He init or LSUV, batch norm or residual connections",
-    )
+def cut_by_dead_units(view: RunView, step: int) -> list[str]:
+    """Layers almost wholly dead at ``step``: they cut the signal (the dead rule's finding)."""
+    dead = view.wide("dead_frac")
+    earlier = [s for s in dead.index if s <= step]  # a detail statistic: the latest one
+    if dead.empty or not earlier:
+        return []
+    row = dead.loc[earlier[-1]]
+    return [str(ly) for ly, v in row.items() if v == v and v > DEAD_FRAC_ERROR]
+
+
+def still_learning(view: RunView, layers: list[str]) -> dict[str, float] | None:
+    """The numbers that show a run learning despite the vanishing signal, or None.
+
+    Needs ``update_ratio`` (an optimizer) and a loss: the named layers' median update ratio
+    over the last fifth of the run is at least :data:`KEEP_PACE` of the median layer's, and
+    the loss fell below :data:`LOSS_FELL` of its start.
+    """
+    ur = view.wide("update_ratio")
+    loss = view.loss.to_numpy(dtype=np.float64)
+    loss = loss[np.isfinite(loss)]
+    cols = [c for c in layers if c in ur.columns]
+    if ur.empty or not cols or len(loss) < 5:
+        return None
+    tail = ur.iloc[-max(1, len(ur) // 5) :]
+    arr = tail.to_numpy(dtype=np.float64)
+    overall = float(np.nanmedian(arr)) if np.isfinite(arr).any() else np.nan
+    mine = tail[cols].to_numpy(dtype=np.float64)
+    named = float(np.nanmedian(mine)) if np.isfinite(mine).any() else np.nan
+    start = float(np.median(loss[:3]))
+    end = float(np.median(loss[-max(1, len(loss) // 5) :]))
+    if not (overall > 0 and named >= KEEP_PACE * overall and end < LOSS_FELL * start):
+        return None
+    return {"loss_start": start, "loss_end": end, "pace": named / overall}
 
 
 def rule(view: RunView) -> list[Finding]:
-    """Report a back-propagated signal that shrinks toward the input."""
+    """Report a back-propagated signal that shrinks toward the input.
+
+    A signal cut by layers whose units are almost all dead is the dead rule's finding (the
+    cause), not a second, vanishing one.
+    """
     steps = flow_steps(view)
-    held = [fs for fs in steps if vanishing_severity(fs)]
+    held = [fs for fs in steps if vanishing_severity(fs) and not cut_by_dead_units(view, fs.step)]
     held_steps = [fs.step for fs in held]
     recorded = [fs.step for fs in steps]
     if not persists(held_steps, recorded):
@@ -79,23 +95,37 @@ def rule(view: RunView) -> list[Finding]:
     severity = vanishing_severity(last) or "warning"
     still = held_steps[-1] == recorded[-1]
     if not still:
-        severity = "warning"
+        severity = "info"  # cleared by the end of the run: a note, not the run's verdict
     pairs = zip(last.layers, last.ratios, strict=True)
     layers = [ly for ly, r in pairs if r < VANISHING_LAYER_RATIO]
     layers = layers or [last.layers[0]]
-    remedies, advice = remedies_for(view.families)
+    remedies = flow_remedies(view, "vanishing")
+    learning = None if view.is_checkup else still_learning(view, layers)
+    if learning is not None:
+        severity = "info"
     flat = ""
     if last.grad_total == last.grad_total and last.grad_total > 10 * last.total:
         flat = (
-            f" (their weight gradients shrink only by {pow10(last.grad_total)}, so they look "
-            "flatter)"
+            " (their weight gradients do not shrink, so they look healthy)"
+            if last.grad_total >= 1
+            else f" (their weight gradients only shrink to {times(last.grad_total)}, so they "
+            "look flatter)"
         )
     message = (
-        f"The back-propagated gradient shrinks by {pow10(last.total)} from layer "
-        f"'{last.layers[-1]}' to '{last.layers[0]}' (×{last.factor:.2g} per layer)"
+        f"The back-propagated gradient shrinks to {times(last.total)} of its size from layer "
+        f"'{last.layers[-1]}' to '{last.layers[0]}' ({number(last.factor)} per layer)"
         f"{when(view, held_steps, recorded)}: the input-side layers {names(layers)} barely "
-        f"learn{flat}; {advice}."
+        f"learn{flat}; {advice(remedies)}."
     )
+    if learning is not None:
+        message = (
+            f"The back-propagated gradient shrinks to {times(last.total)} of its size from "
+            f"layer '{last.layers[-1]}' to '{last.layers[0]}'{when(view, held_steps, recorded)}"
+            f", but the run learns: the loss fell from {number(learning['loss_start'])} to "
+            f"{number(learning['loss_end'])} and the input-side layers update at "
+            f"{times(learning['pace'])} the median layer's rate; if it should learn "
+            f"faster, {advice(remedies)}."
+        )
     evidence = {
         **last.evidence(),
         "layers_below": list(layers),
@@ -105,6 +135,7 @@ def rule(view: RunView) -> list[Finding]:
         "steps_recorded": len(recorded),
         "persists": bool(still),
         "min_backprop_ratio": num(min(fs.total for fs in held)),
+        "still_learning": learning,
     }
     return [
         Finding(

@@ -92,6 +92,14 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {
             "networks",
             "gradwatch.experiments.pascanu2013",
         ),
+        ExperimentSpec(
+            "xiong2020",
+            "post-LN vs pre-LN transformer encoders: gradients at init, training with and "
+            "without learning-rate warmup",
+            "Xiong, Yang, He, Zheng, Zheng, Xing, Zhang, Lan, Wang & Liu 2020, On Layer "
+            "Normalization in the Transformer Architecture",
+            "gradwatch.experiments.xiong2020",
+        ),
     )
 }
 

@@ -3,11 +3,14 @@
 An experiment is one linear script (``gradwatch/experiments/<name>.py``) with
 
 - a ``@dataclass`` config (and a ``quick`` variant of it),
-- ``run(out_dir, quick=False, seed=0, **kw) -> dict`` that trains and measures, writing
-  run directories (``gw.watch``) and figures under ``out_dir`` and returning the result of
-  :func:`finish` (also written to ``out_dir/result.json``),
+- ``measure(cfg, out, seed, bar) -> numbers`` that trains and measures, writing run
+  directories (``gw.watch``) under ``out`` and returning the measured numbers,
 - ``claims(numbers) -> list[Claim]``, a *pure* function from the measured numbers to the
-  paper's claims, so that a test can feed it a doctored record and watch a claim fail.
+  paper's claims, so that a test can feed it a doctored record and watch a claim fail,
+- ``plot(out, numbers, cfg) -> paths`` that draws the figures,
+- ``run(out_dir, quick=False, seed=0, **kw) -> dict``, which hands the four to
+  :func:`execute`, the runner every experiment shares (config, seeding, progress bar,
+  claims, figures, ``result.json``).
 
 Claims are never asserted by hand: each one's ``holds`` is computed from ``numbers``, and
 its ``evidence`` holds the numbers it was computed from.
@@ -23,7 +26,7 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict
 
@@ -75,6 +78,16 @@ def claim(text: str, holds: Any, scale: Literal["any", "full"] = "any", **eviden
 def decisive(claims: Sequence[Claim], quick: bool) -> list[Claim]:
     """The claims that decide the outcome: all of them, less full-scale ones in quick mode."""
     return [c for c in claims if not (quick and c.get("scale", "any") == "full")]
+
+
+NOT_RUN = "not run in quick mode"
+
+
+def status(c: Claim, quick: bool) -> str:
+    """The status of a claim: holds, fails, or :data:`NOT_RUN` (full-scale, quick run)."""
+    if quick and c.get("scale", "any") == "full":
+        return NOT_RUN
+    return "holds" if c["holds"] else "fails"
 
 
 def outcome(result: dict[str, Any]) -> bool:
@@ -159,7 +172,7 @@ def finish(
         "quick": bool(quick),
         "seed": int(seed),
         "numbers": to_jsonable(numbers),
-        "claims": [to_jsonable(c) for c in claims],
+        "claims": [to_jsonable({**c, "status": status(c, quick)}) for c in claims],
         "runtime_s": round(time.perf_counter() - started, 2),
         "versions": versions(),
         "out_dir": str(out),
@@ -226,6 +239,11 @@ class _Progress:
         if self._bar is not None:
             self._bar.advance(self._task, n)
 
+    def total(self, n: float) -> None:
+        """Set the units of work (when known only after the bar was opened)."""
+        if self._bar is not None:
+            self._bar.update(self._task, total=n)
+
     def note(self, text: str) -> None:
         """Show ``text`` beside the bar (what is running now)."""
         if self._bar is not None:
@@ -263,6 +281,72 @@ def progress(total: float, description: str, disable: bool | None = None) -> Ite
     with bar:
         task = bar.add_task(description, total=total)
         yield _Progress(bar, task)
+
+
+# -- the runner ---------------------------------------------------------------------------
+
+
+def execute(
+    name: str,
+    measure: Callable[..., dict[str, Any]],
+    claims: Callable[[dict[str, Any]], list[Claim]],
+    plot: Callable[[Path, dict[str, Any], Any], Sequence[str | Path]],
+    config: Any,
+    quick_config: Any,
+    out_dir: str | Path,
+    *,
+    quick: bool = False,
+    seed: int = 0,
+    progress: bool | None = None,
+    overrides: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+    seed_torch: bool = True,
+) -> dict[str, Any]:
+    """Run one experiment: the steps every experiment shares, written once.
+
+    Picks the config (``quick_config`` or ``config``, with ``overrides`` applied), seeds
+    Python, NumPy and torch (:func:`seeded`), opens the progress bar, calls
+    ``measure(cfg, out, seed, bar, **options)``, computes ``claims(numbers)``, draws
+    ``plot(out, numbers, cfg)`` and writes ``result.json`` (:func:`finish`).
+
+    Args:
+        name: the experiment's name.
+        measure: trains and measures; returns the numbers (see the module docstring).
+        claims: the experiment's pure claims function.
+        plot: draws the figures; returns their paths.
+        config: the full-size dataclass config.
+        quick_config: the quick one.
+        out_dir: the output folder.
+        quick: run the quick version.
+        seed: the seed.
+        progress: show a progress bar (None: when stderr is a terminal).
+        overrides: fields of the config to change.
+        options: extra keyword arguments of ``measure`` (e.g. ``executor``).
+        seed_torch: False for experiments that seed each unit of work themselves (a grid
+            run in worker processes).
+
+    Returns:
+        the result dict (see :func:`finish`).
+    """
+    cfg = replace(quick_config if quick else config, **(overrides or {}))
+    out = Path(out_dir)
+    started = stopwatch()
+    seeding = seeded(seed) if seed_torch else contextlib.nullcontext()
+    with seeding, open_progress(0, name, disable=progress is False) as bar:
+        numbers = measure(cfg, out, seed, bar, **(options or {}))
+    result_claims = claims(numbers)
+    figures = plot(out, numbers, cfg)
+    return finish(
+        out,
+        name,
+        cfg,
+        quick=quick,
+        seed=seed,
+        numbers=numbers,
+        claims=result_claims,
+        started=started,
+        figures=figures,
+    )
 
 
 # -- seeding ------------------------------------------------------------------------------
@@ -382,3 +466,6 @@ def geometric_mean(values: Iterable[float]) -> float:
 def stopwatch() -> float:
     """``time.perf_counter()``, the ``started`` that :func:`finish` expects."""
     return time.perf_counter()
+
+
+open_progress = progress  # :func:`execute` has a parameter named ``progress``

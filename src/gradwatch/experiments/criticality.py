@@ -29,11 +29,11 @@ What the paper found, and what this script measures and checks:
    (E[δ_l²] = χ1 E[δ_{l+1}²]): it vanishes in the ordered phase and explodes in the chaotic
    one. Measured: the per-layer log-slope of ``backprop_norm`` at step 0 of each run
    (recorded by ``gw.watch``), against the predicted ½ ln χ1 per layer toward the input.
-3. Not the paper's, but the lab's: the grid is a set of independent trainings, run on a
-   local process pool (``executor="local"``) or on Ray (``executor="ray"``). Each job is
-   seeded by its grid point, so the numbers do not depend on where or in what order the
-   jobs ran. Checked: a few grid points are trained again in this process and must give the
-   same numbers as the executor did.
+Not a claim of the paper, but a property of the lab, tested in
+``tests/experiments/test_criticality.py`` rather than claimed here: the grid is a set of
+independent trainings, run on a local process pool (``executor="local"``) or on Ray
+(``executor="ray"``); each job is seeded by its grid point, so the numbers do not depend
+on where or in what order the jobs ran.
 
 How to read the figure (``figures/phase_diagram``): left, test accuracy over σw² (x) and
 depth (y, log scale), bright = trained; the white curve is the predicted trainable depth
@@ -52,7 +52,7 @@ import math
 import os
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ from torch import nn
 
 from gradwatch.experiments import base
 from gradwatch.experiments.base import Claim, claim
+from gradwatch.experiments.criticality_figures import plot
 from gradwatch.experiments.data import digits
 from gradwatch.experiments.training import error_rate, mean_loss, train_classifier
 
@@ -85,7 +86,6 @@ class Config:
     batch_size: int = 64
     record_every: int = 10  # gw.watch records step 0 and every 10th step after it
     processes: int = 2  # workers of the local pool / CPUs of the local Ray instance
-    recheck: int = 2  # grid points trained again in this process to compare executors
 
 
 QUICK = Config(
@@ -233,11 +233,27 @@ def run(
     Returns:
         the result dict (see :func:`gradwatch.experiments.base.finish`).
     """
+    return base.execute(
+        NAME,
+        measure,
+        claims,
+        plot,
+        Config(),
+        QUICK,
+        out_dir,
+        quick=quick,
+        seed=seed,
+        progress=progress,
+        overrides=overrides,
+        options={"executor": executor},
+        seed_torch=False,  # every grid point seeds itself (point_seed), wherever it runs
+    )
+
+
+def measure(cfg: Config, out: Path, seed: int, bar: Any, executor: str = "local") -> dict:
+    """Train the grid; return the numbers the claims are computed from."""
     import gradwatch as gw
 
-    cfg = replace(QUICK if quick else Config(), **overrides)
-    out = Path(out_dir)
-    started = base.stopwatch()
     processes = max(1, min(os.cpu_count() or 1, cfg.processes))
 
     # -- theory: the predicted trainable depth of every σw² ---------------------------------
@@ -252,22 +268,14 @@ def run(
         for s in cfg.sigma_w2s
         for d in cfg.depths
     ]
-    # the cheapest points (smallest depth, both ends of the σw² range), trained again here
-    recheck = [j for j in jobs if j.depth == min(cfg.depths)]
-    recheck = [recheck[0], recheck[-1]][: cfg.recheck] if len(recheck) > 1 else recheck
-    with base.progress(len(jobs) + len(recheck), NAME, disable=progress is False) as bar:
-        bar.note(f"{NAME}: {len(jobs)} trainings on {executor} ({processes} workers)")
-        with _local_ray(executor, processes):
-            grid = base.run_grid(train_point, jobs, executor=executor, processes=processes)
-        bar.advance(len(jobs))
-        bar.note(f"{NAME}: {len(recheck)} grid points again, in this process")
-        again = []
-        for j in recheck:
-            again.append(train_point(replace(j, run_dir=j.run_dir + "-recheck")))
-            bar.advance()
+    bar.total(len(jobs))
+    bar.note(f"{NAME}: {len(jobs)} trainings on {executor} ({processes} workers)")
+    with _local_ray(executor, processes):
+        grid = base.run_grid(train_point, jobs, executor=executor, processes=processes)
+    bar.advance(len(jobs))
 
     by_point = {(g["sigma_w2"], g["depth"]): g for g in grid}
-    numbers: dict[str, Any] = {
+    return {
         "activation": ACTIVATION,
         "sigma_b2": cfg.sigma_b2,
         "sigma_w2s": list(cfg.sigma_w2s),
@@ -289,31 +297,12 @@ def run(
         "grid": grid,
         "executor": executor,
         "processes": processes,
-        "recheck": [
-            {"grid": by_point[j.sigma_w2, j.depth], "here": a}
-            for j, a in zip(recheck, again, strict=True)
-        ],
     }
-
-    result_claims = claims(numbers)
-    figures = plot(out, numbers)
-    return base.finish(
-        out,
-        NAME,
-        cfg,
-        quick=quick,
-        seed=seed,
-        numbers=numbers,
-        claims=result_claims,
-        started=started,
-        figures=figures,
-    )
 
 
 # Thresholds of the claims.
 TRAINED_ACCURACY = 0.5  # "trained": test accuracy ≥ 5× chance (10 classes)
 AGREE_AT_LEAST = 0.8  # share of grid points where "trained" agrees with "L ≤ 6 ξ_c"
-SAME_LOSS_RTOL = 1e-6  # re-run in this process: same accuracy, same loss to this tolerance
 SLOPE_TOL = 0.05  # measured ln‖δ‖ slope per layer vs ½ ln χ1
 SLOPE_MIN_DEPTH = 20  # fit the slope over at least this many layers
 
@@ -405,104 +394,9 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
         )
     )
 
-    # 4. the executor does not change the numbers
-    pairs = numbers.get("recheck", [])
-
-    def same(a: dict, b: dict) -> bool:
-        la, lb = a.get("train_loss"), b.get("train_loss")
-        return (
-            a.get("test_accuracy") == b.get("test_accuracy")
-            and la is not None
-            and lb is not None
-            and abs(la - lb) <= SAME_LOSS_RTOL * max(abs(la), abs(lb), 1e-12)
-        )
-
-    out.append(
-        claim(
-            f"The grid does not depend on where it ran: grid points trained again in this "
-            f"process give the same accuracy and loss as the {numbers.get('executor')!r} "
-            "executor did",
-            bool(pairs) and all(same(p["grid"], p["here"]) for p in pairs),
-            pairs=[
-                {
-                    "sigma_w2": p["grid"].get("sigma_w2"),
-                    "depth": p["grid"].get("depth"),
-                    "accuracy": [p["grid"].get("test_accuracy"), p["here"].get("test_accuracy")],
-                    "train_loss": [p["grid"].get("train_loss"), p["here"].get("train_loss")],
-                }
-                for p in pairs
-            ],
-        )
-    )
     return out
 
 
 def _deepest(depths: np.ndarray, ok: np.ndarray) -> float | None:
     """The largest depth where ``ok`` holds (None when it holds nowhere)."""
     return float(depths[ok].max()) if ok.any() else None
-
-
-def plot(out: Path, numbers: dict[str, Any]) -> list[Path]:
-    """Draw the phase diagram from the numbers; return the paths of the figure files."""
-    import gradwatch as gw
-
-    sw2 = np.asarray(numbers["sigma_w2s"], dtype=float)
-    depths = np.asarray(numbers["depths"], dtype=float)
-    acc = np.asarray(numbers["accuracy"], dtype=float)
-    fig, (ax, ax2) = base.new_figure(1, 2, (10.0, 4.0), width_ratios=(1.4, 1.0))
-
-    # left: accuracy heat map, cells centred on the grid points
-    x_edges = _edges(sw2, log=False)
-    y_edges = _edges(depths, log=True)
-    mesh = ax.pcolormesh(x_edges, y_edges, acc.T, cmap="viridis", vmin=0.0, vmax=1.0)
-    fig.colorbar(mesh, ax=ax, label="test accuracy")
-    if acc.size <= 120:
-        for i, s in enumerate(sw2):
-            for j, d in enumerate(depths):
-                v = acc[i, j]
-                ax.text(s, d, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                        color="black" if v > 0.6 else "white")  # fmt: skip
-    fine = np.linspace(x_edges[0], x_edges[-1], 400)
-    limit = gw.theory.trainable_depth(ACTIVATION, fine, numbers["sigma_b2"])
-    ax.plot(fine, np.minimum(limit, 1e6), color="white", lw=2, label="6 ξ_c (theory)")
-    ax.axvline(numbers["critical_sigma_w2"], color="white", ls="--", lw=1, label="critical σw²")
-    ax.set(
-        xlim=(x_edges[0], x_edges[-1]),
-        ylim=(y_edges[0], y_edges[-1]),
-        yscale="log",
-        xlabel="σw²",
-        ylabel="depth (hidden layers)",
-        title=f"tanh, σb² = {numbers['sigma_b2']:g}: accuracy after short SGD",
-    )
-    ax.legend(
-        loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7,
-        facecolor="0.35", labelcolor="white",
-    )  # fmt: skip
-
-    # right: measured gradient growth per layer at init vs ½ ln χ1
-    slopes = np.asarray(numbers["backprop_slope"], dtype=float)
-    for j, d in enumerate(depths):
-        if d >= SLOPE_MIN_DEPTH:
-            ax2.plot(sw2, slopes[:, j], "o", ms=4, alpha=0.7, label=f"measured, L = {d:g}")
-    ax2.plot(fine, 0.5 * np.log(gw.theory.chi1(ACTIVATION, fine, numbers["sigma_b2"])), "k-",
-             label="½ ln χ1 (theory)")  # fmt: skip
-    ax2.axhline(0.0, color="0.6", lw=0.8)
-    ax2.axvline(numbers["critical_sigma_w2"], color="0.6", ls="--", lw=0.8)
-    ax2.set(
-        xlabel="σw²",
-        ylabel="d ln‖δ‖ per layer toward the input",
-        title="back-propagated gradient at init",
-    )
-    ax2.legend(fontsize=6)
-    return base.save_figure(fig, out, "phase_diagram")
-
-
-def _edges(centres: np.ndarray, log: bool) -> np.ndarray:
-    """Cell edges halfway between grid points (geometrically when ``log``), all > 0."""
-    c = np.log(centres) if log else centres
-    if len(c) == 1:
-        e = np.array([c[0] - 0.5, c[0] + 0.5])
-    else:
-        mid = (c[1:] + c[:-1]) / 2
-        e = np.concatenate([[c[0] - (mid[0] - c[0])], mid, [c[-1] + (c[-1] - mid[-1])]])
-    return np.exp(e) if log else np.maximum(e, centres[0] / 2)  # σw² stays > 0

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,8 @@ from torch import nn
 from gradwatch.experiments import base
 from gradwatch.experiments.base import Claim, claim
 from gradwatch.experiments.data import adding_problem, temporal_order
+from gradwatch.experiments.pascanu2013_figures import plot
+from gradwatch.experiments.sequence_training import train
 
 NAME = "pascanu2013"
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -167,11 +169,6 @@ def task_data(task: str, n: int, length: int, seed: int) -> tuple[torch.Tensor, 
     return (adding_problem if task == "adding" else temporal_order)(n, length, seed=seed)
 
 
-def loss_fn(task: str, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """MSE for the adding problem, cross-entropy for temporal order."""
-    return F.mse_loss(out, y) if task == "adding" else F.cross_entropy(out, y)
-
-
 def temporal_gradient(model: SequenceModel, u: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     """‖∂L/∂x_t‖ for t = 1..T (norm over the batch and the units), in float64.
 
@@ -194,60 +191,6 @@ def decay_slope(norms: np.ndarray) -> float:
     return float(np.polyfit(back[ok], np.log(norms[ok]), 1)[0])
 
 
-def train(
-    model: nn.Module,
-    task: str,
-    data: tuple[torch.Tensor, ...],
-    *,
-    steps: int,
-    optimizer: torch.optim.Optimizer,
-    batch_size: int,
-    clip_norm: float | None,
-    run_dir: Path,
-    seed: int,
-    every: int,
-    config: dict[str, Any],
-    on_step: Any = None,
-) -> list[tuple[int, float]]:
-    """Train on a sequence task, recorded by ``gw.watch``; returns [(step, test metric)].
-
-    ``mon.step`` is called right after ``backward``, before clipping: the run records the
-    gradients as back-propagated, and the update ratio the (clipped) step taken. The test
-    metric (MSE for adding, error rate for temporal order) is taken every ``steps // 10``
-    steps and at the end.
-    """
-    import gradwatch as gw
-
-    u, y, ut, yt = data
-    gen = torch.Generator().manual_seed(seed)
-    curve: list[tuple[int, float]] = []
-    with gw.watch(model, run_dir, every=every, overwrite=True, config=config) as mon:
-        for step in range(steps):
-            if step % max(1, steps // 10) == 0:
-                curve.append((step, evaluate(model, task, ut, yt)))
-            idx = torch.randint(0, len(u), (batch_size,), generator=gen)
-            loss = loss_fn(task, model(u[idx]), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            mon.step(loss=loss)
-            if clip_norm is not None:
-                gw.remedies.clip_grad_norm_(model, clip_norm)
-            optimizer.step()
-            if on_step is not None:
-                on_step(step)
-    curve.append((steps, evaluate(model, task, ut, yt)))
-    return curve
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, task: str, u: torch.Tensor, y: torch.Tensor) -> float:
-    """Test MSE (adding) or test error rate (temporal order)."""
-    out = model(u)
-    if task == "adding":
-        return float(F.mse_loss(out, y))
-    return float((out.argmax(1) != y).float().mean())
-
-
 def run(
     out_dir: str | Path,
     quick: bool = False,
@@ -267,143 +210,143 @@ def run(
     Returns:
         the result dict (see :func:`gradwatch.experiments.base.finish`).
     """
-    import gradwatch as gw
-
-    cfg = replace(QUICK if quick else Config(), **overrides)
-    out = Path(out_dir)
-    runs = out / base.RUNS
-    started = base.stopwatch()
-    numbers: dict[str, Any] = {"gamma": GAMMA, "lengths": list(cfg.lengths), "flow": {}}
-    total = (
-        len(cfg.tasks) * len(cfg.lengths) * len(cfg.cells) * cfg.train_steps + 2 * cfg.explode_steps
-    )
-    with base.seeded(seed), base.progress(total, NAME, disable=progress is False) as bar:
-        # -- 1, 2. temporal gradient flow at initialisation ------------------------------
-        for length in cfg.lengths:
-            u, y = adding_problem(cfg.probe_size, length, seed=seed + 7)  # (B, T, 2), (B, 1)
-            for ci, cell in enumerate(cfg.cells):
-                torch.manual_seed(seed * 1000 + ci)  # the same weights at every length
-                model = build(cell, 2, 1, cfg)
-                g = temporal_gradient(model, u, y)  # (T,)
-                numbers["flow"][f"{cell}/T{length}"] = {
-                    "cell": cell,
-                    "length": length,
-                    "grad_norm": g,  # ‖∂L/∂x_t‖, t = 1..T
-                    "first_over_last": g[0] / g[-1],
-                    "decay_slope": decay_slope(g),
-                    "sigma_max": w_hh_sigma_max(model),
-                }
-
-        # the spectral condition: the vanilla RNN over σ_max, at the longest length
-        longest = max(cfg.lengths)
-        u, y = adding_problem(cfg.probe_size, longest, seed=seed + 7)
-        numbers["sweep"] = []
-        for s in cfg.sweep_sigma_max:
-            torch.manual_seed(seed * 1000)
-            model = build("rnn", 2, 1, cfg, sigma_max=s)
-            g = temporal_gradient(model, u, y)
-            numbers["sweep"].append(
-                {
-                    "sigma_max": w_hh_sigma_max(model),
-                    "length": longest,
-                    "decay_slope": decay_slope(g),
-                    "bound_slope": math.log(GAMMA * s),  # ln(γ σ_max)
-                    "first_over_last": g[0] / g[-1],
-                }
-            )
-
-        # -- 3. the exploding RNN, without and with clipping --------------------------------
-        T = cfg.explode_length
-        data = (
-            *adding_problem(cfg.train_size, T, seed=seed + 1),
-            *adding_problem(cfg.test_size, T, seed=seed + 2),
-        )
-        numbers["clipping"] = {"sigma_max": cfg.explode_sigma_max, "length": T}
-        for clip in (None, cfg.clip_norm):
-            key = "unclipped" if clip is None else "clipped"
-            bar.note(f"{NAME}: exploding RNN, {key}")
-            torch.manual_seed(seed * 1000 + 99)  # the same initial weights for both
-            model = build("rnn", 2, 1, cfg, sigma_max=cfg.explode_sigma_max)
-            run_dir = runs / f"explode-{key}"
-            train(
-                model,
-                "adding",
-                data,
-                steps=cfg.explode_steps,
-                optimizer=torch.optim.SGD(model.parameters(), lr=cfg.explode_lr),
-                batch_size=cfg.explode_batch_size,
-                clip_norm=clip,
-                run_dir=run_dir,
-                seed=seed,
-                every=1,
-                config={"experiment": NAME, "part": "clipping", "clip_norm": clip},
-                on_step=lambda _: bar.advance(),
-            )
-            run = gw.load(run_dir)
-            loss = run.loss()  # per step
-            grad = _global_grad_norm(run)  # per step, before clipping
-            numbers["clipping"][key] = {
-                "clip_norm": clip,
-                "loss": loss.to_numpy(),
-                "grad_norm": grad.to_numpy(),
-                "steps": loss.index.to_numpy(),
-                "all_finite": bool(np.isfinite(loss).all() and np.isfinite(grad).all()),
-                "max_grad_norm": _nanmax(grad),
-                "max_loss": _nanmax(loss),
-                "initial_loss": float(loss.iloc[0]),
-                "final_loss": float(loss.iloc[-max(1, len(loss) // 10) :].mean()),
-                "findings": sorted({f.kind for f in gw.diagnose(run)}),
-            }
-
-        # -- 4. training on the tasks ------------------------------------------------------
-        numbers["training"] = {}
-        for task in cfg.tasks:
-            for length in cfg.lengths:
-                data = (
-                    *task_data(task, cfg.train_size, length, seed + 1),
-                    *task_data(task, cfg.test_size, length, seed + 2),
-                )
-                d_in, d_out = data[0].shape[-1], 1 if task == "adding" else 4
-                for ci, cell in enumerate(cfg.cells):
-                    bar.note(f"{NAME}: {task}, T = {length}, {cell}")
-                    torch.manual_seed(seed * 1000 + ci)
-                    model = build(cell, d_in, d_out, cfg)
-                    curve = train(
-                        model,
-                        task,
-                        data,
-                        steps=cfg.train_steps,
-                        optimizer=torch.optim.Adam(model.parameters(), lr=cfg.lr),
-                        batch_size=cfg.batch_size,
-                        clip_norm=cfg.clip_norm,
-                        run_dir=runs / f"{task}-T{length}-{cell}",
-                        seed=seed,
-                        every=cfg.record_every,
-                        config={"experiment": NAME, "task": task, "length": length},
-                        on_step=lambda _: bar.advance(),
-                    )
-                    numbers["training"][f"{task}/T{length}/{cell}"] = {
-                        "task": task,
-                        "length": length,
-                        "cell": cell,
-                        "curve": curve,  # [(step, test MSE or test error)]
-                        "final": curve[-1][1],
-                        "baseline": ADDING_BASELINE if task == "adding" else 0.75,
-                    }
-
-    result_claims = claims(numbers)
-    figures = plot(out, numbers)
-    return base.finish(
-        out,
+    return base.execute(
         NAME,
-        cfg,
+        measure,
+        claims,
+        plot,
+        Config(),
+        QUICK,
+        out_dir,
         quick=quick,
         seed=seed,
-        numbers=numbers,
-        claims=result_claims,
-        started=started,
-        figures=figures,
+        progress=progress,
+        overrides=overrides,
     )
+
+
+def measure(cfg: Config, out: Path, seed: int, bar: Any) -> dict[str, Any]:
+    """Train and measure every net; return the numbers the claims are computed from."""
+    import gradwatch as gw
+
+    runs = out / base.RUNS
+    numbers: dict[str, Any] = {"gamma": GAMMA, "lengths": list(cfg.lengths), "flow": {}}
+    bar.total(
+        len(cfg.tasks) * len(cfg.lengths) * len(cfg.cells) * cfg.train_steps + 2 * cfg.explode_steps
+    )
+    # -- 1, 2. temporal gradient flow at initialisation ------------------------------
+    for length in cfg.lengths:
+        u, y = adding_problem(cfg.probe_size, length, seed=seed + 7)  # (B, T, 2), (B, 1)
+        for ci, cell in enumerate(cfg.cells):
+            torch.manual_seed(seed * 1000 + ci)  # the same weights at every length
+            model = build(cell, 2, 1, cfg)
+            g = temporal_gradient(model, u, y)  # (T,)
+            numbers["flow"][f"{cell}/T{length}"] = {
+                "cell": cell,
+                "length": length,
+                "grad_norm": g,  # ‖∂L/∂x_t‖, t = 1..T
+                "first_over_last": g[0] / g[-1],
+                "decay_slope": decay_slope(g),
+                "sigma_max": w_hh_sigma_max(model),
+            }
+
+    # the spectral condition: the vanilla RNN over σ_max, at the longest length
+    longest = max(cfg.lengths)
+    u, y = adding_problem(cfg.probe_size, longest, seed=seed + 7)
+    numbers["sweep"] = []
+    for s in cfg.sweep_sigma_max:
+        torch.manual_seed(seed * 1000)
+        model = build("rnn", 2, 1, cfg, sigma_max=s)
+        g = temporal_gradient(model, u, y)
+        numbers["sweep"].append(
+            {
+                "sigma_max": w_hh_sigma_max(model),
+                "length": longest,
+                "decay_slope": decay_slope(g),
+                "bound_slope": math.log(GAMMA * s),  # ln(γ σ_max)
+                "first_over_last": g[0] / g[-1],
+            }
+        )
+
+    # -- 3. the exploding RNN, without and with clipping --------------------------------
+    T = cfg.explode_length
+    data = (
+        *adding_problem(cfg.train_size, T, seed=seed + 1),
+        *adding_problem(cfg.test_size, T, seed=seed + 2),
+    )
+    numbers["clipping"] = {"sigma_max": cfg.explode_sigma_max, "length": T}
+    for clip in (None, cfg.clip_norm):
+        key = "unclipped" if clip is None else "clipped"
+        bar.note(f"{NAME}: exploding RNN, {key}")
+        torch.manual_seed(seed * 1000 + 99)  # the same initial weights for both
+        model = build("rnn", 2, 1, cfg, sigma_max=cfg.explode_sigma_max)
+        run_dir = runs / f"explode-{key}"
+        train(
+            model,
+            "adding",
+            data,
+            steps=cfg.explode_steps,
+            optimizer=torch.optim.SGD(model.parameters(), lr=cfg.explode_lr),
+            batch_size=cfg.explode_batch_size,
+            clip_norm=clip,
+            run_dir=run_dir,
+            seed=seed,
+            every=1,
+            config={"experiment": NAME, "part": "clipping", "clip_norm": clip},
+            on_step=lambda _: bar.advance(),
+        )
+        run = gw.load(run_dir)
+        loss = run.loss()  # per step
+        grad = _global_grad_norm(run)  # per step, before clipping
+        numbers["clipping"][key] = {
+            "clip_norm": clip,
+            "loss": loss.to_numpy(),
+            "grad_norm": grad.to_numpy(),
+            "steps": loss.index.to_numpy(),
+            "all_finite": bool(np.isfinite(loss).all() and np.isfinite(grad).all()),
+            "max_grad_norm": _nanmax(grad),
+            "max_loss": _nanmax(loss),
+            "initial_loss": float(loss.iloc[0]),
+            "final_loss": float(loss.iloc[-max(1, len(loss) // 10) :].mean()),
+            "findings": sorted({f.kind for f in gw.diagnose(run)}),
+        }
+
+    # -- 4. training on the tasks ------------------------------------------------------
+    numbers["training"] = {}
+    for task in cfg.tasks:
+        for length in cfg.lengths:
+            data = (
+                *task_data(task, cfg.train_size, length, seed + 1),
+                *task_data(task, cfg.test_size, length, seed + 2),
+            )
+            d_in, d_out = data[0].shape[-1], 1 if task == "adding" else 4
+            for ci, cell in enumerate(cfg.cells):
+                bar.note(f"{NAME}: {task}, T = {length}, {cell}")
+                torch.manual_seed(seed * 1000 + ci)
+                model = build(cell, d_in, d_out, cfg)
+                curve = train(
+                    model,
+                    task,
+                    data,
+                    steps=cfg.train_steps,
+                    optimizer=torch.optim.Adam(model.parameters(), lr=cfg.lr),
+                    batch_size=cfg.batch_size,
+                    clip_norm=cfg.clip_norm,
+                    run_dir=runs / f"{task}-T{length}-{cell}",
+                    seed=seed,
+                    every=cfg.record_every,
+                    config={"experiment": NAME, "task": task, "length": length},
+                    on_step=lambda _: bar.advance(),
+                )
+                numbers["training"][f"{task}/T{length}/{cell}"] = {
+                    "task": task,
+                    "length": length,
+                    "cell": cell,
+                    "curve": curve,  # [(step, test MSE or test error)]
+                    "final": curve[-1][1],
+                    "baseline": ADDING_BASELINE if task == "adding" else 0.75,
+                }
+    return numbers
 
 
 def _global_grad_norm(run: Any) -> Any:
@@ -420,6 +363,7 @@ def _nanmax(series: Any) -> float:
 
 # Thresholds of the claims.
 LSTM_OVER_RNN = 100.0  # ‖∂L/∂x_1‖/‖∂L/∂x_T‖: gated cell over vanilla RNN, at least
+EXPLODE_ABOVE = 3.0  # the sweep's largest σ_max, in units of 1/γ, at least this
 EXPLODED = 1e6  # a loss or gradient norm above this (or non-finite) has exploded
 SOLVED = 0.1  # trained: test metric below this share of the trivial baseline
 FAILED = 0.5  # not trained: test metric above this share of the trivial baseline
@@ -458,38 +402,31 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
         )
     )
 
-    # 2. σ_max(W_hh) < 1/γ: the gradient through time vanishes, at least at rate ln(γ σ_max)
+    # 2. the spectral condition: vanishing below 1/γ, exploding only beyond it
     gamma = numbers["gamma"]
     points = [f for f in flow.values() if f["cell"] == "rnn"] + list(numbers["sweep"])
+    known = [p for p in points if p["sigma_max"] is not None]
     under = [
-        {
-            "sigma_max": p["sigma_max"],
-            "length": p["length"],
-            "decay_slope": p["decay_slope"],
-            "bound_slope": math.log(gamma * p["sigma_max"]),
-        }
-        for p in points
-        if p["sigma_max"] is not None and p["sigma_max"] < 1 / gamma
-    ]
-    above = [
         {"sigma_max": p["sigma_max"], "length": p["length"], "decay_slope": p["decay_slope"]}
-        for p in points
-        if p["sigma_max"] is None or p["sigma_max"] >= 1 / gamma
+        for p in known
+        if p["sigma_max"] < 1 / gamma
     ]
+    top = max(known, key=lambda p: p["sigma_max"], default=None)
+    top_slope = None if top is None else top["decay_slope"]
     out.append(
         claim(
-            "Every vanilla RNN with σ_max(W_hh) < 1/γ (γ = 1 for tanh) has vanishing gradients "
-            "through time, as the sufficient condition says: the fitted slope of ln‖∂L/∂x_t‖ "
-            "per step back in time is negative and at most ln(γ σ_max)",
+            "The spectral condition separates the regimes: every vanilla RNN with σ_max(W_hh) "
+            "< 1/γ (γ = 1 for tanh) has gradients that vanish back in time (fitted slope of "
+            "ln‖∂L/∂x_t‖ per step back < 0), while the RNN with the largest σ_max, "
+            f"≥ {EXPLODE_ABOVE:g}/γ, has gradients that grow back in time (slope > 0)",
             bool(under)
-            and all(
-                p["decay_slope"] is not None
-                and p["decay_slope"] < 0
-                and p["decay_slope"] <= p["bound_slope"]
-                for p in under
-            ),  # fmt: skip
-            checked=under,
-            not_covered=above,
+            and all(p["decay_slope"] is not None and p["decay_slope"] < 0 for p in under)
+            and top is not None
+            and top["sigma_max"] >= EXPLODE_ABOVE / gamma
+            and top_slope is not None
+            and top_slope > 0,
+            below=under,
+            largest={"sigma_max": None if top is None else top["sigma_max"], "slope": top_slope},
         )
     )
 
@@ -539,75 +476,3 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
         )
     )
     return out
-
-
-def plot(out: Path, numbers: dict[str, Any]) -> list[Path]:
-    """Draw the four-panel figure from the numbers; return the paths of the figure files."""
-    fig, axes = base.new_figure(2, 2, (10.0, 7.0))
-    (a, b), (c, d) = axes
-    longest = max(numbers["lengths"])
-
-    # a: temporal gradient flow at the longest length
-    for i, cell in enumerate(CELLS):
-        f = numbers["flow"].get(f"{cell}/T{longest}")
-        if f is None:
-            continue
-        g = np.asarray(f["grad_norm"], dtype=float)
-        a.semilogy(np.arange(1, len(g) + 1), g / g[-1], color=f"C{i}", label=cell)
-    a.set(
-        xlabel="t (input position)",
-        ylabel="‖∂L/∂x_t‖ / ‖∂L/∂x_T‖",
-        title=f"gradient through time at init, T = {longest}",
-    )
-    a.legend(fontsize=7)
-
-    # b: measured decay rate vs σ_max, with the bound ln(γ σ_max)
-    sweep = numbers["sweep"]
-    s = np.asarray([p["sigma_max"] for p in sweep], dtype=float)
-    slope = np.asarray([p["decay_slope"] for p in sweep], dtype=float)
-    b.plot(s, slope, "o", label=f"measured (vanilla RNN, T = {longest})")
-    fine = np.linspace(min(s.min(), 0.2), s.max(), 200)
-    b.plot(fine, np.log(numbers["gamma"] * fine), "k-", lw=1, label="bound ln(γ σ_max)")
-    b.axvspan(fine[0], 1 / numbers["gamma"], color="C0", alpha=0.08, label="vanishing guaranteed")
-    b.axhline(0.0, color="0.6", lw=0.8)
-    b.set(
-        xlabel="σ_max(W_hh)",
-        ylabel="d ln‖∂L/∂x_t‖ per step back",
-        title="spectral condition",
-    )
-    b.legend(fontsize=7)
-
-    # c: the exploding RNN without and with clipping
-    clip = numbers["clipping"]
-    for key, color in (("unclipped", "C3"), ("clipped", "C2")):
-        r = clip.get(key)
-        if not r:
-            continue
-        steps = np.asarray(r["steps"], dtype=float)
-        for series, style in (("loss", "-"), ("grad_norm", ":")):
-            v = np.asarray([np.nan if x is None else x for x in r[series]], dtype=float)
-            ok = np.isfinite(v)
-            c.semilogy(steps[ok], v[ok], style, color=color, label=f"{key}: {series}")
-            if not ok.all():  # where it went non-finite
-                first = int(np.argmin(ok))
-                c.plot(steps[first], np.nanmax(v[ok]) if ok.any() else 1.0, "x", color=color, ms=9)
-    c.set(
-        xlabel="step",
-        ylabel="value (log)",
-        title=f"σ_max = {clip.get('sigma_max')}, SGD: clipping",
-    )
-    c.legend(fontsize=7)
-
-    # d: test MSE after training, adding problem
-    train = {k: v for k, v in numbers.get("training", {}).items() if v["task"] == "adding"}
-    lengths = sorted({v["length"] for v in train.values()})
-    width = 0.8 / len(CELLS)
-    for i, cell in enumerate(CELLS):
-        vals = [train.get(f"adding/T{n}/{cell}", {}).get("final", np.nan) for n in lengths]
-        d.bar(np.arange(len(lengths)) + i * width, vals, width, color=f"C{i}", label=cell)
-    d.axhline(ADDING_BASELINE, color="k", ls="--", lw=1, label="predict the mean")
-    d.set_xticks(np.arange(len(lengths)) + width * (len(CELLS) - 1) / 2)
-    d.set_xticklabels([f"T = {n}" for n in lengths])
-    d.set(ylabel="test MSE (log)", yscale="log", title="adding problem after training")
-    d.legend(fontsize=7)
-    return base.save_figure(fig, out, "overview")

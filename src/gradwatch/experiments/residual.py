@@ -49,7 +49,7 @@ Run: ``gradwatch experiment residual [--quick]``.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,85 +122,85 @@ def run(
     Returns:
         the result dict (see :func:`gradwatch.experiments.base.finish`).
     """
-    import gradwatch as gw
-
-    cfg = replace(QUICK if quick else Config(), **overrides)
-    out = Path(out_dir)
-    started = base.stopwatch()
-    numbers: dict[str, Any] = {"chance_loss": CHANCE, "depths": list(cfg.depths), "runs": {}}
-    total = len(cfg.depths) * len(VARIANTS) * cfg.steps
-    with base.seeded(seed), base.progress(total, NAME, disable=progress is False) as bar:
-        x, y = digits("train", seed=seed)  # (1347, 64), standardised
-        for depth in cfg.depths:
-            for variant in VARIANTS:
-                key = f"{depth}-{variant}"
-                bar.note(f"{NAME}: {depth} layers, {variant}")
-                torch.manual_seed(seed * 1000 + depth)  # the same plain weights in all three
-                model = build(variant, depth, cfg.width)
-                info = {"experiment": NAME, "depth": depth, "variant": variant}
-                tag = key.replace("+", "_")
-
-                # -- 1. gradient flow at initialisation --------------------------------------
-                init_dir = probe(
-                    model,
-                    x[: cfg.probe_size],
-                    y[: cfg.probe_size],
-                    out / base.RUNS / f"{tag}-init",
-                    info,
-                )
-                findings = gw.diagnose(init_dir)
-
-                # -- 2. train ------------------------------------------------------------------
-                train_dir = train_classifier(
-                    model,
-                    x,
-                    y,
-                    steps=cfg.steps,
-                    lr=cfg.lr,
-                    momentum=cfg.momentum,
-                    batch_size=cfg.batch_size,
-                    run_dir=out / base.RUNS / tag,
-                    seed=seed,
-                    every=cfg.every,
-                    detail_every=cfg.detail_every,
-                    config=info,
-                    on_step=lambda _: bar.advance(),
-                )
-
-                # -- 3. numbers, read back from the run directories ----------------------------
-                # ‖δ‖ of the first Linear over the output Linear's (BN layers left out: the
-                # same weight layers in all three versions)
-                at_init = gw.load(init_dir)
-                linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n]
-                bp = base.layer_profile(at_init, "backprop_norm")
-                losses = gw.load(train_dir).loss()
-                quarter = max(1, len(losses) // 4)
-                numbers["runs"][key] = {
-                    "depth": depth,
-                    "variant": variant,
-                    "backprop_first": bp[linear[0]],
-                    "backprop_last": bp[linear[-1]],
-                    "backprop_ratio": bp[linear[0]] / bp[linear[-1]],
-                    "findings_at_init": sorted(
-                        {f.kind for f in findings if f.severity in ("warning", "error")}
-                    ),
-                    "loss_start": float(losses.iloc[0]),
-                    "loss_end": float(losses.iloc[-quarter:].mean()),  # last quarter's mean
-                }
-
-    result_claims = claims(numbers)
-    figures = plot(out, numbers, cfg)
-    return base.finish(
-        out,
+    return base.execute(
         NAME,
-        cfg,
+        measure,
+        claims,
+        plot,
+        Config(),
+        QUICK,
+        out_dir,
         quick=quick,
         seed=seed,
-        numbers=numbers,
-        claims=result_claims,
-        started=started,
-        figures=figures,
+        progress=progress,
+        overrides=overrides,
     )
+
+
+def measure(cfg: Config, out: Path, seed: int, bar: Any) -> dict[str, Any]:
+    """Train and measure every net; return the numbers the claims are computed from."""
+    import gradwatch as gw
+
+    numbers: dict[str, Any] = {"chance_loss": CHANCE, "depths": list(cfg.depths), "runs": {}}
+    bar.total(len(cfg.depths) * len(VARIANTS) * cfg.steps)
+    x, y = digits("train", seed=seed)  # (1347, 64), standardised
+    for depth in cfg.depths:
+        for variant in VARIANTS:
+            key = f"{depth}-{variant}"
+            bar.note(f"{NAME}: {depth} layers, {variant}")
+            torch.manual_seed(seed * 1000 + depth)  # the same plain weights in all three
+            model = build(variant, depth, cfg.width)
+            info = {"experiment": NAME, "depth": depth, "variant": variant}
+            tag = key.replace("+", "_")
+
+            # -- 1. gradient flow at initialisation --------------------------------------
+            init_dir = probe(
+                model,
+                x[: cfg.probe_size],
+                y[: cfg.probe_size],
+                out / base.RUNS / f"{tag}-init",
+                info,
+            )
+            findings = gw.diagnose(init_dir)
+
+            # -- 2. train ------------------------------------------------------------------
+            train_dir = train_classifier(
+                model,
+                x,
+                y,
+                steps=cfg.steps,
+                lr=cfg.lr,
+                momentum=cfg.momentum,
+                batch_size=cfg.batch_size,
+                run_dir=out / base.RUNS / tag,
+                seed=seed,
+                every=cfg.every,
+                detail_every=cfg.detail_every,
+                config=info,
+                on_step=lambda _: bar.advance(),
+            )
+
+            # -- 3. numbers, read back from the run directories ----------------------------
+            # ‖δ‖ of the first Linear over the output Linear's (BN layers left out: the
+            # same weight layers in all three versions)
+            at_init = gw.load(init_dir)
+            linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n]
+            bp = base.layer_profile(at_init, "backprop_norm")
+            losses = gw.load(train_dir).loss()
+            quarter = max(1, len(losses) // 4)
+            numbers["runs"][key] = {
+                "depth": depth,
+                "variant": variant,
+                "backprop_first": bp[linear[0]],
+                "backprop_last": bp[linear[-1]],
+                "backprop_ratio": bp[linear[0]] / bp[linear[-1]],
+                "findings_at_init": sorted(
+                    {f.kind for f in findings if f.severity in ("warning", "error")}
+                ),
+                "loss_start": float(losses.iloc[0]),
+                "loss_end": float(losses.iloc[-quarter:].mean()),  # last quarter's mean
+            }
+    return numbers
 
 
 # Thresholds of the claims.

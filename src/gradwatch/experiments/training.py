@@ -52,6 +52,8 @@ def train_classifier(
     run_dir: str | Path | None,
     seed: int,
     momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    milestones: tuple[int, ...] = (),
     every: int | str = 1,
     detail_every: int = 10,
     config: dict[str, Any] | None = None,
@@ -74,6 +76,9 @@ def train_classifier(
         run_dir: where ``gw.watch`` writes the run (replaced if it exists); None: in memory.
         seed: seed of the batch order.
         momentum: SGD momentum.
+        weight_decay: SGD weight decay (L2 penalty on every parameter).
+        milestones: steps at which the learning rate is divided by 10 (the step schedule
+            of He et al. 2015, who divide it by 10 when the error plateaus).
         every: ``gw.watch``'s recording schedule.
         detail_every: ``gw.watch``'s schedule for the slow statistics (activations, ...).
         config: stored in the run's meta.json.
@@ -84,7 +89,8 @@ def train_classifier(
     """
     import gradwatch as gw
 
-    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=0.1)
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(x), generator=gen)
     pos = 0
@@ -108,6 +114,7 @@ def train_classifier(
             loss.backward()
             opt.step()
             mon.step(loss=loss)
+            sched.step()
             if on_step is not None:
                 on_step(step)
     return Path(run_dir) if run_dir is not None else None

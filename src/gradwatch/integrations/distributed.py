@@ -1,85 +1,32 @@
 """Watching ``torch.distributed`` training: statistics combined across ranks, written by rank 0.
 
-Under DistributedDataParallel every rank computes its statistics on its own share of the
-batch. At each flush (a step-count schedule, identical on every rank; the time-based flush is
-off so that ranks never wait on each other between flushes) the ranks' blocks are gathered to
-rank 0 in one collective, combined there, and only rank 0 writes the run directory.
+Under DistributedDataParallel every rank runs ``gw.watch`` on its replica with the same
+settings; at each flush (by step count, identical on every rank) the ranks' blocks are gathered
+to rank 0 in one collective, combined there, and only rank 0 writes the run directory. When a
+rank fails, no rank enters a collective at close: every rank ends with its own exception, the
+steps flushed before stay on disk and the run is marked "failed".
 
-How each block is combined, for DDP's objective L = (1/W) sum_r L_r (W ranks, L_r the loss on
-rank r's share, equal shares):
-
-- parameter gradients (``grad``), weights and updates: DDP has already averaged the gradients,
-  so every rank holds the same values; rank 0's are kept;
-- ``backprop_norm``: the global d L / d output of a layer stacks the ranks' shares, each scaled
-  by 1/W, so ``norm = sqrt(sum_r norm_r^2) / W``: norms are combined, not averaged;
-- activation sums, sums of squares and counts add up over ranks (``dead_frac`` becomes the
-  ranks' average fraction of dead units);
-- ``loss``: the mean over ranks.
+The protocol lives in the watch layer, :mod:`gradwatch.monitor.collective` (the Monitor calls
+it, and it must not import upward); this module is its public home, with the same names. See
+that module for how each statistic is combined.
 """
 
 from __future__ import annotations
 
-import warnings
-from typing import Any
+from gradwatch.monitor.collective import (
+    broadcast_from_rank0,
+    combine,
+    gather_to_rank0,
+    is_distributed,
+    rank_and_world,
+    to_host,
+)
 
-import numpy as np
-import torch
-import torch.distributed as dist
-
-
-def is_distributed(process_group: Any = None) -> bool:
-    """Whether a default (or the given) process group with several ranks is active."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return False
-    return dist.get_world_size(process_group) > 1
-
-
-def rank_and_world(process_group: Any = None) -> tuple[int, int]:
-    """(rank, world size) in ``process_group``."""
-    return dist.get_rank(process_group), dist.get_world_size(process_group)
-
-
-def gather_to_rank0(
-    structure: list[tuple[int, str, Any, int]], flat: np.ndarray, process_group: Any = None
-) -> list[tuple[list, np.ndarray]] | None:
-    """Gather every rank's (structure, flat values); rank 0 gets the list, others None."""
-    rank, world = rank_and_world(process_group)
-    out: list[Any] | None = [None] * world if rank == 0 else None
-    dst = dist.get_global_rank(process_group, 0) if process_group is not None else 0
-    dist.gather_object((structure, flat), out, dst=dst, group=process_group)
-    return out
-
-
-def combine(gathered: list[tuple[list, np.ndarray]]) -> tuple[list, np.ndarray]:
-    """Combine the ranks' blocks into one (structure, flat) as documented in this module."""
-    structure, flat0 = gathered[0]
-    world = len(gathered)
-    if any(s != structure for s, _ in gathered[1:]):
-        warnings.warn(
-            "gradwatch: ranks recorded different statistics in one flush (different layers or "
-            "steps ran); keeping rank 0's values for this flush",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-        return structure, flat0
-    flats = np.stack([f for _, f in gathered]).astype(np.float64)  # (W, N)
-    out = flats[0].copy()
-    new_structure = []
-    off = 0
-    for step, kind, key, n in structure:
-        sl = slice(off, off + n)
-        if kind == "bp":
-            out[sl] = np.sqrt((flats[:, sl] ** 2).sum(axis=0)) / world
-        elif kind == "act":
-            out[sl] = flats[:, sl].sum(axis=0)
-            key = tuple((li, fam, numel * world, units * world) for li, fam, numel, units in key)
-        elif kind == "loss":
-            out[sl] = flats[:, sl].mean(axis=0)
-        new_structure.append((step, kind, key, n))
-        off += n
-    return new_structure, out.astype(np.float32)
-
-
-def to_host(tensor: torch.Tensor) -> np.ndarray:
-    """One device-to-host copy of a flush's values."""
-    return tensor.detach().to("cpu", torch.float32).numpy()
+__all__ = [
+    "broadcast_from_rank0",
+    "combine",
+    "gather_to_rank0",
+    "is_distributed",
+    "rank_and_world",
+    "to_host",
+]

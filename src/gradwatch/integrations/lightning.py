@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from gradwatch.errors import GradwatchValueError
+from gradwatch.integrations.options import check_watch_options
 from gradwatch.monitor import Monitor, watch
 
 try:
@@ -80,12 +81,10 @@ class GradwatchCallback(pl.Callback):
         activations: bool = True,
         **watch_options: Any,
     ):
-        given = sorted(set(_OWN_OPTIONS) & set(watch_options))
-        if given:
-            raise GradwatchValueError(
-                f"GradwatchCallback takes {', '.join(given)} from the Trainer; remove "
-                f"{', '.join(f'{g}=' for g in given)} from its arguments"
-            )
+        check_watch_options(
+            "GradwatchCallback", run_dir, _OWN_OPTIONS, every=every, activations=activations,
+            **watch_options,
+        )
         self.run_dir = run_dir
         self.every = every
         self.activations = activations

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from gradwatch.errors import GradwatchValueError
+from gradwatch.integrations.options import check_watch_options
 from gradwatch.monitor import Monitor, watch
 
 try:
@@ -73,12 +74,7 @@ class GradwatchTrainerCallback(TrainerCallback):
     """
 
     def __init__(self, run_dir: str | Path | None = None, **watch_options: Any):
-        given = sorted(set(_OWN_OPTIONS) & set(watch_options))
-        if given:
-            raise GradwatchValueError(
-                f"GradwatchTrainerCallback takes {', '.join(given)} from the Trainer; remove "
-                f"{', '.join(f'{g}=' for g in given)} from its arguments"
-            )
+        check_watch_options("GradwatchTrainerCallback", run_dir, _OWN_OPTIONS, **watch_options)
         self.run_dir = run_dir
         self.watch_options = watch_options
         self.monitor: Monitor | None = None

@@ -3,7 +3,8 @@
 Initialisation (in place, each returns what it changed): :func:`init_` by name, or
 :func:`he_init_`, :func:`xavier_init_`, :func:`lecun_init_`, :func:`standard_init_`,
 :func:`orthogonal_init_`, :func:`lsuv_init_`, :func:`fixup_init_`,
-:func:`zero_init_residual_branches_`.
+:func:`zero_init_residual_branches_`, :func:`zero_init_last_norm_` (residual branches found in
+the autograd graph), :func:`forget_gate_bias_` (LSTMs).
 
 Structure: :func:`swap_activation` (in place), :func:`insert_norm` and
 :func:`add_residual` (return a new model, the input untouched), :class:`Residual`.
@@ -14,6 +15,7 @@ Training loop: :func:`clip_grad_norm_`, :func:`clip_grad_value_`,
 
 from gradwatch.remedies._gains import activation_gain
 from gradwatch.remedies.activation import ACTIVATIONS, swap_activation
+from gradwatch.remedies.block_init import forget_gate_bias_, zero_init_last_norm_
 from gradwatch.remedies.clipping import (
     ClipHook,
     ClipResult,
@@ -51,6 +53,7 @@ __all__ = [
     "clip_on_step",
     "fix",
     "fixup_init_",
+    "forget_gate_bias_",
     "he_init_",
     "init_",
     "insert_norm",
@@ -60,5 +63,6 @@ __all__ = [
     "standard_init_",
     "swap_activation",
     "xavier_init_",
+    "zero_init_last_norm_",
     "zero_init_residual_branches_",
 ]

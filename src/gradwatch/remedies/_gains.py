@@ -24,6 +24,7 @@ from typing import Any
 from torch import nn
 from torch.nn.init import calculate_gain
 
+from gradwatch.errors import GradwatchTypeError
 from gradwatch.layers import activation_family
 from gradwatch.remedies._targets import (
     RECURRENT_TYPES,
@@ -46,6 +47,11 @@ def activation_gain(activation: nn.Module | None) -> tuple[float, str]:
     """
     if activation is None:
         return 1.0, "linear"
+    if not isinstance(activation, nn.Module):
+        raise GradwatchTypeError(
+            f"activation must be an activation module (e.g. nn.ReLU()) or None, got "
+            f"{type(activation).__name__} {activation!r}"
+        )
     if isinstance(activation, nn.SELU):
         return 1.0, "selu"
     if isinstance(activation, nn.LeakyReLU):

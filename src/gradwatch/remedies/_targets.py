@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwatch.argcheck import check_names
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 
 #: Layers whose weight the init schemes draw: fans from ``_calculate_fan_in_and_fan_out``.
@@ -97,8 +98,7 @@ def init_targets(
         if isinstance(m, WEIGHT_TYPES + RECURRENT_TYPES + NORM_TYPES)
     ]
     if layers is not None:
-        if isinstance(layers, str):
-            layers = [layers]
+        layers = check_names("layers", layers, hint="give qualified module names, e.g. ['0']")
         known = {name for name, _ in found}
         unknown = [name for name in layers if name not in known]
         if unknown:

@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from gradwatch.argcheck import check_bool
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.layers import activation_family
 from gradwatch.remedies._gains import following_activations
@@ -82,6 +83,7 @@ def swap_activation(
 
     """
     check_model(model)
+    check_bool("reinit", reinit)
     old_cls = _resolve_class(old)
     make = _resolve_factory(new)
     if isinstance(model, old_cls):

@@ -17,24 +17,16 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.monitor.listeners import notify_clip
 from gradwatch.remedies._targets import check_positive
 
 Params = nn.Module | Tensor | Iterable[Tensor]
 
 
-#: Weak references to callables ``fn(result, params)`` told of every clipping call: a watching
-#: Monitor records the pre-clip norm and the factor applied (``clip_norm``, ``clip_coef``).
-#: Tensors only: no sync.
-_LISTENERS: list = []
-
-
 def _publish(result: ClipResult, params: list[Tensor]) -> ClipResult:
-    for ref in list(_LISTENERS):
-        fn = ref()  # weak references: a Monitor nobody holds any more is not kept alive
-        if fn is None:
-            _LISTENERS.remove(ref)
-        else:
-            fn(result, params)
+    # a watching Monitor records the pre-clip norm and the factor applied (``clip_norm``,
+    # ``clip_coef``) through the watch layer's public listener API; tensors only, no sync
+    notify_clip(result, params)
     return result
 
 

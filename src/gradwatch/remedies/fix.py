@@ -51,15 +51,16 @@ from torch import nn
 
 from gradwatch.errors import GradwatchError, GradwatchTypeError, GradwatchValueError
 from gradwatch.layers import activation_family
-from gradwatch.remedies._fix_report import FixReport, architecture_signature, recommendations
 from gradwatch.remedies._gains import following_activations
 from gradwatch.remedies._sequential import entries, is_plain_sequential
 from gradwatch.remedies._targets import check_model, check_positive, is_weight_layer
 from gradwatch.remedies.activation import swap_activation
+from gradwatch.remedies.fix_report import FixReport, architecture_signature, recommendations
 from gradwatch.remedies.init_schemes import he_init_, orthogonal_init_, xavier_init_
 from gradwatch.remedies.lsuv import lsuv_init_
 from gradwatch.remedies.normalization import insert_norm
 from gradwatch.remedies.residual import add_residual
+from gradwatch.structure import describe
 
 if TYPE_CHECKING:
     from gradwatch.check import Checkup
@@ -77,6 +78,10 @@ REMEDY_KINDS = {
     "insert_norm": "normalization",
     "add_residual": "residual",
 }
+
+#: Verdicts after which fix changes nothing: healthy, or "uncertain" (outside what a checkup
+#: can judge, so no remedy could be verified).
+SETTLED = ("healthy", "uncertain")
 
 #: A candidate must lower the backprop spread by this many decades to count as better.
 MIN_IMPROVEMENT = 0.1
@@ -162,16 +167,16 @@ def fix(
     applied: list[tuple[str, dict[str, Any]]] = []
     tried: list[dict[str, Any]] = []
 
-    if before.verdict != "healthy":
+    if before.verdict not in SETTLED:
         for kind in _plan(before, kinds):
-            if len(applied) >= max_rounds or current.checkup.verdict == "healthy":
+            if len(applied) >= max_rounds or current.checkup.verdict in SETTLED:
                 break
             best: tuple[_Candidate, _Trial] | None = None
             for cand in _candidates(kind, current, inputs):
                 trial = _try(cand, current.model, measure, tried)
                 if trial is not None and (best is None or _better(trial.score, best[1].score)):
                     best = (cand, trial)
-                if trial is not None and trial.checkup.verdict == "healthy":
+                if trial is not None and trial.checkup.verdict in SETTLED:
                     break
             if best is not None and _better(best[1].score, current.score):
                 cand, current = best
@@ -255,7 +260,7 @@ def backprop_spread(checkup: Checkup) -> float:
 
 def _score(checkup: Checkup) -> tuple[int, float]:
     verdict = checkup.verdict
-    rank = 0 if verdict == "healthy" else 2 if verdict == "nonfinite" else 1
+    rank = 0 if verdict in SETTLED else 2 if verdict == "nonfinite" else 1
     loss = getattr(checkup, "loss", None)
     if loss is not None and not math.isfinite(float(loss)):
         rank = 2
@@ -333,6 +338,8 @@ def _candidates(kind: str, current: _Trial, inputs: Any) -> list[_Candidate]:
     if kind == "activation":
         return _activation_candidates(model, verdict, inputs)
     if kind == "normalization":
+        if describe(model)["has_norm"]:
+            return []  # never offer a model what it already has
         return [
             _Candidate(
                 "insert_norm",

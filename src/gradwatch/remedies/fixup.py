@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -139,7 +139,11 @@ def _find_branches(model: nn.Module, branches: Sequence[str] | None) -> list[tup
                 "add_residual(model), or pass branches=[qualified names of the branch modules]"
             )
         return found
-    if isinstance(branches, str) or not all(isinstance(b, str) for b in branches):
+    if (
+        isinstance(branches, str)
+        or not isinstance(branches, Iterable)
+        or not all(isinstance(b, str) for b in branches)
+    ):
         raise GradwatchTypeError(f"branches must be a list of module names, got {branches!r}")
     modules = dict(model.named_modules())
     unknown = [b for b in branches if b not in modules]

@@ -8,6 +8,7 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
+from gradwatch.argcheck import check_bool
 from gradwatch.errors import GradwatchValueError
 from gradwatch.layers import activation_family
 from gradwatch.remedies._sequential import (
@@ -87,6 +88,7 @@ def add_residual(model: nn.Module, block_size: int = 2, zero_init: bool = True) 
     """
     seq = check_sequential(model, "add_residual")
     check_positive("block_size", block_size, integer=True)
+    check_bool("zero_init", zero_init)
     new = copy.deepcopy(seq)
     if _wrap_runs_(new, block_size, zero_init) == 0:
         raise GradwatchValueError(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pandas as pd
 
-from gradwatch.errors import GradwatchTypeError
+from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.stats import ALL_STATS
 from gradwatch.store.reader import Run, load
 
@@ -43,6 +43,33 @@ def as_run(run: Any) -> Run:
         f"run must be a gradwatch Run, a run directory path or a Checkup, got "
         f"{type(run).__name__}; pass gw.load('runs/a'), 'runs/a' or gw.check(model, x)"
     )
+
+
+def check_stat(name: str, value: Any) -> str:
+    """``value`` must be a statistic name (one of ``gradwatch.stats.ALL_STATS``)."""
+    if not isinstance(value, str) or value not in ALL_STATS:
+        raise GradwatchValueError(
+            f"{name} must be a statistic name, one of {', '.join(ALL_STATS)}; got {value!r}"
+        )
+    return value
+
+
+def check_steps(value: Any) -> list[int] | None:
+    """``steps`` must be None or a list of step numbers (integers)."""
+    if value is None:
+        return None
+    if isinstance(value, str | bytes) or not hasattr(value, "__iter__"):
+        raise GradwatchTypeError(
+            f"steps must be a list of step numbers or None, got {type(value).__name__} "
+            f"{value!r}; e.g. steps=[0, 100]"
+        )
+    items = list(value)
+    for s in items:
+        if isinstance(s, bool) or not isinstance(s, int | np.integer):
+            raise GradwatchTypeError(
+                f"steps must hold integers (step numbers), got {type(s).__name__} {s!r}"
+            )
+    return [int(s) for s in items]
 
 
 def is_checkup(obj: Any) -> bool:

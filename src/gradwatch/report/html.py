@@ -23,13 +23,15 @@ from typing import Any
 
 import numpy as np
 
-from gradwatch.errors import GradwatchValueError
+from gradwatch.argcheck import check_out_file
+from gradwatch.errors import GradwatchTypeError
 from gradwatch.report._data import as_run, findings_and_verdict, is_checkup, last_values, wide
 from gradwatch.report._html_assets import CSS, JS
 from gradwatch.report._html_parts import esc, figure_block, how_to_read
 from gradwatch.report._html_sections import comparison_section, saturation_note
 from gradwatch.report.remedy_text import describe_remedy, why_remedy
 from gradwatch.store.reader import Run
+from gradwatch.store.safe_write import write_atomic
 
 __all__ = ["CHART_STATS", "esc", "how_to_read", "script_json", "write_html"]
 
@@ -81,13 +83,22 @@ def write_html(
         RunDirectoryError: ``run_or_path`` is not a readable run directory.
         GradwatchValueError: ``out_path`` is a folder.
     """
+    from gradwatch.remedies import FixReport
+
+    out = check_out_file("out_path", out_path)
+    if checkup is not None and not is_checkup(checkup):
+        raise GradwatchTypeError(
+            f"checkup must be a Checkup (from gw.check) or None, got {type(checkup).__name__}"
+        )
+    if fix_report is not None and not isinstance(fix_report, FixReport):
+        raise GradwatchTypeError(
+            f"fix_report must be the FixReport returned by gw.fix or None, got "
+            f"{type(fix_report).__name__}"
+        )
     if is_checkup(run_or_path) and checkup is None:
         checkup = run_or_path
     run = as_run(run_or_path)
     primary_checkup = checkup if checkup is not None and checkup.run is run else None
-    out = Path(out_path)
-    if out.is_dir():
-        raise GradwatchValueError(f"out_path {str(out)!r} is a folder; give a file name")
     findings, verdict, source = findings_and_verdict(run, primary_checkup)
 
     body = [
@@ -106,7 +117,8 @@ def write_html(
     body.append(_footer(run))
     page = _page(_title(run), "\n".join(body), _chart_data(run))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    # never through a symlink planted at out_path: the link is replaced, its target untouched
+    write_atomic(out, page)
     return out
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from gradwatch.argcheck import check_out_dir, refuse_symlink
 from gradwatch.errors import GradwatchError
 from gradwatch.report._data import as_run, findings_and_verdict
 
@@ -49,6 +50,29 @@ def tag(stat: str, layer: str) -> str:
     return stat if layer == "" else f"{stat}/{layer}"
 
 
+class LiveTensorBoard:
+    """A live sink for the Monitor's writer: every flushed value as a TensorBoard scalar.
+
+    Same tags as :func:`export_tensorboard` (``<stat>/<layer>``, ``loss``), written from the
+    writer's thread as each flush is decoded. ``import gradwatch`` registers it as the
+    factory behind ``gw.watch(..., tensorboard=LOGDIR)``.
+    """
+
+    def __init__(self, log_dir: str | Path):
+        """Open a SummaryWriter on ``log_dir`` (needs the ``tensorboard`` package)."""
+        self._writer = _summary_writer()(log_dir=str(log_dir))
+
+    def __call__(self, steps, layers, stats, values) -> None:
+        """Write one decoded flush (parallel sequences of steps, layers, stats, values)."""
+        for s_, l_, k_, v_ in zip(steps.tolist(), layers, stats, values.tolist(), strict=True):
+            self._writer.add_scalar(tag(k_, l_), v_, global_step=s_)
+        self._writer.flush()
+
+    def close(self) -> None:
+        """Flush and close the SummaryWriter."""
+        self._writer.close()
+
+
 def export_tensorboard(run_or_path: Any, logdir: str | Path) -> Path:
     """Write a run's statistics as TensorBoard scalars (and its findings as text).
 
@@ -69,9 +93,9 @@ def export_tensorboard(run_or_path: Any, logdir: str | Path) -> Path:
             ImportError naming ``pip install gradwatch[tensorboard]``).
         RunDirectoryError: ``run_or_path`` is not a readable run directory.
     """
+    out = refuse_symlink("logdir", check_out_dir("logdir", logdir))
     run = as_run(run_or_path)
     writer_cls = summary_writer_class()
-    out = Path(logdir)
     out.mkdir(parents=True, exist_ok=True)
     stats = run.stats.sort_values(["step", "layer", "stat"], kind="stable")
     tags = [tag(s, ly) for s, ly in zip(stats["stat"], stats["layer"], strict=True)]

@@ -17,6 +17,8 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from gradwatch.argcheck import check_int
+from gradwatch.errors import GradwatchTypeError
 from gradwatch.report._data import (
     as_run,
     findings_and_verdict,
@@ -52,6 +54,11 @@ def print_summary(run_or_checkup: Any, console: Console | None = None, max_layer
     Returns:
         the verdict printed.
     """
+    if console is not None and not isinstance(console, Console):
+        raise GradwatchTypeError(
+            f"console must be a rich.console.Console or None, got {type(console).__name__}"
+        )
+    check_int("max_layers", max_layers, minimum=1)
     console = console or Console()
     checkup = run_or_checkup if is_checkup(run_or_checkup) else None
     run = as_run(run_or_checkup)

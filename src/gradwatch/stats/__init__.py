@@ -9,64 +9,48 @@ writer, in NumPy float64) turns blocks into per-layer values. One module per sou
 - :mod:`gradwatch.stats.backprop`: ``backprop_norm``
 - :mod:`gradwatch.stats.activation`: ``act_mean``, ``act_std``, ``saturated_frac``, ``dead_frac``
 - :mod:`gradwatch.stats.update`: ``weight_norm``, ``update_ratio``
-- ``loss`` (layer ``""``)
+- :mod:`gradwatch.stats.scalar`: ``loss``, ``skipped``, ``loss_scale``, ``clip_norm``,
+  ``clip_coef`` (layer ``""``)
+- :mod:`gradwatch.stats.origin`: ``input_nonfinite``, ``weight_nonfinite``,
+  ``forward_nonfinite``
+
+Each statistic is declared once, in its module, with :func:`gradwatch.stats.registry.
+define_statistic` (name, block, source, tier, doc line, DDP combine); the tuples below are
+derived from that registry, in a stable order (the names of DESIGN.md first).
 """
 
 from __future__ import annotations
 
-import torch
+from gradwatch.stats import activation, backprop, gradient, origin, scalar, update  # noqa: F401
+from gradwatch.stats.numeric import acc_dtype, norm32
+from gradwatch.stats.registry import BLOCKS, STATISTICS, Statistic
+
+_ORDER = (
+    "grad_norm", "grad_rms", "nonfinite", "backprop_norm", "loss", "grad_max_abs",
+    "weight_norm", "update_ratio", "act_mean", "act_std", "saturated_frac", "dead_frac",
+    "clip_norm", "clip_coef",
+)  # the order of earlier versions; newer statistics follow in registration order
+_NAMES = _ORDER + tuple(n for n in STATISTICS if n not in _ORDER)
 
 #: Statistics recorded at every scheduled step ("fast" tier).
-FAST_STATS = ("grad_norm", "grad_rms", "nonfinite", "backprop_norm", "loss")
-#: Statistics that change slowly, recorded every ``detail_every``-th recorded step by default.
-DETAIL_STATS = (
-    "grad_max_abs",
-    "weight_norm",
-    "update_ratio",
-    "act_mean",
-    "act_std",
-    "saturated_frac",
-    "dead_frac",
-)
+FAST_STATS = tuple(n for n in _NAMES if STATISTICS[n].tier == "fast")
+#: Statistics recorded every ``detail_every``-th recorded step by default ("detail" tier).
+DETAIL_STATS = tuple(n for n in _NAMES if STATISTICS[n].tier == "detail")
+#: Recorded when what they describe happens (clipping ran; a step was not finite).
+EVENT_STATS = tuple(n for n in _NAMES if STATISTICS[n].tier == "event")
 #: Recorded only when gradwatch's clipping functions run on the watched model (layer "").
 CLIP_STATS = ("clip_norm", "clip_coef")
-ALL_STATS = FAST_STATS + DETAIL_STATS + CLIP_STATS
+ALL_STATS = _NAMES
 
 #: Which statistics each data source produces (a source is computed if any is requested).
-SOURCES = {
-    "grad": ("grad_norm", "grad_rms", "grad_max_abs", "nonfinite"),
-    "backprop": ("backprop_norm",),
-    "act": ("act_mean", "act_std", "saturated_frac", "dead_frac"),
-    "update": ("weight_norm", "update_ratio"),
-    "loss": ("loss",),
-    "clip": CLIP_STATS,
-}
+SOURCES: dict[str, tuple[str, ...]] = {}
+for _n in _NAMES:
+    SOURCES.setdefault(STATISTICS[_n].source, ())
+    SOURCES[STATISTICS[_n].source] += (_n,)
 
-DESCRIPTIONS = {
-    "grad_norm": "L2 norm of the layer's parameter gradients",
-    "grad_rms": "root mean square of the layer's parameter gradients (grad_norm / sqrt(numel))",
-    "grad_max_abs": "largest absolute parameter gradient in the layer",
-    "nonfinite": "count of NaN/Inf entries in the layer's parameter gradients",
-    "backprop_norm": "L2 norm of d loss / d output of the layer (the back-propagated signal)",
-    "weight_norm": "L2 norm of the layer's parameters (after the optimizer step)",
-    "update_ratio": "||delta w|| / ||w|| over the optimizer step",
-    "act_mean": "mean of the activation that follows the layer, over the batch",
-    "act_std": "standard deviation of that activation over the batch",
-    "saturated_frac": "fraction of sigmoid/tanh-like outputs in their flat tails",
-    "dead_frac": "fraction of ReLU-like units that are never positive over the batch",
-    "loss": "the training loss (layer '')",
-    "clip_norm": "global gradient norm before gradwatch's clipping (layer ''; when clipping runs)",
-    "clip_coef": "factor the clipping applied, ||g after|| / ||g before|| (layer ''; 1: none)",
-}
+DESCRIPTIONS = {n: STATISTICS[n].doc for n in _NAMES}
 
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype for a reduction: float64 for float64 tensors, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def norm32(t: torch.Tensor) -> torch.Tensor:
-    """L2 norm accumulated in float32 (float64 for float64 input), returned as float32."""
-    if t.dtype == torch.float64:
-        return torch.linalg.vector_norm(t).float()
-    return torch.linalg.vector_norm(t, dtype=torch.float32)
+__all__ = [
+    "ALL_STATS", "BLOCKS", "CLIP_STATS", "DESCRIPTIONS", "DETAIL_STATS", "EVENT_STATS",
+    "FAST_STATS", "SOURCES", "STATISTICS", "Statistic", "acc_dtype", "norm32",
+]

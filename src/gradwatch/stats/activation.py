@@ -1,19 +1,25 @@
 """Activation statistics: ``act_mean``, ``act_std``, ``saturated_frac``, ``dead_frac``.
 
 Kept for activation modules (nn.ReLU, nn.Tanh, nn.Sigmoid, ...), attached to the layer that ran
-just before the activation. The forward hook only keeps a reference to the output (autograd
-keeps these tensors alive for the backward pass anyway); the statistics are computed once when
-the step closes:
+just before the activation. Reduced inside the activation's forward hook, so no activation
+tensor is kept until the step (gradient accumulation does not hold every micro-batch's
+activations); each activation module owns one row of a preallocated (modules, 4) float32
+device buffer, written in place (``out=``) on its first call of the step and added to on
+later calls (micro-batches, shared modules), so the Monitor's memory does not grow with the
+number of calls:
 
-- sum and sum of squares per call (accumulated in float32 over the tensor, combined in float64
-  on the host): ``act_mean = S / n``, ``act_std = sqrt(SS / n - mean^2)`` (population std over
-  every element of the batch). This is about ten times cheaper here than ``torch.var_mean``;
+- sum and sum of squares (the latter as an L2 norm, squared on the device when the step is
+  recorded; both accumulated in float32 over the tensor and combined in float64 on the host):
+  ``act_mean = S / n``, ``act_std = sqrt(SS / n - mean^2)`` (population std over every
+  element of the batch). This is about ten times cheaper here than ``torch.var_mean``;
 - ``saturated_frac`` (sigmoid- and tanh-like activations): the fraction of outputs in the flat
   tails, where the derivative is at most ~6% (tanh: |a| > 0.97) or ~12% (sigmoid: a < 0.03 or
   a > 0.97) of its maximum;
-- ``dead_frac`` (ReLU-like activations): the fraction of units (every position after the batch
-  dimension) that are never positive over the whole batch. With several calls in one step
-  (gradient accumulation) the fractions of the calls are averaged.
+- ``dead_frac`` (ReLU-like activations): the fraction of units that are never positive over
+  the batch and every position. A unit is a channel (dim 1) after a convolution
+  (``nn.Conv1d/2d/3d`` and transposed ones), the last-dim feature of other outputs with 3 or
+  more dimensions (``(B, T, C)`` sequences) and the feature of ``(B, F)`` outputs. With several
+  calls in one step the dead units and the units are summed over the calls.
 
 References:
     Glorot & Bengio 2010 (saturation of sigmoid and tanh units); Lu et al., "Dying ReLU and
@@ -27,7 +33,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from gradwatch.stats import acc_dtype
+from gradwatch.stats.numeric import acc_dtype
+from gradwatch.stats.registry import define_block, define_statistic
 
 F32 = torch.float32
 
@@ -36,51 +43,59 @@ SATURATION = {"tanh": (0.0, 0.97), "sigmoid": (0.5, 0.47)}
 FAMILY_CODE = {"sigmoid": 1, "tanh": 2, "rectifier": 3, "other": 0}
 
 
-def act_block(
-    acts: Sequence[torch.Tensor], families: Sequence[str], detail: bool = True
-) -> torch.Tensor:
-    """Return the float32 block for the kept activations: (calls, 4) flattened.
+def unit_dim(ndim: int, channels_first: bool) -> int:
+    """The dimension that indexes units (see the module docstring)."""
+    return 1 if (channels_first or ndim == 2) else ndim - 1
 
-    Columns: sum, sum of squares, saturated count (NaN if not applicable), dead units (NaN if
-    not applicable). Activations of the same shape, dtype and family are stacked and reduced
-    together (a few kernels per group instead of a few per call: most networks repeat one
-    block shape).
+
+def detail_into(
+    a: torch.Tensor, fam: str, channels_first: bool, sat: torch.Tensor, dead: torch.Tensor
+) -> int:
+    """Write one call's saturated count into ``sat`` or its dead units into ``dead``.
+
+    ``sat`` and ``dead`` are 0-d float32 views of the Monitor's buffer, written in place.
+    Returns the number of units (1 where neither applies).
     """
-    groups: dict[tuple, list[int]] = {}
-    for i, (a, fam) in enumerate(zip(acts, families, strict=True)):
-        groups.setdefault((a.shape, a.dtype, a.device, fam), []).append(i)
-    rows: list[torch.Tensor] = []
-    order: list[int] = []
-    for (shape, _, _, fam), idx in groups.items():
-        x = torch.stack([acts[i] for i in idx]) if len(idx) > 1 else acts[idx[0]].unsqueeze(0)
-        batch = shape[0] if len(shape) >= 2 else 1
-        x = x.reshape(len(idx), batch, -1)  # (G, B, units)
-        acc = acc_dtype(x.dtype)
-        sums = x.sum(dim=(1, 2), dtype=acc).to(F32)
-        sumsq = (torch.linalg.vector_norm(x, dim=(1, 2), dtype=acc) ** 2).to(F32)
-        nan = torch.full_like(sums, float("nan"))
-        sat, dead = nan, nan
-        if detail and fam in SATURATION:
-            centre, thr = SATURATION[fam]
-            dev = x.abs() if centre == 0.0 else (x - centre).abs_()
-            sat = (dev > thr).sum(dim=(1, 2)).to(F32)
-        if detail and fam == "rectifier" and len(shape) >= 2:
-            dead = (x.amax(dim=1) <= 0).sum(dim=1).to(F32)
-        rows.append(torch.stack([sums, sumsq, sat, dead], dim=1))  # (G, 4)
-        order.extend(idx)
-    out = torch.cat(rows) if len(rows) > 1 else rows[0]
-    if order != list(range(len(order))):
-        inv = torch.argsort(torch.tensor(order, device=out.device))
-        out = out.index_select(0, inv)
-    return out.reshape(-1)
+    if fam in SATURATION:
+        centre, thr = SATURATION[fam]
+        dev = a.abs() if centre == 0.0 else (a - centre).abs_()
+        torch.sum(dev > thr, dim=tuple(range(a.dim())), dtype=F32, out=sat)
+        return 1
+    if fam == "rectifier" and a.dim() >= 2:
+        unit = unit_dim(a.dim(), channels_first)
+        alive = a.amax(dim=tuple(d for d in range(a.dim()) if d != unit)) > 0  # (units,)
+        torch.sum(alive.logical_not_(), dim=0, dtype=F32, out=dead)
+        return a.shape[unit]
+    return 1
+
+
+def applicable(fam: str) -> tuple[bool, bool]:
+    """Whether (saturated_frac, dead_frac) apply to an activation family."""
+    return fam in SATURATION, fam == "rectifier"
+
+
+def act_row(a: torch.Tensor, fam: str, channels_first: bool, detail: bool):
+    """One call's (4,) float32 row [sum, sum of squares, saturated, dead] and its units.
+
+    The slow path (second and later calls of a step, unusual dtypes); the first call of a
+    step writes the same numbers into the Monitor's buffer in place.
+    """
+    acc = acc_dtype(a.dtype)
+    s = a.sum(dtype=acc).to(F32)
+    ss = (torch.linalg.vector_norm(a, dtype=acc) ** 2).to(F32)
+    nan = torch.full_like(s, float("nan"))
+    row = torch.stack([s, ss, nan, nan])
+    units = detail_into(a, fam, channels_first, row[2], row[3]) if detail else 1
+    return row, units
 
 
 def decode_act(
     values: np.ndarray, calls: Sequence[tuple[int, int, int, int]]
 ) -> dict[str, tuple[list[int], np.ndarray]]:
-    """Host side: (steps, calls*4) -> per-layer activation statistics.
+    """Host side: (steps, rows*4) -> per-layer activation statistics.
 
-    ``calls`` holds, per call, (layer index, family code, numel, units).
+    ``calls`` holds, per row (one activation module's calls in the step, summed), (layer
+    index, family code, numel, units): elements and units summed over the calls.
     """
     v = values.astype(np.float64).reshape(values.shape[0], len(calls), 4)
     layer_of = np.array([c[0] for c in calls])
@@ -107,5 +122,39 @@ def decode_act(
         dead = v[:, m, 3]
         if not np.all(np.isnan(dead)):
             ok = ~np.isnan(dead[0])
-            put("dead_frac", li, np.mean(dead[:, ok] / units[m][ok], axis=1))
+            put("dead_frac", li, dead[:, ok].sum(axis=1) / units[m][ok].sum())
     return {k: (ls, np.stack(vs, axis=1)) for k, (ls, vs) in out.items()}
+
+
+def _combine(values, key, world: int):
+    # sums, sums of squares and counts add up over ranks; so do the elements and units
+    return values.sum(axis=0), tuple(
+        (li, fam, numel * world, units * world) for li, fam, numel, units in key
+    )
+
+
+define_block(
+    "act",
+    lambda values, key, layout: decode_act(values, key),
+    _combine,
+    "per activation module: [sum, sum of squares, saturated count, dead units], (rows, 4)",
+)
+_SUM = "sums, sums of squares and counts add up over ranks"
+define_statistic(
+    "act_mean", "act", "act", "detail",
+    "mean of the activation that follows the layer, over the batch", _SUM,
+)
+define_statistic(
+    "act_std", "act", "act", "detail", "standard deviation of that activation over the batch",
+    _SUM,
+)
+define_statistic(
+    "saturated_frac", "act", "act", "detail",
+    "fraction of sigmoid/tanh-like outputs in their flat tails", _SUM,
+)
+define_statistic(
+    "dead_frac", "act", "act", "detail",
+    "fraction of ReLU-like units (channels after a convolution, last-dim features of other "
+    "outputs) that are never positive over the batch and every position",
+    "dead units and units add up over ranks: the ranks' pooled fraction",
+)

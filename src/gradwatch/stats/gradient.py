@@ -12,7 +12,8 @@ Hot path (once per recorded step, over all parameter gradients of the model):
   test reads a CPU scalar (no device synchronisation exists there); on accelerators the count
   is computed every step with a fused kernel (``_foreach_norm(g * 0, ord=0)`` counts the
   entries that are NaN after multiplying by zero, i.e. the non-finite ones), so no host sync
-  happens between flushes.
+  happens between flushes. A finite gradient whose float32 sum of squares overflows (entries
+  near 1e20) is recorded finite: its norm is redone in float64 on that rare step (CPU).
 
 Host side: per layer, ``grad_norm = sqrt(sum of squared norms of its parameters)``,
 ``grad_rms = grad_norm / sqrt(numel)``, ``grad_max_abs = max``, ``nonfinite = sum``.
@@ -26,7 +27,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from gradwatch.stats import acc_dtype, norm32
+from gradwatch.stats.numeric import acc_dtype, norm32
+from gradwatch.stats.registry import define_block, define_statistic, keep_rank0
 
 F32 = torch.float32
 
@@ -122,15 +124,35 @@ def grad_block(
         norms = plan.norms(grads)
         parts = [norms]
     if norms.device.type == "cpu":
-        # CPU: reading a CPU scalar costs no synchronisation.
+        # CPU: reading a CPU scalar costs no synchronisation; a finite total means every
+        # entry is finite (a NaN or Inf entry makes its norm non-finite), so counting is
+        # needed only on the rare non-finite step.
         if bool(torch.isfinite(norms.sum())):
             return (torch.cat(parts) if len(parts) > 1 else norms), False
-        counts = torch.stack([(~torch.isfinite(g)).sum() for g in grads]).to(F32)
+        counts = torch.stack([torch.isfinite(g).logical_not_().sum() for g in grads]).to(F32)
+        parts[0] = _unoverflow(norms, counts, grads)
     else:
-        zeros = torch._foreach_mul(grads, 0.0)  # NaN where g is NaN or +-Inf
+        # accelerators: counted every step (no host sync to test the total first); one fused
+        # kernel over a temporary per gradient (NaN where g is NaN or +-Inf)
+        zeros = torch._foreach_mul(grads, 0.0)
         counts = torch.stack([n.to(F32) for n in torch._foreach_norm(zeros, 0)])
     parts.append(counts)
     return torch.cat(parts), True
+
+
+def _unoverflow(norms: torch.Tensor, counts: torch.Tensor, grads: Sequence[torch.Tensor]):
+    """Norms of finite gradients whose float32 sum of squares overflowed, redone in float64.
+
+    A gradient with entries near 1e20 is finite, but its squares overflow float32: the norm
+    would read ``inf`` next to ``nonfinite = 0``. The norm itself (~1e20) fits in float32.
+    """
+    bad = (~torch.isfinite(norms)) & (counts == 0)
+    if not bool(bad.any()):
+        return norms
+    norms = norms.clone()
+    for i in torch.nonzero(bad).flatten().tolist():
+        norms[i] = torch.linalg.vector_norm(grads[i], dtype=torch.float64).to(F32)
+    return norms
 
 
 def decode_grad(
@@ -183,3 +205,33 @@ def decode_grad(
     if gm:
         out["grad_max_abs"] = (layers, stack(gm))
     return out
+
+
+def _decode_block(values: np.ndarray, key, layout) -> dict[str, tuple[list[int], np.ndarray]]:
+    pids, has_counts, has_max = key
+    return decode_grad(values, has_counts, has_max, pids, layout.layer_params, layout.numel)
+
+
+define_block(
+    "grad",
+    _decode_block,
+    keep_rank0,
+    "per parameter: L2 norms, then max |g| (when taken), then NaN/Inf counts (when any)",
+)
+_SAME = "DDP has averaged the gradients, every rank holds the same: rank 0's value"
+define_statistic(
+    "grad_norm", "grad", "grad", "fast",
+    "L2 norm of the layer's parameter gradients", _SAME,
+)
+define_statistic(
+    "grad_rms", "grad", "grad", "fast",
+    "root mean square of the layer's parameter gradients (grad_norm / sqrt(numel))", _SAME,
+)
+define_statistic(
+    "nonfinite", "grad", "grad", "fast",
+    "count of NaN/Inf entries in the layer's parameter gradients", _SAME,
+)
+define_statistic(
+    "grad_max_abs", "grad", "grad", "detail",
+    "largest absolute parameter gradient in the layer", _SAME,
+)

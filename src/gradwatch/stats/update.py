@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from gradwatch.stats.gradient import NormPlan
+from gradwatch.stats.registry import define_block, define_statistic, keep_rank0
 
 F32 = torch.float32
 
@@ -65,3 +66,26 @@ def decode_update(values: np.ndarray, param_ids, layer_params):
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(w > 0, dw / w, np.nan)
     return {"weight_norm": (layers, w), "update_ratio": (layers, ratio)}
+
+
+define_block(
+    "weight",
+    lambda values, key, layout: decode_weight(values, key, layout.layer_params),
+    keep_rank0,
+    "per parameter: L2 norm of the weights; key: the parameter indices",
+)
+define_block(
+    "update",
+    lambda values, key, layout: decode_update(values, key, layout.layer_params),
+    keep_rank0,
+    "per parameter: ||w_before - w_after||, then ||w_after||; key: the parameter indices",
+)
+_SAME = "every rank holds the same weights under DDP: rank 0's value"
+define_statistic(
+    "weight_norm", "update", "update", "detail",
+    "L2 norm of the layer's parameters (after the optimizer step)", _SAME,
+)
+define_statistic(
+    "update_ratio", "update", "update", "detail", "||delta w|| / ||w|| over the optimizer step",
+    _SAME,
+)

@@ -91,18 +91,56 @@ class Run:
 
 
 def read_stats(run_dir: Path) -> pd.DataFrame:
-    """Read every complete Parquet part; a corrupt part is skipped with a warning."""
+    """Read every complete Parquet part of ours; any other part is skipped with a warning.
+
+    Skipped: a part that is not a file, cannot be read (truncated, corrupt), or holds other
+    columns than ``step, layer, stat, value`` with types that convert to ours, or missing
+    values in them. Files in ``stats/`` that are not named like parts are not looked at.
+    """
     tables = []
     for part in live_parts(run_dir / STATS_DIR):
         try:
-            tables.append(pq.read_table(part))
-        except (OSError, pa.ArrowInvalid) as exc:
+            tables.append(_read_part(part))
+        except (OSError, ValueError, pa.ArrowException) as exc:
             warnings.warn(
                 f"skipping unreadable part {part} ({exc}); the other parts are loaded",
                 RuntimeWarning,
                 stacklevel=3,
             )
     return tables_to_frame(tables)
+
+
+def _read_part(part: Path) -> pa.Table:
+    """One part as a table of our schema, or ValueError / an Arrow error saying why not."""
+    if not part.is_file():
+        raise ValueError("not a regular file")
+    table = pq.read_table(part)
+    missing = [c for c in _PLAIN.names if c not in table.column_names]
+    if missing:
+        raise ValueError(
+            f"not a gradwatch part (columns {table.column_names}, missing {missing})"
+        )
+    table = table.select(list(_PLAIN.names))
+    for fld in table.schema:
+        if not _KIND_OK[fld.name](fld.type):
+            raise ValueError(f"not a gradwatch part (column {fld.name!r} is {fld.type})")
+        if table.column(fld.name).null_count and fld.name != "value":
+            raise ValueError(f"column {fld.name!r} has missing values")
+    return table.cast(_PLAIN) if table.schema != _PLAIN else table
+
+
+def _is_text(t: pa.DataType) -> bool:
+    if pa.types.is_dictionary(t):  # how the writer stores layer and stat names
+        t = t.value_type
+    return pa.types.is_string(t) or pa.types.is_large_string(t)
+
+
+_KIND_OK = {
+    "step": pa.types.is_integer,
+    "layer": _is_text,
+    "stat": _is_text,
+    "value": lambda t: pa.types.is_floating(t) or pa.types.is_integer(t),
+}
 
 
 def tables_to_frame(tables: list[pa.Table]) -> pd.DataFrame:
@@ -144,35 +182,136 @@ def load(run_dir: str | Path | Run) -> Run:
         raise RunDirectoryError(f"run_dir {str(path)!r} does not exist")
     if not path.is_dir():
         raise RunDirectoryError(f"run_dir {str(path)!r} is a file, not a run directory")
-    meta_path = path / META
-    if not meta_path.is_file():
+    if not (path / META).is_file():
         raise RunDirectoryError(
             f"run_dir {str(path)!r} is not a gradwatch run (no {META}); "
             "pass the directory given to gw.watch(run_dir=...)"
         )
+    meta = read_meta(path)
+    findings = read_findings(path / FINDINGS)
+    return Run(meta=meta, stats=read_stats(path), path=path, _findings=findings)
+
+
+#: Keys of meta.json that gradwatch reads, and the JSON types each must have when present.
+META_TYPES: dict[str, tuple[type, ...]] = {
+    "name": (str, type(None)),
+    "status": (str,),
+    "layers": (list,),
+    "steps_seen": (int,),
+    "steps_recorded": (int,),
+    "started": (int, float),
+    "updated": (int, float, type(None)),
+    "diagnosed": (bool,),
+    "layer_info": (dict,),
+    "activations": (dict,),
+    "model": (dict,),
+    "settings": (dict,),
+    "config": (dict, type(None)),
+}
+
+
+def read_meta(run_dir: Path) -> dict[str, Any]:
+    """Read and check ``run_dir/meta.json``.
+
+    Raises:
+        RunDirectoryError: the file is unreadable, not UTF-8 JSON, not an object, has no
+            usable ``format_version`` (or a newer one), or a key gradwatch reads has the
+            wrong type; the message names the file and what is wrong.
+    """
+    meta_path = run_dir / META
+    where = f"run_dir {str(run_dir)!r}: {META}"
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RunDirectoryError(f"run_dir {str(path)!r}: {META} is corrupt ({exc})") from None
+    except (OSError, ValueError, RecursionError) as exc:  # UnicodeDecodeError: a ValueError
+        raise RunDirectoryError(f"{where} is corrupt ({type(exc).__name__}: {exc})") from None
     if not isinstance(meta, dict) or "format_version" not in meta:
         raise RunDirectoryError(
-            f"run_dir {str(path)!r}: {META} is not a gradwatch run description "
-            "(no format_version)"
+            f"{where} is not a gradwatch run description (a JSON "
+            f"{type(meta).__name__} without format_version)"
         )
     version = meta["format_version"]
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise RunDirectoryError(
-            f"run_dir {str(path)!r} was written in run format {version!r}, newer than this "
+            f"{where} has format_version {version!r}, not a positive integer; it was not "
+            "written by gradwatch"
+        )
+    if version > FORMAT_VERSION:
+        raise RunDirectoryError(
+            f"run_dir {str(run_dir)!r} was written in run format {version!r}, newer than this "
             f"gradwatch reads ({FORMAT_VERSION}); upgrade gradwatch to read it"
         )
-    findings = []
-    fpath = path / FINDINGS
-    if fpath.is_file():
-        for line in fpath.read_text(encoding="utf-8").splitlines():
-            line = line.strip()
-            if line:
-                try:
-                    findings.append(json.loads(line))
-                except ValueError:
-                    warnings.warn(f"{fpath}: skipping a corrupt line", RuntimeWarning, stacklevel=2)
-    return Run(meta=meta, stats=read_stats(path), path=path, _findings=findings)
+    for key, types in META_TYPES.items():
+        value = meta.get(key)
+        if key not in meta or _is_json_type(value, types):
+            continue
+        names = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+        raise RunDirectoryError(
+            f"{where}: {key!r} must be {names}, got {type(value).__name__} {value!r:.60}; "
+            "the file was changed by hand or not written by gradwatch"
+        )
+    bad = [x for x in meta.get("layers", []) if not isinstance(x, str)]
+    if bad:
+        raise RunDirectoryError(f"{where}: 'layers' must hold layer names, got {bad[0]!r:.60}")
+    return meta
+
+
+def _is_json_type(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in types:
+        return False  # JSON true is not a count
+    return isinstance(value, types)
+
+
+def read_findings(fpath: Path) -> list[dict[str, Any]]:
+    """The findings stored in ``fpath`` (``findings.jsonl``), as dicts.
+
+    A line that is not UTF-8, not JSON, or not a finding (an object with a string ``kind``
+    and fields of the right types) is skipped, with one warning naming the file and how many
+    lines were skipped. A missing file gives no findings.
+    """
+    try:
+        raw = fpath.read_bytes() if fpath.is_file() else b""
+    except OSError as exc:
+        warnings.warn(f"{fpath}: cannot read the findings ({exc})", RuntimeWarning, stacklevel=3)
+        return []
+    findings, skipped = [], 0
+    for line in raw.splitlines():
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line.decode("utf-8"))
+            Finding.from_dict(_finding_fields(d))
+        except (ValueError, TypeError, RecursionError):  # UnicodeDecodeError: a ValueError
+            skipped += 1
+            continue
+        findings.append(d)
+    if skipped:
+        warnings.warn(
+            f"{fpath}: skipped {skipped} line(s) that are not gradwatch findings",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+    return findings
+
+
+_FINDING_TYPES: dict[str, tuple[type, ...]] = {
+    "layers": (list,),
+    "steps": (list, type(None)),
+    "severity": (str,),
+    "message": (str,),
+    "evidence": (dict,),
+    "remedies": (list,),
+}
+
+
+def _finding_fields(d: Any) -> dict[str, Any]:
+    """``d`` if it has the shape of ``Finding.to_dict()``; TypeError otherwise."""
+    if not isinstance(d, dict) or not isinstance(d.get("kind"), str):
+        raise TypeError("not a finding")
+    for key, types in _FINDING_TYPES.items():
+        if key in d and not isinstance(d[key], types):
+            raise TypeError(f"{key} has the wrong type")
+    steps = d.get("steps")
+    if steps is not None and not all(isinstance(s, int) and not isinstance(s, bool)
+                                     for s in steps):
+        raise TypeError("steps must be integers")
+    return d

@@ -3,13 +3,18 @@
 The training thread hands over, once per flush, one flat tensor (all blocks of all buffered
 steps concatenated on their device) and the structure needed to read it. The writer thread
 moves it to the host (the only device-to-host transfer), decodes it into per-layer statistics
-with NumPy, and writes one Parquet part through a temporary file and a rename. A write that
-fails (disk full, directory removed) is reported once as a warning; training goes on and the
-rows are retried at the next flush.
+with NumPy, and writes one Parquet part through a temporary file and a rename.
+
+Faults: a write that fails (disk full, a filesystem turned read-only, the directory removed)
+is kept for the training thread to report once; training goes on and the rows are retried at
+the next flush and at close. Rows held for retries are bounded (``max_pending_rows``): past
+it the oldest are dropped, counted and reported. Whatever could not be written by the end is
+counted in :attr:`RunWriter.lost_rows` (the Monitor records it in ``meta.json``).
 """
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -20,18 +25,17 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
 
 from gradwatch.stats import ALL_STATS
-from gradwatch.stats.activation import decode_act
-from gradwatch.stats.backprop import decode_backprop
-from gradwatch.stats.gradient import decode_grad
-from gradwatch.stats.update import decode_update, decode_weight
-from gradwatch.store.format import STATS_DIR, part_name
+from gradwatch.stats.registry import decode_block
+from gradwatch.store.format import STATS_DIR, is_real_dir, part_name, write_with
 
 STAT_INDEX = {s: i for i, s in enumerate(ALL_STATS)}
 COMPACT_AT = 32  # merge single parts once this many have accumulated
+MAX_PENDING_ROWS = 2_000_000  # rows held for retries after failed writes (~40 MB of Arrow)
 
 
 @dataclass
@@ -80,25 +84,7 @@ def decode(layout: Layout, blocks: list[tuple[int, str, Any, int]], flat: np.nda
     for (kind, key), (steps, rows) in groups.items():
         steps_a = np.asarray(steps, dtype=np.int64)
         vals = np.stack(rows)
-        if kind == "grad":
-            pids, has_counts, has_max = key
-            out = decode_grad(vals, has_counts, has_max, pids, layout.layer_params, layout.numel)
-        elif kind == "bp":
-            out = decode_backprop(vals, key)
-        elif kind == "act":
-            out = decode_act(vals, key)
-        elif kind == "weight":
-            out = decode_weight(vals, key, layout.layer_params)
-        elif kind == "update":
-            out = decode_update(vals, key, layout.layer_params)
-        elif kind == "loss":
-            out = {"loss": ([layout.loss_layer], vals.astype(np.float64).sum(1, keepdims=True))}
-        elif kind == "clip":  # (norm, coef) of the last clipping call of the step
-            v = vals.astype(np.float64)
-            out = {"clip_norm": ([layout.loss_layer], v[:, 0:1]),
-                   "clip_coef": ([layout.loss_layer], v[:, 1:2])}
-        else:  # pragma: no cover - blocks are made by the Monitor only
-            raise AssertionError(f"unknown block kind {kind}")
+        out = decode_block(kind, vals, key, layout)  # one definition per block kind
         for stat, (layers, v) in out.items():
             s, nl = len(steps_a), len(layers)
             cols.append(
@@ -133,35 +119,60 @@ def to_table(layout: Layout, arrays) -> pa.Table:
 
 def write_part(path: Path, table: pa.Table) -> None:
     """Write ``table`` to ``path`` atomically (temporary file, then rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(
-        table,
-        tmp,
-        compression="zstd",
-        compression_level=3,
-        use_dictionary=["layer", "stat", "step"],
-        use_byte_stream_split=["value"],
+    write_with(
+        path,
+        lambda fh: pq.write_table(
+            table,
+            fh,
+            compression="zstd",
+            compression_level=3,
+            use_dictionary=["layer", "stat", "step"],
+            use_byte_stream_split=["value"],
+        ),
     )
-    tmp.replace(path)
 
 
 class RunWriter:
     """Background thread that turns flushed blocks into Parquet parts (or in-memory tables)."""
 
-    def __init__(self, run_dir: Path | None, layout: Layout, tensorboard: Any = None):
+    def __init__(
+        self,
+        run_dir: Path | None,
+        layout: Layout,
+        sink: Any = None,
+        *,
+        first_part: int = 0,
+        max_pending_rows: int = MAX_PENDING_ROWS,
+    ):
+        """Start the writer thread.
+
+        Args:
+            run_dir: the run directory (its ``stats/`` exists), or None to keep tables here.
+            layout: how to decode blocks.
+            sink: a live sink called from this thread with every decoded flush as
+                ``sink(steps, layer names, stat names, values)`` (and ``sink.close()`` at
+                the end, if it has one), or None. The live TensorBoard export is one; it is
+                handed down from above (this layer imports nothing that renders).
+            first_part: number of the first part to write (a resumed run continues after
+                the parts on disk).
+            max_pending_rows: most rows held for retries after failed writes.
+        """
         self.run_dir = run_dir
         self.layout = layout
-        self._tb = tensorboard  # a SummaryWriter written live, from this thread, or None
+        self._sink = sink  # a live sink called from this thread, or None
         self.tables: list[pa.Table] = []  # in-memory runs keep everything here
         self._pending: list[pa.Table] = []  # rows not yet on disk (after a failed write)
-        self._seq = 0
+        self._seq = first_part
+        self.max_pending_rows = max_pending_rows
+        self.dropped_rows = 0  # rows given up to keep the retry memory bounded
+        self.dropped_steps: tuple[int, int] | None = None  # (first, last) step given up
+        self.written_rows = 0
         self._single_parts: list[int] = []
         self.error: BaseException | None = None
         self._errors: list[BaseException] = []
+        self._lock = threading.Lock()  # guards _pending and the counters read by close()
         self._q: queue.Queue[_Batch | None] = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="gradwatch-writer", daemon=True)
-        if run_dir is not None:
-            (run_dir / STATS_DIR).mkdir(parents=True, exist_ok=True)
         self._thread.start()
 
     # -- called from the training thread ---------------------------------------------------
@@ -169,7 +180,11 @@ class RunWriter:
         """Hand a flush to the writer: one concatenation on the device, no host sync here."""
         if not blocks:
             return None
-        flat = torch.cat([b.tensor.reshape(-1).to(torch.float32) for b in blocks])
+        parts = [b.tensor.reshape(-1).to(torch.float32) for b in blocks]
+        if len({t.device for t in parts}) > 1:
+            # the model moved to another device between flushes: meet on the host (rare)
+            parts = [t.cpu() for t in parts]
+        flat = torch.cat(parts)
         batch = _Batch(flat, [(b.step, b.kind, b.key, b.tensor.numel()) for b in blocks])
         self._q.put(batch)
         return batch
@@ -181,9 +196,31 @@ class RunWriter:
         return batch
 
     def close(self, timeout: float = 60.0) -> None:
-        """Write everything submitted, compact the parts, stop the thread."""
+        """Write everything submitted (retrying rows of failed writes), compact, stop."""
         self._q.put(None)
         self._thread.join(timeout)
+
+    @property
+    def pending_rows(self) -> int:
+        """Rows decoded but not on disk (their writes failed; retried at the next flush)."""
+        with self._lock:
+            return sum(t.num_rows for t in self._pending)
+
+    @property
+    def lost_rows(self) -> int:
+        """Rows that are not on disk: dropped to bound memory, plus those still pending."""
+        return self.dropped_rows + self.pending_rows
+
+    def lost_steps(self) -> tuple[int, int] | None:
+        """(first, last) step among the lost rows, or None if nothing is lost."""
+        with self._lock:
+            spans = [self.dropped_steps] if self.dropped_steps else []
+            for t in self._pending:
+                col = t.column("step")
+                spans.append((pc.min(col).as_py(), pc.max(col).as_py()))
+        if not spans:
+            return None
+        return min(a for a, _ in spans), max(b for _, b in spans)
 
     def wait(self, batch: _Batch | None, timeout: float = 60.0) -> None:
         """Block until ``batch`` is written."""
@@ -196,48 +233,71 @@ class RunWriter:
             batch = self._q.get()
             if batch is None:
                 self._write_pending(final=True)
-                if self._tb is not None:
-                    self._tb.close()
+                close = getattr(self._sink, "close", None)
+                if close is not None:
+                    close()
                 return
             try:
                 flat = batch.flat.detach().cpu().numpy()  # the one transfer per flush
                 arrays = decode(self.layout, batch.blocks, flat)
                 if arrays is not None:
-                    if self._tb is not None:
-                        self._write_tensorboard(arrays)
+                    if self._sink is not None:
+                        self._write_sink(arrays)
                     table = to_table(self.layout, arrays)
                     if self.run_dir is None:
                         self.tables.append(table)
                     else:
-                        self._pending.append(table)
+                        with self._lock:
+                            self._pending.append(table)
+                            self._bound_pending()
                         self._write_pending(final=False)
             except Exception as exc:  # noqa: BLE001 - the writer must never kill training
                 self._report(exc)
             finally:
                 batch.done.set()
 
-    def _write_tensorboard(self, arrays) -> None:
-        """Every decoded value as a TensorBoard scalar (tag ``stat/layer``, ``loss``)."""
-        from gradwatch.report.tensorboard import tag
-
+    def _write_sink(self, arrays) -> None:
+        """Hand every decoded value to the live sink, with layer and statistic names."""
         names = self.layout.layer_names + [""]
         step, layer, stat, value = arrays
-        for s_, l_, k_, v_ in zip(step.tolist(), layer.tolist(), stat.tolist(), value.tolist(),
-                                  strict=True):
-            self._tb.add_scalar(tag(ALL_STATS[k_], names[l_]), v_, global_step=s_)
-        self._tb.flush()
+        self._sink(
+            step, [names[i] for i in layer.tolist()], [ALL_STATS[k] for k in stat.tolist()], value
+        )
+
+    def _bound_pending(self) -> None:
+        """Drop the oldest pending tables while more than ``max_pending_rows`` are held."""
+        rows = sum(t.num_rows for t in self._pending)
+        while rows > self.max_pending_rows and len(self._pending) > 1:
+            old = self._pending.pop(0)
+            rows -= old.num_rows
+            self.dropped_rows += old.num_rows
+            col = old.column("step")
+            first, last = pc.min(col).as_py(), pc.max(col).as_py()
+            if self.dropped_steps is not None:
+                first, last = min(first, self.dropped_steps[0]), max(last, self.dropped_steps[1])
+            self.dropped_steps = (first, last)
 
     def _write_pending(self, final: bool) -> None:
         if self.run_dir is None or (not self._pending and not final):
             return
         stats_dir = self.run_dir / STATS_DIR
         try:
-            if self._pending:
-                table = pa.concat_tables(self._pending)
+            with self._lock:
+                pending = list(self._pending)
+            if pending:
+                if not is_real_dir(stats_dir):
+                    if not is_real_dir(self.run_dir) or os.path.lexists(stats_dir):
+                        raise FileNotFoundError(
+                            f"{stats_dir} is missing or not a directory of this run"
+                        )
+                    stats_dir.mkdir()  # removed while the run went on: recreated
+                table = pa.concat_tables(pending)
                 write_part(stats_dir / part_name(self._seq), table)
                 self._single_parts.append(self._seq)
                 self._seq += 1
-                self._pending.clear()
+                with self._lock:
+                    del self._pending[: len(pending)]
+                    self.written_rows += table.num_rows
             if len(self._single_parts) >= COMPACT_AT or (final and len(self._single_parts) > 1):
                 self._compact(stats_dir)
         except Exception as exc:  # noqa: BLE001

@@ -290,6 +290,11 @@ def activation_from_module(module: nn.Module) -> Activation | None:
     nn.GELU("tanh"), nn.ReLU6) and other elementwise modules (nn.Softplus, nn.Mish, ...)
     are used as callables.
     """
+    if not isinstance(module, nn.Module):
+        raise GradwatchTypeError(
+            f"module must be a torch.nn.Module (e.g. nn.Tanh()), got {type(module).__name__}; "
+            "for a name use resolve_activation"
+        )
     simple: dict[type[nn.Module], str] = {
         nn.Identity: "linear",
         nn.Tanh: "tanh",

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.errors import GradwatchError, GradwatchTypeError, GradwatchValueError
 
 
 @dataclass(frozen=True)
@@ -108,6 +108,14 @@ def jacobian_spectrum(
     modes = _eval_mode(model)
     try:
         rows = [_singular_values(model, inputs[i]) for i in range(n)]
+    except GradwatchError:
+        raise
+    except (RuntimeError, ValueError, TypeError, IndexError) as err:
+        raise GradwatchValueError(
+            f"inputs of shape {tuple(inputs.shape)} do not fit the model: one example through "
+            f"it raised {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}; "
+            "pass a batch shaped as the model expects"
+        ) from err
     finally:
         _restore_mode(modes)
     s = np.stack(rows)  # (n, k)

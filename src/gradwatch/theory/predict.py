@@ -13,6 +13,13 @@ Going back, the squared norm of ∂loss/∂(output of layer l) changes by
 (each layer's weights times the derivative of the activation below them). In a uniform
 network this is χ1, so the attenuation from the output to layer l is about χ1^(L−l).
 
+The verdict judges the norm ratio ``√(‖δ_first‖²/‖δ_last‖²)`` with the thresholds of
+:mod:`gradwatch.verdicts`, the ones ``gw.check`` and ``gw.diagnose`` apply to measured
+signals. The theory is that of a plain chain of wide random layers: a model outside it
+(normalization, residual connections, attention, recurrence, embeddings, parametrised layers
+that are not Linear/Conv, or a forward() that is not a visible chain) gets the verdict
+"uncertain" with the reason, the table still computed for the Linear/Conv layers.
+
 References: Poole et al. 2016; Schoenholz et al. 2017, "Deep Information Propagation";
 Glorot & Bengio 2010; He et al. 2015, "Delving Deep into Rectifiers".
 """
@@ -30,15 +37,15 @@ import torch
 from torch import nn
 
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.structure import is_norm, is_recurrent, is_residual_block
 from gradwatch.theory import fixed_points
 from gradwatch.theory.activations import Activation, activation_from_module, resolve_activation
 from gradwatch.theory.meanfield import CRITICAL_TOL, phase_of, trainable_depth
+from gradwatch.verdicts import depth_verdict
+from gradwatch.wording import number
 
 #: Module types that count as layers.
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-#: Predicted ‖δ_in‖²/‖δ_out‖² below this is "vanishing", above EXPLODING_ABOVE "exploding".
-VANISHING_BELOW = 1e-2
-EXPLODING_ABOVE = 1e2
 
 
 @dataclass(frozen=True)
@@ -53,8 +60,11 @@ class Prediction:
         gradient_ratio: predicted ‖δ_first‖² / ‖δ_last‖² (the first row's attenuation).
         trainable_depth: 6 ξ_c for the typical hidden layer (median σw², σb²; the most
             common activation).
-        verdict: "vanishing", "exploding" or "healthy", from ``gradient_ratio``.
+        verdict: "vanishing", "exploding" or "healthy" from ``gradient_ratio`` (the
+            thresholds of :mod:`gradwatch.verdicts`), "nonfinite" for NaN/Inf weights, or
+            "uncertain" for a model outside the theory (see ``reason``).
         depth: the number of layers.
+        reason: why the verdict is "uncertain" or "nonfinite" ("" otherwise).
 
     """
 
@@ -64,13 +74,22 @@ class Prediction:
     trainable_depth: float
     verdict: str
     depth: int
+    reason: str = ""
+
+    @property
+    def norm_ratio(self) -> float:
+        """Predicted ‖δ_first‖ / ‖δ_last‖: the number the verdict judges."""
+        return math.sqrt(self.gradient_ratio) if self.gradient_ratio >= 0 else math.nan
 
     def summary(self) -> str:
         """Return one plain sentence with the verdict and the numbers behind it."""
+        if self.reason:
+            return f"{self.verdict}: {self.reason}"
         return (
-            f"{self.verdict}: {self.depth} layers in the {self.phase} phase; predicted "
-            f"input/output ratio of squared back-propagated gradient norms "
-            f"{self.gradient_ratio:.3g}; trainable depth about {self.trainable_depth:.3g}"
+            f"{self.verdict}: {self.depth} layers in the {self.phase} phase; the "
+            f"back-propagated gradient's norm is predicted to change by a factor "
+            f"{number(self.norm_ratio)} from the last layer to the first; trainable depth "
+            f"about {number(self.trainable_depth)}"
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,6 +99,8 @@ class Prediction:
             "gradient_ratio": self.gradient_ratio,
             "trainable_depth": self.trainable_depth,
             "verdict": self.verdict,
+            "reason": self.reason,
+            "norm_ratio": self.norm_ratio,
             "depth": self.depth,
             "layers": self.table.to_dict(orient="records"),
         }
@@ -94,14 +115,16 @@ def predict(model: nn.Module, q0: float = 1.0, tol: float = CRITICAL_TOL) -> Pre
             (none means linear). Activations applied with torch.nn.functional inside
             forward() are not seen; normalization layers are not modelled.
         q0: the second moment of the input coordinates, E[x²] (1 for standardised data).
-        tol: half-width of the "critical" band for the per-layer factor.
+        tol: half-width of the "critical" band for the per-layer factor, in (0, 1).
 
     Returns:
-        A :class:`Prediction`.
+        A :class:`Prediction`; its verdict is "uncertain" (with the reason) for a model
+        outside the theory, "nonfinite" when a weight is NaN/Inf.
 
     Raises:
         GradwatchTypeError: ``model`` is not an nn.Module.
-        GradwatchValueError: ``model`` has no Linear or Conv layer, or q0 is not > 0.
+        GradwatchValueError: ``model`` has no Linear or Conv layer, a layer with no weights,
+            q0 is not > 0, or tol is not a number in (0, 1).
 
     References: Schoenholz et al. 2017; Poole et al. 2016.
 
@@ -116,12 +139,28 @@ def predict(model: nn.Module, q0: float = 1.0, tol: float = CRITICAL_TOL) -> Pre
             f"q0 must be a finite number > 0, got {q0!r}; it is the mean square of the input "
             "coordinates, 1.0 for standardised inputs"
         )
+    if not (isinstance(tol, int | float) and not isinstance(tol, bool) and 0 < tol < 1):
+        raise GradwatchValueError(
+            f"tol must be a number in (0, 1), got {tol!r}; it is the half-width of the "
+            f"critical band of the per-layer factor (default {CRITICAL_TOL})"
+        )
     layers = _layers_and_activations(model)
     if not layers:
         raise GradwatchValueError(
             f"model has no nn.Linear or nn.Conv1d/2d/3d layer (it is a {type(model).__name__}); "
             "predict() needs a stack of such layers and activation modules"
         )
+    for name, module, _ in layers:
+        if isinstance(module.weight, nn.parameter.UninitializedParameter):
+            raise GradwatchValueError(
+                f"model: layer '{name or '(root)'}' has uninitialised (lazy) weights; run one "
+                "forward pass first"
+            )
+        if module.weight.numel() == 0:
+            raise GradwatchValueError(
+                f"model: layer '{name or '(root)'}' ({module}) has no weights (a zero-sized "
+                "dimension); give every Linear/Conv layer at least one input and one output"
+            )
     rows = []
     dphi2 = []  # ∫Dz φ'(√q z)² per layer: the activation's share of the backward factor
     m_prev = float(q0)
@@ -156,12 +195,16 @@ def predict(model: nn.Module, q0: float = 1.0, tol: float = CRITICAL_TOL) -> Pre
     depth = len(rows)
     with np.errstate(divide="ignore", over="ignore"):
         per_layer = ratio ** (1.0 / (depth - 1)) if depth > 1 else rows[0]["chi1"]
-    if ratio < VANISHING_BELOW:
-        verdict = "vanishing"
-    elif ratio > EXPLODING_ABOVE:
-        verdict = "exploding"
+    reason = outside_theory(model)
+    finite = bool(np.all(np.isfinite(table[["sigma_w2", "sigma_b2"]].to_numpy(dtype=float))))
+    if not finite:
+        verdict = "nonfinite"
+        reason = "some weights or biases are NaN/Inf, so no gradient can be predicted"
+    elif reason:
+        verdict = "uncertain"
     else:
-        verdict = "healthy"
+        judged = depth_verdict(math.sqrt(ratio), math.sqrt(per_layer), plain_chain=True)
+        verdict = judged[0] if judged else "healthy"
     return Prediction(
         table=table,
         phase=str(phase_of(per_layer, tol)),
@@ -169,7 +212,55 @@ def predict(model: nn.Module, q0: float = 1.0, tol: float = CRITICAL_TOL) -> Pre
         trainable_depth=_typical_trainable_depth(layers, table),
         verdict=verdict,
         depth=depth,
+        reason=reason,
     )
+
+
+def outside_theory(model: nn.Module) -> str:
+    """Why ``model`` is outside the mean-field theory of a plain chain ("" when it is not).
+
+    The theory sees a chain of Linear/Conv layers, each followed by an elementwise activation
+    module. It does not model normalization, residual connections, attention, recurrence or
+    embeddings, nor parametrised layers of other types, and it can only trust the order of the
+    modules as the order of the forward pass for nested nn.Sequential containers.
+    """
+    what: list[str] = []
+    unseen: list[str] = []
+    custom: list[str] = []
+    for name, m in model.named_modules():
+        if is_norm(m):
+            what.append("normalization layers")
+        elif is_recurrent(m):
+            what.append("recurrent layers")
+        elif isinstance(m, nn.MultiheadAttention | nn.Transformer):
+            what.append("attention")
+        elif isinstance(m, nn.Embedding | nn.EmbeddingBag):
+            what.append("embeddings")
+        elif is_residual_block(m):
+            what.append("residual blocks")
+        elif list(m.parameters(recurse=False)) and not isinstance(m, LAYER_TYPES):
+            unseen.append(name or "(root)")
+        elif list(m.children()) and not isinstance(m, nn.Sequential | nn.ModuleList):
+            custom.append(f"'{name or '(root)'}' ({type(m).__name__})")
+    if what:
+        kinds = list(dict.fromkeys(what))
+        listed = kinds[0] if len(kinds) == 1 else ", ".join(kinds[:-1]) + " and " + kinds[-1]
+        return (
+            f"the model has {listed}, which this mean-field theory of "
+            "a plain chain of layers does not model; measure it with gw.check instead"
+        )
+    if unseen:
+        return (
+            f"the theory does not see {len(unseen)} parametrised layers that are not "
+            f"Linear/Conv (e.g. '{unseen[0]}'); measure the model with gw.check instead"
+        )
+    if custom:
+        return (
+            f"the forward() of {custom[0]} may not be a chain of its modules in order "
+            "(residual connections, attention, functional activations); measure the model "
+            "with gw.check instead"
+        )
+    return ""
 
 
 def _layers_and_activations(model: nn.Module) -> list[tuple[str, nn.Module, Activation]]:

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from gradwatch.argcheck import check_int
 from gradwatch.report._data import as_run, wide
 from gradwatch.report.figures._common import layer_colours, new_figure, not_recorded, short
 
@@ -54,6 +55,7 @@ def activations(run: Any, max_legend: int = 12) -> Figure:
         statistic the run does not hold says so.
     """
     run = as_run(run)
+    check_int("max_legend", max_legend, minimum=0)
     fig, axes = new_figure(1, 2, size=(12.0, 4.2))
     for ax, (stat, title, why) in zip(axes, PANELS, strict=True):
         ax.set_title(title, fontsize=10)

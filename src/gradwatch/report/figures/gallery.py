@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from gradwatch.argcheck import check_int, check_names, check_out_dir, refuse_symlink
 from gradwatch.errors import GradwatchValueError
 from gradwatch.report._data import as_run
 from gradwatch.report.figures.activations import activations
@@ -16,6 +19,10 @@ from gradwatch.report.figures.gradient_flow import gradient_flow
 from gradwatch.report.figures.heatmap import heatmap
 from gradwatch.report.figures.loss import loss
 from gradwatch.report.figures.update_ratio import update_ratio
+from gradwatch.store.safe_write import write_atomic
+
+#: File formats :func:`save_figures` writes (those matplotlib's Agg canvas supports).
+SAVE_FORMATS = tuple(sorted(FigureCanvasAgg.get_supported_filetypes()))
 
 #: Figures drawn from a run alone, by file name, in report order.
 RUN_FIGURES: dict[str, Callable[[Any], Figure]] = {
@@ -51,16 +58,27 @@ def save_figures(
     Raises:
         GradwatchValueError: ``out_dir`` exists and is not a folder.
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise GradwatchValueError(f"figures folder {str(out)!r} exists and is not a folder")
+    out = refuse_symlink("out_dir", check_out_dir("out_dir", out_dir))
+    fmts = check_names("formats", formats, hint='e.g. ("png", "svg")')
+    if not fmts:
+        raise GradwatchValueError('formats is empty; give at least one, e.g. ("png", "svg")')
+    unknown = [f for f in fmts if f not in SAVE_FORMATS]
+    if unknown:
+        raise GradwatchValueError(
+            f"formats: {unknown[0]!r} is not a format matplotlib writes; use "
+            f"{', '.join(SAVE_FORMATS)}"
+        )
+    check_int("dpi", dpi, minimum=1, hint="e.g. dpi=120")
+    run = as_run(run)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, fig in run_figures(run).items():
-        for fmt in formats:
+        for fmt in fmts:
             path = out / f"{name}.{fmt}"
-            fig.savefig(path, format=fmt, dpi=dpi, metadata=_metadata(fmt))
-            written.append(path)
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, dpi=dpi, metadata=_metadata(fmt))
+            # replaces a symlink planted at path instead of writing through it
+            written.append(write_atomic(path, buf.getvalue()))
     return written
 
 

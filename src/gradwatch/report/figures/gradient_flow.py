@@ -8,7 +8,16 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from gradwatch.report._data import as_run, finite_positive, nonfinite_layers, pick_steps, wide
+from gradwatch.argcheck import check_names
+from gradwatch.report._data import (
+    as_run,
+    check_stat,
+    check_steps,
+    finite_positive,
+    nonfinite_layers,
+    pick_steps,
+    wide,
+)
 from gradwatch.report.figures._common import (
     ALARM,
     layer_axis,
@@ -52,7 +61,10 @@ def gradient_flow(
         a matplotlib Figure (Agg canvas, not registered with pyplot), one panel per statistic.
     """
     run = as_run(run)
-    stats = [stat] if isinstance(stat, str) else list(stat)
+    steps = check_steps(steps)
+    stats = [stat] if isinstance(stat, str) else check_names("stat", stat)
+    for name in stats:
+        check_stat("stat", name)
     fig, axes = new_figure(1, len(stats), size=(5.5 * len(stats) + 1.5, 4.5))
     for ax, name in zip(axes, stats, strict=True):
         table = wide(run, name)

@@ -10,7 +10,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from gradwatch.report._data import as_run, wide
+from gradwatch.report._data import as_run, check_stat, wide
 from gradwatch.report.figures._common import ALARM, layer_axis, new_figure, not_recorded
 
 
@@ -44,6 +44,7 @@ def heatmap(run: Any, stat: str = "backprop_norm") -> Figure:
         a matplotlib Figure with the heatmap panel and its colour bar.
     """
     run = as_run(run)
+    check_stat("stat", stat)
     table = wide(run, stat)
     fig, (ax,) = new_figure(1, 1, size=(8.5, 4.8))
     ax.set_title(f"{stat} by layer and step (log colour)", fontsize=10)

@@ -8,7 +8,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from gradwatch.report._data import as_run, finite_positive, pick_steps, wide
+from gradwatch.argcheck import check_int
+from gradwatch.report._data import as_run, check_steps, finite_positive, pick_steps, wide
 from gradwatch.report.figures._common import (
     layer_axis,
     layer_colours,
@@ -46,6 +47,8 @@ def update_ratio(run: Any, steps: Sequence[int] | None = None, max_legend: int =
         ``opt.step()``).
     """
     run = as_run(run)
+    steps = check_steps(steps)
+    check_int("max_legend", max_legend, minimum=0)
     fig, (left, right) = new_figure(1, 2, size=(12.0, 4.2))
     left.set_title("update ratio by layer", fontsize=10)
     right.set_title("update ratio over training", fontsize=10)

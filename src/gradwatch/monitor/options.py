@@ -1,0 +1,157 @@
+"""Validation of :func:`gradwatch.watch` arguments, before anything touches the model or disk.
+
+Each check raises a gradwatch error naming the argument, what was wrong and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from torch import nn
+
+from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_flush_every(value: Any) -> int:
+    """A positive whole number of recorded steps."""
+    if not _is_number(value):
+        raise GradwatchTypeError(
+            f"flush_every must be a positive whole number of steps, got "
+            f"{type(value).__name__}; pass e.g. flush_every=1000"
+        )
+    if not math.isfinite(value) or value < 1 or value != int(value):
+        raise GradwatchValueError(
+            f"flush_every must be a whole number of steps >= 1, got {value!r}; pass e.g. "
+            "flush_every=1000 (flush_secs bounds the time between flushes)"
+        )
+    return int(value)
+
+
+def check_flush_secs(value: Any) -> float:
+    """A positive number of seconds; ``float('inf')`` turns time-based flushes off."""
+    if not _is_number(value):
+        raise GradwatchTypeError(
+            f"flush_secs must be a positive number of seconds, got {type(value).__name__}; "
+            "pass e.g. flush_secs=5"
+        )
+    if math.isnan(value) or value <= 0:
+        raise GradwatchValueError(
+            f"flush_secs must be a positive number of seconds, got {value!r}; pass e.g. "
+            "flush_secs=5, or float('inf') to flush by step count only"
+        )
+    return float(value)
+
+
+def check_stats(stats: Any, known: Iterable[str]) -> set[str]:
+    """The requested statistic names (None: all of them)."""
+    known = tuple(known)
+    if stats is None:
+        return set(known)
+    if isinstance(stats, str) or not isinstance(stats, Iterable):
+        raise GradwatchTypeError(
+            f"stats must be a list of statistic names or None, got {type(stats).__name__} "
+            f"({stats!r}); pass e.g. stats=['grad_norm', 'loss']"
+        )
+    names = list(stats)
+    bad = [n for n in names if not isinstance(n, str)]
+    if bad:
+        raise GradwatchTypeError(
+            f"stats must hold statistic names (str), got {type(bad[0]).__name__} {bad[0]!r}; "
+            f"known: {', '.join(known)}"
+        )
+    unknown = set(names) - set(known)
+    if unknown:
+        raise GradwatchValueError(
+            f"stats has unknown names {sorted(unknown)}; known: {', '.join(known)}"
+        )
+    if not names:
+        raise GradwatchValueError(
+            "stats is empty: nothing would be recorded; pass None for every statistic, or "
+            "name some, e.g. stats=['grad_norm', 'loss']"
+        )
+    return set(names)
+
+
+def check_config(config: Any) -> dict[str, Any]:
+    """A dict with str keys (stored in meta.json's settings)."""
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise GradwatchTypeError(
+            f"config must be a dict (stored in meta.json), got {type(config).__name__}; pass "
+            "e.g. config={'lr': 0.1}"
+        )
+    bad = [k for k in config if not isinstance(k, str)]
+    if bad:
+        raise GradwatchTypeError(
+            f"config keys must be str (JSON object keys), got {type(bad[0]).__name__} "
+            f"{bad[0]!r}; use string keys"
+        )
+    return dict(config)
+
+
+def check_flag(name: str, value: Any) -> bool:
+    """True or False (not a truthy stand-in such as 1 or "no")."""
+    if not isinstance(value, bool):
+        raise GradwatchTypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_diagnose(value: Any) -> bool | Callable:
+    """True, False, or a callable run directory -> findings."""
+    if isinstance(value, bool) or callable(value):
+        return value
+    raise GradwatchTypeError(
+        f"diagnose must be True, False or a callable (run directory -> findings), got "
+        f"{type(value).__name__}"
+    )
+
+
+def check_positive_int(name: str, value: Any, example: int) -> int:
+    """A positive int."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise GradwatchTypeError(
+            f"{name} must be a positive int, got {type(value).__name__}; pass e.g. "
+            f"{name}={example}"
+        )
+    if value < 1:
+        raise GradwatchValueError(f"{name} must be >= 1, got {value}; pass e.g. {name}={example}")
+    return value
+
+
+def check_optional_path(name: str, value: Any) -> None:
+    """None or a non-empty path."""
+    if value is None:
+        return
+    if isinstance(value, bytes) or not isinstance(value, str | os.PathLike):
+        raise GradwatchTypeError(
+            f"{name} must be a directory path or None, got {type(value).__name__}"
+        )
+    if not str(os.fspath(value)).strip():
+        raise GradwatchValueError(f"{name} must not be empty; pass a directory path or None")
+
+
+def check_name(value: Any) -> None:
+    """None or a str."""
+    if value is not None and not isinstance(value, str):
+        raise GradwatchTypeError(f"name must be a str or None, got {type(value).__name__}")
+
+
+def check_initialised(model: Any) -> None:
+    """Refuse a model with uninitialised (lazy) parameters: their shapes are not known yet."""
+    if not isinstance(model, nn.Module):
+        return  # find_layers names the problem
+    lazy = [n for n, p in model.named_parameters() if nn.parameter.is_lazy(p)]
+    if lazy:
+        raise GradwatchValueError(
+            f"model has uninitialised lazy parameters ({', '.join(lazy[:3])}"
+            f"{', ...' if len(lazy) > 3 else ''}); run one forward pass on a batch before "
+            "gw.watch(model, ...) so that their shapes are known"
+        )

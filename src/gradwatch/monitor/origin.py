@@ -1,0 +1,77 @@
+"""NaN forensics: on a non-finite step, where did the first NaN or Inf appear?
+
+Costs nothing on healthy steps: the root forward pre-hook keeps a reference (never a copy) to
+the step's inputs. When a step turns out non-finite — its gradients (known on CPU from the
+gradient block without a device sync) or, in manual mode, its loss — and before the optimizer
+changes the weights, :meth:`Forensics._trace_origin` counts NaN/Inf entries in the inputs and
+in each layer's parameters, then replays the forward pass under ``torch.no_grad`` with those
+weights and counts NaN/Inf entries in each layer's first output (see
+:mod:`gradwatch.stats.origin`). The replay leaves the model as it found it: buffers (BatchNorm
+running statistics) are restored and the random number generators forked, so dropout in the
+replay does not shift the training's random stream.
+
+A NaN that first appears in the backward pass leaves inputs, weights and forward outputs
+finite; it is read from ``nonfinite`` and ``backprop_norm`` (the layer nearest the output whose
+gradients are not finite). On accelerators the non-finite test would need a host sync every
+step, so there the forensics run only where that is known without one (manual-mode CPU losses).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gradwatch.monitor.hooks import _tensors
+from gradwatch.stats.origin import count_nonfinite
+
+
+class Forensics:
+    """Mixin of :class:`~gradwatch.monitor.Monitor`: the NaN-origin replay."""
+
+    def _trace_origin(self) -> None:
+        """Record input/weight/forward NaN/Inf counts for the pending step (rare path)."""
+        if "origin" not in self._need or self._inputs is None or self._replaying:
+            return
+        try:
+            self._origin = self._replay()
+        except Exception as exc:  # noqa: BLE001 - forensics must never take training down
+            self._warn_skip("the origin of non-finite values", exc)
+
+    def _replay(self) -> tuple[tuple, torch.Tensor]:
+        args, kwargs = self._inputs
+        dev = self._params[0].device if self._params[0].device.type != "meta" else "cpu"
+        keys: list[tuple[int, int]] = [(0, -1)]
+        vals = [count_nonfinite(_tensors((args, kwargs)), dev)]
+        for li, ly in enumerate(self.layers):
+            keys.append((1, li))
+            vals.append(count_nonfinite(ly.module.parameters(recurse=False), dev))
+        outs: dict[int, torch.Tensor] = {}
+        handles = []
+        for li, ly in enumerate(self.layers):
+
+            def hook(module: Any, a: Any, out: Any, li: int = li) -> None:
+                first = next(iter(_tensors(out)), None)
+                if first is not None and li not in outs:
+                    outs[li] = count_nonfinite([first], dev)
+
+            handles.append(ly.module.register_forward_hook(hook))
+        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
+        cuda = sorted({p.device.index or 0 for p in self._params if p.device.type == "cuda"})
+        self._replaying = True
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=cuda):
+                self.model(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - a model may raise on NaN; keep what ran
+            self._warn_skip("a complete forward replay for NaN forensics", exc)
+        finally:
+            self._replaying = False
+            for h in handles:
+                h.remove()
+            with torch.no_grad():
+                for b, saved in buffers:
+                    b.copy_(saved)
+        for li in sorted(outs):
+            keys.append((2, li))
+            vals.append(outs[li])
+        return tuple(keys), torch.stack(vals)

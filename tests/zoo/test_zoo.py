@@ -1,0 +1,87 @@
+"""The model zoo: its quick subset gets its expected verdicts, and its ground truth holds.
+
+Each quick case runs as ``python benchmarks/zoo.py --quick`` runs it: ``gw.check`` on a batch
+at initialisation, then a short training run watched by ``gw.watch`` and diagnosed. The
+test asserts the training outcome the case states (the ground truth) and both verdicts.
+The whole zoo runs under ``-m slow``.
+"""
+
+import math
+
+import pytest
+from benchmarks.zoo import BY_NAME, CASES, VERDICTS
+from benchmarks.zoo.case import Train
+from benchmarks.zoo.run import check_at_init, judge, run_case
+
+QUICK = [c.name for c in CASES if c.quick]
+#: Large models whose check at init is quick but whose training run is not.
+INIT_ONLY = ["resnet101", "vgg16_paper_init", "encoder_post_ln_24", "gpt2"]
+
+
+def _assert_case(row: dict) -> None:
+    run = row["run"]
+    assert "error" not in row["init"] and "error" not in run, (row["init"], run)
+    assert run["truth_held"], (
+        f"{row['name']}: ground truth did not hold: expected the loss to "
+        f"{row['expect_outcome']}, it {run['outcome']} "
+        f"({run['loss_start']:.3g} -> {run['loss_end']:.3g})"
+    )
+    got = (row["init"]["verdict"], run["verdict"])
+    assert got == (row["expect_init"], row["expect_run"]), (
+        f"{row['name']}: expected (init, run) = ({row['expect_init']}, {row['expect_run']}), "
+        f"got {got}; findings at init {row['init']['findings']}, after the run "
+        f"{run['findings']}"
+    )
+
+
+@pytest.mark.parametrize("name", QUICK)
+def test_quick_case(name):
+    _assert_case(run_case(BY_NAME[name]))
+
+
+@pytest.mark.parametrize("name", INIT_ONLY)
+def test_check_at_init_of_large_models(name):
+    case = BY_NAME[name]
+    assert check_at_init(case)["verdict"] == case.expect_init
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [c.name for c in CASES if not c.quick])
+def test_every_other_case(name):
+    _assert_case(run_case(BY_NAME[name]))
+
+
+def test_zoo_covers_what_it_promises():
+    assert len(CASES) >= 30
+    assert 8 <= len(QUICK) <= 12
+    families = {c.family for c in CASES}
+    assert families == {"mlp", "cnn", "resnet", "transformer", "recurrent", "setup"}
+    # every verdict but "saturated" and "uncertain" appears as a sick case's truth
+    expected = {c.expect_init for c in CASES} | {c.expect_run for c in CASES}
+    assert {"healthy", "vanishing", "exploding", "nonfinite", "dead"} <= expected
+    assert expected <= set(VERDICTS)
+    for c in CASES:
+        assert c.source.strip(), c.name
+        if "uncertain" in (c.expect_init, c.expect_run):
+            assert len(c.why) > 40, f"{c.name} must say why it is uncertain"
+    healthy = [c for c in CASES if c.expect_init == c.expect_run == "healthy"]
+    assert all(c.train.outcome == "trains" for c in healthy)
+
+
+def _train(outcome="trains", **kw):
+    return Train(steps=10, optimizer=None, batch=None, outcome=outcome, window=2, **kw)
+
+
+def test_judge_reads_the_loss_curve():
+    ln10 = math.log(10)
+    # from chance to a third of it: trained
+    assert judge([2.3, 2.3, 1.0, 0.7, 0.7], _train(baseline=ln10))["outcome"] == "trains"
+    # starts above chance, ends 15% below it: not trained (a 30% drop below chance is asked)
+    r = judge([3.3, 3.1, 2.5, 2.0, 1.9], _train("stalls", baseline=ln10))
+    assert (r["outcome"], r["truth_held"]) == ("stalls", True)
+    # without a baseline the same curve counts from its start: a 39% drop, trained
+    assert judge([3.3, 3.1, 2.5, 2.0, 1.9], _train())["outcome"] == "trains"
+    # NaN anywhere, or ending far above the start: diverged
+    assert judge([2.3, 2.5, float("nan")], _train("diverges"))["truth_held"]
+    r = judge([2.3, 2.3, 5.0, 9.0, 12.0], _train())
+    assert (r["outcome"], r["truth_held"]) == ("diverges", False)
