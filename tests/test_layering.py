@@ -48,12 +48,7 @@ LAYER = {unit: i for i, units in enumerate(ORDER) for unit in units}
 PENDING: dict[tuple[str, str], str] = {
     ("check", "gradwatch.diagnose"): "check <-> diagnose: verdicts (issue 11)",
     ("remedies", "gradwatch.remedies._fix_report"): "remedies._fix_report: verdicts (issue 11)",
-    ("commands", "gradwatch.remedies._fix_report"): "remedies._fix_report: verdicts (issue 11)",
-    ("report", "gradwatch.remedies._fix_report"): "remedies._fix_report: verdicts (issue 11)",
-    ("report", "gradwatch.commands.runs"): "report/_data -> commands.runs: newcomer (issue 13)",
     ("experiments", "gradwatch"): "experiments import the package root: laboratory (issue 15)",
-    ("demo", "gradwatch"): "demo imports the package root: newcomer (issue 13)",
-    ("report", "gradwatch"): "report/html reads gradwatch.__version__: use gradwatch.version",
     ("monitor", "gradwatch.integrations"): "DDP gather/combine used by the Monitor: move below "
     "the watch layer (run lifecycle, issue 12)",
 }

@@ -165,7 +165,7 @@ def _header(run: Run, verdict: str, source: str) -> str:
 
 def _footer(run: Run) -> str:
     ver = run.meta.get("versions", {}) if isinstance(run.meta.get("versions"), dict) else {}
-    from gradwatch import __version__
+    from gradwatch.version import __version__
 
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return (
