@@ -39,8 +39,17 @@ def _live_tensorboard(log_dir: Any) -> Any:
     return LiveTensorBoard(log_dir)
 
 
-# The Monitor sits below diagnose and report: both are handed down, imported only when used.
+def _check_rules(run: Any, is_checkup: bool) -> Any:
+    """The diagnosis rules ``check`` applies when given none (``gradwatch.diagnose``'s)."""
+    from gradwatch.diagnose import diagnose_run
+
+    return diagnose_run(run, is_checkup)
+
+
+# The Monitor sits below diagnose and report, and check below diagnose: what they need from
+# above is handed down, imported only when used (so that the CLI's --help loads no torch).
 handoff.set_diagnose_at_close(_diagnose_run_dir)
+handoff.set_check_rules(_check_rules)
 handoff.set_live_sink_factory(_live_tensorboard)
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from gradwatch import handoff
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.findings import Finding
 from gradwatch.layers import Layer, find_layers
@@ -218,6 +219,8 @@ def check(
         raise GradwatchTypeError(f"train_mode must be a bool, got {type(train_mode).__name__}")
     if rules is None and _DEFAULT_RULES:
         rules = _DEFAULT_RULES[0]
+    if rules is None:  # the package root hands the rules down, imported when first used
+        rules = handoff.check_rules()
     if rules is None:
         raise GradwatchValueError(
             "rules: no diagnosis rules are registered; import gradwatch (which registers "

@@ -15,6 +15,19 @@ from typing import Any
 
 _DIAGNOSE: list[Callable[[Any], Any]] = []
 _LIVE_SINK: list[Callable[[Any], Any]] = []
+_RULES: list[Callable[[Any, bool], Any]] = []
+
+
+def set_check_rules(fn: Callable[[Any, bool], Any] | None) -> None:
+    """Register (or remove) ``rules(run, is_checkup) -> findings``, the checkup's default."""
+    _RULES.clear()
+    if fn is not None:
+        _RULES.append(fn)
+
+
+def check_rules() -> Callable[[Any, bool], Any] | None:
+    """The registered default diagnosis rules of ``check``, or None."""
+    return _RULES[0] if _RULES else None
 
 
 def set_diagnose_at_close(fn: Callable[[Any], Any] | None) -> None:
