@@ -42,16 +42,3 @@ def out_file(option: str, value: str | None) -> Path | None:
     """A file option: not empty, not a folder, not below a file."""
     return None if value is None else check_out_file(option, value)
 
-
-def existing_dir(option: str, value: str) -> Path:
-    """A folder that must exist (to read from)."""
-    if not value:
-        raise GradwatchValueError(f"{option} is an empty path; give a folder")
-    path = Path(value)
-    if not path.exists():
-        raise GradwatchValueError(
-            f"{option} {value!r} is not a directory (it does not exist); give an existing folder"
-        )
-    if not path.is_dir():
-        raise GradwatchValueError(f"{option} {value!r} is not a directory (it is a file)")
-    return path

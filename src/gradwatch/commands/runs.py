@@ -160,6 +160,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
+    if not args.dir:
+        raise GradwatchValueError("DIR is an empty path; give the folder that holds your runs")
     root = Path(args.dir)
     if not root.is_dir():
         raise GradwatchValueError(
