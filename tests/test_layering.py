@@ -47,10 +47,6 @@ LAYER = {unit: i for i, units in enumerate(ORDER) for unit in units}
 
 #: Offences other pieces of work remove: (importing unit, imported module) -> who fixes it.
 PENDING: dict[tuple[str, str], str] = {
-    ("report", "gradwatch.commands.runs"): "report/_data -> commands.runs: newcomer (issue 13)",
-    ("experiments", "gradwatch"): "experiments import the package root: laboratory (issue 15)",
-    ("demo", "gradwatch"): "demo imports the package root: newcomer (issue 13)",
-    ("report", "gradwatch"): "report/html reads gradwatch.__version__: use gradwatch.version",
 }
 
 

@@ -32,12 +32,6 @@ def _diagnose_run_dir(run_dir: Any) -> Any:
     return diagnose(load(run_dir))
 
 
-def _check_rules(run: Any, is_checkup: bool) -> Any:
-    from gradwatch.diagnose import diagnose_run
-
-    return diagnose_run(run, is_checkup)
-
-
 def _live_tensorboard(log_dir: Any) -> Any:
     """The live TensorBoard export of ``watch(..., tensorboard=LOGDIR)``."""
     from gradwatch.report.tensorboard import LiveTensorBoard
@@ -45,7 +39,15 @@ def _live_tensorboard(log_dir: Any) -> Any:
     return LiveTensorBoard(log_dir)
 
 
-# The Monitor sits below diagnose and report: both are handed down, imported only when used.
+def _check_rules(run: Any, is_checkup: bool) -> Any:
+    """The diagnosis rules ``check`` applies when given none (``gradwatch.diagnose``'s)."""
+    from gradwatch.diagnose import diagnose_run
+
+    return diagnose_run(run, is_checkup)
+
+
+# The Monitor sits below diagnose and report, and check below diagnose: what they need from
+# above is handed down, imported only when used (so that the CLI's --help loads no torch).
 handoff.set_diagnose_at_close(_diagnose_run_dir)
 handoff.set_check_rules(_check_rules)
 handoff.set_live_sink_factory(_live_tensorboard)

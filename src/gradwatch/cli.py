@@ -73,7 +73,7 @@ def _clean_help(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Return the top-level parser with every command registered."""
-    from gradwatch import __version__
+    from gradwatch.version import __version__
 
     parser = OneLineParser(
         prog="gradwatch",

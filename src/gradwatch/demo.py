@@ -21,14 +21,17 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-import gradwatch as gw
+from gradwatch.check import check
 from gradwatch.errors import GradwatchValueError
+from gradwatch.monitor import watch
+from gradwatch.remedies.fix import fix
 from gradwatch.report.remedy_text import describe_remedy
+from gradwatch.store import Run, load
 
 
 @dataclass
 class DemoConfig:
-    """Settings of the demo (the defaults take about a minute on 2 CPU cores)."""
+    """Settings of the demo (the defaults take about two minutes of CPU time on 2 cores)."""
 
     depth: int = 16  # hidden sigmoid layers
     width: int = 64
@@ -91,7 +94,7 @@ def train(model: nn.Module, data, cfg: DemoConfig, run_dir: Path, progress, labe
     order = torch.Generator().manual_seed(cfg.seed + 1)
     task = progress.add_task(label, total=cfg.steps)
     acc_steps, acc_values = [], []
-    with gw.watch(model, run_dir, optimizer=opt, overwrite=True, name=label,
+    with watch(model, run_dir, optimizer=opt, overwrite=True, name=label,
                   config={"demo": asdict(cfg)}) as mon:
         for step in range(cfg.steps):
             idx = torch.randint(0, len(xtr), (cfg.batch,), generator=order)
@@ -123,7 +126,7 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig | None = None,
     cfg = cfg or DemoConfig()
     # The vanishing net's gradients (and Adam's second moments of them) fall into the
     # subnormal range, where CPU arithmetic is ~100x slower; flushing them to zero changes
-    # nothing visible and keeps the demo at about a minute.
+    # nothing visible and keeps the demo at about two minutes.
     torch.set_flush_denormal(True)
     try:
         return _run_demo(out, cfg, console)
@@ -148,11 +151,11 @@ def _run_demo(out: str | Path, cfg: DemoConfig, console: Console | None) -> dict
     console.rule(
         f"[bold]1. A {cfg.depth}-layer sigmoid MLP with standard init, checked on one batch"
     )
-    before = gw.check(model, probe_x, probe_y)
+    before = check(model, probe_x, probe_y)
     print_summary(before, console=console, max_layers=20)
 
     console.rule("[bold]2. gw.fix: remedies applied to a copy until the check says healthy")
-    fixed, report = gw.fix(model, probe_x, probe_y)
+    fixed, report = fix(model, probe_x, probe_y)
     for name, details in report.applied:
         what = escape(describe_remedy(name, details))
         console.print(f"  applied [bold]{escape(name)}[/]: {what}")
@@ -166,7 +169,7 @@ def _run_demo(out: str | Path, cfg: DemoConfig, console: Console | None) -> dict
         res_before = train(model, data, cfg, out / "before", progress, "original")
         res_after = train(fixed, data, cfg, out / "after", progress, "fixed")
 
-    run_before, run_after = gw.load(out / "before"), gw.load(out / "after")
+    run_before, run_after = load(out / "before"), load(out / "after")
     console.rule("[bold]4. What the watched runs say")
     print_summary(run_before, console=console, max_layers=20)
     print_summary(run_after, console=console, max_layers=20)
@@ -209,7 +212,7 @@ def _run_demo(out: str | Path, cfg: DemoConfig, console: Console | None) -> dict
     return result
 
 
-def _run_verdict(run: gw.Run) -> str:
+def _run_verdict(run: Run) -> str:
     from gradwatch.diagnose import verdict
 
     return verdict(run.findings)

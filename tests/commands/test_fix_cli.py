@@ -142,7 +142,7 @@ def test_fix_bad_allow_is_one_line_and_exit_2(factory, tmp_path):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("gradwatch fix: error: allow")
+    assert lines[0].startswith("gradwatch fix: error: --allow")
     assert "dropout" in lines[0] and "normalization" in lines[0]
     assert proc.stdout == ""
 

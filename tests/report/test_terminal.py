@@ -7,6 +7,8 @@ from rich.console import Console
 
 import gradwatch as gw
 from gradwatch.report import print_summary
+from gradwatch.report.names import shorten
+from gradwatch.report.terminal import NAME_WIDTH
 
 from .conftest import XSS
 
@@ -20,7 +22,8 @@ def render(obj):
 def bar_lengths(text, layers):
     out = []
     for name in layers:
-        line = next(ln for ln in text.splitlines() if f" {name[:20]}" in ln and "█" in ln)
+        line = next(ln for ln in text.splitlines() if f" {shorten(name, NAME_WIDTH)}" in ln
+                    and "█" in ln)
         out.append(line.count("█"))
     return out
 
@@ -30,7 +33,9 @@ def test_run_summary_has_verdict_and_one_bar_per_layer_input_side_first(mixed_ru
     assert verdict == gw.diagnose.__globals__["verdict"](gw.diagnose(mixed_run))
     assert f"verdict: {verdict.upper()}" in text
     # one row per layer in order; bar length grows with log10(backprop_norm)
-    positions = [text.index(f" {ly[:20]}", text.index("gradient flow")) for ly in mixed_run.layers]
+    # long names are shortened from the middle (both ends kept), never cut at the end
+    positions = [text.index(f" {shorten(ly, NAME_WIDTH)}", text.index("gradient flow"))
+                 for ly in mixed_run.layers]
     assert positions == sorted(positions)
     last = mixed_run.pivot("backprop_norm").iloc[-1][mixed_run.layers].to_numpy()
     bars = bar_lengths(text, mixed_run.layers)

@@ -1,4 +1,4 @@
-"""``gradwatch demo [--out DIR]``: the main job, on built-in data, in about a minute."""
+"""``gradwatch demo [--out DIR]``: the main job, on built-in data, in about two minutes."""
 
 from __future__ import annotations
 

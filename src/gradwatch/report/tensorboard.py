@@ -40,10 +40,6 @@ def summary_writer_class() -> Any:
     return SummaryWriter
 
 
-# The old private name, kept only until gradwatch.monitor takes the writer class as an
-# argument instead of importing it from this (higher) layer.
-_summary_writer = summary_writer_class
-
 
 def tag(stat: str, layer: str) -> str:
     """The TensorBoard tag of ``stat`` for ``layer`` ("loss" for the loss)."""
@@ -60,7 +56,7 @@ class LiveTensorBoard:
 
     def __init__(self, log_dir: str | Path):
         """Open a SummaryWriter on ``log_dir`` (needs the ``tensorboard`` package)."""
-        self._writer = _summary_writer()(log_dir=str(log_dir))
+        self._writer = summary_writer_class()(log_dir=str(log_dir))
 
     def __call__(self, steps, layers, stats, values) -> None:
         """Write one decoded flush (parallel sequences of steps, layers, stats, values)."""
