@@ -112,6 +112,11 @@ class _Package(types.ModuleType):
             return  # the function of the same name is found by __getattr__
         super().__setattr__(name, value)
 
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        """Pickle as a reference to the package (as pickle does for any module): Ray, joblib
+        and multiprocessing send functions that use ``gw`` to other processes."""
+        return importlib.import_module, (self.__name__,)
+
 
 sys.modules[__name__].__class__ = _Package
 

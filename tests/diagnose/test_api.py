@@ -18,7 +18,7 @@ def vanishing_run(tmp_path_factory):
     torch.manual_seed(0)
     model = mlp(8, 16, nn.Sigmoid, standard)
     run_dir = tmp_path_factory.mktemp("runs") / "a"
-    with gw.watch(model, run_dir=run_dir) as mon:
+    with gw.watch(model, run_dir=run_dir, detail_every=1) as mon:  # backprop_norm each step
         for _ in range(3):
             model.zero_grad()
             loss = model(torch.randn(8, 16)).pow(2).mean()

@@ -10,7 +10,7 @@ import gradwatch as gw
 from gradwatch.report import write_html
 from gradwatch.report.html import script_json
 
-from .conftest import XSS, XSS_TITLE
+from .conftest import DETAIL_EVERY, XSS, XSS_TITLE
 
 REMOTE = re.compile(
     r"""(?:\b(?:src|href|action|poster|data)\s*=\s*["']?\s*(?:https?:)?//)"""
@@ -87,7 +87,7 @@ def test_script_json_cannot_close_the_script_element():
 
 def test_settings_and_model_repr_are_shown_escaped(mixed_run, mixed_html):
     text = page(mixed_html)
-    assert "<th>settings.detail_every</th><td>2</td>" in text
+    assert f"<th>settings.detail_every</th><td>{DETAIL_EVERY}</td>" in text
     assert html.escape(mixed_run.meta["model"]["repr"]) in text
 
 
