@@ -13,6 +13,28 @@ from benchmarks.zoo import BY_NAME, CASES, VERDICTS
 from benchmarks.zoo.case import Train
 from benchmarks.zoo.run import check_at_init, judge, run_case
 
+#: Cases whose verdict after training is known to be wrong today (strict: each must still
+#: fail, so a fix shows up here). A training run records no gradient flow through time, so a
+#: tanh RNN whose loss creeps down is not called vanishing after training (at init, where
+#: gw.check measures the flow through time, it is); the VGG-16 run from N(0, 0.01) is called
+#: dead (its ReLUs die while the gradient vanishes) rather than vanishing.
+KNOWN_MISSES = {
+    "rnn_tanh_t20": "no temporal flow recorded during training",
+    "rnn_tanh_t100": "no temporal flow recorded during training",
+    "rnn_tanh_t200": "no temporal flow recorded during training",
+    "rnn_tanh_t500": "no temporal flow recorded during training",
+    "vgg16_paper_init": "called dead, not vanishing, after training",
+}
+
+
+def _params(names):
+    return [
+        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=KNOWN_MISSES[n]))
+        if n in KNOWN_MISSES else n
+        for n in names
+    ]
+
+
 QUICK = [c.name for c in CASES if c.quick]
 #: Large models whose check at init is quick but whose training run is not.
 INIT_ONLY = ["resnet101", "vgg16_paper_init", "encoder_post_ln_24"]
@@ -34,7 +56,7 @@ def _assert_case(row: dict) -> None:
     )
 
 
-@pytest.mark.parametrize("name", QUICK)
+@pytest.mark.parametrize("name", _params(QUICK))
 def test_quick_case(name):
     _assert_case(run_case(BY_NAME[name]))
 
@@ -46,7 +68,7 @@ def test_check_at_init_of_large_models(name):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", [c.name for c in CASES if not c.quick])
+@pytest.mark.parametrize("name", _params([c.name for c in CASES if not c.quick]))
 def test_every_other_case(name):
     _assert_case(run_case(BY_NAME[name]))
 
