@@ -183,7 +183,6 @@ def test_no_import_cycle_between_subpackages():
     assert not cycles(graph), f"import cycles between subpackages: {cycles(graph)}"
 
 
-@pytest.mark.xfail(reason="offences other pieces of work remove (PENDING)", strict=False)
 def test_pending_offences_are_gone():
     left = [o for o in offences() if (o[2], o[3]) in PENDING]
     assert not left, "\n".join(
