@@ -113,8 +113,10 @@ class _Package(types.ModuleType):
         super().__setattr__(name, value)
 
     def __reduce__(self) -> tuple[Any, tuple[str]]:
-        """Pickle as a reference to the package (as pickle does for any module): Ray, joblib
-        and multiprocessing send functions that use ``gw`` to other processes."""
+        """Pickle as a reference to the package, as pickle does for any module.
+
+        Ray, joblib and multiprocessing send functions that use ``gw`` to other processes.
+        """
         return importlib.import_module, (self.__name__,)
 
 
