@@ -1,4 +1,4 @@
-"""Rule temporal: gradient flow through time of recurrent layers (one-batch checkups)."""
+"""Rule temporal: gradient flow through time of recurrent layers (checkups and training runs)."""
 
 from __future__ import annotations
 
@@ -80,3 +80,42 @@ def test_an_lstm_is_offered_the_forget_bias_not_an_lstm():
     (f,) = [f for f in cu.findings if f.evidence.get("through") == "time"]
     assert f.kind == "vanishing" and f.remedies[0] == "forget_gate_bias"
     assert "lstm_or_gru" not in f.remedies and "set the LSTM forget-gate bias to 1" in f.message
+
+
+def _adding_run(kind: str, steps_t: int, train_steps: int, tmp_path):
+    """A short watched training run on the adding problem (Hochreiter & Schmidhuber 1997)."""
+    torch.manual_seed(0)
+    model = Seq(kind)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(1)
+    with gw.watch(model, optimizer=opt, run_dir=tmp_path / kind, detail_every=2) as mon:
+        for _ in range(train_steps):
+            x = torch.zeros(16, steps_t, 4)
+            x[..., 0] = torch.rand(16, steps_t, generator=g)
+            x[:, 0, 1] = x[:, steps_t // 2, 1] = 1.0
+            y = (x[..., 0] * x[..., 1]).sum(1, keepdim=True)
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+    return gw.load(tmp_path / kind)
+
+
+def test_a_training_run_of_a_tanh_rnn_at_200_steps_is_vanishing(tmp_path):
+    run = _adding_run("RNN", 200, 12, tmp_path)
+    first, last = (run.pivot(s)["rnn"] for s in ("time_grad_first", "time_grad_last"))
+    assert (run.pivot("time_steps")["rnn"] == 200).all()
+    assert float((first / last).iloc[-1]) < verdicts.TEMPORAL_VANISHING_ERROR
+    findings = gw.diagnose(run)
+    found = [f for f in findings if f.evidence.get("through") == "time"]
+    assert [(f.kind, f.severity, f.layers) for f in found] == [("vanishing", "error", ("rnn",))]
+    assert verdicts.verdict(findings) == "vanishing"
+
+
+def test_a_training_run_of_an_lstm_is_not_flagged_through_time(tmp_path):
+    run = _adding_run("LSTM", 50, 12, tmp_path)
+    assert "rnn" in run.pivot("time_grad_first").columns  # recorded, not judged
+    findings = gw.diagnose(run)
+    assert not [f for f in findings if f.evidence.get("through") == "time"]
+    assert verdicts.verdict(findings) != "vanishing"

@@ -99,6 +99,44 @@ def train_step(scaler: bool = False, clip: float | None = None, nan_input: bool 
     return b
 
 
+class Reader(nn.Module):
+    """A tanh RNN (batch first) read at its last step."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.RNN(3, 8, batch_first=True)
+        self.out = nn.Linear(8, 1)
+
+    def forward(self, x):
+        h, _ = self.rnn(x)
+        return self.out(h[:, -1])
+
+
+def rnn_step(rnn: bool = True) -> Brute:
+    """One watched optimizer step of a tanh RNN on raw data; dL/dx from plain autograd."""
+    torch.manual_seed(0)
+    model = Reader()
+    x = torch.randn(16, 12, 3, generator=torch.Generator().manual_seed(1))
+    y = torch.randn(16, 1, generator=torch.Generator().manual_seed(2))
+    xr = x.clone().requires_grad_(True)
+    nn.functional.mse_loss(model(xr), y).backward()
+    model.zero_grad()
+    g = xr.grad.double()
+    b = Brute(x=x)
+    b.outs["first"], b.outs["last"] = g[:, 0], g[:, -1]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, optimizer=opt, detail_every=1) as mon:
+        opt.zero_grad()
+        loss = nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+    assert not x.requires_grad and x.grad is None  # the user's tensor is left alone
+    df = mon.run.stats
+    b.run = {(ly, st): v for ly, st, v in zip(df.layer, df.stat, df.value, strict=True)}
+    return b
+
+
 def norm(ts) -> float:
     return math.sqrt(sum(float((t**2).sum()) for t in ts))
 
@@ -137,6 +175,10 @@ REFERENCES = {
     "weight_nonfinite": ({"nan_input": True}, per_layer(lambda b, ly: 0.0)),
     # one NaN input row: every layer's output row 3 is NaN, all its features
     "forward_nonfinite": ({"nan_input": True}, lambda b: {"0": 16.0, "2": 16.0, "4": 3.0}),
+    # a tanh RNN (batch first) on raw data: ‖∂L/∂x_t‖ at t = 0 and t = T - 1, and T
+    "time_grad_first": ({"rnn": True}, lambda b: {"rnn": float(b.outs["first"].norm())}),
+    "time_grad_last": ({"rnn": True}, lambda b: {"rnn": float(b.outs["last"].norm())}),
+    "time_steps": ({"rnn": True}, lambda b: {"rnn": 12.0}),
 }
 
 _CACHE: dict[tuple, Brute] = {}
@@ -145,7 +187,7 @@ _CACHE: dict[tuple, Brute] = {}
 def scenario(**kw) -> Brute:
     key = tuple(sorted(kw.items()))
     if key not in _CACHE:
-        _CACHE[key] = train_step(**kw)
+        _CACHE[key] = rnn_step(**kw) if kw.get("rnn") else train_step(**kw)
     return _CACHE[key]
 
 

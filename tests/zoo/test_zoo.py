@@ -14,15 +14,9 @@ from benchmarks.zoo.case import Train
 from benchmarks.zoo.run import check_at_init, judge, run_case
 
 #: Cases whose verdict after training is known to be wrong today (strict: each must still
-#: fail, so a fix shows up here). A training run records no gradient flow through time, so a
-#: tanh RNN whose loss creeps down is not called vanishing after training (at init, where
-#: gw.check measures the flow through time, it is); the VGG-16 run from N(0, 0.01) is called
-#: dead (its ReLUs die while the gradient vanishes) rather than vanishing.
+#: fail, so a fix shows up here). The VGG-16 run from N(0, 0.01) is called dead (its ReLUs die
+#: while the gradient vanishes) rather than vanishing.
 KNOWN_MISSES = {
-    "rnn_tanh_t20": "no temporal flow recorded during training",
-    "rnn_tanh_t100": "no temporal flow recorded during training",
-    "rnn_tanh_t200": "no temporal flow recorded during training",
-    "rnn_tanh_t500": "no temporal flow recorded during training",
     "vgg16_paper_init": "called dead, not vanishing, after training",
 }
 

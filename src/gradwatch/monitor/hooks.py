@@ -12,6 +12,9 @@ tensor operations per call and allocates no hook objects per step:
 - activation statistics are reduced inside the activation's forward hook (a sum and an L2
   norm, written into the row of a preallocated buffer), so no activation tensor outlives its
   forward pass in the Monitor;
+- at detail steps, a forward pre-hook on each recurrent layer (``nn.RNNBase``) hooks the
+  gradient of its input sequence and keeps its norms at the first and last time step
+  (:mod:`gradwatch.stats.temporal`);
 - a later call of the same layer or activation in one step (shared modules, recurrent cells,
   gradient accumulation) adds into a per-row accumulator: memory does not grow with the
   number of micro-batches.
@@ -32,6 +35,7 @@ import torch
 from torch import nn
 
 from gradwatch.stats.activation import FAMILY_CODE, act_row, applicable, detail_into
+from gradwatch.stats.temporal import TIME_STATS
 
 F32 = torch.float32
 #: dtypes whose tensors take the in-place (``out=``) path; others take the general one.
@@ -136,6 +140,20 @@ class HotPath:
         self._handles.append(
             self.model.register_forward_pre_hook(self._on_root_forward, with_kwargs=True)
         )
+        # gradient through time: a forward pre-hook on each recurrent layer (built once)
+        self._time_rows: list[tuple[int, int]] = []  # (layer, T) of each call in the step
+        self._time_vals: list[torch.Tensor] = []  # (2,) norms at t = 0 and t = T - 1
+        self._time_fn_cache: dict[tuple[int, int, int], Any] = {}
+        time_layers = [
+            (li, ly.module) for li, ly in enumerate(self.layers)
+            if "time" in self._need and isinstance(ly.module, nn.RNNBase)
+        ]
+        time_fns = [self._make_time_hook(li) for li, _ in time_layers]
+        time_handles = [m.register_forward_pre_hook(fn)
+                        for (_, m), fn in zip(time_layers, time_fns, strict=True)]
+        self._handles += time_handles
+        self._time_slots = _slots(time_handles, time_fns)
+        self._time_on = True
         self._decide(self._step)
         self._sync_hooks()
 
@@ -158,6 +176,9 @@ class HotPath:
         self._act_detail = self._detail and bool({"saturated_frac", "dead_frac"} & self._wanted)
         self._grad_max = "grad_max_abs" in self.stats and (
             self._detail or "grad_max_abs" not in tiered
+        )
+        self._rec_time = (
+            self._rec and "time" in self._need and (self._detail or not set(TIME_STATS) & tiered)
         )
 
     def _sync_hooks(self) -> None:
@@ -190,6 +211,10 @@ class HotPath:
         if want_acts != self._acts_on:
             _switch(self._act_slots, want_acts)
             self._acts_on = want_acts
+        want_time = bool(self._persistent or self._rec_time)
+        if want_time != self._time_on:
+            _switch(self._time_slots, want_time)
+            self._time_on = want_time
 
     def _warn_skip(self, what: str, exc: BaseException | None = None) -> None:
         """Warn once per kind of thing the Monitor could not record; training goes on."""
@@ -293,6 +318,65 @@ class HotPath:
         prev = self._bp.extra.get(li)
         sq = sq.to(self._bp.buf.device)
         self._bp.extra[li] = sq if prev is None else prev + sq
+
+    def _make_time_hook(self, li: int):
+        def on_recurrent_input(module: nn.Module, args: Any) -> Any:
+            # the input sequence x of a recurrent layer: hook d loss / d x (PackedSequence,
+            # keyword inputs and anything but a dense floating (T, ...) tensor are skipped)
+            if torch.compiler.is_compiling():
+                self._on_compiled()
+                return None
+            if not self._rec_time or self._replaying or not torch.is_grad_enabled():
+                return None
+            try:
+                x = args[0] if args else None
+                if (
+                    type(x) is not torch.Tensor
+                    or x.dim() not in (2, 3)
+                    or not x.is_floating_point()
+                    or x.layout != torch.strided
+                ):
+                    return None
+                time_dim = 1 if (x.dim() == 3 and module.batch_first) else 0
+                steps = int(x.shape[time_dim])
+                if steps == 0:
+                    return None
+                new_args = None
+                if not x.requires_grad:  # raw data: a view without history, so dL/dx exists
+                    x = x.detach().requires_grad_(True)
+                    new_args = (x, *args[1:])
+                x.register_hook(self._time_grad_hook(li, time_dim, steps))
+                return new_args
+            except Exception as exc:  # noqa: BLE001 - never take training down
+                self._warn_skip("time_grad_first and time_grad_last", exc)
+                return None
+
+        return on_recurrent_input
+
+    def _time_grad_hook(self, li: int, time_dim: int, steps: int):
+        # built once per (layer, time axis, sequence length), then reused step after step
+        key = (li, time_dim, steps)
+        fn = self._time_fn_cache.get(key)
+        if fn is None:
+            if len(self._time_fn_cache) > 256:
+                self._time_fn_cache.clear()
+            fn = self._time_fn_cache[key] = self._new_time_grad_hook(li, time_dim, steps)
+        return fn
+
+    def _new_time_grad_hook(self, li: int, time_dim: int, steps: int):
+        def on_time_grad(grad: torch.Tensor) -> None:
+            try:
+                g = grad.detach()
+                ends = torch.stack([
+                    torch.linalg.vector_norm(g.select(time_dim, 0), dtype=F32),
+                    torch.linalg.vector_norm(g.select(time_dim, steps - 1), dtype=F32),
+                ])
+                self._time_rows.append((li, steps))
+                self._time_vals.append(ends)
+            except Exception as exc:  # noqa: BLE001 - never take training down
+                self._warn_skip("time_grad_first and time_grad_last", exc)
+
+        return on_time_grad
 
     def _make_act_hook(self, ai: int, fam: str):
         code = FAMILY_CODE[fam]

@@ -65,6 +65,15 @@ class StepRecord:
             if not isinstance(inv, float):
                 norms = norms * inv.to(norms.device)
             buf.append(Block(step, "bp", tuple(layers), norms))
+        if self._time_vals and not skipped:
+            vals = self._time_vals
+            if len({t.device for t in vals}) > 1:
+                vals = [t.cpu() for t in vals]
+            norms = torch.cat(vals)
+            inv = self._unscale()
+            if not isinstance(inv, float):
+                norms = norms * inv.to(norms.device)
+            buf.append(Block(step, "time", tuple(self._time_rows), norms))
         got = self._rows(self._act)
         if got is not None:
             rows, vals = got
@@ -149,6 +158,8 @@ class StepRecord:
                 self._order_done = True
         self._bp.reset()
         self._act.reset()
+        self._time_rows = []
+        self._time_vals = []
         self._act_n = {}
         self._losses = []
         self._clip = None

@@ -13,6 +13,8 @@ writer, in NumPy float64) turns blocks into per-layer values. One module per sou
   ``clip_coef`` (layer ``""``)
 - :mod:`gradwatch.stats.origin`: ``input_nonfinite``, ``weight_nonfinite``,
   ``forward_nonfinite``
+- :mod:`gradwatch.stats.temporal`: ``time_grad_first``, ``time_grad_last``, ``time_steps``
+  (recurrent layers)
 
 Each statistic is declared once, in its module, with :func:`gradwatch.stats.registry.
 define_statistic` (name, block, source, tier, doc line, DDP combine); the tuples below are
@@ -21,7 +23,15 @@ derived from that registry, in a stable order (the names of DESIGN.md first).
 
 from __future__ import annotations
 
-from gradwatch.stats import activation, backprop, gradient, origin, scalar, update  # noqa: F401
+from gradwatch.stats import (  # noqa: F401
+    activation,
+    backprop,
+    gradient,
+    origin,
+    scalar,
+    temporal,
+    update,
+)
 from gradwatch.stats.numeric import acc_dtype, norm32
 from gradwatch.stats.registry import BLOCKS, STATISTICS, Statistic
 
