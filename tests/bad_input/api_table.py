@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 import torch
 from torch import nn
 
@@ -154,6 +155,8 @@ def _pivot(stat: Any) -> Any:
 
 def _callback(cls_path: str) -> Callable[..., Any]:
     def make(**kwargs: Any) -> Any:
+        # the integrations are optional extras: their cases skip where the extra is missing
+        pytest.importorskip("lightning" if cls_path == "lightning" else "transformers")
         if cls_path == "lightning":
             from gradwatch.integrations.lightning import GradwatchCallback as cls
         else:
