@@ -445,3 +445,25 @@ def test_a_loss_that_does_not_fall_without_a_cause_is_uncertain():
                    structure={"recurrent": True, "recurrent_layers": {"l0": {"type": "RNN"}}})
     (f,) = diagnose(rnn)
     assert "gw.check" in f.message and f.remedies[0] == "lstm_or_gru"
+
+
+def test_a_vanished_signal_later_cut_by_dead_units_is_still_vanishing():
+    # VGG-16 from N(0, 0.01) (He et al. 2015, sec. 2.2): the gradient vanishes from the first
+    # step; the ReLUs of a net that cannot learn die later and cut the signal to exactly 0.
+    # The vanishing is not "cleared" by that: it is the run's cause, and its verdict.
+    n, steps = 6, 10
+    bp = geometric(0.1, n, steps)
+    bp[6:, :4] = 0.0  # from step 6 on, exactly 0 below the dead layer l3
+    dead = const(0.0, n, steps)
+    dead[6:, 3] = 0.97
+    loss = [2.3] * steps  # it does not learn
+    run = make_run(n, {"backprop_norm": bp, "dead_frac": dead}, loss=loss)
+    found = diagnose(run)
+    assert one(found, "vanishing").severity == "error"
+    assert verdict(found) == "vanishing"
+    # the same signal that recovers at the end is a note: the run's verdict is not vanishing
+    healed = bp.copy()
+    healed[6:] = 1.0
+    healed_run = make_run(n, {"backprop_norm": healed, "dead_frac": const(0.0, n, steps)},
+                          loss=loss)
+    assert verdict(diagnose(healed_run)) != "vanishing"

@@ -13,12 +13,9 @@ from benchmarks.zoo import BY_NAME, CASES, VERDICTS
 from benchmarks.zoo.case import Train
 from benchmarks.zoo.run import check_at_init, judge, run_case
 
-#: Cases whose verdict after training is known to be wrong today (strict: each must still
-#: fail, so a fix shows up here). The VGG-16 run from N(0, 0.01) is called dead (its ReLUs die
-#: while the gradient vanishes) rather than vanishing.
-KNOWN_MISSES = {
-    "vgg16_paper_init": "called dead, not vanishing, after training",
-}
+#: Cases whose verdict is known to be wrong today, with why (strict xfail: each must still
+#: fail, so a fix shows up here). None today.
+KNOWN_MISSES: dict[str, str] = {}
 
 
 def _params(names):

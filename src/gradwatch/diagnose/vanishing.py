@@ -87,14 +87,18 @@ def rule(view: RunView) -> list[Finding]:
     cause), not a second, vanishing one.
     """
     steps = flow_steps(view)
-    held = [fs for fs in steps if vanishing_severity(fs) and not cut_by_dead_units(view, fs)]
+    cut = {fs.step for fs in steps if vanishing_severity(fs) and cut_by_dead_units(view, fs)}
+    held = [fs for fs in steps if vanishing_severity(fs) and fs.step not in cut]
     held_steps = [fs.step for fs in held]
     recorded = [fs.step for fs in steps]
     if not persists(held_steps, recorded):
         return []
     last = held[-1]
     severity = vanishing_severity(last) or "warning"
-    still = held_steps[-1] == recorded[-1]
+    # Not cleared if every later step's signal is cut to zero by units that died meanwhile:
+    # the gradient vanished first, and the units died in a net that could not learn (the
+    # dead finding names them; the vanishing signal is the cause, as at initialisation).
+    still = all(s in cut for s in recorded if s > held_steps[-1])
     if not still:
         severity = "info"  # cleared by the end of the run: a note, not the run's verdict
     pairs = zip(last.layers, last.ratios, strict=True)
