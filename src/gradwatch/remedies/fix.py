@@ -50,6 +50,7 @@ import numpy as np
 from torch import nn
 
 from gradwatch.errors import GradwatchError, GradwatchTypeError, GradwatchValueError
+from gradwatch.jsonable import json_number
 from gradwatch.layers import activation_family
 from gradwatch.remedies._gains import following_activations
 from gradwatch.remedies._sequential import entries, is_plain_sequential
@@ -277,11 +278,7 @@ def _better(a: tuple[int, float], b: tuple[int, float]) -> bool:
 
 
 def _outcome(trial: _Trial) -> dict[str, Any]:
-    return {"verdict": trial.checkup.verdict, "backprop_spread": _num(trial.score[1])}
-
-
-def _num(x: float) -> float | str:
-    return x if math.isfinite(x) else ("inf" if x > 0 else "nan")
+    return {"verdict": trial.checkup.verdict, "backprop_spread": json_number(trial.score[1])}
 
 
 # --- planning -----------------------------------------------------------------------------
