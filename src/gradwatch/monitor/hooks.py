@@ -9,9 +9,14 @@ tensor operations per call and allocates no hook objects per step:
   writes one ``vector_norm`` into its layer's slot of a preallocated device buffer
   (``out=``); of the mechanisms PyTorch offers this was the cheapest measured (see
   :mod:`gradwatch.stats.backprop`);
-- activation statistics are reduced inside the activation's forward hook (a sum and an L2
-  norm, written into the row of a preallocated buffer), so no activation tensor outlives its
-  forward pass in the Monitor;
+- activation statistics: a small activation's hook keeps a reference, and when the model's
+  forward pass returns the same-shape ones are stacked into a buffer allocated once and
+  reduced together (a sum and an L2 norm, and at detail steps the saturated or dead counts:
+  one kernel each for all of them); a large one is reduced inside its hook. Either way the
+  values go into the rows of a preallocated buffer and no activation tensor outlives the
+  forward pass that made it in the Monitor. An activation changed in place after its module
+  ran (an in-place op downstream) is not recorded at that step and is reduced inside its
+  hook from then on;
 - at detail steps, a forward pre-hook on each recurrent layer (``nn.RNNBase``) hooks the
   gradient of its input sequence and keeps its norms at the first and last time step
   (:mod:`gradwatch.stats.temporal`);
@@ -27,6 +32,7 @@ at once while compiling. Nothing here reads a device value on the host.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Iterable
 from typing import Any
@@ -34,13 +40,23 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradwatch.stats.activation import FAMILY_CODE, act_row, applicable, detail_into
+from gradwatch.stats.activation import (
+    FAMILY_CODE,
+    STACK_ACT_MAX,
+    act_row,
+    applicable,
+    detail_into,
+    reduce_stacked,
+    unit_dim,
+)
 from gradwatch.stats.temporal import TIME_STATS
 
 F32 = torch.float32
 #: dtypes whose tensors take the in-place (``out=``) path; others take the general one.
 FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CONV = (nn.modules.conv._ConvNd,)
+#: Most memory the activation stacking buffers may hold (beyond it: one at a time).
+STACK_BUFFER_BYTES = 64 << 20
 
 
 def _tensors(out: Any) -> Iterable[torch.Tensor]:
@@ -125,6 +141,9 @@ class HotPath:
         self._act_rows: dict[tuple[int, int], int] = {}  # (activation, layer) -> row
         self._act_meta: list[tuple[int, int]] = []  # row -> (layer, family code)
         self._act_n: dict[int, list[int]] = {}  # row -> [elements, units] in the step
+        self._act_pend: list[tuple] = []  # (row, tensor, version, family, channels first)
+        self._act_eager: set[int] = set()  # rows reduced inside the hook (changed in place)
+        self._act_bufs: dict[tuple, torch.Tensor] = {}  # stacking buffers, by shape
         self._wanted = set(self.stats)
         self._replaying = False  # a NaN-forensics replay is running: hooks stand aside
         self._idx_cache: dict = {}
@@ -140,6 +159,7 @@ class HotPath:
         self._handles.append(
             self.model.register_forward_pre_hook(self._on_root_forward, with_kwargs=True)
         )
+        self._handles.append(self.model.register_forward_hook(self._on_root_done))
         # gradient through time: a forward pre-hook on each recurrent layer (built once)
         self._time_rows: list[tuple[int, int]] = []  # (layer, T) of each call in the step
         self._time_vals: list[torch.Tensor] = []  # (2,) norms at t = 0 and t = T - 1
@@ -240,10 +260,16 @@ class HotPath:
         if torch.compiler.is_compiling():
             self._on_compiled()
             return
+        if self._act_pend:
+            self.reduce_activations()  # the previous forward pass did not return
         if torch.is_grad_enabled() and not self._replaying:
             self._forward_seen = True
             self._last_layer = -1
             self._inputs = (args, kwargs)  # a reference, for NaN forensics; never copied
+
+    def _on_root_done(self, module: nn.Module, args: Any, out: Any) -> None:
+        if self._act_pend and not torch.compiler.is_compiling():
+            self.reduce_activations()
 
     def _make_layer_hook(self, li: int):
         bp_fn = self._bp_fns[li]
@@ -403,21 +429,94 @@ class HotPath:
                     and a.device == act.buf.device
                     and a.layout == torch.strided
                 ):
-                    v = act.views[row]
-                    torch.sum(a, dim=self._all_dims(a), dtype=F32, out=v[0])
-                    torch.linalg.vector_norm(a, dtype=F32, out=v[1])  # squared at the step
-                    units = 1
-                    if self._act_detail:
-                        units = detail_into(a, fam, self._channels_first[li], v[2], v[3])
+                    cf = self._channels_first[li]
+                    n = a.numel()
+                    if n <= STACK_ACT_MAX and row not in self._act_eager:
+                        # reduced with the other small activations when the forward returns
+                        self._act_pend.append((row, a, a._version, fam, cf))
+                        units = (
+                            a.shape[unit_dim(a.dim(), cf)]
+                            if self._act_detail and fam == "rectifier" and a.dim() >= 2 else 1
+                        )
+                    else:
+                        units = self._act_into(row, a, fam, cf)
                     act.stamp[row] = self._step
                     act.called.append(row)
-                    self._act_n[row] = [a.numel(), units]
+                    self._act_n[row] = [n, units]
                 else:
                     self._act_slow(row, a, fam, li, first)
             except Exception as exc:  # noqa: BLE001 - never take training down
                 self._warn_skip("activation statistics", exc)
 
         return on_act_forward
+
+    def _act_into(self, row: int, a: torch.Tensor, fam: str, cf: bool) -> int:
+        """One activation's statistics into its row, in place; returns its units."""
+        v = self._act.views[row]
+        torch.sum(a, dim=self._all_dims(a), dtype=F32, out=v[0])
+        torch.linalg.vector_norm(a, dtype=F32, out=v[1])  # squared at the step
+        if self._act_detail:
+            return detail_into(a, fam, cf, v[2], v[3])
+        return 1
+
+    def reduce_activations(self) -> None:
+        """Reduce the small activations kept since the forward pass began, then drop them.
+
+        Same-shape ones are stacked into a buffer kept for the next steps and reduced in one
+        kernel per statistic; their values go into their rows with one ``index_copy_`` per
+        column.
+        """
+        pend, self._act_pend = self._act_pend, []
+        try:
+            groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+            for row, a, version, fam, cf in pend:
+                if a._version != version:
+                    # changed in place since its module ran: not recorded at this step, and
+                    # reduced inside its hook from now on
+                    self._act_eager.add(row)
+                    self._act.called.remove(row)
+                    self._act.stamp[row] = -1
+                    self._act_n.pop(row, None)
+                    continue
+                groups.setdefault((a.shape, a.dtype, fam, cf), []).append((row, a))
+            buf = self._act.buf
+            for (shape, dtype, fam, cf), items in groups.items():
+                if len(items) == 1:
+                    self._act_into(items[0][0], items[0][1], fam, cf)
+                    continue
+                st = self._stack_buffer((len(items), *shape), dtype, buf.device)
+                if st is None:  # past the memory cap: one at a time
+                    for row, a in items:
+                        self._act_into(row, a, fam, cf)
+                    continue
+                torch.stack([a for _, a in items], out=st)
+                # the stacked copy is ours: the saturation count may overwrite it in place
+                sums, norms, sat, dead = reduce_stacked(
+                    st, fam, cf, self._act_detail, lambda st=st: st
+                )
+                idx = self._index([r for r, _ in items], buf.device)
+                buf[:, 0].index_copy_(0, idx, sums)
+                buf[:, 1].index_copy_(0, idx, norms)
+                if sat is not None:
+                    buf[:, 2].index_copy_(0, idx, sat)
+                if dead is not None:
+                    buf[:, 3].index_copy_(0, idx, dead)
+        except Exception as exc:  # noqa: BLE001 - never take training down
+            self._warn_skip("activation statistics", exc)
+
+    def _stack_buffer(self, shape: tuple, dtype: torch.dtype, device: torch.device):
+        """The stacking buffer for ``shape`` (kept), or None past ``STACK_BUFFER_BYTES``."""
+        key = (shape, dtype, device)
+        st = self._act_bufs.get(key)
+        if st is None:
+            size = math.prod(shape) * dtype.itemsize
+            held = sum(b.numel() * b.element_size() for b in self._act_bufs.values())
+            if held + size > STACK_BUFFER_BYTES:
+                if size > STACK_BUFFER_BYTES // 2:
+                    return None
+                self._act_bufs.clear()  # shapes changed (new batch size, say): start over
+            st = self._act_bufs[key] = torch.empty(shape, dtype=dtype, device=device)
+        return st
 
     _DIMS: dict[int, tuple[int, ...]] = {}
 

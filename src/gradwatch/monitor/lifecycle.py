@@ -296,6 +296,8 @@ class Lifecycle:
             self._finish_run_dir()
         finally:
             self._snapshot = None
+            self._act_pend = []
+            self._act_bufs = {}
             if self._rundir is not None:
                 self._rundir.release()
             _LIVE.discard(self)

@@ -11,6 +11,7 @@ from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.monitor.listeners import add_clip_listener
 from gradwatch.stats.gradient import NormPlan, grad_block
 from gradwatch.stats.numeric import dense_real
+from gradwatch.stats.update import Snapshot
 
 
 class _General(Exception):
@@ -36,7 +37,7 @@ class OptimHooks:
 
     def _init_optim_hooks(self) -> None:
         """Per-step optimizer state; step hooks, GradScaler wiring, the clipping listener."""
-        self._snapshot: list[torch.Tensor] | None = None
+        self._snapshot: Snapshot | None = None
         self._manual_snapshot_step: int | None = None
         self._pre_done = False
         self._grads_after_step = False
@@ -90,14 +91,12 @@ class OptimHooks:
                 self._warn_skip("weight_norm and update_ratio", exc)
 
     def _take_snapshot(self) -> None:
-        """Copy the parameters into the preallocated snapshot (one fused copy)."""
+        """Copy the parameters into the preallocated snapshot (stacked groups, fused copies)."""
         params, snap = self._params, self._snapshot
-        p0 = params[0]
-        if snap is None or snap[0].dtype != p0.dtype or snap[0].device != p0.device:
-            # (re)allocated once, and again only if the model moved to another dtype/device
-            self._snapshot = [torch.empty_like(p) for p in params]
-        with torch.no_grad():
-            torch._foreach_copy_(self._snapshot, params)
+        if snap is None or not snap.fits(params):
+            # allocated once, and again only if the model moved to another dtype/device
+            snap = self._snapshot = Snapshot(params, self._param_plan())
+        snap.take(params)
 
     def _on_opt_post(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if optimizer is not self._optimizers[-1]:

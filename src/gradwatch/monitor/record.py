@@ -15,7 +15,7 @@ import torch
 
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.monitor.meta import describe_structure
-from gradwatch.stats.update import update_block, weight_block
+from gradwatch.stats.update import weight_block
 from gradwatch.store.writer import Block
 
 F32 = torch.float32
@@ -50,6 +50,8 @@ class StepRecord:
         step = self._step
         buf = self._buffer
         skipped = self._skipped
+        if self._act_pend:
+            self.reduce_activations()  # a submodule ran without the model's own forward
         if self._grad_blk is not None and not skipped:
             block, flags, pids = self._grad_blk
             buf.append(Block(step, "grad", (pids, *flags), block))
@@ -147,7 +149,7 @@ class StepRecord:
                 if not self._skipped:
                     try:
                         with torch.no_grad():
-                            blk = update_block(self._snapshot, self._params, self._param_plan())
+                            blk = self._snapshot.update_norms(self._params)
                         self._buffer.append(Block(self._step, "update", self._all_pids, blk))
                     except Exception as exc:  # noqa: BLE001 - never take training down
                         self._warn_skip("weight_norm and update_ratio", exc)
@@ -158,6 +160,7 @@ class StepRecord:
                 self._order_done = True
         self._bp.reset()
         self._act.reset()
+        self._act_pend = []
         self._time_rows = []
         self._time_vals = []
         self._act_n = {}
@@ -238,7 +241,7 @@ class StepRecord:
         if self._manual_snapshot_step is not None and self._snapshot is not None:
             try:
                 with torch.no_grad():
-                    blk = update_block(self._snapshot, self._params, self._param_plan())
+                    blk = self._snapshot.update_norms(self._params)
                 self._buffer.append(
                     Block(self._manual_snapshot_step, "update", self._all_pids, blk)
                 )
