@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,3 +35,13 @@ def test_every_float_round_trips_through_strict_json(x):
     text = json.dumps(jsonable([x]), allow_nan=False)
     back = from_jsonable(json.loads(text)[0])
     assert (math.isnan(back) and math.isnan(x)) or back == x
+
+
+def test_dataclasses_become_dicts():
+    @dataclass(frozen=True)
+    class Config:
+        widths: tuple[int, ...] = (2, 3)
+        lr: float = math.inf
+
+    assert jsonable({"cfg": Config()}) == {"cfg": {"widths": [2, 3], "lr": "inf"}}
+    assert jsonable(Config) == str(Config)  # a class is not an instance

@@ -25,7 +25,6 @@ the signal reaches (Pascanu et al. 2013; Hochreiter & Schmidhuber 1997).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +38,7 @@ from torch import nn
 from gradwatch import handoff
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.findings import Finding
+from gradwatch.jsonable import json_cell, json_number, jsonable
 from gradwatch.layers import Layer, find_layers
 from gradwatch.monitor import watch
 from gradwatch.probes import TEMPORAL_COLUMNS, ForwardProbe, TemporalProbe
@@ -145,15 +145,16 @@ class Checkup:
     def to_dict(self) -> dict[str, Any]:
         """JSON-clean content: verdict, loss, findings, table and temporal rows.
 
-        NaN table entries (statistics that do not apply) become None; infinities "inf"/"-inf".
+        Numbers follow :mod:`gradwatch.jsonable` (NaN and ±inf as "nan", "inf", "-inf"),
+        except that NaN table entries (statistics that do not apply) become None.
         """
-        return {
+        return jsonable({
             "verdict": self.verdict,
-            "loss": _json_number(self.loss, nan="nan"),
+            "loss": self.loss,
             "findings": [f.to_dict() for f in self.findings],
             "table": _records(self.table),
             "temporal": _records(self.temporal),
-        }
+        })
 
     def __repr__(self) -> str:
         return (
@@ -266,12 +267,12 @@ def check(
     temporal_frame = temporal.frame()
     run.meta["checkup"] = {
         "temporal": {
-            str(layer): {"first_over_last": _json_number(float(grp["ratio"].iloc[0]), nan=None),
+            str(layer): {"first_over_last": json_cell(float(grp["ratio"].iloc[0])),
                          "steps": int(len(grp))}
             for layer, grp in temporal_frame.groupby("layer", sort=False)
         },
         "batch_size": int(args[0].shape[0]) if args[0].dim() >= 1 else 1,
-        "loss": _json_number(loss_value, nan="nan"),
+        "loss": json_number(loss_value),
         "loss_kind": loss_kind,
         "train_mode": train_mode,
         "nonfinite_origin": probe.origin(args),
@@ -462,27 +463,10 @@ def _over_output_side(values: np.ndarray) -> np.ndarray:
     return values / values[ok[-1]]
 
 
-def _json_number(x: float, nan: Any = None) -> Any:
-    if math.isnan(x):
-        return nan
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return x
-
-
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    out = []
-    for rec in df.to_dict(orient="records"):
-        out.append(
-            {
-                k: (
-                    _json_number(float(v))
-                    if isinstance(v, float | np.floating)
-                    else int(v)
-                    if isinstance(v, np.integer)
-                    else v
-                )
-                for k, v in rec.items()
-            }
-        )
-    return out
+    """Rows of ``df`` as JSON-clean dicts; a NaN cell (no value for the layer) becomes None."""
+    return [
+        {k: json_cell(float(v)) if isinstance(v, float | np.floating) else jsonable(v)
+         for k, v in rec.items()}
+        for rec in df.to_dict(orient="records")
+    ]

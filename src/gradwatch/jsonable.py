@@ -9,15 +9,19 @@ convention:
 - NaN becomes the string ``"nan"``, +inf ``"inf"`` and −inf ``"-inf"`` (the sign is kept);
 - ``None`` stays ``null``: it means *missing* (not recorded, does not apply), which is not the
   same as a recorded NaN;
-- NumPy arrays and torch tensors become (nested) lists, paths and other objects their ``str``;
-  dict keys become strings; tuples and sets become lists.
+- NumPy arrays and torch tensors become (nested) lists, dataclass instances dicts, paths and
+  other objects their ``str``; dict keys become strings; tuples and sets become lists.
 
-:func:`from_jsonable` reads the three strings back as floats.
+Tables whose NaN cells stand for *missing* (a statistic that does not apply to a layer, a layer
+that one of two models lacks) write them as ``null`` with :func:`json_cell`; every other
+number goes through :func:`json_number` or :func:`jsonable`. :func:`from_jsonable` reads the
+three strings back as floats.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, is_dataclass
 from pathlib import PurePath
 from typing import Any
 
@@ -34,12 +38,21 @@ def json_number(x: float) -> float | str:
     return x
 
 
+def json_cell(x: float) -> float | str | None:
+    """A table cell whose NaN means *missing*: ``None`` for NaN, else :func:`json_number`.
+
+    For tables where a NaN cell is not a recorded NaN but the absence of a value (a statistic
+    that does not apply to the layer); ±inf keep their sign as ``"inf"`` and ``"-inf"``.
+    """
+    return None if math.isnan(x) else json_number(x)
+
+
 def jsonable(obj: Any) -> Any:
     """``obj`` made of JSON types only, numbers under the module's convention (recursive).
 
     Args:
         obj: numbers, strings, None, dicts, lists/tuples/sets, NumPy scalars and arrays,
-            torch tensors, paths; anything else becomes its ``str``.
+            torch tensors, dataclass instances, paths; anything else becomes its ``str``.
 
     Returns:
         an object ``json.dumps(..., allow_nan=False)`` accepts.
@@ -56,6 +69,8 @@ def jsonable(obj: Any) -> Any:
         return [jsonable(v) for v in obj]
     if isinstance(obj, PurePath):
         return str(obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return jsonable(asdict(obj))
     tolist = getattr(obj, "tolist", None)  # NumPy scalars/arrays, torch tensors
     if callable(tolist) and type(obj).__module__.split(".")[0] in ("numpy", "torch"):
         return jsonable(tolist())
@@ -63,7 +78,15 @@ def jsonable(obj: Any) -> Any:
 
 
 def from_jsonable(value: Any) -> Any:
-    """Read a number written by :func:`jsonable` back: ``"nan"``/``"inf"``/``"-inf"`` → float."""
-    if isinstance(value, str) and value in _BACK:
-        return _BACK[value]
+    """Read numbers written by :func:`jsonable` back: ``"nan"``/``"inf"``/``"-inf"`` → float.
+
+    Recursive: list items and dict values are read too (dict keys are left as they are), into
+    new containers; any other value is returned as it is.
+    """
+    if isinstance(value, str):
+        return _BACK.get(value, value)
+    if isinstance(value, dict):
+        return {k: from_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [from_jsonable(v) for v in value]
     return value

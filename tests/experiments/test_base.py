@@ -19,7 +19,7 @@ def test_claim_and_jsonable():
     assert c == {
         "claim": "x",
         "holds": True,
-        "evidence": {"a": None, "b": [1.0, 2.0]},
+        "evidence": {"a": "nan", "b": [1.0, 2.0]},  # gradwatch.jsonable's convention
         "scale": "any",
     }
     assert base.claim("nan holds?", float("nan") < 1)["holds"] is False
@@ -40,7 +40,7 @@ def test_finish_writes_result(tmp_path):
         started=0.0,
     )
     on_disk = json.loads((tmp_path / "result.json").read_text())
-    assert on_disk["numbers"] == {"v": None, "w": 2} and on_disk["seed"] == 5
+    assert on_disk["numbers"] == {"v": "inf", "w": 2} and on_disk["seed"] == 5
     assert base.outcome(result)  # the failing claim is full-scale, and this was quick
     assert not base.outcome({**result, "quick": False})
 

@@ -7,13 +7,16 @@ every claim holds on the honest record, and each full-scale claim fails on a doc
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
 
 from gradwatch.experiments import get
+from gradwatch.jsonable import jsonable
 
 RECORDS = Path(__file__).parent / "records"
+SPECIAL = (math.nan, math.inf, -math.inf)
 
 
 def _numbers(name):
@@ -105,3 +108,15 @@ def test_doctored_full_record_fails_claim(name, path, value, text):
     numbers = _numbers(name)
     assert _claim(claims(numbers), text)["holds"]
     assert not _claim(claims(_doctor(numbers, path, value)), text)["holds"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_claims_read_a_record_with_non_finite_numbers_as_strings(name):
+    # result.json writes NaN and ±inf as "nan", "inf", "-inf" (gradwatch.jsonable); the
+    # claims read them back as floats, so a record read from disk decides as the numbers did
+    claims = get(name).load().claims
+    cases = [(p, v) for n, p, v, _ in CASES if n == name and not callable(v)]
+    for path, value in [*cases, *((p, x) for p, _ in cases[:1] for x in SPECIAL)]:
+        doctored = _doctor(_numbers(name), path, value)
+        stored = json.loads(json.dumps(jsonable(doctored), allow_nan=False))
+        assert [c["holds"] for c in claims(stored)] == [c["holds"] for c in claims(doctored)]

@@ -2,7 +2,9 @@
 
 ``write_atomic`` replaces a link with the new file and leaves the link's target as it was;
 ``gradwatch report`` (HTML, figures, TensorBoard) and ``store_findings`` write through it or
-refuse a linked output folder.
+refuse a linked output folder. ``write_with`` is the one implementation under both flavours:
+the run directory's files (fixed ``.NAME.tmp`` name, no fsync) and ``write_atomic`` (random
+temporary name, fsync before the rename).
 """
 
 from __future__ import annotations
@@ -16,7 +18,13 @@ from torch import nn
 import gradwatch as gw
 from gradwatch.cli import main
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
-from gradwatch.store.safe_write import write_atomic
+from gradwatch.store import safe_write
+from gradwatch.store.safe_write import (
+    write_atomic,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_with,
+)
 
 SECRET = b"precious data that must survive\n"
 
@@ -54,6 +62,61 @@ def test_write_atomic_refuses_bad_data_and_folders_and_leaves_no_temp_file(tmp_p
     with pytest.raises(OSError):
         write_atomic(tmp_path / "missing" / "x", "x")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.fixture
+def fsyncs(monkeypatch):
+    """The file descriptors ``os.fsync`` was called on, as the store calls it."""
+    seen = []
+    real = os.fsync
+
+    def spy(fd):
+        seen.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(safe_write.os, "fsync", spy)
+    return seen
+
+
+def test_write_atomic_fsyncs_through_a_random_temporary_name(tmp_path, fsyncs):
+    names = []
+    write_with(tmp_path / "a.txt", lambda fh: names.extend(os.listdir(tmp_path)), fsync=True,
+               unique=True)
+    (name,) = names
+    assert name.startswith(".a.txt.") and name.endswith(".tmp") and name != ".a.txt.tmp"
+    assert len(fsyncs) == 1
+    write_atomic(tmp_path / "b.txt", "b")
+    assert len(fsyncs) == 2 and (tmp_path / "b.txt").read_text() == "b"
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"]
+
+
+def test_run_directory_writes_use_the_fixed_name_without_fsync(tmp_path, victim, fsyncs):
+    run = tmp_path / "run"
+    run.mkdir()
+    names = []
+    write_with(run / "meta.json", lambda fh: names.extend(os.listdir(run)))
+    assert names == [".meta.json.tmp"]
+    # a leftover temporary file, or a link planted under its name, is replaced, not followed
+    (run / ".meta.json.tmp").symlink_to(victim)
+    write_json_atomic(run / "meta.json", {"x": -float("inf")})
+    write_bytes_atomic(run / "findings.jsonl", b"")
+    assert victim.read_bytes() == SECRET and fsyncs == []
+    assert (run / "meta.json").read_text() == '{\n  "x": "-inf"\n}\n'
+    assert sorted(os.listdir(run)) == ["findings.jsonl", "meta.json"]
+
+
+@pytest.mark.parametrize("unique", [False, True])
+def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path, unique):
+    path = tmp_path / "a.txt"
+    path.write_text("old")
+
+    def fail(fh):
+        fh.write(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="space"):
+        write_with(path, fail, fsync=unique, unique=unique)
+    assert path.read_text() == "old" and os.listdir(tmp_path) == ["a.txt"]
 
 
 @pytest.fixture

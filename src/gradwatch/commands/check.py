@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from gradwatch.commands.args import check_seed
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.jsonable import jsonable
 
 if TYPE_CHECKING:
     import torch
@@ -110,7 +111,7 @@ def run(args: argparse.Namespace) -> int:
         targets = random_targets(args.targets, _batch(inputs), args.seed)
     cu = check(model, inputs, targets, train_mode=not args.eval)
     if args.json:
-        print(json.dumps(cu.to_dict(), allow_nan=False, default=str))
+        print(json.dumps(jsonable(cu.to_dict()), allow_nan=False))
     else:
         print_checkup(cu)
     return 0

@@ -6,6 +6,7 @@ import argparse
 import json
 
 from gradwatch.commands.args import check_at_least, check_seed, out_dir
+from gradwatch.jsonable import jsonable
 
 
 def run(args: argparse.Namespace) -> int:
@@ -20,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = DemoConfig(depth=args.depth, width=args.width, steps=args.steps, seed=args.seed)
     result = run_demo(args.out, cfg)
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps(jsonable(result), indent=2, allow_nan=False))
     return 0
 
 

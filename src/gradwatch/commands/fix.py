@@ -24,6 +24,7 @@ from typing import Any
 from gradwatch.commands.args import check_seed, out_file
 from gradwatch.commands.check import add_model_arguments
 from gradwatch.errors import GradwatchError, GradwatchValueError
+from gradwatch.jsonable import jsonable
 
 #: Most per-layer rows printed; the middle of a longer table is elided.
 MAX_ROWS = 30
@@ -110,9 +111,7 @@ def run(args: argparse.Namespace) -> int:
     if args.save:
         _save(fixed, args.save)
     if args.json:
-        out = report.to_dict()
-        out["saved"] = args.save
-        print(json.dumps(out, allow_nan=False))
+        print(json.dumps(jsonable({**report.to_dict(), "saved": args.save}), allow_nan=False))
     else:
         _print_report(report, args.save)
     return 0

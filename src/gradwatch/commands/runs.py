@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gradwatch.errors import GradwatchValueError
+from gradwatch.jsonable import jsonable
 
 #: File names of the run directory format (``gradwatch.store.format``), written out here so
 #: that ``gradwatch runs`` does not import the store (and pandas) just to list folders.
@@ -169,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
         )
     rows = [summarize(p) for p in find_runs(root)]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps(jsonable(rows), indent=2, allow_nan=False))
         return 0
     console = Console()
     if not rows:

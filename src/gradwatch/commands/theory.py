@@ -4,7 +4,8 @@
 
 prints q*, χ1, c*, the depth scales ξ_q, ξ_c, ξ_∇, the phase, the critical σw² at this σb²
 and the trainable depth 6 ξ_c: a table for people, or exact JSON with --json (infinite
-values written as the strings "inf" / "-inf", since JSON has no infinity).
+values written as the strings "inf" / "-inf", since JSON has no infinity: the convention of
+:mod:`gradwatch.jsonable`).
 
 References: Schoenholz et al. 2017, "Deep Information Propagation".
 """
@@ -13,8 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from typing import Any
+
+from gradwatch.jsonable import jsonable
 
 #: ``gradwatch.theory.activations.KNOWN_ACTIVATIONS``, written out here so that
 #: ``gradwatch theory --help`` does not import torch (a test checks they agree).
@@ -73,16 +75,10 @@ def run(args: argparse.Namespace) -> int:
 
     result = summary(args.activation, args.sigma_w2, args.sigma_b2, depth=args.depth)
     if args.json:
-        print(json.dumps({k: _json_value(v) for k, v in result.items()}, allow_nan=False))
+        print(json.dumps(jsonable(result), allow_nan=False))
         return 0
     _print_table(result)
     return 0
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    return value
 
 
 def _format(value: Any) -> str:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from gradwatch.jsonable import json_number
 from gradwatch.store.reader import Run
 
 #: A condition seen in a training run is reported when it holds at the last recorded step
@@ -205,17 +206,15 @@ def names(layers: list[str], limit: int = 4) -> str:
 
 
 def num(x: Any) -> Any:
-    """A JSON-clean number: Python float/int, non-finite floats as "nan", "inf", "-inf"."""
+    """A JSON-clean number: Python int/bool, or a float rounded to 6 significant digits.
+
+    Non-finite floats follow :mod:`gradwatch.jsonable`: "nan", "inf", "-inf".
+    """
     if isinstance(x, bool | np.bool_):
         return bool(x)
     if isinstance(x, int | np.integer):
         return int(x)
-    x = float(x)
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return float(f"{x:.6g}")
+    return json_number(float(f"{float(x):.6g}"))
 
 
 def layers_over(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from gradwatch.errors import GradwatchTypeError, RunDirectoryError
 from gradwatch.findings import Finding
+from gradwatch.jsonable import jsonable
 from gradwatch.store.format import FINDINGS, META
 from gradwatch.store.safe_write import write_atomic
 
@@ -15,8 +16,9 @@ from gradwatch.store.safe_write import write_atomic
 def store_findings(run_dir: str | Path, findings: Iterable[Finding]) -> Path:
     """Write ``findings`` to ``run_dir/findings.jsonl``, replacing what was there.
 
-    One ``Finding.to_dict()`` JSON object per line. The file is written to a temporary name
-    and renamed, so readers see the old file or the new one, never half of one.
+    One ``Finding.to_dict()`` JSON object per line, numbers as :mod:`gradwatch.jsonable` writes
+    them (NaN and ±inf as "nan", "inf", "-inf"). The file is written to a temporary name and
+    renamed, so readers see the old file or the new one, never half of one.
 
     Args:
         run_dir: the run directory.
@@ -49,7 +51,7 @@ def store_findings(run_dir: str | Path, findings: Iterable[Finding]) -> Path:
                 f"findings must hold Finding objects, got {type(f).__name__}; pass the list "
                 "returned by gw.diagnose"
             )
-        lines.append(json.dumps(f.to_dict(), allow_nan=False, default=str))
+        lines.append(json.dumps(jsonable(f.to_dict()), allow_nan=False))
     if not (path / META).is_file():
         raise RunDirectoryError(
             f"run_dir {str(path)!r} is not a gradwatch run (no {META}); pass the directory "

@@ -28,6 +28,7 @@ import numpy as np
 from gradwatch.diagnose._advice import advice, recurrent_remedies
 from gradwatch.diagnose._view import RunView
 from gradwatch.findings import Finding
+from gradwatch.jsonable import json_number
 from gradwatch.verdicts import (
     TEMPORAL_EXPLODING,
     TEMPORAL_VANISHING_ERROR,
@@ -110,9 +111,9 @@ def _judge(
     per_step = ratio ** (1 / max(steps - 1, 1)) if math.isfinite(ratio) else math.inf
     evidence = {
         "through": "time",
-        "first_over_last": ratio if math.isfinite(ratio) else "inf",
+        "first_over_last": json_number(ratio),
         "time_steps": steps,
-        "per_step_factor": per_step if math.isfinite(per_step) else "inf",
+        "per_step_factor": json_number(per_step),
         "underflow": ratio == 0,
         "measured": "training run" if training else "checkup",
     }

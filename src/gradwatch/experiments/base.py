@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import platform
 import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, is_dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict
 
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 
 from gradwatch.errors import GradwatchValueError
+from gradwatch.jsonable import jsonable
 
 RESULT = "result.json"
 FIGURES = "figures"
@@ -72,7 +72,7 @@ def claim(text: str, holds: Any, scale: Literal["any", "full"] = "any", **eviden
     """
     if scale not in ("any", "full"):
         raise GradwatchValueError(f'scale must be "any" or "full", got {scale!r}')
-    return Claim(claim=text, holds=bool(holds), evidence=to_jsonable(evidence), scale=scale)
+    return Claim(claim=text, holds=bool(holds), evidence=jsonable(evidence), scale=scale)
 
 
 def decisive(claims: Sequence[Claim], quick: bool) -> list[Claim]:
@@ -93,35 +93,6 @@ def status(c: Claim, quick: bool) -> str:
 def outcome(result: dict[str, Any]) -> bool:
     """True when every decisive claim of a result holds."""
     return all(c["holds"] for c in decisive(result["claims"], bool(result.get("quick"))))
-
-
-# -- JSON ---------------------------------------------------------------------------------
-
-
-def to_jsonable(obj: Any) -> Any:
-    """Plain JSON types: numpy/torch scalars and arrays to Python, NaN and ±Inf to None."""
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [to_jsonable(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return to_jsonable(obj.detach().cpu().tolist())
-    if isinstance(obj, np.ndarray):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, np.bool_ | bool):
-        return bool(obj)
-    if isinstance(obj, np.integer | int):
-        return int(obj)
-    if isinstance(obj, np.floating | float):
-        f = float(obj)
-        return f if math.isfinite(f) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    if obj is None or isinstance(obj, str):
-        return obj
-    return repr(obj)
 
 
 def versions() -> dict[str, str]:
@@ -168,11 +139,11 @@ def finish(
     out = Path(out_dir)
     result = {
         "name": name,
-        "config": to_jsonable(asdict(config) if is_dataclass(config) else config),
+        "config": jsonable(config),
         "quick": bool(quick),
         "seed": int(seed),
-        "numbers": to_jsonable(numbers),
-        "claims": [to_jsonable({**c, "status": status(c, quick)}) for c in claims],
+        "numbers": jsonable(numbers),
+        "claims": [jsonable({**c, "status": status(c, quick)}) for c in claims],
         "runtime_s": round(time.perf_counter() - started, 2),
         "versions": versions(),
         "out_dir": str(out),

@@ -66,6 +66,7 @@ from gradwatch.experiments.base import Claim, claim
 from gradwatch.experiments.criticality_figures import plot
 from gradwatch.experiments.data import digits
 from gradwatch.experiments.training import error_rate, mean_loss, train_classifier
+from gradwatch.jsonable import from_jsonable
 
 NAME = "criticality"
 ACTIVATION = "tanh"
@@ -317,11 +318,12 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
     Returns:
         the claims, each with its evidence.
     """
+    numbers = from_jsonable(numbers)  # a record's "nan", "inf", "-inf" as floats
     sw2 = np.asarray(numbers["sigma_w2s"], dtype=float)
     depths = np.asarray(numbers["depths"], dtype=float)
     acc = np.asarray(numbers["accuracy"], dtype=float)  # (σw², depth); NaN where missing
     limit = np.asarray(numbers["theory"]["trainable_depth"], dtype=float)  # 6 ξ_c per σw²
-    limit = np.where(np.isnan(limit), np.inf, limit)  # None (inf in JSON) at criticality
+    limit = np.where(np.isnan(limit), np.inf, limit)  # inf at criticality (null in old records)
     chi1 = np.asarray(numbers["theory"]["chi1"], dtype=float)
     out: list[Claim] = []
 

@@ -58,6 +58,7 @@ from gradwatch.experiments import base
 from gradwatch.experiments.base import Claim, claim
 from gradwatch.experiments.data import digits, shapeset
 from gradwatch.experiments.training import error_rate, probe, train_classifier
+from gradwatch.jsonable import from_jsonable
 
 NAME = "glorot2010"
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "tanh": nn.Tanh, "softsign": nn.Softsign}
@@ -293,6 +294,7 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
     Returns:
         the claims, each with its evidence.
     """
+    numbers = from_jsonable(numbers)  # a record's "nan", "inf", "-inf" as floats
     runs = numbers["runs"]
     H = numbers["hidden_layers"]
     datasets = sorted({k.split("/")[0] for k in runs})

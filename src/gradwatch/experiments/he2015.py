@@ -62,6 +62,7 @@ from gradwatch.experiments import base
 from gradwatch.experiments.base import Claim, claim
 from gradwatch.experiments.data import digits
 from gradwatch.experiments.training import probe, train_classifier
+from gradwatch.jsonable import from_jsonable
 
 NAME = "he2015"
 CHANCE = math.log(10)  # cross-entropy of a uniform guess over the 10 digits
@@ -281,6 +282,7 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
     Returns:
         the claims, each with its evidence.
     """
+    numbers = from_jsonable(numbers)  # a record's "nan", "inf", "-inf" as floats
     runs = numbers["runs"]
     chance = numbers["chance_loss"]
     depths = sorted({int(k.split("-")[0]) for k in runs})

@@ -68,6 +68,7 @@ from gradwatch.experiments.base import Claim, claim
 from gradwatch.experiments.data import adding_problem, temporal_order
 from gradwatch.experiments.pascanu2013_figures import plot
 from gradwatch.experiments.sequence_training import train
+from gradwatch.jsonable import from_jsonable
 
 NAME = "pascanu2013"
 CELLS = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}
@@ -379,6 +380,7 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
     Returns:
         the claims, each with its evidence.
     """
+    numbers = from_jsonable(numbers)  # a record's "nan", "inf", "-inf" as floats
     flow = numbers["flow"]
     longest = max(numbers["lengths"])
     out: list[Claim] = []

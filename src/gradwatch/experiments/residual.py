@@ -61,6 +61,7 @@ from gradwatch.experiments import base
 from gradwatch.experiments.base import Claim, claim
 from gradwatch.experiments.data import digits
 from gradwatch.experiments.training import probe, train_classifier
+from gradwatch.jsonable import from_jsonable
 
 NAME = "residual"
 CHANCE = math.log(10)
@@ -219,6 +220,7 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
     Returns:
         the claims, each with its evidence.
     """
+    numbers = from_jsonable(numbers)  # a record's "nan", "inf", "-inf" as floats
     runs = numbers["runs"]
     depths = sorted(numbers["depths"])
     deep, shallow = depths[-1], depths[0]

@@ -62,6 +62,7 @@ from torch import nn
 from gradwatch.experiments import base
 from gradwatch.experiments.base import Claim, claim
 from gradwatch.experiments.training import probe
+from gradwatch.jsonable import from_jsonable
 
 NAME = "xiong2020"
 ARMS = ("post-LN", "pre-LN", "post-LN+warmup")  # the three 12-layer trainings
@@ -276,6 +277,7 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
     Returns:
         the claims, each with its evidence.
     """
+    numbers = from_jsonable(numbers)  # a record's "nan", "inf", "-inf" as floats
     init, runs, chance = numbers["init"], numbers["runs"], numbers["chance_loss"]
     nan = float("nan")
 

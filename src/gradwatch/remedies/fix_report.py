@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from torch import nn
 
+from gradwatch.jsonable import json_cell, jsonable
+
 if TYPE_CHECKING:
     from gradwatch.check import Checkup
 
@@ -125,8 +127,18 @@ class FixReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (NaN and infinities as None)."""
-        return _clean(
+        """A JSON-serialisable dict, numbers as :mod:`gradwatch.jsonable` writes them.
+
+        NaN and ±inf are "nan", "inf" and "-inf"; in ``layers`` a NaN cell (a layer one of the
+        two models lacks, a statistic that does not apply, a change that cannot be computed)
+        is None.
+        """
+        layers = [
+            {k: json_cell(float(v)) if isinstance(v, float | np.floating) else v
+             for k, v in rec.items()}
+            for rec in self.table().to_dict(orient="records")
+        ]
+        return jsonable(
             {
                 "verdict_before": self.verdict_before,
                 "verdict_after": self.verdict_after,
@@ -139,7 +151,7 @@ class FixReport:
                 "findings_after": [f.to_dict() for f in self.after.findings],
                 "loss_before": getattr(self.before, "loss", None),
                 "loss_after": getattr(self.after, "loss", None),
-                "layers": self.table().to_dict(orient="records"),
+                "layers": layers,
                 "new_architecture": self.new_architecture if self.changed_architecture else None,
             }
         )
@@ -247,19 +259,3 @@ def _float(x: Any) -> float:
         return float(x)
     except (TypeError, ValueError):
         return math.nan
-
-
-def _clean(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, np.bool_):
-        return bool(x)
-    if x is None or isinstance(x, (str, int, bool)):
-        return x
-    return str(x)

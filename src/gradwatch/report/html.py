@@ -25,6 +25,7 @@ import numpy as np
 
 from gradwatch.argcheck import check_out_file
 from gradwatch.errors import GradwatchTypeError
+from gradwatch.jsonable import NAN, json_cell, jsonable
 from gradwatch.report._data import as_run, findings_and_verdict, is_checkup, last_values, wide
 from gradwatch.report._html_assets import CSS, JS
 from gradwatch.report._html_parts import esc, figure_block, how_to_read
@@ -222,10 +223,7 @@ def _fmt_any(v: Any) -> str:
     if isinstance(v, float | np.floating):
         return _fmt_num(float(v))
     if isinstance(v, dict | list | tuple):
-        try:
-            return json.dumps(v, default=str, allow_nan=True)[:2000]
-        except (TypeError, ValueError):
-            return str(v)[:2000]
+        return json.dumps(jsonable(v), allow_nan=False)[:2000]
     return str(v)
 
 
@@ -336,7 +334,7 @@ def _chart_data(run: Run) -> dict[str, Any] | None:
         values = []
         for step, row in zip(table.index.tolist(), table.to_numpy(dtype=float), strict=True):
             values.append([
-                "nan" if (step, ly) in nan_at else _json_value(v)  # recorded NaN vs missing
+                NAN if (step, ly) in nan_at else json_cell(float(v))  # recorded NaN vs missing
                 for ly, v in zip(table.columns, row, strict=True)
             ])
         stats[stat] = {"steps": [int(s) for s in table.index], "values": values}
@@ -349,14 +347,6 @@ def _thin(n: int, most: int) -> list[int]:
     if n <= most:
         return list(range(n))
     return sorted(set(np.linspace(0, n - 1, most).round().astype(int).tolist()))
-
-
-def _json_value(v: float) -> float | str | None:
-    if math.isnan(v):
-        return None
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return float(v)
 
 
 # ------------------------------------------------------------------- per-layer table

@@ -12,21 +12,17 @@ RUN_DIR/
 
 Parts are written to a temporary name and renamed, so a part is either complete or absent: a
 killed writer loses at most the statistics since its last flush. Every write goes through
-:func:`write_with`: it never follows a symlink that the run directory did not create.
+:func:`gradwatch.store.safe_write.write_with`: it never follows a symlink that the run
+directory did not create.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
 import stat
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
-
-from gradwatch.jsonable import jsonable
 
 FORMAT_VERSION = 1
 META = "meta.json"
@@ -60,62 +56,6 @@ def live_parts(stats_dir: Path) -> list[Path]:
         if not covered:
             keep.append(f)
     return keep
-
-
-def open_new(path: Path) -> int:
-    """Open ``path`` for writing as a new file of this process, never through a symlink.
-
-    Whatever is at ``path`` (a leftover temporary file, or a symlink someone planted) is
-    removed first, without touching a link's target; then the file is created with
-    ``O_EXCL | O_NOFOLLOW``, so a link planted in between makes the open fail instead of
-    writing elsewhere.
-
-    Returns:
-        a file descriptor open for writing.
-    """
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except IsADirectoryError:
-        shutil.rmtree(path)
-    return os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
-
-
-def write_with(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` atomically: ``write(fh)`` fills a temporary file, then a rename.
-
-    The temporary file (``.NAME.tmp``) is opened with :func:`open_new`, so neither it nor
-    ``path`` is ever written through a symlink (a rename replaces a link, not its target);
-    on any failure (a full disk, a read-only filesystem) it is removed, so no empty or
-    partial temporary file is left behind.
-    """
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = open_new(tmp)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (see :func:`write_with`)."""
-    write_with(path, lambda fh: fh.write(data))
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename (see :func:`write_with`).
-
-    Numbers follow :mod:`gradwatch.jsonable`'s convention (NaN and ±inf as strings).
-    """
-    data = (json.dumps(jsonable(obj), indent=2, allow_nan=False) + "\n").encode("utf-8")
-    write_bytes_atomic(path, data)
 
 
 def remove_entry(path: Path) -> None:

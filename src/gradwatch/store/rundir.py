@@ -9,7 +9,7 @@ says "running" but whose lock is gone or stale was killed: :func:`run_state` cal
 "crashed"), then "closed" (a normal close), "failed" (an exception ended training) or
 "interrupted" (KeyboardInterrupt, SIGTERM, ``sys.exit``).
 
-Faults: every write goes through :func:`gradwatch.store.format.write_with` (never through a
+Faults: every write goes through :func:`gradwatch.store.safe_write.write_with` (never through a
 symlink the run did not create). A small reserve file is kept while the run is open: when the
 disk fills up, the final ``meta.json`` (with ``lost_rows``) is written into the space it frees.
 """
@@ -41,9 +41,8 @@ from gradwatch.store.format import (
     is_real_dir,
     live_parts,
     remove_entry,
-    write_bytes_atomic,
-    write_json_atomic,
 )
+from gradwatch.store.safe_write import write_bytes_atomic, write_json_atomic
 
 RUNNING, CLOSED, FAILED, INTERRUPTED, CRASHED = (
     "running", "closed", "failed", "interrupted", "crashed"

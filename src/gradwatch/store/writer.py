@@ -31,7 +31,8 @@ import torch
 
 from gradwatch.stats import ALL_STATS
 from gradwatch.stats.registry import decode_block
-from gradwatch.store.format import STATS_DIR, is_real_dir, part_name, write_with
+from gradwatch.store.format import STATS_DIR, is_real_dir, part_name
+from gradwatch.store.safe_write import write_with
 
 STAT_INDEX = {s: i for i, s in enumerate(ALL_STATS)}
 COMPACT_AT = 32  # merge single parts once this many have accumulated
