@@ -174,14 +174,18 @@ class OptimHooks:
         try:
             if self._grad_general:
                 raise _General
-            if grads[0].device.type == "meta":
+            g0 = grads[0]
+            if g0.device.type == "meta":
                 raise _General  # no values to reduce: the general path skips them
+            one_device = None
             if pids is self._all_pids:
                 plan = self._plan
-                g0 = grads[0]
                 if plan is None or plan.device != g0.device or plan.dtype != g0.dtype:
                     plan = self._plan = NormPlan(grads)
-            if len({g.device for g in grads}) == 1:
+                one_device = plan.one_device  # as when the plan was made (a move remakes it)
+            if one_device is None:
+                one_device = len({g.device for g in grads}) == 1
+            if one_device:
                 block, has_counts = grad_block(grads, self._grad_max, plan)
             else:  # parameters on several devices: one block per device, moved to the first
                 block, has_counts = _multi_device_grad_block(grads, self._grad_max)

@@ -65,6 +65,7 @@ class NormPlan:
         order = [i for g in self.stacked for i in g] + rest
         self.n = len(tensors)
         self.device = tensors[0].device if tensors else None
+        self.one_device = len({t.device for t in tensors}) <= 1
         self.dtype = tensors[0].dtype if tensors else None
         self.identity = order == list(range(self.n))
         self.inverse = torch.argsort(torch.tensor(order)) if order else torch.zeros(0)
@@ -159,7 +160,7 @@ def grad_block(
         # CPU: reading a CPU scalar costs no synchronisation; a finite total means every
         # entry is finite (a NaN or Inf entry makes its norm non-finite), so counting is
         # needed only on the rare non-finite step.
-        if bool(torch.isfinite(norms.sum())):
+        if math.isfinite(norms.sum().item()):
             return (torch.cat(parts) if len(parts) > 1 else norms), False
         counts = torch.stack([torch.isfinite(g).logical_not_().sum() for g in grads]).to(F32)
         parts[0] = _unoverflow(norms, counts, grads)
