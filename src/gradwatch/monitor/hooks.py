@@ -163,6 +163,7 @@ class HotPath:
         self._act_pend: list[tuple] = []  # (row, tensor, version, family, channels first)
         self._act_eager: set[int] = set()  # rows reduced inside the hook (changed in place)
         self._act_bufs: dict[tuple, torch.Tensor] = {}  # stacking buffers, by shape
+        self._act_rows_of: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}  # their rows
         self._wanted = set(self.stats)
         self._replaying = False  # a NaN-forensics replay is running: hooks stand aside
         self._idx_cache: dict = {}
@@ -525,7 +526,10 @@ class HotPath:
                 for row, a in items:
                     self._act_into(row, a, fam, cf)
                 continue
-            torch.stack([a for _, a in items], out=st)
+            rows = self._act_rows_of.get(id(st))
+            if rows is None or rows[0] is not st:
+                rows = self._act_rows_of[id(st)] = (st, list(st.unbind()))
+            torch._foreach_copy_(rows[1], [a for _, a in items])  # faster than stack(out=)
             # the stacked copy is ours: the saturation count may overwrite it in place
             sums, norms, sat, dead = reduce_stacked(
                 st, fam, cf, self._act_detail, lambda st=st: st
@@ -549,6 +553,7 @@ class HotPath:
                 if size > STACK_BUFFER_BYTES // 2:
                     return None
                 self._act_bufs.clear()  # shapes changed (new batch size, say): start over
+                self._act_rows_of.clear()
             st = self._act_bufs[key] = torch.empty(shape, dtype=dtype, device=device)
         return st
 

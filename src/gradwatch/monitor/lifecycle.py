@@ -298,6 +298,7 @@ class Lifecycle:
             self._snapshot = None
             self._act_pend = []
             self._act_bufs = {}
+            self._act_rows_of = {}
             if self._rundir is not None:
                 self._rundir.release()
             _LIVE.discard(self)
