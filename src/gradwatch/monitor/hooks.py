@@ -32,116 +32,30 @@ at once while compiling. Nothing here reads a device value on the host.
 
 from __future__ import annotations
 
-import math
 import warnings
-from collections import OrderedDict
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from gradwatch.stats.activation import (
-    FAMILY_CODE,
-    STACK_ACT_MAX,
-    act_row,
-    applicable,
-    detail_into,
-    reduce_stacked,
-    unit_dim,
+from gradwatch.monitor.act_hooks import ActivationHooks
+from gradwatch.monitor.hookkit import (
+    FAST_DTYPES,
+    RowBuffer,
+    hook_grad,
+    hook_slots,
+    switch_hooks,
+    tensors_in,
 )
 from gradwatch.stats.temporal import TIME_STATS
 
 F32 = torch.float32
-#: dtypes whose tensors take the in-place (``out=``) path; others take the general one.
-FAST_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _CONV = (nn.modules.conv._ConvNd,)
 #: From this many elements a float32 gradient's norm is taken with a BLAS dot.
 DOT_MIN = 1 << 14
-#: Most memory the activation stacking buffers may hold (beyond it: one at a time).
-STACK_BUFFER_BYTES = 64 << 20
 
 
-def _tensors(out: Any) -> Iterable[torch.Tensor]:
-    """The tensors in a module output (tensor, or nested tuple/list/dict of them)."""
-    if isinstance(out, torch.Tensor):
-        yield out
-    elif isinstance(out, tuple | list):
-        for o in out:
-            yield from _tensors(o)
-    elif isinstance(out, dict):
-        for o in out.values():
-            yield from _tensors(o)
-
-
-def hook_grad(t: torch.Tensor, fn: Any) -> None:
-    """Call ``fn(dL/dt)`` when the backward pass reaches ``t`` (a non-leaf tensor).
-
-    What ``Tensor.register_hook`` does, without the removable handle it builds (a weakref and
-    an id per call: about a quarter of the hook's cost on a 200-layer MLP). A tensor that
-    already has hooks, or a leaf, takes the public path so that nothing is replaced.
-    """
-    if t._backward_hooks is None and t.grad_fn is not None:
-        hooks = OrderedDict()  # as register_hook makes it: a later handle can weakref it
-        hooks[-1] = fn  # handle ids count up from 0: no collision
-        t._backward_hooks = hooks
-        t.grad_fn._register_hook_dict(t)
-    else:
-        t.register_hook(fn)
-
-
-def _slots(handles: list[Any], fns: list[Any]) -> list[tuple[Any, int, Any]]:
-    """(hook dict, hook id, function) of each registered forward hook."""
-    return [(h.hooks_dict_ref(), h.id, fn) for h, fn in zip(handles, fns, strict=True)]
-
-
-def _switch(slots: list[tuple[Any, int, Any]], on: bool) -> None:
-    for hooks, hid, fn in slots:
-        if hooks is None:
-            continue  # the module is gone
-        if on:
-            hooks[hid] = fn
-        else:
-            hooks.pop(hid, None)
-
-
-class RowBuffer:
-    """A growable (rows, width) float32 device buffer with precomputed row views.
-
-    Each row is written in place by the first call of a step (``stamp`` says which step
-    last wrote it) and added to by later calls of that step (``extra``).
-    """
-
-    def __init__(self, width: int):
-        self.width = width
-        self.buf: torch.Tensor | None = None
-        self.views: list[list[torch.Tensor]] = []
-        self.stamp: list[int] = []
-        self.extra: dict[int, torch.Tensor] = {}
-        self.called: list[int] = []
-
-    def ensure(self, rows: int, device: torch.device) -> None:
-        """Have at least ``rows`` rows on ``device`` (reallocated on growth or a move)."""
-        buf = self.buf
-        if buf is not None and buf.shape[0] >= rows and buf.device == device:
-            return
-        n = max(rows, 2 * buf.shape[0] if buf is not None else rows)
-        new = torch.zeros(n, self.width, dtype=F32, device=device)
-        if buf is not None:  # rows written earlier in this step move along
-            new[: buf.shape[0]].copy_(buf.to(device))
-            self.extra = {k: v.to(device) for k, v in self.extra.items()}
-        self.buf = new
-        self.views = [list(r.unbind()) for r in new.unbind()]
-        self.stamp = self.stamp + [-1] * (n - len(self.stamp))
-
-    def reset(self) -> None:
-        """Start a new step (rows are overwritten by their next first call)."""
-        self.called = []
-        if self.extra:
-            self.extra = {}
-
-
-class HotPath:
+class HotPath(ActivationHooks):
     """Mixin of :class:`~gradwatch.monitor.Monitor`: schedule, hooks and buffers."""
 
     def _init_hot_path(self) -> None:
@@ -192,7 +106,7 @@ class HotPath:
         time_handles = [m.register_forward_pre_hook(fn)
                         for (_, m), fn in zip(time_layers, time_fns, strict=True)]
         self._handles += time_handles
-        self._time_slots = _slots(time_handles, time_fns)
+        self._time_slots = hook_slots(time_handles, time_fns)
         self._time_on = True
         self._decide(self._step)
         self._sync_hooks()
@@ -241,19 +155,19 @@ class HotPath:
                 module.register_forward_hook(fn)
                 for (_, module, _), fn in zip(self._acts_info, self._act_fns, strict=True)
             ]
-            self._layer_slots = _slots(self._layer_handles, self._layer_fns)
-            self._act_slots = _slots(self._act_handles, self._act_fns)
+            self._layer_slots = hook_slots(self._layer_handles, self._layer_fns)
+            self._act_slots = hook_slots(self._act_handles, self._act_fns)
             self._layers_on = self._acts_on = True
         if want_layers != self._layers_on:
-            _switch(self._layer_slots, want_layers)
+            switch_hooks(self._layer_slots, want_layers)
             self._layers_on = want_layers
         want_acts = bool(self._persistent or self._rec_act)
         if want_acts != self._acts_on:
-            _switch(self._act_slots, want_acts)
+            switch_hooks(self._act_slots, want_acts)
             self._acts_on = want_acts
         want_time = bool(self._persistent or self._rec_time)
         if want_time != self._time_on:
-            _switch(self._time_slots, want_time)
+            switch_hooks(self._time_slots, want_time)
             self._time_on = want_time
 
     def _warn_skip(self, what: str, exc: BaseException | None = None) -> None:
@@ -307,7 +221,7 @@ class HotPath:
                 if out.requires_grad:
                     hook_grad(out, bp_fn)
             else:
-                for t in _tensors(out):
+                for t in tensors_in(out):
                     if t.requires_grad:
                         hook_grad(t, bp_fn)
 
@@ -315,7 +229,7 @@ class HotPath:
 
     def _first_forward(self, li: int, out: Any) -> None:
         """Once per layer: its output shape (batch included) and its execution order."""
-        first = next(iter(_tensors(out)), None)
+        first = next(iter(tensors_in(out)), None)
         self._out_shape[li] = list(first.shape) if first is not None else []
         if not self._order_done and li not in self._exec_order:
             self._exec_order.append(li)
@@ -430,176 +344,3 @@ class HotPath:
                 self._warn_skip("time_grad_first and time_grad_last", exc)
 
         return on_time_grad
-
-    def _make_act_hook(self, ai: int, fam: str):
-        code = FAMILY_CODE[fam]
-        act = self._act
-
-        def on_act_forward(module: nn.Module, args: Any, out: Any) -> None:
-            if torch.compiler.is_compiling():
-                self._on_compiled()
-                return
-            li = self._last_layer
-            if not self._rec_act or li < 0 or not torch.is_grad_enabled() or self._replaying:
-                return
-            if type(out) is not torch.Tensor or out.numel() == 0:
-                return
-            try:
-                row = self._act_rows.get((ai, li))
-                if row is None:
-                    row = self._new_act_row(ai, li, code, fam, out)
-                a = out
-                first = act.stamp[row] != self._step
-                if (
-                    first
-                    and a.dtype in FAST_DTYPES
-                    and a.device == act.buf.device
-                    and a.layout == torch.strided
-                ):
-                    cf = self._channels_first[li]
-                    n = a.numel()
-                    if n <= STACK_ACT_MAX and row not in self._act_eager:
-                        # reduced with the other small activations when the forward returns
-                        # (detached there, once for all of them)
-                        self._act_pend.append((row, a, a._version, fam, cf))
-                        units = (
-                            a.shape[unit_dim(a.dim(), cf)]
-                            if self._act_detail and fam == "rectifier" and a.dim() >= 2 else 1
-                        )
-                    else:
-                        units = self._act_into(row, a.detach(), fam, cf)
-                    act.stamp[row] = self._step
-                    act.called.append(row)
-                    self._act_n[row] = [n, units]
-                else:
-                    self._act_slow(row, a.detach(), fam, li, first)
-            except Exception as exc:  # noqa: BLE001 - never take training down
-                self._warn_skip("activation statistics", exc)
-
-        return on_act_forward
-
-    def _act_into(self, row: int, a: torch.Tensor, fam: str, cf: bool) -> int:
-        """One activation's statistics into its row, in place; returns its units."""
-        v = self._act.views[row]
-        torch.sum(a, dim=self._all_dims(a), dtype=F32, out=v[0])
-        torch.linalg.vector_norm(a, dtype=F32, out=v[1])  # squared at the step
-        if self._act_detail:
-            return detail_into(a, fam, cf, v[2], v[3])
-        return 1
-
-    def reduce_activations(self) -> None:
-        """Reduce the small activations kept since the forward pass began, then drop them.
-
-        Same-shape ones are stacked into a buffer kept for the next steps and reduced in one
-        kernel per statistic; their values go into their rows with one ``index_copy_`` per
-        column.
-        """
-        pend, self._act_pend = self._act_pend, []
-        try:
-            with torch.no_grad():
-                self._reduce_pending(pend)
-        except Exception as exc:  # noqa: BLE001 - never take training down
-            self._warn_skip("activation statistics", exc)
-            gone = {row for row, *_ in pend}  # their rows hold no value of this step
-            self._act.called = [r for r in self._act.called if r not in gone]
-
-    def _reduce_pending(self, pend: list[tuple]) -> None:
-        """Group the kept activations by shape and reduce each group (see above)."""
-        groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
-        for row, a, version, fam, cf in pend:
-            if a._version != version:
-                # changed in place since its module ran: not recorded at this step, and
-                # reduced inside its hook from now on
-                self._act_eager.add(row)
-                self._act.called.remove(row)
-                self._act.stamp[row] = -1
-                self._act_n.pop(row, None)
-                continue
-            groups.setdefault((a.shape, a.dtype, fam, cf), []).append((row, a))
-        buf = self._act.buf
-        for (shape, dtype, fam, cf), items in groups.items():
-            if len(items) == 1:
-                self._act_into(items[0][0], items[0][1], fam, cf)
-                continue
-            st = self._stack_buffer((len(items), *shape), dtype, buf.device)
-            if st is None:  # past the memory cap: one at a time
-                for row, a in items:
-                    self._act_into(row, a, fam, cf)
-                continue
-            rows = self._act_rows_of.get(id(st))
-            if rows is None or rows[0] is not st:
-                rows = self._act_rows_of[id(st)] = (st, list(st.unbind()))
-            torch._foreach_copy_(rows[1], [a for _, a in items])  # faster than stack(out=)
-            # the stacked copy is ours: the saturation count may overwrite it in place
-            sums, norms, sat, dead = reduce_stacked(
-                st, fam, cf, self._act_detail, lambda st=st: st
-            )
-            idx = self._index([r for r, _ in items], buf.device)
-            buf[:, 0].index_copy_(0, idx, sums)
-            buf[:, 1].index_copy_(0, idx, norms)
-            if sat is not None:
-                buf[:, 2].index_copy_(0, idx, sat)
-            if dead is not None:
-                buf[:, 3].index_copy_(0, idx, dead)
-
-    def _stack_buffer(self, shape: tuple, dtype: torch.dtype, device: torch.device):
-        """The stacking buffer for ``shape`` (kept), or None past ``STACK_BUFFER_BYTES``."""
-        key = (shape, dtype, device)
-        st = self._act_bufs.get(key)
-        if st is None:
-            size = math.prod(shape) * dtype.itemsize
-            held = sum(b.numel() * b.element_size() for b in self._act_bufs.values())
-            if held + size > STACK_BUFFER_BYTES:
-                if size > STACK_BUFFER_BYTES // 2:
-                    return None
-                self._act_bufs.clear()  # shapes changed (new batch size, say): start over
-                self._act_rows_of.clear()
-            st = self._act_bufs[key] = torch.empty(shape, dtype=dtype, device=device)
-        return st
-
-    _DIMS: dict[int, tuple[int, ...]] = {}
-
-    def _all_dims(self, a: torch.Tensor) -> tuple[int, ...]:
-        dims = self._DIMS.get(a.dim())
-        if dims is None:
-            dims = self._DIMS[a.dim()] = tuple(range(a.dim()))
-        return dims
-
-    def _new_act_row(self, ai: int, li: int, code: int, fam: str, out: torch.Tensor) -> int:
-        row = len(self._act_meta)
-        self._act_rows[(ai, li)] = row
-        self._act_meta.append((li, code))
-        self._act.ensure(row + 1, out.device)
-        # the columns that do not apply to this family stay NaN for good
-        sat_ok, dead_ok = applicable(fam)
-        if not sat_ok:
-            self._act.buf[row, 2] = float("nan")
-        if not dead_ok:
-            self._act.buf[row, 3] = float("nan")
-        return row
-
-    def _act_slow(self, row: int, a: torch.Tensor, fam: str, li: int, first: bool) -> None:
-        """General path: other dtypes or devices, and later calls of a step (accumulated)."""
-        from gradwatch.stats.numeric import dense_real
-
-        d = dense_real(a)
-        if d is None:
-            self._warn_skip(f"activation statistics of {a.layout}/{a.device.type} outputs")
-            return
-        vals, units = act_row(d, fam, self._channels_first[li], self._act_detail)
-        vals = vals.to(self._act.buf.device)
-        vals[1] = vals[1].sqrt()  # stored as a norm, like the in-place path
-        act = self._act
-        if first:
-            act.buf[row].copy_(vals)
-            act.stamp[row] = self._step
-            act.called.append(row)
-            self._act_n[row] = [a.numel(), units]
-            return
-        # a later call of this step: add sums, squares and counts; elements and units grow
-        sq = torch.stack([vals[0], vals[1].square(), vals[2], vals[3]])
-        prev = act.extra.get(row)
-        act.extra[row] = sq if prev is None else prev + sq
-        n = self._act_n[row]
-        n[0] += a.numel()
-        n[1] += units

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from gradwatch.monitor.hooks import _tensors
+from gradwatch.monitor.hookkit import tensors_in
 from gradwatch.stats.origin import count_nonfinite
 
 
@@ -42,7 +42,7 @@ class Forensics:
         args, kwargs = self._inputs
         dev = self._params[0].device if self._params[0].device.type != "meta" else "cpu"
         keys: list[tuple[int, int]] = [(0, -1)]
-        vals = [count_nonfinite(_tensors((args, kwargs)), dev)]
+        vals = [count_nonfinite(tensors_in((args, kwargs)), dev)]
         for li, ly in enumerate(self.layers):
             keys.append((1, li))
             vals.append(count_nonfinite(ly.module.parameters(recurse=False), dev))
@@ -51,7 +51,7 @@ class Forensics:
         for li, ly in enumerate(self.layers):
 
             def hook(module: Any, a: Any, out: Any, li: int = li) -> None:
-                first = next(iter(_tensors(out)), None)
+                first = next(iter(tensors_in(out)), None)
                 if first is not None and li not in outs:
                     outs[li] = count_nonfinite([first], dev)
 
