@@ -37,6 +37,10 @@ from gradwatch.store.safe_write import write_with
 STAT_INDEX = {s: i for i, s in enumerate(ALL_STATS)}
 COMPACT_AT = 32  # merge single parts once this many have accumulated
 MAX_PENDING_ROWS = 2_000_000  # rows held for retries after failed writes (~40 MB of Arrow)
+#: How much lower than the training thread the writer thread runs (Linux nice increment):
+#: on a machine whose cores training keeps busy, a flush then takes time the training does
+#: not need instead of time it does. The writer still gets its share, so flushes finish.
+WRITER_NICE = 10
 
 
 @dataclass
@@ -230,6 +234,7 @@ class RunWriter:
 
     # -- the writer thread -------------------------------------------------------------------
     def _loop(self) -> None:
+        lower_priority(WRITER_NICE)
         while True:
             batch = self._q.get()
             if batch is None:
@@ -328,6 +333,17 @@ class RunWriter:
         """Errors since the last call (called from the training thread)."""
         errs, self._errors = self._errors, []
         return errs
+
+
+def lower_priority(nice: int) -> None:
+    """Lower the calling thread's CPU priority by ``nice`` (Linux; elsewhere nothing)."""
+    if nice <= 0:
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError):  # no per-thread priorities here: run as is
+        pass
 
 
 def wait_until(pred, timeout: float) -> bool:
