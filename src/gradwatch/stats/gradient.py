@@ -10,9 +10,10 @@ Hot path (once per recorded step, over all parameter gradients of the model):
 - NaN/Inf counts. A norm is finite iff every entry is finite and the sum of squares does not
   overflow, so the counts are computed only when the total norm is not finite. On CPU that
   test reads a CPU scalar (no device synchronisation exists there); on accelerators the count
-  is computed every step with a fused kernel (``_foreach_norm(g * 0, ord=0)`` counts the
-  entries that are NaN after multiplying by zero, i.e. the non-finite ones), so no host sync
-  happens between flushes. A finite gradient whose float32 sum of squares overflows (entries
+  is computed every step with fused kernels (``_foreach_norm(g * 0, ord=0)`` counts the
+  entries that are NaN after multiplying by zero, i.e. the non-finite ones), in pieces of at
+  most ``COUNT_CHUNK`` elements so the temporary never copies every gradient at once, and in
+  float32 (exact for half-precision gradients too), so no host sync happens between flushes. A finite gradient whose float32 sum of squares overflows (entries
   near 1e20) is recorded finite: its norm is redone in float64 on that rare step (CPU).
 
 Host side: per layer, ``grad_norm = sqrt(sum of squared norms of its parameters)``,
@@ -176,12 +177,57 @@ def grad_block(
         counts = torch.stack([torch.isfinite(g).logical_not_().sum() for g in grads]).to(F32)
         parts[0] = _unoverflow(norms, counts, grads)
     else:
-        # accelerators: counted every step (no host sync to test the total first); one fused
-        # kernel over a temporary per gradient (NaN where g is NaN or +-Inf)
-        zeros = torch._foreach_mul(grads, 0.0)
-        counts = torch.stack([n.to(F32) for n in torch._foreach_norm(zeros, 0)])
+        # accelerators: counted every step (no host sync to test the total first)
+        counts = nonfinite_counts(grads)
     parts.append(counts)
     return torch.cat(parts), True
+
+
+#: Elements per piece when counting non-finite entries: bounds the temporary (64 MiB of
+#: float32) and keeps each partial count exact in float32 (below 2**24).
+COUNT_CHUNK = 1 << 24
+
+
+def nonfinite_counts(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """(P,) float32 counts of NaN/Inf entries per tensor, on their device, without a host sync.
+
+    ``x * 0`` is 0 where x is finite and NaN where it is NaN or +-Inf, so the L0 "norm" of it
+    counts the non-finite entries: one fused multiply and one fused count per piece. The
+    tensors go through in pieces of at most ``COUNT_CHUNK`` elements (a large tensor as views
+    of its flat storage), so the temporary never holds a copy of every gradient at once;
+    counts are accumulated in float32, exact per piece, for half-precision gradients too.
+    """
+    pieces: list[torch.Tensor] = []  # views, in order
+    owner: list[int] = []  # the tensor each piece belongs to
+    for i, t in enumerate(tensors):
+        if t.numel() > COUNT_CHUNK and t.is_contiguous():
+            parts = t.view(-1).split(COUNT_CHUNK)
+        else:
+            parts = (t,)
+        pieces.extend(parts)
+        owner.extend([i] * len(parts))
+    counts: list[torch.Tensor] = []
+    batch: list[torch.Tensor] = []
+    size = 0
+    for piece in pieces:
+        batch.append(piece)
+        size += piece.numel()
+        if size >= COUNT_CHUNK:
+            counts += torch._foreach_norm(torch._foreach_mul(batch, 0.0), 0, dtype=F32)
+            batch, size = [], 0
+    if batch:
+        counts += torch._foreach_norm(torch._foreach_mul(batch, 0.0), 0, dtype=F32)
+    if len(pieces) == len(tensors):
+        return torch.stack(counts)
+    per_tensor: list[torch.Tensor] = []
+    j = 0
+    while j < len(pieces):  # pieces of one tensor are adjacent: add them up on the device
+        k = j
+        while k + 1 < len(pieces) and owner[k + 1] == owner[j]:
+            k += 1
+        per_tensor.append(counts[j] if k == j else torch.stack(counts[j : k + 1]).sum())
+        j = k + 1
+    return torch.stack(per_tensor)
 
 
 def _unoverflow(norms: torch.Tensor, counts: torch.Tensor, grads: Sequence[torch.Tensor]):
