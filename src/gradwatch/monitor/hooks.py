@@ -238,7 +238,7 @@ class HotPath(ActivationHooks):
         bp = self._bp
 
         def on_backprop(grad: torch.Tensor) -> None:
-            # d loss / d output of layer li: its sum of squares into the layer's slot (first
+            # d loss / d output of layer li: its norm into the layer's slot (first
             # call of the step) or into its accumulator (later calls)
             try:
                 if bp.stamp[li] != self._step if li < len(bp.stamp) else True:
