@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import gradwatch as gw
+from gradwatch.monitor import act_hooks
 
 WIDTH = 24
 
@@ -39,7 +40,10 @@ def deep_model() -> nn.Sequential:
     return model
 
 
-def test_stacked_paths_equal_their_definitions():
+@pytest.mark.parametrize("pending_max", [None, 2000])
+def test_stacked_paths_equal_their_definitions(monkeypatch, pending_max):
+    if pending_max is not None:  # kept activations are reduced mid-forward past this many
+        monkeypatch.setattr(act_hooks, "PENDING_MAX", pending_max)
     model = deep_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))
@@ -50,8 +54,15 @@ def test_stacked_paths_equal_their_definitions():
         for i in act_idx]
     before = [p.detach().clone() for p in model.parameters()]
     with gw.watch(model, optimizer=opt, detail_every=1) as mon:
+        peak = []  # elements kept by the Monitor after each activation ran
+        spies = [model[i].register_forward_hook(
+            lambda m, a, o: peak.append(mon._act_pend_n)) for i in act_idx]
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
+        out = model(x)
+        held = mon._act_pend_n
+        for h in spies:
+            h.remove()
+        loss = nn.functional.cross_entropy(out, y)
         loss.backward()
         grads = [p.grad.clone() for p in model.parameters()]
         opt.step()
@@ -60,6 +71,12 @@ def test_stacked_paths_equal_their_definitions():
     for h in hooks:
         h.remove()
     assert plan is not None and plan.stacked, "the model must take the stacked gradient path"
+    assert held == 0  # nothing kept past the forward pass
+    one = 40 * WIDTH  # elements of one activation
+    if pending_max is None:
+        assert max(peak) == len(act_idx) * one  # all kept until the forward pass returns
+    else:
+        assert 0 < max(peak) <= pending_max + one  # reduced mid-forward past the bound
     got = recorded(mon.run)
     params = list(model.parameters())
     lin_idx = [i for i, m in enumerate(model) if isinstance(m, nn.Linear)]

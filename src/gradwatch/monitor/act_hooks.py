@@ -28,6 +28,9 @@ from gradwatch.stats.activation import (
 F32 = torch.float32
 #: Most memory the activation stacking buffers may hold (beyond it: one at a time).
 STACK_BUFFER_BYTES = 64 << 20
+#: Most elements of kept activations before they are reduced, even mid-forward: activations
+#: that autograd does not keep (one followed by dropout, say) are then held no longer.
+PENDING_MAX = 1 << 24
 
 
 class ActivationHooks:
@@ -64,6 +67,7 @@ class ActivationHooks:
                         # reduced with the other small activations when the forward returns
                         # (detached there, once for all of them)
                         self._act_pend.append((row, a, a._version, fam, cf))
+                        self._act_pend_n += n
                         units = (
                             a.shape[unit_dim(a.dim(), cf)]
                             if self._act_detail and fam == "rectifier" and a.dim() >= 2 else 1
@@ -73,6 +77,8 @@ class ActivationHooks:
                     act.stamp[row] = self._step
                     act.called.append(row)
                     self._act_n[row] = [n, units]
+                    if self._act_pend_n > PENDING_MAX:
+                        self.reduce_activations()  # a very deep model: do not hold them all
                 else:
                     self._act_slow(row, a.detach(), fam, li, first)
             except Exception as exc:  # noqa: BLE001 - never take training down
@@ -97,6 +103,7 @@ class ActivationHooks:
         column.
         """
         pend, self._act_pend = self._act_pend, []
+        self._act_pend_n = 0
         try:
             with torch.no_grad():
                 self._reduce_pending(pend)

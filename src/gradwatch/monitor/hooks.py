@@ -75,6 +75,7 @@ class HotPath(ActivationHooks):
         self._act_meta: list[tuple[int, int]] = []  # row -> (layer, family code)
         self._act_n: dict[int, list[int]] = {}  # row -> [elements, units] in the step
         self._act_pend: list[tuple] = []  # (row, tensor, version, family, channels first)
+        self._act_pend_n = 0  # elements held in _act_pend
         self._act_eager: set[int] = set()  # rows reduced inside the hook (changed in place)
         self._act_bufs: dict[tuple, torch.Tensor] = {}  # stacking buffers, by shape
         self._act_rows_of: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}  # their rows

@@ -297,6 +297,7 @@ class Lifecycle:
         finally:
             self._snapshot = None
             self._act_pend = []
+            self._act_pend_n = 0
             self._act_bufs = {}
             self._act_rows_of = {}
             if self._rundir is not None:

@@ -161,6 +161,7 @@ class StepRecord:
         self._bp.reset()
         self._act.reset()
         self._act_pend = []
+        self._act_pend_n = 0
         self._time_rows = []
         self._time_vals = []
         self._act_n = {}

@@ -13,7 +13,8 @@ Hot path (once per recorded step, over all parameter gradients of the model):
   is computed every step with fused kernels (``_foreach_norm(g * 0, ord=0)`` counts the
   entries that are NaN after multiplying by zero, i.e. the non-finite ones), in pieces of at
   most ``COUNT_CHUNK`` elements so the temporary never copies every gradient at once, and in
-  float32 (exact for half-precision gradients too), so no host sync happens between flushes. A finite gradient whose float32 sum of squares overflows (entries
+  float32 (exact for half-precision gradients too), so no host sync happens between flushes.
+  A finite gradient whose float32 sum of squares overflows (entries
   near 1e20) is recorded finite: its norm is redone in float64 on that rare step (CPU).
 
 Host side: per layer, ``grad_norm = sqrt(sum of squared norms of its parameters)``,
