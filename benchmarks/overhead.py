@@ -279,7 +279,7 @@ def main() -> None:
                   flush=True)
     finally:
         if "wandb" in sys.modules and sys.modules["wandb"].run is not None:
-            sys.modules["wandb"].finish(quiet=True)
+            sys.modules["wandb"].finish()
         shutil.rmtree(workdir, ignore_errors=True)
     print()
     print(table(results, [*CONFIGS, *anchors]))

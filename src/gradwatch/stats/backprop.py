@@ -3,15 +3,17 @@
 This is the back-propagated signal of Glorot & Bengio (2010): it can shrink geometrically
 toward the input while the weight gradients look flat, so it is the first thing to look at.
 
-Hot path: a forward hook on the layer (installed once) registers a tensor hook on its output
-(a function built once per layer: no allocation per step); during backward that hook writes
-one ``vector_norm`` of the incoming gradient (float32 accumulation) into a preallocated
-device buffer. A layer called several times in a step (shared module, recurrent cell,
-gradient accumulation) contributes several norms. Of the mechanisms PyTorch offers this is
-the cheapest measured on CPU (``benchmarks/overhead.py``, ../shared/PERF_NOTES.md: a node
-pre-hook costs the same, ``register_multi_grad_hook`` ~3x, a full backward hook ~5x, an
-autograd Function per layer ~2x); it is still ~15 µs of Python per layer, so by default the
-statistic is taken at detail steps (every ``detail_every``-th recorded step).
+Hot path: a forward hook on the layer (installed once) hangs a hook on its output tensor (a
+function built once per layer, installed as ``Tensor.register_hook`` would but without the
+removable handle it builds per call); during backward that hook writes the norm of the
+incoming gradient (float32 accumulation: ``vector_norm``, or a BLAS dot for float32 gradients
+of 16 384 entries or more, which is faster there) into a preallocated device buffer. A layer
+called several times in a step (shared module, recurrent cell, gradient accumulation)
+contributes several norms. Of the mechanisms PyTorch offers this is the cheapest measured on
+CPU (``benchmarks/overhead.py``, ../shared/PERF_NOTES.md: a node pre-hook costs a little more,
+``register_multi_grad_hook`` ~3x, a full backward hook ~5x, an autograd Function per layer
+~2x); it is still ~8-10 µs of Python per layer, so by default the statistic is taken at
+detail steps (every ``detail_every``-th recorded step).
 
 Host side: ``backprop_norm = sqrt(sum of squared norms over the calls of the step)``: the norm
 of the gradient with respect to everything the layer output in that step. Under GradScaler the
