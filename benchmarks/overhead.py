@@ -22,6 +22,9 @@ Configurations:
                back-propagated norms, max |g|, weight norm, update ratio and activation
                statistics every 10th recorded step)
 - everything:  every statistic at every step (detail_every=1, activations on)
+- floor:       no gradwatch: one fused ``torch._foreach_norm`` over the gradients after every
+               backward (what ``clip_grad_norm_`` does), the cheapest way to read every
+               gradient once; nothing that reads every gradient at every step costs less
 - lightning:   Lightning's ``grad_norm(model, 2)`` after every backward (when installed)
 - wandb / wandb10: ``wandb.watch(model, log="all")`` offline, every step / every 10th step
                (when installed; WANDB_MODE=offline, nothing leaves the machine)
@@ -54,6 +57,7 @@ LABELS = {
     "param_grads": "gradwatch, parameter-gradient statistics only",
     "default": "**gradwatch default**",
     "everything": "gradwatch, everything every step",
+    "floor": "floor: one `torch._foreach_norm` over the gradients, no gradwatch",
     "lightning": "Lightning `grad_norm` every step (norms only)",
     "wandb": "wandb.watch every step",
     "wandb10": "wandb.watch every 10 steps",
@@ -130,6 +134,11 @@ class Runner:
         self.after_step = None
         if key in CONFIGS:
             self.mon = gw.watch(self.model, workdir, optimizer=self.opt, **CONFIGS[key])
+        elif key == "floor":
+            params = [p for p in self.model.parameters() if p.requires_grad]
+            self.after_backward = lambda: torch._foreach_norm(
+                [p.grad for p in params if p.grad is not None]
+            )
         elif key == "lightning":
             from lightning.pytorch.utilities import grad_norm
 
@@ -210,7 +219,7 @@ def bench_network(name, rounds, steps, workdir, device, clock, anchors) -> dict:
     torch.manual_seed(0)
     desc, base, x, loss_fn = make(name, device)
     base = base.to(device)
-    keys = ["plain", *CONFIGS, *anchors]
+    keys = ["plain", "floor", *CONFIGS, *anchors]
     runners = {k: Runner(k, base, x, loss_fn, workdir / name / k) for k in keys}
     for r in runners.values():
         r.steps(3)  # warm-up: plans, buffers, allocator
@@ -282,7 +291,7 @@ def main() -> None:
             sys.modules["wandb"].finish()
         shutil.rmtree(workdir, ignore_errors=True)
     print()
-    print(table(results, [*CONFIGS, *anchors]))
+    print(table(results, ["floor", *CONFIGS, *anchors]))
     meta = {"torch": torch.__version__, "threads": args.threads, "rounds": args.rounds,
             "steps_per_round": args.steps, "device": args.device, "clock": args.clock,
             "load": os.getloadavg()}
