@@ -40,10 +40,12 @@ def deep_model() -> nn.Sequential:
     return model
 
 
-@pytest.mark.parametrize("pending_max", [None, 2000])
-def test_stacked_paths_equal_their_definitions(monkeypatch, pending_max):
+@pytest.mark.parametrize("pending_max,buffer_bytes", [(None, None), (2000, None), (None, 8000)])
+def test_stacked_paths_equal_their_definitions(monkeypatch, pending_max, buffer_bytes):
     if pending_max is not None:  # kept activations are reduced mid-forward past this many
         monkeypatch.setattr(act_hooks, "PENDING_MAX", pending_max)
+    if buffer_bytes is not None:  # stacking buffers past this size: one activation at a time
+        monkeypatch.setattr(act_hooks, "STACK_BUFFER_BYTES", buffer_bytes)
     model = deep_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))
@@ -147,3 +149,30 @@ def test_an_activation_changed_in_place_is_skipped_once_then_taken_in_its_hook()
     assert mean0[2] == pytest.approx(float(seen[2].mean()), rel=1e-5, abs=1e-7)  # before mul_
     mean1 = df[(df.layer == "lins.1") & (df.stat == "act_mean")].set_index("step")["value"]
     assert list(mean1.index) == [0, 1, 2]  # untouched: reduced with the others every step
+
+
+def test_the_backprop_hook_keeps_hooks_the_user_hung_on_the_same_output():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2))
+    seen: dict[str, torch.Tensor] = {}
+
+    def hang(key):
+        def hook(m, a, o):
+            if key == "after0":
+                o.retain_grad()
+                seen["out0"] = o
+            o.register_hook(lambda g: seen.__setitem__(key, g.clone()))
+        return hook
+
+    model[0].register_forward_hook(hang("before0"))  # before gradwatch's: the public path
+    with gw.watch(model, detail_every=1) as mon:
+        model[0].register_forward_hook(hang("after0"))  # after: joins the dict it installed
+        model[2].register_forward_hook(hang("after2"))
+        loss = model(torch.randn(3, 4)).square().sum()
+        loss.backward()
+        mon.step(loss)
+    bp = mon.run.stats.query("stat == 'backprop_norm'").set_index("layer")["value"]
+    assert torch.equal(seen["before0"], seen["after0"])  # every hook on layer 0 ran
+    assert torch.equal(seen["out0"].grad, seen["after0"])  # and retain_grad still works
+    assert bp["0"] == pytest.approx(float(seen["before0"].norm()), rel=1e-6)
+    assert bp["2"] == pytest.approx(float(seen["after2"].norm()), rel=1e-6)
