@@ -23,8 +23,8 @@ Configurations:
                statistics every 10th recorded step)
 - everything:  every statistic at every step (detail_every=1, activations on)
 - floor:       no gradwatch: one fused ``torch._foreach_norm`` over the gradients after every
-               backward (what ``clip_grad_norm_`` does), the cheapest way to read every
-               gradient once; nothing that reads every gradient at every step costs less
+               backward (what ``clip_grad_norm_`` does): the standard way to read every
+               gradient once, and what the parameter-gradient statistics cost at least
 - lightning:   Lightning's ``grad_norm(model, 2)`` after every backward (when installed)
 - wandb / wandb10: ``wandb.watch(model, log="all")`` offline, every step / every 10th step
                (when installed; WANDB_MODE=offline, nothing leaves the machine)
