@@ -320,6 +320,42 @@ def execute(
     )
 
 
+def runner(module: str) -> Callable[..., dict[str, Any]]:
+    """The ``run`` function of the experiment module named ``module`` (one definition for all).
+
+    The module provides ``NAME``, ``measure``, ``claims``, ``plot``, ``Config`` and ``QUICK``;
+    they are looked up when ``run`` is called, so ``run`` can be made before they are defined.
+    """
+
+    def run(
+        out_dir: str | Path,
+        quick: bool = False,
+        seed: int = 0,
+        progress: bool | None = None,
+        **overrides: Any,
+    ) -> dict:
+        """Run the experiment; write runs/, figures/ and result.json under ``out_dir``.
+
+        Args:
+            out_dir: output folder.
+            quick: the small version (the module's ``QUICK`` config).
+            seed: seed of initialisation and batch order.
+            progress: show a progress bar (None: when on a terminal).
+            **overrides: fields of the module's ``Config`` to change.
+
+        Returns:
+            the result dict (see :func:`gradwatch.experiments.base.finish`).
+        """
+        mod = sys.modules[module]
+        return execute(
+            mod.NAME, mod.measure, mod.claims, mod.plot, mod.Config(), mod.QUICK, out_dir,
+            quick=quick, seed=seed, progress=progress, overrides=overrides,
+        )
+
+    run.__module__ = module
+    return run
+
+
 # -- seeding ------------------------------------------------------------------------------
 
 

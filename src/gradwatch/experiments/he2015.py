@@ -152,38 +152,7 @@ def loss_summary(losses: pd.Series, window: int) -> dict[str, Any]:
     }
 
 
-def run(
-    out_dir: str | Path,
-    quick: bool = False,
-    seed: int = 0,
-    progress: bool | None = None,
-    **overrides: Any,
-) -> dict:
-    """Run the experiment; write runs/, figures/ and result.json under ``out_dir``.
-
-    Args:
-        out_dir: output folder.
-        quick: the small version (:data:`QUICK`).
-        seed: seed of initialisation and batch order.
-        progress: show a progress bar (None: when on a terminal).
-        **overrides: fields of :class:`Config` to change.
-
-    Returns:
-        the result dict (see :func:`gradwatch.experiments.base.finish`).
-    """
-    return base.execute(
-        NAME,
-        measure,
-        claims,
-        plot,
-        Config(),
-        QUICK,
-        out_dir,
-        quick=quick,
-        seed=seed,
-        progress=progress,
-        overrides=overrides,
-    )
+run = base.runner(__name__)
 
 
 def measure(cfg: Config, out: Path, seed: int, bar: Any) -> dict[str, Any]:

@@ -66,7 +66,7 @@ from torch import nn
 from gradwatch.experiments import base
 from gradwatch.experiments.base import Claim, claim
 from gradwatch.experiments.data import adding_problem, temporal_order
-from gradwatch.experiments.pascanu2013_figures import plot
+from gradwatch.experiments.pascanu2013_figures import plot  # noqa: F401 - run() reads it
 from gradwatch.experiments.sequence_training import train
 from gradwatch.jsonable import from_jsonable
 
@@ -192,38 +192,7 @@ def decay_slope(norms: np.ndarray) -> float:
     return float(np.polyfit(back[ok], np.log(norms[ok]), 1)[0])
 
 
-def run(
-    out_dir: str | Path,
-    quick: bool = False,
-    seed: int = 0,
-    progress: bool | None = None,
-    **overrides: Any,
-) -> dict:
-    """Run the experiment; write runs/, figures/ and result.json under ``out_dir``.
-
-    Args:
-        out_dir: output folder.
-        quick: the small version (:data:`QUICK`).
-        seed: seed of data, initialisation and batch order.
-        progress: show a progress bar (None: when on a terminal).
-        **overrides: fields of :class:`Config` to change.
-
-    Returns:
-        the result dict (see :func:`gradwatch.experiments.base.finish`).
-    """
-    return base.execute(
-        NAME,
-        measure,
-        claims,
-        plot,
-        Config(),
-        QUICK,
-        out_dir,
-        quick=quick,
-        seed=seed,
-        progress=progress,
-        overrides=overrides,
-    )
+run = base.runner(__name__)
 
 
 def measure(cfg: Config, out: Path, seed: int, bar: Any) -> dict[str, Any]:
