@@ -24,6 +24,7 @@ from gradwatch.stats.activation import (
     reduce_stacked,
     unit_dim,
 )
+from gradwatch.stats.numeric import Stacked
 
 F32 = torch.float32
 #: Most memory the activation stacking buffers may hold (beyond it: one at a time).
@@ -135,14 +136,9 @@ class ActivationHooks:
                 for row, a in items:
                     self._act_into(row, a, fam, cf)
                 continue
-            rows = self._act_rows_of.get(id(st))
-            if rows is None or rows[0] is not st:
-                rows = self._act_rows_of[id(st)] = (st, list(st.unbind()))
-            torch._foreach_copy_(rows[1], [a for _, a in items])  # faster than stack(out=)
-            # the stacked copy is ours: the saturation count may overwrite it in place
-            sums, norms, sat, dead = reduce_stacked(
-                st, fam, cf, self._act_detail, lambda st=st: st
-            )
+            # a copy of ours: the saturation count overwrites it in place
+            copy = st.fill([a for _, a in items])
+            sums, norms, sat, dead = reduce_stacked(copy, fam, cf, self._act_detail)
             idx = self._index([r for r, _ in items], buf.device)
             buf[:, 0].index_copy_(0, idx, sums)
             buf[:, 1].index_copy_(0, idx, norms)
@@ -157,13 +153,12 @@ class ActivationHooks:
         st = self._act_bufs.get(key)
         if st is None:
             size = math.prod(shape) * dtype.itemsize
-            held = sum(b.numel() * b.element_size() for b in self._act_bufs.values())
+            held = sum(b.nbytes for b in self._act_bufs.values())
             if held + size > STACK_BUFFER_BYTES:
                 if size > STACK_BUFFER_BYTES // 2:
                     return None
                 self._act_bufs.clear()  # shapes changed (new batch size, say): start over
-                self._act_rows_of.clear()
-            st = self._act_bufs[key] = torch.empty(shape, dtype=dtype, device=device)
+            st = self._act_bufs[key] = Stacked(shape[0], shape[1:], dtype, device)
         return st
 
     _DIMS: dict[int, tuple[int, ...]] = {}

@@ -47,6 +47,7 @@ from gradwatch.monitor.hookkit import (
     switch_hooks,
     tensors_in,
 )
+from gradwatch.stats.numeric import Stacked
 from gradwatch.stats.temporal import TIME_STATS
 
 F32 = torch.float32
@@ -77,8 +78,7 @@ class HotPath(ActivationHooks):
         self._act_pend: list[tuple] = []  # (row, tensor, version, family, channels first)
         self._act_pend_n = 0  # elements held in _act_pend
         self._act_eager: set[int] = set()  # rows reduced inside the hook (changed in place)
-        self._act_bufs: dict[tuple, torch.Tensor] = {}  # stacking buffers, by shape
-        self._act_rows_of: dict[int, tuple[torch.Tensor, list[torch.Tensor]]] = {}  # their rows
+        self._act_bufs: dict[tuple, Stacked] = {}  # stacking buffers, by shape
         self._wanted = set(self.stats)
         self._replaying = False  # a NaN-forensics replay is running: hooks stand aside
         self._idx_cache: dict = {}

@@ -299,7 +299,6 @@ class Lifecycle:
             self._act_pend = []
             self._act_pend_n = 0
             self._act_bufs = {}
-            self._act_rows_of = {}
             if self._rundir is not None:
                 self._rundir.release()
             _LIVE.discard(self)

@@ -82,20 +82,18 @@ def detail_into(
 STACK_ACT_MAX = 1 << 16
 
 
-def saturated_counts(st: torch.Tensor, fam: str, dims: tuple[int, ...], scratch: torch.Tensor):
+def saturated_counts(st: torch.Tensor, fam: str, dims: tuple[int, ...]) -> torch.Tensor:
     """Per-row count of saturated entries of a stacked (n, ...) ``st``, float32 (n,).
 
-    In place in ``scratch`` (same shape): |a - centre| - thr, clipped at 0, sign: 1 where
+    Overwrites ``st`` (a copy the caller owns): |a - centre| - thr, clipped at 0, sign: 1 where
     saturated. Four vectorised passes; a boolean mask and its sum are 2-3x slower on CPU.
     NaN entries count as not saturated (``nansum``), as in :func:`detail_into`.
     """
     centre, thr = SATURATION[fam]
-    if centre == 0.0:
-        torch.abs(st, out=scratch)
-    else:
-        torch.sub(st, centre, out=scratch).abs_()
-    scratch.sub_(thr).relu_().sign_()
-    return torch.nansum(scratch, dim=dims, dtype=F32)
+    if centre != 0.0:
+        st.sub_(centre)
+    st.abs_().sub_(thr).relu_().sign_()
+    return torch.nansum(st, dim=dims, dtype=F32)
 
 
 def dead_counts(st: torch.Tensor, unit: int) -> torch.Tensor:
@@ -106,12 +104,12 @@ def dead_counts(st: torch.Tensor, unit: int) -> torch.Tensor:
 
 
 def reduce_stacked(
-    st: torch.Tensor, fam: str, channels_first: bool, detail: bool, scratch
+    st: torch.Tensor, fam: str, channels_first: bool, detail: bool
 ) -> tuple[torch.Tensor, ...]:
     """(sums, L2 norms, saturated counts or None, dead units or None) of each row of ``st``.
 
-    ``st`` is (n, *shape): n same-shape activations stacked. ``scratch`` is a callable
-    returning a buffer shaped like ``st`` (asked for only when saturation is counted).
+    ``st`` is (n, *shape): n same-shape activations stacked into a copy the caller owns; the
+    saturation count overwrites it.
     """
     dims = tuple(range(1, st.dim()))
     sums = torch.sum(st, dim=dims, dtype=F32)
@@ -119,7 +117,7 @@ def reduce_stacked(
     sat = dead = None
     if detail:
         if fam in SATURATION:
-            sat = saturated_counts(st, fam, dims, scratch())
+            sat = saturated_counts(st, fam, dims)
         elif fam == "rectifier" and st.dim() >= 3:
             dead = dead_counts(st, 1 + unit_dim(st.dim() - 1, channels_first))
     return sums, norms, sat, dead

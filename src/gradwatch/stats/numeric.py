@@ -58,3 +58,31 @@ def dense_real(t: torch.Tensor) -> torch.Tensor | None:
     if not t.is_floating_point():
         t = t.to(F32)
     return t
+
+
+class Stacked:
+    """A (n, *shape) buffer kept across steps, filled from n same-shape tensors in one call.
+
+    One fused ``torch._foreach_copy_`` into the buffer's rows: on CPU it is faster than
+    ``torch.stack(..., out=)`` for many small tensors (0.50 vs 0.64 ms for 200 64x64
+    gradients right after a backward pass), and a buffer allocated once spares the page
+    faults of a fresh multi-megabyte tensor every step.
+    """
+
+    def __init__(self, n: int, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device):
+        self.buf = torch.empty((n, *shape), dtype=dtype, device=device)
+        self.rows = list(self.buf.unbind())
+
+    def fits(self, t: torch.Tensor) -> bool:
+        """Whether tensors like ``t`` can be copied in (same dtype and device)."""
+        return t.dtype == self.buf.dtype and t.device == self.buf.device
+
+    def fill(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """Copy ``tensors`` into the rows; return the (n, *shape) buffer."""
+        torch._foreach_copy_(self.rows, tensors)
+        return self.buf
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held."""
+        return self.buf.numel() * self.buf.element_size()

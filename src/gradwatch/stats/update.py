@@ -40,11 +40,7 @@ class Snapshot:
     def __init__(self, params: Sequence[torch.Tensor], plan: NormPlan):
         self.plan = plan
         self.dtype, self.device = params[0].dtype, params[0].device
-        self.stacked = [
-            torch.empty((len(idx), params[idx[0]].numel()), dtype=params[idx[0]].dtype,
-                        device=params[idx[0]].device)
-            for idx in plan.stacked
-        ]
+        self.stacked = [plan.new_buffer(params, g) for g in range(len(plan.stacked))]
         self.rest = [torch.empty_like(params[i]) for i in plan.rest]
 
     def fits(self, params: Sequence[torch.Tensor]) -> bool:
@@ -56,7 +52,7 @@ class Snapshot:
         """Copy the current parameters in."""
         with torch.no_grad():
             for g, buf in enumerate(self.stacked):
-                self.plan.stack(params, g, out=buf)
+                self.plan.stack(params, g, into=buf)
             if self.rest:
                 torch._foreach_copy_(self.rest, [params[i] for i in self.plan.rest])
 
@@ -68,11 +64,12 @@ class Snapshot:
         plan = self.plan
         dws, ws = [], []
         with torch.no_grad():
-            for g, buf in enumerate(self.stacked):
+            for g, snap in enumerate(self.stacked):
                 cur = plan.stack(params, g)
+                before = snap.buf.view(cur.shape)
                 acc = acc_dtype(cur.dtype)
                 ws.append(torch.linalg.vector_norm(cur, dim=1, dtype=acc).to(F32))
-                dws.append(torch.linalg.vector_norm(buf.sub_(cur), dim=1, dtype=acc).to(F32))
+                dws.append(torch.linalg.vector_norm(before.sub_(cur), dim=1, dtype=acc).to(F32))
             if self.rest:
                 cur = [params[i] for i in plan.rest]
                 ws.append(rest_norms(cur))
@@ -81,18 +78,6 @@ class Snapshot:
         dw = plan.order(torch.cat(dws) if len(dws) > 1 else dws[0])
         w = plan.order(torch.cat(ws) if len(ws) > 1 else ws[0])
         return torch.cat([dw, w])
-
-
-def update_block(
-    snapshot: list[torch.Tensor], params: Sequence[torch.Tensor], plan: NormPlan | None = None
-) -> torch.Tensor:
-    """Turn ``snapshot`` (w before) into w_before - w_after in place; return (dw, w) norms (2P,).
-
-    The general form, for a list of per-tensor copies (see :class:`Snapshot` for the hot path).
-    """
-    plan = plan or NormPlan(params)
-    torch._foreach_sub_(snapshot, list(params))
-    return torch.cat([plan.norms(snapshot), plan.norms(params)])
 
 
 def _per_layer(sq: np.ndarray, param_ids, layer_params) -> tuple[list[int], np.ndarray]:
