@@ -46,9 +46,18 @@ VERDICT_PRECEDENCE = ("nonfinite", "exploding", "vanishing", "dead", "saturated"
 """Verdict kinds, most severe first: the verdict is the first of these among the findings of
 severity "warning" or "error" ("healthy" when there is none)."""
 
-KIND_VERDICT = {"diverging": "exploding"}
+KIND_VERDICT = {
+    "diverging": "exploding",
+    "loss_spike": "exploding",
+    "attention_logit_growth": "exploding",
+    "output_logit_divergence": "exploding",
+    "grad_spike": "exploding",
+}
 """Finding kinds that are not verdicts themselves, and the verdict they count toward: a loss
-that climbs by orders of magnitude is the failed run that exploding gradients predict."""
+that climbs by orders of magnitude, or spikes, is the failed run that exploding gradients
+predict, and attention logits or output logits that grow without bound, or a spiking gradient
+norm, are what comes before it in a transformer. (``adam_epsilon`` counts toward none: it
+slows training, it does not break it.)"""
 
 # -------------------------------------------------------------- gradient flow across depth
 VANISHING_RATIO = 1e-3

@@ -158,7 +158,8 @@ def _hf(kind):
 
 
 #: the layer each model's attention is attributed to: the first layer inside the module
-FIRST = {"gpt2": "transformer.h.{}.attn.c_attn", "bert": "bert.encoder.layer.{}.attention.self.query",
+FIRST = {"gpt2": "transformer.h.{}.attn.c_attn",
+         "bert": "bert.encoder.layer.{}.attention.self.query",
          "llama": "model.layers.{}.self_attn.q_proj"}
 
 

@@ -9,7 +9,8 @@ order their findings are returned. The same rules serve a training run (``gw.wat
 Remedy names used in findings: "he_init", "xavier_init", "orthogonal", "lsuv", "relu",
 "leaky_relu", "tanh_or_relu", "batchnorm", "residual", "clip_grad_norm", "lower_lr", "adam",
 "check_inputs", "pre_ln", "warmup", "forget_gate_bias", "lstm_or_gru",
-"shorter_truncation", "zero_init_last_norm", "fixup" (see ``_advice.PHRASES``).
+"shorter_truncation", "zero_init_last_norm", "fixup", "qk_layernorm", "z_loss", "adam_eps"
+(see ``_advice.PHRASES``).
 
 The verdict words and thresholds live in :mod:`gradwatch.verdicts`, shared with
 ``gw.check``, ``gw.fix`` and ``gw.theory.predict``. Importing this package hands its rules
@@ -24,10 +25,15 @@ from pathlib import Path
 
 from gradwatch.check import Checkup, use_rules
 from gradwatch.diagnose import (
+    adam_epsilon,
+    attention_growth,
     dead,
     diverging,
     exploding,
+    grad_spike,
     healthy_deep,
+    logit_divergence,
+    loss_spike,
     nonfinite,
     not_learning,
     saturated,
@@ -48,12 +54,17 @@ Rule = Callable[[RunView], list[Finding]]
 RULES: list[Rule] = [
     nonfinite.rule,
     diverging.rule,
+    loss_spike.rule,
+    attention_growth.rule,
+    logit_divergence.rule,
+    grad_spike.rule,
     exploding.rule,
     vanishing.rule,
     temporal.rule,
     dead.rule,
     saturated.rule,
     stalled.rule,
+    adam_epsilon.rule,
     healthy_deep.rule,
     not_learning.rule,
 ]

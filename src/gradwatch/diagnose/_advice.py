@@ -40,6 +40,9 @@ PHRASES = {
     "batchnorm": "add batch norm",
     "residual": "add residual connections",
     "check_inputs": "check the inputs",
+    "qk_layernorm": "add qk-layernorm (a LayerNorm on each head's queries and keys)",
+    "z_loss": "add z-loss (1e-4 · (log Z)² of the output logits) to the loss",
+    "adam_eps": "lower Adam's ε (to 1e-15)",
 }
 
 

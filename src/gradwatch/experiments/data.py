@@ -245,3 +245,75 @@ def temporal_order(n: int, length: int, seed: int = 0) -> tuple[torch.Tensor, to
     sym[rows, t2] = 4 + b2
     x = np.eye(len(TEMPORAL_SYMBOLS), dtype=np.float32)[sym]  # (n, T, 8)
     return torch.from_numpy(x), torch.from_numpy((2 * b1 + b2).astype(np.int64))
+
+
+# -- a small language -------------------------------------------------------------------------
+
+#: Seed of the fixed Markov chain behind :func:`copy_language` (the same language everywhere).
+LANGUAGE_SEED = 1234
+
+
+def markov_chain(vocab: int, branching: int = 4, seed: int = LANGUAGE_SEED):
+    """A random sparse Markov chain over ``vocab`` tokens: (successors (V, k), probs (V, k)).
+
+    Each token has ``branching`` possible successors, drawn without replacement, with fixed
+    random probabilities (a softmax of N(0, 1.5²) scores): an entropy rate of about 1 nat.
+    """
+    g = torch.Generator().manual_seed(seed)
+    succ = torch.stack([torch.randperm(vocab, generator=g)[:branching] for _ in range(vocab)])
+    probs = torch.softmax(1.5 * torch.randn(vocab, branching, generator=g), dim=-1)
+    return succ, probs
+
+
+def copy_language(
+    n: int, length: int, vocab: int = 64, seed: int = 0, branching: int = 4
+) -> torch.Tensor:
+    """Sequences of a small synthetic language, for training language models on the CPU.
+
+    The first half of each sequence is a walk on a fixed random Markov chain
+    (:func:`markov_chain`: the same chain for every ``seed``); the second half repeats the
+    first. A model learns the first half from the chain's statistics (next-token entropy
+    about 1 nat against ln V for a uniform guess) and the second half only by attending
+    back half a sequence (a copy, or "induction", head), so both the feed-forward and the
+    attention layers have something to learn, as in natural text.
+
+    Args:
+        n: number of sequences.
+        length: tokens per sequence (≥ 4).
+        vocab: vocabulary size V (≥ ``branching``).
+        seed: seed of the walks (not of the chain).
+        branching: successors of each token in the chain.
+
+    Returns:
+        int64 tokens (n, length) in 0..V-1.
+
+    Raises:
+        GradwatchValueError: ``n < 1``, ``length < 4`` or ``vocab < branching``.
+    """
+    if n < 1 or length < 4 or vocab < branching or branching < 1:
+        raise GradwatchValueError(
+            f"copy_language needs n >= 1, length >= 4 and vocab >= branching >= 1; got n={n}, "
+            f"length={length}, vocab={vocab}, branching={branching}"
+        )
+    succ, probs = markov_chain(vocab, branching)
+    g = torch.Generator().manual_seed(seed)
+    half = (length + 1) // 2
+    x = torch.empty(n, length, dtype=torch.long)
+    x[:, 0] = torch.randint(0, vocab, (n,), generator=g)
+    for t in range(1, half):
+        j = torch.multinomial(probs[x[:, t - 1]], 1, generator=g).squeeze(1)
+        x[:, t] = succ[x[:, t - 1], j]
+    x[:, half:] = x[:, : length - half]
+    return x
+
+
+def chain_entropy(vocab: int = 64, branching: int = 4) -> float:
+    """Entropy rate of :func:`markov_chain` in nats (stationary distribution weighted)."""
+    succ, probs = markov_chain(vocab, branching)
+    trans = torch.zeros(vocab, vocab, dtype=torch.float64)
+    trans.scatter_(1, succ, probs.double())
+    pi = torch.full((vocab,), 1.0 / vocab, dtype=torch.float64)
+    for _ in range(500):  # power iteration to the stationary distribution
+        pi = pi @ trans
+    h = -(probs.double() * probs.double().log()).sum(1)
+    return float((pi * h).sum())

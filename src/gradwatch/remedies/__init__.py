@@ -9,8 +9,13 @@ the autograd graph), :func:`forget_gate_bias_` (LSTMs).
 Structure: :func:`swap_activation` (in place), :func:`insert_norm` and
 :func:`add_residual` (return a new model, the input untouched), :class:`Residual`.
 
+Attention: :func:`qk_layernorm_` (LayerNorm on each head's queries and keys, in place, for
+``nn.MultiheadAttention``; :data:`QK_LAYERNORM_RECIPE` for attention written by hand).
+
 Training loop: :func:`clip_grad_norm_`, :func:`clip_grad_value_`,
-:func:`adaptive_clip_grad_`, and :func:`clip_on_step` to clip before every optimizer step.
+:func:`adaptive_clip_grad_`, and :func:`clip_on_step` to clip before every optimizer step;
+:func:`z_loss` (a loss wrapper), :func:`warmup` (a linear lr warmup), :func:`lower_lr_` and
+:func:`adam_eps_` (in place, on an optimizer).
 """
 
 from gradwatch.remedies._gains import activation_gain
@@ -36,15 +41,22 @@ from gradwatch.remedies.init_schemes import (
 )
 from gradwatch.remedies.lsuv import lsuv_init_
 from gradwatch.remedies.normalization import insert_norm
+from gradwatch.remedies.qk_norm import RECIPE as QK_LAYERNORM_RECIPE
+from gradwatch.remedies.qk_norm import QKNormMultiheadAttention, qk_layernorm_
 from gradwatch.remedies.residual import Residual, add_residual
+from gradwatch.remedies.training_loop import ZLoss, adam_eps_, lower_lr_, warmup, z_loss
 
 __all__ = [
     "ACTIVATIONS",
+    "QK_LAYERNORM_RECIPE",
     "SCHEMES",
     "ClipHook",
     "ClipResult",
     "FixReport",
+    "QKNormMultiheadAttention",
     "Residual",
+    "ZLoss",
+    "adam_eps_",
     "activation_gain",
     "adaptive_clip_grad_",
     "add_residual",
@@ -58,11 +70,15 @@ __all__ = [
     "init_",
     "insert_norm",
     "lecun_init_",
+    "lower_lr_",
     "lsuv_init_",
     "orthogonal_init_",
+    "qk_layernorm_",
     "standard_init_",
     "swap_activation",
+    "warmup",
     "xavier_init_",
+    "z_loss",
     "zero_init_last_norm_",
     "zero_init_residual_branches_",
 ]

@@ -33,9 +33,11 @@ F32 = torch.float32
 
 
 def output_logits(output: Any) -> torch.Tensor | None:
-    """The logits in a model's output: the tensor itself, ``.logits`` / ``["logits"]`` of a
-    Hugging Face output, or the first tensor of a tuple; None when there is none (or the
-    tensor is not floating point with at least two classes).
+    """The logits in a model's output, or None.
+
+    The output itself when it is a tensor, ``.logits`` / ``["logits"]`` of a Hugging Face
+    output, or the first element of a tuple; None when there is none or it is not a floating
+    point tensor.
     """
     t = output
     if not isinstance(t, torch.Tensor):
