@@ -34,6 +34,13 @@ residual   identity shortcuts around runs of same-shape entries of an nn.Sequent
 
 Gradient clipping is a change to the training loop, not to the model, so it is never
 applied; for exploding or non-finite gradients the report recommends it, with a threshold.
+
+With ``trial=`` (a :class:`~gradwatch.remedies.trials.Trial`: data, optimizer, steps, seeds,
+time budget), the model is then trained in short seeded trials, because what breaks
+transformers (attention logits that grow, output logits that drift, loss spikes) shows only
+in training: qk-layernorm is applied when the trials show it helps; z-loss, warmup, a lower
+learning rate, clipping and Adam's ε are recommended with what they measurably did
+(:mod:`gradwatch.remedies.trials`).
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from gradwatch.remedies.init_schemes import he_init_, orthogonal_init_, xavier_i
 from gradwatch.remedies.lsuv import lsuv_init_
 from gradwatch.remedies.normalization import insert_norm
 from gradwatch.remedies.residual import add_residual
+from gradwatch.remedies.trials import Trial, check_trial, verify_in_training
 from gradwatch.structure import describe
 
 if TYPE_CHECKING:
@@ -118,6 +126,7 @@ def fix(
     loss_fn: Callable[..., Any] | None = None,
     allow: str | Iterable[str] = KINDS,
     max_rounds: int = 4,
+    trial: Trial | None = None,
 ) -> tuple[nn.Module, FixReport]:
     """Return a fixed copy of ``model`` and a report of what was changed and measured.
 
@@ -138,6 +147,8 @@ def fix(
             "residual" (a name or a collection of names). ``("init",)`` keeps the
             architecture: same modules, same parameter shapes, new weights.
         max_rounds: the most remedies applied (each is followed by a check).
+        trial: short seeded trainings for what a checkup cannot judge (see the module
+            docstring); None: checkups only.
 
     Returns:
         ``(fixed_model, report)``: the best model found (a copy even when nothing was
@@ -158,6 +169,8 @@ def fix(
     check_model(model)
     kinds = check_allow(allow)
     check_positive("max_rounds", max_rounds, integer=True)
+    if trial is not None:
+        trial = check_trial(trial)
 
     def measure(m: nn.Module) -> Checkup:
         return check(m, inputs, targets=targets, loss_fn=loss_fn)
@@ -184,15 +197,25 @@ def fix(
                 current.entry["accepted"] = True
                 applied.append((cand.name, {**cand.details, **_outcome(current)}))
 
+    recs, trials = recommendations(before, current.checkup), None
+    if trial is not None:  # training in the loop: what a checkup cannot judge
+        trained, trials, more = verify_in_training(current.model, trial, loss_fn, kinds)
+        recs += more
+        if trials["applied"]:
+            checkup = measure(trained)
+            current = _Trial(trained, checkup, _score(checkup), {})
+            applied.append(("qk_layernorm_", {"kind": "normalization", "verified_by": "trials",
+                                              **_outcome(current)}))
     report = FixReport(
         before=before,
         after=current.checkup,
         applied=applied,
         changed_architecture=architecture_signature(model) != architecture_signature(current.model),
-        recommendations=recommendations(before, current.checkup),
+        recommendations=recs,
         tried=tried,
         allow=kinds,
         new_architecture=repr(current.model),
+        trials=trials,
     )
     return current.model, report
 

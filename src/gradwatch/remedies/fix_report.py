@@ -54,6 +54,8 @@ class FixReport:
             accepted, or "skipped" with the reason it did not apply.
         allow: the kinds of change that were allowed.
         new_architecture: ``repr`` of the returned model.
+        trials: with ``fix(..., trial=...)``: what the training trials measured (the model
+            as it was, each remedy tried, which were applied or recommended); else None.
     """
 
     before: Checkup
@@ -64,6 +66,7 @@ class FixReport:
     tried: list[dict[str, Any]] = field(default_factory=list)
     allow: tuple[str, ...] = ()
     new_architecture: str = ""
+    trials: dict[str, Any] | None = None
 
     @property
     def verdict_before(self) -> str:
@@ -122,6 +125,13 @@ class FixReport:
         ]
         if n and self.verdict_after != "healthy" and not_allowed:
             lines.append(f"  not allowed: {', '.join(not_allowed)}")
+        if self.trials is not None:
+            b = self.trials["baseline"]
+            n = len(b.get("trials", []))
+            lines.append(
+                f"  trained in trials: {b['unstable_trials']}/{n} unstable as given, median "
+                f"final loss {b['median_final_loss']:.3g} ({self.trials['elapsed_s']:g} s)"
+            )
         for rec in self.recommendations:
             lines.append(f"  recommended: {rec}")
         return "\n".join(lines)
@@ -153,6 +163,7 @@ class FixReport:
                 "loss_after": getattr(self.after, "loss", None),
                 "layers": layers,
                 "new_architecture": self.new_architecture if self.changed_architecture else None,
+                "trials": self.trials,
             }
         )
 

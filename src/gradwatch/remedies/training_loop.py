@@ -44,7 +44,8 @@ def _logits(output: Any) -> torch.Tensor:
     return t
 
 
-def _cross_entropy(output: Any, targets: torch.Tensor) -> torch.Tensor:
+def cross_entropy(output: Any, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of (N, C) logits, or of (N, T, C) token logits against (N, T) targets."""
     z = _logits(output)
     if z.dim() > 2 and targets.dim() == z.dim() - 1 and targets.shape == z.shape[:-1]:
         z, targets = z.flatten(0, -2), targets.flatten()  # (N, T, C) tokens
@@ -61,7 +62,7 @@ class ZLoss:
     """
 
     def __init__(self, loss_fn: Callable[..., torch.Tensor] | None, coef: float, dim: int):
-        self.loss_fn = loss_fn if loss_fn is not None else _cross_entropy
+        self.loss_fn = loss_fn if loss_fn is not None else cross_entropy
         self.coef = coef
         self.dim = dim
 
