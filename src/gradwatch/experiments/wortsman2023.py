@@ -337,7 +337,7 @@ def plot(out: Path, numbers: dict[str, Any], cfg: Config) -> list[Path]:
     top = lrs[-1]
     fig, ax = base.new_figure(1, 1, (5.6, 3.4))
     for j, arm in enumerate(numbers["arms"][:2]):
-        for k, (s, r) in enumerate(numbers["runs"][arm][top].items()):
+        for k, r in enumerate(numbers["runs"][arm][top].values()):
             if r["attn_steps"]:
                 ax.semilogy(r["attn_steps"], np.maximum(r["attn_max"], 1e-3), color=f"C{j}",
                             alpha=0.8, label=arm if k == 0 else None)
