@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from gradwatch.cli import main
-from gradwatch.report.figures import RUN_FIGURES
+from gradwatch.report.figures import RUN_FIGURES, figures_for
 
 
 def gradwatch(*args):
@@ -40,7 +40,9 @@ def test_report_command_end_to_end(mixed_run, bare_run, tmp_path):
     code, stdout, stderr = finish(default)
     assert code == 0, stderr
     assert (bare_run.path / "report.html").is_file()  # default: RUN_DIR/report.html
-    for name in RUN_FIGURES:
+    names = figures_for(bare_run.path)
+    assert set(RUN_FIGURES) - set(names) == {"attention", "logits", "adam", "spike_timeline"}
+    for name in names:
         assert (tmp_path / "figs" / f"{name}.png").read_bytes().startswith(b"\x89PNG")
         assert b"<svg" in (tmp_path / "figs" / f"{name}.svg").read_bytes()[:1000]
 

@@ -41,6 +41,7 @@ from gradwatch.diagnose import (
     temporal,
     vanishing,
 )
+from gradwatch.diagnose._precursors import ATTN_LOGIT_HIGH, GRAD_SPIKE, LSE_DRIFT
 from gradwatch.diagnose._view import RunView
 from gradwatch.diagnose.store import store_findings
 from gradwatch.errors import GradwatchTypeError
@@ -128,6 +129,9 @@ use_rules(diagnose_run)
 
 
 __all__ = [
+    "ATTN_LOGIT_HIGH",
+    "GRAD_SPIKE",
+    "LSE_DRIFT",
     "RULES",
     "VERDICT_PRECEDENCE",
     "RunView",

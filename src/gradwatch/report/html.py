@@ -273,7 +273,7 @@ def _fix_section(report: Any) -> str:
 
 # --------------------------------------------------------------------------- figures
 def _figures_section(run: Run, checkup: Any) -> str:
-    from gradwatch.report.figures import RUN_FIGURES
+    from gradwatch.report.figures import RUN_FIGURES, figures_for
     from gradwatch.report.figures.temporal import temporal
 
     parts = ["<section><h2>Figures</h2>", _chart_block(run)]
@@ -284,8 +284,13 @@ def _figures_section(run: Run, checkup: Any) -> str:
         "activations": "Saturated and dead units over training",
         "update_ratio": "Update ratio ‖Δw‖/‖w‖",
         "loss": "Loss",
+        "attention": "Attention logits and entropy per attention layer",
+        "logits": "Output logits: largest value and mean log Z",
+        "adam": "Adam: update RMS over the learning rate, and ε's share",
+        "spike_timeline": "The loss spike: loss, gradient norm and per-layer precursors",
     }
-    for name, make in RUN_FIGURES.items():
+    for name in figures_for(run):
+        make = RUN_FIGURES[name]
         extra = saturation_note(run) if name == "activations" else ""
         parts.append(figure_block(lambda make=make: make(run), make, captions.get(name, name),
                                   extra))

@@ -11,13 +11,17 @@ never registered with pyplot, so they leave no global state behind.
 - :func:`loss`: the loss curve
 - :func:`fix_comparison`: before / after ``gw.fix`` (takes the FixReport)
 - :func:`temporal`: temporal gradient flow of recurrent nets (takes a Checkup)
+- :func:`attention`, :func:`logits`, :func:`adam`, :func:`spike_timeline`: transformer
+  instabilities (attention logits and entropy, output logits, Adam's ε, a loss spike with
+  its precursors)
 """
 
 from gradwatch.report.figures.activations import activations
 from gradwatch.report.figures.fix_comparison import fix_comparison
-from gradwatch.report.figures.gallery import RUN_FIGURES, run_figures, save_figures
+from gradwatch.report.figures.gallery import RUN_FIGURES, figures_for, run_figures, save_figures
 from gradwatch.report.figures.gradient_flow import gradient_flow
 from gradwatch.report.figures.heatmap import heatmap
+from gradwatch.report.figures.instability import adam, attention, logits, spike_timeline
 from gradwatch.report.figures.loss import loss
 from gradwatch.report.figures.temporal import temporal
 from gradwatch.report.figures.update_ratio import update_ratio
@@ -25,12 +29,17 @@ from gradwatch.report.figures.update_ratio import update_ratio
 __all__ = [
     "RUN_FIGURES",
     "activations",
+    "adam",
+    "attention",
+    "figures_for",
     "fix_comparison",
     "gradient_flow",
     "heatmap",
+    "logits",
     "loss",
     "run_figures",
     "save_figures",
+    "spike_timeline",
     "temporal",
     "update_ratio",
 ]

@@ -17,6 +17,7 @@ from gradwatch.report._data import as_run
 from gradwatch.report.figures.activations import activations
 from gradwatch.report.figures.gradient_flow import gradient_flow
 from gradwatch.report.figures.heatmap import heatmap
+from gradwatch.report.figures.instability import adam, applies, attention, logits, spike_timeline
 from gradwatch.report.figures.loss import loss
 from gradwatch.report.figures.update_ratio import update_ratio
 from gradwatch.store.safe_write import write_atomic
@@ -32,13 +33,30 @@ RUN_FIGURES: dict[str, Callable[[Any], Figure]] = {
     "activations": activations,
     "update_ratio": update_ratio,
     "loss": loss,
+    "attention": attention,
+    "logits": logits,
+    "adam": adam,
+    "spike_timeline": spike_timeline,
 }
+
+#: Figures drawn only for runs that hold what they show (transformers, Adam, a loss spike).
+WHEN_RECORDED = ("attention", "logits", "adam", "spike_timeline")
+
+
+def figures_for(run: Any) -> list[str]:
+    """The names of :data:`RUN_FIGURES` that ``run`` gets, in report order."""
+    run = as_run(run)
+    return [n for n in RUN_FIGURES if n not in WHEN_RECORDED or applies(n, run)]
 
 
 def run_figures(run: Any) -> dict[str, Figure]:
-    """Every figure of :data:`RUN_FIGURES` for ``run`` (Run, path or Checkup), by name."""
+    """The figures of :data:`RUN_FIGURES` for ``run`` (Run, path or Checkup), by name.
+
+    The instability figures (:data:`WHEN_RECORDED`) are drawn only when the run holds their
+    statistics (or, for the spike timeline, a loss spike).
+    """
     run = as_run(run)
-    return {name: make(run) for name, make in RUN_FIGURES.items()}
+    return {name: RUN_FIGURES[name](run) for name in figures_for(run)}
 
 
 def save_figures(
