@@ -17,7 +17,8 @@ PAGE = DOCS / "reference" / "statistics.md"
 RULE_MODULES = [sys.modules[rule.__module__] for rule in RULES]
 SHARED = [
     importlib.import_module(m)
-    for m in ("gradwatch.diagnose._view", "gradwatch.diagnose._flow", "gradwatch.verdicts")
+    for m in ("gradwatch.diagnose._view", "gradwatch.diagnose._flow",
+              "gradwatch.diagnose._precursors", "gradwatch.verdicts")
 ]
 NUMBER = re.compile(r"(?<![\w.])[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?![\w.])")
 

@@ -117,7 +117,7 @@ def train_lm(
     seed: int,
     run_dir: str | Path | None = None,
     watch: dict[str, Any] | None = None,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float], bool | None] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on minibatches of ``data``; watched by ``gw.watch`` if ``watch`` is set.
 
@@ -132,7 +132,8 @@ def train_lm(
         run_dir: the run directory of ``gw.watch`` (None: in memory).
         watch: keyword arguments of ``gw.watch`` (``every``, ``detail_every``, ``config``,
             ...); None: not watched.
-        on_step: called with (step, loss) after each step.
+        on_step: called with (step, loss) after each step; a true return value ends the
+            run there.
 
     Returns:
         {"losses": per-step losses, "finite": whether every loss was finite, "run": the
@@ -162,8 +163,8 @@ def train_lm(
             sched.step()
             value = float(loss.detach())
             losses.append(value)
-            if on_step is not None:
-                on_step(step, value)
+            if on_step is not None and on_step(step, value):
+                break
             if not math.isfinite(value):
                 break
     finally:
