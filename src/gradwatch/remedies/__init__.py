@@ -15,7 +15,8 @@ Attention: :func:`qk_layernorm_` (LayerNorm on each head's queries and keys, in 
 Training loop: :func:`clip_grad_norm_`, :func:`clip_grad_value_`,
 :func:`adaptive_clip_grad_`, and :func:`clip_on_step` to clip before every optimizer step;
 :func:`z_loss` (a loss wrapper), :func:`warmup` (a linear lr warmup), :func:`lower_lr_` and
-:func:`adam_eps_` (in place, on an optimizer).
+:func:`adam_eps_` (in place, on an optimizer); :class:`Trial`, the short seeded trainings
+with which :func:`fix` verifies what a one-batch check cannot judge.
 """
 
 from gradwatch.remedies._gains import activation_gain
@@ -45,16 +46,19 @@ from gradwatch.remedies.qk_norm import RECIPE as QK_LAYERNORM_RECIPE
 from gradwatch.remedies.qk_norm import QKNormMultiheadAttention, qk_layernorm_
 from gradwatch.remedies.residual import Residual, add_residual
 from gradwatch.remedies.training_loop import ZLoss, adam_eps_, lower_lr_, warmup, z_loss
+from gradwatch.remedies.trials import TRIAL_REMEDIES, Trial
 
 __all__ = [
     "ACTIVATIONS",
     "QK_LAYERNORM_RECIPE",
     "SCHEMES",
+    "TRIAL_REMEDIES",
     "ClipHook",
     "ClipResult",
     "FixReport",
     "QKNormMultiheadAttention",
     "Residual",
+    "Trial",
     "ZLoss",
     "adam_eps_",
     "activation_gain",
