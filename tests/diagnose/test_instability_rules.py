@@ -90,12 +90,19 @@ def test_a_stationary_noisy_loss_has_no_spike():
 def test_spike_on_the_robust_baseline_named_with_recovery():
     loss = noisy_loss(1)
     loss[150:155] = 2.6  # 1.5 -> 2.6: 73% above the baseline, far outside the noise
-    f = kinds(diagnose(run_with(loss)))["loss_spike"]
+    found = diagnose(run_with(loss))
+    f = next(f for f in found if f.kind == "loss_spike")
     assert f.evidence["spike_step"] == 150 and f.evidence["recovered_step"] == 155
     assert f.evidence["baseline"] == pytest.approx(1.5, abs=0.05)
-    assert f.severity == "warning" and f.evidence["lead_time"] == 0
+    assert f.evidence["lead_time"] == 0
     assert "step 150" in f.message and "lead time 0" in f.message
-    assert verdict(diagnose(run_with(loss))) == "exploding"
+    # back for good: a note, not a verdict
+    assert f.severity == "info" and verdict(found) == "healthy"
+    # back within the band, but the run ends above where it was: a warning
+    worse = loss.copy()
+    worse[180:] = 1.5 * 1.4
+    f = kinds(diagnose(run_with(worse)))["loss_spike"]
+    assert f.severity == "warning" and verdict(diagnose(run_with(worse))) == "exploding"
     # just inside the band (noise 0.05 -> 6 sigma = 0.3, 30% of 1.5 = 0.45): no spike
     low = noisy_loss(1)
     low[150] = 1.5 * (1 + SPIKE_REL) - 0.06

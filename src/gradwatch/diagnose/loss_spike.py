@@ -6,10 +6,11 @@ the last :data:`~gradwatch.diagnose._precursors.WINDOW` recorded losses, with a 
 median absolute deviation, at least :data:`~gradwatch.diagnose._precursors.SPIKE_REL` of the
 median): the noise of minibatches widens the band, a falling loss never spikes. The finding
 names the spike's step, the first step at which a precursor was seen (attention logits
-growing, the output logits drifting, or a gradient-norm spike) and the layers where the
-growth began, and gives the lead time between them. A spike the loss recovers from is a
-warning; one it does not recover from by the last recorded step is an error. Both count
-toward the verdict "exploding" (a run that blows up). Non-finite losses are the nonfinite
+growth began, and gives the lead time between them. A spike the loss has not come back from
+by the last recorded step is an error; one it came back from but whose run ends above the
+level before the spike is a warning; both count toward the verdict "exploding" (a run that
+blows up). A spike the run recovered from for good (its last losses back within the band) is
+a note (severity "info"): it did not stop the run. Non-finite losses are the nonfinite
 rule's.
 
 References: Chowdhery et al. 2022 (PaLM: spikes, restarts); Wortsman et al. 2023; the
@@ -17,6 +18,8 @@ BLOOM-176B training chronicles (gradient-norm spikes before loss spikes).
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from gradwatch.diagnose._advice import advice
 from gradwatch.diagnose._precursors import (
@@ -60,6 +63,14 @@ def precursors(view: RunView, spike_step: int) -> list[Onset]:
         found.append(Onset("grad_spike", step, leading_layers(view, step), [step],
                            {"grad_norm_total": g, "baseline": med}))
     return sorted(found, key=lambda o: o.step)
+
+
+def _end_level(view: RunView) -> float:
+    """The loss at the end of the run: the median of its last recorded tenth (3 to WINDOW)."""
+    v = view.loss.to_numpy(dtype=np.float64)
+    v = v[np.isfinite(v)]
+    n = min(WINDOW, max(3, len(v) // 10))
+    return float(np.median(v[-n:])) if len(v) else float("nan")
 
 
 def rule(view: RunView) -> list[Finding]:
@@ -113,12 +124,19 @@ def rule(view: RunView) -> list[Finding]:
         "window": WINDOW,
     }
     end = sp.recovered if sp.recovered is not None else int(view.loss.index.max())
+    evidence["loss_at_end"] = num(_end_level(view))
+    if sp.recovered is None:
+        severity = "error"
+    elif _end_level(view) <= sp.baseline + sp.band:
+        severity = "info"  # back for good: the spike did not stop the run
+    else:
+        severity = "warning"
     return [
         Finding(
             "loss_spike",
             layers,
             step_span(view, [found[0].step if found else sp.step, end]),
-            "warning" if sp.recovered is not None else "error",
+            severity,  # type: ignore[arg-type]
             head + body,
             evidence,
             remedies,
