@@ -49,6 +49,8 @@ class Train:
         baseline: the loss of a model that has learnt nothing (ln 10 for the digits): the
             reference ``drop`` is measured against (default: the starting loss). A net that
             starts above chance and only falls to chance has not trained.
+        schedule: the learning rate at step s as a fraction of the optimizer's
+            (``torch.optim.lr_scheduler.LambdaLR``); None: constant.
     """
 
     steps: int
@@ -63,6 +65,7 @@ class Train:
     scaler_init_scale: float | None = None
     window: int = 10
     baseline: float | None = None
+    schedule: Callable[[int], float] | None = None
 
     def __post_init__(self) -> None:
         if self.outcome not in OUTCOMES:

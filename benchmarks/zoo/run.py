@@ -54,6 +54,7 @@ def train_watched(case: Case) -> dict[str, Any]:
     tr: Train = case.train
     model = _seeded(case.seed, tr.model or case.model)
     opt = tr.optimizer(model)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, tr.schedule) if tr.schedule else None
     loss_fn = tr.loss or case.loss
     scaler = None
     options: dict[str, Any] = {}
@@ -75,6 +76,8 @@ def train_watched(case: Case) -> dict[str, Any]:
                 scaler.update()
             else:
                 opt.step()
+            if sched is not None:
+                sched.step()
             mon.step(total)
             losses.append(total)
             if not math.isfinite(total) and tr.outcome == "diverges":

@@ -49,10 +49,12 @@ class Brute:
     clip: tuple[float, float] = (math.nan, math.nan)
 
 
-def train_step(scaler: bool = False, clip: float | None = None, nan_input: bool = False):
+def train_step(scaler: bool = False, clip: float | None = None, nan_input: bool = False,
+               adam: bool = False):
     """One optimizer step, watched, with the brute-force quantities taken beside it."""
     model = net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    opt = (torch.optim.Adam(model.parameters(), lr=ADAM_LR, eps=ADAM_EPS) if adam
+           else torch.optim.SGD(model.parameters(), lr=0.3))
     x = torch.randn(32, 6, generator=torch.Generator().manual_seed(1))
     if nan_input:
         x[3, 2] = math.nan
@@ -72,7 +74,9 @@ def train_step(scaler: bool = False, clip: float | None = None, nan_input: bool 
     sc = torch.amp.GradScaler("cpu", init_scale=2.0**4) if scaler else None
     with gw.watch(model, optimizer=opt, detail_every=1, scaler=sc) as mon:
         opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
+        out = model(x)
+        b.outs["logits"] = out.detach().double()
+        loss = nn.functional.cross_entropy(out, y)
         b.loss = float(loss)
         (sc.scale(loss) if sc else loss).backward()
         if sc:
@@ -137,6 +141,55 @@ def rnn_step(rnn: bool = True) -> Brute:
     return b
 
 
+ADAM_LR, ADAM_EPS = 0.01, 1e-3
+
+
+class Attending(nn.Module):
+    """Tokens' features through one nn.MultiheadAttention (causal) and a read-out."""
+
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.out = nn.Linear(8, 3)
+
+    def forward(self, x):  # (B, T, 8) -> (B, T, 3)
+        t = x.shape[1]
+        mask = torch.ones(t, t, dtype=torch.bool).triu(1)  # True: may not attend
+        return self.out(self.attn(x, x, x, attn_mask=mask, need_weights=False)[0])
+
+
+def attn_step(attn: bool = True) -> Brute:
+    """One watched step of a causal attention layer; q·kᵀ/√d and entropies by hand."""
+    torch.manual_seed(0)
+    model = Attending()
+    with torch.no_grad():
+        model.attn.in_proj_weight.mul_(4.0)
+    x = torch.randn(4, 6, 8, generator=torch.Generator().manual_seed(1))
+    y = torch.randint(0, 3, (4, 6), generator=torch.Generator().manual_seed(2))
+    e, h = 8, 2
+    w, bias = model.attn.in_proj_weight.detach().double(), model.attn.in_proj_bias.double()
+    q = (x.double() @ w[:e].T + bias[:e]).view(4, 6, h, 4).transpose(1, 2)
+    k = (x.double() @ w[e : 2 * e].T + bias[e : 2 * e]).view(4, 6, h, 4).transpose(1, 2)
+    z = (q @ k.transpose(-1, -2) / 2.0).detach()  # (B, H, T, T), d = 4
+    z = z.masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1), -math.inf)
+    p = z.softmax(-1)
+    ent = -(torch.where(p > 0, p * p.log(), torch.zeros_like(p))).sum(-1).mean(dim=(0, 2))
+    b = Brute(x=x)
+    b.run = {}
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, optimizer=opt, detail_every=1) as mon:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())
+        loss.backward()
+        opt.step()
+        mon.step(loss)
+    b.outs["attn_max"] = z[torch.isfinite(z)].max()
+    b.outs["attn_entropy"] = ent.min()
+    df = mon.run.stats
+    b.run = {(ly, st): v for ly, st, v in zip(df.layer, df.stat, df.value, strict=True)}
+    return b
+
+
 def norm(ts) -> float:
     return math.sqrt(sum(float((t**2).sum()) for t in ts))
 
@@ -179,6 +232,19 @@ REFERENCES = {
     "time_grad_first": ({"rnn": True}, lambda b: {"rnn": float(b.outs["first"].norm())}),
     "time_grad_last": ({"rnn": True}, lambda b: {"rnn": float(b.outs["last"].norm())}),
     "time_steps": ({"rnn": True}, lambda b: {"rnn": 12.0}),
+    # causal nn.MultiheadAttention: the logits and entropies written out by hand
+    "attn_logit_max": ({"attn": True}, lambda b: {"attn": float(b.outs["attn_max"])}),
+    "attn_entropy_min": ({"attn": True}, lambda b: {"attn": float(b.outs["attn_entropy"])}),
+    # the model's output logits (N, C): max and mean log-partition
+    "logit_max": ({}, lambda b: {"": float(b.outs["logits"].max())}),
+    "logsumexp_mean": ({}, lambda b: {"": float(torch.logsumexp(b.outs["logits"], 1).mean())}),
+    # Adam's first step: the update over the lr is what moved the weights (no weight decay);
+    # m-hat = g and v-hat = g^2 after one step, so eps >= sqrt(v-hat) where |g| <= eps
+    "update_rms": ({"adam": True}, per_layer(lambda b, ly: norm(
+        [a - c for a, c in zip(b.after[ly], b.before[ly], strict=True)]) / ADAM_LR
+        / math.sqrt(sum(g.numel() for g in b.grads[ly])))),
+    "eps_frac": ({"adam": True}, per_layer(lambda b, ly: float(
+        torch.cat([(g.abs() <= ADAM_EPS).flatten() for g in b.grads[ly]]).double().mean()))),
 }
 
 _CACHE: dict[tuple, Brute] = {}
@@ -187,7 +253,12 @@ _CACHE: dict[tuple, Brute] = {}
 def scenario(**kw) -> Brute:
     key = tuple(sorted(kw.items()))
     if key not in _CACHE:
-        _CACHE[key] = rnn_step(**kw) if kw.get("rnn") else train_step(**kw)
+        if kw.get("rnn"):
+            _CACHE[key] = rnn_step(**kw)
+        elif kw.get("attn"):
+            _CACHE[key] = attn_step(**kw)
+        else:
+            _CACHE[key] = train_step(**kw)
     return _CACHE[key]
 
 

@@ -13,7 +13,7 @@ truncated runs). The rules built on them:
   :data:`ATTN_LOGIT_HIGH` and :data:`ATTN_GROWTH` times its early value (Wortsman et al.
   2023, Dehghani et al. 2023: logits that grow without bound precede the divergence).
 - ``output_logit_divergence``: the mean log-partition ``logsumexp_mean`` drifts more than
-  :data:`LSE_DRIFT` nats from its early value (Wortsman et al. 2023 §3.2).
+  :data:`LSE_DRIFT` nats from its first recorded value (Wortsman et al. 2023 §3.2).
 - ``grad_spike``: the total gradient norm jumps to :data:`GRAD_SPIKE` times its trailing
   median (BLOOM-176B's chronicles: a 3.9× rise four steps before a loss spike).
 - ``adam_epsilon``: Adam's ε dominates √v̂ for most of a layer's entries (:data:`EPS_FRAC`).
@@ -49,11 +49,13 @@ and its softmax passes no gradient to the rest. Stable runs stay near 10 (Wortsm
 2023, Fig. 1; measured here: ≤ 60 with qk-layernorm at high learning rates)."""
 
 ATTN_GROWTH = 10.0
-"""...and the logit must have grown this many times from its early value (median of the
-first three recorded values): a model built with large logits is not growing them."""
+"""...and the logit must have grown this many times from its early value (the smallest of its
+first three recorded values, so that a run that blows up within its first recorded steps is
+still measured from where it started): a model built with large logits is not growing them."""
 
 LSE_DRIFT = 10.0
-"""logsumexp_mean this many nats from its early value: the logits drift (log Z far from 0)."""
+"""logsumexp_mean this many nats from its first recorded value: the logits drift (log Z far
+from where it started)."""
 
 GRAD_SPIKE = 4.0
 """The total gradient norm this many times its trailing median is a gradient spike."""
@@ -175,9 +177,9 @@ def leading_layers(view: RunView, step: int) -> list[str]:
 
 
 def early(values: np.ndarray, n: int = 3) -> float:
-    """The median of the first ``n`` finite values (NaN when there is none)."""
+    """The smallest of the first ``n`` finite values (NaN when there is none)."""
     fin = values[np.isfinite(values)]
-    return float(np.median(fin[:n])) if fin.size else float("nan")
+    return float(np.min(fin[:n])) if fin.size else float("nan")
 
 
 def attention_onset(view: RunView) -> Onset | None:
@@ -240,7 +242,7 @@ def _logit_onset(view: RunView) -> Onset | None:
         return None
     lse = lse.drop_duplicates("step", keep="last").set_index("step")["value"].sort_index()
     v = lse.to_numpy(dtype=np.float64)
-    base = early(v)
+    base = early(v, 1)
     drift = np.abs(v - base)
     hot = np.isfinite(v) & (drift > LSE_DRIFT)
     if not hot.any():

@@ -5,7 +5,7 @@ weight decay, their log-partition ``log Z = logsumexp(z)`` drifts by tens of nat
 loss diverges; z-loss (``1e-4 · (log Z)²`` added to the loss) holds it (Chowdhery et al. 2022,
 PaLM §5; Wortsman et al. 2023, §3.2). The rule reads ``logsumexp_mean`` (detail steps) and
 fires when it moves more than :data:`~gradwatch.diagnose._precursors.LSE_DRIFT` nats from its
-early value, with the lead time to the loss spike that followed. Its finding counts toward
+first recorded value, with the lead time to the loss spike that followed. Its finding counts toward
 the verdict "exploding".
 """
 

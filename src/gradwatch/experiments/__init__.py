@@ -100,6 +100,15 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {
             "Normalization in the Transformer Architecture",
             "gradwatch.experiments.xiong2020",
         ),
+        ExperimentSpec(
+            "wortsman2023",
+            "small GPTs over a learning-rate sweep, with and without qk-layernorm (and "
+            "z-loss): attention logit growth and the range of learning rates that train",
+            "Wortsman, Liu, Xiao, Everett, Alemi, Adlam, Co-Reyes, Gur, Kumar, Novak, "
+            "Pennington, Sohl-Dickstein, Xu, Lee, Gilmer & Kornblith 2023, Small-scale proxies "
+            "for large-scale Transformer training instabilities",
+            "gradwatch.experiments.wortsman2023",
+        ),
     )
 }
 

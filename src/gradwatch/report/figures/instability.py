@@ -89,7 +89,7 @@ def logits(run: Any) -> Figure:
 
     How to read it: left, the largest output logit. Right, ``logsumexp_mean``, the mean over
     the batch of log Z = logsumexp of the logits over the classes, with a band of ±10 nats
-    (gradwatch's threshold) around its early value. Cross-entropy leaves the level of the
+    (gradwatch's threshold) around its first recorded value. Cross-entropy leaves the level of the
     logits free; a log Z that drifts out of the band is *output-logit divergence*, which
     z-loss (a penalty 1e-4 · (log Z)², pulling log Z toward the dashed 0) prevents
     (Wortsman et al. 2023; PaLM).
@@ -115,10 +115,10 @@ def logits(run: Any) -> Figure:
     right.plot(s_lse, v_lse, lw=1.3, marker=".", ms=3, label="logsumexp_mean")
     fin = v_lse[np.isfinite(v_lse)]
     if fin.size:
-        start = float(np.median(fin[:3]))
+        start = float(fin[0])
         drift = _thresholds()[1]
         right.axhspan(start - drift, start + drift, color="0.9", zorder=0,
-                      label=f"early value ± {drift:g}")
+                      label=f"first value ± {drift:g}")
     right.axhline(0.0, ls="--", color="0.4", lw=1, label="0 (z-loss target)")
     right.legend(fontsize=7)
     for ax in (left, right):
@@ -195,7 +195,7 @@ def spike_timeline(run: Any) -> Figure:
     mid.set_ylabel("total grad norm")
     att = wide(run, "attn_logit_max")
     if not att.empty:
-        rel = att / att.iloc[: min(3, len(att))].median(axis=0)
+        rel = att / att.iloc[: min(3, len(att))].min(axis=0)
         _per_layer(low, rel, log=True)
         low.set_ylabel("attention logit / early value")
     else:
