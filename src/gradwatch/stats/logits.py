@@ -12,8 +12,10 @@ instabilities", §3.2). At recorded (detail) steps, over the model's output:
 - ``logit_max``: the largest logit over the batch, the positions and the classes;
 - ``logsumexp_mean``: the mean over the batch and positions of ``log Z``.
 
-The class dimension is the last one of the output unless the Monitor learns another from
-the loss (a ``log_softmax`` over dimension 1, as ``F.cross_entropy`` takes ``(N, C, T)``).
+The class dimension is the last one of an (N, C) output or of a library output's ``.logits``;
+for a plain tensor of 3 dimensions or more the Monitor learns it once from the loss's gradient
+(a softmax cross-entropy's gradient sums to zero over the classes at every position), so
+``(B, T, C)`` and ``F.cross_entropy``'s ``(B, C, T)`` are both read right.
 
 Block ``logits``: ``[max, Σ log Z, number of positions]``, summed over the step's forward
 passes (the largest maximum); the key is empty.
