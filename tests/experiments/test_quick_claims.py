@@ -87,3 +87,16 @@ def test_xiong2020_quick_claims_hold_and_outputs(quick_result):
     assert {p.stem for p in (out / "figures").glob("*.png")} == {"grad_at_init", "loss"}
     for arm in ("post-LN", "pre-LN", "post-LN_warmup"):
         assert gw.load(out / "runs" / arm).meta["status"] == "closed"
+
+
+@pytest.mark.slow
+def test_wortsman2023_quick_claims_hold_over_three_seeds(quick_result):
+    # slow (about 2 min of CPU): its claims are checked on the stored full record by default
+    result = quick_result("wortsman2023")
+    assert result["numbers"]["seeds"] == ["0", "1", "2"]
+    assert all(c["holds"] for c in result["claims"]), result["claims"]
+    out = Path(result["out_dir"])
+    assert {p.stem for p in (out / "figures").glob("*.png")} == {"lr_sensitivity",
+                                                                 "attention_logits"}
+    run = gw.load(out / "runs" / "baseline-lr1-s0")
+    assert run.meta["status"] == "closed" and "attn_logit_max" in set(run.stats["stat"])
