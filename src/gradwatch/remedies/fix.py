@@ -204,8 +204,9 @@ def fix(
         if trials["applied"]:
             checkup = measure(trained)
             current = _Trial(trained, checkup, _score(checkup), {})
-            applied.append(("qk_layernorm_", {"kind": "normalization", "verified_by": "trials",
-                                              **_outcome(current)}))
+            applied.append(("qk_layernorm_", {"kind": "normalization", "norm": "qk-layernorm",
+                                              "rewritten": trials["rewritten"],
+                                              "verified_by": "trials", **_outcome(current)}))
     report = FixReport(
         before=before,
         after=current.checkup,

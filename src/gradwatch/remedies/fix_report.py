@@ -224,6 +224,8 @@ def describe(details: dict[str, Any]) -> str:
     elif kind == "activation":
         swaps = ", ".join(f"{old} -> {new}" for old, new in details.get("swaps", {}).items())
         text = f"activation {swaps}, He re-init of the layers feeding them"
+    elif kind == "normalization" and details.get("norm") == "qk-layernorm":
+        text = "qk-layernorm in every nn.MultiheadAttention (verified in training trials)"
     elif kind == "normalization":
         text = f"{details.get('norm')} norm after each hidden Linear/Conv"
     elif kind == "residual":

@@ -318,6 +318,9 @@ def verify_in_training(
     trained, got = run_trials(model, trial, loss_fn or default_loss)
     by_name = {e["remedy"]: e for e in got.tried}
     recs = [advice_line(r, by_name[r], got.baseline, trial) for r in got.recommended]
+    rewritten = next((e.get("rewritten", []) for e in got.tried
+                      if e["remedy"] == "qk_layernorm" and e["accepted"]), [])
     trials = {"baseline": got.baseline, "tried": got.tried, "applied": got.applied,
-              "recommended": got.recommended, "elapsed_s": round(got.elapsed_s, 2)}
+              "recommended": got.recommended, "rewritten": rewritten,
+              "elapsed_s": round(got.elapsed_s, 2)}
     return trained, trials, recs

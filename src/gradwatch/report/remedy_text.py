@@ -33,6 +33,11 @@ WHY = {
         "pre-activations, keeping units out of the flat tails and the signal at unit scale "
         "(Ioffe & Szegedy 2015; Ba et al. 2016)."
     ),
+    "qk_layernorm": (
+        "LayerNorm on each head's queries and keys bounds the attention logits q·kᵀ/√d, which "
+        "otherwise grow without bound at high learning rates until attention collapses onto "
+        "single keys and the loss diverges (Dehghani et al. 2023; Wortsman et al. 2023)."
+    ),
     "residual": (
         "Shortcuts add the identity to each block's Jacobian, so the gradient reaches the input "
         "side even when the blocks' own factor is small (He et al. 2016); zero-initialised "
@@ -61,6 +66,9 @@ def describe_remedy(name: str, details: dict[str, Any]) -> str:
         text = f"swapped {pairs} in {layer_list(details.get('replaced', []))}"
         if details.get("reinit"):
             text += f", with {details['reinit']} re-init of the layers feeding them"
+    elif kind == "normalization" and details.get("norm") == "qk-layernorm":
+        text = (f"qk-layernorm added to {layer_list(details.get('rewritten', []))}, kept "
+                "because short training trials went better with it")
     elif kind == "normalization":
         text = f"{details.get('norm', '?')} norm inserted after each hidden Linear/Conv"
     elif kind == "residual":
@@ -82,6 +90,8 @@ def why_remedy(details: dict[str, Any]) -> str:
     kind = details.get("kind")
     if kind == "init" and details.get("scheme") == "lsuv":
         return WHY["lsuv"]
+    if details.get("norm") == "qk-layernorm":
+        return WHY["qk_layernorm"]
     return WHY.get(str(kind), "")
 
 
