@@ -11,8 +11,8 @@ width 64, 4 heads, context 32) on the built-in copy language with AdamW, watched
 ``gw.watch`` with its defaults (attention, logit and Adam statistics every 10th recorded step,
 the loss and gradient norms every step). Two kinds of runs:
 
-- **spikes** (``ramp-*``): the learning rate rises linearly over the whole run to a peak that
-  is too high; somewhere on the way the loss spikes. Seeds × peaks, with and without
+- **spikes** (``ramp-*``): the learning rate rises linearly over 300 steps to a peak that is
+  too high, and stays there for 150 more; somewhere on the way the loss spikes. Seeds × peaks, with and without
   qk-layernorm (with it, the attention logits stay bounded and the spikes come from
   elsewhere: no attention precursor to see);
 - **stable** (``cosine-*``): the usual schedule (warmup over 10% of the steps, cosine decay)
@@ -51,6 +51,8 @@ SPIKE_STAY = 1.25
 BASELINE = 25
 AFTER = 25
 SCAN = 10
+RAMP = 300  # steps of the linear rise of a ramp run
+RAMP_STEPS = 450  # a ramp run's length: the peak is held for 150 steps
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class Config:
     lr: float
     qk_norm: bool
     seed: int
-    decay: str  # "ramp" (linear rise over the run) or "cosine"
+    decay: str  # "ramp" (linear rise over 300 steps, then constant) or "cosine"
     steps: int = 300
 
     @property
@@ -73,8 +75,8 @@ def configs() -> list[Config]:
     """Every run: spikes (ramps to a high peak) and stable runs (cosine, lrs that train)."""
     out = []
     for lr in (0.2, 0.3, 0.5):
-        out += [Config(f"ramp-{lr:g}", lr, False, s, "ramp") for s in range(4)]
-    out += [Config("ramp-0.5-qkln", 0.5, True, s, "ramp") for s in range(3)]
+        out += [Config(f"ramp-{lr:g}", lr, False, s, "ramp", RAMP_STEPS) for s in range(4)]
+    out += [Config("ramp-0.5-qkln", 0.5, True, s, "ramp", RAMP_STEPS) for s in range(3)]
     for lr, qk in ((0.01, False), (0.03, False), (0.03, True), (0.1, True)):
         tag = f"cosine-{lr:g}" + ("-qkln" if qk else "")
         out += [Config(tag, lr, qk, s, "cosine") for s in range(3)]
@@ -128,7 +130,7 @@ def run_one(cfg: Config) -> dict:
     torch.set_num_threads(1)
     torch.manual_seed(cfg.seed)
     model = TinyGPT(qk_norm=cfg.qk_norm)
-    warm = cfg.steps if cfg.decay == "ramp" else cfg.steps // 10
+    warm = RAMP if cfg.decay == "ramp" else cfg.steps // 10
     schedule = Schedule(lr=cfg.lr, steps=cfg.steps, warmup=warm,
                         decay="constant" if cfg.decay == "ramp" else "cosine")
     data = training_data(4096, 32, 64)
