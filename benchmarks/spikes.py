@@ -12,9 +12,9 @@ width 64, 4 heads, context 32) on the built-in copy language with AdamW, watched
 the loss and gradient norms every step). Two kinds of runs:
 
 - **spikes** (``ramp-*``): the learning rate rises linearly over 300 steps to a peak that is
-  too high, and stays there for 150 more; somewhere on the way the loss spikes. Seeds × peaks, with and without
-  qk-layernorm (with it, the attention logits stay bounded and the spikes come from
-  elsewhere: no attention precursor to see);
+  too high, and stays there for 150 more; somewhere on the way the loss spikes. Seeds ×
+  peaks, with and without qk-layernorm (with it, the attention logits stay bounded and the
+  spikes come from elsewhere: no attention precursor to see);
 - **stable** (``cosine-*``): the usual schedule (warmup over 10% of the steps, cosine decay)
   at learning rates that train, with and without qk-layernorm.
 
