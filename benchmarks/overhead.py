@@ -9,6 +9,9 @@ machine noise hits all of them alike, and the reported figure is the median over
     python benchmarks/overhead.py --networks a,b --rounds 31 --steps 20 --out results/o.json
     python benchmarks/overhead.py --clock cpu --threads 1   # a busy shared machine
     python benchmarks/overhead.py --device cuda      # on a GPU: CUDA events, host syncs per step
+    python benchmarks/overhead.py --networks transformer --optimizer adamw \
+        --without attn_logit_max,attn_entropy_min,logit_max,logsumexp_mean,update_rms,eps_frac
+                                                     # what some statistics cost
 
 Subnormal floats are flushed to zero (torch.set_flush_denormal): the deep tanh nets' tiny
 gradients would otherwise put the CPU on its slow path and make every timing about that.
@@ -22,6 +25,9 @@ Configurations:
                back-propagated norms, max |g|, weight norm, update ratio and activation
                statistics every 10th recorded step)
 - everything:  every statistic at every step (detail_every=1, activations on)
+- default_without / everything_without (with ``--without STATS``): the same without the named
+               statistics; the difference is what those statistics cost (per detail step:
+               ``everything`` against ``everything_without``)
 - floor:       no gradwatch: one fused ``torch._foreach_norm`` over the gradients after every
                backward (what ``clip_grad_norm_`` does): the standard way to read every
                gradient once, and what the parameter-gradient statistics cost at least
@@ -122,13 +128,27 @@ def make(name: str, device: str):
     raise SystemExit(f"unknown network {name!r}")
 
 
+def without(names: list[str]) -> list[str]:
+    """Every statistic a default ``gw.watch`` records, less ``names``."""
+    from gradwatch.stats import ALL_STATS, STATISTICS
+
+    unknown = [n for n in names if n not in ALL_STATS]
+    if unknown:
+        raise SystemExit(f"--without: unknown statistics {unknown}")
+    return [s for s in ALL_STATS
+            if s not in names and getattr(STATISTICS[s], "default", True)]
+
+
 class Runner:
     """One configuration: its own copy of the model, optimizer and instrumentation."""
 
-    def __init__(self, key, base, x, loss_fn, workdir):
+    def __init__(self, key, base, x, loss_fn, workdir, optimizer="sgd"):
         self.key, self.x, self.loss_fn = key, x, loss_fn
         self.model = copy.deepcopy(base)
-        self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3)
+        if optimizer == "adamw":
+            self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        else:
+            self.opt = torch.optim.SGD(self.model.parameters(), lr=1e-3)
         self.mon = None
         self.after_backward = None
         self.after_step = None
@@ -215,12 +235,13 @@ def available_anchors() -> list[str]:
     return out
 
 
-def bench_network(name, rounds, steps, workdir, device, clock, anchors) -> dict:
+def bench_network(name, rounds, steps, workdir, device, clock, anchors,
+                  optimizer="sgd") -> dict:
     torch.manual_seed(0)
     desc, base, x, loss_fn = make(name, device)
     base = base.to(device)
     keys = ["plain", "floor", *CONFIGS, *anchors]
-    runners = {k: Runner(k, base, x, loss_fn, workdir / name / k) for k in keys}
+    runners = {k: Runner(k, base, x, loss_fn, workdir / name / k, optimizer) for k in keys}
     for r in runners.values():
         r.steps(3)  # warm-up: plans, buffers, allocator
     times: dict[str, list[float]] = {k: [] for k in keys}
@@ -270,7 +291,18 @@ def main() -> None:
     ap.add_argument("--no-anchors", action="store_true", help="skip Lightning and wandb")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
+                    help="the optimizer every loop trains with (adamw: Adam's statistics too)")
+    ap.add_argument("--without", default="",
+                    help="comma-separated statistics: adds default_without and "
+                         "everything_without, the default and everything less them")
     args = ap.parse_args()
+    if args.without:
+        keep = without([n.strip() for n in args.without.split(",") if n.strip()])
+        CONFIGS["default_without"] = dict(stats=keep)
+        CONFIGS["everything_without"] = dict(detail_every=1, stats=keep)
+        LABELS["default_without"] = f"gradwatch default, without {args.without}"
+        LABELS["everything_without"] = f"gradwatch everything, without {args.without}"
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # deep tanh nets underflow; keep the timings about the Monitor
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -281,7 +313,7 @@ def main() -> None:
     try:
         for name in args.networks.split(","):
             r = bench_network(name, args.rounds, args.steps, workdir, args.device, args.clock,
-                              anchors)
+                              anchors, args.optimizer)
             results.append(r)
             ratios = ", ".join(f"{k} {v:.3f}x" for k, v in r.items() if k.startswith("ratio_"))
             print(f"{r['description']}: plain step {r['plain_step_ms']:.2f} ms | {ratios}",
@@ -292,7 +324,16 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
     print()
     print(table(results, ["floor", *CONFIGS, *anchors]))
+    if args.without:
+        for r in results:  # a detail step with and without them: everything records all
+            ms = (r["ratio_everything"] - r["ratio_everything_without"]) * r["plain_step_ms"]
+            r["detail_step_cost_ms_of_without"] = ms
+            print(f"{r['network']}: the statistics left out cost {ms:.2f} ms per detail step "
+                  f"({100 * ms / r['plain_step_ms']:.1f}% of a plain step); default "
+                  f"{r['ratio_default']:.3f}x with them, {r['ratio_default_without']:.3f}x "
+                  "without")
     meta = {"torch": torch.__version__, "threads": args.threads, "rounds": args.rounds,
+            "optimizer": args.optimizer, "without": args.without,
             "steps_per_round": args.steps, "device": args.device, "clock": args.clock,
             "load": os.getloadavg()}
     if args.out:
