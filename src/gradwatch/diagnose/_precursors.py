@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from gradwatch.diagnose._view import RunView
+from gradwatch.diagnose._view import RunView, finite_loss
 
 WINDOW = 25
 """Recorded losses (and gradient norms) in the trailing baseline."""
@@ -109,12 +109,7 @@ def loss_spikes(view: RunView) -> list[Spike]:
 def _loss_spikes(view: RunView) -> list[Spike]:
     if view.is_checkup:
         return []
-    loss = view.loss
-    values = loss.to_numpy(dtype=np.float64)
-    steps = [int(s) for s in loss.index]
-    ok = np.isfinite(values)
-    v = values[ok]
-    st = [s for s, o in zip(steps, ok, strict=True) if o]
+    st, v = finite_loss(view)
     out: list[Spike] = []
     i = MIN_HISTORY
     while i < len(v):

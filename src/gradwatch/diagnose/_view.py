@@ -154,6 +154,14 @@ class RunView:
         return self._memo[key]
 
 
+def finite_loss(view: RunView) -> tuple[list[int], np.ndarray]:
+    """(steps, values) of the recorded losses that are finite, in step order."""
+    loss = view.loss
+    values = loss.to_numpy(dtype=np.float64)
+    ok = np.isfinite(values)
+    return [int(s) for s, o in zip(loss.index, ok, strict=True) if o], values[ok]
+
+
 def loss_fell(view: RunView) -> tuple[float, float] | None:
     """``(start, end)`` of the loss when the run is learning (see :data:`LOSS_FELL`), else None."""
     if view.is_checkup:

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from gradwatch.diagnose._view import RunView, num, step_span
+from gradwatch.diagnose._view import RunView, finite_loss, num, step_span
 from gradwatch.findings import Finding
 from gradwatch.verdicts import DIVERGING_LOSS
 from gradwatch.wording import number, times
@@ -31,14 +31,9 @@ def rule(view: RunView) -> list[Finding]:
     """Report a loss that ends far above its best and its starting value."""
     if view.is_checkup:
         return []
-    loss = view.loss
-    values = loss.to_numpy(dtype=np.float64)
-    steps = [int(s) for s in loss.index]
-    ok = np.isfinite(values)
-    if ok.sum() < DIVERGING_MIN_STEPS:
+    st, v = finite_loss(view)
+    if len(v) < DIVERGING_MIN_STEPS:
         return []
-    v = values[ok]
-    st = [s for s, o in zip(steps, ok, strict=True) if o]
     tail = max(1, len(v) // 5)
     end = float(np.median(v[-tail:]))
     start = float(np.median(v[: min(3, len(v) - tail)]))

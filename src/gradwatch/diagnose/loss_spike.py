@@ -31,7 +31,7 @@ from gradwatch.diagnose._precursors import (
     logit_onset,
     loss_spikes,
 )
-from gradwatch.diagnose._view import RunView, names, num, step_span
+from gradwatch.diagnose._view import RunView, finite_loss, names, num, step_span
 from gradwatch.findings import Finding
 from gradwatch.wording import number
 
@@ -67,8 +67,7 @@ def precursors(view: RunView, spike_step: int) -> list[Onset]:
 
 def _end_level(view: RunView) -> float:
     """The loss at the end of the run: the median of its last recorded tenth (3 to WINDOW)."""
-    v = view.loss.to_numpy(dtype=np.float64)
-    v = v[np.isfinite(v)]
+    _, v = finite_loss(view)
     n = min(WINDOW, max(3, len(v) // 10))
     return float(np.median(v[-n:])) if len(v) else float("nan")
 
