@@ -99,6 +99,19 @@ CASES = [
     ("xiong2020", ("runs", "post-LN+warmup", "all_finite"), False, "Warmup rescues"),
     ("xiong2020", ("runs", "post-LN", "flagged"), [], "gw.diagnose flags"),
     ("xiong2020", ("runs", "pre-LN", "flagged"), ["stalled"], "gw.diagnose flags"),
+    # wortsman2023: the baseline's logits as tame as qk-layernorm's at lr 1, on one seed
+    ("wortsman2023", ("runs", "baseline", "1", "0", "attn_logit_max"), 50.0,
+     "attention logits grow"),
+    # the baseline trains at lr 0.3 on seed 0: no learning rate left where only it fails
+    ("wortsman2023", ("runs", "baseline", "0.3", "0", "final_loss"), 1.0,
+     "training fails above"),
+    # qk-layernorm fails at 0.3 on seed 1: its range is no wider there
+    ("wortsman2023", ("runs", "qk-layernorm", "0.3", "1", "final_loss"), 4.5,
+     "range of learning rates"),
+    ("wortsman2023", ("runs", "qk-layernorm", "0.3", "1", "final_loss"), float("inf"),
+     "range of learning rates"),
+    # a failed baseline run gradwatch did not flag
+    ("wortsman2023", ("runs", "baseline", "0.3", "2", "flagged"), [], "gw.diagnose flags"),
 ]
 
 
