@@ -1,7 +1,13 @@
-"""The Finding: one diagnosis, with the numbers behind it and what to try."""
+"""The Finding: one diagnosis, with the numbers behind it and what to try.
+
+:class:`Findings` is the list :func:`gradwatch.diagnose` returns: a plain ``list`` of
+:class:`Finding` (it compares, slices, pickles and serialises as one) that prints as a short
+report, one finding per paragraph, instead of the reprs of every field.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -10,7 +16,11 @@ Severity = Literal["info", "warning", "error"]
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
 
 
-@dataclass(frozen=True)
+#: Longest message shown by ``repr(finding)`` (the whole message is in ``str(finding)``).
+REPR_MESSAGE = 60
+
+
+@dataclass(frozen=True, repr=False)
 class Finding:
     """One thing gradwatch found about a model or a run.
 
@@ -33,6 +43,28 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
     remedies: tuple[str, ...] = ()
 
+    def __repr__(self) -> str:
+        """One short line: kind, severity, layers (first, last, count), steps, message start."""
+        message = self.message
+        if len(message) > REPR_MESSAGE:
+            message = message[: REPR_MESSAGE - 1].rstrip() + "…"
+        return (
+            f"Finding(kind={self.kind!r}, severity={self.severity!r}, "
+            f"layers=[{_layer_span(self.layers)}], steps={self.steps!r}, message={message!r})"
+        )
+
+    def __str__(self) -> str:
+        """``[error] vanishing in layers '0' … '24' (13 layers), steps 0-390: message``."""
+        head = f"[{self.severity}] {self.kind}"
+        if self.layers:
+            head += f" in layers {_layer_span(self.layers)}"
+        if self.steps is not None:
+            head += f"{',' if self.layers else ' at'} steps {self.steps[0]}-{self.steps[1]}"
+        text = f"{head}: {self.message}"
+        if self.remedies:
+            text += f"\n    try: {', '.join(self.remedies)}"
+        return text
+
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-serialisable dict (one line of ``findings.jsonl``)."""
         d = asdict(self)
@@ -54,3 +86,43 @@ class Finding:
             evidence=dict(d.get("evidence", {})),
             remedies=tuple(d.get("remedies", ())),
         )
+
+
+class Findings(list):
+    """The findings of a diagnosis: a ``list`` of :class:`Finding` that prints readably.
+
+    ``print(gw.diagnose(run))`` prints the verdict and one paragraph per finding (what, where,
+    the message, what to try); ``repr`` gives one short line per finding. Everything else is
+    the list's: indexing, ``len``, ``==`` with a plain list, ``json.dumps``, pickling.
+    """
+
+    def __init__(self, items: Iterable[Finding] = ()) -> None:
+        super().__init__(items)
+
+    @property
+    def verdict(self) -> str:
+        """The verdict these findings imply (:func:`gradwatch.verdicts.verdict`)."""
+        from gradwatch.verdicts import verdict
+
+        return verdict(self)
+
+    def __str__(self) -> str:
+        """``verdict: vanishing (2 findings)`` then each finding as ``str(finding)``."""
+        if not self:
+            return f"verdict: {self.verdict} (no findings)"
+        count = f"{len(self)} finding{'s' if len(self) > 1 else ''}"
+        return "\n".join([f"verdict: {self.verdict} ({count})", *(str(f) for f in self)])
+
+    def __repr__(self) -> str:
+        """``Findings([Finding(...), ...])``, one finding per line."""
+        if not self:
+            return "Findings([])"
+        return "Findings([\n" + "".join(f"    {f!r},\n" for f in self) + "])"
+
+
+def _layer_span(layers: tuple[str, ...] | list[str]) -> str:
+    """``'0', '2', '4'`` for up to three layers, else ``'0' … '24' (13 layers)``."""
+    names = [repr(str(x)) for x in layers]
+    if len(names) <= 3:
+        return ", ".join(names)
+    return f"{names[0]} … {names[-1]} ({len(names)} layers)"

@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 
 def test_demo_prints_both_verdicts_and_writes_the_report(tmp_path):
     out = tmp_path / "demo"
@@ -22,8 +24,25 @@ def test_demo_prints_both_verdicts_and_writes_the_report(tmp_path):
     result = json.loads(proc.stdout[proc.stdout.index("{\n"):])
     assert result["verdict_before"] == "vanishing" and result["verdict_after"] == "healthy"
     assert result["run_verdict_before"] == "vanishing"
-    assert result["after"]["final_train_loss"] < 0.7 * result["before"]["final_train_loss"]
+    assert result["after"]["final_loss"] < 0.7 * result["before"]["final_loss"]
+    # one definition of the final loss: the same number in the terminal, the JSON and the
+    # report (the mean training loss of the last 20 steps)
+    import gradwatch as gw
+    from gradwatch.report.summary import final_loss, first_loss, format_loss
+
+    for key, run in (("before", out / "before"), ("after", out / "after")):
+        assert result[key]["final_loss"] == pytest.approx(final_loss(gw.load(run)))
+        assert result[key]["first_loss"] == pytest.approx(first_loss(gw.load(run)))
+        shown = format_loss(result[key]["final_loss"])
+        assert f"final loss {shown}" in text
+    assert "mean training loss of the last 20 steps" in text
     html = (out / "report.html").read_text()
+    outcome = html[html.index('<section id="gw-outcome"'):html.index("<h2>Findings</h2>")]
+    for key in ("before", "after"):
+        assert f'<td class="num">{format_loss(result[key]["final_loss"])}</td>' in outcome
+        assert f"{result[key]['test_accuracy']:.1%}" in outcome
+    assert "What was wrong" in outcome and "What was changed" in outcome
+    assert "Did it help?" in outcome
     assert html.startswith("<!DOCTYPE html>") and "vanishing" in html
     # one page tells the whole story: diagnosis, what fix changed and why, both training runs
     # (loss and accuracy) side by side, gradient flow before and after, both verdicts
