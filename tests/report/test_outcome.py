@@ -52,7 +52,7 @@ def test_the_outcome_comes_first_what_was_wrong_changed_and_did_it_help(
     # did it help: yes, with both runs' held-out accuracy, loss and verdicts
     answer = plain(re.search(r'<p id="gw-answer">(.*?)</p>', outcome, flags=re.S).group(1))
     assert answer.startswith("Yes.")
-    assert "33.0% (original) → 90.0% (fixed)" in answer
+    assert "Held-out accuracy 33.0% → 90.0% (original → fixed; chance 33%)." in answer
     table = plain(re.search(r'<table id="gw-compare".*?</table>', outcome, flags=re.S).group(0))
     assert "original fixed" in table
     assert "30.0% (step 0) → 33.0% (step 8)" in table and "32.0% (step 0) → 90.0% (step 8)" in table

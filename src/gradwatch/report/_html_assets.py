@@ -57,7 +57,8 @@ td.bad, .bad { color: var(--bad); font-weight: 700; }
 .outcome p, .outcome li { overflow-wrap: anywhere; }
 #gw-answer { font-size: 1.05rem; }
 table.compare { background: var(--bg); }
-table.compare td.num { font-family: inherit; }
+table.compare td.num { font-family: inherit; white-space: normal; text-align: left; }
+table.compare th { overflow-wrap: anywhere; }
 table.kv th { font-weight: 600; white-space: normal; overflow-wrap: anywhere; }
 table.kv td { overflow-wrap: anywhere; }
 table.kv table.kv { margin: 0; }

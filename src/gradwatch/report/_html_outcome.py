@@ -172,8 +172,8 @@ def _answer(
         diff = b[1] - a[1]
         word = "Yes" if diff >= ACCURACY_CHANGE else "No" if diff <= -ACCURACY_CHANGE else (
             "Not clearly")
-        at_chance = (f" (chance: {chance:.0%})" if chance is not None else "")
-        facts.append(f"held-out accuracy {a[1]:.1%} ({base}) → {b[1]:.1%} ({new}){at_chance}")
+        chance_text = f"; chance {chance:.0%}" if chance is not None else ""
+        facts.append(f"Held-out accuracy {a[1]:.1%} → {b[1]:.1%} ({base} → {new}{chance_text}).")
     elif la is not None and lb is not None and math.isfinite(la) and la > 0:
         ratio = lb / la if math.isfinite(lb) else math.inf
         word = "Yes" if ratio <= LOSS_CHANGE else "No" if ratio >= 1 / LOSS_CHANGE else (
@@ -181,7 +181,6 @@ def _answer(
     else:
         word = "Not measured"
     if la is not None and lb is not None:
-        facts.append(f"final loss {format_loss(la)} → {format_loss(lb)}")
-    facts.append(f"verdict of the watched run {verdicts[base]} → {verdicts[new]}")
-    text = "; ".join(facts) + "."
-    return f"<b>{esc(word)}.</b> " + esc(text[0].upper() + text[1:])
+        facts.append(f"Final loss {format_loss(la)} → {format_loss(lb)}.")
+    facts.append(f"Verdict of the watched run {verdicts[base]} → {verdicts[new]}.")
+    return f"<b>{esc(word)}.</b> " + esc(" ".join(facts))
