@@ -70,7 +70,7 @@ def test_remedy_text_is_whole():
     swap = describe_remedy("swap_activation", {"kind": "activation",
                                                "swaps": {"Sigmoid": "relu"}, "reinit": "he",
                                                "replaced": ["1", "3"]})
-    assert swap == "swapped Sigmoid → relu in layers '1', '3', with he re-init of the layers " \
+    assert swap == "swapped Sigmoid → relu in layers '1', '3', with He re-init of the layers " \
                    "feeding them"
     assert "Mishkin" in why_remedy(details) and "1/4" in why_remedy({"kind": "activation"})
 

@@ -123,10 +123,11 @@ def test_settings_and_evidence_are_tables_not_dumps(compare_html, sigmoid_run):
     for dump in ("{", "[", "None", "True", "False", "'started'"):
         assert dump not in seen, (dump, seen[:400])
     assert not re.search(r"\b1\d{9}\.\d", seen)  # a Unix time stamp
-    # the writing sessions are a table with a row per session and a date
-    sessions = section(settings, "<h3>Writing sessions</h3>", "</table>")
-    assert sessions.count('<tr><td class="num">') == len(sigmoid_run.meta["sessions"])
-    assert re.search(r"<td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</td>", sessions)
+    # the writing sessions: a table each, numbered, with dates
+    sessions = section(settings, "<h3>Writing sessions</h3>", "</div>")
+    n = len(sigmoid_run.meta["sessions"])
+    assert sessions.count('<table class="kv session">') == n and f"session 1 of {n}" in sessions
+    assert re.search(r"<th>started</th><td>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d</td>", sessions)
     # one row per kind of activation, not one per module
     assert seen.count("Sigmoid (sigmoid)") == 1
     for title in ("Run", "Recording settings", "Model", "Versions and host"):

@@ -45,7 +45,15 @@ th { background: var(--panel); }
 td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums;
   font-family: ui-monospace, monospace; }
 td.bad { color: var(--bad); font-weight: 700; }
-.scroll { overflow-x: auto; max-width: 100%; }
+.scroll { overflow-x: auto; max-width: 100%;
+  /* a shadow at an edge where the table goes on (scrolled out of view), none where it ends */
+  background:
+    linear-gradient(to right, var(--bg) 30%, rgba(255,255,255,0)) left / 40px 100% no-repeat local,
+    linear-gradient(to left, var(--bg) 30%, rgba(255,255,255,0)) right / 40px 100% no-repeat local,
+    radial-gradient(farthest-side at 0 50%, rgba(0,0,0,.25), rgba(0,0,0,0)) left / 14px 100%
+      no-repeat scroll,
+    radial-gradient(farthest-side at 100% 50%, rgba(0,0,0,.25), rgba(0,0,0,0)) right / 14px 100%
+      no-repeat scroll; }
 td.ok, .ok { color: var(--ok); font-weight: 700; }
 td.bad, .bad { color: var(--bad); font-weight: 700; }
 .outcome { border: 1px solid var(--line); border-radius: 8px; padding: 4px 18px 12px;
@@ -66,7 +74,9 @@ table.kv table.kv { margin: 0; }
   gap: 4px 24px; align-items: start; }
 .meta-group { min-width: 0; }
 .meta-group h3 { margin-top: 10px; }
-.meta-group table.kv { width: 100%; }
+.meta-group > table.kv { width: 100%; table-layout: fixed; }
+table.session th[colspan] { background: var(--bg); font-weight: 700; }
+.meta-group > table.kv > tbody > tr > th { width: 42%; }
 details.more { display: inline; }
 details.more[open] { display: block; }
 details.evidence table { background: var(--bg); }

@@ -79,13 +79,17 @@ def value_html(value: Any, key: str = "") -> str:
     return esc(cell_text(value, key))
 
 
-def kv_table(items: Iterable[tuple[Any, Any]], table_id: str = "") -> str:
-    """A two-column table (name, value); nested mappings become nested tables."""
-    rows = "".join(
+def kv_rows(items: Iterable[tuple[Any, Any]]) -> str:
+    """The rows of a two-column table (name, value)."""
+    return "".join(
         f"<tr><th>{esc(k)}</th><td>{value_html(v, str(k))}</td></tr>" for k, v in items
     )
+
+
+def kv_table(items: Iterable[tuple[Any, Any]], table_id: str = "") -> str:
+    """A two-column table (name, value); nested mappings become nested tables."""
     ident = f' id="{esc(table_id)}"' if table_id else ""
-    return f'<table class="kv"{ident}>{rows}</table>'
+    return f'<table class="kv"{ident}>{kv_rows(items)}</table>'
 
 
 def records_table(records: Iterable[Mapping[str, Any]], table_id: str = "") -> str:
@@ -168,10 +172,7 @@ def meta_section(meta: Mapping[str, Any]) -> str:
         elif keys == ("activations",):
             body = _activations(meta["activations"])
         elif keys == ("sessions",):
-            sessions = meta["sessions"]
-            body = (records_table(sessions) if isinstance(sessions, list) and sessions
-                    and all(isinstance(s, Mapping) for s in sessions)
-                    else value_html(sessions))
+            body = _sessions(meta["sessions"])
         else:
             body = kv_table((k, meta[k]) for k in present)
         parts.append(f'<div class="meta-group"><h3>{esc(title)}</h3>{body}</div>')
@@ -201,6 +202,23 @@ def _dotted(obj: Mapping[str, Any], prefix: str = "") -> Iterable[tuple[str, Any
             yield name, v
 
 
+def _sessions(value: Any) -> str:
+    """One small table per writing session (a run resumed three times has four), numbered.
+
+    A table per session, not a row: its fields (start, end, first step, process, host,
+    status) then fit a phone's width.
+    """
+    if not isinstance(value, list) or not all(isinstance(s, Mapping) for s in value):
+        return f"<p>{value_html(value)}</p>"
+    if not value:
+        return "<p>none</p>"
+    return "".join(
+        f'<table class="kv session"><tr><th colspan="2">session {i + 1} of {len(value)}</th>'
+        f"</tr>{kv_rows(s.items())}</table>"
+        for i, s in enumerate(value)
+    )
+
+
 def _activations(value: Any) -> str:
     """One row per kind of activation: "Sigmoid (sigmoid)" and the modules that are one."""
     if not isinstance(value, Mapping):
@@ -213,7 +231,7 @@ def _activations(value: Any) -> str:
     if not kinds:
         return "<p>none</p>"
     rows = "".join(
-        f"<tr><th>{esc(kind)}</th><td>{len(names)}: "
+        f"<tr><th>{esc(kind)}</th><td>{len(names)} module{'s' if len(names) != 1 else ''}: "
         + ", ".join(f'<code class="name">{esc(n)}</code>' for n in names)
         + "</td></tr>"
         for kind, names in kinds.items()
