@@ -47,14 +47,19 @@ def test_run_summary_has_verdict_and_one_bar_per_layer_input_side_first(mixed_ru
     assert XSS in text  # a name is printed as is, not parsed as markup
 
 
+def chain(depth, width, act, out):
+    """``depth`` blocks of [Linear(width, width), act()], then Linear(width, out)."""
+    nn = __import__("torch").nn
+    __import__("torch").manual_seed(0)
+    layers = []
+    for _ in range(depth):
+        layers += [nn.Linear(width, width), act()]
+    return nn.Sequential(*layers, nn.Linear(width, out))
+
+
 def test_checkup_summary_lists_findings_and_remedies():
     torch = __import__("torch")
-    nn = torch.nn
-    torch.manual_seed(0)
-    layers = []
-    for _ in range(10):
-        layers += [nn.Linear(16, 16), nn.Sigmoid()]
-    cu = gw.check(nn.Sequential(*layers, nn.Linear(16, 2)), torch.randn(16, 16))
+    cu = gw.check(chain(10, 16, torch.nn.Sigmoid, 2), torch.randn(16, 16))
     assert cu.verdict == "vanishing"
     verdict, text = render(cu)
     assert verdict == "vanishing" and "verdict: VANISHING" in text
@@ -79,11 +84,7 @@ def test_bars_have_a_fixed_scale_so_a_healthy_net_does_not_look_vanished():
     # a healthy ReLU net with He init: every layer within a decade, every bar nearly full
     torch = __import__("torch")
     nn = torch.nn
-    torch.manual_seed(0)
-    layers = []
-    for _ in range(8):
-        layers += [nn.Linear(64, 64), nn.ReLU()]
-    model = nn.Sequential(*layers, nn.Linear(64, 10))
+    model = chain(8, 64, nn.ReLU, 10)
     for m in model:
         if isinstance(m, nn.Linear):
             nn.init.kaiming_normal_(m.weight)
