@@ -1,13 +1,12 @@
 """The Finding: one diagnosis, with the numbers behind it and what to try.
 
-:class:`Findings` is the list :func:`gradwatch.diagnose` returns: a plain ``list`` of
-:class:`Finding` (it compares, slices, pickles and serialises as one) that prints as a short
-report, one finding per paragraph, instead of the reprs of every field.
+``repr(finding)`` is one short line; ``str(finding)`` the whole message, where and what to
+try. The list of them that :func:`gradwatch.diagnose` returns is
+:class:`gradwatch.verdicts.Findings`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -86,38 +85,6 @@ class Finding:
             evidence=dict(d.get("evidence", {})),
             remedies=tuple(d.get("remedies", ())),
         )
-
-
-class Findings(list):
-    """The findings of a diagnosis: a ``list`` of :class:`Finding` that prints readably.
-
-    ``print(gw.diagnose(run))`` prints the verdict and one paragraph per finding (what, where,
-    the message, what to try); ``repr`` gives one short line per finding. Everything else is
-    the list's: indexing, ``len``, ``==`` with a plain list, ``json.dumps``, pickling.
-    """
-
-    def __init__(self, items: Iterable[Finding] = ()) -> None:
-        super().__init__(items)
-
-    @property
-    def verdict(self) -> str:
-        """The verdict these findings imply (:func:`gradwatch.verdicts.verdict`)."""
-        from gradwatch.verdicts import verdict
-
-        return verdict(self)
-
-    def __str__(self) -> str:
-        """``verdict: vanishing (2 findings)`` then each finding as ``str(finding)``."""
-        if not self:
-            return f"verdict: {self.verdict} (no findings)"
-        count = f"{len(self)} finding{'s' if len(self) > 1 else ''}"
-        return "\n".join([f"verdict: {self.verdict} ({count})", *(str(f) for f in self)])
-
-    def __repr__(self) -> str:
-        """``Findings([Finding(...), ...])``, one finding per line."""
-        if not self:
-            return "Findings([])"
-        return "Findings([\n" + "".join(f"    {f!r},\n" for f in self) + "])"
 
 
 def _layer_span(layers: tuple[str, ...] | list[str]) -> str:

@@ -2,8 +2,8 @@
 
 ``number(0.000153)`` → ``"1.5e-4"``, ``number(3.14159)`` → ``"3.1"``, ``times(20.3)`` →
 ``"20×"``, ``times(0.0004)`` → ``"1/2500"``: never ``"×8.9×10^0"``, ``"10^0-fold"`` or
-``"shrinks by 0"``. Layer names and paths in narrow places are shortened from the middle
-(:func:`shorten`) or folded after a ``.`` or ``/`` (:func:`fold`), never cut inside a word.
+``"shrinks by 0"``. Layer names and paths in narrow places are folded after a ``.`` or ``/``
+(:func:`fold`), never cut inside a word.
 """
 
 from __future__ import annotations
@@ -71,29 +71,14 @@ def per_layer(factor: float) -> str:
     return f"{number(factor)} per layer"
 
 
-def shorten(name: str, width: int = 24) -> str:
-    """``name`` shortened from the middle to at most ``width`` characters.
-
-    Both ends are kept (``encoder.layers.0…attn.q_proj``): the start says where the layer is,
-    the end which one it is, so sibling layers (``layer1.0.conv1``, ``layer1.0.conv2``) stay
-    distinguishable. The root module (empty name) is ``(root)``.
-    """
-    name = name or "(root)"
-    if len(name) <= width:
-        return name
-    head = (width - 1) // 2
-    tail = width - 1 - head
-    return name[:head] + "…" + name[-tail:]
-
-
 def fold(name: str, width: int, separators: str = "./") -> str:
     """``name`` broken into lines of at most ``width`` characters after a separator.
 
     ``layer1.0.conv1`` at width 9 is ``layer1.0.`` then ``conv1``: a line breaks only after a
     ``.`` (module paths) or a ``/`` (file paths), never inside a word, so every part of the
     name stays readable and siblings stay distinguishable. A part longer than ``width`` on
-    its own is shortened from the middle (:func:`shorten`). The root module (empty name) is
-    ``(root)``.
+    its own is shortened from the middle, both ends kept (as
+    :func:`gradwatch.report.names.shorten` does). The root module (empty name) is ``(root)``.
 
     Args:
         name: a layer name or a path.
@@ -117,7 +102,8 @@ def fold(name: str, width: int, separators: str = "./") -> str:
         if len(part) > width:
             if line:
                 lines.append(line)
-            lines.append(shorten(part, width))
+            head = (width - 1) // 2
+            lines.append(part[:head] + "…" + part[len(part) - (width - 1 - head):])
             line = ""
         elif len(line) + len(part) > width:
             lines.append(line)

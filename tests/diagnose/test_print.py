@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 import gradwatch as gw
-from gradwatch.findings import Finding, Findings
+from gradwatch.findings import Finding
+from gradwatch.verdicts import Findings
 
 
 def vanishing_run():

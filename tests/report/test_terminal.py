@@ -7,8 +7,8 @@ from rich.console import Console
 
 import gradwatch as gw
 from gradwatch.report import print_summary
-from gradwatch.report.names import fold
 from gradwatch.report.terminal import BAR_WIDTH, DECADE_CELLS, NAME_WIDTH, bar_cells
+from gradwatch.wording import fold
 
 from .conftest import XSS
 

@@ -352,8 +352,9 @@ def print_checkup(cu: Any, console: Any = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    from gradwatch.report.names import shorten
     from gradwatch.report.terminal import DECADE_CELLS
-    from gradwatch.wording import fold, name_room, shorten
+    from gradwatch.wording import fold, name_room
 
     console = console or Console()
     colour = {"healthy": "green", "dead": "yellow", "saturated": "yellow"}.get(cu.verdict, "red")

@@ -38,9 +38,9 @@ from gradwatch.diagnose import (
 from gradwatch.diagnose._view import RunView
 from gradwatch.diagnose.store import store_findings
 from gradwatch.errors import GradwatchTypeError
-from gradwatch.findings import SEVERITY_RANK, Finding, Findings
+from gradwatch.findings import SEVERITY_RANK, Finding
 from gradwatch.store.reader import Run, load
-from gradwatch.verdicts import VERDICT_PRECEDENCE, verdict, verdict_of_kind
+from gradwatch.verdicts import VERDICT_PRECEDENCE, Findings, verdict, verdict_of_kind
 
 Rule = Callable[[RunView], list[Finding]]
 

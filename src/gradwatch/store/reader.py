@@ -13,8 +13,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gradwatch.errors import GradwatchTypeError, RunDirectoryError
-from gradwatch.findings import Finding, Findings
+from gradwatch.findings import Finding
 from gradwatch.store.format import FINDINGS, FORMAT_VERSION, META, STATS_DIR, live_parts
+from gradwatch.verdicts import Findings
 
 EMPTY = pd.DataFrame(
     {
