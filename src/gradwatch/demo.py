@@ -202,16 +202,24 @@ def _run_demo(out: str | Path, cfg: DemoConfig, console: Console | None) -> dict
         "seconds": time.perf_counter() - t0,
     }
     console.rule("[bold]Result")
-    console.print(f"verdict before: [bold red]{report.verdict_before}[/] (training run: "
-                  f"{verdict_run_before}); test accuracy {res_before['test_accuracy']:.1%}, "
-                  f"final loss {format_loss(res_before['final_loss'])}")
-    console.print(f"verdict after:  [bold green]{report.verdict_after}[/] (training run: "
-                  f"{verdict_run_after}); test accuracy {res_after['test_accuracy']:.1%}, "
-                  f"final loss {format_loss(res_after['final_loss'])}")
+    console.print(result_line("before", report.verdict_before, verdict_run_before, res_before))
+    console.print(result_line("after", report.verdict_after, verdict_run_after, res_after))
     console.print(f"[dim](final loss: the {FINAL_LOSS_TEXT}, as in the report)[/]")
     console.print(f"report: [bold]{report_path}[/]  (runs: {out / 'before'}, {out / 'after'}; "
                   f"{result['seconds']:.0f} s)")
     return result
+
+
+def result_line(which: str, verdict: str, run_verdict: str, result: dict) -> str:
+    """One line of the demo's result (rich markup): the verdicts, test accuracy, final loss.
+
+    The final loss is :func:`gradwatch.report.summary.final_loss` of the run, written by
+    :func:`~gradwatch.report.summary.format_loss`: the number the report shows.
+    """
+    colour = "green" if verdict == "healthy" else "red"
+    return (f"verdict {which}:{' ' * (7 - len(which))}[bold {colour}]{escape(verdict)}[/] "
+            f"(training run: {escape(run_verdict)}); test accuracy "
+            f"{result['test_accuracy']:.1%}, final loss {format_loss(result['final_loss'])}")
 
 
 def _run_verdict(run: Run) -> str:

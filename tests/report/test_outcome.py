@@ -12,7 +12,8 @@ from torch import nn
 
 import gradwatch as gw
 from gradwatch.findings import Finding
-from gradwatch.report import write_html
+from gradwatch.report._data import findings_and_verdict
+from gradwatch.report._html_outcome import outcome_section
 from gradwatch.report.html import MIN_FOLDED, SHOWN_LAYERS
 from gradwatch.report.summary import LOSS_WINDOW, final_loss, first_loss, format_loss
 
@@ -60,22 +61,30 @@ def test_the_outcome_comes_first_what_was_wrong_changed_and_did_it_help(
         assert format_loss(final_loss(run)) in table and format_loss(first_loss(run)) in table
 
 
-def test_a_change_that_did_not_help_is_called_so(sigmoid_run, mixed_run, tmp_path):
-    flat = {"original": ([0, 8], [0.30, 0.50]), "fixed": ([0, 8], [0.31, 0.48])}
-    out = write_html(sigmoid_run, tmp_path / "r.html",
-                     compare={"original": sigmoid_run, "fixed": mixed_run}, accuracy=flat)
-    answer = re.search(r'<p id="gw-answer">(.*?)</p>', text_of(out), flags=re.S).group(1)
-    assert plain(answer).startswith("Not clearly.")
-    worse = {"original": ([0, 8], [0.30, 0.70]), "fixed": ([0, 8], [0.31, 0.40])}
-    out = write_html(sigmoid_run, tmp_path / "r2.html",
-                     compare={"original": sigmoid_run, "fixed": mixed_run}, accuracy=worse)
-    answer = re.search(r'<p id="gw-answer">(.*?)</p>', text_of(out), flags=re.S).group(1)
-    assert plain(answer).startswith("No.")
+def outcome(run, **kw):
+    """The outcome section alone (write_html renders it first; no figures drawn here)."""
+    found, verdict, source = findings_and_verdict(run)
+    return outcome_section(run, found, verdict, source, **kw)
 
 
-def test_a_single_run_report_says_what_was_found_and_what_to_try(sigmoid_run, tmp_path):
-    text = text_of(write_html(sigmoid_run, tmp_path / "one.html"))
-    seen = plain(section(text, '<section id="gw-outcome"'))
+def test_a_change_that_did_not_help_is_called_so(sigmoid_run, mixed_run):
+    runs = {"original": sigmoid_run, "fixed": mixed_run}
+    for accuracy, word in (
+        ({"original": ([0, 8], [0.30, 0.50]), "fixed": ([0, 8], [0.31, 0.48])}, "Not clearly."),
+        ({"original": ([0, 8], [0.30, 0.70]), "fixed": ([0, 8], [0.31, 0.40])}, "No."),
+        ({"original": ([0, 8], [0.30, 0.30]), "fixed": ([0, 8], [0.31, 0.90])}, "Yes."),
+    ):
+        answer = re.search(r'<p id="gw-answer">(.*?)</p>', outcome(sigmoid_run, compare=runs,
+                                                                  accuracy=accuracy), flags=re.S)
+        assert plain(answer.group(1)).startswith(word), (accuracy, answer.group(1))
+    # without accuracy, the final loss decides: the same run twice is not an improvement
+    same = outcome(sigmoid_run, compare={"original": sigmoid_run, "again": sigmoid_run})
+    assert plain(re.search(r'<p id="gw-answer">(.*?)</p>', same, flags=re.S).group(1)).startswith(
+        "Not clearly.")
+
+
+def test_a_single_run_report_says_what_was_found_and_what_to_try(sigmoid_run):
+    seen = plain(outcome(sigmoid_run))
     assert "What gradwatch found" in seen and "What to try" in seen
     assert "Did it help" not in seen and "What was changed" not in seen
 
