@@ -214,6 +214,21 @@ def test_fix_trials_leave_a_stable_run_alone_and_respect_the_budget():
                                           for e in report.trials["tried"])
 
 
+def test_fix_trials_run_after_the_checkup_remedies():
+    """A net that vanishes at init gets its checkup remedy, then still its training trials."""
+    x, y = _regression()
+    torch.manual_seed(0)
+    layers = [nn.Linear(8, 32), nn.Sigmoid()]
+    for _ in range(7):
+        layers += [nn.Linear(32, 32), nn.Sigmoid()]
+    deep = nn.Sequential(*layers, nn.Linear(32, 1))
+    trial = gw.remedies.Trial(data=(x, y), optimizer=lambda ps: torch.optim.SGD(ps, lr=0.01),
+                              steps=10, seeds=(0,))
+    _, report = gw.fix(deep, x[:32], y[:32], trial=trial, max_rounds=1)
+    assert report.applied and report.tried  # the checkup's candidates were tried
+    assert report.trials is not None and len(report.trials["baseline"]["trials"]) == 1
+
+
 def test_trial_arguments_are_checked():
     x, y = _regression(8)
     with pytest.raises(GradwatchTypeError, match="Trial"):

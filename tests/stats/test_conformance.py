@@ -47,19 +47,36 @@ class Brute:
     loss: float = math.nan
     scale: float = math.nan
     clip: tuple[float, float] = (math.nan, math.nan)
+    lr: dict[str, float] = field(default_factory=dict)  # per layer, largest over its groups
 
 
 def train_step(scaler: bool = False, clip: float | None = None, nan_input: bool = False,
-               adam: bool = False):
-    """One optimizer step, watched, with the brute-force quantities taken beside it."""
+               adam: bool = False, lr: bool = False):
+    """One optimizer step, watched, with the brute-force quantities taken beside it.
+
+    ``adam``: Adam (lr ``ADAM_LR``, eps ``ADAM_EPS``) instead of SGD. ``lr``: two parameter
+    groups (layer 2's bias at 0.05, everything else at 0.3) and the opt-in ``lr`` statistic
+    named.
+    """
     model = net()
-    opt = (torch.optim.Adam(model.parameters(), lr=ADAM_LR, eps=ADAM_EPS) if adam
-           else torch.optim.SGD(model.parameters(), lr=0.3))
+    if adam:
+        opt = torch.optim.Adam(model.parameters(), lr=ADAM_LR, eps=ADAM_EPS)
+    elif lr:
+        rest = [p for n, p in model.named_parameters() if n != "2.bias"]
+        opt = torch.optim.SGD([{"params": rest}, {"params": [model[2].bias], "lr": 0.05}],
+                              lr=0.3)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    b_lr = {ly: max(g["lr"] for g in opt.param_groups
+                    if any(p is q for p in model[i].parameters() for q in g["params"]))
+            for ly, i in LAYERS.items()}
+    stats = [n for n, s in STATISTICS.items() if s.default] + ["lr"] if lr else None
     x = torch.randn(32, 6, generator=torch.Generator().manual_seed(1))
     if nan_input:
         x[3, 2] = math.nan
     y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(2))
     b = Brute(x=x)
+    b.lr = b_lr
     handles = []
     for name, i in LAYERS.items():
         def keep(m, a, o, name=name):
@@ -72,7 +89,8 @@ def train_step(scaler: bool = False, clip: float | None = None, nan_input: bool 
         handles.append(model[i].register_forward_hook(
             lambda m, a, o, name=name: b.acts.__setitem__(name, o.detach().double())))
     sc = torch.amp.GradScaler("cpu", init_scale=2.0**4) if scaler else None
-    with gw.watch(model, optimizer=opt, detail_every=1, scaler=sc) as mon:
+    extra = {"stats": stats} if stats else {}
+    with gw.watch(model, optimizer=opt, detail_every=1, scaler=sc, **extra) as mon:
         opt.zero_grad()
         out = model(x)
         b.outs["logits"] = out.detach().double()
@@ -245,6 +263,8 @@ REFERENCES = {
         / math.sqrt(sum(g.numel() for g in b.grads[ly])))),
     "eps_frac": ({"adam": True}, per_layer(lambda b, ly: float(
         torch.cat([(g.abs() <= ADAM_EPS).flatten() for g in b.grads[ly]]).double().mean()))),
+    # two parameter groups: layer 2 holds both rates, and records the larger
+    "lr": ({"lr": True}, lambda b: dict(b.lr)),
 }
 
 _CACHE: dict[tuple, Brute] = {}

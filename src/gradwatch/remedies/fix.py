@@ -187,10 +187,11 @@ def fix(
                 break
             best: tuple[_Candidate, _Trial] | None = None
             for cand in _candidates(kind, current, inputs):
-                trial = _try(cand, current.model, measure, tried)
-                if trial is not None and (best is None or _better(trial.score, best[1].score)):
-                    best = (cand, trial)
-                if trial is not None and trial.checkup.verdict in SETTLED:
+                attempt = _try(cand, current.model, measure, tried)
+                if attempt is not None and (best is None
+                                            or _better(attempt.score, best[1].score)):
+                    best = (cand, attempt)
+                if attempt is not None and attempt.checkup.verdict in SETTLED:
                     break
             if best is not None and _better(best[1].score, current.score):
                 cand, current = best

@@ -53,7 +53,8 @@ def run_figures(run: Any) -> dict[str, Figure]:
     """The figures of :data:`RUN_FIGURES` for ``run`` (Run, path or Checkup), by name.
 
     The instability figures (:data:`WHEN_RECORDED`) are drawn only when the run holds their
-    statistics (or, for the spike timeline, a loss spike).
+    statistics (or, for the spike timeline, a loss spike); the output logits, recorded for
+    any classifier, only for a run with attention layers or an output-logit divergence.
     """
     run = as_run(run)
     return {name: RUN_FIGURES[name](run) for name in figures_for(run)}

@@ -222,8 +222,13 @@ def applies(name: str, run: Any) -> bool:
     """Whether the figure ``name`` of this module has anything to draw for ``run``."""
     if name == "attention":
         return recorded(run, "attn_logit_max")
-    if name == "logits":
-        return recorded(run, "logsumexp_mean")
+    if name == "logits":  # a classifier's logits are recorded too: drawn for transformers
+        if not recorded(run, "logsumexp_mean"):
+            return False
+        if recorded(run, "attn_logit_max"):
+            return True
+        findings, _, _ = findings_and_verdict(run)
+        return any(f.kind == "output_logit_divergence" for f in findings)
     if name == "adam":
         return recorded(run, "update_rms")
     if name == "spike_timeline":
