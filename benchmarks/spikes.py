@@ -2,9 +2,11 @@
 
 Usage::
 
-    python benchmarks/spikes.py                          # every run (~30 trainings)
+    python benchmarks/spikes.py                          # every run (~50 trainings)
     python benchmarks/spikes.py --jobs 2 --json benchmarks/results/spikes.json
     python benchmarks/spikes.py --only ramp-0.3          # one group
+    python benchmarks/spikes.py --save /tmp/spikes       # keep the runs ...
+    python benchmarks/spikes.py --rescan /tmp/spikes     # ... and measure them again
 
 The runs train the small GPT of ``gradwatch.experiments.language_model`` (2 pre-LN blocks,
 width 64, 4 heads, context 32) on the built-in copy language with AdamW, watched by
@@ -16,7 +18,11 @@ the loss and gradient norms every step). Two kinds of runs:
   peaks, with and without qk-layernorm (with it, the attention logits stay bounded and the
   spikes come from elsewhere: no attention precursor to see);
 - **stable** (``cosine-*``): the usual schedule (warmup over 10% of the steps, cosine decay)
-  at learning rates that train, with and without qk-layernorm.
+  at learning rates that train, with and without qk-layernorm;
+- **stable, standard architectures** (``zoo-*``): zoo cases that train (Hugging Face GPT-2
+  and BERT from a config, a pre-LN ``nn.TransformerEncoder``, ResNet-18/50, VGG-16 with
+  batch norm, LSTM, GRU, an MLP on the digits with Adam), trained as the zoo trains them
+  (their optimizer, data and steps), seeds 0 and 1.
 
 Ground truth, decided from the loss alone and independently of gradwatch's rules (it may
 look ahead): a spike is the first step t at which the loss exceeds :data:`SPIKE_RISE` × the
@@ -29,8 +35,9 @@ at s* holds a finding of severity warning or error (any rule): what a user calli
 ``gw.diagnose(mon.run)`` during training would have seen. It is found by diagnosing the
 truncated run every :data:`SCAN` steps, then step by step inside the window where it first
 appears. Lead time = spike step - first warning (negative: the warning came after the spike).
-A false warning is a warning or error in the diagnosis of a stable run (a cosine run without
-a spike); a ramp run that does not spike within its steps is reported apart.
+A false warning is a warning or error in the diagnosis of a stable run (a cosine or zoo run
+without a spike) at any step; a ramp run that does not spike within its steps is reported
+apart.
 """
 
 from __future__ import annotations
@@ -55,6 +62,11 @@ SCAN = 10
 RAMP = 300  # steps of the linear rise of a ramp run
 RAMP_STEPS = 450  # a ramp run's length: the peak is held for 150 steps
 
+#: Stable runs of standard architectures: zoo cases whose training run trains (the zoo's
+#: optimizer, learning rate, data and steps; seeds 0 and 1).
+STANDARD = ("gpt2", "gpt2_lr_normal", "bert", "encoder_pre_ln_24", "resnet18", "resnet50",
+            "vgg16_bn_he_init", "lstm_default", "gru_default", "setup_adam_digits")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -64,8 +76,9 @@ class Config:
     lr: float
     qk_norm: bool
     seed: int
-    decay: str  # "ramp" (linear rise over 300 steps, then constant) or "cosine"
+    decay: str  # "ramp" (linear rise over 300 steps, then constant), "cosine" or "zoo"
     steps: int = 300
+    case: str = ""  # "zoo": the zoo case trained, as the zoo trains it
 
     @property
     def name(self) -> str:
@@ -81,6 +94,8 @@ def configs() -> list[Config]:
     for lr, qk in ((0.01, False), (0.03, False), (0.1, False), (0.03, True), (0.1, True)):
         tag = f"cosine-{lr:g}" + ("-qkln" if qk else "")
         out += [Config(tag, lr, qk, s, "cosine") for s in range(3)]
+    for name in STANDARD:
+        out += [Config(f"zoo-{name}", math.nan, False, s, "zoo", 0, name) for s in range(2)]
     return out
 
 
@@ -122,13 +137,18 @@ def first_warning(run) -> tuple[int | None, str | None]:
     return None, None
 
 
-def run_one(cfg: Config) -> dict:
-    """Train one run (watched with gradwatch's defaults); measure truth and warnings."""
+def run_one(cfg: Config, save: str | None = None) -> dict:
+    """Train one run (watched with gradwatch's defaults); measure truth and warnings.
+
+    ``save``: a folder to keep the run in (``<save>/<name>``), for :func:`rescan`.
+    """
     import torch
 
     from gradwatch.experiments.language_model import Schedule, TinyGPT, train_lm, training_data
 
     torch.set_num_threads(1)
+    if cfg.case:
+        return run_zoo(cfg, Path(save) / cfg.name if save else None)
     torch.manual_seed(cfg.seed)
     model = TinyGPT(qk_norm=cfg.qk_norm)
     warm = RAMP if cfg.decay == "ramp" else cfg.steps // 10
@@ -147,15 +167,38 @@ def run_one(cfg: Config) -> dict:
         return bool(stop) and step >= stop[0]
 
     t0 = time.perf_counter()
-    out = train_lm(model, schedule, data, cfg.seed, None, watch={"diagnose": False},
+    run_dir = Path(save) / cfg.name if save else None
+    out = train_lm(model, schedule, data, cfg.seed, run_dir, watch={"diagnose": False},
                    on_step=on_step)
-    mon_run = out["run"]
-    train_s = time.perf_counter() - t0
+    return measure(cfg, out["run"], losses, time.perf_counter() - t0)
+
+
+def run_zoo(cfg: Config, run_dir: Path | None) -> dict:
+    """Train the zoo case ``cfg.case`` with seed ``cfg.seed`` as the zoo trains it."""
+    import dataclasses
+
+    import torch
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from benchmarks.zoo import BY_NAME
+    from benchmarks.zoo.run import train_run
+
+    torch.set_flush_denormal(True)
+    case = dataclasses.replace(BY_NAME[cfg.case], seed=cfg.seed)
+    t0 = time.perf_counter()
+    run, losses = train_run(case, run_dir)
+    return measure(cfg, run, losses, time.perf_counter() - t0)
+
+
+def measure(cfg: Config, mon_run, losses: list[float], train_s: float) -> dict:
+    """The row of one run: the spike's step, the first warning, the lead time, the findings."""
+    from gradwatch.diagnose import diagnose
+
     truth = spike_truth(losses)
     t1 = time.perf_counter()
     warn_step, warn_kind = first_warning(mon_run)
-    from gradwatch.diagnose import diagnose
-
     full = [f for f in diagnose(mon_run) if f.severity in ("warning", "error")]
     return {
         **asdict(cfg), "name": cfg.name, "steps_run": len(losses), "spike_step": truth,
@@ -168,20 +211,30 @@ def run_one(cfg: Config) -> dict:
     }
 
 
-def _worker(cfg: Config) -> dict:
-    return run_one(cfg)
+def rescan(cfg: Config, folder: str) -> dict:
+    """The row of a run saved by ``--save``, measured again without training (the rules may
+    have changed since)."""
+    import gradwatch as gw
+
+    run = gw.load(Path(folder) / cfg.name)
+    return measure(cfg, run, [float(v) for v in run.loss()], math.nan)
+
+
+def _worker(job: tuple[Config, str | None, bool]) -> dict:
+    cfg, folder, again = job
+    return rescan(cfg, folder) if again else run_one(cfg, folder)
 
 
 def summary(rows: list[dict]) -> dict:
     """Spikes reproduced, lead times, misses and false warnings.
 
-    Stable runs are the cosine-schedule runs without a spike; a ramp run that did not spike
+    Stable runs are the cosine and zoo runs without a spike; a ramp run that did not spike
     within its steps is counted apart (its warnings are not false by construction, nor
     confirmed).
     """
     spikes = [r for r in rows if r["spike_step"] is not None]
-    stable = [r for r in rows if r["spike_step"] is None and r["decay"] == "cosine"]
-    unresolved = [r for r in rows if r["spike_step"] is None and r["decay"] != "cosine"]
+    stable = [r for r in rows if r["spike_step"] is None and r["decay"] != "ramp"]
+    unresolved = [r for r in rows if r["spike_step"] is None and r["decay"] == "ramp"]
     leads = [r["lead_time"] for r in spikes if r["lead_time"] is not None]
     warned_before = [x for x in leads if x >= 0]
     false = [r["name"] for r in stable if r["findings"]]
@@ -216,7 +269,7 @@ def render(rows: list[dict], summ: dict) -> str:
         )
     lines += [
         "",
-        f"spikes reproduced: {summ['spikes']}; stable runs (cosine, no spike): "
+        f"spikes reproduced: {summ['spikes']}; stable runs (cosine and zoo, no spike): "
         f"{summ['stable_runs']}; ramp runs without a spike: "
         f"{len(summ['ramp_runs_without_spike'])} (warned on "
         f"{len(summ['ramp_runs_without_spike_warned'])})",
@@ -235,17 +288,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--only", default="", help="comma-separated group names")
     ap.add_argument("--json", default=None, help="write the rows and the summary here")
+    ap.add_argument("--save", default=None, help="keep every run in this folder")
+    ap.add_argument("--rescan", default=None,
+                    help="measure the runs kept by --save in this folder again, untrained")
     args = ap.parse_args(argv)
     cfgs = configs()
     if args.only:
         wanted = {g.strip() for g in args.only.split(",")}
         cfgs = [c for c in cfgs if c.group in wanted]
     t0 = time.perf_counter()
+    jobs = [(c, args.rescan or args.save, bool(args.rescan)) for c in cfgs]
     if args.jobs <= 1:
-        rows = [_worker(c) for c in cfgs]
+        rows = [_worker(j) for j in jobs]
     else:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
-            rows = list(pool.map(_worker, cfgs))
+            rows = list(pool.map(_worker, jobs))
     summ = summary(rows)
     print(render(rows, summ))
     print(f"\n{len(rows)} runs in {time.perf_counter() - t0:.0f} s ({args.jobs} jobs)")

@@ -51,6 +51,17 @@ def _loss_of(out, targets, loss_fn) -> torch.Tensor:
 
 def train_watched(case: Case) -> dict[str, Any]:
     """Train as ``case.train`` says under ``gw.watch``; diagnose the run; judge the outcome."""
+    run, losses = train_run(case)
+    findings = gw.diagnose(run)
+    return {"verdict": verdict(findings), "findings": _kinds(findings),
+            "messages": [f.message for f in findings][:6], **judge(losses, case.train)}
+
+
+def train_run(case: Case, run_dir: Any = None) -> tuple[Any, list[float]]:
+    """Train as ``case.train`` says under ``gw.watch`` (kept in ``run_dir`` if given).
+
+    Returns (the recorded Run, the loss of every step).
+    """
     tr: Train = case.train
     model = _seeded(case.seed, tr.model or case.model)
     opt = tr.optimizer(model)
@@ -62,7 +73,8 @@ def train_watched(case: Case) -> dict[str, Any]:
         scaler = torch.amp.GradScaler("cpu", init_scale=tr.scaler_init_scale)
         options["scaler"] = scaler
     losses: list[float] = []
-    with gw.watch(model, None, optimizer=opt, diagnose=False, **options) as mon:
+    with gw.watch(model, run_dir, optimizer=opt, diagnose=False, overwrite=run_dir is not None,
+                  **options) as mon:
         for step in range(tr.steps):
             opt.zero_grad(set_to_none=True)
             total = 0.0
@@ -82,9 +94,7 @@ def train_watched(case: Case) -> dict[str, Any]:
             losses.append(total)
             if not math.isfinite(total) and tr.outcome == "diverges":
                 break  # diverged: the rest of the run would only repeat the NaN
-    findings = gw.diagnose(mon.run)
-    return {"verdict": verdict(findings), "findings": _kinds(findings),
-            "messages": [f.message for f in findings][:6], **judge(losses, tr)}
+    return mon.run, losses
 
 
 def judge(losses: list[float], tr: Train) -> dict[str, Any]:
