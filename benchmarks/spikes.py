@@ -7,6 +7,7 @@ Usage::
     python benchmarks/spikes.py --only ramp-0.3          # one group
     python benchmarks/spikes.py --save /tmp/spikes       # keep the runs ...
     python benchmarks/spikes.py --rescan /tmp/spikes     # ... and measure them again
+    python benchmarks/spikes.py --combine a.json,b.json  # one table of several --json files
 
 The runs train the small GPT of ``gradwatch.experiments.language_model`` (2 pre-LN blocks,
 width 64, 4 heads, context 32) on the built-in copy language with AdamW, watched by
@@ -211,16 +212,20 @@ def measure(cfg: Config, mon_run, losses: list[float], train_s: float) -> dict:
     }
 
 
-def rescan(cfg: Config, folder: str) -> dict:
+def rescan(cfg: Config, folder: str) -> dict | None:
     """The row of a run saved by ``--save``, measured again without training (the rules may
-    have changed since)."""
+    have changed since); None if the folder holds no finished run of that name."""
     import gradwatch as gw
 
+    if not (Path(folder) / cfg.name).is_dir():
+        return None
     run = gw.load(Path(folder) / cfg.name)
+    if run.meta.get("status") == "running":
+        return None  # stopped before its end: not measured
     return measure(cfg, run, [float(v) for v in run.loss()], math.nan)
 
 
-def _worker(job: tuple[Config, str | None, bool]) -> dict:
+def _worker(job: tuple[Config, str | None, bool]) -> dict | None:
     cfg, folder, again = job
     return rescan(cfg, folder) if again else run_one(cfg, folder)
 
@@ -291,7 +296,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--save", default=None, help="keep every run in this folder")
     ap.add_argument("--rescan", default=None,
                     help="measure the runs kept by --save in this folder again, untrained")
+    ap.add_argument("--combine", default=None,
+                    help="comma-separated --json files of earlier runs: one table of their rows")
     args = ap.parse_args(argv)
+    if args.combine:
+        rows = [r for f in args.combine.split(",")
+                for r in json.loads(Path(f).read_text())["runs"]]
+        order = {c.name: i for i, c in enumerate(configs())}
+        rows.sort(key=lambda r: order.get(r["name"], len(order)))
+        summ = summary(rows)
+        print(render(rows, summ))
+        if args.json:
+            Path(args.json).write_text(json.dumps(
+                {"meta": {"combined": args.combine.split(",")}, "summary": summ,
+                 "runs": rows}, indent=1))
+        return 0
     cfgs = configs()
     if args.only:
         wanted = {g.strip() for g in args.only.split(",")}
@@ -303,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         with ProcessPoolExecutor(args.jobs, mp_context=get_context("spawn")) as pool:
             rows = list(pool.map(_worker, jobs))
+    missing = [c.name for c, row in zip(cfgs, rows, strict=True) if row is None]
+    rows = [r for r in rows if r is not None]
+    if missing:
+        print(f"not in {args.rescan}, or not finished: {', '.join(missing)}\n")
     summ = summary(rows)
     print(render(rows, summ))
     print(f"\n{len(rows)} runs in {time.perf_counter() - t0:.0f} s ({args.jobs} jobs)")
