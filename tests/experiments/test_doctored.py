@@ -6,6 +6,8 @@ import pytest
 
 from gradwatch.experiments import glorot2010, he2015, residual
 
+from .conftest import numbers_of
+
 
 def _holds(claims, text):
     found = [c for c in claims if text in c["claim"]]
@@ -93,13 +95,13 @@ CASES = [
 
 @pytest.mark.parametrize(("module", "name", "path", "value", "text"), CASES)
 def test_doctored_record_fails_claim(quick_result, module, name, path, value, text):
-    numbers = quick_result(name)["numbers"]
+    numbers = numbers_of(quick_result(name))
     assert _holds(module.claims(numbers), text)  # the honest record supports it
     assert not _holds(module.claims(_doctor(numbers, path, value)), text)
 
 
 def test_claims_are_pure(quick_result):
-    numbers = quick_result("he2015")["numbers"]
+    numbers = numbers_of(quick_result("he2015"))
     before = copy.deepcopy(numbers)
     assert he2015.claims(numbers) == he2015.claims(numbers)
     assert numbers == before

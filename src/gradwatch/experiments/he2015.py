@@ -61,6 +61,7 @@ from torch import nn
 from gradwatch.experiments import base
 from gradwatch.experiments.base import Claim, claim
 from gradwatch.experiments.data import digits
+from gradwatch.experiments.seeds import SeedRun, align, band
 from gradwatch.experiments.training import probe, train_classifier
 from gradwatch.jsonable import from_jsonable
 
@@ -362,43 +363,43 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
     return out
 
 
-def plot(out: Path, numbers: dict[str, Any], cfg: Config) -> list[Path]:
-    """Draw the two figures from the numbers and the run directories; return their paths."""
-    from gradwatch.experiments import gw
-
+def plot(out: Path, runs: list[SeedRun], cfg: Config) -> list[Path]:
+    """Draw the two figures from every seed's numbers (median and range); return their paths."""
     paths: list[Path] = []
-    runs = numbers["runs"]
     fig, axes = base.new_figure(1, len(cfg.depths), (4.3 * len(cfg.depths), 3.4), squeeze=False)
     for ax, depth in zip(axes[0], cfg.depths, strict=True):
         for j, init in enumerate(cfg.inits):
-            r = runs[f"{depth}-{init}"]
-            layers = np.arange(1, len(r["backprop_init"]) + 1)
-            ax.semilogy(layers, r["backprop_init"], "o", ms=3, color=f"C{j}", label=f"{init}")
-            if r.get("profile"):
-                pred = np.asarray(r["profile"]) * r["backprop_init"][-1]
-                ax.semilogy(layers, pred, "--", color=f"C{j}", label=f"{init}, theory")
+            nets = [r.numbers["runs"][f"{depth}-{init}"] for r in runs]
+            layers = np.arange(1, len(nets[0]["backprop_init"]) + 1)
+            bp = [n["backprop_init"] for n in nets]
+            band(ax, layers, bp, f"C{j}", init, marker="o", ms=3, lw=0.8)
+            if all(n.get("profile") for n in nets):
+                pred = [np.asarray(n["profile"]) * n["backprop_init"][-1] for n in nets]
+                ax.plot(layers, np.median(pred, axis=0), "--", color=f"C{j}",
+                        label=f"{init}, theory")  # fmt: skip
         ax.set(
             title=f"{depth} layers: ‖∂loss/∂y‖ at init",
             xlabel="layer (1 = input side)",
             ylabel="back-propagated norm",
+            yscale="log",
         )
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     paths += base.save_figure(fig, out, "backprop_at_init")
 
     fig, axes = base.new_figure(1, len(cfg.depths), (4.3 * len(cfg.depths), 3.2), squeeze=False)
+    chance = runs[0].numbers["chance_loss"]
     for ax, depth in zip(axes[0], cfg.depths, strict=True):
         for j, init in enumerate(cfg.inits):
-            d = out / base.RUNS / f"{depth}-{init}"
-            if d.is_dir():
-                loss = gw.load(d).loss().rolling(cfg.window, min_periods=1).mean()
-                ax.plot(loss.index, loss.values, color=f"C{j}", label=init)
-        ax.axhline(numbers["chance_loss"], color="grey", ls=":", label="ln 10 (chance)")
+            nets = [r.numbers["runs"][f"{depth}-{init}"] for r in runs]
+            x, ys = align([(n["curve_steps"], n["curve_running"]) for n in nets])
+            band(ax, x, ys, f"C{j}", init, lw=1)
+        ax.axhline(chance, color="grey", ls=":", label="ln 10 (chance)")
         ax.set(
             title=f"{depth} layers: training loss",
             xlabel="step",
-            ylabel="cross-entropy (spikes clipped)",
-            ylim=(0, 1.4 * numbers["chance_loss"]),
+            ylabel="running mean (spikes clipped)",
+            ylim=(0, 1.4 * chance),
         )
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     paths += base.save_figure(fig, out, "loss")
     return paths

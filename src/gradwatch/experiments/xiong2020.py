@@ -61,6 +61,7 @@ from torch import nn
 
 from gradwatch.experiments import base
 from gradwatch.experiments.base import Claim, claim
+from gradwatch.experiments.seeds import SeedRun, align, band
 from gradwatch.experiments.training import probe
 from gradwatch.jsonable import from_jsonable
 
@@ -331,36 +332,39 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
     return out
 
 
-def plot(out: Path, numbers: dict[str, Any], cfg: Config) -> list[Path]:
-    """Draw the two figures from the numbers; return their paths."""
+def plot(out: Path, runs: list[SeedRun], cfg: Config) -> list[Path]:
+    """Draw the two figures from every seed's numbers (median and range); return their paths."""
     paths: list[Path] = []
     fig, ax = base.new_figure(1, 1, (5.6, 3.6))
     for j, depth in enumerate(cfg.probe_depths):
-        for arch, style in (("post-LN", "-o"), ("pre-LN", "--s")):
-            g = numbers["init"].get(f"{arch}-L{depth}", {}).get("ffn_grad")
-            if g:
-                ax.semilogy(range(1, len(g) + 1), g, style, ms=3, color=f"C{j}",
-                            label=f"{arch}, L = {depth}")  # fmt: skip
+        for arch, style in (("post-LN", "-"), ("pre-LN", "--")):
+            gs = [r.numbers["init"].get(f"{arch}-L{depth}", {}).get("ffn_grad") for r in runs]
+            if all(gs):
+                band(ax, range(1, len(gs[0]) + 1), gs, f"C{j}", f"{arch}, L = {depth}",
+                     ls=style, marker="o" if arch == "post-LN" else "s", ms=3)  # fmt: skip
     ax.set(
         title="‖∂L/∂W_FFN2‖ per layer at initialisation",
         xlabel="layer (1 = input side)",
         ylabel="gradient norm",
+        yscale="log",
     )
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=5, ncol=2)
     paths += base.save_figure(fig, out, "grad_at_init")
 
     fig, ax = base.new_figure(1, 1, (5.6, 3.4))
+    chance = runs[0].numbers["chance_loss"]
     for j, arm in enumerate(ARMS):
-        r = numbers["runs"].get(arm)
-        if r:
-            ax.plot(r["curve_steps"], r["curve_loss"], color=f"C{j + 3}", label=arm)
-    ax.axhline(numbers["chance_loss"], color="grey", ls=":", label="ln 15 (chance)")
+        curves = [r.numbers["runs"].get(arm) for r in runs]
+        if all(curves):
+            x, ys = align([(c["curve_steps"], c["curve_loss"]) for c in curves])
+            band(ax, x, ys, f"C{j + 3}", arm, lw=1)
+    ax.axhline(chance, color="grey", ls=":", label="ln 15 (chance)")
     ax.set(
         title=f"{cfg.train_depth} layers, Adam lr {cfg.lr:g}: training loss",
         xlabel="step",
         ylabel="cross-entropy per token",
-        ylim=(0, 1.3 * numbers["chance_loss"]),
+        ylim=(0, 1.3 * chance),
     )
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=6)
     paths += base.save_figure(fig, out, "loss")
     return paths
