@@ -348,3 +348,23 @@ def runner(module: str) -> Callable[..., dict[str, Any]]:
 
     run.__module__ = module
     return run
+
+
+def record(result: dict[str, Any]) -> dict[str, Any]:
+    """A result without its paths and per-claim evidence: what a stored record keeps.
+
+    The claims are kept as verdicts only (sentence, holds, held_in, need): the numbers of
+    every seed are kept, and the claims are a pure function of them.
+    """
+    return {
+        **{k: result[k] for k in ("name", "config", "quick", "seeds", "threads")},
+        "claims": [
+            {k: c.get(k) for k in ("claim", "holds", "held_in", "need", "scale")}
+            for c in result["claims"]
+        ],
+        "per_seed": [
+            {k: s.get(k) for k in ("seed", "threads", "runtime_s", "cpu_s", "numbers")}
+            for s in result["per_seed"]
+        ],
+        **{k: result.get(k) for k in ("runtime_s", "cpu_s", "versions")},
+    }
