@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from gradwatch.errors import GradwatchValueError
+from gradwatch.experiments.seeds import NEEDS
 from gradwatch.jsonable import jsonable
 
 RESULT = "result.json"
@@ -84,7 +85,7 @@ def claim(
     """
     if scale not in ("any", "full"):
         raise GradwatchValueError(f'scale must be "any" or "full", got {scale!r}')
-    if need not in ("all", "majority"):
+    if need not in NEEDS:
         raise GradwatchValueError(f'need must be "all" or "majority", got {need!r}')
     return Claim(
         claim=text, holds=bool(holds), evidence=jsonable(evidence), scale=scale, need=need
