@@ -109,6 +109,29 @@ def test_spike_on_the_robust_baseline_named_with_recovery():
     assert not loss_spikes(RunView(run_with(low)))
 
 
+def test_one_hard_batch_is_not_a_spike_and_a_non_finite_loss_confirms_one():
+    loss = noisy_loss(4)
+    loss[150] = 4.0  # one batch far above the band, the next back in it
+    assert not loss_spikes(RunView(run_with(loss)))
+    loss[151] = 3.0  # two in a row: a spike, named at its first step
+    assert [s.step for s in loss_spikes(RunView(run_with(loss)))] == [150]
+    loss[151] = np.nan  # the loss then turns non-finite: a spike too
+    assert [s.step for s in loss_spikes(RunView(run_with(loss)))] == [150]
+
+
+def test_a_grad_spike_before_a_loss_spike_the_run_came_back_from_is_a_note():
+    rng = np.random.default_rng(7)
+    grads = 1 + 0.05 * rng.standard_normal((STEPS, 3))
+    grads[120, 2] = 3 * GRAD_SPIKE
+    loss = noisy_loss(7)
+    loss[124:127] = 3.0  # a short loss spike, then back to where the run was
+    found = diagnose(run_with(loss, grads=grads))
+    assert next(f for f in found if f.kind == "loss_spike").severity == "info"
+    g = next(f for f in found if f.kind == "grad_spike")
+    assert g.severity == "info" and g.evidence["lead_time"] == 4
+    assert verdict(found) == "healthy"
+
+
 def test_a_spike_that_stays_is_an_error():
     loss = noisy_loss(2)
     loss[170:] = 3.5
@@ -211,6 +234,8 @@ def test_rules_look_only_at_the_past(onset):
     assert "attention_logit_growth" in kinds(diagnose(truncated(run, first)))
     assert not kinds(diagnose(truncated(run, first - 1)))
     spike = full["loss_spike"].evidence["spike_step"]
-    again = kinds(diagnose(truncated(run, spike)))["loss_spike"]
+    # the next recorded loss confirms a spike: named at its step, known one step later
+    assert "loss_spike" not in kinds(diagnose(truncated(run, spike)))
+    again = kinds(diagnose(truncated(run, spike + 1)))["loss_spike"]
     assert again.evidence["spike_step"] == spike
     assert again.evidence["lead_time"] == full["loss_spike"].evidence["lead_time"]

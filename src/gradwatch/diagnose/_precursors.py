@@ -8,7 +8,8 @@ truncated runs). The rules built on them:
 - ``loss_spike``: the loss jumps above a robust baseline of the steps before it: the median
   of the last :data:`WINDOW` recorded losses plus the larger of :data:`SPIKE_SIGMAS` robust
   standard deviations (1.4826 × the median absolute deviation) and :data:`SPIKE_REL` of the
-  median. A noisy loss widens the band; a falling loss never spikes.
+  median, confirmed by the next recorded loss (still above the band, or non-finite): one
+  hard batch is not a spike. A noisy loss widens the band; a falling loss never spikes.
 - ``attention_logit_growth``: a layer's largest attention logit passes
   :data:`ATTN_LOGIT_HIGH` and :data:`ATTN_GROWTH` times its early value (Wortsman et al.
   2023, Dehghani et al. 2023: logits that grow without bound precede the divergence).
@@ -24,6 +25,7 @@ after it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -110,12 +112,18 @@ def _loss_spikes(view: RunView) -> list[Spike]:
     if view.is_checkup:
         return []
     st, v = finite_loss(view)
+    raw = view.loss.to_numpy(dtype=np.float64)
+    position = {int(s): k for k, s in enumerate(view.loss.index)}
     out: list[Spike] = []
     i = MIN_HISTORY
     while i < len(v):
         med, sigma = _robust(v[max(0, i - WINDOW) : i])
         band = max(SPIKE_SIGMAS * sigma, SPIKE_REL * abs(med))
         if v[i] > med + band:
+            k = position[st[i]] + 1  # the next recorded loss confirms it (or not yet)
+            if k >= len(raw) or (math.isfinite(raw[k]) and raw[k] <= med + band):
+                i += 1  # one hard batch, or the last step: not (yet) a spike
+                continue
             back = next((j for j in range(i + 1, len(v)) if v[j] <= med + band), None)
             out.append(Spike(st[i], float(v[i]), med, band,
                              st[back] if back is not None else None))
@@ -129,6 +137,18 @@ def _loss_spikes(view: RunView) -> list[Spike]:
 def first_spike_after(view: RunView, step: int) -> Spike | None:
     """The first loss spike at or after ``step``."""
     return next((s for s in loss_spikes(view) if s.step >= step), None)
+
+
+def lasting(view: RunView, spike: Spike) -> bool:
+    """Whether the run has not come back from ``spike`` for good (see ``loss_spike``)."""
+    return spike.recovered is None or end_level(view) > spike.baseline + spike.band
+
+
+def end_level(view: RunView) -> float:
+    """The loss at the end of the run: the median of its last recorded tenth (3 to WINDOW)."""
+    _, v = finite_loss(view)
+    n = min(WINDOW, max(3, len(v) // 10))
+    return float(np.median(v[-n:])) if len(v) else float("nan")
 
 
 def total_grad_norm(view: RunView) -> tuple[list[int], np.ndarray]:

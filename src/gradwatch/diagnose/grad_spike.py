@@ -7,14 +7,14 @@ the :data:`~gradwatch.diagnose._precursors.WINDOW` recorded steps before it and 
 :data:`~gradwatch.diagnose._precursors.GRAD_SPIKE` times that median, naming the layers whose
 gradients grew most and the lead time to the loss spike that followed. A single spike the
 loss does not follow is a note (severity "info"): minibatches sometimes hold one hard
-example. Repeated spikes, or one a loss spike follows, are a warning, counting toward the
-verdict "exploding".
+example. Repeated spikes, or one a lasting loss spike follows (one the run has not come back
+from for good), are a warning, counting toward the verdict "exploding".
 """
 
 from __future__ import annotations
 
 from gradwatch.diagnose._advice import advice
-from gradwatch.diagnose._precursors import grad_spikes, lead_phrase, leading_layers
+from gradwatch.diagnose._precursors import grad_spikes, lasting, lead_phrase, leading_layers
 from gradwatch.diagnose._view import RunView, names, num, step_span
 from gradwatch.findings import Finding
 from gradwatch.wording import times
@@ -33,7 +33,8 @@ def rule(view: RunView) -> list[Finding]:
     step, g, med = spikes[0]
     layers = leading_layers(view, step)
     phrase, lead, spike = lead_phrase(view, step)
-    followed = spike is not None and (lead or 0) >= 0
+    # a loss spike the run came back from for good does not make a hard batch a warning
+    followed = spike is not None and (lead or 0) >= 0 and lasting(view, spike)
     severity = "warning" if followed or len(spikes) >= REPEATED else "info"
     n = len(spikes)
     count = f" ({n} spikes in the run)" if n > 1 else ""

@@ -19,19 +19,19 @@ BLOOM-176B training chronicles (gradient-norm spikes before loss spikes).
 
 from __future__ import annotations
 
-import numpy as np
-
 from gradwatch.diagnose._advice import advice
 from gradwatch.diagnose._precursors import (
     WINDOW,
     Onset,
     attention_onset,
+    end_level,
     grad_spikes,
+    lasting,
     leading_layers,
     logit_onset,
     loss_spikes,
 )
-from gradwatch.diagnose._view import RunView, finite_loss, names, num, step_span
+from gradwatch.diagnose._view import RunView, names, num, step_span
 from gradwatch.findings import Finding
 from gradwatch.wording import number
 
@@ -63,13 +63,6 @@ def precursors(view: RunView, spike_step: int) -> list[Onset]:
         found.append(Onset("grad_spike", step, leading_layers(view, step), [step],
                            {"grad_norm_total": g, "baseline": med}))
     return sorted(found, key=lambda o: o.step)
-
-
-def _end_level(view: RunView) -> float:
-    """The loss at the end of the run: the median of its last recorded tenth (3 to WINDOW)."""
-    _, v = finite_loss(view)
-    n = min(WINDOW, max(3, len(v) // 10))
-    return float(np.median(v[-n:])) if len(v) else float("nan")
 
 
 def rule(view: RunView) -> list[Finding]:
@@ -123,10 +116,10 @@ def rule(view: RunView) -> list[Finding]:
         "window": WINDOW,
     }
     end = sp.recovered if sp.recovered is not None else int(view.loss.index.max())
-    evidence["loss_at_end"] = num(_end_level(view))
+    evidence["loss_at_end"] = num(end_level(view))
     if sp.recovered is None:
         severity = "error"
-    elif _end_level(view) <= sp.baseline + sp.band:
+    elif not lasting(view, sp):
         severity = "info"  # back for good: the spike did not stop the run
     else:
         severity = "warning"

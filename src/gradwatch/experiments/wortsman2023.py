@@ -19,8 +19,9 @@ width 64, 4 heads, context 32, vocabulary 64) on the built-in copy language
 weight decay), a linear warmup over the first 10% of the steps and a cosine decay to 0, batch
 16, at each learning rate of a sweep, for three arms -- the baseline, qk-layernorm
 (:func:`gradwatch.remedies.qk_layernorm_`) and qk-layernorm with z-loss (1e-4,
-:func:`gradwatch.remedies.z_loss`) -- and :data:`Config.seeds` seeds each (the seeds of the
-initialisation and the batch order; every claim is stated over all of them). Every run is
+:func:`gradwatch.remedies.z_loss`) -- over the seeds of the run (``--seeds``, 3 in full mode,
+1 in quick mode: the seeds of the initialisation and the batch order; each claim is judged
+in each seed and must hold in every one). Every run is
 watched by ``gw.watch``: ``attn_logit_max`` at detail steps gives the attention logits.
 
 Expected (and checked, over the seeds):
@@ -58,7 +59,7 @@ from typing import Any
 
 import numpy as np
 
-from gradwatch.experiments import base
+from gradwatch.experiments import base, runner
 from gradwatch.experiments.base import Claim, claim
 from gradwatch.jsonable import from_jsonable
 
@@ -72,7 +73,6 @@ class Config:
 
     lrs: tuple[float, ...] = (3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
     arms: tuple[str, ...] = ARMS
-    seeds: int = 3
     steps: int = 300
     warmup_frac: float = 0.1
     batch: int = 16
@@ -96,7 +96,7 @@ def train_one(job: dict[str, Any]) -> dict[str, Any]:
     from gradwatch.experiments.language_model import Schedule, TinyGPT, train_lm, training_data
 
     cfg: Config = job["cfg"]
-    with base.seeded(job["seed"]):
+    with base.seeded(job["seed"], threads=job.get("threads", 1)):
         model = TinyGPT(cfg.vocab, cfg.length, cfg.d_model, cfg.layers, cfg.heads,
                         qk_norm=job["arm"] != "baseline")
         schedule = Schedule(
@@ -133,27 +133,32 @@ def run(
     out_dir: str | Path,
     quick: bool = False,
     seed: int = 0,
+    seeds: int | None = None,
+    threads: int = 1,
     executor: str = "local",
     progress: bool | None = None,
     **overrides: Any,
 ) -> dict:
-    """Run the experiment; write runs/, figures/ and result.json under ``out_dir``.
+    """Run the experiment; write seed-<s>/ (runs/, result.json), figures/ and result.json.
 
     Args:
         out_dir: output folder.
         quick: the small version (:data:`QUICK`: four learning rates, two arms, 150 steps).
-        seed: the first seed; the runs use seeds ``seed .. seed + seeds - 1``.
+        seed: the first seed (of the initialisation and the batch order).
+        seeds: how many seeds: ``seed``, ``seed + 1``, …; None: 3 in full mode, 1 in quick.
+        threads: torch intra-op threads of each training.
         executor: "local" (a pool of ``min(cpu_count, processes)`` workers) or "ray".
         progress: show a progress bar (None: when on a terminal).
         **overrides: fields of :class:`Config` to change.
 
     Returns:
-        the result dict (see :func:`gradwatch.experiments.base.finish`).
+        the result dict (see :func:`gradwatch.experiments.runner.combine`).
     """
-    return base.execute(
+    return runner.execute(
         NAME, measure, claims, plot, Config(), QUICK, out_dir, quick=quick, seed=seed,
-        progress=progress, overrides=overrides, options={"executor": executor},
-        seed_torch=False,  # every run seeds itself
+        seeds=seeds, threads=threads, progress=progress, overrides=overrides,
+        options={"executor": executor, "threads": threads},
+        seed_torch=False,  # every training seeds itself, in whichever worker runs it
     )
 
 
@@ -162,16 +167,17 @@ def lr_key(lr: float) -> str:
     return f"{lr:g}"
 
 
-def measure(cfg: Config, out: Path, seed: int, bar: Any, executor: str = "local") -> dict:
-    """Train every (arm, lr, seed) of the sweep; return the numbers."""
-    seeds = [seed + i for i in range(cfg.seeds)]
+def measure(cfg: Config, out: Path, seed: int, bar: Any, executor: str = "local",
+            threads: int = 1) -> dict:
+    """Train every (arm, lr) of the sweep with one seed; return the numbers."""
+    seeds = [seed]
     jobs = []
     for arm in cfg.arms:
         for lr in cfg.lrs:
             for s in seeds:
                 name = f"{arm.replace(' + ', '+').replace(' ', '')}-lr{lr_key(lr)}-s{s}"
                 jobs.append({
-                    "cfg": cfg, "arm": arm, "lr": lr, "seed": s,
+                    "cfg": cfg, "arm": arm, "lr": lr, "seed": s, "threads": threads,
                     "run_dir": str(out / base.RUNS / name),
                     "info": {"experiment": NAME, "arm": arm, "lr": lr, "seed": s},
                 })
@@ -233,6 +239,23 @@ def lr_sensitivity(numbers: dict[str, Any], arm: str, seed: str) -> float:
     return float(np.mean(vals)) if vals else math.nan
 
 
+def _each(seeds: list[str]) -> str:
+    """", in each of the 3 seeds" when one record holds several seeds; "" for one."""
+    return f", in each of the {len(seeds)} seeds" if len(seeds) > 1 else ""
+
+
+def merged(seed_runs: list[Any]) -> dict[str, Any]:
+    """One numbers dict of several seeds' numbers (their runs side by side, by seed)."""
+    first = from_jsonable(seed_runs[0].numbers)
+    runs: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in seed_runs:
+        for arm, per_lr in from_jsonable(r.numbers)["runs"].items():
+            for lr, per_seed in per_lr.items():
+                runs.setdefault(arm, {}).setdefault(lr, {}).update(per_seed)
+    seeds = [s for r in seed_runs for s in from_jsonable(r.numbers)["seeds"]]
+    return {**first, "seeds": seeds, "runs": runs}
+
+
 def claims(numbers: dict[str, Any]) -> list[Claim]:
     """The paper's claims over the seeds, computed from the measured numbers (pure).
 
@@ -256,7 +279,7 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
         claim(
             f"Without qk-layernorm the attention logits grow: at the largest learning rate "
             f"({top}) the baseline's largest attention logit passes {LOGITS_GROW:g} and is "
-            f"≥ {LOGIT_RATIO:g}× the qk-layernorm model's, on every one of {len(seeds)} seeds",
+            f"≥ {LOGIT_RATIO:g}× the qk-layernorm model's{_each(seeds)}",
             bool(seeds) and all(b > LOGITS_GROW and b >= LOGIT_RATIO * q
                                 for b, q in at_top.values()),
             largest_logit_baseline={s: v[0] for s, v in at_top.items()},
@@ -271,9 +294,9 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
     }
     out.append(
         claim(
-            f"Without qk-layernorm training fails above some learning rate: on every one of "
-            f"{len(seeds)} seeds there is a learning rate at which the baseline's final loss is "
-            f"≥ {FAILS_FACTOR:g}× its seed's best run's while qk-layernorm's is below that",
+            f"Without qk-layernorm training fails above some learning rate: there is a learning "
+            f"rate at which the baseline's final loss is ≥ {FAILS_FACTOR:g}× its seed's best "
+            f"run's while qk-layernorm's is below that{_each(seeds)}",
             bool(seeds) and all(fails_b_trains_q[s] for s in seeds),
             lrs_baseline_fails_qk_trains=fails_b_trains_q,
             final_loss_baseline=_table(numbers, base_arm, "final_loss"),
@@ -289,10 +312,10 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
     }
     out.append(
         claim(
-            f"With qk-layernorm the range of learning rates that trains is wider: on every "
-            f"one of {len(seeds)} seeds it trains wherever the baseline does and at one "
-            "learning rate more at least, and its lr sensitivity (mean over the sweep of "
-            "min(final, initial loss) - best) is lower",
+            "With qk-layernorm the range of learning rates that trains is wider: it trains "
+            "wherever the baseline does and at one learning rate more at least, and its lr "
+            "sensitivity (mean over the sweep of min(final, initial loss) - best) is lower"
+            f"{_each(seeds)}",
             bool(seeds) and all(wider.values())
             and all(sens[qk][s] < sens[base_arm][s] for s in seeds),
             lrs_that_train={arm: ok[arm] for arm in (base_arm, qk)},
@@ -326,9 +349,9 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
     return out
 
 
-def plot(out: Path, numbers: dict[str, Any], cfg: Config) -> list[Path]:
-    """Draw the two figures from the numbers; return their paths."""
-    numbers = from_jsonable(numbers)
+def plot(out: Path, seed_runs: list[Any], cfg: Config) -> list[Path]:
+    """Draw the two figures from every seed's numbers; return their paths."""
+    numbers = merged(seed_runs)
     paths: list[Path] = []
     lrs, chance = numbers["lrs"], numbers.get("chance_loss", math.log(cfg.vocab))
     x = [float(lr) for lr in lrs]
