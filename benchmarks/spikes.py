@@ -37,8 +37,8 @@ at s* holds a finding of severity warning or error (any rule): what a user calli
 truncated run every :data:`SCAN` steps, then step by step inside the window where it first
 appears. Lead time = spike step - first warning (negative: the warning came after the spike).
 A false warning is a warning or error in the diagnosis of a stable run (a cosine or zoo run
-without a spike) at any step; a ramp run that does not spike within its steps is reported
-apart.
+without a spike); a stable run warned on the way (on the run truncated at some step) but not
+at its end is listed apart, and so is a ramp run that does not spike within its steps.
 """
 
 from __future__ import annotations
@@ -220,8 +220,8 @@ def rescan(cfg: Config, folder: str) -> dict | None:
     if not (Path(folder) / cfg.name).is_dir():
         return None
     run = gw.load(Path(folder) / cfg.name)
-    if run.meta.get("status") == "running":
-        return None  # stopped before its end: not measured
+    if run.meta.get("status") != "closed":
+        return None  # still running, or stopped before its end: not measured
     return measure(cfg, run, [float(v) for v in run.loss()], math.nan)
 
 
@@ -242,20 +242,22 @@ def summary(rows: list[dict]) -> dict:
     unresolved = [r for r in rows if r["spike_step"] is None and r["decay"] == "ramp"]
     leads = [r["lead_time"] for r in spikes if r["lead_time"] is not None]
     warned_before = [x for x in leads if x >= 0]
+    plain = [r["lead_time"] for r in spikes if r["lead_time"] is not None and not r["qk_norm"]]
     false = [r["name"] for r in stable if r["findings"]]
+    passing = [f"{r['name']} ({r['warning_kind']} at step {r['first_warning']})"
+               for r in stable if r["first_warning"] is not None and not r["findings"]]
     return {
         "spikes": len(spikes),
         "stable_runs": len(stable),
         "ramp_runs_without_spike": [r["name"] for r in unresolved],
         "ramp_runs_without_spike_warned": [r["name"] for r in unresolved if r["findings"]],
         "median_lead_time": statistics.median(leads) if leads else None,
-        "median_lead_time_of_attention_precursors": statistics.median(
-            [r["lead_time"] for r in spikes
-             if r["lead_time"] is not None and not r["qk_norm"]]) if spikes else None,
+        "median_lead_time_of_attention_precursors": statistics.median(plain) if plain else None,
         "warned_before_or_at_spike": len(warned_before),
         "missed": len(spikes) - len(warned_before),
         "false_warnings": len(false),
         "false_warning_runs": false,
+        "stable_runs_warned_only_on_the_way": passing,
     }
 
 
@@ -283,6 +285,10 @@ def render(rows: list[dict], summ: dict) -> str:
         f"warned at or before the spike: {summ['warned_before_or_at_spike']}/{summ['spikes']}",
         f"false warnings on stable runs: {summ['false_warnings']}/{summ['stable_runs']}"
         + (f" ({', '.join(summ['false_warning_runs'])})" if summ["false_warning_runs"] else ""),
+        f"stable runs warned on the way but not at their end: "
+        f"{len(summ['stable_runs_warned_only_on_the_way'])}"
+        + (f" ({', '.join(summ['stable_runs_warned_only_on_the_way'])})"
+           if summ["stable_runs_warned_only_on_the_way"] else ""),
     ]
     return "\n".join(lines)
 
