@@ -1,0 +1,152 @@
+"""Sharded layouts on real gloo processes: every statistic equals one process on the union batch.
+
+The harness (``shard_worker.py``) trains a LayerNorm / Linear / Tanh / Linear / ReLU / Linear
+block for 3 steps under FSDP2 (with and without resharding after forward, with bf16
+parameters), HSDP, tensor parallel, sequence parallel, 2-D and DDP, watched with every
+statistic at every step. The same block trained in this process on the union batch is the
+reference; each rank-0 worker also writes the statistics of the full tensors (gathered with
+``full_tensor()``), the reference for mixed precision, whose bf16 forward no fp32 process
+reproduces.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import gradwatch as gw
+
+from .shard_worker import batches, loss_fn, make_model
+from .test_ddp import free_port
+
+WORKER = Path(__file__).with_name("shard_worker.py")
+PARAM_STATS = ("grad_norm", "grad_rms", "nonfinite", "grad_max_abs", "weight_norm",
+               "update_ratio")
+ACT_STATS = ("act_mean", "act_std", "saturated_frac")
+BRUTE = ("grad_norm", "grad_max_abs", "weight_norm", "update_ratio")
+#: Statistics each layout cannot make equal to one process (see docs/howto/fsdp.md).
+NOT_RECORDED = {"tp": {"backprop_norm"}, "sp": {"backprop_norm"}, "2d": {"backprop_norm"}}
+#: dead_frac of a data-parallel run is the ranks' average (as under DDP), not the union's.
+DATA_PARALLEL = {"fsdp2", "fsdp2_keep", "fsdp2_mp", "hsdp", "2d", "ddp"}
+
+
+def launch(tmp_path: Path, layout: str, world: int, mode: str = "check", timeout: float = 240):
+    port = str(free_port())
+    env_run = tmp_path / "run"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(r), str(world), port, str(env_run), layout, mode],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**_env(), "OMP_NUM_THREADS": "1"},
+        )
+        for r in range(world)
+    ]
+    outs = []
+    for p in procs:
+        try:
+            outs.append(p.communicate(timeout=timeout)[0])
+        except subprocess.TimeoutExpired:
+            for q in procs:
+                q.kill()
+            raise AssertionError(f"{layout}: a rank hung") from None
+    return procs, outs, env_run
+
+
+def _env():
+    import os
+
+    return dict(os.environ)
+
+
+def single_process_run():
+    """The block on the union batch in one process, every statistic at every step."""
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with gw.watch(model, optimizer=opt, detail_every=1, diagnose=False) as mon:
+        for step in range(3):
+            x, y = batches(step)
+            opt.zero_grad()
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+    return mon.run
+
+
+_SINGLE = {}
+
+
+def reference():
+    if "run" not in _SINGLE:
+        _SINGLE["run"] = single_process_run()
+    return _SINGLE["run"]
+
+
+def rel_error(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-6)))
+
+
+def check_layout(tmp_path: Path, layout: str, world: int) -> dict[str, float]:
+    """Run the harness; assert every statistic; return the largest relative error of each."""
+    procs, outs, run_dir = launch(tmp_path, layout, world)
+    assert all(p.returncode == 0 for p in procs), "\n".join(outs)[-6000:]
+    run = gw.load(run_dir)
+    assert run.meta["distributed"] == {"world_size": world}
+    single = reference()
+    skip = NOT_RECORDED.get(layout, set())
+    assert set(run.stats["stat"]) == set(single.stats["stat"]) - skip, layout
+    errors = {}
+    brute = json.loads(run_dir.with_name("brute.json").read_text())
+    for stat in sorted(set(run.stats["stat"])):
+        a = run.pivot(stat)
+        assert list(a.index) == [0, 1, 2], stat
+        if stat in BRUTE:  # against the full tensors of this very run (full_tensor())
+            b = np.array([[r[n]["update"] / r[n]["weight_norm"] if stat == "update_ratio"
+                           else r[n][stat] for n in a.columns] for r in brute])
+            errors[f"{stat} (full tensors)"] = rel_error(a.to_numpy(), b)
+            np.testing.assert_allclose(a.to_numpy(), b, rtol=1e-5, err_msg=f"{layout}: {stat}")
+        if layout == "fsdp2_mp" and stat not in ("grad_rms", "nonfinite"):
+            continue  # bf16 compute: no fp32 process computes the same run
+        if stat == "dead_frac" and layout in DATA_PARALLEL:
+            continue
+        b = single.pivot(stat)
+        assert list(a.columns) == list(b.columns), stat
+        if layout == "fsdp2_mp":  # grad_rms = grad_norm / sqrt(numel), numel of the full model
+            if stat == "grad_rms":
+                numel = {n: sum(p.numel() for p in getattr(make_model(), n).parameters())
+                         for n in a.columns}
+                gn = run.pivot("grad_norm")
+                np.testing.assert_allclose(
+                    a.to_numpy(), gn.to_numpy() / np.sqrt([numel[n] for n in a.columns]),
+                    rtol=1e-6)
+            else:
+                assert (a.to_numpy() == 0).all()
+            continue
+        if stat == "nonfinite":
+            np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
+            continue
+        tol = 1e-4 if stat in ACT_STATS or stat == "dead_frac" else 1e-5
+        errors[stat] = rel_error(a.to_numpy(), b.to_numpy())
+        np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=tol, atol=1e-7,
+                                   err_msg=f"{layout}: {stat}")
+    print(layout, json.dumps(errors))
+    return errors
+
+
+@pytest.mark.parametrize("layout", ["fsdp2", "fsdp2_keep", "fsdp2_mp", "tp", "sp", "ddp"])
+def test_two_ranks_match_one_process_on_the_union_batch(tmp_path, layout):
+    check_layout(tmp_path, layout, 2)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["hsdp", "2d", "fsdp2", "tp", "sp"])
+def test_four_ranks_match_one_process_on_the_union_batch(tmp_path, layout):
+    check_layout(tmp_path, layout, 4)
