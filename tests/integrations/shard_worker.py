@@ -1,6 +1,8 @@
 """One rank of the sharded-layout harness: a small transformer-style block, watched, 3 steps.
 
-argv: rank, world size, port, run_dir, layout, mode. Layouts: ``fsdp2``, ``fsdp2_keep``
+argv: rank, world size, port, base directory, then ``layout:mode`` items separated by commas
+(each writes under ``base/layout-mode/``: ``run``, and ``brute.json`` or ``counts.json``), run
+one after the other in the same processes. Layouts: ``fsdp2``, ``fsdp2_keep``
 (``reshard_after_forward=False``), ``fsdp2_mp`` (bf16 parameters, fp32 reduce), ``hsdp``
 (2 x world/2 mesh), ``tp`` (Colwise/Rowwise), ``sp`` (sequence parallel), ``2d`` (tensor
 parallel inside, FSDP2 outside), ``ddp``. Modes: ``check`` (train, and write beside the run
@@ -139,11 +141,20 @@ def brute(model, before):
 
 
 def main():
-    rank, world, port, run_dir = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    layout, mode = sys.argv[5], sys.argv[6]
+    rank, world, port, base = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4]
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                             world_size=world)
     torch.set_num_threads(1)
+    for item in sys.argv[5].split(","):
+        layout, mode = item.split(":")
+        run_dir = Path(base) / f"{layout}-{mode}" / "run"
+        run(rank, world, layout, mode, str(run_dir))
+        dist.barrier()
+    dist.destroy_process_group()
+
+
+def run(rank, world, layout, mode, run_dir):
+    """One layout in one mode (see the module docstring)."""
     model, dp_rank, dp, seq = parallelize(make_model(), layout, rank, world)
     inner = model.module if layout == "ddp" else model
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -218,7 +229,6 @@ def main():
                 opt.zero_grad()
                 loss_fn(model(x), torch.zeros(B, T, 3)).backward()
                 opt.step()
-    dist.destroy_process_group()
 
 
 class UserError(RuntimeError):

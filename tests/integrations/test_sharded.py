@@ -38,12 +38,12 @@ NOT_RECORDED = {"tp": {"backprop_norm"}, "sp": {"backprop_norm"}, "2d": {"backpr
 DATA_PARALLEL = {"fsdp2", "fsdp2_keep", "fsdp2_mp", "hsdp", "2d", "ddp"}
 
 
-def launch(tmp_path: Path, layout: str, world: int, mode: str = "check", timeout: float = 240):
+def launch(base: Path, items: str, world: int, timeout: float = 300):
+    """Start ``world`` ranks of the harness on ``items`` ("layout:mode,..."); wait for them."""
     port = str(free_port())
-    env_run = tmp_path / "run"
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(r), str(world), port, str(env_run), layout, mode],
+            [sys.executable, str(WORKER), str(r), str(world), port, str(base), items],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**_env(), "OMP_NUM_THREADS": "1"},
         )
@@ -56,8 +56,8 @@ def launch(tmp_path: Path, layout: str, world: int, mode: str = "check", timeout
         except subprocess.TimeoutExpired:
             for q in procs:
                 q.kill()
-            raise AssertionError(f"{layout}: a rank hung") from None
-    return procs, outs, env_run
+            raise AssertionError(f"{items}: a rank hung") from None
+    return procs, outs
 
 
 def _env():
@@ -94,10 +94,9 @@ def rel_error(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-6)))
 
 
-def check_layout(tmp_path: Path, layout: str, world: int) -> dict[str, float]:
-    """Run the harness; assert every statistic; return the largest relative error of each."""
-    procs, outs, run_dir = launch(tmp_path, layout, world)
-    assert all(p.returncode == 0 for p in procs), "\n".join(outs)[-6000:]
+def check_layout(base: Path, layout: str, world: int) -> dict[str, float]:
+    """Assert every statistic of a harness run; return the largest relative error of each."""
+    run_dir = base / f"{layout}-check" / "run"
     run = gw.load(run_dir)
     assert run.meta["distributed"] == {"world_size": world}
     single = reference()
@@ -141,12 +140,46 @@ def check_layout(tmp_path: Path, layout: str, world: int) -> dict[str, float]:
     return errors
 
 
-@pytest.mark.parametrize("layout", ["fsdp2", "fsdp2_keep", "fsdp2_mp", "tp", "sp", "ddp"])
-def test_two_ranks_match_one_process_on_the_union_batch(tmp_path, layout):
-    check_layout(tmp_path, layout, 2)
+TWO = ("fsdp2", "fsdp2_keep", "fsdp2_mp", "tp", "sp")
+FOUR = ("hsdp", "2d", "fsdp2", "tp", "sp", "ddp")
+
+
+def harness(tmp_path_factory, world: int, items: str) -> Path:
+    base = tmp_path_factory.mktemp(f"shard{world}")
+    procs, outs = launch(base, items, world)
+    assert all(p.returncode == 0 for p in procs), "\n".join(outs)[-6000:]
+    return base
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """One launch of 2 ranks for every 2-rank layout, and the collective count under FSDP2."""
+    return harness(tmp_path_factory, 2, ",".join([f"{x}:check" for x in TWO] + ["fsdp2:count"]))
+
+
+@pytest.mark.parametrize("layout", TWO)
+def test_two_ranks_match_one_process_on_the_union_batch(two_ranks, layout):
+    check_layout(two_ranks, layout, 2)
+
+
+def test_one_collective_at_recorded_steps_and_none_at_the_others(two_ranks):
+    """FSDP2, every=2: a recorded step adds exactly one collective to the plain step's.
+
+    The worker counts the calls of torch.distributed's collectives (FSDP2 calls its process
+    group's methods directly, so a plain step counts none here).
+    """
+    counts = json.loads((two_ranks / "fsdp2-count" / "counts.json").read_text())
+    plain = counts["plain"]
+    assert plain[0] == plain[1]
+    assert counts["watched"] == [plain[0] + 1, plain[0], plain[0] + 1, plain[0]]
+
+
+@pytest.fixture(scope="module")
+def four_ranks(tmp_path_factory):
+    return harness(tmp_path_factory, 4, ",".join(f"{x}:check" for x in FOUR))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("layout", ["hsdp", "2d", "fsdp2", "tp", "sp"])
-def test_four_ranks_match_one_process_on_the_union_batch(tmp_path, layout):
-    check_layout(tmp_path, layout, 4)
+@pytest.mark.parametrize("layout", FOUR)
+def test_four_ranks_match_one_process_on_the_union_batch(four_ranks, layout):
+    check_layout(four_ranks, layout, 4)
