@@ -78,7 +78,8 @@ def parallelize(model, layout, rank, world):
     seq = None
     if layout.startswith("fsdp2") or layout == "hsdp":
         shape = (2, world // 2) if layout == "hsdp" else (world,)
-        mesh = init_device_mesh("cpu", shape)
+        names = ("replicate", "shard") if layout == "hsdp" else ("shard",)
+        mesh = init_device_mesh("cpu", shape, mesh_dim_names=names)
         kw = {"mesh": mesh}
         if layout == "fsdp2_keep":
             kw["reshard_after_forward"] = False

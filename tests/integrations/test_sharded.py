@@ -25,7 +25,7 @@ import torch
 import gradwatch as gw
 
 from .shard_worker import batches, loss_fn, make_model
-from .test_ddp import free_port
+from .test_ddp import check_failure, free_port
 
 WORKER = Path(__file__).with_name("shard_worker.py")
 PARAM_STATS = ("grad_norm", "grad_rms", "nonfinite", "grad_max_abs", "weight_norm",
@@ -183,3 +183,13 @@ def four_ranks(tmp_path_factory):
 @pytest.mark.parametrize("layout", FOUR)
 def test_four_ranks_match_one_process_on_the_union_batch(four_ranks, layout):
     check_layout(four_ranks, layout, 4)
+
+
+@pytest.mark.parametrize("layout", ["fsdp2", pytest.param("tp", marks=pytest.mark.slow)])
+def test_one_rank_failing_ends_every_rank_with_the_users_exception(tmp_path, layout):
+    """Rank 1 raises at step 12 under FSDP2 (tensor parallel: slow): every rank ends soon,
+    the user's exception last on the failing rank, the steps flushed before kept."""
+    procs, outs = launch(tmp_path, f"{layout}:fail", 2, timeout=150)
+    ended = time.time()
+    failed_at = float(re.search(r"failing at ([\d.]+)", outs[1]).group(1))
+    check_failure(tmp_path / f"{layout}-fail" / "run", procs, outs, 1, ended - failed_at)

@@ -10,7 +10,7 @@ tensor parallelism leaves alone) are copies on every rank: rank 0 counts them.
 
 Layouts that cannot be made exact are refused with an error that names them
 (:func:`check_model`): FSDP1 (``FullyShardedDataParallel``), and DTensor meshes that do not
-span the Monitor's ranks (tensor parallelism inside DDP, say).
+hold ranks outside the Monitor's process group.
 """
 
 from __future__ import annotations
@@ -45,16 +45,26 @@ def has_partial(t: Any) -> bool:
     return is_dtensor(t) and any(p.is_partial() for p in t.placements)
 
 
-def counts_here(t: Any, rank: int) -> bool:
+def mesh_ranks(mesh: Any) -> list[int]:
+    """The global ranks of a device mesh, sorted."""
+    return sorted(mesh.mesh.flatten().tolist())
+
+
+def counts_here(t: Any, rank: int, root: int) -> bool:
     """Whether this rank's local part of ``t`` is counted in sums over the ranks.
 
-    A DTensor's part is counted on the ranks at coordinate 0 of each ``Replicate`` mesh
-    dimension; a plain tensor (a copy on every rank) on rank 0 of the Monitor's group.
+    ``rank`` is this process's global rank, ``root`` the global rank of the Monitor group's
+    rank 0. A DTensor's part is counted on the ranks at coordinate 0 of each ``Replicate``
+    mesh dimension. A DTensor on a mesh that leaves out some of the Monitor's ranks (the
+    data-parallel sub-mesh of a 2-D layout holds the modules that tensor parallelism leaves
+    alone) is a copy on each such sub-mesh: the sub-mesh that holds ``root`` counts it. A
+    plain tensor (a copy on every rank) is counted by ``root``.
     """
     if not is_dtensor(t):
-        return rank == 0
-    coord = t.device_mesh.get_coordinate()
-    if coord is None:
+        return rank == root
+    mesh = t.device_mesh
+    coord = mesh.get_coordinate()
+    if coord is None or root not in mesh_ranks(mesh):
         return False
     return all(c == 0 for c, p in zip(coord, t.placements, strict=True) if p.is_replicate())
 
@@ -108,14 +118,14 @@ def check_model(model: nn.Module, params: list[torch.Tensor], group: Any,
         world = dist.get_world_size(group)
         ranks = [dist.get_global_rank(group, i) if group is not None else i
                  for i in range(world)]
-    for p in params:
-        if is_dtensor(p):
-            mesh_ranks = sorted(p.device_mesh.mesh.flatten().tolist())
-            if mesh_ranks != sorted(ranks):
-                raise GradwatchValueError(
-                    f"model is sharded ({name}) on a device mesh over ranks {mesh_ranks}, but "
-                    f"the Monitor combines ranks {sorted(ranks)}: gradwatch needs the mesh to "
-                    "span the Monitor's process group (tensor or fully sharded parallelism "
-                    "inside DDP is not supported); pass process_group= the mesh's group"
-                )
+    meshes = {id(p.device_mesh): p.device_mesh for p in params if is_dtensor(p)}
+    for mesh in meshes.values():
+        inside = mesh_ranks(mesh)
+        if not set(inside) <= set(ranks):
+            raise GradwatchValueError(
+                f"model is sharded ({name}) on a device mesh over ranks {inside}, but the "
+                f"Monitor combines ranks {sorted(ranks)}: the Monitor's process group must "
+                "hold every rank of the model's meshes; pass process_group= a group that "
+                "does (the default group does)"
+            )
     return name

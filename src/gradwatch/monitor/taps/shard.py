@@ -20,6 +20,7 @@ from __future__ import annotations
 import warnings
 
 import torch
+import torch.distributed as dist
 
 from gradwatch.monitor.gradpass import GradPass
 from gradwatch.monitor.sharding import (
@@ -48,7 +49,12 @@ class ShardTap(Tap):
         ctx = self.ctx
         self.layout = check_model(ctx.model, ctx.params, ctx.process_group, ctx.distributed)
         ctx.sharded = self.layout
-        self.rank = ctx.rank
+        self.rank, self.root = 0, 0
+        if dist.is_available() and dist.is_initialized():
+            self.rank = dist.get_rank()
+            group = ctx.process_group
+            self.root = dist.get_global_rank(group, 0) if group is not None else 0
+        self.here: dict[int, bool] = {}  # per tensor: whether this rank counts its part
         self.grad_block: tuple[tuple, torch.Tensor] | None = None
         self.update_block: tuple[int, torch.Tensor] | None = None
         self.snapshot: list[torch.Tensor] | None = None
@@ -78,13 +84,19 @@ class ShardTap(Tap):
 
     def mask(self, tensors: list, device: torch.device) -> torch.Tensor:
         """(P,) float32: 1 where this rank's part of the tensor is counted (kept per layout)."""
-        key = tuple(
-            (tuple(t.placements) if hasattr(t, "placements") else None, counts_here(t, self.rank))
-            for t in tensors
-        )
+        here = self.here
+        key = []
+        for t in tensors:
+            placements = getattr(t, "placements", None)
+            k = (id(getattr(t, "device_mesh", None)), placements)
+            c = here.get(k)
+            if c is None:
+                c = here[k] = counts_here(t, self.rank, self.root)
+            key.append(c)
+        key = tuple(key)
         m = self.masks.get(key)
         if m is None:
-            m = self.masks[key] = torch.tensor([float(c) for _, c in key], dtype=F32,
+            m = self.masks[key] = torch.tensor([float(c) for c in key], dtype=F32,
                                                device=device)
         return m
 
