@@ -39,7 +39,7 @@ class Block(nn.Module):
         self.act = nn.Tanh()
         self.down = nn.Linear(4 * H, H)
         self.relu = nn.ReLU()
-        self.head = nn.Linear(H, 3)
+        self.head = nn.Linear(H, 4)
 
     def forward(self, x):
         return self.head(self.relu(self.down(self.act(self.up(self.norm(x))))))
@@ -56,7 +56,7 @@ def make_model() -> nn.Module:
 
 def batches(step):
     g = torch.Generator().manual_seed(100 + step)
-    return torch.randn(B, T, H, generator=g), torch.randn(B, T, 3, generator=g)
+    return torch.randn(B, T, H, generator=g), torch.randn(B, T, 4, generator=g)
 
 
 def loss_fn(out, y):
@@ -228,7 +228,7 @@ def run(rank, world, layout, mode, run_dir):
                     raise UserError(f"rank {rank} failed at step {step}")
                 x = torch.randn(B, T, H, generator=data)
                 opt.zero_grad()
-                loss_fn(model(x), torch.zeros(B, T, 3)).backward()
+                loss_fn(model(x), torch.zeros(B, T, 4)).backward()
                 opt.step()
 
 

@@ -174,6 +174,23 @@ def test_one_collective_at_recorded_steps_and_none_at_the_others(two_ranks):
     assert counts["watched"] == [plain[0] + 1, plain[0], plain[0] + 1, plain[0]]
 
 
+@pytest.mark.parametrize("layout", ["fsdp2", "tp"])
+def test_diagnose_and_report_read_a_sharded_run(two_ranks, layout, tmp_path):
+    """Rank 0 diagnosed the run at close; gw.diagnose and `gradwatch report` read it as the
+    single process's run, with the same verdict."""
+    from gradwatch.cli import main
+
+    run_dir = two_ranks / f"{layout}-check" / "run"
+    assert (run_dir / "findings.jsonl").is_file()
+    found, single = gw.diagnose(run_dir), gw.diagnose(reference())
+    assert [(f.kind, f.layers) for f in found] == [(f.kind, f.layers) for f in single]
+    assert str(found).splitlines()[0] == str(single).splitlines()[0]
+    out = tmp_path / "report.html"
+    assert main(["report", str(run_dir), "-o", str(out)]) == 0
+    html = out.read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>") and "grad_norm" in html
+
+
 @pytest.fixture(scope="module")
 def four_ranks(tmp_path_factory):
     return harness(tmp_path_factory, 4, ",".join(f"{x}:check" for x in FOUR))
