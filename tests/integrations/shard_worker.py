@@ -182,7 +182,7 @@ def run(rank, world, layout, mode, run_dir):
                 # the gradients are read before the optimizer step: keep them
                 grads = {}
                 hook = opt.register_step_pre_hook(
-                    lambda *a, b=before: grads.update(brute(inner, b)))
+                    lambda *a, b=before, out=grads: out.update(brute(inner, b)))
                 loss = step_once(step)
                 hook.remove()
                 after = brute(inner, before)  # weights after the step

@@ -70,8 +70,11 @@ def counts_here(t: Any, rank: int, root: int) -> bool:
 
 
 def without_partial_and_shard(t: Any) -> Any:
-    """A gradient both ``Partial`` and ``Shard`` on some mesh dimensions, made ``Replicate``
-    on its ``Partial`` ones (one extra collective for that tensor; layouts seldom make it)."""
+    """A gradient both ``Partial`` and ``Shard`` made ``Replicate`` on its ``Partial`` dims.
+
+    One extra collective for that tensor; layouts seldom make it. Others are returned as they
+    are.
+    """
     if not is_dtensor(t):
         return t
     if any(p.is_partial() for p in t.placements) and any(p.is_shard() for p in t.placements):

@@ -102,12 +102,10 @@ class ShardTap(Tap):
 
     def on_gradients(self, gp: GradPass) -> None:
         """Per parameter: local sums of squares, max |g|, counts; Partial gradients as values."""
-        if self.layout is None or not self.ctx.plan.recorded or not gp.grads:
-            return
-        if not self.checked:
+        if not self.checked:  # once, sharded or not: fully_shard after gw.watch
             self.checked = True
             self._check_watched_after_sharding()
-        if "grad" not in self.ctx.sources:
+        if self.layout is None or not gp.grads or "grad" not in self.ctx.sources:
             return
         try:
             with torch.no_grad():
@@ -140,8 +138,8 @@ class ShardTap(Tap):
         current = {id(p) for p in self.ctx.model.parameters()}
         if any(id(p) not in current for p in self.ctx.params):
             self.ctx.warn(
-                "parameter statistics of parameters replaced after gw.watch (call gw.watch "
-                "after fully_shard / parallelize_module)"
+                "parameter statistics of parameters the model replaced after gw.watch "
+                "(fully_shard and parallelize_module do: call gw.watch after them)"
             )
 
     # -- weights and updates ----------------------------------------------------------------
