@@ -8,7 +8,8 @@ one after the other in the same processes. Layouts: ``fsdp2``, ``fsdp2_keep``
 parallel inside, FSDP2 outside), ``ddp``. Modes: ``check`` (train, and write beside the run
 the brute-force parameter statistics of the full tensors, ``brute.json``), ``count`` (count
 the collectives each step makes, watched and not, into ``counts.json``), ``fail`` (rank 1
-raises at step 12; the docs' loop).
+raises at step 12; the docs' loop), ``nan`` (one NaN in a shard, one Inf in each copy of a
+replicated gradient).
 
 Every rank of a data-parallel group trains on its share of the union batch of
 :func:`batches`; the ranks of a tensor-parallel group see the same share (under sequence
@@ -219,6 +220,20 @@ def run(rank, world, layout, mode, run_dir):
                 counts["watched"].append(calls[0])
         if rank == 0:
             Path(run_dir).with_name("counts.json").write_text(json.dumps(counts))
+    elif mode == "nan":  # one NaN in rank 1's shard of up.weight; one in every copy of a
+        # replicated gradient (tensor parallel: down.bias): each counted once
+        with gw.watch(inner, run_dir, optimizer=opt, diagnose=False) as mon:
+            x, y = batches(0)
+            opt.zero_grad()
+            loss_fn(model(x), y).backward()
+            with torch.no_grad():
+                if rank == 1:
+                    inner.up.weight.grad.to_local().view(-1)[0] = float("nan")
+                bias = inner.down.bias.grad
+                if layout == "tp":
+                    bias.to_local()[0] = float("inf")
+            opt.step()
+            mon.step()
     elif mode == "fail":
         data = torch.Generator().manual_seed(1)
         with gw.watch(inner, run_dir, optimizer=opt, flush_every=5):

@@ -154,7 +154,8 @@ def harness(tmp_path_factory, world: int, items: str) -> Path:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
     """One launch of 2 ranks for every 2-rank layout, and the collective count under FSDP2."""
-    return harness(tmp_path_factory, 2, ",".join([f"{x}:check" for x in TWO] + ["fsdp2:count"]))
+    return harness(tmp_path_factory, 2, ",".join([f"{x}:check" for x in TWO]
+                                                 + ["fsdp2:count", "fsdp2:nan", "tp:nan"]))
 
 
 @pytest.mark.parametrize("layout", TWO)
@@ -172,6 +173,20 @@ def test_one_collective_at_recorded_steps_and_none_at_the_others(two_ranks):
     plain = counts["plain"]
     assert plain[0] == plain[1]
     assert counts["watched"] == [plain[0] + 1, plain[0], plain[0] + 1, plain[0]]
+
+
+@pytest.mark.parametrize("layout", ["fsdp2", "tp"])
+def test_nonfinite_entries_of_shards_add_up_and_copies_count_once(two_ranks, layout):
+    """A NaN in one rank's shard counts 1; an Inf in every copy of a replicated gradient
+    (tensor parallel's down.bias) counts 1, not once per rank."""
+    run = gw.load(two_ranks / f"{layout}-nan" / "run")
+    nonfinite = run.pivot("nonfinite").iloc[0].to_dict()
+    expected = {"norm": 0, "up": 1, "down": 1 if layout == "tp" else 0, "head": 0}
+    assert nonfinite == expected
+    grad_norm = run.pivot("grad_norm").iloc[0]
+    assert np.isnan(grad_norm["up"]) and np.isfinite(grad_norm["head"])
+    if layout == "tp":  # the Inf copies: inf, as one process records it (not NaN from 0 * inf)
+        assert grad_norm["down"] == np.inf
 
 
 @pytest.mark.parametrize("layout", ["fsdp2", "tp"])

@@ -12,7 +12,9 @@ and a step that is not recorded makes none.
 
 Under tensor parallelism every rank of a tensor-parallel group sees the same batch, so the
 back-propagated signal of a layer cannot be combined by the data-parallel rule of the flush:
-``backprop_norm`` is not recorded there, with a warning that names the layout.
+``backprop_norm`` is not recorded there, with a warning that names the layout. The NaN
+forensics (``input_nonfinite``, ``weight_nonfinite``, ``forward_nonfinite``) are off for
+sharded models: their replay of the forward pass on one rank would wait for the other ranks.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ from gradwatch.stats.registry import mesh_segments
 from gradwatch.stats.sharded import local_counts, local_max_abs, local_squares
 
 F32 = torch.float32
+
+
+def counted(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``values`` where this rank counts them, 0 elsewhere (an Inf copy leaves no NaN)."""
+    return torch.where(mask, values, torch.zeros((), dtype=values.dtype, device=values.device))
 
 
 @register_tap
@@ -61,9 +68,13 @@ class ShardTap(Tap):
         self.manual_step: int | None = None
         self.detail = self.with_max = False
         self.masks: dict[tuple, torch.Tensor] = {}
+        self.counted_here: tuple[bool, ...] = ()  # the last mask, on the host
         self.checked = False
         if self.layout is None:
             return
+        # the NaN forensics replay a forward pass on the rank that saw the NaN: on a sharded
+        # model that pass would wait for the other ranks' all-gathers forever
+        ctx.sources = ctx.sources - {"origin"}
         if "tensor parallel" in self.layout and "backprop_norm" in ctx.wanted:
             ctx.wanted = ctx.wanted - {"backprop_norm"}
             warnings.warn(
@@ -83,7 +94,7 @@ class ShardTap(Tap):
         self.detail = plan.recorded and plan.detail and "update" in self.ctx.sources
 
     def mask(self, tensors: list, device: torch.device) -> torch.Tensor:
-        """(P,) float32: 1 where this rank's part of the tensor is counted (kept per layout)."""
+        """(P,) bool: where this rank's part of the tensor is counted (kept per layout)."""
         here = self.here
         key = []
         for t in tensors:
@@ -94,10 +105,10 @@ class ShardTap(Tap):
                 c = here[k] = counts_here(t, self.rank, self.root)
             key.append(c)
         key = tuple(key)
+        self.counted_here = key  # the same on the host
         m = self.masks.get(key)
         if m is None:
-            m = self.masks[key] = torch.tensor([float(c) for c in key], dtype=F32,
-                                               device=device)
+            m = self.masks[key] = torch.tensor(key, dtype=torch.bool, device=device)
         return m
 
     def on_gradients(self, gp: GradPass) -> None:
@@ -113,6 +124,7 @@ class ShardTap(Tap):
                 locs = [local(g).detach() for g in grads]
                 dev = locs[0].device
                 mask = self.mask(grads, dev)
+                counted_here = self.counted_here
                 sq = local_squares(locs)
                 counts = local_counts(locs, sq)
                 mx = local_max_abs(locs) if self.with_max else None
@@ -120,15 +132,18 @@ class ShardTap(Tap):
                                 enumerate(zip(gp.pids, grads, strict=True)) if has_partial(g))
                 raws = []
                 if partial:  # their statistics come from the summed values, on the host
-                    keep = mask.clone()
+                    keep = mask.clone()  # a CPU/device bool per parameter
                     pos = {pid: i for i, pid in enumerate(gp.pids)}
                     for pid, _ in partial:
-                        keep[pos[pid]] = 0.0
+                        keep[pos[pid]] = False
                         if mx is not None:
                             mx[pos[pid]] = 0.0
-                        raws.append(locs[pos[pid]].reshape(-1).to(F32) * mask[pos[pid]])
+                        raw = locs[pos[pid]].reshape(-1).to(F32)
+                        here = counted_here[pos[pid]]
+                        raws.append(raw if here else torch.zeros_like(raw))
                     mask = keep
-                parts = [sq * mask, *([mx] if mx is not None else []), counts * mask, *raws]
+                parts = [counted(sq, mask), *([mx] if mx is not None else []),
+                         counted(counts, mask), *raws]
                 key = (gp.pids, self.with_max, partial)
                 self.grad_block = (key, torch.cat(parts))
         except Exception as exc:  # noqa: BLE001 - never take training down
@@ -175,7 +190,7 @@ class ShardTap(Tap):
                 before, self.snapshot = self.snapshot, None
                 dw = local_squares(torch._foreach_sub(before, locs))
                 w = local_squares(locs)
-                self.update_block = (step, torch.cat([dw * mask, w * mask]))
+                self.update_block = (step, torch.cat([counted(dw, mask), counted(w, mask)]))
         except Exception as exc:  # noqa: BLE001
             self.ctx.warn(f"weight_norm and update_ratio under {self.layout}", exc)
 
@@ -201,7 +216,7 @@ class ShardTap(Tap):
             try:
                 locs, mask = self._weights()
                 with torch.no_grad():
-                    w = local_squares(locs) * mask
+                    w = counted(local_squares(locs), mask)
                 pids = self.ctx.all_pids
                 rec.emit("shard_weight", pids,
                          rec.all_reduce(w, mesh_segments("shard_weight", pids), group))
