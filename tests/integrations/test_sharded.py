@@ -34,8 +34,10 @@ ACT_STATS = ("act_mean", "act_std", "saturated_frac")
 BRUTE = ("grad_norm", "grad_max_abs", "weight_norm", "update_ratio")
 #: Statistics each layout cannot make equal to one process (see docs/howto/fsdp.md).
 NOT_RECORDED = {"tp": {"backprop_norm"}, "sp": {"backprop_norm"}, "2d": {"backprop_norm"}}
-#: dead_frac of a data-parallel run is the ranks' average (as under DDP), not the union's.
-DATA_PARALLEL = {"fsdp2", "fsdp2_keep", "fsdp2_mp", "hsdp", "2d", "ddp"}
+#: dead_frac where the batch (data parallel) or the sequence (sequence parallel) is split over
+#: ranks is the ranks' average (as under DDP), not the union's: a unit dead on one rank's
+#: part may be alive on another's.
+SPLIT_BATCH = {"fsdp2", "fsdp2_keep", "fsdp2_mp", "hsdp", "2d", "ddp", "sp"}
 
 
 def launch(base: Path, items: str, world: int, timeout: float = 300):
@@ -114,7 +116,7 @@ def check_layout(base: Path, layout: str, world: int) -> dict[str, float]:
             np.testing.assert_allclose(a.to_numpy(), b, rtol=1e-5, err_msg=f"{layout}: {stat}")
         if layout == "fsdp2_mp" and stat not in ("grad_rms", "nonfinite"):
             continue  # bf16 compute: no fp32 process computes the same run
-        if stat == "dead_frac" and layout in DATA_PARALLEL:
+        if stat == "dead_frac" and layout in SPLIT_BATCH:
             continue
         b = single.pivot(stat)
         assert list(a.columns) == list(b.columns), stat
