@@ -37,27 +37,34 @@ def net() -> nn.Sequential:
     return nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 3))
 
 
-def train(model, mon_kwargs=None, steps=2):
+def train(model, manual=False, steps=3):
+    """``manual``: no optimizer= (the Monitor reads the update at the next step() call)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gw.watch(model, optimizer=opt, detail_every=1, diagnose=False,
-                  **(mon_kwargs or {})) as mon:
+    with gw.watch(model, optimizer=None if manual else opt, detail_every=1,
+                  diagnose=False) as mon:
         for step in range(steps):
             x = torch.randn(4, 6, generator=torch.Generator().manual_seed(step))
             opt.zero_grad()
             loss = model(x).square().mean()
             loss.backward()
-            opt.step()
-            mon.step(loss)
+            if manual:
+                mon.step(loss)
+                opt.step()
+            else:
+                opt.step()
+                mon.step(loss)
     return mon.run
 
 
-def test_one_rank_fsdp2_records_what_the_plain_model_records(one_rank):
+@pytest.mark.parametrize("manual", [False, True], ids=["optimizer", "manual"])
+def test_one_rank_fsdp2_records_what_the_plain_model_records(one_rank, manual):
     sharded = net()
     for layer in (sharded[0], sharded[2]):
         fully_shard(layer, mesh=one_rank)
     fully_shard(sharded, mesh=one_rank)
-    a, b = train(sharded), train(net())
+    a, b = train(sharded, manual), train(net(), manual)
     assert set(a.stats["stat"]) == set(b.stats["stat"])
+    assert a.pivot("update_ratio").shape == b.pivot("update_ratio").shape
     for stat in ("grad_norm", "grad_rms", "grad_max_abs", "nonfinite", "weight_norm",
                  "update_ratio", "act_std"):
         np.testing.assert_allclose(a.pivot(stat).to_numpy(), b.pivot(stat).to_numpy(),
