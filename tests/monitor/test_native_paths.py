@@ -107,3 +107,45 @@ def test_a_gradient_the_kernels_refuse_falls_back_once(nat, monkeypatch):
         assert mon._ctx.taps["grad"].native is False
     gn = mon.run.pivot("grad_norm")["(root)"]
     assert gn.iloc[-1] == pytest.approx(want, rel=1e-6)
+
+
+class TwoOut(nn.Module):
+    """A layer with a real and a complex output: the C++ hook takes one, the Python hook the
+    other; the layer's back-propagated norm pools both."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4, 4))
+
+    def forward(self, x):
+        h = x @ self.w
+        return h, torch.complex(h, 2 * h)
+
+
+class Pair(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.two = TwoOut()
+        self.head = nn.Linear(4, 1)
+
+    def forward(self, x):
+        a, z = self.two(x)
+        return self.head(a).square().mean() + z.abs().mean()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_a_layer_with_outputs_on_both_hooks(nat, monkeypatch, enabled):
+    monkeypatch.setenv(native.ENV, "1" if enabled else "0")
+    torch.manual_seed(3)
+    model, x = Pair(), torch.randn(5, 4)
+    a, z = model.two(x)
+    a.retain_grad()
+    z.retain_grad()
+    (model.head(a).square().mean() + z.abs().mean()).backward()
+    want = float(torch.sqrt(a.grad.square().sum() + z.grad.abs().square().sum()))
+    model.zero_grad()
+    with gw.watch(model, detail_every=1) as mon:
+        model(x).backward()
+        mon.step()
+    got = mon.run.pivot("backprop_norm")
+    assert got["two"].iloc[0] == pytest.approx(want, rel=1e-5)

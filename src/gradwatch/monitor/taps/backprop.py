@@ -84,22 +84,22 @@ class BackpropTap(Tap):
         """Hang the layer's gradient hook on each output that requires grad."""
         if not torch.is_grad_enabled():  # an evaluation pass (an output may pass through)
             return
-        cpp = self.cpp_hook
         if type(out) is torch.Tensor:
             if out.requires_grad:
-                if cpp is not None and out.is_cpu:
-                    cpp(out, self.sq, self.sq_step, li, self.step)  # no Python in backward
-                    self.cpp_used = True
-                else:
-                    hook_grad(out, self.fns[li])
+                self._hang(li, out)
             return
         for t in tensors_in(out):
             if t.requires_grad:
-                if cpp is not None and t.is_cpu:
-                    cpp(t, self.sq, self.sq_step, li, self.step)
-                    self.cpp_used = True
-                else:
-                    hook_grad(t, self.fns[li])
+                self._hang(li, t)
+
+    def _hang(self, li: int, t: torch.Tensor) -> None:
+        # the C++ hook takes dense real floating CPU outputs (their gradients are too)
+        if (self.cpp_hook is not None and t.is_cpu and t.is_floating_point()
+                and t.layout is torch.strided):
+            self.cpp_hook(t, self.sq, self.sq_step, li, self.step)  # no Python in backward
+            self.cpp_used = True
+        else:
+            hook_grad(t, self.fns[li])
 
     def _make_hook(self, li: int):
         bp = self.buf
@@ -172,6 +172,11 @@ class BackpropTap(Tap):
             parts.append(sq)
         if self.cpp_used:  # the compiled hooks' layers (a CPU tensor: no device sync)
             done = (self.sq_step == self.step).nonzero().flatten().tolist()
+            both = [li for li in done if li in layers]  # outputs on both kinds of hook
+            for li in both:
+                j = layers.index(li)
+                parts[0][j] = parts[0][j] + self.sq[li].to(parts[0].device)
+            done = [li for li in done if li not in both] if both else done
             if done:
                 layers = [*layers, *done]
                 parts.append(self.sq[done].to(parts[0].device if parts else "cpu"))
