@@ -9,6 +9,7 @@ machine noise hits all of them alike, and the reported figure is the median over
     python benchmarks/overhead.py --networks a,b --rounds 31 --steps 20 --out results/o.json
     python benchmarks/overhead.py --clock cpu --threads 1   # a busy shared machine
     python benchmarks/overhead.py --anchors lightning  # Lightning's grad_norm, no wandb
+    python benchmarks/overhead.py --python-path     # gradwatch without its compiled kernels
     python benchmarks/overhead.py --device cuda      # on a GPU: CUDA events, host syncs per step
     python benchmarks/overhead.py --networks transformer --optimizer adamw \
         --without attn_logit_max,attn_entropy_min,logit_max,logsumexp_mean,update_rms,eps_frac
@@ -282,6 +283,23 @@ def table(results: list[dict], keys: list[str]) -> str:
     return "\n".join(lines)
 
 
+def native_ready(python_path: bool) -> bool:
+    """Build (or load) gradwatch's compiled kernels before timing, or switch them off."""
+    try:
+        from gradwatch.stats import native
+    except ImportError:  # an earlier gradwatch, without compiled kernels
+        return False
+
+    if python_path:
+        os.environ[native.ENV] = "0"
+        print("gradwatch: Python path (compiled kernels off)", flush=True)
+        return False
+    ok = native.build() is not None
+    print(f"gradwatch: compiled kernels {'on' if ok else 'unavailable: Python path'}",
+          flush=True)
+    return ok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--networks", default="a,b,conv,transformer")
@@ -300,7 +318,11 @@ def main() -> None:
     ap.add_argument("--without", default="",
                     help="comma-separated statistics: adds default_without and "
                          "everything_without, the default and everything less them")
+    ap.add_argument("--python-path", action="store_true",
+                    help="keep gradwatch on its Python path (GRADWATCH_NATIVE=0): no compiled "
+                         "kernels")
     args = ap.parse_args()
+    compiled = native_ready(args.python_path)
     if args.without:
         keep = without([n.strip() for n in args.without.split(",") if n.strip()])
         CONFIGS["default_without"] = dict(stats=keep)
@@ -345,7 +367,7 @@ def main() -> None:
     meta = {"torch": torch.__version__, "threads": args.threads, "rounds": args.rounds,
             "optimizer": args.optimizer, "without": args.without,
             "steps_per_round": args.steps, "device": args.device, "clock": args.clock,
-            "load": os.getloadavg()}
+            "load": os.getloadavg(), "compiled_kernels": compiled}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))

@@ -36,7 +36,7 @@ MULTI_NAMES = sorted({n for n, _ in MULTI})
 #: Experiments still recorded from one seed of one machine only.
 #: (wortsman2023's record holds seeds 0, 1 and 2 measured inside one run, before the runner
 #: ran one measure per seed: its claims judge every seed in it, as one seed's numbers.)
-ONE_SEED_ONLY = ("criticality", "glorot2010", "pascanu2013", "residual", "wortsman2023")
+ONE_SEED_ONLY = ("criticality", "glorot2010", "pascanu2013", "wortsman2023")
 
 
 def _record(name, threads):

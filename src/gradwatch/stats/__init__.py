@@ -21,6 +21,8 @@ writer, in NumPy float64) turns blocks into per-layer values. One module per sou
 - :mod:`gradwatch.stats.logits`: ``logit_max``, ``logsumexp_mean`` (the model's output
   logits, layer ``""``)
 - :mod:`gradwatch.stats.adam`: ``update_rms``, ``eps_frac`` (Adam/AdamW optimizers)
+- :mod:`gradwatch.stats.sharded`: the blocks of the parameter statistics above when the
+  model is sharded (FSDP2, HSDP, tensor parallel), reduced over the device mesh
 
 Each statistic is declared once, in its module, with :func:`gradwatch.stats.registry.
 define_statistic` (name, block, source, tier, doc line, DDP combine); the tuples below are
@@ -39,6 +41,7 @@ from gradwatch.stats import (  # noqa: F401
     lr,
     origin,
     scalar,
+    sharded,
     temporal,
     update,
 )

@@ -16,6 +16,7 @@ from gradwatch.monitor.taps import (  # noqa: F401 - imported to register the ta
     logits,
     lr,
     scalars,
+    shard,
     temporal,
     update,
 )
