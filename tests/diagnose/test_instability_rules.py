@@ -193,6 +193,34 @@ def test_output_logit_divergence():
     assert "output_logit_divergence" not in kinds(diagnose(run_with(noisy_loss(6), lse=ok)))
 
 
+def test_log_z_drifting_while_the_loss_falls_is_a_note_and_while_it_stalls_a_warning():
+    lse = np.full(STEPS, 4.2)
+    lse[100:] = 4.2 + np.linspace(0, 30, STEPS - 100)
+    learning = diagnose(run_with(noisy_loss(6), lse=lse))  # 4.0 -> 1.5: a confident classifier
+    f = next(f for f in learning if f.kind == "output_logit_divergence")
+    assert f.severity == "info" and verdict(learning) == "healthy"
+    stalled = diagnose(run_with(noisy_loss(6, start=1.6), lse=lse))
+    assert kinds(stalled)["output_logit_divergence"].severity == "warning"
+
+
+def test_spikes_of_a_converged_run_must_be_material():
+    # a loss near 0 that doubles for a while: no spike (5% of the loss the run began at)
+    loss = noisy_loss(10, level=0.02, noise=0.001, start=2.0)
+    loss[150:160] = 0.05
+    assert not loss_spikes(RunView(run_with(loss)))
+    loss[150:160] = 0.02 + 0.06 * 2.0
+    assert [s.step for s in loss_spikes(RunView(run_with(loss)))] == [150]
+    # gradients fallen 20x since the start that jump 4x: below half the first norm, no spike
+    rng = np.random.default_rng(11)
+    grads = np.concatenate([np.full((20, 3), 1.0), np.full((STEPS - 20, 3), 0.05)])
+    grads *= 1 + 0.05 * rng.standard_normal((STEPS, 3))
+    grads[120] = 0.25
+    assert not [f for f in diagnose(run_with(noisy_loss(7), grads=grads))
+                if f.kind == "grad_spike"]
+    grads[120] = 0.6
+    assert [f for f in diagnose(run_with(noisy_loss(7), grads=grads)) if f.kind == "grad_spike"]
+
+
 def test_grad_spike_alone_is_a_note_and_before_a_loss_spike_a_warning():
     rng = np.random.default_rng(7)
     grads = 1 + 0.05 * rng.standard_normal((STEPS, 3))

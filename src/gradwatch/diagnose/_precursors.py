@@ -8,7 +8,8 @@ truncated runs). The rules built on them:
 - ``loss_spike``: the loss jumps above a robust baseline of the steps before it: the median
   of the last :data:`WINDOW` recorded losses plus the larger of :data:`SPIKE_SIGMAS` robust
   standard deviations (1.4826 × the median absolute deviation) and :data:`SPIKE_REL` of the
-  median, confirmed by the next recorded loss (still above the band, or non-finite): one
+  median (and at least :data:`SPIKE_MATERIAL` of the loss the run began at), confirmed by
+  the next recorded loss (still above the band, or non-finite): one
   hard batch is not a spike. A noisy loss widens the band; a falling loss never spikes.
 - ``attention_logit_growth``: a layer's largest attention logit passes
   :data:`ATTN_LOGIT_HIGH` and :data:`ATTN_GROWTH` times its early value (Wortsman et al.
@@ -16,7 +17,8 @@ truncated runs). The rules built on them:
 - ``output_logit_divergence``: the mean log-partition ``logsumexp_mean`` drifts more than
   :data:`LSE_DRIFT` nats from its first recorded value (Wortsman et al. 2023 §3.2).
 - ``grad_spike``: the total gradient norm jumps to :data:`GRAD_SPIKE` times its trailing
-  median (BLOOM-176B's chronicles: a 3.9× rise four steps before a loss spike).
+  median, reaching :data:`GRAD_FLOOR` of where it began (BLOOM-176B's chronicles: a 3.9×
+  rise four steps before a loss spike).
 - ``adam_epsilon``: Adam's ε dominates √v̂ for most of a layer's entries (:data:`EPS_FRAC`).
 
 The *lead time* of a precursor is the number of steps from its onset to the first loss spike
@@ -60,7 +62,16 @@ LSE_DRIFT = 10.0
 from where it started)."""
 
 GRAD_SPIKE = 4.0
-"""The total gradient norm this many times its trailing median is a gradient spike."""
+"""The total gradient norm this many times its trailing median is a gradient spike..."""
+
+GRAD_FLOOR = 0.5
+"""...if it also reaches this fraction of the norm of the run's first recorded steps (the
+median of the first ``MIN_HISTORY``): near convergence the norm is small and noisy, and a
+jump that stays below where training began is not a dangerous update."""
+
+SPIKE_MATERIAL = 0.05
+"""A loss spike must also rise this fraction of the loss of the run's first recorded steps
+above its baseline: a converged loss near 0 that doubles has not spiked."""
 
 EPS_FRAC = 0.5
 """Adam's ε at or above √v̂ for more than this fraction of a layer's entries: ε, not the
@@ -113,12 +124,13 @@ def _loss_spikes(view: RunView) -> list[Spike]:
         return []
     st, v = finite_loss(view)
     raw = view.loss.to_numpy(dtype=np.float64)
+    start = float(np.median(v[:MIN_HISTORY])) if len(v) else 0.0
     position = {int(s): k for k, s in enumerate(view.loss.index)}
     out: list[Spike] = []
     i = MIN_HISTORY
     while i < len(v):
         med, sigma = _robust(v[max(0, i - WINDOW) : i])
-        band = max(SPIKE_SIGMAS * sigma, SPIKE_REL * abs(med))
+        band = max(SPIKE_SIGMAS * sigma, SPIKE_REL * abs(med), SPIKE_MATERIAL * abs(start))
         if v[i] > med + band:
             k = position[st[i]] + 1  # the next recorded loss confirms it (or not yet)
             if k >= len(raw) or (math.isfinite(raw[k]) and raw[k] <= med + band):
@@ -173,9 +185,10 @@ def _grad_spikes(view: RunView) -> list[tuple[int, float, float]]:
         return []
     steps, g = total_grad_norm(view)
     out = []
+    floor = GRAD_FLOOR * float(np.median(g[:MIN_HISTORY])) if len(g) else 0.0
     for i in range(MIN_HISTORY, len(g)):
         med = float(np.median(g[max(0, i - WINDOW) : i]))
-        if med > 0 and g[i] > GRAD_SPIKE * med:
+        if med > 0 and g[i] > GRAD_SPIKE * med and g[i] >= floor:
             out.append((steps[i], float(g[i]), med))
     return out
 

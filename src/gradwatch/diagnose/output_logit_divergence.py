@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from gradwatch.diagnose._advice import advice
 from gradwatch.diagnose._precursors import lead_phrase, logit_onset
-from gradwatch.diagnose._view import RunView, num, step_span
+from gradwatch.diagnose._view import RunView, loss_fell, num, step_span
 from gradwatch.findings import Finding
 from gradwatch.wording import number
 
@@ -36,12 +36,20 @@ def rule(view: RunView) -> list[Finding]:
     evidence = {**{k: num(v) for k, v in ev.items()}, "onset_step": onset.step,
                 "lead_time": lead, "spike_step": spike.step if spike is not None else None}
     last = int(view.steps[-1]) if view.steps else onset.step
+    # softmax ignores a shift of the logits: log Z drifting while the loss falls is a
+    # classifier growing confident, a note; with the loss stalled or spiking, a warning
+    if spike is not None and (lead or 0) >= 0:
+        severity = "error"
+    elif loss_fell(view) is not None:
+        severity = "info"
+    else:
+        severity = "warning"
     return [
         Finding(
             "output_logit_divergence",
             (),
             step_span(view, [onset.step, last]),
-            "error" if spike is not None and (lead or 0) >= 0 else "warning",
+            severity,
             message,
             evidence,
             REMEDIES,
