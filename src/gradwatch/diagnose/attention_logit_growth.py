@@ -16,7 +16,7 @@ that followed, if one did. Its finding counts toward the verdict "exploding"; se
 from __future__ import annotations
 
 from gradwatch.diagnose._advice import advice
-from gradwatch.diagnose._precursors import attention_onset, lead_phrase
+from gradwatch.diagnose._precursors import attention_onset, lasting, lead_phrase
 from gradwatch.diagnose._view import RunView, names, num, step_span
 from gradwatch.findings import Finding
 from gradwatch.wording import number, times
@@ -61,7 +61,8 @@ def rule(view: RunView) -> list[Finding]:
             "attention_logit_growth",
             tuple(onset.layers),
             step_span(view, [onset.step, max(last, spike.step if spike else last)]),
-            "error" if spike is not None and (lead or 0) >= 0 else "warning",
+            "error" if spike is not None and (lead or 0) >= 0 and lasting(view, spike)
+            else "warning",
             message,
             evidence,
             REMEDIES,

@@ -12,7 +12,7 @@ the verdict "exploding".
 from __future__ import annotations
 
 from gradwatch.diagnose._advice import advice
-from gradwatch.diagnose._precursors import lead_phrase, logit_onset
+from gradwatch.diagnose._precursors import lasting, lead_phrase, logit_onset
 from gradwatch.diagnose._view import RunView, loss_fell, num, step_span
 from gradwatch.findings import Finding
 from gradwatch.wording import number
@@ -38,7 +38,7 @@ def rule(view: RunView) -> list[Finding]:
     last = int(view.steps[-1]) if view.steps else onset.step
     # softmax ignores a shift of the logits: log Z drifting while the loss falls is a
     # classifier growing confident, a note; with the loss stalled or spiking, a warning
-    if spike is not None and (lead or 0) >= 0:
+    if spike is not None and (lead or 0) >= 0 and lasting(view, spike):
         severity = "error"
     elif loss_fell(view) is not None:
         severity = "info"
