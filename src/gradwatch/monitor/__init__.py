@@ -64,11 +64,13 @@ class Monitor:
         tensorboard: str | Path | None = None,
         resume: bool = False,
         max_pending_rows: int = MAX_PENDING_ROWS,
+        precision: Any = None,
+        loss_scale: float | None = None,
     ):
         a = opts.check_watch(  # everything is checked before the model or the disk is touched
             model, run_dir, optimizer, every, activations, detail_every, stats, scaler,
             flush_every, flush_secs, overwrite, name, config, distributed, diagnose,
-            tensorboard, resume, max_pending_rows)
+            tensorboard, resume, max_pending_rows, precision, loss_scale)
         self.model, self.layers = model, a.layers
         self.stats = tuple(s for s in ALL_STATS if s in a.wanted)
         self.every, self.detail_every, self.name = every, detail_every, name
@@ -76,6 +78,7 @@ class Monitor:
         self._config, self._closed, self._session = a.config, False, None
         self._ctx = ctx = TapContext(model, self.layers, a.wanted, a.optimizers, scaler,
                                      lambda block: self._session.buffer.append(block))
+        ctx.precision, ctx.loss_scale = a.precision, a.loss_scale
         # -- distributed: statistics combined across ranks at each flush, rank 0 writes -----
         self._dist, self.rank, self.world_size = watched_ranks(process_group, distributed)
         if self._dist:
@@ -282,7 +285,13 @@ def watch(
             crashed, from the step after its last step on disk; meta.json records every
             session), ``max_pending_rows`` (rows held for retry while writes fail, default
             2,000,000; past it the oldest are dropped and counted in meta.json's
-            ``lost_rows``).
+            ``lost_rows``), ``precision`` (``"fp16"``, ``"bf16"``, ``"e4m3"``, ``"e5m2"`` or
+            the torch dtype: the format training casts to; records the low-precision
+            statistics of :mod:`gradwatch.stats.precision` for all four formats at detail
+            steps, and the ``underflow``/``overflow`` rules judge this one), ``loss_scale``
+            (without ``scaler=``: read those statistics as if the loss were multiplied by
+            it, i.e. the gradients and back-propagated signal times ``loss_scale``; default
+            1; with ``scaler=`` its current scale is used).
 
     Returns:
         the :class:`Monitor` (a context manager).

@@ -60,6 +60,9 @@ class TapContext:
         persistent: hooks stay registered for good (``torch.compile`` was seen).
         skipped: GradScaler skipped the pending step's optimizer step.
         scale_used: the loss scale of the pending step's backward, (1,) float32, or None.
+        precision: the low-precision format named by ``watch(precision=)``, or None.
+        loss_scale: ``watch(loss_scale=)``: without a GradScaler, the precision statistics
+            are read as if the loss were multiplied by it.
     """
 
     def __init__(self, model: nn.Module, layers: list[Any], wanted: set[str],
@@ -83,6 +86,8 @@ class TapContext:
         self.persistent = False
         self.skipped = False
         self.scale_used: torch.Tensor | None = None
+        self.precision: str | None = None  # the format training casts to (watch(precision=))
+        self.loss_scale = 1.0  # precision statistics read as if the loss were times this
         self.taps: dict[str, Any] = {}
         self._emit = emit
         self._warned: set[str] = set()

@@ -64,6 +64,8 @@ def build_meta(mon: Any, status: str) -> dict[str, Any]:
             "scaler": type(mon._ctx.scaler).__name__ if mon._ctx.scaler is not None else None,
             "flush_every": mon.flush_every,
             "flush_secs": mon.flush_secs,
+            "precision": mon._ctx.precision,
+            "loss_scale": mon._ctx.loss_scale,
             **mon._config,
         },
         "versions": {
