@@ -41,7 +41,9 @@ from gradwatch.findings import Finding
 from gradwatch.jsonable import json_cell, json_number, jsonable
 from gradwatch.layers import Layer, find_layers
 from gradwatch.monitor import watch
+from gradwatch.monitor.options import check_precision
 from gradwatch.probes import TEMPORAL_COLUMNS, ForwardProbe, TemporalProbe
+from gradwatch.stats.precision import PRECISION_STATS
 from gradwatch.store.reader import Run
 from gradwatch.structure import describe
 from gradwatch.verdicts import verdict
@@ -91,8 +93,9 @@ class Checkup:
 
     Attributes:
         table: one row per layer, input side first: ``layer``, ``type``, every statistic of
-            :data:`STAT_COLUMNS` (NaN where it does not apply), ``backprop_ratio`` and
-            ``grad_ratio`` (``backprop_norm`` and ``grad_norm`` over the output-side layer's).
+            :data:`STAT_COLUMNS` (NaN where it does not apply), with ``precision=`` the
+            precision statistics, ``backprop_ratio`` and ``grad_ratio`` (``backprop_norm``
+            and ``grad_norm`` over the output-side layer's).
         findings: what the diagnosis rules found.
         verdict: "healthy", "vanishing", "exploding", "nonfinite", "dead", "saturated" or
             "uncertain" (:mod:`gradwatch.verdicts`).
@@ -130,6 +133,9 @@ class Checkup:
             "dead_frac",
             "saturated_frac",
         ]
+        fmt = self.run.meta.get("checkup", {}).get("precision")
+        if fmt:
+            cols += [f"grad_underflow_{fmt}", f"bp_underflow_{fmt}", f"grad_overflow_{fmt}"]
         tab = self.table[cols].copy()
         lines.append("Layers (input side first):")
         lines.append(tab.to_string(index=False, float_format=lambda v: f"{v:.3g}", na_rep="-"))
@@ -171,6 +177,8 @@ def check(
     *,
     train_mode: bool = True,
     rules: Rules | None = None,
+    precision: Any = None,
+    loss_scale: float | None = None,
 ) -> Checkup:
     """Check a model's gradient flow with one forward/backward pass on a batch.
 
@@ -191,6 +199,13 @@ def check(
             False for eval mode.
         rules: the diagnosis, ``rules(run, is_checkup) -> list[Finding]``; by default the
             rules of :mod:`gradwatch.diagnose` (see :func:`use_rules`).
+        precision: the format training would cast to, ``"fp16"``, ``"bf16"``, ``"e4m3"`` or
+            ``"e5m2"`` (or the torch dtype): the pass also records what a cast of each
+            layer's gradients and back-propagated signal to each format would flush or
+            overflow (:mod:`gradwatch.stats.precision`; columns of ``table``), and the
+            ``underflow``/``overflow`` rules name the layers for this format.
+        loss_scale: read those as if the loss were multiplied by it (e.g. 65536.0,
+            GradScaler's initial scale); None: no loss scaling.
 
     Returns:
         a :class:`Checkup` (``table``, ``findings``, ``verdict``, ``run``, ``loss``,
@@ -218,6 +233,7 @@ def check(
         raise GradwatchTypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     if not isinstance(train_mode, bool):
         raise GradwatchTypeError(f"train_mode must be a bool, got {type(train_mode).__name__}")
+    precision, scale = check_precision(precision, loss_scale)
     if rules is None:
         rules = _DEFAULT_RULES[0] if _DEFAULT_RULES else handoff.check_rules()
     if rules is None:
@@ -241,7 +257,8 @@ def check(
             model.train(train_mode)
             for p in model.parameters():
                 p.grad = None
-            mon = watch(model, run_dir=None, detail_every=1)
+            mon = watch(model, run_dir=None, detail_every=1, precision=precision,
+                        loss_scale=scale)
             probe = ForwardProbe(layers)
             temporal = TemporalProbe(model)
             try:
@@ -276,6 +293,8 @@ def check(
         "loss_kind": loss_kind,
         "train_mode": train_mode,
         "nonfinite_origin": probe.origin(args),
+        "precision": precision,
+        "loss_scale": scale,
     }
     run.meta["structure"] = structure
     info = run.meta.setdefault("layer_info", {})
@@ -446,7 +465,7 @@ def _table(run: Run) -> pd.DataFrame:
     types = [str(info.get(ly, {}).get("type", "")) for ly in layers]
     table = pd.DataFrame({"layer": layers, "type": types})
     df = run.stats
-    for stat in STAT_COLUMNS:
+    for stat in STAT_COLUMNS + tuple(s for s in PRECISION_STATS if s in set(df["stat"])):
         sel = df[(df["stat"] == stat) & (df["layer"] != "")]
         last = sel.drop_duplicates("layer", keep="last").set_index("layer")["value"]
         table[stat] = [float(last[ly]) if ly in last.index else np.nan for ly in layers]
