@@ -14,8 +14,9 @@ They judge the format the run was watched for (``gw.watch(..., precision="fp16")
   message says so. Otherwise the loss scale is too low for the format.
 - ``overflow``: a layer with any entry that is NaN/Inf or rounds beyond the format's largest
   finite value (fp16, bf16, e5m2: inf; e4m3fn, which torch saturates: clipped to ±448).
-  Error without a GradScaler (inf/NaN reach the update), warning with one (it skips the
-  step and lowers the scale, but a step skipped over and over does not train).
+  An error at loss scale 1 (the values themselves exceed the format); a note under a
+  GradScaler or a loss scale above 1, which a GradScaler lowers until the values fit (it
+  skips those steps: routine in the first steps of fp16 training).
 
 In a training run a condition is reported when it holds at the last recorded detail step or
 at a fifth of them (:func:`~gradwatch.diagnose._view.persists`); cleared by the end, it is a
@@ -176,14 +177,21 @@ def overflow(view: RunView) -> list[Finding]:
     worst = values[worst_layer]
     still = held[-1] == steps[-1]
     scaler = _scaler(view)
-    severity = ("warning" if scaler or fmt == "e4m3" else "error") if still else "info"
+    scale = (view.meta.get("settings") or {}).get("loss_scale") or 1.0
+    # at a loss scale (GradScaler, or loss_scale > 1) an overflow is the scale's: a GradScaler
+    # skips the step and halves it until it fits (a note); at scale 1 the values themselves
+    # exceed the format
+    scaled = scaler or scale > 1.0
+    severity = "error" if still and not scaled else "info"
     name = FORMAT_NAMES[fmt]
     what = "gradient" if which[worst_layer].startswith("grad_") else "back-propagated gradient"
     becomes = "are clipped to ±448 (e4m3 has no inf)" if fmt == "e4m3" else "become inf"
     message = (
         f"{number(worst)} of the {what} entries of layer '{worst_layer}' exceed {name}'s range and "
         f"{becomes}{when(view, held, steps)}; layers {names(layers)}. "
-        + ("GradScaler skips such steps and lowers its scale; " if scaler else "")
+        + ("GradScaler skips such steps and lowers its scale; " if scaler else
+           f"at loss scale {number(scale)} a GradScaler would skip steps and halve its scale "
+           "until they fit; " if scaled else "")
         + "lower the loss scale, clip the gradient norm, or keep these layers in fp32"
         + (" (or use bf16, whose range is float32's)." if fmt != "bf16" else ".")
     )
