@@ -20,5 +20,5 @@ def quick_result(tmp_path_factory):
     return get
 
 
-OURS = ("glorot2010", "he2015", "residual")
+OURS = ("glorot2010", "he2015", "residual", "micikevicius2018")
 assert all(n in EXPERIMENTS for n in OURS)
