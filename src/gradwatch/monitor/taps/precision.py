@@ -50,15 +50,18 @@ class PrecisionTap(Tap):
         self.rows: torch.Tensor | None = None
         self.pids: tuple[int, ...] = ()
         self.bp_rows: list[tuple[int, torch.Tensor]] = []
+        self.wanted_here = self.needed  # asked for at all (fixed for the Monitor's life)
         bp = self.ctx.tap("backprop")
         if self.needed and self.bp_wanted and bp is not None:
             bp.listen(self._on_backprop, lambda plan: plan.any_due(self.bp_wanted))
 
     def begin_step(self, plan: StepPlan) -> None:
         """Reset the step's rows; whether the gradient part is due."""
+        if not self.wanted_here:
+            return
         self.rows = None
         self.bp_rows = []
-        self.grad_on = self.needed and plan.any_due(self.grad_wanted)
+        self.grad_on = plan.any_due(self.grad_wanted)
 
     def scale(self, backprop: bool) -> torch.Tensor | float:
         """The factor that turns what is read into what the cast sees.
