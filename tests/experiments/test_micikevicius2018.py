@@ -6,6 +6,8 @@ import pytest
 
 from gradwatch.experiments import micikevicius2018 as mic
 
+from .conftest import numbers_of
+
 
 def _claim(claims, text):
     (found,) = [c for c in claims if text in c["claim"]]
@@ -13,8 +15,8 @@ def _claim(claims, text):
 
 
 def test_the_casts_flush_what_the_float32_run_predicted(quick_result):
-    numbers = quick_result("micikevicius2018")["numbers"]
-    fp32, fp16 = numbers["runs"]["fp32-seed0"], numbers["runs"]["fp16-seed0"]
+    numbers = numbers_of(quick_result("micikevicius2018"))
+    fp32, fp16 = numbers["runs"]["fp32"], numbers["runs"]["fp16"]
     out = fp16["layers"][-1]
     # the same weights and batch at step 0: the float32 run's statistic is the cast's count
     assert fp32["predicted_at_first_step"][out] == pytest.approx(
@@ -37,9 +39,9 @@ def test_the_casts_flush_what_the_float32_run_predicted(quick_result):
     ("fp32", "findings", [], "gw.diagnose reports underflow"),
 ])
 def test_a_doctored_record_fails_its_claim(quick_result, mode, key, value, text):
-    numbers = quick_result("micikevicius2018")["numbers"]
+    numbers = numbers_of(quick_result("micikevicius2018"))
     assert _claim(mic.claims(numbers), text)["holds"]
     doctored = copy.deepcopy(numbers)
-    run = doctored["runs"][f"{mode}-seed0"]
+    run = doctored["runs"][mode]
     run[key] = value(run[key]) if callable(value) else value
     assert not _claim(mic.claims(doctored), text)["holds"]

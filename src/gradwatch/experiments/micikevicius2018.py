@@ -84,12 +84,11 @@ class Config:
     loss_scale: float = 2.0**16
     growth_interval: int = 50  # dynamic loss scaling: the scale doubles after 50 clean steps
     batch_size: int = 64
-    seeds: tuple[int, ...] = (0, 1, 2)
     detail_every: int = 5
     window: int = 20  # losses averaged at each end
 
 
-QUICK = Config(steps=100, seeds=(0,))
+QUICK = Config(steps=100)
 
 
 class GradRound(nn.Module):
@@ -200,7 +199,9 @@ def train(cfg: Config, mode: str, seed: int, run_dir: Path, bar: Any) -> dict[st
         zeros = int((v == 0).sum())
         hist = np.histogram(np.log2(v[v != 0].abs().numpy()), BINS)[0].tolist()
     w = min(cfg.window, len(losses) // 2)
+    curve = np.convolve(losses, np.ones(w) / w, mode="valid")
     return {
+        "curve": curve[:: max(1, len(curve) // 100)].tolist(),
         "loss_start": float(np.mean(losses[:w])),
         "loss_end": float(np.mean(losses[-w:])),
         "flushed_at_first_step": flushed,
@@ -217,80 +218,64 @@ def train(cfg: Config, mode: str, seed: int, run_dir: Path, bar: Any) -> dict[st
 
 
 def measure(cfg: Config, out: Path, seed: int, bar: Any) -> dict[str, Any]:
-    """Every mode for every seed (offset by ``seed``)."""
-    bar.total(len(MODES) * len(cfg.seeds) * cfg.steps)
+    """The three runs of one seed (the runner calls it once per seed)."""
+    bar.total(len(MODES) * cfg.steps)
     runs = {}
-    for s in cfg.seeds:
-        for mode in MODES:
-            bar.note(f"{mode}, seed {seed + s}")
-            runs[f"{mode}-seed{seed + s}"] = train(cfg, mode, seed + s,
-                                                   out / base.RUNS / f"{mode}-seed{seed + s}",
-                                                   bar)
-    return {"runs": runs, "seeds": [seed + s for s in cfg.seeds],
-            "loss_scale": cfg.loss_scale, "loss_weight": cfg.loss_weight}
+    for mode in MODES:
+        bar.note(mode)
+        runs[mode] = train(cfg, mode, seed, out / base.RUNS / mode, bar)
+    return {"runs": runs, "loss_scale": cfg.loss_scale, "loss_weight": cfg.loss_weight}
 
 
 def claims(numbers: dict[str, Any]) -> list[Claim]:
-    """The paper's claims, from the measured numbers (pure)."""
-    runs, seeds = numbers["runs"], numbers["seeds"]
-
-    def get(mode: str, s: int) -> dict[str, Any]:
-        return runs[f"{mode}-seed{s}"]
-
-    out_layer = {s: get("fp16", s)["layers"][-1] for s in seeds}
-    flushed_out = {s: get("fp16", s)["flushed_at_first_step"][out_layer[s]] for s in seeds}
-    below = {s: {k: v for k, v in get("fp16", s)["nonzero_at_first_step"].items()
-                 if k != out_layer[s] and v} for s in seeds}
+    """The paper's claims, from one seed's measured numbers (pure; judged over the seeds)."""
+    runs = numbers["runs"]
+    fp32, fp16, scaled = runs["fp32"], runs["fp16"], runs["fp16_scaled"]
+    out_layer = fp16["layers"][-1]
+    flushed_out = fp16["flushed_at_first_step"][out_layer]
+    below = {k: v for k, v in fp16["nonzero_at_first_step"].items() if k != out_layer and v}
     out = [claim(
         "Without loss scaling, fp16 flushes at least half of the nonzero back-propagated "
         "entries of the output-side layer at the first step (the paper: 67% of SSD's "
         "activation gradients), and nothing reaches the layers below (no nonzero entry left)",
-        all(flushed_out[s] is not None and flushed_out[s] >= 0.5 and not below[s]
-            for s in seeds),
+        flushed_out is not None and flushed_out >= 0.5 and not below,
         flushed_output_side=flushed_out, layers_below_with_a_nonzero_entry=below)]
-    ends = {s: {m: (get(m, s)["loss_start"], get(m, s)["loss_end"]) for m in MODES}
-            for s in seeds}
+    ends = {m: (runs[m]["loss_start"], runs[m]["loss_end"]) for m in MODES}
     out.append(claim(
         f"Without loss scaling the fp16 net learns worse: its loss ends above {LEARNS_WORSE} "
         "of its start while fp32's ends below half of its start",
-        all(e["fp16"][1] > LEARNS_WORSE * e["fp16"][0] and e["fp32"][1] < 0.5 * e["fp32"][0]
-            for e in ends.values()),
+        ends["fp16"][1] > LEARNS_WORSE * ends["fp16"][0]
+        and ends["fp32"][1] < 0.5 * ends["fp32"][0],
         loss_start_end=ends))
-    scaled = {s: max(v or 0.0 for v in get("fp16_scaled", s)["flushed_at_first_step"].values())
-              for s in seeds}
-    later = {s: get("fp16_scaled", s)["flushed_max_over_run"] for s in seeds}
+    first = max((v or 0.0 for v in scaled["flushed_at_first_step"].values()), default=0.0)
     out.append(claim(
         f"With dynamic loss scaling (GradScaler from 2^{int(math.log2(numbers['loss_scale']))}"
         f") fp16 flushes under 1% of any layer's nonzero entries at the first step, and its "
         f"final loss is within {MATCHES} nats of fp32's",
-        all(scaled[s] < 0.01 and abs(e["fp16_scaled"][1] - e["fp32"][1]) <= MATCHES
-            for s, e in ends.items()),
-        flushed_at_first_step=scaled, flushed_max_later=later, loss_start_end=ends))
-    pred = {s: get("fp32", s)["predicted_at_first_step"].get(out_layer[s]) for s in seeds}
+        first < 0.01 and abs(ends["fp16_scaled"][1] - ends["fp32"][1]) <= MATCHES,
+        flushed_at_first_step=first, flushed_max_later=scaled["flushed_max_over_run"],
+        loss_start_end=ends))
+    pred = fp32["predicted_at_first_step"].get(out_layer)
     out.append(claim(
         "gradwatch's bp_underflow_fp16 of the float32 run at the first step equals, at the "
         "output-side layer, the fraction the fp16 cast flushed there (within 1e-6; every "
         "entry of a cross-entropy's ∂loss/∂logits is nonzero, so the two denominators agree)",
-        all(pred[s] is not None and flushed_out[s] is not None
-            and abs(pred[s] - flushed_out[s]) < 1e-6 for s in seeds),
+        pred is not None and flushed_out is not None and abs(pred - flushed_out) < 1e-6,
         predicted=pred, flushed_of_nonzero=flushed_out))
-    kinds = {s: {m: get(m, s)["findings"] for m in ("fp32", "fp16_scaled")} for s in seeds}
+    kinds = {m: runs[m]["findings"] for m in ("fp32", "fp16_scaled")}
     out.append(claim(
         "gw.diagnose reports underflow for the float32 run watched for fp16, and not for the "
         "loss-scaled fp16 run",
-        all("underflow" in k["fp32"] and "underflow" not in k["fp16_scaled"]
-            for k in kinds.values()),
+        "underflow" in kinds["fp32"] and "underflow" not in kinds["fp16_scaled"],
         findings=kinds))
     return out
 
 
-def plot(out: Path, numbers: dict[str, Any], cfg: Config) -> list[Path]:
-    """Fig. 3 (the log2 histogram against fp16's range) and the loss curves."""
-    from gradwatch.experiments import gw
-
+def plot(out: Path, runs: list[Any], cfg: Config) -> list[Path]:
+    """Fig. 3 (the log2 histogram against fp16's range, first seed) and the loss curves."""
     paths: list[Path] = []
-    s0 = numbers["seeds"][0]
-    r = numbers["runs"][f"fp32-seed{s0}"]
+    numbers = runs[0].numbers
+    r = numbers["runs"]["fp32"]
     fig, ax = base.new_figure(1, 1, (6.4, 3.6))
     if r["histogram"] is not None:
         hist = np.asarray(r["histogram"], dtype=float)
@@ -315,12 +300,14 @@ def plot(out: Path, numbers: dict[str, Any], cfg: Config) -> list[Path]:
 
     fig, ax = base.new_figure(1, 1, (6.4, 3.4))
     for j, mode in enumerate(MODES):
-        d = out / base.RUNS / f"{mode}-seed{s0}"
-        if d.is_dir():
-            loss = gw.load(d).loss().rolling(cfg.window, min_periods=1).mean()
-            ax.plot(loss.index, loss.values / cfg.loss_weight, color=f"C{j}", label=mode)
+        for k, seed_run in enumerate(runs):
+            curve = seed_run.numbers["runs"][mode]["curve"]
+            steps = np.linspace(0, cfg.steps - 1, len(curve))
+            ax.plot(steps, curve, color=f"C{j}", lw=1, alpha=0.8,
+                    label=mode if k == 0 else None)
     ax.axhline(math.log(10), color="grey", ls=":", label="ln 10 (chance)")
-    ax.set(title="training loss (cross-entropy, unweighted)", xlabel="step",
+    ax.set(title=f"training loss (cross-entropy, unweighted; {len(runs)} seed(s))",
+           xlabel="step",
            ylabel="loss", yscale="log")
     ax.legend(fontsize=7)
     paths += base.save_figure(fig, out, "loss")
