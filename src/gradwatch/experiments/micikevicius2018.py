@@ -33,7 +33,7 @@ Expected (and checked, for every seed):
    ``LEARNS_WORSE`` × its starting loss while fp32's falls below half of its start;
 3. with dynamic loss scaling (a GradScaler from 2^16 that doubles its scale after 50 clean
    steps) fp16 flushes under 1% at the first step and its final loss is within ``MATCHES``
-   nats of fp32's. (As the loss falls the gradients of well-fit examples shrink below fp16's
+   times fp32's starting loss of fp32's final loss. (As the loss falls the gradients of well-fit examples shrink below fp16's
    range again: the evidence records the most any layer loses later, up to ~80% of a
    layer's nonzero entries in the quick run, all of them tiny.)
 4. gradwatch's ``bp_underflow_fp16`` of the float32 run at the first step equals, at the
@@ -62,11 +62,12 @@ from torch import nn
 from gradwatch.experiments import base
 from gradwatch.experiments.base import Claim, claim
 from gradwatch.experiments.data import digits
+from gradwatch.jsonable import from_jsonable
 
 NAME = "micikevicius2018"
 MODES = ("fp32", "fp16", "fp16_scaled")
 LEARNS_WORSE = 0.8
-MATCHES = 0.05  # nats: the loss-scaled fp16 run's final loss against fp32's
+MATCHES = 0.1  # of fp32's starting loss: how far the loss-scaled fp16 run may end from fp32
 #: log2 histogram bins of |∂loss/∂y| (zeros are counted apart).
 BINS = np.arange(-64.0, 17.0, 1.0)
 
@@ -88,7 +89,7 @@ class Config:
     window: int = 20  # losses averaged at each end
 
 
-QUICK = Config(steps=100)
+QUICK = Config(steps=150)
 
 
 class GradRound(nn.Module):
@@ -229,6 +230,7 @@ def measure(cfg: Config, out: Path, seed: int, bar: Any) -> dict[str, Any]:
 
 def claims(numbers: dict[str, Any]) -> list[Claim]:
     """The paper's claims, from one seed's measured numbers (pure; judged over the seeds)."""
+    numbers = from_jsonable(numbers)  # a record's "nan", "inf", "-inf" as floats
     runs = numbers["runs"]
     fp32, fp16, scaled = runs["fp32"], runs["fp16"], runs["fp16_scaled"]
     out_layer = fp16["layers"][-1]
@@ -251,8 +253,9 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
     out.append(claim(
         f"With dynamic loss scaling (GradScaler from 2^{int(math.log2(numbers['loss_scale']))}"
         f") fp16 flushes under 1% of any layer's nonzero entries at the first step, and its "
-        f"final loss is within {MATCHES} nats of fp32's",
-        first < 0.01 and abs(ends["fp16_scaled"][1] - ends["fp32"][1]) <= MATCHES,
+        f"final loss is within {MATCHES} × fp32's starting loss of fp32's final loss",
+        first < 0.01
+        and abs(ends["fp16_scaled"][1] - ends["fp32"][1]) <= MATCHES * ends["fp32"][0],
         flushed_at_first_step=first, flushed_max_later=scaled["flushed_max_over_run"],
         loss_start_end=ends))
     pred = fp32["predicted_at_first_step"].get(out_layer)
