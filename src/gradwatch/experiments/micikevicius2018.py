@@ -33,9 +33,9 @@ Expected (and checked, for every seed):
    ``LEARNS_WORSE`` × its starting loss while fp32's falls below half of its start;
 3. with dynamic loss scaling (a GradScaler from 2^16 that doubles its scale after 50 clean
    steps) fp16 flushes under 1% at the first step and its final loss is within ``MATCHES``
-   times fp32's starting loss of fp32's final loss. (As the loss falls the gradients of well-fit examples shrink below fp16's
-   range again: the evidence records the most any layer loses later, up to ~80% of a
-   layer's nonzero entries in the quick run, all of them tiny.)
+   times fp32's starting loss of fp32's final loss. (As the loss falls the gradients of
+   well-fit examples shrink below fp16's range again: the evidence records the most any
+   layer loses later, up to ~90% of a layer's nonzero entries, all of them tiny.)
 4. gradwatch's ``bp_underflow_fp16`` of the float32 run at the first step equals, at the
    output-side layer, the fraction the fp16 run's cast flushed there (the same values);
 5. ``gw.diagnose`` of the float32 run watched for fp16 reports ``underflow``, and of the
