@@ -96,17 +96,29 @@ def _shrink(view: RunView, layers: list[str], step: int) -> float | None:
     return float(row[first] / row[ok[-1]])
 
 
-def underflow(view: RunView) -> list[Finding]:
-    """Report layers whose gradients flush to zero in the watched format."""
+def _condition(view: RunView, kind: str, threshold: float):
+    """The watched format's ``grad_<kind>_<fmt>``/``bp_<kind>_<fmt>`` over ``threshold``.
+
+    Returns (format, {layer: value}, held steps, recorded steps, {layer: statistic},
+    layers input side first, the worst layer), or None (no format, or it does not persist).
+    """
     fmt = _format(view)
     if fmt is None:
-        return []
-    got = _over(view, (f"grad_underflow_{fmt}", f"bp_underflow_{fmt}"), UNDERFLOW_FRACTION)
+        return None
+    got = _over(view, (f"grad_{kind}_{fmt}", f"bp_{kind}_{fmt}"), threshold)
+    if got is None:
+        return None
+    values, _row, held, steps, which = got
+    layers = [ly for ly in view.layers if ly in values]
+    return fmt, values, held, steps, which, layers, max(layers, key=lambda ly: values[ly])
+
+
+def underflow(view: RunView) -> list[Finding]:
+    """Report layers whose gradients flush to zero in the watched format."""
+    got = _condition(view, "underflow", UNDERFLOW_FRACTION)
     if got is None:
         return []
-    values, row, held, steps, which = got
-    layers = [ly for ly in view.layers if ly in values]
-    worst_layer = max(layers, key=lambda ly: values[ly])
+    fmt, values, held, steps, which, layers, worst_layer = got
     worst = values[worst_layer]
     still = held[-1] == steps[-1]
     severity = ("error" if worst >= UNDERFLOW_ERROR else "warning") if still else "info"
@@ -165,15 +177,10 @@ def underflow(view: RunView) -> list[Finding]:
 
 def overflow(view: RunView) -> list[Finding]:
     """Report layers whose gradients overflow the watched format."""
-    fmt = _format(view)
-    if fmt is None:
-        return []
-    got = _over(view, (f"grad_overflow_{fmt}", f"bp_overflow_{fmt}"), OVERFLOW_FRACTION)
+    got = _condition(view, "overflow", OVERFLOW_FRACTION)
     if got is None:
         return []
-    values, row, held, steps, which = got
-    layers = [ly for ly in view.layers if ly in values]
-    worst_layer = max(layers, key=lambda ly: values[ly])
+    fmt, values, held, steps, which, layers, worst_layer = got
     worst = values[worst_layer]
     still = held[-1] == steps[-1]
     scaler = _scaler(view)
