@@ -166,7 +166,6 @@ CASES = [
         train=_train("trains", adam(1e-3), autocast=torch.float16, scaler_init_scale=2.0**24,
                      baseline=CHANCE * 1e-6),
         why="The same net and loss as lp_fp16_small_loss_unscaled: the GradScaler rescues it.",
-        quick=True,
     ),
     Case(
         name="lp_fp16_overflow", family="precision", model=he8, batch=probe,

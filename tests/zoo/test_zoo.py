@@ -68,7 +68,7 @@ def test_zoo_covers_what_it_promises():
     assert len(CASES) >= 30
     assert 8 <= len(QUICK) <= 12
     families = {c.family for c in CASES}
-    assert families == {"mlp", "cnn", "resnet", "transformer", "recurrent", "setup"}
+    assert families == {"mlp", "cnn", "resnet", "transformer", "recurrent", "setup", "precision"}
     # every verdict but "saturated" and "uncertain" appears as a sick case's truth
     expected = {c.expect_init for c in CASES} | {c.expect_run for c in CASES}
     assert {"healthy", "vanishing", "exploding", "nonfinite", "dead"} <= expected

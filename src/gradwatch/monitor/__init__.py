@@ -286,13 +286,10 @@ def watch(
             crashed, from the step after its last step on disk; meta.json records every
             session), ``max_pending_rows`` (rows held for retry while writes fail, default
             2,000,000; past it the oldest are dropped and counted in meta.json's
-            ``lost_rows``), ``precision`` (``"fp16"``, ``"bf16"``, ``"e4m3"``, ``"e5m2"`` or
-            the torch dtype: the format training casts to; records the low-precision
-            statistics of :mod:`gradwatch.stats.precision` for all four formats at detail
-            steps, and the ``underflow``/``overflow`` rules judge this one), ``loss_scale``
-            (without ``scaler=``: read those statistics as if the loss were multiplied by
-            it, i.e. the gradients and back-propagated signal times ``loss_scale``; default
-            1; with ``scaler=`` its current scale is used).
+            ``lost_rows``), ``precision`` ("fp16", "bf16", "e4m3", "e5m2": records
+            :mod:`gradwatch.stats.precision` at detail steps; the underflow/overflow rules
+            judge it), ``loss_scale`` (no ``scaler=``: read those as if the loss were
+            multiplied by it; default 1).
 
     Returns:
         the :class:`Monitor` (a context manager).
