@@ -64,8 +64,7 @@ class Monitor:
         tensorboard: str | Path | None = None,
         resume: bool = False,
         max_pending_rows: int = MAX_PENDING_ROWS,
-        precision: Any = None,
-        loss_scale: float | None = None,
+        precision: Any = None, loss_scale: float | None = None,
     ):
         a = opts.check_watch(  # everything is checked before the model or the disk is touched
             model, run_dir, optimizer, every, activations, detail_every, stats, scaler,
@@ -77,10 +76,10 @@ class Monitor:
         self.flush_every, self.flush_secs = a.flush_every, a.flush_secs
         self._config, self._closed, self._session = a.config, False, None
         self._ctx = ctx = TapContext(model, self.layers, a.wanted, a.optimizers, scaler,
-                                     lambda block: self._session.buffer.append(block))
-        ctx.precision, ctx.loss_scale = a.precision, a.loss_scale
+                                     lambda block: self._session.buffer.append(block), a)
         # -- distributed: statistics combined across ranks at each flush, rank 0 writes -----
         self._dist, self.rank, self.world_size = watched_ranks(process_group, distributed)
+        ctx.distributed, ctx.rank, ctx.process_group = self._dist, self.rank, process_group
         if self._dist:
             self.flush_secs = float("inf")  # ranks flush together, by step count only
         # -- the run directory, the writer and the live sink; a resumed run continues -------
@@ -285,11 +284,8 @@ def watch(
             package), ``resume`` (continue the run already in ``run_dir``, closed or
             crashed, from the step after its last step on disk; meta.json records every
             session), ``max_pending_rows`` (rows held for retry while writes fail, default
-            2,000,000; past it the oldest are dropped and counted in meta.json's
-            ``lost_rows``), ``precision`` ("fp16", "bf16", "e4m3", "e5m2": records
-            :mod:`gradwatch.stats.precision` at detail steps; the underflow/overflow rules
-            judge it), ``loss_scale`` (no ``scaler=``: read those as if the loss were
-            multiplied by it; default 1).
+            2,000,000; past it the oldest are dropped, counted in meta.json's ``lost_rows``),
+            ``precision``, ``loss_scale`` (low precision: :mod:`gradwatch.stats.precision`).
 
     Returns:
         the :class:`Monitor` (a context manager).

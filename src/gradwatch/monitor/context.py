@@ -63,10 +63,16 @@ class TapContext:
         precision: the low-precision format named by ``watch(precision=)``, or None.
         loss_scale: ``watch(loss_scale=)``: without a GradScaler, the precision statistics
             are read as if the loss were multiplied by it.
+        distributed, rank, process_group: whether the Monitor combines ranks, its rank, the
+            group (None: the default group).
+        sharded: the sharded layout's name ("FSDP2", "HSDP", "tensor parallel", ...) when the
+            parameters are DTensors, else None (the parameter taps then step aside for the
+            shard tap).
     """
 
     def __init__(self, model: nn.Module, layers: list[Any], wanted: set[str],
-                 optimizers: list[Any], scaler: Any, emit: Callable[[Block], None]):
+                 optimizers: list[Any], scaler: Any, emit: Callable[[Block], None],
+                 settings: Any = None):
         sources = {src for src, names in SOURCES.items() if wanted & set(names)}
         self.model = model
         self.layers = layers
@@ -86,8 +92,13 @@ class TapContext:
         self.persistent = False
         self.skipped = False
         self.scale_used: torch.Tensor | None = None
-        self.precision: str | None = None  # the format training casts to (watch(precision=))
-        self.loss_scale = 1.0  # precision statistics read as if the loss were times this
+        # watch(precision=, loss_scale=), as checked: the format training casts to, and the
+        # scale the precision statistics read a loss without a GradScaler at
+        self.precision: str | None = getattr(settings, "precision", None)
+        self.loss_scale = float(getattr(settings, "loss_scale", 1.0))
+        # set by the Monitor: the ranks it combines; by the shard tap: the sharded layout
+        self.distributed, self.rank, self.process_group = False, 0, None
+        self.sharded: str | None = None
         self.taps: dict[str, Any] = {}
         self._emit = emit
         self._warned: set[str] = set()

@@ -19,6 +19,8 @@ writer, in NumPy float64) turns blocks into per-layer values. One module per sou
 - :mod:`gradwatch.stats.precision`: ``grad_underflow_<fmt>``, ``grad_overflow_<fmt>``,
   ``bp_underflow_<fmt>``, ``bp_overflow_<fmt>`` for fp16, bf16, e4m3, e5m2, and
   ``grad_log2_max``, ``grad_log2_min`` (opt-in: ``watch(precision=...)``)
+- :mod:`gradwatch.stats.sharded`: the blocks of the parameter statistics above when the
+  model is sharded (FSDP2, HSDP, tensor parallel), reduced over the device mesh
 
 Each statistic is declared once, in its module, with :func:`gradwatch.stats.registry.
 define_statistic` (name, block, source, tier, doc line, DDP combine); the tuples below are
@@ -35,6 +37,7 @@ from gradwatch.stats import (  # noqa: F401
     origin,
     precision,
     scalar,
+    sharded,
     temporal,
     update,
 )

@@ -14,6 +14,7 @@ from gradwatch.monitor.taps import (  # noqa: F401 - imported to register the ta
     lr,
     precision,
     scalars,
+    shard,
     temporal,
     update,
 )
