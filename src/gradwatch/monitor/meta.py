@@ -64,8 +64,9 @@ def build_meta(mon: Any, status: str) -> dict[str, Any]:
             "scaler": type(mon._ctx.scaler).__name__ if mon._ctx.scaler is not None else None,
             "flush_every": mon.flush_every,
             "flush_secs": mon.flush_secs,
-            "precision": mon._ctx.precision,
-            "loss_scale": mon._ctx.loss_scale,
+            # watch(precision=, loss_scale=), only when set (the rules read them)
+            **({"precision": mon._ctx.precision, "loss_scale": mon._ctx.loss_scale}
+               if mon._ctx.precision is not None or mon._ctx.loss_scale != 1.0 else {}),
             **mon._config,
         },
         "versions": {
