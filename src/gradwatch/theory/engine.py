@@ -199,6 +199,11 @@ def _run(trace, space, rid, readout, samples, seed) -> Interpretation:
             outs = [outs]
         for t, v in zip(flat, outs, strict=False):
             if isinstance(t, torch.Tensor) and v is not None:
+                if not t.requires_grad and isinstance(v, Lazy | Field | Data):
+                    # detached, or computed under no_grad: no gradient goes back through it
+                    if isinstance(v, Lazy):
+                        v = rules.as_field(ctx, v)
+                    v._detached = True  # type: ignore[attr-defined]
                 values[id(t)] = v
     out_t = first_tensor(trace.output)
     out_v = values.get(id(out_t)) if out_t is not None else None
@@ -243,7 +248,7 @@ def _backward(ctx: Context, interp: Interpretation, tape: list[Step], out_v: Val
     if id(out_v) != id(interp.output):
         grads[id(interp.output)] = grads[id(out_v)]
     for step in reversed(tape):
-        g_out = [grads.get(id(v)) for v in step.outputs]
+        g_out = [None if getattr(v, "_detached", False) else grads.get(id(v)) for v in step.outputs]
         if all(g is None for g in g_out):
             continue
         g_in = step.backward(g_out)

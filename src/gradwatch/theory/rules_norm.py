@@ -195,7 +195,7 @@ def normalise(ctx: Context, op: Any, x: Lazy, rs: RowStat, invert: bool) -> Fiel
             y = rs.h(s_t)
             y = 1.0 / y if invert else y
             (d,) = torch.autograd.grad(y, s_t, allow_unused=True)
-        return float(y), float(d) if d is not None else 0.0
+        return float(y.detach()), float(d) if d is not None else 0.0
 
     hv = np.zeros(T)
     hd = np.zeros(T)
@@ -325,38 +325,113 @@ def batch_norm(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     if N < 2:
         return [Unknown("a batch norm over a single row")] + extra
     A, C = st.A[np.ix_(p, p)], st.C[np.ix_(p, p)]
-    K = Blocks.of(A, C, B)
-    P = Blocks(np.eye(Tp), -np.ones((Tp, Tp)) / N, B)
-    PKP = P @ K @ P
-    tr = PKP.trace()
-    sigma2 = tr / N
-    scale = 1.0 / (sigma2 + float(eps))
-    shat = PKP * (N / max(tr, 1e-300))  # E[x̂ x̂ᵀ] over channels
+    if N <= SAMPLED_ROWS:
+        fwd, back = _bn_sampled(A, C, B, float(eps), ctx)
+    else:
+        fwd, back = _bn_moments(A, C, B, float(eps))
+    wa, wc = fwd
     A_out = np.zeros_like(st.A)
     C_out = np.zeros_like(st.C)
-    A_out[np.ix_(p, p)] = g2 * PKP.within() * scale + b2
-    C_out[np.ix_(p, p)] = g2 * PKP.across() * scale + b2
-    out = _norm_out(x, op, fx, Stats(A=A_out, C=C_out, mu=np.full_like(st.mu, bm), present=st.present.copy()))
+    A_out[np.ix_(p, p)] = g2 * wa + b2
+    C_out[np.ix_(p, p)] = g2 * wc + b2
+    out = _norm_out(x, op, fx, Stats(A=A_out, C=C_out, mu=np.full_like(st.mu, bm),
+                                     present=st.present.copy()))
 
     def backward(gs):
         gy = gs[0]
         GA = gy.GA[np.ix_(p, p)]
         GC = gy.GC[np.ix_(p, p)] if gy.GC is not None else np.zeros_like(GA)
-        G = Blocks.of(GA, GC, B)
-        GP = G @ P
-        PGP = P @ GP
-        SG = shat @ G
-        t = (SG).trace()
-        res = PGP + (shat @ GP + P @ (G @ shat)) * (-1.0 / N) + shat * (t / N**2) + (SG @ shat) * (2.0 / N**2)
-        res = res * (g2 * scale)
+        ra, rc = back(GA, GC)
         ga = np.zeros_like(gy.GA)
         gc = np.zeros_like(gy.GA)
-        ga[np.ix_(p, p)] = res.within()
-        gc[np.ix_(p, p)] = res.across()
+        ga[np.ix_(p, p)] = g2 * ra
+        gc[np.ix_(p, p)] = g2 * rc
         return [Grad(ga, gc)]
 
     ctx.record([fx], [out], backward)
     return [out] + extra
+
+
+#: Batches of at most this many rows (examples × positions) get the exact per-channel
+#: expectation by sampling; larger ones the second-order moment expansion.
+SAMPLED_ROWS = 512
+
+
+def _rows_matrix(A: np.ndarray, C: np.ndarray, B: int) -> np.ndarray:
+    """The (B·T, B·T) matrix with A within an example and C between two."""
+    return np.kron(np.eye(B), A - C) + np.kron(np.ones((B, B)), C)
+
+
+def _blocks_of(M: np.ndarray, B: int, T: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean within-example block, mean across-example block) of a (B·T, B·T) matrix."""
+    blocks = M.reshape(B, T, B, T).transpose(0, 2, 1, 3)  # (B, B, T, T)
+    eye = np.eye(B, dtype=bool)
+    within = blocks[eye].mean(axis=0)
+    across = blocks[~eye].mean(axis=0) if B > 1 else np.zeros_like(within)
+    return within, 0.5 * (across + across.T)
+
+
+def _bn_sampled(A, C, B, eps, ctx):
+    """Batch norm's expectations over one channel's Gaussian batch vector x ~ N(0, K).
+
+    Each channel sees x_c = W_c·h over the batch rows, a Gaussian vector with the rows'
+    second-moment matrix K; BN makes x̂ = P x /√(‖Px‖²/N + ε), so E[x̂x̂ᵀ] and, going back,
+    E[(P − X) G (P − X)/(‖Px‖²/N + ε)] with X = x̂x̂ᵀ/N are averages over x: the exact mean-field
+    map of Yang et al. 2019 (1/σ² is averaged, not σ²), evaluated on fixed-seed draws.
+    """
+    T = A.shape[0]
+    N = B * T
+    K = _rows_matrix(A, C, B)
+    P = np.eye(N) - np.ones((N, N)) / N
+    w, U = np.linalg.eigh(0.5 * (K + K.T))
+    L = U * np.sqrt(np.clip(w, 0.0, None))
+    gen = np.random.default_rng(ctx.seed * 7919 + len(ctx.tape) + 17)
+    M = ctx.samples
+    z = gen.standard_normal((N, M))
+    xs = P @ (L @ z)  # (N, M) centred channel vectors
+    v = (xs * xs).mean(axis=0)  # batch variance per draw
+    inv = 1.0 / (v + eps)
+    xh = xs * np.sqrt(inv)  # x̂ per draw
+    fwd = _blocks_of(xh @ xh.T / M, B, T)
+
+    def back(GA, GC):
+        G = _rows_matrix(GA, GC, B)
+        PGP = P @ G @ P
+        g1 = P @ G @ xh  # (N, M): P G x̂
+        s = np.einsum("nm,nm->m", xh, G @ xh)  # x̂ᵀ G x̂
+        res = (
+            PGP * inv.mean()
+            - ((xh * inv) @ g1.T + g1 @ (xh * inv).T) / (N * M)
+            + (xh * (inv * s)) @ xh.T / (N * N * M)
+        )
+        return _blocks_of(res, B, T)
+
+    return fwd, back
+
+
+def _bn_moments(A, C, B, eps):
+    """The same maps to second order in 1/N, with 1/σ² taken at the mean variance."""
+    T = A.shape[0]
+    N = B * T
+    K = Blocks.of(A, C, B)
+    P = Blocks(np.eye(T), -np.ones((T, T)) / N, B)
+    PKP = P @ K @ P
+    tr = PKP.trace()
+    scale = 1.0 / (tr / N + eps)
+    shat = PKP * (N / max(tr, 1e-300))  # E[x̂ x̂ᵀ] over channels
+    fwd = (PKP.within() * scale, PKP.across() * scale)
+
+    def back(GA, GC):
+        G = Blocks.of(GA, GC, B)
+        GP = G @ P
+        SG = shat @ G
+        t = SG.trace()
+        res = (P @ GP) + (shat @ GP + P @ (G @ shat)) * (-1.0 / N)
+        res = res + shat * (t / N**2) + (SG @ shat) * (2.0 / N**2)
+        res = res * scale
+        return res.within(), res.across()
+
+    return fwd, back
 
 
 def _norm_out(x: Value, op: Any, fx: Value, stats: Stats) -> Value:
