@@ -111,6 +111,8 @@ def _transformers() -> list[Config]:
                partial(gpt2, 12), tokens(64), seeds=6),
         Config("bert_4", "Hugging Face", "BertForMaskedLM from a config: 4 layers, d = 64",
                partial(bert, 4), tokens(64), seeds=6),
+        Config("gpt2_2_small", "Hugging Face", "GPT2LMHeadModel from a config: 2 layers, d = 32",
+               partial(gpt2, 2, 32, 2), tokens(64, n=4, t=8), seeds=4, quick=True),
         Config("encoder_pre_ln_6_stock", "outside the theory",
                "nn.TransformerEncoder as built (its 6 layers start identical)",
                partial(TokenEncoder, 6, True, independent=False), tokens(v), seeds=6,

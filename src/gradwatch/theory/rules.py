@@ -303,6 +303,15 @@ def movement(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     rids = list(rids) if isinstance(rids, list | tuple) else [rids]
     dim = _dim_arg(op, args, kwargs)
     feature_slice = op.name in SLICING and dim is not None and is_feature_axis(rid, dim)
+    columns = getattr(src, "_columns", None) if isinstance(src, Field) else None
+    fids = None
+    if columns is not None:
+        try:
+            fids = replay(op.func, args, kwargs, lambda v: columns.fid if v is src else v)
+            fids = list(fids) if isinstance(fids, list | tuple) else [fids]
+        except Exception:  # feature ids cannot follow this operation
+            columns = None
+    scales: list[float] = []
     outs: list[Value] = []
     for k, (t, r) in enumerate(zip(flat_out, rids, strict=False)):
         if isinstance(src, Data):
@@ -312,14 +321,25 @@ def movement(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
                              kinks=src.kinks, names=src.names))
         else:
             token = src.token
+            stats, scale = src.stats, 1.0
             if feature_slice:
                 key = _slice_key(op, args, k)
                 token = frozenset({(tok, op.name, key) for tok in src.token})
-            outs.append(Field(stats=_with_present(ctx, src.stats, r), rid=r,
-                              lineage=src.lineage, token=token))
+                if columns is not None:
+                    stats, scale = columns.slice_stats(fids[k])
+            f = Field(stats=_with_present(ctx, stats, r), rid=r, lineage=src.lineage, token=token)
+            if columns is not None and not feature_slice:
+                f._columns = columns.moved(fids[k])
+            scales.append(scale)
+            outs.append(f)
     if isinstance(src, Data | Field):
         if feature_slice:  # parts of the features: directions over the whole set are lost
-            ctx.record([src], outs, lambda g: [_isotropic(_sum_grads(g))])
+            # a slice whose columns have their own σw² sends its gradient back weighted so that
+            # the projection's backward (which multiplies by the whole matrix's σw²) gives
+            # Σ_slices σw²_slice · ‖δ_slice‖²
+            sc = scales or [1.0] * len(outs)
+            ctx.record([src], outs, lambda g, sc=sc: [_isotropic(_sum_grads(
+                [None if gg is None else gg.scaled(c) for gg, c in zip(g, sc, strict=False)]))])
         else:
             ctx.record([src], outs, lambda g: [_sum_grads(g)])
     return outs
@@ -474,8 +494,39 @@ def matmul(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
         lineage=lineage,
         token=frozenset({key}),
     )
+    if not left and out_t.dim() >= 1:
+        # which output feature each element is: a slice of them (q, k, v of one projection)
+        # gets the moments of its own columns of W
+        fid = torch.arange(out_t.shape[-1]).expand(out_t.shape)
+        out._columns = Columns(W.detach().to(torch.float64) * float(alpha), bb, st, sw2, fid)
     ctx.record([fx], [out], lambda g: [g[0].scaled(sw2)])
     return out
+
+
+class Columns:
+    """A projection's weight columns, its bias, its input's moments: for feature slices."""
+
+    def __init__(self, W, bias, xstats, sw2, fid):
+        self.W, self.bias, self.xstats, self.sw2, self.fid = W, bias, xstats, sw2, fid
+
+    def moved(self, fid: torch.Tensor) -> Columns:
+        """The same columns, with the feature ids of a moved tensor."""
+        return Columns(self.W, self.bias, self.xstats, self.sw2, fid)
+
+    def slice_stats(self, fid: torch.Tensor) -> tuple[Stats, float]:
+        """Moments of the features in ``fid``, and their σw² over the whole matrix's."""
+        feats = torch.unique(fid)
+        w = self.W[:, feats]
+        sw2 = self.W.shape[0] * float(w.var(unbiased=False)) if w.numel() > 1 else self.sw2
+        b2 = bm = 0.0
+        if self.bias is not None:
+            bs = self.bias[feats]
+            b2, bm = float((bs * bs).mean()), float(bs.mean())
+        st = self.xstats
+        A = sw2 * st.A + b2
+        C = sw2 * st.C + b2 if st.C is not None else None
+        stats = Stats(A=A, C=C, mu=np.full_like(st.mu, bm), present=st.present.copy())
+        return stats, (sw2 / self.sw2 if self.sw2 > 0 else 1.0)
 
 
 def embedding(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
@@ -684,7 +735,29 @@ def binary(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
         return res
 
     ctx.record(ins, [out], backward)
+    if name in ("add", "sub"):
+        _keep_columns(out, fa, fb, op, s if name == "add" else -s)
     return out
+
+
+def _keep_columns(out: Field, fa: Any, fb: Any, op: Any, s: float) -> None:
+    """A projection plus a bias vector (``mm`` then ``add``) is still a projection."""
+    sig, other = (fa, fb) if isinstance(fa, Field) else (fb, fa)
+    columns = getattr(sig, "_columns", None)
+    if columns is None or isinstance(other, Field | Data) or out.rid.shape != sig.rid.shape:
+        return
+    n = columns.W.shape[1]
+    if _is_scalar(other):
+        vec = torch.full((n,), float(_scalar(other)), dtype=torch.float64)
+    else:
+        full = torch.as_tensor(other.value, dtype=torch.float64).expand(op.out.shape)
+        vec = torch.zeros(n, dtype=torch.float64)
+        vec[columns.fid.reshape(-1)] = full.reshape(-1)
+        back = vec[columns.fid]
+        if not torch.allclose(back, full):  # not one value per feature: not a bias
+            return
+    bias = s * vec if columns.bias is None else columns.bias + s * vec
+    out._columns = Columns(columns.W, bias, columns.xstats, columns.sw2, columns.fid)
 
 
 def _c(st: Stats) -> np.ndarray:
