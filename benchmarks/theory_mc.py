@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/theory_mc.py                    # every configuration (about 10 min on 2 cores)
+    python benchmarks/theory_mc.py                    # every configuration (minutes on 2 cores)
     python benchmarks/theory_mc.py --quick            # the subset the default test suite runs
     python benchmarks/theory_mc.py --only gpt2_4,bert_4
     python benchmarks/theory_mc.py --json benchmarks/results/theory_mc.json
@@ -29,7 +29,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-
 from benchmarks.theory_mc import BY_NAME, CONFIGS, check_config  # noqa: E402
 
 
@@ -45,7 +44,8 @@ def run(names: list[str], seeds: int | None = None) -> list[dict]:
             f"[{i}/{len(names)}] {name}: {mark}, {row['n_layers']} layers, worst "
             f"{worst:.2f} of the tolerance, verdict {row['verdict']}, theory "
             f"{row['theory_cpu_s']:.1f} s cpu",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
     return rows
 
@@ -82,8 +82,12 @@ def main(argv: list[str] | None = None) -> int:
     passed = sum(r["passed"] for r in rows)
     print(f"{passed}/{len(rows)} configurations pass ({time.time() - start:.0f} s)", flush=True)
     if args.json:
-        out = {"torch": torch.__version__, "platform": platform.platform(terse=True),
-               "wall_s": time.time() - start, "configs": rows}
+        out = {
+            "torch": torch.__version__,
+            "platform": platform.platform(terse=True),
+            "wall_s": time.time() - start,
+            "configs": rows,
+        }
         Path(args.json).write_text(json.dumps(_clean(out), indent=1, ensure_ascii=False))
     return 0 if passed == len(rows) else 1
 

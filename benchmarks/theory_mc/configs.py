@@ -54,14 +54,19 @@ ACTS = {"tanh": (nn.Tanh, 1.0), "relu": (nn.ReLU, 2.0), "gelu": (nn.GELU, 2.0)}
 def _residual_mlps() -> list[Config]:
     out = []
     for act_name, (act, sw2) in ACTS.items():
-        for depth, alpha, label in ((12, 1 / math.sqrt(12), "1/√L"), (50, 1 / math.sqrt(50), "1/√L"), (30, 1.0, "1")):
+        for depth, alpha, label in (
+            (12, 1 / math.sqrt(12), "1/√L"),
+            (50, 1 / math.sqrt(50), "1/√L"),
+            (30, 1.0, "1"),
+        ):
             if act_name == "relu" and alpha == 1.0:
                 depth = 20  # ‖δ‖² doubles per block: 20 blocks give 10⁶ already
             out.append(
                 Config(
                     name=f"residual_{act_name}_{depth}_alpha_{'1' if alpha == 1.0 else 'isqrtL'}",
                     family="residual MLP",
-                    description=f"{depth} blocks x + α·W₂ {act_name}(W₁ x), α = {label}, width 128, σw² = {sw2:g}",
+                    description=f"{depth} blocks x + α·W₂ {act_name}(W₁ x), α = {label}, "
+                    f"width 128, σw² = {sw2:g}",
                     build=_res(depth, act, alpha, sw2),
                     batch=features(),
                     seeds=4 if act_name == "tanh" and depth == 12 else 8,
@@ -73,50 +78,157 @@ def _residual_mlps() -> list[Config]:
 
 def _normalised() -> list[Config]:
     return [
-        Config("residual_relu_20_final_ln", "residual MLP", "20 ReLU blocks, α = 1, default init, final LayerNorm",
-               partial(ResidualMLP, 64, 128, 20, nn.ReLU, 1.0, final_norm="ln"), features()),
-        Config("pre_ln_residual_gelu_30", "pre-norm MLP", "30 blocks x + W₂ GELU(W₁ LN(x)), final LayerNorm",
-               partial(ResidualMLP, 64, 128, 30, nn.GELU, 1.0, pre_norm="ln", final_norm="ln"), features()),
-        Config("pre_rms_residual_gelu_30", "pre-norm MLP", "30 blocks x + W₂ GELU(W₁ RMSNorm(x)), final RMSNorm",
-               partial(ResidualMLP, 64, 128, 30, nn.GELU, 1.0, pre_norm="rms", final_norm="rms"), features()),
-        Config("bn_residual_relu_20", "BatchNorm residual", "20 pre-activation blocks x + W₂ ReLU(W₁ BN(x)), batch 64",
-               partial(ResidualMLP, 64, 128, 20, nn.ReLU, 1.0, pre_norm="bn"), features(64), seeds=6),
-        Config("bn_inner_residual_relu_10", "BatchNorm residual", "10 blocks x + W₂ ReLU(BN(W₁ x)), final BatchNorm, batch 64",
-               partial(ResidualMLP, 64, 128, 10, nn.ReLU, 1.0, inner_norm="bn", final_norm="bn"), features(64), seeds=6),
-        Config("bn_residual_relu_6", "BatchNorm residual", "6 pre-activation BN blocks, width 64, batch 32",
-               partial(ResidualMLP, 64, 64, 6, nn.ReLU, 1.0, pre_norm="bn"), features(32), seeds=4, quick=True),
+        Config(
+            "residual_relu_20_final_ln",
+            "residual MLP",
+            "20 ReLU blocks, α = 1, default init, final LayerNorm",
+            partial(ResidualMLP, 64, 128, 20, nn.ReLU, 1.0, final_norm="ln"),
+            features(),
+        ),
+        Config(
+            "pre_ln_residual_gelu_30",
+            "pre-norm MLP",
+            "30 blocks x + W₂ GELU(W₁ LN(x)), final LayerNorm",
+            partial(ResidualMLP, 64, 128, 30, nn.GELU, 1.0, pre_norm="ln", final_norm="ln"),
+            features(),
+        ),
+        Config(
+            "pre_rms_residual_gelu_30",
+            "pre-norm MLP",
+            "30 blocks x + W₂ GELU(W₁ RMSNorm(x)), final RMSNorm",
+            partial(ResidualMLP, 64, 128, 30, nn.GELU, 1.0, pre_norm="rms", final_norm="rms"),
+            features(),
+        ),
+        Config(
+            "bn_residual_relu_20",
+            "BatchNorm residual",
+            "20 pre-activation blocks x + W₂ ReLU(W₁ BN(x)), batch 64",
+            partial(ResidualMLP, 64, 128, 20, nn.ReLU, 1.0, pre_norm="bn"),
+            features(64),
+            seeds=6,
+        ),
+        Config(
+            "bn_inner_residual_relu_10",
+            "BatchNorm residual",
+            "10 blocks x + W₂ ReLU(BN(W₁ x)), final BatchNorm, batch 64",
+            partial(ResidualMLP, 64, 128, 10, nn.ReLU, 1.0, inner_norm="bn", final_norm="bn"),
+            features(64),
+            seeds=6,
+        ),
+        Config(
+            "bn_residual_relu_6",
+            "BatchNorm residual",
+            "6 pre-activation BN blocks, width 64, batch 32",
+            partial(ResidualMLP, 64, 64, 6, nn.ReLU, 1.0, pre_norm="bn"),
+            features(32),
+            seeds=4,
+            quick=True,
+        ),
     ]
 
 
 def _transformers() -> list[Config]:
     v = 32
     return [
-        Config("encoder_pre_ln_6", "nn.TransformerEncoder", "pre-LN, 6 layers, d = 64, 4 heads, independent layers",
-               partial(TokenEncoder, 6, True), tokens(v), seeds=6),
-        Config("encoder_post_ln_6", "nn.TransformerEncoder", "post-LN, 6 layers, d = 64, 4 heads, independent layers",
-               partial(TokenEncoder, 6, False), tokens(v), seeds=6),
-        Config("encoder_pre_ln_24", "nn.TransformerEncoder", "pre-LN, 24 layers, d = 64, independent layers",
-               partial(TokenEncoder, 24, True), tokens(v), seeds=6),
-        Config("encoder_post_ln_24", "nn.TransformerEncoder", "post-LN, 24 layers, d = 64, independent layers",
-               partial(TokenEncoder, 24, False), tokens(v), seeds=6),
-        Config("encoder_post_ln_6_gelu_seq_first", "nn.TransformerEncoder", "post-LN, GELU, (T, N, d) layout",
-               partial(TokenEncoder, 6, False, activation="gelu", batch_first=False), tokens(v), seeds=6),
-        Config("encoder_pre_ln_2", "nn.TransformerEncoder", "pre-LN, 2 layers, d = 32, 2 heads, independent layers",
-               partial(TokenEncoder, 2, True, d=32, heads=2), tokens(v, n=4, t=8), seeds=4, quick=True),
-        Config("deepnorm_24", "DeepNorm", "post-LN with α = (2N)^¼, β = (8N)^-¼, 24 layers",
-               partial(DeepNormEncoder, 24), tokens(v), seeds=6),
-        Config("gpt2_4", "Hugging Face", "GPT2LMHeadModel from a config: 4 layers, d = 64",
-               partial(gpt2, 4), tokens(64), seeds=6),
-        Config("gpt2_12", "Hugging Face", "GPT2LMHeadModel from a config: 12 layers, d = 64",
-               partial(gpt2, 12), tokens(64), seeds=6),
-        Config("bert_4", "Hugging Face", "BertForMaskedLM from a config: 4 layers, d = 64",
-               partial(bert, 4), tokens(64), seeds=6),
-        Config("gpt2_2_small", "Hugging Face", "GPT2LMHeadModel from a config: 2 layers, d = 32",
-               partial(gpt2, 2, 32, 2), tokens(64, n=4, t=8), seeds=4, quick=True),
-        Config("encoder_pre_ln_6_stock", "outside the theory",
-               "nn.TransformerEncoder as built (its 6 layers start identical)",
-               partial(TokenEncoder, 6, True, independent=False), tokens(v), seeds=6,
-               expect="uncertain"),
+        Config(
+            "encoder_pre_ln_6",
+            "nn.TransformerEncoder",
+            "pre-LN, 6 layers, d = 64, 4 heads, independent layers",
+            partial(TokenEncoder, 6, True),
+            tokens(v),
+            seeds=6,
+        ),
+        Config(
+            "encoder_post_ln_6",
+            "nn.TransformerEncoder",
+            "post-LN, 6 layers, d = 64, 4 heads, independent layers",
+            partial(TokenEncoder, 6, False),
+            tokens(v),
+            seeds=6,
+        ),
+        Config(
+            "encoder_pre_ln_24",
+            "nn.TransformerEncoder",
+            "pre-LN, 24 layers, d = 64, independent layers",
+            partial(TokenEncoder, 24, True),
+            tokens(v),
+            seeds=6,
+        ),
+        Config(
+            "encoder_post_ln_24",
+            "nn.TransformerEncoder",
+            "post-LN, 24 layers, d = 64, independent layers",
+            partial(TokenEncoder, 24, False),
+            tokens(v),
+            seeds=6,
+        ),
+        Config(
+            "encoder_post_ln_6_gelu_seq_first",
+            "nn.TransformerEncoder",
+            "post-LN, GELU, (T, N, d) layout",
+            partial(TokenEncoder, 6, False, activation="gelu", batch_first=False),
+            tokens(v),
+            seeds=6,
+        ),
+        Config(
+            "encoder_pre_ln_2",
+            "nn.TransformerEncoder",
+            "pre-LN, 2 layers, d = 32, 2 heads, independent layers",
+            partial(TokenEncoder, 2, True, d=32, heads=2),
+            tokens(v, n=4, t=8),
+            seeds=4,
+            quick=True,
+        ),
+        Config(
+            "deepnorm_24",
+            "DeepNorm",
+            "post-LN with α = (2N)^¼, β = (8N)^-¼, 24 layers",
+            partial(DeepNormEncoder, 24),
+            tokens(v),
+            seeds=6,
+        ),
+        Config(
+            "gpt2_4",
+            "Hugging Face",
+            "GPT2LMHeadModel from a config: 4 layers, d = 64",
+            partial(gpt2, 4),
+            tokens(64),
+            seeds=6,
+        ),
+        Config(
+            "gpt2_12",
+            "Hugging Face",
+            "GPT2LMHeadModel from a config: 12 layers, d = 64",
+            partial(gpt2, 12),
+            tokens(64),
+            seeds=6,
+        ),
+        Config(
+            "bert_4",
+            "Hugging Face",
+            "BertForMaskedLM from a config: 4 layers, d = 64",
+            partial(bert, 4),
+            tokens(64),
+            seeds=6,
+        ),
+        Config(
+            "gpt2_2_small",
+            "Hugging Face",
+            "GPT2LMHeadModel from a config: 2 layers, d = 32",
+            partial(gpt2, 2, 32, 2),
+            tokens(64, n=4, t=8),
+            seeds=4,
+            quick=True,
+        ),
+        Config(
+            "encoder_pre_ln_6_stock",
+            "outside the theory",
+            "nn.TransformerEncoder as built (its 6 layers start identical)",
+            partial(TokenEncoder, 6, True, independent=False),
+            tokens(v),
+            seeds=6,
+            expect="uncertain",
+        ),
     ]
 
 

@@ -21,8 +21,16 @@ def gpt2(layers: int = 4, d: int = 64, heads: int = 4, vocab: int = 64, position
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(
-        vocab_size=vocab, n_positions=positions, n_embd=d, n_layer=layers, n_head=heads,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0,
+        vocab_size=vocab,
+        n_positions=positions,
+        n_embd=d,
+        n_layer=layers,
+        n_head=heads,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
+        bos_token_id=0,
+        eos_token_id=0,
     )
     return GPT2LMHeadModel(cfg)
 
@@ -32,8 +40,13 @@ def bert(layers: int = 4, d: int = 64, heads: int = 4, vocab: int = 64, position
     from transformers import BertConfig, BertForMaskedLM
 
     cfg = BertConfig(
-        vocab_size=vocab, hidden_size=d, num_hidden_layers=layers, num_attention_heads=heads,
-        intermediate_size=2 * d, max_position_embeddings=positions, hidden_dropout_prob=0.0,
+        vocab_size=vocab,
+        hidden_size=d,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=2 * d,
+        max_position_embeddings=positions,
+        hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
     return BertForMaskedLM(cfg)

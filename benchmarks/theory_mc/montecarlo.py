@@ -81,7 +81,9 @@ def measure(config: Config, seeds: int | None = None) -> dict[str, Any]:
         order = [ly.name for ly in find_layers(model) if ly.name in norms]
         names = names or order
         last = next(norms[k] for k in reversed(order) if norms[k] > 0)
-        rows.append([math.log10(norms[k] / last) if norms.get(k, 0) > 0 else -math.inf for k in names])
+        rows.append(
+            [math.log10(norms[k] / last) if norms.get(k, 0) > 0 else -math.inf for k in names]
+        )
     arr = np.array(rows)
     with np.errstate(invalid="ignore"):
         return {"layers": names, "log10": arr.mean(axis=0), "sd": arr.std(axis=0), "seeds": n}

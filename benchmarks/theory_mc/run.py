@@ -45,11 +45,27 @@ def check_config(config: Config, seeds: int | None = None) -> dict[str, Any]:
         a = float(att.get(name, math.nan))
         p = math.log10(a) if a > 0 else (-math.inf if a == 0 else math.nan)
         tol = tolerance(m) if math.isfinite(m) else math.nan
-        ok = bool(math.isfinite(p) and math.isfinite(m) and abs(p - m) <= tol) or bool(p == m == -math.inf)
-        rows.append({"layer": name, "predicted": p, "measured": float(m), "sd": float(sd),
-                     "tolerance": tol, "ok": ok})
-    worst = max((abs(r["predicted"] - r["measured"]) / r["tolerance"] for r in rows
-                 if math.isfinite(r["predicted"]) and math.isfinite(r["measured"])), default=math.nan)
+        ok = bool(math.isfinite(p) and math.isfinite(m) and abs(p - m) <= tol) or bool(
+            p == m == -math.inf
+        )
+        rows.append(
+            {
+                "layer": name,
+                "predicted": p,
+                "measured": float(m),
+                "sd": float(sd),
+                "tolerance": tol,
+                "ok": ok,
+            }
+        )
+    worst = max(
+        (
+            abs(r["predicted"] - r["measured"]) / r["tolerance"]
+            for r in rows
+            if math.isfinite(r["predicted"]) and math.isfinite(r["measured"])
+        ),
+        default=math.nan,
+    )
     span = [r["measured"] for r in rows if math.isfinite(r["measured"])]
     return {
         "name": config.name,
@@ -61,7 +77,9 @@ def check_config(config: Config, seeds: int | None = None) -> dict[str, Any]:
         "seeds": mc["seeds"],
         "layers": rows,
         "n_layers": len(rows),
-        "passed": all(r["ok"] for r in rows) if config.expect == "predicted" else pred.verdict == "uncertain",
+        "passed": all(r["ok"] for r in rows)
+        if config.expect == "predicted"
+        else pred.verdict == "uncertain",
         "worst_over_tolerance": worst,
         "measured_span": [float(np.min(span)), float(np.max(span))] if span else [],
         "theory_cpu_s": theory_s,

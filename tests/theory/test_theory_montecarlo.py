@@ -28,8 +28,14 @@ def test_the_check_covers_what_the_theory_claims():
     predicted = [c for c in CONFIGS if c.expect == "predicted"]
     assert len(predicted) >= 20
     families = {c.family for c in predicted}
-    assert {"residual MLP", "nn.TransformerEncoder", "Hugging Face", "BatchNorm residual",
-            "DeepNorm", "pre-norm MLP"} <= families
+    assert {
+        "residual MLP",
+        "nn.TransformerEncoder",
+        "Hugging Face",
+        "BatchNorm residual",
+        "DeepNorm",
+        "pre-norm MLP",
+    } <= families
     assert any(c.expect == "uncertain" for c in CONFIGS)
 
 

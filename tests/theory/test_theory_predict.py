@@ -232,7 +232,9 @@ def test_residual_and_normalised_models_are_predicted_not_uncertain():
 
     torch.manual_seed(0)
     models = {
-        "batch norm chain": nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2)),
+        "batch norm chain": nn.Sequential(
+            nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2)
+        ),
         "residual block": Residual(),
         "prelu, one slope": nn.Sequential(nn.Linear(8, 8), nn.PReLU(), nn.Linear(8, 8)),
     }

@@ -34,8 +34,19 @@ from gradwatch.jsonable import jsonable
 #: ``gradwatch.theory.activations.KNOWN_ACTIVATIONS``, written out here so that
 #: ``gradwatch theory --help`` does not import torch (a test checks they agree).
 KNOWN_ACTIVATIONS = (
-    "tanh", "relu", "leaky_relu", "sigmoid", "gelu", "elu", "selu", "softsign", "linear",
-    "hard_tanh", "swish", "silu", "erf",
+    "tanh",
+    "relu",
+    "leaky_relu",
+    "sigmoid",
+    "gelu",
+    "elu",
+    "selu",
+    "softsign",
+    "linear",
+    "hard_tanh",
+    "swish",
+    "silu",
+    "erf",
 )
 #: Most blocks a model built from settings may have.
 MAX_BLOCKS = 1000
@@ -75,49 +86,69 @@ def register(subparsers: Any) -> None:
         "--attention; with it, relu or gelu, default relu)",
     )
     parser.add_argument(
-        "--sigma-w2", type=float, default=None,
+        "--sigma-w2",
+        type=float,
+        default=None,
         help="σw² = fan_in · Var(W), > 0 (He: 2); required without --attention",
     )
     parser.add_argument(
         "--sigma-b2", type=float, default=0.0, help="σb² = Var(b), >= 0 (default 0)"
     )
     parser.add_argument(
-        "--depth", type=int, default=None,
+        "--depth",
+        type=int,
+        default=None,
         help="layers L of a plain chain: adds χ1^L and trainability",
     )
     parser.add_argument(
-        "--blocks", type=int, default=None,
+        "--blocks",
+        type=int,
+        default=None,
         help="residual blocks (or transformer layers): predict that model instead",
     )
     parser.add_argument(
-        "--residual-alpha", type=float, default=None,
+        "--residual-alpha",
+        type=float,
+        default=None,
         help="scale α of each residual branch, x + α·f(x) (default 1; DeepNorm: (2N)^¼ on x)",
     )
     parser.add_argument(
-        "--norm", choices=("none", "pre", "post"), default=None,
+        "--norm",
+        choices=("none", "pre", "post"),
+        default=None,
         help="where the norm sits: before each branch (pre), after each sum (post), or none "
         "(default none for MLP blocks, pre for --attention)",
     )
     parser.add_argument(
-        "--norm-type", choices=("layer", "rms", "batch"), default="layer",
+        "--norm-type",
+        choices=("layer", "rms", "batch"),
+        default="layer",
         help="LayerNorm, RMSNorm or BatchNorm (MLP blocks; attention uses LayerNorm)",
     )
     parser.add_argument(
-        "--final-norm", action="store_true",
+        "--final-norm",
+        action="store_true",
         help="a norm after the last block (MLP blocks; pre-LN transformers always have one)",
     )
     parser.add_argument(
         "--branch-layers", type=int, default=2, help="Linear layers per MLP branch (default 2)"
     )
-    parser.add_argument("--attention", action="store_true", help="transformer blocks (attention + FFN)")
     parser.add_argument(
-        "--deepnorm", action="store_true",
+        "--attention", action="store_true", help="transformer blocks (attention + FFN)"
+    )
+    parser.add_argument(
+        "--deepnorm",
+        action="store_true",
         help="DeepNorm (post-LN, α = (2N)^¼, β = (8N)^-¼ init; Wang et al. 2022)",
     )
-    parser.add_argument("--width", type=int, default=None, help="features per row (default 128 MLP, 64 attention)")
+    parser.add_argument(
+        "--width", type=int, default=None, help="features per row (default 128 MLP, 64 attention)"
+    )
     parser.add_argument("--heads", type=int, default=4, help="attention heads (default 4)")
     parser.add_argument("--seq-len", type=int, default=16, help="tokens per sequence (default 16)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the weights and the probe batch")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the weights and the probe batch"
+    )
     parser.add_argument("--json", action="store_true", help="print exact JSON instead of a table")
     parser.set_defaults(func=run)
 
@@ -132,7 +163,11 @@ def run(args: argparse.Namespace) -> int:
     model, inputs = _build(settings)
     pred = predict(model, inputs=inputs)
     if args.json:
-        print(json.dumps(jsonable({"settings": settings, "prediction": pred.to_dict()}), allow_nan=False))
+        print(
+            json.dumps(
+                jsonable({"settings": settings, "prediction": pred.to_dict()}), allow_nan=False
+            )
+        )
         return 0
     _print_prediction(settings, pred)
     return 0
@@ -140,8 +175,10 @@ def run(args: argparse.Namespace) -> int:
 
 def _run_chain(args: argparse.Namespace) -> int:
     for flag, value in (
-        ("--residual-alpha", args.residual_alpha), ("--norm", args.norm),
-        ("--final-norm", args.final_norm or None), ("--attention", args.attention or None),
+        ("--residual-alpha", args.residual_alpha),
+        ("--norm", args.norm),
+        ("--final-norm", args.final_norm or None),
+        ("--attention", args.attention or None),
         ("--deepnorm", args.deepnorm or None),
     ):
         if value is not None:
@@ -195,7 +232,9 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
             )
         norm = args.norm or "pre"
         if norm == "none":
-            raise GradwatchValueError("--attention needs --norm pre or post (nn.TransformerEncoderLayer)")
+            raise GradwatchValueError(
+                "--attention needs --norm pre or post (nn.TransformerEncoderLayer)"
+            )
         if args.deepnorm and norm != "post":
             raise GradwatchValueError("--deepnorm is a post-LN scheme: use --norm post")
         if args.deepnorm and alpha is not None:
@@ -217,9 +256,16 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
                 "--residual-alpha applies to MLP blocks (nn.TransformerEncoderLayer adds its "
                 "branches unscaled); for a scaled post-LN transformer use --deepnorm"
             )
-        return {"kind": "deepnorm" if args.deepnorm else "transformer", "blocks": blocks,
-                "norm": norm, "activation": act, "width": width, "heads": args.heads,
-                "seq_len": args.seq_len, "seed": args.seed}
+        return {
+            "kind": "deepnorm" if args.deepnorm else "transformer",
+            "blocks": blocks,
+            "norm": norm,
+            "activation": act,
+            "width": width,
+            "heads": args.heads,
+            "seq_len": args.seq_len,
+            "seed": args.seed,
+        }
     if args.deepnorm:
         raise GradwatchValueError("--deepnorm is a transformer scheme: give --attention as well")
     if args.activation is None or args.sigma_w2 is None:
@@ -234,11 +280,20 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         raise GradwatchValueError(f"--width must be at least 2, got {width}")
     if args.branch_layers < 1:
         raise GradwatchValueError(f"--branch-layers must be at least 1, got {args.branch_layers}")
-    return {"kind": "residual_mlp", "blocks": blocks, "activation": args.activation,
-            "sigma_w2": args.sigma_w2, "sigma_b2": args.sigma_b2,
-            "residual_alpha": 1.0 if alpha is None else alpha, "norm": args.norm or "none",
-            "norm_type": args.norm_type, "final_norm": args.final_norm,
-            "branch_layers": args.branch_layers, "width": width, "seed": args.seed}
+    return {
+        "kind": "residual_mlp",
+        "blocks": blocks,
+        "activation": args.activation,
+        "sigma_w2": args.sigma_w2,
+        "sigma_b2": args.sigma_b2,
+        "residual_alpha": 1.0 if alpha is None else alpha,
+        "norm": args.norm or "none",
+        "norm_type": args.norm_type,
+        "final_norm": args.final_norm,
+        "branch_layers": args.branch_layers,
+        "width": width,
+        "seed": args.seed,
+    }
 
 
 def _activation_module(name: str):
@@ -248,9 +303,17 @@ def _activation_module(name: str):
 
     act = resolve_activation(name)  # a clear error for an unknown name
     simple = {
-        "tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid, "gelu": nn.GELU, "elu": nn.ELU,
-        "selu": nn.SELU, "softsign": nn.Softsign, "linear": nn.Identity, "hard_tanh": nn.Hardtanh,
-        "swish": nn.SiLU, "silu": nn.SiLU,
+        "tanh": nn.Tanh,
+        "relu": nn.ReLU,
+        "sigmoid": nn.Sigmoid,
+        "gelu": nn.GELU,
+        "elu": nn.ELU,
+        "selu": nn.SELU,
+        "softsign": nn.Softsign,
+        "linear": nn.Identity,
+        "hard_tanh": nn.Hardtanh,
+        "swish": nn.SiLU,
+        "silu": nn.SiLU,
     }
     if act.name.startswith("leaky_relu"):
         slope = act.slopes[1] if act.slopes else 0.01
@@ -276,8 +339,12 @@ def _build(settings: dict[str, Any]):
         kind = {"layer": "ln", "rms": "rms", "batch": "bn"}[settings["norm_type"]]
         width = settings["width"]
         model = ResidualMLP(
-            width, width, settings["blocks"], _activation_module(settings["activation"]),
-            settings["residual_alpha"], sigma_w2=settings["sigma_w2"],
+            width,
+            width,
+            settings["blocks"],
+            _activation_module(settings["activation"]),
+            settings["residual_alpha"],
+            sigma_w2=settings["sigma_w2"],
             pre_norm=kind if settings["norm"] == "pre" else None,
             post_norm=kind if settings["norm"] == "post" else None,
             final_norm=kind if settings["final_norm"] else None,
@@ -293,11 +360,18 @@ def _build(settings: dict[str, Any]):
     d, t = settings["width"], settings["seq_len"]
     vocab = 32
     if settings["kind"] == "deepnorm":
-        model = DeepNormEncoder(settings["blocks"], d=d, heads=settings["heads"], vocab=vocab, length=t)
+        model = DeepNormEncoder(
+            settings["blocks"], d=d, heads=settings["heads"], vocab=vocab, length=t
+        )
     else:
         model = TokenEncoder(
-            settings["blocks"], settings["norm"] == "pre", d=d, heads=settings["heads"],
-            vocab=vocab, length=t, activation=settings["activation"],
+            settings["blocks"],
+            settings["norm"] == "pre",
+            d=d,
+            heads=settings["heads"],
+            vocab=vocab,
+            length=t,
+            activation=settings["activation"],
         )
     return model, (torch.randint(0, vocab, (4, t), generator=gen),)
 
@@ -340,5 +414,7 @@ def _print_prediction(settings: dict[str, Any], pred: Any) -> None:
     for col in ("layer", "type", "q", "attenuation ‖δ‖²/‖δ_last‖²"):
         table.add_column(col, justify="left" if col in ("layer", "type") else "right")
     for row in pred.table.itertuples(index=False):
-        table.add_row(str(row.layer), str(row.type), _format(float(row.q)), _format(float(row.attenuation)))
+        table.add_row(
+            str(row.layer), str(row.type), _format(float(row.q)), _format(float(row.attenuation))
+        )
     console.print(table)

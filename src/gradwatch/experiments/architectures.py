@@ -65,11 +65,14 @@ class ResidualMLP(nn.Module):
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.ModuleList(blocks)
         # post-norm: x_{l+1} = N(x_l + α branch(x_l)), one norm after each sum
-        self.post = nn.ModuleList(_norm(post_norm, width) for _ in range(depth)) if post_norm else None
+        self.post = (
+            nn.ModuleList(_norm(post_norm, width) for _ in range(depth)) if post_norm else None
+        )
         self.norm = _norm(final_norm, width) if final_norm else nn.Identity()
         self.out = nn.Linear(width, d_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, d_in) -> (N, d_out)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, d_in) -> (N, d_out)."""
         h = self.inp(x)
         for k, block in enumerate(self.blocks):
             h = h + self.alpha * block(h)
@@ -117,7 +120,12 @@ class TokenEncoder(nn.Module):
         self.pos = nn.Embedding(length, d)
         self.batch_first = batch_first
         layer = nn.TransformerEncoderLayer(
-            d, heads, 2 * d, dropout=0.0, batch_first=batch_first, norm_first=norm_first,
+            d,
+            heads,
+            2 * d,
+            dropout=0.0,
+            batch_first=batch_first,
+            norm_first=norm_first,
             activation=activation,
         )
         final = nn.LayerNorm(d) if norm_first else None
@@ -126,7 +134,8 @@ class TokenEncoder(nn.Module):
             independent_layers_(self.body)
         self.out = nn.Linear(d, vocab)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (N, T) -> (N, T, vocab)
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (N, T) -> logits (N, T, vocab)."""
         h = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
         if not self.batch_first:
             h = h.transpose(0, 1)  # (T, N, d)
@@ -155,6 +164,7 @@ class DeepNormLayer(nn.Module):
             nn.init.xavier_normal_(self.fc2.weight, gain=beta)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, T, d) -> (N, T, d)."""
         x = self.ln1(self.alpha * x + self.attn(x, x, x, need_weights=False)[0])
         return self.ln2(self.alpha * x + self.fc2(torch.relu(self.fc1(x))))
 
@@ -162,14 +172,19 @@ class DeepNormLayer(nn.Module):
 class DeepNormEncoder(nn.Module):
     """Embeddings, N DeepNorm layers (α = (2N)^¼, β = (8N)^-¼), a per-position read-out."""
 
-    def __init__(self, layers: int, *, d: int = 64, heads: int = 4, vocab: int = 32, length: int = 16):
+    def __init__(
+        self, layers: int, *, d: int = 64, heads: int = 4, vocab: int = 32, length: int = 16
+    ):
         super().__init__()
         alpha, beta = (2 * layers) ** 0.25, (8 * layers) ** -0.25
         self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(length, d)
-        self.layers = nn.ModuleList(DeepNormLayer(d, heads, 2 * d, alpha, beta) for _ in range(layers))
+        self.layers = nn.ModuleList(
+            DeepNormLayer(d, heads, 2 * d, alpha, beta) for _ in range(layers)
+        )
         self.out = nn.Linear(d, vocab)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:  # (N, T) -> (N, T, vocab)
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token ids (N, T) -> logits (N, T, vocab)."""
         h = self.tok(ids) + self.pos(torch.arange(ids.shape[1], device=ids.device))
         for layer in self.layers:
             h = layer(h)

@@ -229,7 +229,9 @@ def _apply(ctx: Context, op: Op, args: tuple, kwargs: dict) -> Any:
     return rules.default(ctx, op, args, kwargs)
 
 
-def _backward(ctx: Context, interp: Interpretation, tape: list[Step], out_v: Value, readout: str) -> None:
+def _backward(
+    ctx: Context, interp: Interpretation, tape: list[Step], out_v: Value, readout: str
+) -> None:
     space = interp.space
     grads = interp.grads
     if isinstance(out_v, Lazy):

@@ -62,8 +62,10 @@ def expect1(f: Fn, g: Fn, mu: np.ndarray, v: np.ndarray, kinks: Sequence[float] 
     """Return E[f(u) g(u)] for u ~ N(μ, v), elementwise over the arrays μ and v.
 
     Args:
-        f, g: elementwise numpy functions (vectorised).
-        mu, v: means and variances, shape (P,); v >= 0.
+        f: an elementwise numpy function (vectorised).
+        g: another one.
+        mu: means, shape (P,).
+        v: variances, shape (P,), >= 0.
         kinks: x-locations where f or g is not smooth.
 
     Returns:
@@ -93,15 +95,22 @@ def expect2(
     """Return E[f(u1) g(u2)] for jointly Gaussian (u1, u2), elementwise over pairs.
 
     Args:
-        f, g: elementwise numpy functions (vectorised).
-        mu1, v1, mu2, v2, cov: means, variances and covariance of each pair, shape (P,).
-            The covariance is clipped to the Cauchy–Schwarz bound.
-        kinks_f, kinks_g: x-locations where f (g) is not smooth.
+        f: an elementwise numpy function (vectorised), of u1.
+        g: another one, of u2.
+        mu1: means of u1, shape (P,).
+        v1: variances of u1, shape (P,).
+        mu2: means of u2, shape (P,).
+        v2: variances of u2, shape (P,).
+        cov: covariances of (u1, u2), shape (P,), clipped to the Cauchy–Schwarz bound.
+        kinks_f: x-locations where f is not smooth.
+        kinks_g: x-locations where g is not smooth.
 
     Returns:
         shape (P,).
     """
-    mu1, v1, mu2, v2, cov = (np.asarray(a, dtype=np.float64).ravel() for a in (mu1, v1, mu2, v2, cov))
+    mu1, v1, mu2, v2, cov = (
+        np.asarray(a, dtype=np.float64).ravel() for a in (mu1, v1, mu2, v2, cov)
+    )
     v1, v2 = np.maximum(v1, 0.0), np.maximum(v2, 0.0)
     bound = np.sqrt(v1 * v2)
     cov = np.clip(cov, -bound, bound)

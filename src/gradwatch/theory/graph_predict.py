@@ -75,7 +75,11 @@ def check_inputs(inputs: Any) -> tuple[torch.Tensor, ...]:
     """``inputs`` as a tuple of tensors, or a clear error."""
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
-    if not (isinstance(inputs, tuple | list) and inputs and all(isinstance(t, torch.Tensor) for t in inputs)):
+    if not (
+        isinstance(inputs, tuple | list)
+        and inputs
+        and all(isinstance(t, torch.Tensor) for t in inputs)
+    ):
         raise GradwatchTypeError(
             f"inputs must be a tensor or a tuple of tensors (passed as model(*inputs)), got "
             f"{type(inputs).__name__}; pass a batch such as torch.randn(32, 64) or token ids"
@@ -124,18 +128,25 @@ def _predict_graph(model, inputs, tol, train_mode, readout, samples) -> Predicti
     reason = interp.reason or first_unknown(trace, interp) or shared_weights(trace, interp)
     finite = bool(np.all(np.isfinite(table["sigma_w2"].dropna().to_numpy(dtype=float))))
     nonfinite = not finite or any(
-        not bool(torch.isfinite(p.detach()).all()) for p in model.parameters() if p.is_floating_point()
+        not bool(torch.isfinite(p.detach()).all())
+        for p in model.parameters()
+        if p.is_floating_point()
     )
     structure = _structure(model, trace)
     total, factor, counted = trunk_ratio(model, trace, table, structure)
     if nonfinite:
-        verdict, reason = "nonfinite", "some weights or biases are NaN/Inf, so no gradient can be predicted"
+        verdict, reason = (
+            "nonfinite",
+            "some weights or biases are NaN/Inf, so no gradient can be predicted",
+        )
     elif reason:
         verdict = "uncertain"
     elif counted == 0 or not math.isfinite(total):
         verdict, total, factor = "healthy", 1.0, 1.0  # nothing to compare, nothing shrinks
     else:
-        plain = not (structure.get("has_norm") or structure.get("residual") or structure.get("attention"))
+        plain = not (
+            structure.get("has_norm") or structure.get("residual") or structure.get("attention")
+        )
         judged = depth_verdict(math.sqrt(total), math.sqrt(factor), plain_chain=plain)
         verdict = judged[0] if judged else "healthy"
     return Prediction(
@@ -175,6 +186,7 @@ def layer_table(model: nn.Module, trace: Trace, interp: Interpretation) -> pd.Da
                 "q": q.get(ly.name, math.nan),
                 "chi1": math.nan,
                 "norm2": norm2.get(ly.name, math.nan),
+                "weight_grad2": _weight_grad(ly.module, interp),
             }
         )
     table = pd.DataFrame(rows)
@@ -183,6 +195,16 @@ def layer_table(model: nn.Module, trace: Trace, interp: Interpretation) -> pd.Da
     last = vals[ok[-1]] if len(ok) else math.nan
     table["attenuation"] = vals / last
     return table.drop(columns=["norm2"])
+
+
+def _weight_grad(module: nn.Module, interp: Interpretation) -> float:
+    """Predicted ‖∂L/∂(weight matrix and bias)‖² of a layer (NaN: not a weight matrix)."""
+    vals = [
+        interp.ctx.weight_grads[id(p)]
+        for p in module.parameters(recurse=False)
+        if id(p) in interp.ctx.weight_grads
+    ]
+    return float(sum(vals)) if vals else math.nan
 
 
 def _weight_stats(module: nn.Module, interp: Interpretation) -> dict[str, float]:
@@ -204,30 +226,27 @@ def first_unknown(trace: Trace, interp: Interpretation) -> str:
 
 def shared_weights(trace: Trace, interp: Interpretation) -> str:
     """Why weight matrices that act at several places, or start identical, are outside."""
-    uses = interp.ctx.uses
-    seen: dict[int, list[int]] = {}
-    groups: list[list[int]] = []
-    tensors: dict[int, torch.Tensor] = {}
-    for key, w in uses:
-        if w.numel() < 2 or float(w.detach().double().var()) == 0.0:
+    groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+    for key, w in interp.ctx.uses:
+        wd = w.detach()
+        if wd.numel() < 2 or float(wd.double().var()) == 0.0:
             continue  # a zero (or constant) matrix passes no signal: nothing to correlate
-        tensors.setdefault(key, w)
-        for g in groups:
-            ref = tensors[g[0]]
-            if g[0] == key or (ref.shape == w.shape and torch.equal(ref, w)):
-                g.append(key)
-                break
-        else:
-            groups.append([key])
-        seen.setdefault(key, []).append(1)
-    bad = [g for g in groups if len(g) > 1]
-    if not bad:
+        # a cheap fingerprint first; torch.equal only between matrices that share it
+        flat = wd.reshape(-1)
+        print_ = (tuple(wd.shape), float(flat.double().sum()), float(flat[0]), float(flat[-1]))
+        groups.setdefault(print_, []).append((key, wd))
+    names: list[str] = []
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        ref_key, ref = members[0]
+        same = [k for k, w in members if k == ref_key or torch.equal(ref, w)]
+        if len(same) > 1:
+            for key in dict.fromkeys(same):
+                pname = trace.params.get(key, "")
+                names.append(pname.rsplit(".", 1)[0] if "." in pname else pname or "?")
+    if not names:
         return ""
-    names = []
-    for g in bad:
-        for key in dict.fromkeys(g):
-            pname = trace.params.get(key, "")
-            names.append(pname.rsplit(".", 1)[0] if "." in pname else pname or "?")
     shown = ", ".join(f"'{n}'" for n in list(dict.fromkeys(names))[:4])
     return (
         f"weight matrices act at several places or start with identical values ({shown}, ...;"
@@ -244,7 +263,9 @@ def _structure(model: nn.Module, trace: Trace) -> dict[str, Any]:
     return describe(model)
 
 
-def trunk_ratio(model: nn.Module, trace: Trace, table: pd.DataFrame, structure: dict) -> tuple[float, float, int]:
+def trunk_ratio(
+    model: nn.Module, trace: Trace, table: pd.DataFrame, structure: dict
+) -> tuple[float, float, int]:
     """(squared ratio, squared per-step factor, steps) along the trunk, as check reads it.
 
     The layers inside residual branches are left out (but each branch's last, whose δ is the
@@ -261,7 +282,11 @@ def trunk_ratio(model: nn.Module, trace: Trace, table: pd.DataFrame, structure: 
     for branch in structure.get("residual_branches") or ():
         inside.update(branch[:-1])
     att = table.set_index("layer")["attenuation"]
-    names = [n for n in table["layer"] if n not in inside and n in shapes and np.isfinite(att[n]) and att[n] > 0]
+    names = [
+        n
+        for n in table["layer"]
+        if n not in inside and n in shapes and np.isfinite(att[n]) and att[n] > 0
+    ]
     keep = []
     for k, n in enumerate(names):
         nxt = names[k + 1] if k + 1 < len(names) else None

@@ -72,7 +72,9 @@ def compare(predicted: pd.DataFrame, measured: pd.DataFrame, verdict: str = "") 
     bp = measured.set_index("layer")["backprop_norm"]
     names = [n for n in measured["layer"] if n in att.index]
     pairs = [(n, float(att[n]), float(bp[n]) ** 2) for n in names]
-    pairs = [(n, p, m) for n, p, m in pairs if np.isfinite(p) and p > 0 and np.isfinite(m) and m > 0]
+    pairs = [
+        (n, p, m) for n, p, m in pairs if np.isfinite(p) and p > 0 and np.isfinite(m) and m > 0
+    ]
     if len(pairs) < 2:
         return []
     last, p_last, m_last = pairs[-1]

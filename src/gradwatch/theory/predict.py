@@ -11,9 +11,10 @@ Two methods, one answer (:class:`~gradwatch.theory.prediction.Prediction`):
   sum q_{l+1} = q_l + α² V_branch(q_l) (Yang & Schoenholz 2017), norms that reset the
   scale, and attention's Gaussian expectations (Kedia et al. 2024; Noci et al. 2022).
 
-The chain method walks the model's modules in order, takes each nn.Linear / nn.Conv{1,2,3}d as a layer and
-the first activation module after it as its activation, measures σw² = fan_in · Var(W) and
-σb² = Var(b), and propagates the forward length from the input (second moment q0):
+The chain method walks the model's modules in order, takes each nn.Linear / nn.Conv{1,2,3}d
+as a layer and the first activation module after it as its activation, measures
+σw² = fan_in · Var(W) and σb² = Var(b), and propagates the forward length from the input
+(second moment q0):
 
     q_l = σw²_l m_{l−1} + σb²_l,   m_l = ∫Dz φ_l(√q_l z)²,   m_0 = q0.
 

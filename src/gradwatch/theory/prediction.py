@@ -21,7 +21,9 @@ class Prediction:
             a traced model; of the pre-activation for a plain chain), chi1 (σw² ∫Dz φ'(√q z)²
             of the layer's own activation; NaN outside a plain chain), attenuation
             (predicted ‖δ_layer‖² / ‖δ_last‖², δ = ∂L/∂output, the last layer being the
-            output-side one that receives a gradient).
+            output-side one that receives a gradient); a traced model's table adds
+            weight_grad2, the predicted ‖∂L/∂W‖² of a weight matrix and its bias (NaN for
+            other layers), for a read-out gradient of unit variance per output element.
         phase: "ordered", "chaotic" or "critical", from the geometric mean per-layer factor.
         gradient_ratio: the predicted squared norm ratio the verdict judges: for a plain
             chain ‖δ_first‖² / ‖δ_last‖² (the first row's attenuation); for a traced model

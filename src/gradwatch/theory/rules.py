@@ -48,28 +48,67 @@ from gradwatch.theory.values import (
     features_per_row,
     is_feature_axis,
     present_positions,
-    row_matrix,
     table_rows,
 )
 
 SIGNALS = (Field, Lazy)
 #: Operations that move elements without changing them (rows follow by replay).
 MOVEMENT = {
-    "view", "_unsafe_view", "reshape", "alias", "clone", "detach", "t", "transpose",
-    "permute", "expand", "unsqueeze", "squeeze", "select", "slice", "split",
-    "split_with_sizes", "unbind", "chunk", "narrow", "unflatten", "lift_fresh",
-    "_to_copy", "contiguous", "flatten", "repeat", "_reshape_alias",
-    "expand_as", "view_as", "movedim", "swapaxes", "unsafe_split", "unsafe_chunk",
+    "view",
+    "_unsafe_view",
+    "reshape",
+    "alias",
+    "clone",
+    "detach",
+    "t",
+    "transpose",
+    "permute",
+    "expand",
+    "unsqueeze",
+    "squeeze",
+    "select",
+    "slice",
+    "split",
+    "split_with_sizes",
+    "unbind",
+    "chunk",
+    "narrow",
+    "unflatten",
+    "lift_fresh",
+    "_to_copy",
+    "contiguous",
+    "flatten",
+    "repeat",
+    "_reshape_alias",
+    "expand_as",
+    "view_as",
+    "movedim",
+    "swapaxes",
+    "unsafe_split",
+    "unsafe_chunk",
 }
 #: Shape operations that take part of a tensor.
 SLICING = {
-    "select", "slice", "split", "split_with_sizes", "unbind", "chunk", "narrow",
-    "unsafe_split", "unsafe_chunk",
+    "select",
+    "slice",
+    "split",
+    "split_with_sizes",
+    "unbind",
+    "chunk",
+    "narrow",
+    "unsafe_split",
+    "unsafe_chunk",
 }
 #: Elementwise operations with a kink (non-smooth point) at fixed places of their input.
 KINKS = {
-    "relu": (0.0,), "leaky_relu": (0.0,), "abs": (0.0,), "hardswish": (-3.0, 3.0),
-    "hardsigmoid": (-3.0, 3.0), "elu": (0.0,), "celu": (0.0,), "selu": (0.0,),
+    "relu": (0.0,),
+    "leaky_relu": (0.0,),
+    "abs": (0.0,),
+    "hardswish": (-3.0, 3.0),
+    "hardsigmoid": (-3.0, 3.0),
+    "elu": (0.0,),
+    "celu": (0.0,),
+    "selu": (0.0,),
 }
 
 
@@ -163,7 +202,9 @@ def lifted_stats(ctx: Context, v: Value, out_rid: torch.Tensor) -> Stats:
     space = ctx.space
     rid = rid_of(v)
     if isinstance(v, Table | Const) or rid is None:
-        val = torch.as_tensor(v.value if isinstance(v, Table | Const | Data) else 0.0, dtype=torch.float64)
+        val = torch.as_tensor(
+            v.value if isinstance(v, Table | Const | Data) else 0.0, dtype=torch.float64
+        )
         return data_stats(space, val.expand(out_rid.shape), out_rid)
     st = stats_of(ctx, v)
     if torch.equal(rid.expand(out_rid.shape) if rid.shape != out_rid.shape else rid, out_rid):
@@ -195,7 +236,9 @@ def unlift(ctx: Context, v: Value, out_rid: torch.Tensor, g: Grad) -> Grad:
         # the main rows' gradient covariance: GA within an example, GC across
         t = space.pos[r_main]
         same = space.ex[r_main][:, None] == space.ex[r_main][None, :]
-        full = np.where(same, g.GA[np.ix_(t, t)], (g.GC if g.GC is not None else 0 * g.GA)[np.ix_(t, t)])
+        full = np.where(
+            same, g.GA[np.ix_(t, t)], (g.GC if g.GC is not None else 0 * g.GA)[np.ix_(t, t)]
+        )
         ind = np.zeros((n_tab, len(r_main)))
         ind[r_tab, np.arange(len(r_main))] = 1.0
         return Grad(ind @ full @ ind.T)
@@ -287,7 +330,14 @@ def movement(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
         return outs
     if isinstance(src, Scores | Probs | RowStat):
         return attention_movement(ctx, op, args, kwargs, src)
-    if isinstance(src, Lazy) and op.name not in ("detach", "alias", "clone", "_to_copy", "lift_fresh", "contiguous"):
+    if isinstance(src, Lazy) and op.name not in (
+        "detach",
+        "alias",
+        "clone",
+        "_to_copy",
+        "lift_fresh",
+        "contiguous",
+    ):
         dim = _dim_arg(op, args, kwargs)
         slicing = op.name in SLICING
         if slicing and dim is not None and is_feature_axis(src.rid, dim):
@@ -295,9 +345,14 @@ def movement(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
             args = (src,) + tuple(args[1:])
     rid = rid_of(src)
     if rid is None:
-        return [Data(t.detach(), None) if isinstance(src, Data) else Unknown("rows lost") for t in flat_out]
+        return [
+            Data(t.detach(), None) if isinstance(src, Data) else Unknown("rows lost")
+            for t in flat_out
+        ]
     rids = new_rids or replay(
-        op.func, args, kwargs,
+        op.func,
+        args,
+        kwargs,
         lambda v: rid if v is src else (rid_of(v) if isinstance(v, Value) else v),
     )
     rids = list(rids) if isinstance(rids, list | tuple) else [rids]
@@ -317,8 +372,16 @@ def movement(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
         if isinstance(src, Data):
             outs.append(Data(t.detach(), r))
         elif isinstance(src, Lazy):  # a view of a lazy function: the same function
-            outs.append(Lazy(source=src.source, fn=src.fn, rid=r, affine=src.affine,
-                             kinks=src.kinks, names=src.names))
+            outs.append(
+                Lazy(
+                    source=src.source,
+                    fn=src.fn,
+                    rid=r,
+                    affine=src.affine,
+                    kinks=src.kinks,
+                    names=src.names,
+                )
+            )
         else:
             token = src.token
             stats, scale = src.stats, 1.0
@@ -338,8 +401,20 @@ def movement(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
             # the projection's backward (which multiplies by the whole matrix's σw²) gives
             # Σ_slices σw²_slice · ‖δ_slice‖²
             sc = scales or [1.0] * len(outs)
-            ctx.record([src], outs, lambda g, sc=sc: [_isotropic(_sum_grads(
-                [None if gg is None else gg.scaled(c) for gg, c in zip(g, sc, strict=False)]))])
+            ctx.record(
+                [src],
+                outs,
+                lambda g, sc=sc: [
+                    _isotropic(
+                        _sum_grads(
+                            [
+                                None if gg is None else gg.scaled(c)
+                                for gg, c in zip(g, sc, strict=False)
+                            ]
+                        )
+                    )
+                ],
+            )
         else:
             ctx.record([src], outs, lambda g: [_sum_grads(g)])
     return outs
@@ -372,7 +447,9 @@ def _dim_arg(op: Any, args: tuple, kwargs: dict) -> int | None:
     if i < len(args):
         d = args[i]
     else:
-        d = kwargs.get("dim", 0 if op.name in ("split", "split_with_sizes", "chunk", "unbind") else None)
+        d = kwargs.get(
+            "dim", 0 if op.name in ("split", "split_with_sizes", "chunk", "unbind") else None
+        )
     return d if isinstance(d, int) else None
 
 
@@ -382,8 +459,7 @@ def _slice_key(op: Any, args: tuple, k: int) -> Any:
 
 def cat(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     """Concatenation: of feature blocks of the same rows (independent parts), or actual."""
-    parts = [p for p in args[0]]
-    dim = args[1] if len(args) > 1 else kwargs.get("dim", 0)
+    parts = list(args[0])
     # empty parts (an empty cache) drop out
     nonempty = [p for p in parts if not (isinstance(p, Value) and _numel(p) == 0)]
     if len(nonempty) == 1 and len(parts) > 1:
@@ -391,7 +467,9 @@ def cat(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
         if isinstance(v, Data | Field | Lazy):
             if isinstance(v, Lazy):
                 v = as_field(ctx, v)
-            out = type(v)(**{**v.__dict__}) if isinstance(v, Field) else Data(op.out.detach(), v.rid)
+            out = (
+                type(v)(**{**v.__dict__}) if isinstance(v, Field) else Data(op.out.detach(), v.rid)
+            )
             if isinstance(out, Field):
                 out = Field(stats=v.stats, rid=v.rid, lineage=v.lineage, token=v.token)
             ctx.record([v], [out], lambda g: [g[0]])
@@ -413,7 +491,16 @@ def attention_movement(ctx, op, args, kwargs, src):
     """Views of scores or probabilities (GPT-2 reshapes them): keep them symbolic."""
     from_shape = tuple(src.scores.shape if isinstance(src, Probs) else getattr(src, "shape", ()))
     out_t = op.out if isinstance(op.out, torch.Tensor) else None
-    if out_t is not None and op.name in ("view", "_unsafe_view", "reshape", "expand", "clone", "detach", "alias", "contiguous"):
+    if out_t is not None and op.name in (
+        "view",
+        "_unsafe_view",
+        "reshape",
+        "expand",
+        "clone",
+        "detach",
+        "alias",
+        "contiguous",
+    ):
         if isinstance(src, Scores | Probs) and out_t.numel() == int(np.prod(from_shape or (0,))):
             return src
     return Unknown(f"aten.{op.name} on attention scores is not modelled")
@@ -427,10 +514,20 @@ def _matrix(v: Value) -> torch.Tensor | None:
     return None
 
 
-def _weight_info(ctx: Context, w: torch.Tensor, fan_in: int, bias: torch.Tensor | None, key: int) -> float:
+def _weight_info(
+    ctx: Context, w: torch.Tensor, fan_in: int, bias: torch.Tensor | None, key: int
+) -> float:
     wd = w.detach().to(torch.float64)
-    sw2 = float(fan_in * wd.var(unbiased=False)) if wd.numel() > 1 else float(fan_in * wd.pow(2).mean())
-    sb2 = float(bias.detach().to(torch.float64).var(unbiased=False)) if bias is not None and bias.numel() > 1 else 0.0
+    sw2 = (
+        float(fan_in * wd.var(unbiased=False))
+        if wd.numel() > 1
+        else float(fan_in * wd.pow(2).mean())
+    )
+    sb2 = (
+        float(bias.detach().to(torch.float64).var(unbiased=False))
+        if bias is not None and bias.numel() > 1
+        else 0.0
+    )
     ctx.weights.setdefault(key, {"fan_in": float(fan_in), "sigma_w2": sw2, "sigma_b2": sb2})
     return sw2
 
@@ -470,7 +567,11 @@ def matmul(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     if not is_feature_axis(rid, contract):
         return Unknown("a matrix product that mixes positions (not a weight acting on features)")
     fan_in = W.shape[-1] if left else W.shape[-2]
-    b = bias.value if isinstance(bias, Table | Const) and isinstance(bias.value, torch.Tensor) else None
+    b = (
+        bias.value
+        if isinstance(bias, Table | Const) and isinstance(bias.value, torch.Tensor)
+        else None
+    )
     wv = w if not left else (args[1] if name == "addmm" else args[0])
     key = _base_param(wv)
     sw2 = _weight_info(ctx, W, fan_in, b, key)
@@ -499,7 +600,23 @@ def matmul(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
         # gets the moments of its own columns of W
         fid = torch.arange(out_t.shape[-1]).expand(out_t.shape)
         out._columns = Columns(W.detach().to(torch.float64) * float(alpha), bb, st, sw2, fid)
-    ctx.record([fx], [out], lambda g: [g[0].scaled(sw2)])
+    space = ctx.space
+    with_bias = bb is not None
+
+    def backward(g):
+        # ∂L/∂W = Σ_rows δ_r x_rᵀ: E‖∂L/∂W‖² = Σ_{r,r'} E[δ_r·δ_r'] E[x_r·x_r'] (δ independent
+        # of x), and the bias's Σ_r δ_r adds Σ_{r,r'} E[δ_r·δ_r']
+        gy = g[0]
+        B = space.B
+        gc = gy.GC if gy.GC is not None else 0.0
+        cx = st.C if st.C is not None else 0.0
+        wg = fan_in * (B * float(np.sum(gy.GA * st.A)) + B * (B - 1) * float(np.sum(gc * cx)))
+        if with_bias:
+            wg += B * float(np.sum(gy.GA)) + B * (B - 1) * float(np.sum(gc))
+        ctx.weight_grads[key] = ctx.weight_grads.get(key, 0.0) + wg
+        return [gy.scaled(sw2)]
+
+    ctx.record([fx], [out], backward)
     return out
 
 
@@ -531,7 +648,7 @@ class Columns:
 
 def embedding(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     """A lookup of rows of a table: actual values (the indices are the input)."""
-    weight, idx = args[0], args[1]
+    idx = args[1]
     out_t = op.out
     if isinstance(idx, Data) and idx.rid is not None:
         return Data(out_t.detach(), idx.rid.unsqueeze(-1).expand(out_t.shape))
@@ -610,10 +727,13 @@ def compose(op: Any, args: tuple, kwargs: dict, signals: list) -> Lazy:
         if isinstance(a, Field | Lazy):
             return as_lazy(a).fn(u)
         if isinstance(a, Const | Table):
-            return _scalar(a).to(torch.float64) if isinstance(_scalar(a), torch.Tensor) else _scalar(a)
+            return (
+                _scalar(a).to(torch.float64) if isinstance(_scalar(a), torch.Tensor) else _scalar(a)
+            )
         return a
 
-    fn = lambda u, _a=args, _k=kwargs: func(*[sub(a, u) for a in _a], **{k: sub(v, u) for k, v in _k.items()})  # noqa: E731
+    def fn(u, _a=args, _k=kwargs):
+        return func(*[sub(a, u) for a in _a], **{k: sub(v, u) for k, v in _k.items()})
     affine, kinks = _affine_and_kinks(op, args, kwargs, lazies)
     rid = _broadcast_rid([rid_of(a) for a in signals], op.out)
     names = tuple(dict.fromkeys(sum((lz.names for lz in lazies), ()) + (op.name,)))
@@ -653,7 +773,11 @@ def _affine_and_kinks(op, args, kwargs, lazies) -> tuple[Any, Any]:
         return None, base.kinks
     if name in KINKS or name in ("hardtanh", "clamp", "threshold"):
         return None, None  # a kink after a nonlinear function: place unknown
-    kinks = None if any(lz.kinks is None for lz in lazies) else tuple(sum((tuple(lz.kinks) for lz in lazies), ()))
+    kinks = (
+        None
+        if any(lz.kinks is None for lz in lazies)
+        else tuple(sum((tuple(lz.kinks) for lz in lazies), ()))
+    )
     return None, kinks
 
 
@@ -681,7 +805,9 @@ def binary(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     if name == "div":
         if not isinstance(fa, Field) or isinstance(fb, Field):
             return Unknown("a division by a signal is not modelled")
-        inv = Const(1.0 / _scalar(fb)) if _is_scalar(fb) else Const(1.0 / fb.value.to(torch.float64))
+        inv = (
+            Const(1.0 / _scalar(fb)) if _is_scalar(fb) else Const(1.0 / fb.value.to(torch.float64))
+        )
         fb, name = inv, "mul"
     try:
         sa = _operand_stats(ctx, fa, out_rid)
@@ -691,7 +817,11 @@ def binary(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     present = sa.present & sb.present
     cross = sa.C is not None or sb.C is not None
     if name in ("add", "sub"):
-        s = float(kwargs.get("alpha", args[2] if len(args) > 2 and isinstance(args[2], int | float) else 1))
+        s = float(
+            kwargs.get(
+                "alpha", args[2] if len(args) > 2 and isinstance(args[2], int | float) else 1
+            )
+        )
         mm = np.outer(sa.mu, sb.mu)
         sgn = -1.0 if name == "sub" else 1.0
         A = sa.A + s * s * sb.A + sgn * s * (mm + mm.T)
@@ -704,14 +834,22 @@ def binary(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
         # direction follows from the overlap of that direction with the sum's, cos² = q_op/q
         q_out = np.diag(A)[present].mean() if present.any() else 1.0
         c2a = float(np.clip(np.diag(sa.A)[present].mean() / q_out, 0, 1)) if q_out > 0 else 1.0
-        c2b = float(np.clip(s * s * np.diag(sb.A)[present].mean() / q_out, 0, 1)) if q_out > 0 else 1.0
+        c2b = (
+            float(np.clip(s * s * np.diag(sb.A)[present].mean() / q_out, 0, 1))
+            if q_out > 0
+            else 1.0
+        )
 
         def back_a(g):
             return Grad(g.GA, g.GC, ones=g.ones, own=c2a * g.own + (1 - c2a))
 
         def back_b(g):
-            return Grad(g.GA * scale_b, g.GC * scale_b if g.GC is not None else None,
-                        ones=g.ones, own=c2b * g.own + (1 - c2b))
+            return Grad(
+                g.GA * scale_b,
+                g.GC * scale_b if g.GC is not None else None,
+                ones=g.ones,
+                own=c2b * g.own + (1 - c2b),
+            )
     else:  # mul
         A = sa.A * sb.A
         C = _c(sa) * _c(sb) if cross else None
@@ -720,7 +858,9 @@ def binary(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
         back_b = lambda g: Grad(g.GA * sa.A, g.GC * _c(sa) if g.GC is not None else None)  # noqa: E731
     lineage = getattr(fa, "lineage", frozenset()) | getattr(fb, "lineage", frozenset())
     token = getattr(fa, "token", frozenset()) | getattr(fb, "token", frozenset())
-    out = Field(stats=Stats(A=A, C=C, mu=mu, present=present), rid=out_rid, lineage=lineage, token=token)
+    out = Field(
+        stats=Stats(A=A, C=C, mu=mu, present=present), rid=out_rid, lineage=lineage, token=token
+    )
     ins, backs = [], []
     for operand, back in ((fa, back_a), (fb, back_b)):
         if isinstance(operand, Field | Data | Table):
@@ -731,7 +871,13 @@ def binary(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
         res = []
         for operand, back in zip(ins, backs, strict=True):
             gg = back(g[0])
-            res.append(unlift(ctx, operand, out_rid, gg) if not isinstance(operand, Field) or operand.rid.shape != out_rid.shape or not torch.equal(operand.rid, out_rid) else gg)
+            res.append(
+                unlift(ctx, operand, out_rid, gg)
+                if not isinstance(operand, Field)
+                or operand.rid.shape != out_rid.shape
+                or not torch.equal(operand.rid, out_rid)
+                else gg
+            )
         return res
 
     ctx.record(ins, [out], backward)
@@ -769,13 +915,20 @@ def _operand_stats(ctx: Context, v: Any, out_rid: torch.Tensor) -> Stats:
         s = float(_scalar(v))
         T = ctx.space.T
         full = np.full((T, T), s * s)
-        return Stats(A=full, C=full.copy() if ctx.space.track_cross else None, mu=np.full(T, s), present=np.ones(T, bool))
+        return Stats(
+            A=full,
+            C=full.copy() if ctx.space.track_cross else None,
+            mu=np.full(T, s),
+            present=np.ones(T, bool),
+        )
     return lifted_stats(ctx, v, out_rid)
 
 
 def independent(a: Field, b: Field) -> bool:
     """Whether the features of two signals are uncorrelated over the random weights."""
-    return bool(a.token) and not (a.token & b.lineage) or bool(b.token) and not (b.token & a.lineage)
+    return (
+        bool(a.token) and not (a.token & b.lineage) or bool(b.token) and not (b.token & a.lineage)
+    )
 
 
 def actual_pointwise(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
@@ -812,7 +965,10 @@ def actual_pointwise(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
 def _actual_slopes(op, args, kwargs, datas) -> list[torch.Tensor]:
     """∂out/∂operand elementwise, each operand expanded to the output's shape."""
     shape = op.out.shape
-    leaves = {id(d): d.value.detach().to(torch.float64).expand(shape).clone().requires_grad_(True) for d in datas}
+    leaves = {
+        id(d): d.value.detach().to(torch.float64).expand(shape).clone().requires_grad_(True)
+        for d in datas
+    }
 
     def sub(a):
         if isinstance(a, Data | Table):

@@ -35,8 +35,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradwatch.theory.rules import (
+    _flat,
+    _is_scalar,
+    _scalar,
+    as_field,
+    independent,
+    stats_of,
+)
 from gradwatch.theory.trace import schema_info
-from gradwatch.theory.rules import _flat, _is_scalar, _scalar, as_field, independent, rid_of, stats_of
 from gradwatch.theory.values import (
     Const,
     Context,
@@ -88,7 +95,9 @@ def product(ctx: Context, op: Any, a: Value, b: Value) -> Value:
             return Unknown("attention values whose features are not the last axis")
         q_rows = sc.q_rows
         out_rid = q_rows.reshape(out.shape[:-1]).unsqueeze(-1).expand(out.shape)
-        return attend(ctx, sc.q, sc.k, v, q_rows, sc.k_rows, v_rows, sc.mask, sc.scale, a.keep, out, out_rid)
+        return attend(
+            ctx, sc.q, sc.k, v, q_rows, sc.k_rows, v_rows, sc.mask, sc.scale, a.keep, out, out_rid
+        )
     if isinstance(a, Scores):
         return Unknown("attention scores multiplied before a softmax")
     q, k = _signal(ctx, a), _signal(ctx, b)
@@ -133,17 +142,31 @@ def pointwise(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Value:
         if isinstance(cond, Const):
             c = torch.as_tensor(cond.value).expand(sc.shape).reshape(G, T1, T2).bool()
             if a is sc and (_is_scalar(b) or isinstance(b, Const)):
-                fill = torch.as_tensor(_scalar(b) if _is_scalar(b) else b.value, dtype=torch.float64)
-                add = torch.where(c, torch.zeros((), dtype=torch.float64), fill.expand(sc.shape).reshape(G, T1, T2) if fill.dim() else fill)
+                fill = torch.as_tensor(
+                    _scalar(b) if _is_scalar(b) else b.value, dtype=torch.float64
+                )
+                add = torch.where(
+                    c,
+                    torch.zeros((), dtype=torch.float64),
+                    fill.expand(sc.shape).reshape(G, T1, T2) if fill.dim() else fill,
+                )
                 return _with(sc, mask=_add_mask(sc, add))
             if b is sc and (_is_scalar(a) or isinstance(a, Const)):
-                fill = torch.as_tensor(_scalar(a) if _is_scalar(a) else a.value, dtype=torch.float64)
-                add = torch.where(c, fill.expand(sc.shape).reshape(G, T1, T2) if fill.dim() else fill, torch.zeros((), dtype=torch.float64))
+                fill = torch.as_tensor(
+                    _scalar(a) if _is_scalar(a) else a.value, dtype=torch.float64
+                )
+                add = torch.where(
+                    c,
+                    fill.expand(sc.shape).reshape(G, T1, T2) if fill.dim() else fill,
+                    torch.zeros((), dtype=torch.float64),
+                )
                 return _with(sc, mask=_add_mask(sc, add))
     if name == "masked_fill" and args[0] is sc and isinstance(args[1], Const):
         c = torch.as_tensor(args[1].value).expand(sc.shape).reshape(G, T1, T2).bool()
         fill = float(_scalar(args[2]))
-        add = torch.where(c, torch.tensor(fill, dtype=torch.float64), torch.zeros((), dtype=torch.float64))
+        add = torch.where(
+            c, torch.tensor(fill, dtype=torch.float64), torch.zeros((), dtype=torch.float64)
+        )
         return _with(sc, mask=_add_mask(sc, add))
     return Unknown(f"aten.{op.name} of attention scores is not modelled")
 
@@ -162,7 +185,7 @@ def _add_mask(sc: Scores, m: torch.Tensor) -> torch.Tensor:
 
 
 def softmax(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Value:
-    """softmax over the keys: probabilities."""
+    """Softmax over the keys: probabilities."""
     sc = args[0]
     if isinstance(sc, Unknown):
         return sc
@@ -180,7 +203,6 @@ def softmax(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Value:
 
 def sdpa(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     """The fused scaled-dot-product attention kernels."""
-    name = op.name
     q, k, v = args[0], args[1], args[2]
     schema = list(schema_info(op.func)[2])
 
@@ -232,7 +254,9 @@ def sdpa(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
 def _partition(space: Space, groups: list[torch.Tensor]) -> Space | None:
     """A new partition of the rows when attention groups span several examples."""
     rows = torch.cat([g.reshape(-1) for g in groups]).numpy()
-    first = np.concatenate([np.repeat(g[:, :1].numpy(), g.shape[1], axis=1).reshape(-1) for g in groups])
+    first = np.concatenate(
+        [np.repeat(g[:, :1].numpy(), g.shape[1], axis=1).reshape(-1) for g in groups]
+    )
     if np.all(space.ex[rows] == space.ex[first]):
         return None
     n = len(space.ex)
@@ -269,7 +293,9 @@ def attend(ctx, q, k, v, q_rows, k_rows, v_rows, mask, scale, keep, out, out_rid
         raise Repartition(new)
     for a, b in ((q, k), (q, v), (k, v)):
         if a is not b and not independent(a, b):
-            return Unknown("attention whose queries, keys and values are not independent projections")
+            return Unknown(
+                "attention whose queries, keys and values are not independent projections"
+            )
     if not torch.equal(k_rows, v_rows):
         return Unknown("attention whose keys and values sit at different positions")
     ex_of = space.ex[q_rows[:, 0].numpy()]
@@ -281,13 +307,18 @@ def attend(ctx, q, k, v, q_rows, k_rows, v_rows, mask, scale, keep, out, out_rid
     reps: list[tuple[torch.Tensor | None, int]] = []
     for m in masks:
         for i, (mm, c) in enumerate(reps):
-            if (m is None and mm is None) or (m is not None and mm is not None and torch.equal(m, mm)):
+            if (m is None and mm is None) or (
+                m is not None and mm is not None and torch.equal(m, mm)
+            ):
                 reps[i] = (mm, c + 1)
                 break
         else:
             reps.append((m, 1))
     for g in range(len(q_rows)):
-        if not (np.array_equal(space.pos[q_rows[g].numpy()], pq) and np.array_equal(space.pos[k_rows[g].numpy()], pk)):
+        if not (
+            np.array_equal(space.pos[q_rows[g].numpy()], pq)
+            and np.array_equal(space.pos[k_rows[g].numpy()], pk)
+        ):
             return Unknown("attention groups with different positions in different examples")
     sq, sk, sv = stats_of(ctx, q), stats_of(ctx, k), stats_of(ctx, v)
     cross = space.track_cross and space.B > 1
@@ -302,7 +333,9 @@ def attend(ctx, q, k, v, q_rows, k_rows, v_rows, mask, scale, keep, out, out_rid
     for m, c in reps:
         y = draws.forward(m, scale, keep)  # (M, E, T1, dv)
         w = c / total
-        A[np.ix_(pq, pq)] += w * torch.einsum("metd,mesd->ts", y, y).numpy() / (y.shape[0] * y.shape[1] * dv)
+        A[np.ix_(pq, pq)] += (
+            w * torch.einsum("metd,mesd->ts", y, y).numpy() / (y.shape[0] * y.shape[1] * dv)
+        )
         mu[pq] += w * y.mean(dim=(0, 1, 3)).numpy()
         if cross:
             cc = torch.einsum("mtd,msd->ts", y[:, 0], y[:, 1]).numpy() / (y.shape[0] * dv)
@@ -329,11 +362,22 @@ def attend(ctx, q, k, v, q_rows, k_rows, v_rows, mask, scale, keep, out, out_rid
             grads = draws.backward(m, scale, keep, ga, gc)
             for key, pos, n in (("q", pq, n_q), ("k", pk, n_k), ("v", pk, n_v)):
                 d = grads[key]  # (M, E, T, features)
-                res[key][0][np.ix_(pos, pos)] += w * n * torch.einsum("metd,mesd->ts", d, d).numpy() / (d.shape[0] * d.shape[1] * d.shape[3])
+                res[key][0][np.ix_(pos, pos)] += (
+                    w
+                    * n
+                    * torch.einsum("metd,mesd->ts", d, d).numpy()
+                    / (d.shape[0] * d.shape[1] * d.shape[3])
+                )
                 if cross:
-                    cc = torch.einsum("mtd,msd->ts", d[:, 0], d[:, 1]).numpy() / (d.shape[0] * d.shape[3])
+                    cc = torch.einsum("mtd,msd->ts", d[:, 0], d[:, 1]).numpy() / (
+                        d.shape[0] * d.shape[3]
+                    )
                     res[key][1][np.ix_(pos, pos)] += w * n * 0.5 * (cc + cc.T)
-        out_g = [Grad(res["q"][0], res["q"][1]), Grad(res["k"][0], res["k"][1]), Grad(res["v"][0], res["v"][1])]
+        out_g = [
+            Grad(res["q"][0], res["q"][1]),
+            Grad(res["k"][0], res["k"][1]),
+            Grad(res["v"][0], res["v"][1]),
+        ]
         if q is k:
             out_g[0] = out_g[0].add(out_g[1])
             out_g[1] = None

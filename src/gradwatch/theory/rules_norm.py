@@ -105,9 +105,15 @@ def layer_norm(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
         out: Value = Data(op.out[0].detach(), rid)
     else:
         out = Field(
-            stats=Stats(A=g2 * ahat + b2, C=g2 * chat + b2 if chat is not None else None,
-                        mu=np.full_like(st.mu, bm), present=st.present.copy()),
-            rid=rid, lineage=fx.lineage, token=fx.token,
+            stats=Stats(
+                A=g2 * ahat + b2,
+                C=g2 * chat + b2 if chat is not None else None,
+                mu=np.full_like(st.mu, bm),
+                present=st.present.copy(),
+            ),
+            rid=rid,
+            lineage=fx.lineage,
+            token=fx.token,
         )
     corr = ahat / np.sqrt(np.outer(np.diag(ahat), np.diag(ahat)).clip(1e-300))
     cc = None
@@ -146,7 +152,11 @@ def row_statistic(ctx: Context, op: Any, src: Value, dims: list[int]) -> RowStat
     raw[m] = expect1(numpy_fn(lz.fn), lambda u: np.ones_like(u), st.mu[m], var[m], lz.kinks or ())
     c = 1.0 / count if op.name == "mean" else 1.0
     raw = raw * count * c
-    keep = op.args[2] if len(op.args) > 2 and isinstance(op.args[2], bool) else op.kwargs.get("keepdim", False)
+    keep = (
+        op.args[2]
+        if len(op.args) > 2 and isinstance(op.args[2], bool)
+        else op.kwargs.get("keepdim", False)
+    )
     new_rid = rid
     for d in sorted((d % rid.dim() for d in dims), reverse=True):
         new_rid = new_rid.narrow(d, 0, 1) if keep else new_rid.select(d, 0)
@@ -183,7 +193,7 @@ def pointwise(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
 
 
 def normalise(ctx: Context, op: Any, x: Lazy, rs: RowStat, invert: bool) -> Field:
-    """y = f(x) · H(s), s the row statistic of the same x (RMSNorm's x · rsqrt(mean x² + ε))."""
+    """Y = f(x) · H(s), s the row statistic of the same x (RMSNorm's x · rsqrt(mean x² + ε))."""
     src = x.source
     st = src.stats
     m = st.present
@@ -201,7 +211,7 @@ def normalise(ctx: Context, op: Any, x: Lazy, rs: RowStat, invert: bool) -> Fiel
     hd = np.zeros(T)
     for t in np.flatnonzero(m):
         hv[t], hd[t] = H(rs.raw[t])
-    f, g = numpy_fn(x.fn), numpy_fn(rs.base.fn)
+    f = numpy_fn(x.fn)
     df, dg = numpy_grad(x.fn), numpy_grad(rs.base.fn)
     kinks = tuple(x.kinks or ()) + tuple(rs.base.kinks or ())
     lz = Lazy(source=src, fn=x.fn, rid=x.rid, affine=x.affine, kinks=x.kinks)
@@ -209,10 +219,13 @@ def normalise(ctx: Context, op: Any, x: Lazy, rs: RowStat, invert: bool) -> Fiel
     fst = fx.stats
     A = fst.A * np.outer(hv, hv)
     C = fst.C * np.outer(hv, hv) if fst.C is not None else None
-    out = Field(stats=Stats(A=A, C=C, mu=fst.mu * hv, present=fst.present.copy()),
-                rid=op.out.shape and _out_rid(x.rid, op.out), lineage=src.lineage, token=src.token)
+    out = Field(
+        stats=Stats(A=A, C=C, mu=fst.mu * hv, present=fst.present.copy()),
+        rid=_out_rid(x.rid, op.out),
+        lineage=src.lineage,
+        token=src.token,
+    )
     var = np.maximum(np.diag(st.A) - st.mu**2, 0.0)
-    ones = lambda u: np.ones_like(u)  # noqa: E731
     e_df2 = np.zeros(T)
     e_fgf = np.zeros(T)
     e_dg2 = np.zeros(T)
@@ -231,7 +244,9 @@ def normalise(ctx: Context, op: Any, x: Lazy, rs: RowStat, invert: bool) -> Fiel
 
     def backward(gs):
         gy = gs[0]
-        scaled = Grad(gy.GA * np.outer(hv, hv), gy.GC * np.outer(hv, hv) if gy.GC is not None else None)
+        scaled = Grad(
+            gy.GA * np.outer(hv, hv), gy.GC * np.outer(hv, hv) if gy.GC is not None else None
+        )
         from gradwatch.theory.kernels import lazy_backward
 
         base = lazy_backward(lz, scaled)
@@ -265,7 +280,7 @@ class Blocks:
         return Blocks(self.X * s, self.Y * s, self.B)
 
     def trace(self) -> float:
-        """tr over all B·T rows."""
+        """Tr over all B·T rows."""
         return float(self.B * np.trace(self.X + self.Y))
 
     @classmethod
@@ -307,7 +322,10 @@ def batch_norm(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
             return [Unknown("a batch norm without running statistics in eval mode")] + extra
         s = (1.0 if _actual(weight) is None else _actual(weight)) / torch.sqrt(rv + eps)
         o = (0.0 if _actual(bias) is None else _actual(bias)) - rm * s
-        s2, o2 = float((s * s).mean()), float((o * o).mean() if isinstance(o, torch.Tensor) else o * o)
+        s2, o2 = (
+            float((s * s).mean()),
+            float((o * o).mean() if isinstance(o, torch.Tensor) else o * o),
+        )
         so, sm = float((s * o).mean()), float(s.mean())
         om = float(o.mean()) if isinstance(o, torch.Tensor) else float(o)
         mu2 = st.mu[:, None] + st.mu[None, :]
@@ -334,8 +352,9 @@ def batch_norm(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     C_out = np.zeros_like(st.C)
     A_out[np.ix_(p, p)] = g2 * wa + b2
     C_out[np.ix_(p, p)] = g2 * wc + b2
-    out = _norm_out(x, op, fx, Stats(A=A_out, C=C_out, mu=np.full_like(st.mu, bm),
-                                     present=st.present.copy()))
+    out = _norm_out(
+        x, op, fx, Stats(A=A_out, C=C_out, mu=np.full_like(st.mu, bm), present=st.present.copy())
+    )
 
     def backward(gs):
         gy = gs[0]

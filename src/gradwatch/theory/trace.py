@@ -64,7 +64,8 @@ def schema_info(func: Any) -> tuple[str, tuple[int, ...], tuple[str, ...]]:
     if info is None:
         schema = func._schema
         written = tuple(
-            i for i, a in enumerate(schema.arguments)
+            i
+            for i, a in enumerate(schema.arguments)
             if a.alias_info is not None and a.alias_info.is_write
         )
         info = (schema.name.split("::")[-1], written, tuple(a.name for a in schema.arguments))

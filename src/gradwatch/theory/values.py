@@ -192,7 +192,8 @@ class Grad:
         e1, e2 = abs(self.energy()), abs(other.energy())
         w = e1 / (e1 + e2) if e1 + e2 > 0 else 0.5
         return Grad(
-            self.GA + other.GA, gc,
+            self.GA + other.GA,
+            gc,
             ones=w * self.ones + (1 - w) * other.ones,
             own=w * self.own + (1 - w) * other.own,
         )
@@ -236,6 +237,8 @@ class Context:
     weights: dict[int, dict[str, float]] = field(default_factory=dict)  # per weight matrix
     tape: list[Step] = field(default_factory=list)
     uses: list[tuple[int, torch.Tensor]] = field(default_factory=list)  # matrices, per call
+    #: predicted ‖∂L/∂W‖² (+ its bias's) per weight matrix (id of the parameter)
+    weight_grads: dict[int, float] = field(default_factory=dict)
 
     def record(self, inputs: list, outputs: list, backward: Any) -> None:
         """Append a tape entry."""
