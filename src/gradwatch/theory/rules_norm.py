@@ -18,8 +18,9 @@ which for RMSNorm (f = x, g = x², c = 1/n, H = s^−½) is G (n − 1)/(n q).
 **BatchNorm** in training mode normalises each channel over the N = B·T rows of the batch:
 with K the rows' second-moment matrix and P = I − 11ᵀ/N, the output's is N·PKP/tr(PKP)
 (the mean-field map of Yang et al. 2019), and the gradient (γ²/σ²)·E[(P − X) G (P − X)],
-X = x̂x̂ᵀ/N, taken to second order in 1/N. Rows of one example (positions) and of different
-examples enter K as A and C; matrices of the form I_B ⊗ X + J_B ⊗ Y keep that structure.
+X = x̂x̂ᵀ/N, averaged over the channel's Gaussian batch vector (1/σ² averaged, not σ²). Rows of
+one example (positions) and of different examples enter K as A and C; matrices of the form
+I_B ⊗ X + J_B ⊗ Y keep that structure.
 
 References: Ba et al. 2016 (LayerNorm); Zhang & Sennrich 2019 (RMSNorm); Ioffe & Szegedy
 2015 (BatchNorm); Yang et al. 2019, "A Mean Field Theory of Batch Normalization".
@@ -264,39 +265,6 @@ def _out_rid(rid: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------ BatchNorm
-class Blocks:
-    """A matrix over the rows of a batch, I_B ⊗ X + J_B ⊗ Y (X, Y over positions)."""
-
-    def __init__(self, X: np.ndarray, Y: np.ndarray, B: int):
-        self.X, self.Y, self.B = X, Y, B
-
-    def __matmul__(self, o: Blocks) -> Blocks:
-        return Blocks(self.X @ o.X, self.X @ o.Y + self.Y @ o.X + self.B * self.Y @ o.Y, self.B)
-
-    def __add__(self, o: Blocks) -> Blocks:
-        return Blocks(self.X + o.X, self.Y + o.Y, self.B)
-
-    def __mul__(self, s: float) -> Blocks:
-        return Blocks(self.X * s, self.Y * s, self.B)
-
-    def trace(self) -> float:
-        """Tr over all B·T rows."""
-        return float(self.B * np.trace(self.X + self.Y))
-
-    @classmethod
-    def of(cls, A: np.ndarray, C: np.ndarray, B: int) -> Blocks:
-        """From within-example (A) and across-example (C) blocks."""
-        return cls(A - C, C, B)
-
-    def within(self) -> np.ndarray:
-        """The block of one example."""
-        return self.X + self.Y
-
-    def across(self) -> np.ndarray:
-        """The block between two examples."""
-        return self.Y
-
-
 def batch_norm(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     """``native_batch_norm`` and its variants: batch statistics (training) or running ones."""
     x, weight, bias = args[0], args[1], args[2]
@@ -343,10 +311,7 @@ def batch_norm(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     if N < 2:
         return [Unknown("a batch norm over a single row")] + extra
     A, C = st.A[np.ix_(p, p)], st.C[np.ix_(p, p)]
-    if N <= SAMPLED_ROWS:
-        fwd, back = _bn_sampled(A, C, B, float(eps), ctx)
-    else:
-        fwd, back = _bn_moments(A, C, B, float(eps))
+    fwd, back = _bn_sampled(A, C, B, float(eps), ctx)
     wa, wc = fwd
     A_out = np.zeros_like(st.A)
     C_out = np.zeros_like(st.C)
@@ -371,84 +336,59 @@ def batch_norm(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     return [out] + extra
 
 
-#: Batches of at most this many rows (examples × positions) get the exact per-channel
-#: expectation by sampling; larger ones the second-order moment expansion.
-SAMPLED_ROWS = 512
+def _sqrt_psd(M: np.ndarray) -> np.ndarray:
+    w, U = np.linalg.eigh(0.5 * (M + M.T))
+    return U * np.sqrt(np.clip(w, 0.0, None))
 
 
-def _rows_matrix(A: np.ndarray, C: np.ndarray, B: int) -> np.ndarray:
-    """The (B·T, B·T) matrix with A within an example and C between two."""
-    return np.kron(np.eye(B), A - C) + np.kron(np.ones((B, B)), C)
-
-
-def _blocks_of(M: np.ndarray, B: int, T: int) -> tuple[np.ndarray, np.ndarray]:
-    """(mean within-example block, mean across-example block) of a (B·T, B·T) matrix."""
-    blocks = M.reshape(B, T, B, T).transpose(0, 2, 1, 3)  # (B, B, T, T)
-    eye = np.eye(B, dtype=bool)
-    within = blocks[eye].mean(axis=0)
-    across = blocks[~eye].mean(axis=0) if B > 1 else np.zeros_like(within)
+def _blocks(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean within-example and across-example blocks of E[u vᵀ] over draws; u, v (M, B, T)."""
+    M, B, _ = u.shape
+    own = np.einsum("mbt,mbs->ts", u, v)  # Σ_draws Σ_b u_b v_bᵀ
+    within = own / (M * B)
+    if B < 2:
+        return within, np.zeros_like(within)
+    tot = np.einsum("mt,ms->ts", u.sum(axis=1), v.sum(axis=1))
+    across = (tot - own) / (M * B * (B - 1))
     return within, 0.5 * (across + across.T)
 
 
 def _bn_sampled(A, C, B, eps, ctx):
     """Batch norm's expectations over one channel's Gaussian batch vector x ~ N(0, K).
 
-    Each channel sees x_c = W_c·h over the batch rows, a Gaussian vector with the rows'
-    second-moment matrix K; BN makes x̂ = P x /√(‖Px‖²/N + ε), so E[x̂x̂ᵀ] and, going back,
-    E[(P − X) G (P − X)/(‖Px‖²/N + ε)] with X = x̂x̂ᵀ/N are averages over x: the exact mean-field
-    map of Yang et al. 2019 (1/σ² is averaged, not σ²), evaluated on fixed-seed draws.
+    Each channel sees x_c = W_c·h over the B·T rows of the batch: a Gaussian vector whose
+    covariance is A within an example and C between two (x = (I_B ⊗ √(A − C)) z + (1_B ⊗ √C) z').
+    BN makes x̂ = P x /√(‖Px‖²/N + ε) (P removes the batch mean), so E[x̂x̂ᵀ] and, going back,
+    E[(P − X) G (P − X)/(‖Px‖²/N + ε)] with X = x̂x̂ᵀ/N are averages over x: the mean-field map
+    of Yang et al. 2019 (1/σ² is averaged, not σ²), evaluated on fixed-seed draws with the
+    batch's block structure (I_B ⊗ · + J_B ⊗ ·), so the cost grows as B·T², not (B·T)³.
     """
     T = A.shape[0]
     N = B * T
-    K = _rows_matrix(A, C, B)
-    P = np.eye(N) - np.ones((N, N)) / N
-    w, U = np.linalg.eigh(0.5 * (K + K.T))
-    L = U * np.sqrt(np.clip(w, 0.0, None))
-    gen = np.random.default_rng(ctx.seed * 7919 + len(ctx.tape) + 17)
     M = ctx.samples
-    z = gen.standard_normal((N, M))
-    xs = P @ (L @ z)  # (N, M) centred channel vectors
-    v = (xs * xs).mean(axis=0)  # batch variance per draw
-    inv = 1.0 / (v + eps)
-    xh = xs * np.sqrt(inv)  # x̂ per draw
-    fwd = _blocks_of(xh @ xh.T / M, B, T)
+    gen = np.random.default_rng(ctx.seed * 7919 + len(ctx.tape) + 17)
+    lw, lc = _sqrt_psd(A - C), _sqrt_psd(C)
+    x = gen.standard_normal((M, B, T)) @ lw.T + gen.standard_normal((M, 1, T)) @ lc.T
+    x = x - x.mean(axis=(1, 2), keepdims=True)  # P x
+    inv = 1.0 / ((x * x).mean(axis=(1, 2)) + eps)  # 1/σ² per draw
+    xh = x * np.sqrt(inv)[:, None, None]
+    fwd = _blocks(xh, xh)
 
     def back(GA, GC):
-        G = _rows_matrix(GA, GC, B)
-        PGP = P @ G @ P
-        g1 = P @ G @ xh  # (N, M): P G x̂
-        s = np.einsum("nm,nm->m", xh, G @ xh)  # x̂ᵀ G x̂
-        res = (
-            PGP * inv.mean()
-            - ((xh * inv) @ g1.T + g1 @ (xh * inv).T) / (N * M)
-            + (xh * (inv * s)) @ xh.T / (N * N * M)
-        )
-        return _blocks_of(res, B, T)
-
-    return fwd, back
-
-
-def _bn_moments(A, C, B, eps):
-    """The same maps to second order in 1/N, with 1/σ² taken at the mean variance."""
-    T = A.shape[0]
-    N = B * T
-    K = Blocks.of(A, C, B)
-    P = Blocks(np.eye(T), -np.ones((T, T)) / N, B)
-    PKP = P @ K @ P
-    tr = PKP.trace()
-    scale = 1.0 / (tr / N + eps)
-    shat = PKP * (N / max(tr, 1e-300))  # E[x̂ x̂ᵀ] over channels
-    fwd = (PKP.within() * scale, PKP.across() * scale)
-
-    def back(GA, GC):
-        G = Blocks.of(GA, GC, B)
-        GP = G @ P
-        SG = shat @ G
-        t = SG.trace()
-        res = (P @ GP) + (shat @ GP + P @ (G @ shat)) * (-1.0 / N)
-        res = res + shat * (t / N**2) + (SG @ shat) * (2.0 / N**2)
-        res = res * scale
-        return res.within(), res.across()
+        k = (GA + (B - 1) * GC).sum(axis=1)  # row sums of G, per position
+        cen = (k[:, None] + k[None, :]) / N - B * k.sum() / N**2
+        pgp_w, pgp_a = GA - cen, GC - cen  # P G P, within and across
+        gx = xh @ (GA - GC).T + xh.sum(axis=1, keepdims=True) @ GC.T  # G x̂
+        s = np.einsum("mbt,mbt->m", xh, gx)  # x̂ᵀ G x̂
+        g1 = gx - gx.mean(axis=(1, 2), keepdims=True)  # P G x̂
+        w = inv[:, None, None]
+        a1, c1 = _blocks(xh * w, g1)
+        a2, c2 = _blocks(g1, xh * w)
+        a3, c3 = _blocks(xh * (inv * s)[:, None, None], xh)
+        e = inv.mean()
+        within = pgp_w * e - (a1 + a2) / N + a3 / N**2
+        across = pgp_a * e - (c1 + c2) / N + c3 / N**2
+        return within, across
 
     return fwd, back
 
