@@ -194,26 +194,20 @@ def theory_ffn_grads(
 ) -> list[float]:
     """``gw.theory.predict``'s ‖∂L/∂W‖ of each block's second feed-forward layer.
 
-    The theory predicts with a read-out gradient of unit variance per output element; the
-    cross-entropy's gradient at the logits, (softmax − one-hot)/(B·T), sets the scale (the
-    boundary condition at the output, computed from one forward pass of the same batch).
-    The theory reads the batch's second moments only: its first THEORY_BATCH sequences
-    suffice, the gradient's scale then corrected to the whole batch's mean (1/B per example).
+    The theory starts its backward pass from the cross-entropy's gradient at the logits on the
+    same batch, (softmax − one-hot)/(B·T) (the boundary condition at the output: its second
+    moments within and across sequences; the softmax's part is common to all sequences, so
+    the sequences' contributions to ∂L/∂W add coherently, not only as a sum of squares).
     """
     from gradwatch.experiments import gw
 
-    n = min(THEORY_BATCH, len(x))
-    share = n / len(x)  # ‖∂L/∂W‖² of a mean over B independent examples goes as 1/B
-    x, y = x[:n], y[:n]
-    table = gw.theory.predict(model, inputs=x).table.set_index("layer")
     with torch.no_grad():
         logits = model(x)  # (B, V, T)
         p = torch.softmax(logits.double(), dim=1)
         onehot = F.one_hot(y, logits.shape[1]).transpose(1, 2).double()  # (B, V, T)
-        delta2 = float(((p - onehot) / (y.numel())).pow(2).sum())
-    scale = delta2 / logits.numel() * share
-    names = ffn2_names(depth, arch)
-    return [math.sqrt(float(table.loc[name, "weight_grad2"]) * scale) for name in names]
+        grad = (p - onehot) / y.numel()
+    table = gw.theory.predict(model, inputs=x, readout=grad).table.set_index("layer")
+    return [math.sqrt(float(table.loc[n, "weight_grad2"])) for n in ffn2_names(depth, arch)]
 
 
 def train(
@@ -318,7 +312,6 @@ FAILED = 0.5  # "stalls or diverges": final loss above this share of ln 15 (or n
 TRAINED = 0.1  # "trains": final loss below this share of ln 15
 DEEPNORM_TILT = 0.5  # DeepNorm's last/first ratio is at most this share of post-LN's
 THEORY_FACTOR = 2.0  # predicted and measured FFN gradients agree within this factor
-THEORY_BATCH = 32  # sequences the theory reads (it needs their second moments only)
 
 
 def claims(numbers: dict[str, Any]) -> list[Claim]:

@@ -38,6 +38,7 @@ from gradwatch.theory.values import (
     Table,
     Unknown,
     Value,
+    data_stats,
     features_per_row,
     present_positions,
 )
@@ -150,14 +151,17 @@ def interpret(
     Args:
         trace: a recorded forward pass.
         readout: "random" (independent unit gradients at the output: a random linear
-            read-out) or "output" (δ = y: the gradient of ½‖y‖², ``gw.check``'s default).
+            read-out), "output" (δ = y: the gradient of ½‖y‖², ``gw.check``'s default), or
+            a tensor of the output's shape, ∂L/∂output itself (its second moments, within
+            and across examples, seed the backward pass).
         samples: draws for the attention moments (Gaussian expectations over the scores).
         seed: seed of those draws.
 
     Returns:
         the :class:`Interpretation`.
     """
-    mixing = any(op.name in BATCH_MIXING for op in trace.ops)
+    given = isinstance(readout, torch.Tensor)
+    mixing = given or any(op.name in BATCH_MIXING for op in trace.ops)
     space, rid = input_space(trace.inputs, mixing)
     for _ in range(3):
         try:
@@ -239,7 +243,11 @@ def _backward(
     rid = getattr(out_v, "rid", None)
     n = features_per_row(rid) if rid is not None else 1
     present = present_positions(space, rid) if rid is not None else np.ones(space.T, bool)
-    if readout == "output":
+    if isinstance(readout, torch.Tensor):
+        st = data_stats(space, readout.detach().to(torch.float64), rid)
+        ga = st.A * n
+        gc = st.C * n if st.C is not None else np.zeros_like(ga)
+    elif readout == "output":
         st = rules.stats_of(ctx, out_v)
         ga = st.A * n
         gc = st.C * n if st.C is not None else (np.zeros_like(ga) if space.track_cross else None)

@@ -97,7 +97,7 @@ def predict_graph(
     inputs: tuple[torch.Tensor, ...],
     tol: float,
     train_mode: bool = True,
-    readout: str = "random",
+    readout: Any = "random",
     samples: int = 512,
 ) -> Prediction:
     """The prediction of a traced model (see the module docstring)."""
@@ -118,6 +118,14 @@ def _predict_graph(model, inputs, tol, train_mode, readout, samples) -> Predicti
             f"inputs do not fit the model (the forward pass failed: {msg}); pass inputs= in the "
             "shape model(*inputs) expects"
         ) from exc
+    if isinstance(readout, torch.Tensor):
+        out = first_tensor(trace.output)
+        if out is None or tuple(readout.shape) != tuple(out.shape):
+            got = None if out is None else tuple(out.shape)
+            raise GradwatchValueError(
+                f"readout has shape {tuple(readout.shape)} but the model's output has shape "
+                f"{got}; pass the gradient of the loss with respect to that output"
+            )
     interp = interpret(trace, readout=readout, samples=samples)
     if interp.space.T > MAX_POSITIONS:
         raise GradwatchValueError(

@@ -92,8 +92,10 @@ def predict(
         train_mode: run the forward pass in train mode (BatchNorm uses batch statistics),
             as ``gw.check`` does.
         readout: the gradient at the output: "random" (a random linear read-out:
-            independent unit gradients) or "output" (the gradient of ½‖y‖², ``gw.check``'s
-            default loss).
+            independent unit gradients), "output" (the gradient of ½‖y‖², ``gw.check``'s
+            default loss), or a tensor ∂L/∂output of the output's shape (e.g. a
+            cross-entropy's (softmax − one-hot)/N on the same batch), whose second moments
+            within and across examples start the backward pass.
         samples: draws of the Gaussian expectations over attention scores (more: smoother).
 
     Returns:
@@ -125,10 +127,11 @@ def predict(
             f"tol must be a number in (0, 1), got {tol!r}; it is the half-width of the "
             f"critical band of the per-layer factor (default {CRITICAL_TOL})"
         )
-    if readout not in ("random", "output"):
+    if not isinstance(readout, torch.Tensor) and readout not in ("random", "output"):
         raise GradwatchValueError(
-            f"readout must be 'random' or 'output', got {readout!r}; 'random' is a random "
-            "linear read-out, 'output' the gradient of 0.5*||y||^2"
+            f"readout must be 'random', 'output' or a tensor (the gradient of the loss with "
+            f"respect to the model's output), got {readout!r}; 'random' is a random linear "
+            "read-out, 'output' the gradient of 0.5*||y||^2"
         )
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 16:
         raise GradwatchValueError(
