@@ -23,7 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from gradwatch.theory import rules, rules_attention, rules_norm
+from gradwatch.theory import (
+    rules,
+    rules_attention,
+    rules_linear,
+    rules_norm,
+    rules_pointwise,
+    rules_shape,
+)
 from gradwatch.theory.trace import Op, Trace
 from gradwatch.theory.values import (
     Const,
@@ -42,6 +49,17 @@ from gradwatch.theory.values import (
     features_per_row,
     present_positions,
 )
+
+#: The rule of each operation (by ATen name); elementwise operations without one go to
+#: :func:`~gradwatch.theory.rules_pointwise.pointwise`, others to
+#: :func:`~gradwatch.theory.rules.default`.
+RULES = {
+    **rules_shape.RULES,
+    **rules_linear.RULES,
+    **rules_pointwise.RULES,
+    **rules_norm.RULES,
+    **rules_attention.RULES,
+}
 
 #: Operations that mix the rows of different examples (the cross-example moments C are
 #: tracked only when the model has one).
@@ -224,12 +242,11 @@ def _run(trace, space, rid, readout, samples, seed) -> Interpretation:
 
 def _apply(ctx: Context, op: Op, args: tuple, kwargs: dict) -> Any:
     name = op.name
-    for table in (rules_attention.RULES, rules_norm.RULES, rules.RULES):
-        rule = table.get(name)
-        if rule is not None:
-            return rule(ctx, op, args, kwargs)
+    rule = RULES.get(name)
+    if rule is not None:
+        return rule(ctx, op, args, kwargs)
     if torch.Tag.pointwise in op.func.tags:
-        return rules.pointwise(ctx, op, args, kwargs)
+        return rules_pointwise.pointwise(ctx, op, args, kwargs)
     return rules.default(ctx, op, args, kwargs)
 
 
