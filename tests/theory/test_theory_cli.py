@@ -132,7 +132,7 @@ def test_a_transformer_from_settings_for_people(capsys):
         "2", "--seq-len", "4",
     )  # fmt: skip
     assert code == 0, err
-    for needle in ("transformer", "healthy", "body.layers.1.linear2", "attenuation"):
+    for needle in ("transformer", "healthy", "body.layers.1.linear2", "attenuation", "‖δ_last‖²"):
         assert needle in stdout
 
 

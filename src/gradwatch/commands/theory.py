@@ -384,6 +384,11 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+def _cell(value: Any) -> str:
+    value = float(value)
+    return _format(value) if math.isfinite(value) else "–"
+
+
 def _print_table(result: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -410,11 +415,15 @@ def _print_prediction(settings: dict[str, Any], pred: Any) -> None:
     console = Console()
     console.print(f"[bold]{settings['kind'].replace('_', ' ')}[/bold]: {title}")
     console.print(pred.summary())
-    table = Table(title="predicted per layer (input side first)")
-    for col in ("layer", "type", "q", "attenuation ‖δ‖²/‖δ_last‖²"):
-        table.add_column(col, justify="left" if col in ("layer", "type") else "right")
+    table = Table(
+        title="predicted per layer (input side first)",
+        caption="attenuation = ‖δ‖²/‖δ_last‖², δ = ∂L/∂(layer output); q = mean square of "
+        "the output; – : no output of its own (its parent uses its weights) or no rule",
+    )
+    table.add_column("layer", no_wrap=True)
+    table.add_column("type", max_width=14, overflow="ellipsis", no_wrap=True)
+    table.add_column("q", justify="right", no_wrap=True)
+    table.add_column("attenuation", justify="right", no_wrap=True)
     for row in pred.table.itertuples(index=False):
-        table.add_row(
-            str(row.layer), str(row.type), _format(float(row.q)), _format(float(row.attenuation))
-        )
+        table.add_row(str(row.layer), str(row.type), _cell(row.q), _cell(row.attenuation))
     console.print(table)
