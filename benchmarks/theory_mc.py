@@ -6,6 +6,8 @@ Usage::
     python benchmarks/theory_mc.py --quick            # the subset the default test suite runs
     python benchmarks/theory_mc.py --only gpt2_4,bert_4
     python benchmarks/theory_mc.py --json benchmarks/results/theory_mc.json
+    python benchmarks/theory_mc.py --table benchmarks/results/theory_mc.json   # no run: the
+                                      # Markdown table of docs/explain/theory.md from a JSON
 
 For each configuration (``benchmarks/theory_mc/configs.py``) the theory predicts each
 layer's attenuation ‖δ_layer‖²/‖δ_last‖² from the weights of one model, and Monte Carlo
@@ -30,6 +32,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 from benchmarks.theory_mc import BY_NAME, CONFIGS, check_config  # noqa: E402
+from benchmarks.theory_mc.table import markdown  # noqa: E402
 
 
 def run(names: list[str], seeds: int | None = None) -> list[dict]:
@@ -69,7 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="", help="comma-separated configuration names")
     parser.add_argument("--seeds", type=int, default=None, help="seeds per configuration")
     parser.add_argument("--json", default="", help="write the results here")
+    parser.add_argument(
+        "--table", default="", metavar="JSON", help="print the Markdown table of a results file"
+    )
+    parser.add_argument("--markdown", action="store_true", help="print the Markdown table too")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(Path(args.table).read_text())["configs"]))
+        return 0
     torch.set_num_threads(1)
     names = [c.name for c in CONFIGS if c.quick or not args.quick]
     if args.only:
@@ -81,6 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = run(names, args.seeds)
     passed = sum(r["passed"] for r in rows)
     print(f"{passed}/{len(rows)} configurations pass ({time.time() - start:.0f} s)", flush=True)
+    if args.markdown:
+        print(markdown(_clean(rows)))
     if args.json:
         out = {
             "torch": torch.__version__,

@@ -212,6 +212,22 @@ def _transformers() -> list[Config]:
             seeds=6,
         ),
         Config(
+            "gpt2_4_dropout",
+            "Hugging Face",
+            "GPT2LMHeadModel, 4 layers, d = 64, its default dropout 0.1 (train mode)",
+            partial(gpt2, 4, dropout=0.1),
+            tokens(64),
+            seeds=6,
+        ),
+        Config(
+            "bert_4_dropout",
+            "Hugging Face",
+            "BertForMaskedLM, 4 layers, d = 64, its default dropout 0.1 (train mode)",
+            partial(bert, 4, dropout=0.1),
+            tokens(64),
+            seeds=6,
+        ),
+        Config(
             "gpt2_2_small",
             "Hugging Face",
             "GPT2LMHeadModel from a config: 2 layers, d = 32",

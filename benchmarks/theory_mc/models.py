@@ -16,8 +16,18 @@ from gradwatch.experiments.architectures import (
 __all__ = ["DeepNormEncoder", "ResidualMLP", "TokenEncoder", "bert", "gpt2", "independent_layers_"]
 
 
-def gpt2(layers: int = 4, d: int = 64, heads: int = 4, vocab: int = 64, positions: int = 32):
-    """``GPT2LMHeadModel`` from a config (its own init: N(0, 0.02), scaled residual projections)."""
+def gpt2(
+    layers: int = 4,
+    d: int = 64,
+    heads: int = 4,
+    vocab: int = 64,
+    positions: int = 32,
+    dropout: float = 0.0,
+):
+    """``GPT2LMHeadModel`` from a config (its own init: N(0, 0.02), scaled residual projections).
+
+    ``dropout`` sets the residual, embedding and attention dropout (GPT-2's default is 0.1).
+    """
     from transformers import GPT2Config, GPT2LMHeadModel
 
     cfg = GPT2Config(
@@ -26,17 +36,24 @@ def gpt2(layers: int = 4, d: int = 64, heads: int = 4, vocab: int = 64, position
         n_embd=d,
         n_layer=layers,
         n_head=heads,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+        resid_pdrop=dropout,
+        embd_pdrop=dropout,
+        attn_pdrop=dropout,
         bos_token_id=0,
         eos_token_id=0,
     )
     return GPT2LMHeadModel(cfg)
 
 
-def bert(layers: int = 4, d: int = 64, heads: int = 4, vocab: int = 64, positions: int = 32):
-    """``BertForMaskedLM`` from a config (post-LN, N(0, 0.02) init)."""
+def bert(
+    layers: int = 4,
+    d: int = 64,
+    heads: int = 4,
+    vocab: int = 64,
+    positions: int = 32,
+    dropout: float = 0.0,
+):
+    """``BertForMaskedLM`` from a config (post-LN, N(0, 0.02) init; BERT's dropout is 0.1)."""
     from transformers import BertConfig, BertForMaskedLM
 
     cfg = BertConfig(
@@ -46,7 +63,7 @@ def bert(layers: int = 4, d: int = 64, heads: int = 4, vocab: int = 64, position
         num_attention_heads=heads,
         intermediate_size=2 * d,
         max_position_embeddings=positions,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     return BertForMaskedLM(cfg)

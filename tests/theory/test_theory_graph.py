@@ -179,3 +179,18 @@ def test_bad_inputs_and_settings_are_named():
         T.predict(model, inputs=torch.randn(4, 8), readout="loss")
     with pytest.raises(GradwatchValueError, match="samples"):
         T.predict(model, inputs=torch.randn(4, 8), samples=3)
+
+
+def test_dropout_in_train_mode_scales_both_passes_by_one_over_keep():
+    # inverted dropout: mask² has mean 1/keep, so the forward q and the backward ‖δ‖² both
+    # gain 1/keep = 2 across it (HF models build the mask as empty_like(x).bernoulli_())
+    torch.manual_seed(6)
+    model = nn.Sequential(nn.Linear(64, 256), nn.Dropout(0.5), nn.Linear(256, 64))
+    x = torch.randn(64, 64)
+    with_drop = T.predict(model, inputs=x)
+    without = T.predict(model, inputs=x, train_mode=False)
+    assert with_drop.verdict != "uncertain" and not with_drop.reason
+    q = [p.table.set_index("layer").loc["2", "q"] for p in (with_drop, without)]
+    a = [p.table.set_index("layer").loc["0", "attenuation"] for p in (with_drop, without)]
+    assert q[0] / q[1] == pytest.approx(2.0, rel=0.05)
+    assert a[0] / a[1] == pytest.approx(2.0, rel=0.05)

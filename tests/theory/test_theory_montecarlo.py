@@ -61,3 +61,31 @@ def test_quick_configurations_match_monte_carlo(config):
 @pytest.mark.parametrize("config", FULL, ids=lambda c: c.name)
 def test_every_configuration_matches_monte_carlo(config):
     _assert_config(config)
+
+
+def test_the_docs_table_is_the_recorded_results():
+    import json
+
+    from benchmarks.theory_mc.table import markdown
+
+    results = json.loads(Path(ROOT, "benchmarks/results/theory_mc.json").read_text())["configs"]
+    assert {r["name"] for r in results} == {c.name for c in CONFIGS}
+    assert all(r["passed"] for r in results)
+    page = Path(ROOT, "docs/explain/theory.md").read_text()
+    assert markdown(results) in page, "regenerate: python benchmarks/theory_mc.py --table ..."
+    n_layers = sum(r["n_layers"] for r in results if r["expect"] == "predicted")
+    n_configs = sum(r["expect"] == "predicted" for r in results)
+    assert f"{n_layers:,} layers of {n_configs} configurations".replace(",", " ") in page
+
+
+def test_the_table_marks_a_disagreement():
+    from benchmarks.theory_mc.table import row
+
+    layer = {"layer": "a", "predicted": -1.0, "measured": -1.5, "sd": 0.1, "tolerance": 0.1}
+    result = {
+        "name": "x", "description": "d", "expect": "predicted", "verdict": "healthy",
+        "passed": False, "worst_over_tolerance": 5.0, "measured_span": [-1.5, 0.0],
+        "n_layers": 2, "layers": [{**layer, "ok": False}, {**layer, "layer": "b", "ok": True}],
+    }  # fmt: skip
+    line = row(result)
+    assert "**no**" in line and "1/2" in line and "0.50" in line and "-1.00" in line

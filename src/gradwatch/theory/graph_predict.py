@@ -110,6 +110,9 @@ def predict_graph(
 
 
 def _predict_graph(model, inputs, tol, train_mode, readout, samples) -> Prediction:
+    copies = identical_copies(model)
+    if copies:  # known before running anything: say so at once
+        return outside(model, shared_reason(copies))
     try:
         trace = record(model, inputs, train_mode=train_mode)
     except (RuntimeError, IndexError, TypeError, ValueError) as exc:
@@ -253,6 +256,44 @@ def shared_weights(trace: Trace, interp: Interpretation) -> str:
             for key in dict.fromkeys(same):
                 pname = trace.params.get(key, "")
                 names.append(pname.rsplit(".", 1)[0] if "." in pname else pname or "?")
+    return shared_reason(names)
+
+
+def identical_copies(model: nn.Module) -> list[str]:
+    """Modules whose weight matrices (distinct parameters) hold identical values."""
+    groups: dict[tuple, list[tuple[str, torch.Tensor]]] = {}
+    for name, p in model.named_parameters():
+        wd = p.detach()
+        if wd.dim() < 2 or not wd.is_floating_point() or float(wd.double().var()) == 0.0:
+            continue  # vectors (norms' γ start alike by design) and constant matrices
+        flat = wd.reshape(-1)
+        print_ = (tuple(wd.shape), float(flat.double().sum()), float(flat[0]), float(flat[-1]))
+        groups.setdefault(print_, []).append((name, wd))
+    names: list[str] = []
+    for members in groups.values():
+        ref = members[0][1]
+        same = [n for n, w in members if torch.equal(ref, w)]
+        if len(same) > 1:
+            names.extend(n.rsplit(".", 1)[0] if "." in n else n for n in same)
+    return list(dict.fromkeys(names))
+
+
+def outside(model: nn.Module, reason: str) -> Prediction:
+    """An "uncertain" prediction with its reason, one row per layer, nothing predicted."""
+    rows = [
+        {"layer": ly.name, "type": ly.type_name, "activation": ""} for ly in find_layers(model)
+    ]
+    table = pd.DataFrame(rows, columns=["layer", "type", "activation"])
+    for col in ("fan_in", "sigma_w2", "sigma_b2", "q", "chi1", "weight_grad2", "attenuation"):
+        table[col] = math.nan
+    return Prediction(
+        table=table, phase="critical", gradient_ratio=math.nan, trainable_depth=math.nan,
+        verdict="uncertain", depth=len(table), reason=reason, method="graph",
+    )  # fmt: skip
+
+
+def shared_reason(names: list[str]) -> str:
+    """Why weight matrices that act at several places, or start identical, are outside."""
     if not names:
         return ""
     shown = ", ".join(f"'{n}'" for n in list(dict.fromkeys(names))[:4])

@@ -14,7 +14,9 @@ the structure says (a weight used in a way the graph does not show), weights tha
 random-looking any more (after training, or set by hand), inputs far from the batch's
 statistics. The finding is a note (severity "info"): it changes no verdict.
 
-Nothing is said when the theory does not apply (its verdict is "uncertain" or "nonfinite"),
+Nothing is said when the theory does not apply (its verdict is "uncertain" or "nonfinite";
+a convolutional chain predicted from its modules, whose closed form is per element and does
+not count the positions that strides and pooling remove),
 or when it cannot run on the batch (too many positions, an error): a second opinion must
 never break a checkup.
 """
@@ -26,10 +28,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from torch import nn
 
 from gradwatch.findings import Finding
+from gradwatch.structure import is_recurrent
 from gradwatch.wording import number
 
+#: Layers the traced theory has no rule for (a chain of them is predicted per element only).
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: Disagreement: |log10 measured − log10 predicted| of ‖δ‖²/‖δ_last‖² above this many decades...
 MISMATCH_DECADES = 1.0
 #: ... and above this share of |log10 predicted| (ratios far from 1 scatter more).
@@ -57,12 +63,14 @@ def second_opinion(
     """
     from gradwatch.theory.predict import predict
 
+    if any(isinstance(m, CONV) or is_recurrent(m) for m in model.modules()):
+        return []  # outside the traced theory: no need to run the model once more to learn it
     try:
         pred = predict(model, inputs=inputs, readout=readout, train_mode=train_mode)
     except Exception:  # the theory cannot run here: say nothing rather than break the checkup
         return []
-    if pred.verdict in ("uncertain", "nonfinite"):
-        return []
+    if pred.verdict in ("uncertain", "nonfinite") or pred.method != "graph":
+        return []  # a chain's closed form is per element: it does not count positions
     return compare(pred.table, table, pred.verdict)
 
 

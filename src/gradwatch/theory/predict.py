@@ -58,6 +58,12 @@ from gradwatch.verdicts import depth_verdict
 
 #: Module types that count as layers.
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: Why a recurrent model is outside (no batch helps: the rules need independent layers).
+RECURRENT_REASON = (
+    "the model has recurrent layers (RNN/LSTM/GRU): time acts as depth with the same weights "
+    "at every step, which this theory of independent random layers does not model; measure "
+    "it with gw.check (its gradient flow through time)"
+)
 #: Columns of a plain chain's table.
 CHAIN_COLUMNS = (
     "layer", "type", "activation", "fan_in", "sigma_w2", "sigma_b2", "q", "chi1", "attenuation",
@@ -141,10 +147,12 @@ def predict(
     if not isinstance(train_mode, bool):
         raise GradwatchTypeError(f"train_mode must be a bool, got {type(train_mode).__name__}")
     _check_weights(model)
+    if any(is_recurrent(m) for m in model.modules()):
+        pred = predict_chain(model, q0, tol, require_layers=False)
+        return replace(pred, reason=RECURRENT_REASON) if pred.verdict == "uncertain" else pred
     chain = outside_theory(model) == ""
     if inputs is None and chain:
         return predict_chain(model, q0, tol)
-    hint = "; pass inputs= (a batch for model(*inputs)) to predict it from its forward pass"
     if inputs is None:
         probe = graph_predict.probe_inputs(model, q0)
         if probe is not None:
@@ -153,9 +161,34 @@ def predict(
             except GradwatchValueError:
                 pass  # the probe does not fit this model: say what is missing
         pred = predict_chain(model, q0, tol, require_layers=False)
-        return replace(pred, reason=pred.reason + hint) if pred.reason else pred
+        if not pred.reason:
+            return pred
+        if any(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) for m in model.modules()):
+            reason = (
+                "the model has convolutions in a net that is not a plain chain of layers: "
+                "their overlapping windows mix positions, for which the rules read from a "
+                "forward pass have none yet; measure the model with gw.check"
+            )
+        else:
+            reason = (
+                pred.reason + "; pass inputs= (a batch for model(*inputs)) to predict it from "
+                "its forward pass"
+            )
+        return replace(pred, reason=reason)
     inputs = graph_predict.check_inputs(inputs)
-    return graph_predict.predict_graph(model, inputs, tol, train_mode, readout, samples)
+    pred = graph_predict.predict_graph(model, inputs, tol, train_mode, readout, samples)
+    if pred.verdict == "uncertain" and chain:
+        # a plain chain the operations' rules cannot follow (convolutions): its modules
+        # still give the closed-form recursion, from the batch's mean square
+        return predict_chain(model, _mean_square(inputs, q0), tol)
+    return pred
+
+
+def _mean_square(inputs: tuple[torch.Tensor, ...], default: float) -> float:
+    """E[x²] of the first floating-point input (``default`` when none, or not positive)."""
+    x = next((t for t in inputs if t.is_floating_point() and t.numel()), None)
+    q = float(x.detach().double().pow(2).mean()) if x is not None else default
+    return q if math.isfinite(q) and q > 0 else default
 
 
 def _check_weights(model: nn.Module) -> None:

@@ -209,7 +209,29 @@ def reduce_features(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
 
 
 
+# ------------------------------------------------------------------- convolutions
+#: Why a convolution of a signal is outside (the reason ``predict`` reports).
+CONVOLUTION_REASON = (
+    "a convolution: its overlapping windows mix positions, for which this theory has no rule "
+    "yet (a plain chain of Conv layers and activations is predicted from its modules; measure "
+    "any other with gw.check)"
+)
+
+
+def convolution(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
+    """A convolution of the input or of a signal by a weight: outside the theory (the reason)."""
+    x, w = args[0], args[1] if len(args) > 1 else kwargs.get("weight")
+    if isinstance(x, Unknown):
+        return x
+    if isinstance(x, Data | Field | Lazy) and isinstance(w, Table):
+        return Unknown(f"{CONVOLUTION_REASON} (aten.{op.name})")
+    return default(ctx, op, args, kwargs)
+
+
 RULES = {
+    "convolution": convolution,
+    "_convolution": convolution,
+    "mkldnn_convolution": convolution,
     "addmm": matmul,
     "mm": matmul,
     "bmm": matmul,

@@ -287,3 +287,17 @@ def attention_movement(ctx, op, args, kwargs, src):
 
 RULES = {name: movement for name in MOVEMENT}
 RULES["cat"] = movement
+
+
+# ------------------------------------------------------------- shape-only constructors
+#: Tensors made in the shape of another, whose values do not depend on it (the noise that
+#: dropout fills in place on CPU: ``empty_like(x).bernoulli_(1 - p)``).
+LIKE = ("empty_like", "zeros_like", "ones_like", "full_like", "rand_like", "randn_like")
+
+
+def like(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
+    """A tensor shaped like a signal, its values independent of it: a constant."""
+    return Const(op.out.detach()) if isinstance(op.out, torch.Tensor) else None
+
+
+RULES.update(dict.fromkeys(LIKE, like))
