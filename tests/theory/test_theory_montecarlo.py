@@ -3,7 +3,8 @@ max(0.1 decade, 5% of the log) of the geometric mean over freshly drawn models.
 
 The quick configurations run by default; every configuration (≥ 20: residual MLPs with tanh,
 ReLU and GELU branches, α from 1/√L to 1, depth 12–50; pre-LN and post-LN
-nn.TransformerEncoder with 6 and 24 layers; GPT-2 and BERT from a config; with and without a
+nn.TransformerEncoder with 6 and 24 layers; GPT-2 and BERT from a config (with and without
+their default dropout); with and without a
 final norm; BatchNorm residual nets; DeepNorm) under ``-m slow``.
 """
 
