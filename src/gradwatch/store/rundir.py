@@ -36,10 +36,10 @@ from gradwatch.store.format import (
     FINDINGS,
     FORMAT_VERSION,
     META,
-    PART_RE,
     STATS_DIR,
     is_real_dir,
     live_parts,
+    part_numbers,
     remove_entry,
 )
 from gradwatch.store.safe_write import write_bytes_atomic, write_json_atomic
@@ -368,9 +368,9 @@ def _steps_on_disk(stats: Path) -> tuple[list[int], int]:
     """Distinct steps in the live parts, and the highest part number present (-1 if none)."""
     top = -1
     for f in stats.iterdir():
-        m = PART_RE.match(f.name)
-        if m:
-            top = max(top, int(m.group(2) or m.group(1)))
+        nums = part_numbers(f.name)
+        if nums is not None:
+            top = max(top, nums[1])
     steps: set[int] = set()
     for part in live_parts(stats):
         try:
