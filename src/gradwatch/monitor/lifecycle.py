@@ -37,6 +37,7 @@ from gradwatch.store.rundir import (
     Diagnose,
     RunDirectory,
 )
+from gradwatch.store.writer import MAX_WAIT_SECS
 
 _LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -131,6 +132,7 @@ class Lifecycle:
     _status = CLOSED
     _write_warned = False
     _dropped_warned = 0
+    _overdue_warned = False
     _diagnosed = False
     _meta_ordered = False  # meta.json rewritten once the execution order of layers is known
     _dist_broken = False  # a collective failed: no further collective from this rank
@@ -235,6 +237,15 @@ class Lifecycle:
             )
         elif not errs and self._write_warned and self._writer.pending_rows == 0:
             self._write_warned = False  # the fault cleared: warn again if another comes
+        if self._writer.overdue and not self._overdue_warned:
+            self._overdue_warned = True
+            warnings.warn(
+                f"gradwatch: writing one flush to {where} took over {MAX_WAIT_SECS:.0f} s (a slow "
+                "or hanging disk); training goes on without waiting for it, so until the writer "
+                "catches up a kill may lose more than the last two flush intervals",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         dropped = self._writer.dropped_rows
         if dropped and not self._dropped_warned:
             self._dropped_warned = dropped

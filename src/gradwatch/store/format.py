@@ -45,8 +45,10 @@ def part_name(first: int, last: int | None = None) -> str:
 
 
 def part_numbers(name: str) -> tuple[int, int] | None:
-    """(first, last) flush numbers of a part's file name (equal for a single part), or None
-    for a name that is not a part's."""
+    """(first, last) flush numbers of a part's file name (equal for a single part).
+
+    None for a name that is not a part's.
+    """
     m = PART_RE.match(name)
     if m is None:
         return None

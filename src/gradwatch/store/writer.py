@@ -5,6 +5,13 @@ steps concatenated on their device) and the structure needed to read it. The wri
 moves it to the host (the only device-to-host transfer), decodes it into per-layer statistics
 with NumPy, and writes one Parquet part through a temporary file and a rename.
 
+Bounded: the writer is never more than one flush behind. A flush waits until the previous
+one is written (:meth:`RunWriter.submit`), so at any moment the statistics not on disk are
+those of the flush being written and of the steps buffered since: a SIGKILL loses fewer than
+two flush intervals (one step at ``flush_every=1``). The wait costs training nothing while the
+writer keeps up, and slows it to the writer's pace when parts are asked for faster than they
+can be written.
+
 Faults: a write that fails (disk full, a filesystem turned read-only, the directory removed)
 is kept for the training thread to report once; training goes on and the rows are retried at
 the next flush and at close. Rows held for retries are bounded (``max_pending_rows``): past
@@ -36,11 +43,18 @@ from gradwatch.store.safe_write import write_with
 
 STAT_INDEX = {s: i for i, s in enumerate(ALL_STATS)}
 COMPACT_AT = 32  # merge single parts once this many have accumulated
+#: Single parts up to this many rows in all are kept in memory until they are compacted, so
+#: that a compaction does not read back what was just written (most of the writer's time at
+#: small flush intervals); larger ones are read back from disk.
+COMPACT_CACHE_ROWS = 500_000
 MAX_PENDING_ROWS = 2_000_000  # rows held for retries after failed writes (~40 MB of Arrow)
 #: How much lower than the training thread the writer thread runs (Linux nice increment):
 #: on a machine whose cores training keeps busy, a flush then takes time the training does
 #: not need instead of time it does. The writer still gets its share, so flushes finish.
 WRITER_NICE = 10
+#: Longest a flush waits for the previous one to be written (seconds). Past it (a disk that
+#: hangs) training goes on and the flush is queued: training is never held up for good.
+MAX_WAIT_SECS = 60.0
 
 
 @dataclass
@@ -173,10 +187,13 @@ class RunWriter:
         self.dropped_steps: tuple[int, int] | None = None  # (first, last) step given up
         self.written_rows = 0
         self._single_parts: list[int] = []
+        self._single_tables: list[pa.Table] | None = []  # their tables (None: read them back)
         self.error: BaseException | None = None
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()  # guards _pending and the counters read by close()
         self._q: queue.Queue[_Batch | None] = queue.Queue()
+        self._last: _Batch | None = None  # the last batch handed over
+        self.overdue = 0  # flushes queued after MAX_WAIT_SECS without the previous written
         self._thread = threading.Thread(target=self._loop, name="gradwatch-writer", daemon=True)
         self._thread.start()
 
@@ -190,13 +207,20 @@ class RunWriter:
             # the model moved to another device between flushes: meet on the host (rare)
             parts = [t.cpu() for t in parts]
         flat = torch.cat(parts)
-        batch = _Batch(flat, [(b.step, b.kind, b.key, b.tensor.numel()) for b in blocks])
-        self._q.put(batch)
-        return batch
+        return self._hand_over(
+            _Batch(flat, [(b.step, b.kind, b.key, b.tensor.numel()) for b in blocks])
+        )
 
     def submit_flat(self, structure: list[tuple[int, str, Any, int]], flat: Any) -> _Batch:
         """Hand over an already concatenated flush (used for flushes combined across ranks)."""
-        batch = _Batch(torch.as_tensor(flat), list(structure))
+        return self._hand_over(_Batch(torch.as_tensor(flat), list(structure)))
+
+    def _hand_over(self, batch: _Batch) -> _Batch:
+        """Queue ``batch`` once the previous one is written (backpressure: one flush behind)."""
+        prev = self._last
+        if prev is not None and not prev.done.wait(MAX_WAIT_SECS):
+            self.overdue += 1
+        self._last = batch
         self._q.put(batch)
         return batch
 
@@ -300,6 +324,7 @@ class RunWriter:
                 table = pa.concat_tables(pending)
                 write_part(stats_dir / part_name(self._seq), table)
                 self._single_parts.append(self._seq)
+                self._keep_for_compaction(table)
                 self._seq += 1
                 with self._lock:
                     del self._pending[: len(pending)]
@@ -315,14 +340,25 @@ class RunWriter:
         Only the recent single parts are merged (never earlier ranges), so the cost of a
         compaction stays bounded however long the run is.
         """
-        singles = [stats_dir / part_name(s) for s in self._single_parts]
-        singles = [p for p in singles if p.exists()]
+        names = [stats_dir / part_name(s) for s in self._single_parts]
+        singles = [p for p in names if p.exists()]
+        kept, self._single_tables = self._single_tables, []
         if len(singles) >= 2:
-            table = pa.concat_tables([pq.read_table(p) for p in singles]).combine_chunks()
+            if kept is None or len(singles) != len(names):
+                kept = [pq.read_table(p) for p in singles]
+            table = pa.concat_tables(kept).combine_chunks()
             write_part(stats_dir / part_name(self._single_parts[0], self._single_parts[-1]), table)
             for p in singles:
                 p.unlink(missing_ok=True)
         self._single_parts.clear()
+
+    def _keep_for_compaction(self, table: pa.Table) -> None:
+        """Keep a written single part's table for the next compaction, while they are small."""
+        kept = self._single_tables
+        if kept is not None:
+            kept.append(table)
+            if sum(t.num_rows for t in kept) > COMPACT_CACHE_ROWS:
+                self._single_tables = None
 
     def _report(self, exc: BaseException) -> None:
         """Keep the error for the training thread to report (warnings from threads get lost)."""
