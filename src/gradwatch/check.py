@@ -39,7 +39,7 @@ from gradwatch import handoff
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.findings import Finding
 from gradwatch.jsonable import json_cell, json_number, jsonable
-from gradwatch.layers import Layer, find_layers
+from gradwatch.layers import Layer, check_hookable, find_layers
 from gradwatch.monitor import watch
 from gradwatch.probes import TEMPORAL_COLUMNS, ForwardProbe, TemporalProbe
 from gradwatch.store.reader import Run
@@ -204,6 +204,7 @@ def check(
             ``targets`` do not fit the output, or ``loss_fn`` does not return a scalar.
     """
     layers = find_layers(model)  # validates model: nn.Module with parameters
+    check_hookable(model)
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         raise GradwatchValueError(
             "model has uninitialised (lazy) parameters; run one forward pass, e.g. "
@@ -314,6 +315,11 @@ def _as_args(inputs: Any) -> tuple[torch.Tensor, ...]:
 
 def _non_empty(args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     for x in args:
+        if x.device.type == "meta":
+            raise GradwatchValueError(
+                f"inputs are on the meta device (shape {tuple(x.shape)}, no values), so no "
+                "gradient can be measured; pass a real batch, e.g. torch.randn(8, ...)"
+            )
         if x.numel() == 0:
             raise GradwatchValueError(
                 f"inputs has no elements (shape {tuple(x.shape)}); give a batch of at least "

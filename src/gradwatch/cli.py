@@ -110,7 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    from gradwatch.report.names import printable  # an error may quote a layer or file name
+
+    return printable(" ".join(str(exc).split())) or type(exc).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -274,7 +274,11 @@ def _fmt(v: Any) -> str:
 def print_checkup(cu: Any) -> None:
     """Print a checkup for people: verdict, findings, per-layer table with a log10 bar."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
+
+    from gradwatch.report.names import printable
 
     console = Console()
     colour = {"healthy": "green", "dead": "yellow", "saturated": "yellow"}.get(cu.verdict, "red")
@@ -283,9 +287,11 @@ def print_checkup(cu: Any) -> None:
     )
     for f in cu.findings:
         style = {"error": "red", "warning": "yellow"}.get(f.severity, "cyan")
-        console.print(f"[{style}]{f.severity:>7}[/] [bold]{f.kind}[/]: {f.message}")
+        console.print(f"[{style}]{f.severity:>7}[/] [bold]{escape(printable(f.kind))}[/]: "
+                      f"{escape(printable(f.message))}")
         if f.remedies:
-            console.print(f"         try: {', '.join(f.remedies)}", style="dim")
+            console.print(f"         try: {escape(printable(', '.join(f.remedies)))}",
+                          style="dim")
     bp = [float(v) for v in cu.table["backprop_norm"] if math.isfinite(v) and v > 0]
     lo, hi = (math.log10(min(bp)), math.log10(max(bp))) if bp else (0.0, 0.0)
     table = Table(title="layers, input side first; bar: log10 ‖∂L/∂output‖")
@@ -312,8 +318,8 @@ def print_checkup(cu: Any) -> None:
             table.add_row("…", "", "", "", "", "", "")
             continue
         table.add_row(
-            str(r.layer),
-            str(r.type),
+            Text(printable(r.layer)),
+            Text(printable(r.type)),
             _fmt(r.backprop_norm),
             _bar(r.backprop_norm, lo, hi),
             _fmt(r.grad_norm),
@@ -324,6 +330,7 @@ def print_checkup(cu: Any) -> None:
     for layer, grp in cu.temporal.groupby("layer", sort=False):
         r = grp["ratio"].to_numpy()
         console.print(
-            f"temporal flow in '{layer}': ‖∂L/∂x_t‖/‖∂L/∂x_T‖ = {r[0]:.3g} at t=0, "
-            f"{r[len(r) // 2]:.3g} at t={len(r) // 2}, over {len(r)} steps"
+            f"temporal flow in '{printable(layer)}': ‖∂L/∂x_t‖/‖∂L/∂x_T‖ = {r[0]:.3g} at t=0, "
+            f"{r[len(r) // 2]:.3g} at t={len(r) // 2}, over {len(r)} steps",
+            markup=False,
         )

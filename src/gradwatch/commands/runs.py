@@ -161,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
+    from gradwatch.report.names import printable
+
     if not args.dir:
         raise GradwatchValueError("DIR is an empty path; give the folder that holds your runs")
     root = Path(args.dir)
@@ -174,9 +176,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     console = Console()
     if not rows:
-        console.print(f"no gradwatch runs under {escape(str(root))}")
+        console.print(f"no gradwatch runs under {escape(printable(root))}")
         return 0
-    table = Table(title=f"gradwatch runs under {escape(str(root))}")
+    table = Table(title=f"gradwatch runs under {escape(printable(root))}")
     for col in ("run", "model", "status", "steps", "layers", "verdict", "updated"):
         table.add_column(col, overflow="fold")
     colour = {"healthy": "green", "not diagnosed": "dim"}
@@ -185,13 +187,14 @@ def run(args: argparse.Namespace) -> int:
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(upd)) if upd else ""
         v = str(r.get("verdict", ""))
         status = str(r.get("status", ""))
+        status = printable(status)
         table.add_row(
-            escape(r["run"]),
-            escape(str(r.get("model", ""))),
+            escape(printable(r["run"])),
+            escape(printable(r.get("model", ""))),
             escape(status) if status in ("closed", "running") else f"[red]{escape(status)}[/]",
             str(r.get("steps", "")),
             str(r.get("layers", "")),
-            f"[{colour.get(v, 'red')}]{escape(v)}[/]" if v else "",
+            f"[{colour.get(v, 'red')}]{escape(printable(v))}[/]" if v else "",
             when,
         )
     console.print(table)

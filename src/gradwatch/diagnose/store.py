@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from gradwatch.errors import GradwatchTypeError, RunDirectoryError
-from gradwatch.findings import Finding
+from gradwatch.findings import Finding, checked_dict
 from gradwatch.jsonable import jsonable
 from gradwatch.store.format import FINDINGS, META
 from gradwatch.store.safe_write import write_atomic
@@ -51,7 +51,7 @@ def store_findings(run_dir: str | Path, findings: Iterable[Finding]) -> Path:
                 f"findings must hold Finding objects, got {type(f).__name__}; pass the list "
                 "returned by gw.diagnose"
             )
-        lines.append(json.dumps(jsonable(f.to_dict()), allow_nan=False))
+        lines.append(json.dumps(jsonable(checked_dict(f)), allow_nan=False))
     if not (path / META).is_file():
         raise RunDirectoryError(
             f"run_dir {str(path)!r} is not a gradwatch run (no {META}); pass the directory "

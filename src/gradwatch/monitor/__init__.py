@@ -96,8 +96,7 @@ class Monitor(HotPath, StepRecord, OptimHooks, Forensics, Lifecycle, MetaMixin):
         for flag, val in (("activations", activations), ("overwrite", overwrite),
                           ("resume", resume)):
             opts.check_flag(flag, val)
-        if distributed is not None:
-            opts.check_flag("distributed", distributed)
+        opts.check_distributed(distributed, process_group)
         diagnose = opts.check_diagnose(diagnose)
         opts.check_positive_int("max_pending_rows", max_pending_rows, MAX_PENDING_ROWS)
         opts.check_optional_path("tensorboard", tensorboard)
@@ -107,17 +106,11 @@ class Monitor(HotPath, StepRecord, OptimHooks, Forensics, Lifecycle, MetaMixin):
                 "overwrite=True and resume=True contradict each other: resume continues the "
                 "run in run_dir, overwrite deletes it; pass one of them"
             )
+        opts.check_resume(resume, run_dir)
         if not activations:
             wanted -= set(SOURCES["act"])
-        optimizers = check_optimizers(optimizer)
-        if scaler is not None and not callable(getattr(scaler, "step", None)):
-            raise GradwatchTypeError(
-                f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}"
-            )
-        if scaler is not None and not optimizers:
-            raise GradwatchValueError(
-                "scaler= needs optimizer=: pass the optimizer that scaler.step() steps"
-            )
+        optimizers = check_optimizers(optimizer, model)
+        opts.check_scaler(scaler, optimizers)
 
         self.model = model
         self.stats = tuple(s for s in ALL_STATS if s in wanted)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradwatch.monitor.options import SETTINGS
 from gradwatch.store.format import FORMAT_VERSION
 from gradwatch.structure import describe
 
@@ -66,8 +67,10 @@ class MetaMixin:
                 "scaler": type(self._scaler).__name__ if self._scaler is not None else None,
                 "flush_every": self.flush_every,
                 "flush_secs": self.flush_secs,
-                **self._config,
+                # config= merged in; a key naming one of the settings above stays in "config"
+                **{k: v for k, v in self._config.items() if k not in SETTINGS},
             },
+            "config": self._config or None,
             "versions": {
                 "gradwatch": _version(),
                 "torch": torch.__version__,

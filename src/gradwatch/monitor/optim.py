@@ -18,8 +18,14 @@ class _General(Exception):
     """Internal signal: take the general gradient path."""
 
 
-def check_optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
-    """The optimizers as a list; raises for anything that is not a torch optimizer."""
+def check_optimizers(optimizer: Any, model: torch.nn.Module) -> list[torch.optim.Optimizer]:
+    """The optimizers as a list.
+
+    Raises:
+        GradwatchTypeError: an item is not a torch optimizer.
+        GradwatchValueError: they hold none of ``model``'s parameters: their steps would
+            never touch the model, so nothing it does would be recorded.
+    """
     if optimizer is None:
         return []
     opts = list(optimizer) if isinstance(optimizer, list | tuple) else [optimizer]
@@ -29,6 +35,14 @@ def check_optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
                 f"optimizer must be a torch.optim.Optimizer (or a list of them), "
                 f"got {type(o).__name__}"
             )
+    held = {id(p) for o in opts for group in o.param_groups for p in group["params"]}
+    if opts and not any(id(p) in held for p in model.parameters()):
+        raise GradwatchValueError(
+            f"optimizer holds none of the model's parameters ({len(held)} others), so its "
+            "steps would train something else and the watched model would record nothing; "
+            "pass the optimizer built from this model, e.g. "
+            "torch.optim.SGD(model.parameters(), lr=0.1)"
+        )
     return opts
 
 

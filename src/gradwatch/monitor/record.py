@@ -221,7 +221,13 @@ class StepRecord:
                     self._warn_skip("a loss on the meta device")
                     loss = None
             elif isinstance(loss, int | float) and not isinstance(loss, bool):
-                val = torch.tensor(float(loss), dtype=F32)
+                try:
+                    val = torch.tensor(float(loss), dtype=F32)
+                except OverflowError:
+                    raise GradwatchValueError(
+                        f"loss is an integer of {len(str(abs(loss)))} digits, past any float; "
+                        "pass the loss as a float or a tensor (float('inf') for an infinite one)"
+                    ) from None
             else:
                 raise GradwatchTypeError(
                     f"loss must be a tensor or a number, got {type(loss).__name__}"
