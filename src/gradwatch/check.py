@@ -36,7 +36,7 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from gradwatch import handoff
-from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.errors import GradwatchError, GradwatchTypeError, GradwatchValueError
 from gradwatch.findings import Finding
 from gradwatch.jsonable import json_cell, json_number, jsonable
 from gradwatch.layers import Layer, check_hookable, find_layers
@@ -205,6 +205,12 @@ def check(
     """
     layers = find_layers(model)  # validates model: nn.Module with parameters
     check_hookable(model)
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise GradwatchValueError(
+            "model has parameters on the meta device (shapes without values), so no gradient "
+            "can be measured; materialise them first, e.g. model.to_empty(device='cpu') and "
+            "an init, or gw.remedies.init_(model, 'he')"
+        )
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         raise GradwatchValueError(
             "model has uninitialised (lazy) parameters; run one forward pass, e.g. "
@@ -354,7 +360,9 @@ def _expected(layer: Layer, x: torch.Tensor) -> str | None:
 def _forward(model: nn.Module, args: tuple[torch.Tensor, ...], layers: list[Layer]) -> Any:
     try:
         return model(*args)
-    except (RuntimeError, IndexError) as exc:
+    except (RuntimeError, IndexError, ValueError) as exc:
+        if isinstance(exc, GradwatchError):
+            raise
         got = ", ".join(str(tuple(a.shape)) for a in args)
         exp = _expected(layers[0], args[0])
         hint = (
@@ -363,6 +371,9 @@ def _forward(model: nn.Module, args: tuple[torch.Tensor, ...], layers: list[Laye
             else f"got inputs of shape {got}"
         )
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        if "more than 1 value per channel" in msg:  # BatchNorm in train mode, one example
+            hint += (" (normalization in train mode needs more than one example per batch: "
+                     "give a batch of 2 or more, or check in eval mode, train_mode=False)")
         raise GradwatchValueError(
             f"inputs do not fit the model: {hint}; the forward pass failed with: {msg}"
         ) from exc

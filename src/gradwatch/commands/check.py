@@ -48,6 +48,8 @@ def _physical_memory() -> int:
 #: quarter of the machine's memory when that is less. A check needs a few examples; a batch
 #: near the memory size would be killed, or swap, instead of saying what is wrong.
 MAX_INPUT_BYTES = min(2**30, _physical_memory() // 4)
+#: Most classes ``--targets classes:K`` may name (labels are drawn as int64).
+MAX_CLASSES = 2**31 - 1
 
 
 def register(subparsers: Any) -> None:
@@ -238,9 +240,11 @@ def random_targets(spec: str, batch: int, seed: int = 0) -> torch.Tensor:
     import torch
 
     kind, _, k = spec.partition(":")
-    if kind != "classes" or not k.isdigit() or int(k) < 2:
+    # ASCII digits only: "²".isdigit() is true, and int() refuses it
+    if kind != "classes" or not (k.isascii() and k.isdigit()) or not 2 <= int(k) <= MAX_CLASSES:
         raise GradwatchValueError(
-            f"--targets {spec!r} must be classes:K with K >= 2 classes, e.g. classes:10"
+            f"--targets {spec!r} must be classes:K with 2 <= K <= {MAX_CLASSES:,} classes, e.g. "
+            "classes:10"
         )
     gen = torch.Generator().manual_seed(seed + 1)
     return torch.randint(0, int(k), (batch,), generator=gen)

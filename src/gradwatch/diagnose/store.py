@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from gradwatch.argcheck import check_path_length
 from gradwatch.errors import GradwatchTypeError, RunDirectoryError
 from gradwatch.findings import Finding, checked_dict
 from gradwatch.jsonable import jsonable
@@ -36,6 +37,7 @@ def store_findings(run_dir: str | Path, findings: Iterable[Finding]) -> Path:
         raise GradwatchTypeError(
             f"run_dir must be a path to a run directory, got {type(run_dir).__name__}"
         )
+    check_path_length("run_dir", run_dir)
     path = Path(run_dir)
     if not path.is_dir():
         raise RunDirectoryError(f"run_dir {str(path)!r} is not an existing directory")
