@@ -11,7 +11,6 @@ import re
 
 import pytest
 import torch
-from torch import nn
 
 import gradwatch as gw
 from gradwatch.cli import main
