@@ -197,6 +197,8 @@ class HotPath(ActivationHooks):
             return
         if self._act_pend:
             self.reduce_activations()  # the previous forward pass did not return
+        if self._flush_due and not self._replaying:
+            self.flush(wait=False)  # a new step begins: no loss came for the last one
         if torch.is_grad_enabled() and not self._replaying:
             self._forward_seen = True
             self._last_layer = -1

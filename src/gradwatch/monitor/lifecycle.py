@@ -173,7 +173,7 @@ class Lifecycle:
         return self._step
 
     def flush(self, wait: bool = True) -> None:
-        """Hand buffered statistics to the writer; with ``wait``, until they are written.
+        """Hand buffered statistics to the writer; with ``wait``, until all of it is written.
 
         Under ``torch.distributed`` every rank must call it together (steps, close() and the
         step-count schedule do).
@@ -181,13 +181,15 @@ class Lifecycle:
         Raises:
             DistributedFlushError: under torch.distributed, another rank stopped.
         """
+        self._flush_due = False
         if self._dist:
             self._flush_distributed(wait)
-        elif self._buffer:
-            batch = self._writer.submit(self._buffer)
-            self._buffer = []
+        else:
+            if self._buffer:
+                self._writer.submit(self._buffer)
+                self._buffer = []
             if wait:
-                self._writer.wait(batch)
+                self._writer.wait()  # this flush and those before it (one may be in flight)
         self._last_flush = time.monotonic()
         self._report_write_errors()
         if self.run_dir is not None and self._n_recorded and not self._meta_ordered:

@@ -25,6 +25,7 @@ class StepRecord:
     """Mixin of :class:`~gradwatch.monitor.Monitor`: record, close and reset a step."""
 
     _compile_warned = False
+    _flush_due = False  # a flush waits for the loss of the step optimizer.step() closed
 
     def _rows(self, rb) -> tuple[list[int], torch.Tensor] | None:
         """The rows a :class:`~gradwatch.monitor.hooks.RowBuffer` got this step, and values."""
@@ -143,6 +144,8 @@ class StepRecord:
                 RuntimeWarning,
                 stacklevel=3,
             )
+        # optimizer.step() closes a recorded step before mon.step(loss) brings its loss
+        loss_to_come = bool(self._optimizers and self._rec and not self._losses)
         if self._rec:
             if self._snap_fresh:
                 self._snap_fresh = False
@@ -178,10 +181,16 @@ class StepRecord:
         self._decide(self._step)
         self._sync_hooks()
         if len(self._buffer) and (
-            self._n_recorded % self.flush_every == 0
+            self._flush_due
+            or self._n_recorded % self.flush_every == 0
             or time.monotonic() - self._last_flush > self.flush_secs
         ):
-            self.flush(wait=False)
+            if loss_to_come and not self._flush_due:
+                # flush when the loss comes (or at the next forward pass, if it does not),
+                # so that the part holds it
+                self._flush_due = True
+            else:
+                self.flush(wait=False)
 
     def step(self, loss: torch.Tensor | float | None = None) -> None:
         """Mark the end of a training step (or, with ``optimizer=``, pass the loss).
@@ -241,6 +250,8 @@ class StepRecord:
                         self._buffer.append(Block(prev, "loss", (), val.to(F32).reshape(1)))
                 elif self._rec:
                     self._losses.append(val)
+            if self._flush_due:
+                self.flush(wait=False)  # the flush that waited for this loss
             return
         # manual mode
         if loss is not None and self._rec:

@@ -251,8 +251,9 @@ class RunWriter:
             return None
         return min(a for a, _ in spans), max(b for _, b in spans)
 
-    def wait(self, batch: _Batch | None, timeout: float = 60.0) -> None:
-        """Block until ``batch`` is written."""
+    def wait(self, batch: _Batch | None = None, timeout: float = 60.0) -> None:
+        """Block until ``batch`` is written (by default: every batch handed over so far)."""
+        batch = batch if batch is not None else self._last
         if batch is not None:
             batch.done.wait(timeout)
 
