@@ -40,7 +40,7 @@ from gradwatch.errors import GradwatchError, GradwatchTypeError, GradwatchValueE
 from gradwatch.findings import Finding
 from gradwatch.jsonable import json_cell, json_number, jsonable
 from gradwatch.layers import Layer, check_hookable, find_layers
-from gradwatch.monitor import watch
+from gradwatch.monitor import standing_aside, watch
 from gradwatch.probes import TEMPORAL_COLUMNS, ForwardProbe, TemporalProbe
 from gradwatch.store.reader import Run
 from gradwatch.structure import describe
@@ -244,7 +244,8 @@ def check(
     state = _save_state(model)
     rng_devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
     try:
-        with torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
+        # a Monitor watching the model (a check inside a training step) does not see this pass
+        with standing_aside(model), torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
             model.train(train_mode)
             for p in model.parameters():
                 p.grad = None

@@ -29,7 +29,7 @@ from gradwatch.handoff import diagnose_at_close
 from gradwatch.layers import find_activations, find_layers
 from gradwatch.monitor import options as opts
 from gradwatch.monitor.hooks import HotPath
-from gradwatch.monitor.lifecycle import _LIVE, Lifecycle, set_default_diagnose
+from gradwatch.monitor.lifecycle import _LIVE, Lifecycle, set_default_diagnose, standing_aside
 from gradwatch.monitor.meta import MetaMixin, describe_structure
 from gradwatch.monitor.optim import OptimHooks, check_optimizers
 from gradwatch.monitor.origin import Forensics
@@ -41,7 +41,7 @@ from gradwatch.stats.gradient import NormPlan
 from gradwatch.store.rundir import check_run_dir
 from gradwatch.store.writer import MAX_PENDING_ROWS, Block, Layout, RunWriter
 
-__all__ = ["Monitor", "set_default_diagnose", "watch"]
+__all__ = ["Monitor", "set_default_diagnose", "standing_aside", "watch"]
 
 
 class Monitor(HotPath, StepRecord, OptimHooks, Forensics, Lifecycle, MetaMixin):

@@ -1,7 +1,20 @@
-"""Small pieces of the Monitor's hot path: hook installation, hook switching, row buffers."""
+"""Small pieces of the Monitor's hot path: hook installation, hook switching, row buffers.
+
+And hooks that copies leave behind: every module (and optimizer) hook the Monitor registers
+goes through :func:`own`, so that ``copy.deepcopy``, ``pickle`` and ``torch.save`` of a
+watched model (an EMA or SWA copy, a best-model snapshot) carry none of them. PyTorch keeps a
+module's hooks in ``OrderedDict`` attributes that a copy duplicates; while a Monitor is open,
+a reducer registered with :mod:`copyreg` (the documented way to tell ``copy`` and ``pickle``
+how to reduce a type) leaves the Monitor's entries out of those dicts, and only of those:
+any other dict is reduced as Python would. The copy is then a plain, unwatched model, and a
+pickle of it names nothing of gradwatch.
+"""
 
 from __future__ import annotations
 
+import copyreg
+import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
@@ -91,3 +104,81 @@ class RowBuffer:
         self.called = []
         if self.extra:
             self.extra = {}
+
+
+# ------------------------------------------------------------------ hooks copies leave out
+_OWN: dict[int, tuple[weakref.ref, set[int]]] = {}  # id(hook dict) -> (the dict, our ids)
+_OWN_LOCK = threading.Lock()
+_PREVIOUS_REDUCER: Any = None  # what copyreg had for OrderedDict before us (normally none)
+_INSTALLED = False
+
+
+def own(handle: Any) -> Any:
+    """Mark a hook as the Monitor's: copies and pickles of its module leave it out.
+
+    Args:
+        handle: the ``RemovableHandle`` PyTorch returned for the hook (module forward hooks
+            and pre-hooks, optimizer step hooks).
+
+    Returns:
+        ``handle``.
+    """
+    global _INSTALLED
+    refs = (handle.hooks_dict_ref, *getattr(handle, "extra_dict_ref", ()))
+    with _OWN_LOCK:
+        for ref in refs:
+            hooks = ref()
+            if hooks is None:
+                continue
+            entry = _OWN.get(id(hooks))
+            if entry is None or entry[0]() is not hooks:
+                entry = _OWN[id(hooks)] = (weakref.ref(hooks), set())
+            entry[1].add(handle.id)
+        if not _INSTALLED:
+            _install_reducer()
+    return handle
+
+
+def disown(handles: Iterable[Any]) -> None:
+    """Forget hooks that were removed (the Monitor closed); the last one takes the reducer."""
+    with _OWN_LOCK:
+        for handle in handles:
+            for ref in (handle.hooks_dict_ref, *getattr(handle, "extra_dict_ref", ())):
+                hooks = ref()
+                entry = _OWN.get(id(hooks)) if hooks is not None else None
+                if entry is not None and entry[0]() is hooks:
+                    entry[1].discard(handle.id)
+                    if not entry[1]:
+                        del _OWN[id(hooks)]
+        for key in [k for k, (ref, _) in _OWN.items() if ref() is None]:
+            del _OWN[key]  # dicts of modules that are gone
+        if not _OWN and _INSTALLED:
+            _remove_reducer()
+
+
+def _reduce_ordered_dict(d: OrderedDict) -> Any:
+    """How copy and pickle reduce an OrderedDict: without the Monitor's hooks, if any."""
+    entry = _OWN.get(id(d))
+    if entry is not None and entry[0]() is d and any(k in entry[1] for k in d):
+        d = OrderedDict((k, v) for k, v in d.items() if k not in entry[1])
+    if _PREVIOUS_REDUCER is not None:
+        return _PREVIOUS_REDUCER(d)
+    return d.__reduce__()
+
+
+def _install_reducer() -> None:
+    global _INSTALLED, _PREVIOUS_REDUCER
+    _PREVIOUS_REDUCER = copyreg.dispatch_table.get(OrderedDict)
+    copyreg.pickle(OrderedDict, _reduce_ordered_dict)
+    _INSTALLED = True
+
+
+def _remove_reducer() -> None:
+    global _INSTALLED, _PREVIOUS_REDUCER
+    if copyreg.dispatch_table.get(OrderedDict) is _reduce_ordered_dict:
+        if _PREVIOUS_REDUCER is None:
+            del copyreg.dispatch_table[OrderedDict]
+        else:
+            copyreg.dispatch_table[OrderedDict] = _PREVIOUS_REDUCER
+    _PREVIOUS_REDUCER = None
+    _INSTALLED = False

@@ -44,6 +44,7 @@ from gradwatch.monitor.hookkit import (
     RowBuffer,
     hook_grad,
     hook_slots,
+    own,
     switch_hooks,
     tensors_in,
 )
@@ -81,6 +82,7 @@ class HotPath(ActivationHooks):
         self._act_bufs: dict[tuple, Stacked] = {}  # stacking buffers, by shape
         self._wanted = set(self.stats)
         self._replaying = False  # a NaN-forensics replay is running: hooks stand aside
+        self._aside = 0  # another pass runs on the model (gw.check): every hook stands aside
         self._idx_cache: dict = {}
         self._flag_cache: dict = {}
         self._channels_first = [isinstance(ly.module, _CONV) for ly in self.layers]
@@ -92,9 +94,9 @@ class HotPath(ActivationHooks):
         self._layer_handles: list[Any] = []
         self._act_handles: list[Any] = []
         self._handles.append(
-            self.model.register_forward_pre_hook(self._on_root_forward, with_kwargs=True)
+            own(self.model.register_forward_pre_hook(self._on_root_forward, with_kwargs=True))
         )
-        self._handles.append(self.model.register_forward_hook(self._on_root_done))
+        self._handles.append(own(self.model.register_forward_hook(self._on_root_done)))
         # gradient through time: a forward pre-hook on each recurrent layer (built once)
         self._time_rows: list[tuple[int, int]] = []  # (layer, T) of each call in the step
         self._time_vals: list[torch.Tensor] = []  # (2,) norms at t = 0 and t = T - 1
@@ -104,7 +106,7 @@ class HotPath(ActivationHooks):
             if "time" in self._need and isinstance(ly.module, nn.RNNBase)
         ]
         time_fns = [self._make_time_hook(li) for li, _ in time_layers]
-        time_handles = [m.register_forward_pre_hook(fn)
+        time_handles = [own(m.register_forward_pre_hook(fn))
                         for (_, m), fn in zip(time_layers, time_fns, strict=True)]
         self._handles += time_handles
         self._time_slots = hook_slots(time_handles, time_fns)
@@ -149,11 +151,11 @@ class HotPath(ActivationHooks):
         )
         if not self._layer_handles:
             self._layer_handles = [
-                ly.module.register_forward_hook(fn)
+                own(ly.module.register_forward_hook(fn))
                 for ly, fn in zip(self.layers, self._layer_fns, strict=True)
             ]
             self._act_handles = [
-                module.register_forward_hook(fn)
+                own(module.register_forward_hook(fn))
                 for (_, module, _), fn in zip(self._acts_info, self._act_fns, strict=True)
             ]
             self._layer_slots = hook_slots(self._layer_handles, self._layer_fns)
@@ -184,6 +186,21 @@ class HotPath(ActivationHooks):
             stacklevel=4,
         )
 
+    def _stand_aside(self, aside: bool) -> None:
+        """Let a pass that is not the training's run unseen (``gw.check`` on the model).
+
+        Standing aside switches every per-layer, activation and recurrent hook off and makes
+        the root hooks return at once; standing back switches on what the pending step needs.
+        Nested calls count.
+        """
+        self._aside += 1 if aside else -1
+        if aside and self._aside == 1:
+            for slots in (self._layer_slots, self._act_slots, self._time_slots):
+                switch_hooks(slots, False)
+            self._layers_on = self._acts_on = self._time_on = False
+        elif not aside and self._aside == 0 and not self._closed:
+            self._sync_hooks()
+
     def _on_compiled(self) -> None:
         # Under torch.compile the hooks do nothing (no graph break) and, from now on, stay
         # registered so that Dynamo's guards on them never change.
@@ -192,6 +209,8 @@ class HotPath(ActivationHooks):
 
     # -------------------------------------------------------------------- HOT PATH: hooks
     def _on_root_forward(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+        if self._aside:
+            return
         if torch.compiler.is_compiling():
             self._on_compiled()
             return
@@ -205,6 +224,8 @@ class HotPath(ActivationHooks):
             self._inputs = (args, kwargs)  # a reference, for NaN forensics; never copied
 
     def _on_root_done(self, module: nn.Module, args: Any, out: Any) -> None:
+        if self._aside:
+            return
         if self._act_pend and not torch.compiler.is_compiling():
             self.reduce_activations()
 

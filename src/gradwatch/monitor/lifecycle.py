@@ -13,12 +13,14 @@ Statuses: "closed" after a normal close; "failed" when an exception ends trainin
 from __future__ import annotations
 
 import atexit
+import contextlib
 import signal
 import sys
 import threading
 import time
 import warnings
 import weakref
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -26,6 +28,7 @@ import torch
 
 from gradwatch.errors import DistributedFlushError, GradwatchValueError
 from gradwatch.handoff import set_diagnose_at_close
+from gradwatch.monitor.hookkit import disown
 from gradwatch.monitor.listeners import remove_clip_listener
 from gradwatch.store.reader import Run, tables_to_frame
 from gradwatch.store.rundir import (
@@ -61,6 +64,27 @@ def _close_all() -> None:  # flush runs of a process that exits without closing 
             mon.close()
         except Exception:  # noqa: BLE001, S110 - never raise at exit
             pass
+
+
+@contextlib.contextmanager
+def standing_aside(model: torch.nn.Module) -> Iterator[None]:
+    """The open Monitors watching (part of) ``model`` stand aside while the block runs.
+
+    ``gw.check`` runs its own forward and backward pass on a model that may be watched, in
+    the middle of a training step; the step's record must stay the training's alone. A
+    Monitor of another model is left alone; Monitors created inside the block (the check's
+    own) record as usual.
+    """
+    ids = {id(m) for m in model.modules()}
+    mons = [m for m in list(_LIVE)
+            if not m.closed and any(id(ly.module) in ids for ly in m.layers)]
+    for m in mons:
+        m._stand_aside(True)
+    try:
+        yield
+    finally:
+        for m in mons:
+            m._stand_aside(False)
 
 
 def _abnormal_end(status: str) -> None:
@@ -320,7 +344,9 @@ class Lifecycle:
             raise flush_error
 
     def _remove_hooks(self) -> None:
-        for h in self._handles + self._layer_handles + self._act_handles:
+        handles = self._handles + self._layer_handles + self._act_handles
+        disown(handles)
+        for h in handles:
             h.remove()
         ref = getattr(self, "_clip_ref", None)
         if ref is not None:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.monitor.hookkit import own
 from gradwatch.monitor.listeners import add_clip_listener
 from gradwatch.stats.gradient import NormPlan, grad_block
 from gradwatch.stats.numeric import dense_real
@@ -67,8 +68,8 @@ class OptimHooks:
         if "clip" in self._need:
             self._clip_ref = add_clip_listener(self._on_clip)
         for opt in self._optimizers:
-            self._handles.append(opt.register_step_pre_hook(self._on_opt_pre))
-            self._handles.append(opt.register_step_post_hook(self._on_opt_post))
+            self._handles.append(own(opt.register_step_pre_hook(self._on_opt_pre)))
+            self._handles.append(own(opt.register_step_post_hook(self._on_opt_post)))
         self._scaler_patched = False
         if self._scaler is not None:
             scaler = self._scaler
