@@ -40,7 +40,8 @@ from gradwatch.errors import GradwatchError, GradwatchTypeError, GradwatchValueE
 from gradwatch.findings import Finding
 from gradwatch.jsonable import json_cell, json_number, jsonable
 from gradwatch.layers import Layer, check_hookable, find_layers
-from gradwatch.monitor import standing_aside, watch
+from gradwatch.monitor import watch
+from gradwatch.monitor.lifecycle import standing_aside
 from gradwatch.probes import TEMPORAL_COLUMNS, ForwardProbe, TemporalProbe
 from gradwatch.store.reader import Run
 from gradwatch.structure import describe

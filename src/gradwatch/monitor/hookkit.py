@@ -1,6 +1,6 @@
-"""Small pieces of the Monitor's hot path: hook installation, hook switching, row buffers.
+"""Small pieces of the taps' hot path: gradient hooks, switchable module hooks, row buffers.
 
-And hooks that copies leave behind: every module (and optimizer) hook the Monitor registers
+And hooks that copies leave behind: every module (and optimizer) hook a Monitor registers
 goes through :func:`own`, so that ``copy.deepcopy``, ``pickle`` and ``torch.save`` of a
 watched model (an EMA or SWA copy, a best-model snapshot) carry none of them. PyTorch keeps a
 module's hooks in ``OrderedDict`` attributes that a copy duplicates; while a Monitor is open,
@@ -54,20 +54,76 @@ def hook_grad(t: torch.Tensor, fn: Any) -> None:
         t.register_hook(fn)
 
 
-def hook_slots(handles: list[Any], fns: list[Any]) -> list[tuple[Any, int, Any]]:
-    """(hook dict, hook id, function) of each registered forward hook."""
-    return [(h.hooks_dict_ref(), h.id, fn) for h, fn in zip(handles, fns, strict=True)]
+class HookSet:
+    """Module hooks registered once and switched on or off by the schedule.
 
+    Switching a hook off takes its function out of the module's hook dict and switching it
+    on puts it back: a dict operation instead of a new handle per module per toggle. A module
+    whose hook dicts are empty takes PyTorch's fast call path, so a step that needs none of
+    a tap's hooks costs nothing for them.
 
-def switch_hooks(slots: list[tuple[Any, int, Any]], on: bool) -> None:
-    """Put registered hook functions back into their modules' dicts, or take them out."""
-    for hooks, hid, fn in slots:
+    While the set is *held* (:meth:`hold`: another pass, such as ``gw.check``, runs on the
+    model) every hook is out of its dict whatever the schedule asks; :meth:`switch` only
+    notes what the step wants, and releasing the hold applies it.
+    """
+
+    def __init__(self) -> None:
+        self.handles: list[Any] = []
+        self._slots: list[tuple[Any, int, Any]] = []
+        self.on = True
+        self.held = False
+
+    def forward(self, modules: Iterable[Any], fns: Iterable[Any], pre: bool = False) -> None:
+        """Register ``fns[i]`` as a forward hook (``pre``: forward pre-hook) of ``modules[i]``."""
+        for module, fn in zip(modules, fns, strict=True):
+            h = module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn)
+            self.add(h, fn)
+
+    def add(self, handle: Any, fn: Any) -> None:
+        """Manage a hook registered elsewhere (its handle and its function); copies leave it out."""
+        self.handles.append(own(handle))
+        self._slots.append((handle.hooks_dict_ref(), handle.id, fn))
+        if not self.on or self.held:
+            self._switch_one(self._slots[-1], False)
+
+    def switch(self, on: bool) -> None:
+        """Put the hook functions back into their modules' dicts, or take them out."""
+        on = bool(on)
+        if on == self.on:
+            return
+        self.on = on
+        if self.held:
+            return  # applied when the hold is released
+        for slot in self._slots:
+            self._switch_one(slot, on)
+
+    def hold(self, held: bool) -> None:
+        """Take every hook out while ``held`` (whatever :meth:`switch` asks); then restore."""
+        held = bool(held)
+        if held == self.held:
+            return
+        self.held = held
+        if self.on:
+            for slot in self._slots:
+                self._switch_one(slot, not held)
+
+    @staticmethod
+    def _switch_one(slot: tuple[Any, int, Any], on: bool) -> None:
+        hooks, hid, fn = slot
         if hooks is None:
-            continue  # the module is gone
+            return  # the module is gone
         if on:
             hooks[hid] = fn
         else:
             hooks.pop(hid, None)
+
+    def remove(self) -> None:
+        """Remove every hook for good."""
+        disown(self.handles)
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self._slots.clear()
 
 
 class RowBuffer:
@@ -99,6 +155,15 @@ class RowBuffer:
         self.views = [list(r.unbind()) for r in new.unbind()]
         self.stamp = self.stamp + [-1] * (n - len(self.stamp))
 
+    def gather(self, index: Any) -> tuple[list[int], torch.Tensor] | None:
+        """(rows written this step, their values) with one ``index_select``, or None.
+
+        ``index(rows, device)`` gives the rows' index tensor (``TapContext.index``).
+        """
+        if not self.called or self.buf is None:
+            return None
+        return self.called, self.buf.index_select(0, index(self.called, self.buf.device))
+
     def reset(self) -> None:
         """Start a new step (rows are overwritten by their next first call)."""
         self.called = []
@@ -113,8 +178,13 @@ _PREVIOUS_REDUCER: Any = None  # what copyreg had for OrderedDict before us (nor
 _INSTALLED = False
 
 
+def _dict_refs(handle: Any) -> tuple[Any, ...]:
+    """The weak references to the hook dicts a ``RemovableHandle`` removes its hook from."""
+    return (handle.hooks_dict_ref, *getattr(handle, "extra_dict_ref", ()))
+
+
 def own(handle: Any) -> Any:
-    """Mark a hook as the Monitor's: copies and pickles of its module leave it out.
+    """Mark a hook as a Monitor's: copies and pickles of its module leave it out.
 
     Args:
         handle: the ``RemovableHandle`` PyTorch returned for the hook (module forward hooks
@@ -124,9 +194,8 @@ def own(handle: Any) -> Any:
         ``handle``.
     """
     global _INSTALLED
-    refs = (handle.hooks_dict_ref, *getattr(handle, "extra_dict_ref", ()))
     with _OWN_LOCK:
-        for ref in refs:
+        for ref in _dict_refs(handle):
             hooks = ref()
             if hooks is None:
                 continue
@@ -140,10 +209,10 @@ def own(handle: Any) -> Any:
 
 
 def disown(handles: Iterable[Any]) -> None:
-    """Forget hooks that were removed (the Monitor closed); the last one takes the reducer."""
+    """Forget hooks that are being removed; the last one takes the reducer away."""
     with _OWN_LOCK:
         for handle in handles:
-            for ref in (handle.hooks_dict_ref, *getattr(handle, "extra_dict_ref", ())):
+            for ref in _dict_refs(handle):
                 hooks = ref()
                 entry = _OWN.get(id(hooks)) if hooks is not None else None
                 if entry is not None and entry[0]() is hooks:
@@ -157,7 +226,7 @@ def disown(handles: Iterable[Any]) -> None:
 
 
 def _reduce_ordered_dict(d: OrderedDict) -> Any:
-    """How copy and pickle reduce an OrderedDict: without the Monitor's hooks, if any."""
+    """How copy and pickle reduce an OrderedDict: without a Monitor's hooks, if any."""
     entry = _OWN.get(id(d))
     if entry is not None and entry[0]() is d and any(k in entry[1] for k in d):
         d = OrderedDict((k, v) for k, v in d.items() if k not in entry[1])
