@@ -162,6 +162,7 @@ class RunSession:
         self.run_dir = Path(run_dir) if run_dir is not None and rank == 0 else None
         self.status = CLOSED
         self.buffer: list[Block] = []
+        self.unsettled = False  # a flush handed to the writer may not be on disk yet
         self.dist, self.pg, self.rank = dist, process_group, rank
         self.describe, self.diagnose = describe, diagnose
         self.rundir: RunDirectory | None = None
@@ -212,6 +213,7 @@ class RunSession:
             if self.buffer:
                 self.writer.submit(self.buffer)
                 self.buffer = []
+                self.unsettled = self.run_dir is not None
             if wait:
                 self.writer.wait()  # this flush and those before it (one may be in flight)
         self.report_write_errors()
@@ -240,8 +242,22 @@ class RunSession:
         if self.rank == 0 and gathered is not None and structure:
             structure, flat = gw_dist.combine(gathered)
             batch = self.writer.submit_flat(structure, flat)
+            self.unsettled = self.run_dir is not None
             if wait:
                 self.writer.wait(batch)
+
+    def settle(self) -> None:
+        """The step after a flush closes: wait until that flush is on disk.
+
+        So a kill never loses more than the last flush interval: a finished step is either
+        in a part on disk or in the buffer since the last flush. The write has had a whole
+        training step to run; a disk that hangs is waited for once, at most
+        :data:`~gradwatch.store.writer.MAX_WAIT_SECS`.
+        """
+        self.unsettled = False
+        self.writer.settle()
+        if self.writer.overdue:
+            self.report_write_errors()
 
     def report_write_errors(self) -> None:
         """Warn (from the training thread) about writes that failed; training goes on."""
@@ -264,7 +280,7 @@ class RunSession:
             warnings.warn(
                 f"gradwatch: writing one flush to {where} took over {MAX_WAIT_SECS:.0f} s (a slow "
                 "or hanging disk); training goes on without waiting for it, so until the writer "
-                "catches up a kill may lose more than the last two flush intervals",
+                "catches up a kill may lose more than the last flush interval",
                 RuntimeWarning,
                 stacklevel=4,
             )

@@ -159,7 +159,10 @@ class TapLoop:
                 RuntimeWarning,
                 stacklevel=4,
             )
-        buffer = mon._session.buffer
+        session = mon._session
+        if session.unsettled:
+            session.settle()  # the last flush is on disk before this step counts as done
+        buffer = session.buffer
         # optimizer.step() closes a recorded step before mon.step(loss) brings its loss
         loss_to_come = bool(ctx.optimizers and ctx.plan.recorded and "loss" in ctx.wanted
                             and not self.taps_loss())

@@ -5,12 +5,14 @@ steps concatenated on their device) and the structure needed to read it. The wri
 moves it to the host (the only device-to-host transfer), decodes it into per-layer statistics
 with NumPy, and writes one Parquet part through a temporary file and a rename.
 
-Bounded: the writer is never more than one flush behind. A flush waits until the previous
-one is written (:meth:`RunWriter.submit`), so at any moment the statistics not on disk are
-those of the flush being written and of the steps buffered since: a SIGKILL loses fewer than
-two flush intervals (one step at ``flush_every=1``). The wait costs training nothing while the
-writer keeps up, and slows it to the writer's pace when parts are asked for faster than they
-can be written.
+Bounded: a flush is on disk before the training finishes another step. The Monitor calls
+:meth:`RunWriter.settle` when the step after a flush closes, and it waits there until the
+part is written; a flush also waits for the previous one (:meth:`RunWriter.submit`). So at
+any moment the finished steps not on disk are either those of the flush being written (the
+step after it still running) or those buffered since the last flush: a SIGKILL loses at most
+the last flush interval, ``flush_every`` steps (one at ``flush_every=1``). The write overlaps
+one training step; training waits only for what is left of it (nothing while a step takes
+longer than a part), and a disk that hangs holds it up for :data:`MAX_WAIT_SECS` at most.
 
 Faults: a write that fails (disk full, a filesystem turned read-only, the directory removed)
 is kept for the training thread to report once; training goes on and the rows are retried at
@@ -52,8 +54,8 @@ MAX_PENDING_ROWS = 2_000_000  # rows held for retries after failed writes (~40 M
 #: on a machine whose cores training keeps busy, a flush then takes time the training does
 #: not need instead of time it does. The writer still gets its share, so flushes finish.
 WRITER_NICE = 10
-#: Longest a flush waits for the previous one to be written (seconds). Past it (a disk that
-#: hangs) training goes on and the flush is queued: training is never held up for good.
+#: Longest the training waits for a flush to be written (seconds). Past it (a disk that
+#: hangs) training goes on and the flush stays queued: training is never held up for good.
 MAX_WAIT_SECS = 60.0
 
 
@@ -86,6 +88,7 @@ class _Batch:
     flat: torch.Tensor
     blocks: list[tuple[int, str, Any, int]]  # step, kind, key, length
     done: threading.Event = field(default_factory=threading.Event)
+    settled: bool = False  # the training thread has waited for it (RunWriter.settle)
 
 
 def decode(layout: Layout, blocks: list[tuple[int, str, Any, int]], flat: np.ndarray):
@@ -193,7 +196,7 @@ class RunWriter:
         self._lock = threading.Lock()  # guards _pending and the counters read by close()
         self._q: queue.Queue[_Batch | None] = queue.Queue()
         self._last: _Batch | None = None  # the last batch handed over
-        self.overdue = 0  # flushes queued after MAX_WAIT_SECS without the previous written
+        self.overdue = 0  # flushes not written after MAX_WAIT_SECS of waiting (settle)
         self._thread = threading.Thread(target=self._loop, name="gradwatch-writer", daemon=True)
         self._thread.start()
 
@@ -218,8 +221,8 @@ class RunWriter:
     def _hand_over(self, batch: _Batch) -> _Batch:
         """Queue ``batch`` once the previous one is written (backpressure: one flush behind)."""
         prev = self._last
-        if prev is not None and not prev.done.wait(MAX_WAIT_SECS):
-            self.overdue += 1
+        if prev is not None and not prev.settled:
+            self.settle()
         self._last = batch
         self._q.put(batch)
         return batch
@@ -250,6 +253,19 @@ class RunWriter:
         if not spans:
             return None
         return min(a for a, _ in spans), max(b for _, b in spans)
+
+    def settle(self) -> None:
+        """Wait until the last flush handed over is written, once, at most MAX_WAIT_SECS.
+
+        A flush not written by then is counted in :attr:`overdue` (a hanging disk) and not
+        waited for again: training goes on.
+        """
+        batch = self._last
+        if batch is None or batch.settled:
+            return
+        batch.settled = True
+        if not batch.done.wait(MAX_WAIT_SECS):
+            self.overdue += 1
 
     def wait(self, batch: _Batch | None = None, timeout: float = 60.0) -> None:
         """Block until ``batch`` is written (by default: every batch handed over so far)."""
