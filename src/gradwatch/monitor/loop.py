@@ -33,6 +33,7 @@ from gradwatch.monitor.optim import OptimizerHooks
 from gradwatch.monitor.tap import Record, StepPlan, overrides
 from gradwatch.monitor.taps import TAPS
 from gradwatch.monitor.tracker import LayerTracker
+from gradwatch.stats import native
 
 EVENTS = ("on_forward", "on_forward_done", "on_gradients", "before_optimizer_step",
           "after_optimizer_step", "on_nonfinite", "on_loss", "on_flush")
@@ -45,7 +46,8 @@ class TapLoop:
         step: index of the pending (not yet closed) step.
         n_recorded: steps recorded so far (a resumed run counts those on disk).
         forward_seen: a forward pass with gradients ran in the pending step.
-        taps: the taps, in :data:`~gradwatch.monitor.tap.TAPS` order.
+        all_taps: every tap, in :data:`~gradwatch.monitor.tap.TAPS` order; ``taps``: the active
+            ones (those the loop calls).
         flush_due: a flush waits for the loss of the step ``optimizer.step()`` closed.
         aside: how many passes that are not the training's run on the model now.
     """
@@ -63,16 +65,19 @@ class TapLoop:
         model: nn.Module = ctx.model
         self.handles = [
             own(model.register_forward_pre_hook(self.on_root_forward, with_kwargs=True)),
-            own(model.register_forward_hook(self.on_root_done)),
         ]
         self.tracker = ctx.tracker = LayerTracker(ctx)
-        self.taps = [cls(ctx) for cls in TAPS]
-        ctx.taps = {t.name: t for t in self.taps}
+        self.all_taps = [cls(ctx) for cls in TAPS]
+        ctx.taps = {t.name: t for t in self.all_taps}
         self.tracker.install()
-        for tap in self.taps:
+        for tap in self.all_taps:
             tap.install()
+        self.taps = [t for t in self.all_taps if t.active]  # the others cost nothing a step
         self.events = {ev: [t for t in self.taps if overrides(t, ev)] for ev in EVENTS}
+        if self.events["on_forward_done"]:
+            self.handles.append(own(model.register_forward_hook(self.on_root_done)))
         self.optim = OptimizerHooks(self)
+        native.refresh()  # the compiled kernels, if this machine has built them
 
     # -- the schedule ---------------------------------------------------------------------
     def begin_step(self) -> None:
@@ -201,9 +206,9 @@ class TapLoop:
     def _drop_meta(self, buffer: list[Any], start: int) -> None:
         """Drop the step's blocks that live on the ``meta`` device (they hold no values)."""
         new = buffer[start:]
-        if any(b.tensor.device.type == "meta" for b in new):
+        if any(b.tensor.is_meta for b in new):
             self.ctx.warn("statistics of tensors on the meta device")
-            buffer[start:] = [b for b in new if b.tensor.device.type != "meta"]
+            buffer[start:] = [b for b in new if not b.tensor.is_meta]
 
     def stand_aside(self, aside: bool) -> None:
         """Let a pass that is not the training's run unseen (``gw.check`` on the model).
@@ -220,7 +225,8 @@ class TapLoop:
     def hook_sets(self) -> list[Any]:
         """The switchable hook sets: the tracker's and each tap's (``hooks`` attribute)."""
         sets = [self.tracker.hooks]
-        sets += [t.hooks for t in self.taps if isinstance(getattr(t, "hooks", None), HookSet)]
+        sets += [t.hooks for t in self.all_taps
+                 if isinstance(getattr(t, "hooks", None), HookSet)]
         return sets
 
     def remove(self) -> None:
@@ -231,5 +237,5 @@ class TapLoop:
         self.handles.clear()
         self.optim.remove()
         self.tracker.remove()
-        for tap in self.taps:
+        for tap in self.all_taps:
             tap.remove()
