@@ -36,11 +36,12 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from gradwatch import handoff
-from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.errors import GradwatchError, GradwatchTypeError, GradwatchValueError
 from gradwatch.findings import Finding
 from gradwatch.jsonable import json_cell, json_number, jsonable
-from gradwatch.layers import Layer, find_layers
+from gradwatch.layers import Layer, check_hookable, find_layers
 from gradwatch.monitor import watch
+from gradwatch.monitor.lifecycle import standing_aside
 from gradwatch.probes import TEMPORAL_COLUMNS, ForwardProbe, TemporalProbe
 from gradwatch.store.reader import Run
 from gradwatch.structure import describe
@@ -209,6 +210,13 @@ def check(
             ``targets`` do not fit the output, or ``loss_fn`` does not return a scalar.
     """
     layers = find_layers(model)  # validates model: nn.Module with parameters
+    check_hookable(model)
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise GradwatchValueError(
+            "model has parameters on the meta device (shapes without values), so no gradient "
+            "can be measured; materialise them first, e.g. model.to_empty(device='cpu') and "
+            "an init, or gw.remedies.init_(model, 'he')"
+        )
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         raise GradwatchValueError(
             "model has uninitialised (lazy) parameters; run one forward pass, e.g. "
@@ -244,7 +252,8 @@ def check(
     state = _save_state(model)
     rng_devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
     try:
-        with torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
+        # a Monitor watching the model (a check inside a training step) does not see this pass
+        with standing_aside(model), torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
             model.train(train_mode)
             for p in model.parameters():
                 p.grad = None
@@ -325,6 +334,11 @@ def _as_args(inputs: Any) -> tuple[torch.Tensor, ...]:
 
 def _non_empty(args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     for x in args:
+        if x.device.type == "meta":
+            raise GradwatchValueError(
+                f"inputs are on the meta device (shape {tuple(x.shape)}, no values), so no "
+                "gradient can be measured; pass a real batch, e.g. torch.randn(8, ...)"
+            )
         if x.numel() == 0:
             raise GradwatchValueError(
                 f"inputs has no elements (shape {tuple(x.shape)}); give a batch of at least "
@@ -359,7 +373,9 @@ def _expected(layer: Layer, x: torch.Tensor) -> str | None:
 def _forward(model: nn.Module, args: tuple[torch.Tensor, ...], layers: list[Layer]) -> Any:
     try:
         return model(*args)
-    except (RuntimeError, IndexError) as exc:
+    except (RuntimeError, IndexError, ValueError) as exc:
+        if isinstance(exc, GradwatchError):
+            raise
         got = ", ".join(str(tuple(a.shape)) for a in args)
         exp = _expected(layers[0], args[0])
         hint = (
@@ -368,6 +384,9 @@ def _forward(model: nn.Module, args: tuple[torch.Tensor, ...], layers: list[Laye
             else f"got inputs of shape {got}"
         )
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        if "more than 1 value per channel" in msg:  # BatchNorm in train mode, one example
+            hint += (" (normalization in train mode needs more than one example per batch: "
+                     "give a batch of 2 or more, or check in eval mode, train_mode=False)")
         raise GradwatchValueError(
             f"inputs do not fit the model: {hint}; the forward pass failed with: {msg}"
         ) from exc
