@@ -36,16 +36,19 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from gradwatch import handoff
-from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch import probes as model_state
+from gradwatch.errors import GradwatchError, GradwatchTypeError, GradwatchValueError
 from gradwatch.findings import Finding
 from gradwatch.jsonable import json_cell, json_number, jsonable
-from gradwatch.layers import Layer, find_layers
+from gradwatch.layers import Layer, check_hookable, find_layers
 from gradwatch.monitor import watch
+from gradwatch.monitor.lifecycle import standing_aside
 from gradwatch.monitor.options import check_precision
 from gradwatch.probes import TEMPORAL_COLUMNS, ForwardProbe, TemporalProbe
 from gradwatch.stats.precision import PRECISION_STATS
 from gradwatch.store.reader import Run
 from gradwatch.structure import describe
+from gradwatch.theory.opinion import second_opinion
 from gradwatch.verdicts import verdict
 
 #: A diagnosis: ``rules(run, is_checkup) -> findings``. ``check`` sits below
@@ -179,6 +182,7 @@ def check(
     rules: Rules | None = None,
     precision: Any = None,
     loss_scale: float | None = None,
+    theory: bool = True,
 ) -> Checkup:
     """Check a model's gradient flow with one forward/backward pass on a batch.
 
@@ -199,13 +203,13 @@ def check(
             False for eval mode.
         rules: the diagnosis, ``rules(run, is_checkup) -> list[Finding]``; by default the
             rules of :mod:`gradwatch.diagnose` (see :func:`use_rules`).
-        precision: the format training would cast to, ``"fp16"``, ``"bf16"``, ``"e4m3"`` or
-            ``"e5m2"`` (or the torch dtype): the pass also records what a cast of each
-            layer's gradients and back-propagated signal to each format would flush or
-            overflow (:mod:`gradwatch.stats.precision`; columns of ``table``), and the
-            ``underflow``/``overflow`` rules name the layers for this format.
-        loss_scale: read those as if the loss were multiplied by it (e.g. 65536.0,
-            GradScaler's initial scale); None: no loss scaling.
+        precision: "fp16", "bf16", "e4m3" or "e5m2": also record what a cast to each format
+            flushes or overflows (:mod:`gradwatch.stats.precision`, columns of ``table``);
+            the underflow/overflow rules name the layers for this one.
+        loss_scale: read those as if the loss were multiplied by it; None: no scaling.
+        theory: add mean-field theory's second opinion
+            (:func:`gradwatch.theory.opinion.second_opinion`): a "theory_mismatch" note
+            (severity info, no verdict change) where prediction and measurement disagree.
 
     Returns:
         a :class:`Checkup` (``table``, ``findings``, ``verdict``, ``run``, ``loss``,
@@ -219,6 +223,13 @@ def check(
             ``targets`` do not fit the output, or ``loss_fn`` does not return a scalar.
     """
     layers = find_layers(model)  # validates model: nn.Module with parameters
+    check_hookable(model)
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise GradwatchValueError(
+            "model has parameters on the meta device (shapes without values), so no gradient "
+            "can be measured; materialise them first, e.g. model.to_empty(device='cpu') and "
+            "an init, or gw.remedies.init_(model, 'he')"
+        )
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         raise GradwatchValueError(
             "model has uninitialised (lazy) parameters; run one forward pass, e.g. "
@@ -234,6 +245,8 @@ def check(
     if not isinstance(train_mode, bool):
         raise GradwatchTypeError(f"train_mode must be a bool, got {type(train_mode).__name__}")
     precision, scale = check_precision(precision, loss_scale)
+    if not isinstance(theory, bool):
+        raise GradwatchTypeError(f"theory must be a bool, got {type(theory).__name__}")
     if rules is None:
         rules = _DEFAULT_RULES[0] if _DEFAULT_RULES else handoff.check_rules()
     if rules is None:
@@ -250,10 +263,11 @@ def check(
         args = tuple(a.to(device) for a in args)
         targets = targets.to(device) if targets is not None else None
 
-    state = _save_state(model)
+    state = model_state.save_state(model)
     rng_devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
     try:
-        with torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
+        # a Monitor watching the model (a check inside a training step) does not see this pass
+        with standing_aside(model), torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
             model.train(train_mode)
             for p in model.parameters():
                 p.grad = None
@@ -278,7 +292,7 @@ def check(
                 temporal.remove()
             run = mon.run
     finally:
-        _restore_state(model, state)
+        model_state.restore_state(model, state)
 
     loss_value = float(loss.detach().float().cpu())
     temporal_frame = temporal.frame()
@@ -293,16 +307,19 @@ def check(
         "loss_kind": loss_kind,
         "train_mode": train_mode,
         "nonfinite_origin": probe.origin(args),
-        "precision": precision,
-        "loss_scale": scale,
+        "precision": precision, "loss_scale": scale,
     }
     run.meta["structure"] = structure
     info = run.meta.setdefault("layer_info", {})
     for name, shape in probe.shapes.items():
         info.setdefault(name, {}).setdefault("out_shape", shape)
     findings = rules(run, True)
+    table = _table(run)
+    if theory:  # a note where mean-field theory disagrees with the measurement; no verdict change
+        readout = "output" if loss_kind == "default" else "random"
+        findings = findings + second_opinion(model, args, table, readout, train_mode)
     return Checkup(
-        table=_table(run),
+        table=table,
         findings=findings,
         verdict=verdict(findings),
         run=run,
@@ -333,6 +350,11 @@ def _as_args(inputs: Any) -> tuple[torch.Tensor, ...]:
 
 def _non_empty(args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     for x in args:
+        if x.device.type == "meta":
+            raise GradwatchValueError(
+                f"inputs are on the meta device (shape {tuple(x.shape)}, no values), so no "
+                "gradient can be measured; pass a real batch, e.g. torch.randn(8, ...)"
+            )
         if x.numel() == 0:
             raise GradwatchValueError(
                 f"inputs has no elements (shape {tuple(x.shape)}); give a batch of at least "
@@ -367,7 +389,9 @@ def _expected(layer: Layer, x: torch.Tensor) -> str | None:
 def _forward(model: nn.Module, args: tuple[torch.Tensor, ...], layers: list[Layer]) -> Any:
     try:
         return model(*args)
-    except (RuntimeError, IndexError) as exc:
+    except (RuntimeError, IndexError, ValueError) as exc:
+        if isinstance(exc, GradwatchError):
+            raise
         got = ", ".join(str(tuple(a.shape)) for a in args)
         exp = _expected(layers[0], args[0])
         hint = (
@@ -376,6 +400,9 @@ def _forward(model: nn.Module, args: tuple[torch.Tensor, ...], layers: list[Laye
             else f"got inputs of shape {got}"
         )
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        if "more than 1 value per channel" in msg:  # BatchNorm in train mode, one example
+            hint += (" (normalization in train mode needs more than one example per batch: "
+                     "give a batch of 2 or more, or check in eval mode, train_mode=False)")
         raise GradwatchValueError(
             f"inputs do not fit the model: {hint}; the forward pass failed with: {msg}"
         ) from exc
@@ -437,25 +464,6 @@ def _loss(out: Any, targets: torch.Tensor | None, loss_fn: Callable | None) -> t
             "(N, C) output, targets shaped like the output, or a loss_fn"
         )
     return F.mse_loss(y, targets.to(y.dtype)), "mse"
-
-
-# ------------------------------------------------------------------------ model state
-def _save_state(model: nn.Module) -> dict[str, list]:
-    return {
-        "grads": [(p, p.grad) for p in model.parameters()],
-        "modes": [(m, m.training) for m in model.modules()],
-        "buffers": [(b, b.detach().clone()) for b in model.buffers()],
-    }
-
-
-def _restore_state(model: nn.Module, state: dict[str, list]) -> None:
-    for p, g in state["grads"]:
-        p.grad = g
-    for m, training in state["modes"]:
-        m.training = training
-    with torch.no_grad():
-        for b, saved in state["buffers"]:
-            b.copy_(saved)
 
 
 # ------------------------------------------------------------------------------- table

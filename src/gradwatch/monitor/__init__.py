@@ -69,7 +69,7 @@ class Monitor:
         a = opts.check_watch(  # everything is checked before the model or the disk is touched
             model, run_dir, optimizer, every, activations, detail_every, stats, scaler,
             flush_every, flush_secs, overwrite, name, config, distributed, diagnose,
-            tensorboard, resume, max_pending_rows, precision, loss_scale)
+            tensorboard, resume, max_pending_rows, process_group, precision, loss_scale)
         self.model, self.layers = model, a.layers
         self.stats = tuple(s for s in ALL_STATS if s in a.wanted)
         self.every, self.detail_every, self.name = every, detail_every, name
@@ -154,7 +154,7 @@ class Monitor:
         self._loop.optim.take_gradients()
 
     def flush(self, wait: bool = True) -> None:
-        """Hand buffered statistics to the writer; with ``wait``, until they are written.
+        """Hand buffered statistics to the writer; with ``wait``, until all of it is written.
 
         Under ``torch.distributed`` every rank must call it together (steps, close() and the
         step-count schedule do).
@@ -163,6 +163,7 @@ class Monitor:
             DistributedFlushError: under torch.distributed, another rank stopped.
         """
         if not self._closed:
+            self._loop.flush_due = False
             self._loop.dispatch("on_flush")
         self._session.flush(wait)
         self._last_flush = time.monotonic()
@@ -282,10 +283,9 @@ def watch(
             findings), ``tensorboard`` (a log dir: every flushed value is also written there
             live, as ``gradwatch report --tensorboard`` would; needs the ``tensorboard``
             package), ``resume`` (continue the run already in ``run_dir``, closed or
-            crashed, from the step after its last step on disk; meta.json records every
-            session), ``max_pending_rows`` (rows held for retry while writes fail, default
-            2,000,000; past it the oldest are dropped, counted in meta.json's ``lost_rows``),
-            ``precision``, ``loss_scale`` (low precision: :mod:`gradwatch.stats.precision`).
+            crashed, from the step after its last step on disk; meta.json records each
+            session), ``max_pending_rows`` (rows kept while writes fail, default 2,000,000,
+            then dropped: ``lost_rows``), ``precision``/``loss_scale`` (gradwatch.stats.precision).
 
     Returns:
         the :class:`Monitor` (a context manager).
