@@ -38,10 +38,11 @@ from torch import nn
 from gradwatch import handoff
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.findings import Finding
+from gradwatch.graph import read_graph
 from gradwatch.jsonable import json_cell, json_number, jsonable
 from gradwatch.layers import Layer, find_layers
 from gradwatch.monitor import watch
-from gradwatch.probes import TEMPORAL_COLUMNS, ForwardProbe, TemporalProbe
+from gradwatch.probes import INPUT, TEMPORAL_COLUMNS, ForwardProbe, TemporalProbe, TrunkProbe
 from gradwatch.store.reader import Run
 from gradwatch.structure import describe
 from gradwatch.verdicts import verdict
@@ -244,21 +245,26 @@ def check(
             mon = watch(model, run_dir=None, detail_every=1)
             probe = ForwardProbe(layers)
             temporal = TemporalProbe(model)
+            trunk = None
             try:
-                out = _forward(model, args, layers)
+                out = _forward(model, temporal.watch_input(args), layers)
                 loss, loss_kind = _loss(out, targets, loss_fn)
-                if not loss.requires_grad:
+                graph = read_graph(model, loss) if loss.requires_grad else None
+                if graph is None or not graph.parametrised:
                     raise GradwatchValueError(
                         "model: the loss does not depend on any parameter that requires grad; "
                         "unfreeze the layers to check (requires_grad_(True))"
                     )
-                structure = describe(model, loss)
+                structure = describe(model, loss, graph=graph)
+                trunk = TrunkProbe([j.node for j in graph.residual])
                 loss.backward()
                 mon.step(loss)
             finally:
                 mon.close()
                 probe.remove()
                 temporal.remove()
+                if trunk is not None:
+                    trunk.remove()
             run = mon.run
     finally:
         _restore_state(model, state)
@@ -267,10 +273,15 @@ def check(
     temporal_frame = temporal.frame()
     run.meta["checkup"] = {
         "temporal": {
-            str(layer): {"first_over_last": json_cell(float(grp["ratio"].iloc[0])),
-                         "steps": int(len(grp))}
+            str(layer): _flow_summary(grp, temporal.where.get(INPUT) if layer == INPUT else None)
             for layer, grp in temporal_frame.groupby("layer", sort=False)
         },
+        "trunk": [
+            {"after": j.nearest, "branch": j.branch, "grad_norm": json_cell(v), "shape": shp}
+            for j, v, shp in zip(graph.residual, trunk.norms, trunk.shapes, strict=True)
+        ] if trunk is not None else [],
+        "rms_in": {k: json_cell(v) for k, v in probe.rms_in.items()},
+        "rms_out": {k: json_cell(v) for k, v in probe.rms_out.items()},
         "batch_size": int(args[0].shape[0]) if args[0].dim() >= 1 else 1,
         "loss": json_number(loss_value),
         "loss_kind": loss_kind,
@@ -290,6 +301,23 @@ def check(
         loss=loss_value,
         temporal=temporal_frame,
     )
+
+
+def _flow_summary(grp: pd.DataFrame, where: str | None) -> dict[str, Any]:
+    """What the rules read of one measured flow through time (``meta["checkup"]["temporal"]``).
+
+    ``first_over_last`` (‖∂L/∂x_0‖ over ‖∂L/∂x_(T-1)‖), ``steps`` (T), ``half_over_last`` (at
+    t = T // 2) and, for the model input, ``measured_at``.
+    """
+    r = grp["ratio"].to_numpy(dtype=np.float64)
+    out: dict[str, Any] = {
+        "first_over_last": json_cell(float(r[0])),
+        "half_over_last": json_cell(float(r[len(r) // 2])),
+        "steps": int(len(r)),
+    }
+    if where is not None:
+        out["measured_at"] = where
+    return out
 
 
 # ---------------------------------------------------------------------------- validation

@@ -66,8 +66,8 @@ def test_a_signal_that_underflows_through_time_is_vanished_not_missing():
     (f,) = [f for f in cu.findings if f.evidence.get("through") == "time"]
     assert (f.kind, f.severity, cu.verdict) == ("vanishing", "error", "vanishing")
     assert f.evidence["underflow"] is True and "underflows to 0" in f.message
-    # a vanilla RNN is offered an LSTM/GRU; an LSTM is not
-    assert f.remedies[:2] == ("lstm_or_gru", "orthogonal") and "clip_grad_norm" in f.remedies
+    # a vanilla RNN is offered an LSTM/GRU (an LSTM is not); clipping opens nothing
+    assert f.remedies[:2] == ("lstm_or_gru", "orthogonal") and "clip_grad_norm" not in f.remedies
 
 
 def test_an_lstm_is_offered_the_forget_bias_not_an_lstm():
@@ -113,9 +113,14 @@ def test_a_training_run_of_a_tanh_rnn_at_200_steps_is_vanishing(tmp_path):
     assert verdicts.verdict(findings) == "vanishing"
 
 
-def test_a_training_run_of_an_lstm_is_not_flagged_through_time(tmp_path):
+def test_a_training_run_of_an_lstm_is_judged_by_how_its_flow_through_time_moved(tmp_path):
+    # gated like any cell, by measurement: at T = 50 Adam opens the gates within 12 steps
+    # (the first step's share grows ~10^4-fold), which is a note, not a verdict
     run = _adding_run("LSTM", 50, 12, tmp_path)
-    assert "rnn" in run.pivot("time_grad_first").columns  # recorded, not judged
     findings = gw.diagnose(run)
-    assert not [f for f in findings if f.evidence.get("through") == "time"]
+    (f,) = [f for f in findings if f.evidence.get("through") == "time"]
+    assert (f.kind, f.severity, f.layers) == ("vanishing", "info", ("rnn",))
+    assert f.evidence["gated"] is True and f.evidence["measured"] == "training run"
+    assert f.evidence["opened"] > temporal.GATE_OPENING and "opening in training" in f.message
+    assert f.evidence["first_recorded"] < 1e-9 < f.evidence["first_over_last"]
     assert verdicts.verdict(findings) != "vanishing"
