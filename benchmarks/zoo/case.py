@@ -6,6 +6,13 @@ trains the model, and where that truth comes from: a paper's result (cited as
 /work/shared/REFERENCES.md does) or the zoo's own training run. Either way the training run
 is checked, not assumed: :class:`Train` says what the loss must do (fall by a stated
 fraction, stall, or diverge) and the zoo flags a case whose training outcome did not hold.
+A case may also name remedies the model already has (``forbid_remedies``): the zoo flags a
+finding that offers one of them.
+
+This is the one Case API of both sets (``benchmarks/README.md``): the development set
+(``benchmarks/zoo/*.py``) and the held-out set (``benchmarks/zoo/heldout/``, a package whose
+``CASES`` lists its cases). Fields are only ever added, with defaults, so a case written for
+an earlier version keeps working.
 """
 
 from __future__ import annotations
@@ -91,6 +98,9 @@ class Case:
         seed: for the model and the batches.
         budget_s: CPU seconds the case may take (check and run, one thread); the zoo
             reports the cases over budget.
+        forbid_remedies: remedy names (``gradwatch.diagnose._advice.PHRASES``) a finding
+            must not offer, at init or after the run, because the model already has what
+            they would add (e.g. "residual" for a DenseNet, "he_init" for He-init weights).
     """
 
     name: str
@@ -106,6 +116,7 @@ class Case:
     quick: bool = False
     seed: int = 0
     budget_s: float = 15.0
+    forbid_remedies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for v in (self.expect_init, self.expect_run):

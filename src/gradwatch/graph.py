@@ -21,7 +21,9 @@
 - **attention**: a softmax over a product of two parameter-dependent tensors, or a fused
   scaled-dot-product kernel.
 - **the loss**: cross-entropy (``NllLoss`` of a ``LogSoftmax``) at the root, with the
-  number of classes and the loss of a uniform guess, ln(classes) per target.
+  number of classes and the loss of a uniform guess, ln(classes) per target (read from the
+  nodes' metadata, which outlives ``backward()``; targets equal to ``ignore_index`` are left
+  out of a summed loss's count only before it).
 
 Everything is found from node types and parameter identity, never class names.
 """
@@ -301,18 +303,25 @@ def _loss_of(root: Any) -> dict[str, Any] | None:
     if child is None or type(child).__name__ not in _LOG_SOFTMAX_NODES:
         return None
     try:
-        logp = root._saved_self
         reduction = _REDUCTIONS.get(int(root._saved_reduction), "none")
-        target = root._saved_target
         ignore = int(root._saved_ignore_index)
-    except (AttributeError, RuntimeError):
+        dim = int(child._saved_dim)
+        shape = list(child._input_metadata[0].shape)  # the log-probabilities' shape
+    except (AttributeError, RuntimeError, IndexError, TypeError):
         return None
-    classes = int(logp.shape[1] if logp.dim() >= 2 else logp.shape[0])
+    if not shape:
+        return None
+    dim = dim % len(shape)
+    classes = int(shape[dim])
     if reduction == "none" or classes < 2:
         return None
+    targets = math.prod(shape) // classes
     if ignore >= 2**63:  # saved as an unsigned 64-bit integer (-100 -> 2**64 - 100)
         ignore -= 2**64
-    targets = int((target != ignore).sum())
+    try:  # before backward the targets are still there: leave out the ignored ones
+        targets = int((root._saved_target != ignore).sum())
+    except RuntimeError:  # after backward (a Monitor reads the graph then): all of them
+        pass
     per = math.log(classes)
     return {
         "kind": "cross_entropy",

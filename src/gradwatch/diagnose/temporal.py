@@ -21,9 +21,9 @@ that is measured, not assumed: a **gated** carry (nn.LSTM, nn.GRU) that fades at
 initialisation is learnt open in training as long as *some* gradient arrives from the far
 steps (Hochreiter & Schmidhuber 1997; Gers et al. 2000: an LSTM at its default init solves
 the adding problem over 50 steps although its carry starts at σ(0) = 1/2 per step), so at a
-checkup it is an error when the far steps' gradient has underflowed to 0 or lies beyond
-float32's resolution twice over (:data:`~gradwatch.verdicts.TEMPORAL_GATED_VANISHED`) —
-nothing a gate could learn from — and a note otherwise. After training, gated or not, a flow that
+checkup it is an error when the far steps' gradient has underflowed to 0 or lies below the
+floor where training no longer opens a gate
+(:data:`~gradwatch.verdicts.TEMPORAL_GATED_VANISHED`), and a note otherwise. After training, gated or not, a flow that
 is judged by what training did to it: below the gated floor an error, a fading flow that
 has not grown :data:`GATE_OPENING`-fold since the first recorded step a warning (its gates
 have not opened), one that has a note; an ungated flow like at a checkup (a loss that fell
