@@ -11,24 +11,26 @@ signal enters, ``‖∂L/∂x_t‖`` over the time steps t (:class:`gradwatch.pr
   ``"(input)"``) and at the input of each nn.RNN/LSTM/GRU, and keeps the ratio of the first
   step's to the last step's (``meta["checkup"]["temporal"]``);
 - a **training run** recorded by ``gw.watch`` keeps the same two norms at every detail step,
-  ``time_grad_first`` / ``time_grad_last`` (and ``time_steps``), for the same places; the
-  rule reads their ratio at the end of the run (the median over the last
+  ``time_grad_first`` / ``time_grad_last`` (and ``time_steps``), for each recurrent layer
+  and, under the run-level layer ``""``, for a floating ``(N, T, F)`` model input; the rule
+  reads their ratio at the end of the run (the median over the last
   :data:`TEMPORAL_RUN_TAIL` of the detail steps that recorded it).
 
 A ratio of 0 is a signal that underflowed on its way back: vanished, not missing. The
 thresholds are :mod:`gradwatch.verdicts`' and the same for every cell, with one difference
 that is measured, not assumed: a **gated** carry (nn.LSTM, nn.GRU) that fades at
-initialisation is learnt open in training as long as *some* gradient arrives from the far
+initialisation is learnt open in training as long as enough gradient arrives from the far
 steps (Hochreiter & Schmidhuber 1997; Gers et al. 2000: an LSTM at its default init solves
 the adding problem over 50 steps although its carry starts at σ(0) = 1/2 per step), so at a
 checkup it is an error when the far steps' gradient has underflowed to 0 or lies below the
 floor where training no longer opens a gate
-(:data:`~gradwatch.verdicts.TEMPORAL_GATED_VANISHED`), and a note otherwise. After training, gated or not, a flow that
-is judged by what training did to it: below the gated floor an error, a fading flow that
-has not grown :data:`GATE_OPENING`-fold since the first recorded step a warning (its gates
-have not opened), one that has a note; an ungated flow like at a checkup (a loss that fell
-says nothing here: the adding problem's loss falls to chance by learning the mean). The
-finding is kind "vanishing" or "exploding" with ``evidence["through"] == "time"``.
+(:data:`~gradwatch.verdicts.TEMPORAL_GATED_VANISHED`), and a note otherwise. After training,
+gated or not, a flow is judged by what training did to it: a gated flow below the floor is
+an error, a fading one that has not grown :data:`GATE_OPENING`-fold since the first
+recorded step a warning (its gates have not opened), one that has a note; an ungated flow as
+at a checkup (a loss that fell says nothing here: the adding problem's loss falls to chance
+by learning the mean). The finding is kind "vanishing" or "exploding" with
+``evidence["through"] == "time"``.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import math
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from gradwatch.diagnose._advice import GATED, advice, recurrent_remedies
 from gradwatch.diagnose._view import RunView
@@ -116,8 +119,9 @@ def run_flows(view: RunView) -> dict[str, dict[str, float | int]]:
     reported, one that vanished only at the start is not. The first ratio recorded is kept
     as ``first_recorded``.
     """
-    first, last = view.wide("time_grad_first"), view.wide("time_grad_last")
-    steps = view.wide("time_steps")
+    first, last, steps = (
+        _with_input(view, stat) for stat in ("time_grad_first", "time_grad_last", "time_steps")
+    )
     out: dict[str, dict[str, float | int]] = {}
     for layer in first.columns:
         if layer not in last.columns or layer not in steps.columns:
@@ -137,6 +141,19 @@ def run_flows(view: RunView) -> dict[str, dict[str, float | int]]:
             "detail_steps": int(len(ratio)),
         }
     return out
+
+
+def _with_input(view: RunView, stat: str) -> pd.DataFrame:
+    """``view.wide(stat)`` with the model input's flow (run-level layer "") as :data:`INPUT`."""
+    wide = view.wide(stat)
+    df = view.run.stats
+    df = df[(df["stat"] == stat) & (df["layer"] == "")]
+    if df.empty:
+        return wide
+    col = df.drop_duplicates("step", keep="last").set_index("step")["value"].sort_index()
+    wide = wide.reindex(index=wide.index.union(col.index))
+    wide[INPUT] = col.reindex(wide.index)
+    return wide
 
 
 def _where(layer: str, info: dict[str, Any]) -> str:

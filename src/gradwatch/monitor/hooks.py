@@ -18,8 +18,9 @@ tensor operations per call and allocates no hook objects per step:
   ran (an in-place op downstream) is not recorded at that step and is reduced inside its
   hook from then on;
 - at detail steps, a forward pre-hook on each recurrent layer (``nn.RNNBase``) hooks the
-  gradient of its input sequence and keeps its norms at the first and last time step
-  (:mod:`gradwatch.stats.temporal`);
+  gradient of its input sequence and keeps its norms at the first and last time step, and
+  the root's pre-hook does the same for the model's input when it is a floating
+  ``(N, T, F)`` sequence, whatever carries it through time (:mod:`gradwatch.stats.temporal`);
 - a later call of the same layer or activation in one step (shared modules, recurrent cells,
   gradient accumulation) adds into a per-row accumulator: memory does not grow with the
   number of micro-batches.
@@ -48,7 +49,7 @@ from gradwatch.monitor.hookkit import (
     tensors_in,
 )
 from gradwatch.stats.numeric import Stacked
-from gradwatch.stats.temporal import TIME_STATS
+from gradwatch.stats.temporal import TIME_STATS, scaled_norm
 
 F32 = torch.float32
 _CONV = (nn.modules.conv._ConvNd,)
@@ -109,6 +110,11 @@ class HotPath(ActivationHooks):
         self._handles += time_handles
         self._time_slots = hook_slots(time_handles, time_fns)
         self._time_on = True
+        # the model input's flow through time: row len(layers) (the run-level layer "")
+        self._time_input = "time" in self._need
+        self._time_seq_first = any(
+            isinstance(m, nn.RNNBase) and not m.batch_first for m in self.model.modules()
+        )
         self._decide(self._step)
         self._sync_hooks()
 
@@ -191,7 +197,7 @@ class HotPath(ActivationHooks):
         self._persistent = True
 
     # -------------------------------------------------------------------- HOT PATH: hooks
-    def _on_root_forward(self, module: nn.Module, args: Any, kwargs: Any) -> None:
+    def _on_root_forward(self, module: nn.Module, args: Any, kwargs: Any) -> Any:
         if torch.compiler.is_compiling():
             self._on_compiled()
             return
@@ -201,6 +207,11 @@ class HotPath(ActivationHooks):
             self._forward_seen = True
             self._last_layer = -1
             self._inputs = (args, kwargs)  # a reference, for NaN forensics; never copied
+            if self._time_input and self._rec_time:
+                hooked = self._hook_input_time(args)
+                if hooked is not None:
+                    return hooked, kwargs
+        return None
 
     def _on_root_done(self, module: nn.Module, args: Any, out: Any) -> None:
         if self._act_pend and not torch.compiler.is_compiling():
@@ -321,6 +332,35 @@ class HotPath(ActivationHooks):
 
         return on_recurrent_input
 
+    def _hook_input_time(self, args: Any) -> tuple | None:
+        """The model input's flow through time: new args whose first one's gradient is hooked.
+
+        A floating ``(N, T, F)`` (``(T, N, F)`` for sequence-first recurrent layers) first
+        argument, T > 1, is replaced by a copy of a leaf that requires grad (a copy, so that
+        the model may still change its input in place); a model whose first layer is a
+        convolution reads a window of steps by design and is left out.
+        """
+        try:
+            x = args[0] if args else None
+            time_dim = 0 if self._time_seq_first else 1
+            if (
+                type(x) is not torch.Tensor
+                or x.dim() != 3
+                or not x.is_floating_point()
+                or x.layout != torch.strided
+                or x.shape[time_dim] < 2
+            ):
+                return None
+            if self._exec_order and isinstance(self.layers[self._exec_order[0]].module, _CONV):
+                return None
+            leaf = x.detach().requires_grad_(True)
+            leaf.register_hook(self._time_grad_hook(len(self.layers), time_dim,
+                                                    int(x.shape[time_dim])))
+            return (leaf.clone(), *args[1:])
+        except Exception as exc:  # noqa: BLE001 - never take training down
+            self._warn_skip("time_grad_first and time_grad_last of the input", exc)
+            return None
+
     def _time_grad_hook(self, li: int, time_dim: int, steps: int):
         # built once per (layer, time axis, sequence length), then reused step after step
         key = (li, time_dim, steps)
@@ -335,9 +375,13 @@ class HotPath(ActivationHooks):
         def on_time_grad(grad: torch.Tensor) -> None:
             try:
                 g = grad.detach()
+                if li == len(self.layers) and self._exec_order and isinstance(
+                    self.layers[self._exec_order[0]].module, _CONV
+                ):
+                    return  # the input went into a convolution first (see _hook_input_time)
                 ends = torch.stack([
-                    torch.linalg.vector_norm(g.select(time_dim, 0), dtype=F32),
-                    torch.linalg.vector_norm(g.select(time_dim, steps - 1), dtype=F32),
+                    scaled_norm(g.select(time_dim, 0)),
+                    scaled_norm(g.select(time_dim, steps - 1)),
                 ])
                 self._time_rows.append((li, steps))
                 self._time_vals.append(ends)
