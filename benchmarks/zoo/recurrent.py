@@ -142,7 +142,7 @@ def _deep_case(name: str, build, steps_t: int, source: str, why: str, forbid: tu
         train=Train(steps=train_steps, optimizer=adam(lr),
                     batch=partial(adding_batch, steps=steps_t, batch=16), outcome="stalls",
                     baseline=BASELINE, drop=0.5),
-        budget_s=45, forbid_remedies=forbid,
+        budget_s=60, forbid_remedies=forbid,
     )
 
 

@@ -179,7 +179,7 @@ def flow_remedies(
     out += init_remedies(view)
     if not view.has_norm:
         out.append("batchnorm")
-    if not shortcuts:
+    if not shortcuts and view.residual is False:  # known from the graph to have none
         out.append("residual")
     if direction == "exploding" and forward_exploding:
         out += ["lower_lr", "clip_grad_norm"]

@@ -205,7 +205,7 @@ def _judge(
             else f"{times(ratio)} of the last one's ({number(per_step)} per step)"
         )
         figure = (
-            "for a gradient that underflows to 0" if ratio == 0
+            "to get any gradient back to the first steps" if ratio == 0
             else f"to lift the per-step factor {number(per_step)} toward 1"
         )
         when = " at the end of the training run" if training else ""

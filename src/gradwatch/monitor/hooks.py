@@ -48,6 +48,7 @@ from gradwatch.monitor.hookkit import (
     switch_hooks,
     tensors_in,
 )
+from gradwatch.monitor.meta import describe_structure
 from gradwatch.stats.numeric import Stacked
 from gradwatch.stats.temporal import TIME_STATS, scaled_norm
 
@@ -110,6 +111,7 @@ class HotPath(ActivationHooks):
         self._handles += time_handles
         self._time_slots = hook_slots(time_handles, time_fns)
         self._time_on = True
+        self._structure_read = False  # the output's graph read for meta["structure"]
         # the model input's flow through time: row len(layers) (the run-level layer "")
         self._time_input = "time" in self._need
         self._time_seq_first = any(
@@ -216,6 +218,15 @@ class HotPath(ActivationHooks):
     def _on_root_done(self, module: nn.Module, args: Any, out: Any) -> None:
         if self._act_pend and not torch.compiler.is_compiling():
             self.reduce_activations()
+        if not self._structure_read and not self._replaying and torch.is_grad_enabled():
+            # once, at the first forward pass: shortcuts, the residual stream and attention
+            # from the output's graph (a loss tensor given to step() adds what the loss is)
+            first = next((t for t in tensors_in(out) if t.grad_fn is not None), None)
+            if first is not None and not torch.compiler.is_compiling():
+                self._structure_read = True
+                found = describe_structure(self.model, first)
+                if found is not None and not self._structure_from_graph:
+                    self._structure = found
 
     def _make_layer_hook(self, li: int):
         bp_fn = self._bp_fns[li]
@@ -336,9 +347,10 @@ class HotPath(ActivationHooks):
         """The model input's flow through time: new args whose first one's gradient is hooked.
 
         A floating ``(N, T, F)`` (``(T, N, F)`` for sequence-first recurrent layers) first
-        argument, T > 1, is replaced by a copy of a leaf that requires grad (a copy, so that
-        the model may still change its input in place); a model whose first layer is a
-        convolution reads a window of steps by design and is left out.
+        argument, T > 1, that does not require grad is replaced by a copy of a leaf that does
+        (a copy, so that the model may still change its input in place); one that requires
+        grad is hooked as it is. A model whose first layer is a convolution reads a window of
+        steps by design and is left out.
         """
         try:
             x = args[0] if args else None
@@ -353,9 +365,12 @@ class HotPath(ActivationHooks):
                 return None
             if self._exec_order and isinstance(self.layers[self._exec_order[0]].module, _CONV):
                 return None
+            fn = self._time_grad_hook(len(self.layers), time_dim, int(x.shape[time_dim]))
+            if x.requires_grad:  # its gradient is computed anyway
+                x.register_hook(fn)
+                return None
             leaf = x.detach().requires_grad_(True)
-            leaf.register_hook(self._time_grad_hook(len(self.layers), time_dim,
-                                                    int(x.shape[time_dim])))
+            leaf.register_hook(fn)
             return (leaf.clone(), *args[1:])
         except Exception as exc:  # noqa: BLE001 - never take training down
             self._warn_skip("time_grad_first and time_grad_last of the input", exc)
