@@ -243,6 +243,21 @@ def init_scale(model: nn.Module) -> dict[str, float] | None:
     }
 
 
+#: ``fan·E[W²]`` of weights drawn at He's scale (He et al. 2015) and Xavier's or LeCun's.
+HE_SCALE, XAVIER_SCALE = 2.0, 1.0
+#: How far a measured :func:`init_scale` may be from a scheme's and still count as it.
+SCALE_TOLERANCE = 0.25
+
+
+def drawn_at(init: dict[str, float] | None, scale: float) -> bool:
+    """Whether an :func:`init_scale` (fan in or fan out) is ``scale`` within the tolerance."""
+    for key in ("fan_in", "fan_out"):
+        v = (init or {}).get(key)
+        if isinstance(v, int | float) and abs(v / scale - 1) <= SCALE_TOLERANCE:
+            return True
+    return False
+
+
 def _rms(t: torch.Tensor) -> float:
     t = t.detach().double()
     return float(t.pow(2).mean().sqrt()) if t.numel() else 0.0

@@ -32,7 +32,7 @@ Each message says which measured figure its remedies address (:func:`advice`'s `
 from __future__ import annotations
 
 from gradwatch.diagnose._view import RunView
-from gradwatch.structure import SMALL_BRANCH
+from gradwatch.structure import HE_SCALE, SMALL_BRANCH, XAVIER_SCALE, drawn_at
 
 #: Plain phrases for the remedy names, used to write the advice in a message.
 PHRASES = {
@@ -61,10 +61,6 @@ PHRASES = {
 #: Activation module types whose derivative is not ReLU's 0/1 step: He's gain 2 is derived
 #: for ReLU (He et al. 2015) and not for these.
 SMOOTH_RECTIFIERS = ("GELU", "SiLU", "Mish", "ELU", "CELU", "SELU", "Softplus", "Hardswish")
-
-#: ``fan·Var(W)`` of weights drawn at He scale (2) and Xavier/LeCun scale (1), and how far a
-#: measured value may be from it and still count as that scale.
-HE_SCALE, XAVIER_SCALE, SCALE_TOLERANCE = 2.0, 1.0, 0.25
 
 #: An LSTM forget-gate bias from which ``forget_gate_bias`` is not offered.
 FORGET_BIAS_SET = 0.5
@@ -99,13 +95,8 @@ def branches_start_small(view: RunView) -> bool:
 
 
 def at_scale(view: RunView, scale: float) -> bool:
-    """Whether the weights were drawn at ``fan·Var(W) ≈ scale`` (fan in or fan out)."""
-    init = view.structure.get("init_scale") or {}
-    for key in ("fan_in", "fan_out"):
-        v = init.get(key)
-        if isinstance(v, int | float) and abs(v / scale - 1) <= SCALE_TOLERANCE:
-            return True
-    return False
+    """Whether the weights were drawn at ``fan·E[W²] ≈ scale`` (fan in or fan out)."""
+    return drawn_at(view.structure.get("init_scale"), scale)
 
 
 def _activation_types(view: RunView) -> set[str]:
