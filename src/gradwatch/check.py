@@ -18,9 +18,14 @@ with respect to the output is the output itself (divided by the batch size), so 
 probes the network's own signal, with no labels needed. With targets it is cross-entropy for
 integer class labels of an (N, C) output, mean squared error otherwise.
 
-For recurrent layers (nn.RNN, nn.LSTM, nn.GRU) the checkup also measures temporal gradient
-flow, ``‖∂L/∂x_t‖`` for every time step t of the layer's input sequence: how far back in time
-the signal reaches (Pascanu et al. 2013; Hochreiter & Schmidhuber 1997).
+For a model with a time axis the checkup also measures the gradient through time,
+``‖∂L/∂x_t‖`` for every time step t, where the signal enters: at the model's input (a
+floating ``(N, T, F)`` sequence, or tokens at their embedding's output) and at the input of
+each recurrent layer (nn.RNN, nn.LSTM, nn.GRU): how far back in time the signal reaches,
+whatever cell carries it (Pascanu et al. 2013; Hochreiter & Schmidhuber 1997). And it
+measures the residual stream: ``‖∂L/∂h‖`` at each residual join of the loss's autograd graph
+(``meta["checkup"]["trunk"]``), the path the gradient takes in a residual net, and the root
+mean square of each layer's input and output (the forward signal).
 """
 
 from __future__ import annotations
@@ -99,9 +104,10 @@ class Checkup:
             "uncertain" (:mod:`gradwatch.verdicts`).
         run: the one-step in-memory :class:`~gradwatch.store.reader.Run` behind the table.
         loss: the loss of the pass (may be NaN or Inf).
-        temporal: for recurrent layers, one row per (layer, t): ``grad_norm`` = ‖∂L/∂x_t‖
-            over the batch and features, ``ratio`` = that over its value at the last step;
-            empty when the model has no nn.RNN/LSTM/GRU.
+        temporal: one row per (layer, t): ``grad_norm`` = ‖∂L/∂x_t‖ over the batch and
+            features, ``ratio`` = that over its value at the last step, for the input of
+            each recurrent layer and for the model's input (layer ``"(input)"``) when it has
+            a time axis; empty when there is none.
     """
 
     table: pd.DataFrame

@@ -6,9 +6,9 @@ A verdict is one word for a model or a run:
 healthy      nothing found that predicts a failed or a crippled training run
 vanishing    the back-propagated signal shrinks geometrically toward the input (or back through
              time), so the input-side layers (or early time steps) barely learn
-exploding    what predicts a failed run: the signal grows geometrically through a plain chain
-             of layers, updates swamp the weights, the gradient norm blows up over the steps,
-             or the loss diverges
+exploding    what predicts a failed run: the signal grows geometrically across depth (judged
+             on every path, :func:`depth_verdict`), updates swamp the weights, the gradient
+             norm blows up over the steps, or the loss diverges
 nonfinite    NaN or Inf in the loss, the weights, a forward output or the gradients
 dead         rectifier units (channels, for convolutions) that never fire
 saturated    sigmoid/tanh units stuck in their flat tails
