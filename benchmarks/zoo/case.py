@@ -11,7 +11,7 @@ fraction, stall, or diverge) and the zoo flags a case whose training outcome did
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -91,6 +91,10 @@ class Case:
         seed: for the model and the batches.
         budget_s: CPU seconds the case may take (check and run, one thread); the zoo
             reports the cases over budget.
+        measured: the figures measured when the truth was written down (held-out cases:
+            ``benchmarks/zoo_heldout_truth.py`` measures them by brute-force autograd and a
+            training run, without gradwatch), name -> value; empty for the development
+            zoo, whose truth cites papers and its training runs.
     """
 
     name: str
@@ -106,6 +110,7 @@ class Case:
     quick: bool = False
     seed: int = 0
     budget_s: float = 15.0
+    measured: dict[str, float] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         for v in (self.expect_init, self.expect_run):
