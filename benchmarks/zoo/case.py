@@ -18,7 +18,7 @@ an earlier version keeps working.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -101,6 +101,10 @@ class Case:
         forbid_remedies: remedy names (``gradwatch.diagnose._advice.PHRASES``) a finding
             must not offer, at init or after the run, because the model already has what
             they would add (e.g. "residual" for a DenseNet, "he_init" for He-init weights).
+        measured: the figures measured when the truth was written down (held-out cases:
+            ``benchmarks/zoo_heldout_truth.py`` measures them by brute-force autograd and a
+            training run, without gradwatch), name -> value; empty for the development
+            zoo, whose truth cites papers and its training runs.
     """
 
     name: str
@@ -117,6 +121,7 @@ class Case:
     seed: int = 0
     budget_s: float = 15.0
     forbid_remedies: tuple[str, ...] = ()
+    measured: dict[str, float] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         for v in (self.expect_init, self.expect_run):
