@@ -8,6 +8,7 @@ machine noise hits all of them alike, and the reported figure is the median over
     python benchmarks/overhead.py                    # MLPs (a), (b), a conv net, a transformer
     python benchmarks/overhead.py --networks a,b --rounds 31 --steps 20 --out results/o.json
     python benchmarks/overhead.py --clock cpu --threads 1   # a busy shared machine
+    python benchmarks/overhead.py --anchors lightning  # Lightning's grad_norm, no wandb
     python benchmarks/overhead.py --device cuda      # on a GPU: CUDA events, host syncs per step
 
 Subnormal floats are flushed to zero (torch.set_flush_denormal): the deep tanh nets' tiny
@@ -268,6 +269,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--no-anchors", action="store_true", help="skip Lightning and wandb")
+    ap.add_argument("--anchors", default=None,
+                    help="comma-separated anchors to run (lightning, wandb, wandb10); "
+                         "default: every one installed")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     args = ap.parse_args()
@@ -276,6 +280,12 @@ def main() -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     anchors = [] if args.no_anchors else available_anchors()
+    if args.anchors is not None and not args.no_anchors:
+        wanted = [a for a in args.anchors.split(",") if a]
+        unknown = [a for a in wanted if a not in ("lightning", "wandb", "wandb10")]
+        if unknown:
+            raise SystemExit(f"unknown anchors {unknown}; known: lightning, wandb, wandb10")
+        anchors = [a for a in anchors if a in wanted]
     workdir = Path(tempfile.mkdtemp(prefix="gw-bench-"))
     results = []
     try:

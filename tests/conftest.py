@@ -9,6 +9,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 #: minutes on two cores) and run by CI with ``python -m pytest -m slow``. Listed here, by test
 #: (all parametrisations), so that the list of what the default run skips is in one place.
 SLOW_TESTS = frozenset({
+    # the whole demo in a subprocess: CI's first README command runs it in full, and the
+    # report tests (tests/report) and test_demo's in-process test cover its parts
+    "tests/commands/test_demo.py::test_demo_prints_both_verdicts_and_writes_the_report",
     "tests/store/test_run_directory.py::test_sigkill_at_random_points_loses_nothing_flushed",
     "tests/store/test_run_directory.py::test_sigterm_flushes_everything",
     "tests/experiments/test_criticality.py::test_ray_and_local_pool_give_the_same_grid",

@@ -8,7 +8,6 @@ mean "no value" write those as null (:func:`gradwatch.jsonable.json_cell`).
 
 from __future__ import annotations
 
-import html
 import importlib
 import json
 import math
@@ -129,8 +128,12 @@ def test_html_chart_data_and_evidence(tmp_path):
     shown = replace(checkup(1.0), findings=[finding(per_layer={"a": -math.inf, "b": math.nan})])
     write_html(run, path, checkup=shown)
     text = path.read_text(encoding="utf-8")
-    # evidence shown as the JSON files hold it (not as Python's -Infinity / NaN tokens)
-    assert html.escape(json.dumps({"a": "-inf", "b": "nan"})) in text
+    # evidence shown as the JSON files write it (not as Python's -Infinity / NaN tokens), in
+    # a table of its own
+    for name, shown_as in (("a", "-inf"), ("b", "nan")):
+        assert re.search(rf">{name}</(?:th|code)>(?:</td>)?<td[^>]*>{shown_as}</td>", text)
+    evidence = text[text.index('<details class="evidence">'):text.index("<h2>Figures")]
+    assert "Infinity" not in evidence and "NaN" not in evidence
     m = re.search(r'<script id="gw-flow-data" type="application/json">(.*?)</script>', text,
                   flags=re.S)
     values = strict(m.group(1))["stats"]["backprop_norm"]["values"]

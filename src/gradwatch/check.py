@@ -7,25 +7,20 @@ gradients vanish or explode?" before any training, and leaves the model as it fo
 gradients, train/eval mode and buffers (BatchNorm running statistics) are restored, and the
 global random number generator state too.
 
-The checkup also records each layer's output shape (``meta["layer_info"][name]
-["out_shape"]``) and the model's structure (``meta["structure"]``, from
-:func:`gradwatch.structure.describe` on the loss's autograd graph), which the rules read.
-``check`` sits below :mod:`gradwatch.diagnose` and takes its rules as an argument
-(:func:`use_rules`); ``import gradwatch`` hands them down.
+The checkup records each layer's output shape (``meta["layer_info"]``) and the structure
+(``meta["structure"]``, :func:`gradwatch.structure.describe` on the loss's autograd graph).
+``check`` takes its rules as an argument (:func:`use_rules`); ``import gradwatch`` hands them.
 
 The default loss, when no targets are given, is ``0.5 * sum(output**2) / batch``: its gradient
 with respect to the output is the output itself (divided by the batch size), so the pass
 probes the network's own signal, with no labels needed. With targets it is cross-entropy for
 integer class labels of an (N, C) output, mean squared error otherwise.
 
-For a model with a time axis the checkup also measures the gradient through time,
-``‖∂L/∂x_t‖`` for every time step t, where the signal enters: at the model's input (a
-floating ``(N, T, F)`` sequence, or tokens at their embedding's output) and at the input of
-each recurrent layer (nn.RNN, nn.LSTM, nn.GRU): how far back in time the signal reaches,
-whatever cell carries it (Pascanu et al. 2013; Hochreiter & Schmidhuber 1997). And it
-measures the residual stream: ``‖∂L/∂h‖`` at each residual join of the loss's autograd graph
-(``meta["checkup"]["trunk"]``), the path the gradient takes in a residual net, and the root
-mean square of each layer's input and output (the forward signal).
+For a model with a time axis the checkup also measures ``‖∂L/∂x_t‖`` for every time step t
+where the signal enters (the model's input: a floating ``(N, T, F)`` sequence, or tokens at
+their embedding's output; the input of each nn.RNN/LSTM/GRU), whatever cell carries it
+(Pascanu et al. 2013). It measures ``‖∂L/∂h‖`` at each residual join of the loss's graph, the
+residual stream (``meta["checkup"]["trunk"]``), and the RMS of each layer's input and output.
 """
 
 from __future__ import annotations
@@ -492,9 +487,7 @@ def _table(run: Run) -> pd.DataFrame:
 def _over_output_side(values: np.ndarray) -> np.ndarray:
     """Divide by the output-side-most finite, non-zero value (NaN if there is none)."""
     ok = np.flatnonzero(np.isfinite(values) & (values != 0))
-    if not len(ok):
-        return np.full_like(values, np.nan)
-    return values / values[ok[-1]]
+    return values / values[ok[-1]] if len(ok) else np.full_like(values, np.nan)
 
 
 def _records(df: pd.DataFrame) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 from collections.abc import Sequence
@@ -87,6 +88,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit code when the reader of the output goes away (``gradwatch runs --json | head``):
+#: 128 + SIGPIPE, what a shell reports for a program the broken pipe ended.
+BROKEN_PIPE_EXIT = 141
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the exit code."""
     parser = build_parser()
@@ -95,7 +101,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a broken pipe shows here, not at exit as "Exception ignored"
+        return code
+    except BrokenPipeError:
+        return _broken_pipe()
     except GradwatchError as exc:
         print(f"gradwatch {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
@@ -107,6 +117,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"gradwatch {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _broken_pipe() -> int:
+    """The reader of stdout left (``| head``): stop quietly, as ``cat`` would.
+
+    Python's advice (the ``signal`` module's documentation, "Note on SIGPIPE"): point stdout
+    at /dev/null so that the interpreter's last flush at exit finds nothing to fail on.
+    """
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (a test's StringIO)
+        pass
+    return BROKEN_PIPE_EXIT
 
 
 def _one_line(exc: BaseException) -> str:

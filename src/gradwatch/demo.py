@@ -26,6 +26,7 @@ from gradwatch.errors import GradwatchValueError
 from gradwatch.monitor import watch
 from gradwatch.remedies.fix import fix
 from gradwatch.report.remedy_text import describe_remedy
+from gradwatch.report.summary import FINAL_LOSS_TEXT, final_loss, first_loss, format_loss
 from gradwatch.store import Run, load
 
 
@@ -86,8 +87,10 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
 def train(model: nn.Module, data, cfg: DemoConfig, run_dir: Path, progress, label: str) -> dict:
     """Train with Adam on the same batches every time, watched; return losses and accuracy.
 
-    The test accuracy is measured before training and after every ``cfg.eval_every``-th step
-    (and the last), at the step numbers the Monitor records (0 is the first step).
+    The test accuracy is measured after the first step and after every ``cfg.eval_every``-th
+    step (and the last), at the step numbers the Monitor records (0 is the first step). The
+    losses are the report's (:mod:`gradwatch.report.summary`): the first step's training loss,
+    and the final loss, the mean training loss of the last 20 steps.
     """
     xtr, ytr, xte, yte = data
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
@@ -107,11 +110,9 @@ def train(model: nn.Module, data, cfg: DemoConfig, run_dir: Path, progress, labe
                 acc_steps.append(step)
                 acc_values.append(accuracy(model, xte, yte))
             progress.advance(task)
-    model.eval()
-    with torch.no_grad():
-        train_loss = nn.functional.cross_entropy(model(xtr), ytr).item()
-    model.train()
-    return {"final_train_loss": train_loss, "test_accuracy": acc_values[-1],
+    run = load(run_dir)
+    return {"first_loss": first_loss(run), "final_loss": final_loss(run),
+            "test_accuracy": acc_values[-1],
             "accuracy_curve": {"steps": acc_steps, "test_accuracy": acc_values}}
 
 
@@ -180,11 +181,11 @@ def _run_demo(out: str | Path, cfg: DemoConfig, console: Console | None) -> dict
         "original": _curve(res_before),
         "fixed": _curve(res_after),
     }
+    write_html(run_after, out / "after" / "report.html")  # first: the main report links it
     report_path = write_html(
         run_before, out / "report.html", checkup=before, fix_report=report,
         compare={"original": run_before, "fixed": run_after}, accuracy=curves, chance=0.1,
     )
-    write_html(run_after, out / "after" / "report.html")
     verdict_run_before = _run_verdict(run_before)
     verdict_run_after = _run_verdict(run_after)
     result = {
@@ -201,15 +202,24 @@ def _run_demo(out: str | Path, cfg: DemoConfig, console: Console | None) -> dict
         "seconds": time.perf_counter() - t0,
     }
     console.rule("[bold]Result")
-    console.print(f"verdict before: [bold red]{report.verdict_before}[/] (training run: "
-                  f"{verdict_run_before}); test accuracy {res_before['test_accuracy']:.1%}, "
-                  f"final train loss {res_before['final_train_loss']:.3f}")
-    console.print(f"verdict after:  [bold green]{report.verdict_after}[/] (training run: "
-                  f"{verdict_run_after}); test accuracy {res_after['test_accuracy']:.1%}, "
-                  f"final train loss {res_after['final_train_loss']:.3f}")
+    console.print(result_line("before", report.verdict_before, verdict_run_before, res_before))
+    console.print(result_line("after", report.verdict_after, verdict_run_after, res_after))
+    console.print(f"[dim](final loss: the {FINAL_LOSS_TEXT}, as in the report)[/]")
     console.print(f"report: [bold]{report_path}[/]  (runs: {out / 'before'}, {out / 'after'}; "
                   f"{result['seconds']:.0f} s)")
     return result
+
+
+def result_line(which: str, verdict: str, run_verdict: str, result: dict) -> str:
+    """One line of the demo's result (rich markup): the verdicts, test accuracy, final loss.
+
+    The final loss is :func:`gradwatch.report.summary.final_loss` of the run, written by
+    :func:`~gradwatch.report.summary.format_loss`: the number the report shows.
+    """
+    colour = "green" if verdict == "healthy" else "red"
+    return (f"verdict {which}:{' ' * (7 - len(which))}[bold {colour}]{escape(verdict)}[/] "
+            f"(training run: {escape(run_verdict)}); test accuracy "
+            f"{result['test_accuracy']:.1%}, final loss {format_loss(result['final_loss'])}")
 
 
 def _run_verdict(run: Run) -> str:

@@ -21,6 +21,9 @@ which layers are compared). Mean-field theory predicts ``E‖δ_l‖² ∝ χ1^(
 et al. 2017), so ``r = χ1^(L/2)`` for a uniform chain of L layers: theory, checkups and runs
 all compare the same ``r`` with the same numbers below.
 
+:class:`Findings` is the list of findings a diagnosis returns, which prints as its verdict
+and one paragraph per finding.
+
 This module sits at the bottom of the package (it imports nothing from gradwatch but the
 Finding), so every layer above it can share it.
 """
@@ -212,3 +215,33 @@ def depth_verdict(
     elif ratio > EXPLODING_RATIO and forward_exploding:
         return "exploding", "error"
     return None
+
+
+class Findings(list):
+    """The findings of a diagnosis: a ``list`` of :class:`Finding` that prints readably.
+
+    ``print(gw.diagnose(run))`` prints the verdict and one paragraph per finding (what, where,
+    the message, what to try); ``repr`` gives one short line per finding. Everything else is
+    the list's: indexing, ``len``, ``==`` with a plain list, ``json.dumps``, pickling.
+    """
+
+    def __init__(self, items: Iterable[Finding] = ()) -> None:
+        super().__init__(items)
+
+    @property
+    def verdict(self) -> str:
+        """The verdict these findings imply (:func:`verdict`)."""
+        return verdict(self)
+
+    def __str__(self) -> str:
+        """``verdict: vanishing (2 findings)`` then each finding as ``str(finding)``."""
+        if not self:
+            return f"verdict: {self.verdict} (no findings)"
+        count = f"{len(self)} finding{'s' if len(self) > 1 else ''}"
+        return "\n".join([f"verdict: {self.verdict} ({count})", *(str(f) for f in self)])
+
+    def __repr__(self) -> str:
+        """``Findings([Finding(...), ...])``, one finding per line."""
+        if not self:
+            return "Findings([])"
+        return "Findings([\n" + "".join(f"    {f!r},\n" for f in self) + "])"

@@ -1,8 +1,9 @@
-"""Numbers in messages, written the way an engineer would write them.
+"""Numbers and names in messages and tables, written the way an engineer would write them.
 
 ``number(0.000153)`` → ``"1.5e-4"``, ``number(3.14159)`` → ``"3.1"``, ``times(20.3)`` →
 ``"20×"``, ``times(0.0004)`` → ``"1/2500"``: never ``"×8.9×10^0"``, ``"10^0-fold"`` or
-``"shrinks by 0"``.
+``"shrinks by 0"``. Layer names and paths in narrow places are folded after a ``.`` or ``/``
+(:func:`fold`), never cut inside a word.
 """
 
 from __future__ import annotations
@@ -68,3 +69,64 @@ def times(ratio: float) -> str:
 def per_layer(factor: float) -> str:
     """A per-layer factor: ``"0.71 per layer"``, ``"1.1 per layer"`` (2 significant digits)."""
     return f"{number(factor)} per layer"
+
+
+def fold(name: str, width: int, separators: str = "./") -> str:
+    """``name`` broken into lines of at most ``width`` characters after a separator.
+
+    ``layer1.0.conv1`` at width 9 is ``layer1.0.`` then ``conv1``: a line breaks only after a
+    ``.`` (module paths) or a ``/`` (file paths), never inside a word, so every part of the
+    name stays readable and siblings stay distinguishable. A part longer than ``width`` on
+    its own is shortened from the middle, both ends kept (as
+    :func:`gradwatch.report.names.shorten` does). The root module (empty name) is ``(root)``.
+
+    Args:
+        name: a layer name or a path.
+        width: the longest line (at least 3).
+        separators: characters after which a line may break.
+    """
+    name = name or "(root)"
+    width = max(3, int(width))
+    if len(name) <= width:
+        return name
+    parts, current = [], ""
+    for ch in name:  # split after each separator, keeping it at the end of its part
+        current += ch
+        if ch in separators:
+            parts.append(current)
+            current = ""
+    if current:
+        parts.append(current)
+    lines, line = [], ""
+    for part in parts:
+        if len(part) > width:
+            if line:
+                lines.append(line)
+            head = (width - 1) // 2
+            lines.append(part[:head] + "…" + part[len(part) - (width - 1 - head):])
+            line = ""
+        elif len(line) + len(part) > width:
+            lines.append(line)
+            line = part
+        else:
+            line += part
+    if line:
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def name_room(console_width: int, others: list[int], boxed: bool, least: int = 10) -> int:
+    """How many characters a table's first (name) column can take in ``console_width``.
+
+    Args:
+        console_width: the terminal's width.
+        others: the widths of the other columns' contents.
+        boxed: a table with borders and a space each side of a cell (rich's default box);
+            else no box and one space between columns.
+        least: the room given however narrow the terminal.
+    """
+    if boxed:
+        used = sum(others) + 3 * (len(others) + 1) + 1
+    else:
+        used = sum(others) + len(others)
+    return max(least, console_width - used)

@@ -471,14 +471,17 @@ def test_a_loss_that_does_not_fall_without_a_cause_is_uncertain():
     (f,) = diagnose(rnn)
     assert "gw.check" not in f.message and "recorded at the detail steps arrives" in f.message
     assert "'l0' 0.5" in f.message and f.remedies[0] == "lstm_or_gru"
-    # ... and a vanished one is the run's cause, read from the run (no "uncertain")
-    first[:, 0] = 1e-9
-    rnn = make_run(2, {"backprop_norm": const(1.0, 2, n), "time_grad_first": first,
-                       "time_grad_last": last, "time_steps": steps_t}, loss=[0.17] * n,
-                   structure={"recurrent": True, "recurrent_layers": {"l0": {"type": "LSTM"}}})
-    (f,) = diagnose(rnn)
-    assert (f.kind, f.severity, f.evidence["through"]) == ("vanishing", "error", "time")
-    assert f.evidence["gated"] is True and f.evidence["measured"] == "training run"
+    # ... and a vanished one is the run's cause, read from the run (no "uncertain"): a
+    # gated carry below the floor is an error, one above it that never opened a warning
+    lstm = {"recurrent": True, "recurrent_layers": {"l0": {"type": "LSTM"}}}
+    for value, severity in ((1e-13, "error"), (1e-9, "warning")):
+        first[:, 0] = value
+        rnn = make_run(2, {"backprop_norm": const(1.0, 2, n), "time_grad_first": first,
+                           "time_grad_last": last, "time_steps": steps_t}, loss=[0.17] * n,
+                       structure=lstm)
+        (f,) = diagnose(rnn)
+        assert (f.kind, f.severity, f.evidence["through"]) == ("vanishing", severity, "time")
+        assert f.evidence["gated"] is True and f.evidence["measured"] == "training run"
 
 
 def test_a_vanished_signal_later_cut_by_dead_units_is_still_vanishing():

@@ -146,7 +146,7 @@ def test_amp_grad_scaler_is_passed_and_gradients_are_unscaled(tmp_path):
     cb = GradwatchCallback(None, detail_every=1)
     fit(cb, max_steps=3, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler)],
         default_root_dir=tmp_path)
-    assert cb.monitor._scaler is scaler
+    assert cb.monitor._ctx.scaler is scaler
     assert cb.run.meta["settings"]["scaler"] == "GradScaler"
     ref = manual(3, autocast=True, scaler=torch.amp.GradScaler("cpu", init_scale=2.0**10))
     assert_same(cb.run, ref, 3, stats=("grad_norm", "backprop_norm", "update_ratio"))

@@ -122,7 +122,7 @@ def test_disk_full_mid_run_training_goes_on_and_the_loss_is_counted(tmp_path):
                 mon.flush(wait=True)
                 fs.fill()
                 train_steps(model, opt, mon, 20)  # every flush fails: training goes on
-                assert mon.step_count == 30 and mon._writer.pending_rows > 0
+                assert mon.step_count == 30 and mon._session.writer.pending_rows > 0
         messages = [str(w.message) for w in caught if w.category is RuntimeWarning]
         assert sum("could not write statistics" in m for m in messages) == 1
         lost = [m for m in messages if m.startswith("gradwatch lost")]
@@ -160,7 +160,7 @@ def test_read_only_mid_run_retries_and_bounds_memory_then_recovers(tmp_path):
                 fs.readonly()
                 train_steps(model, opt, mon, 20)
                 mon.flush(wait=True)
-                held = mon._writer.pending_rows
+                held = mon._session.writer.pending_rows
                 assert 0 < held <= 250 + 5 * 28  # bounded: at most one flush over the limit
                 fs.writable()  # the fault clears: the rows held are retried
                 train_steps(model, opt, mon, 5)

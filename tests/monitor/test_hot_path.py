@@ -21,30 +21,36 @@ def mlp(width: int = 8, depth: int = 3, act=nn.Tanh) -> nn.Sequential:
     return nn.Sequential(*mods[:-1])
 
 
+#: What the Monitor refers to but does not hold for itself: the model and its parameters,
+#: the weight snapshot (one copy of the weights, by design), the step's inputs, the writer.
+NOT_HELD = {"model", "params", "snapshot", "inputs", "writer", "layers"}
+
+
 def held_tensor_bytes(mon) -> int:
-    """Bytes of every tensor reachable from the Monitor's own attributes (one level deep)."""
+    """Bytes of every tensor reachable from the Monitor's own objects (its taps included)."""
     seen: set[int] = set()
     total = 0
 
     def visit(x, depth=0):
         nonlocal total
+        if id(x) in seen:
+            return
+        seen.add(id(x))
         if isinstance(x, torch.Tensor):
-            if id(x) not in seen and x.device.type != "meta":
-                seen.add(id(x))
+            if x.device.type != "meta":
                 total += x.untyped_storage().nbytes()
-        elif depth < 3 and isinstance(x, list | tuple):
+        elif depth < 8 and isinstance(x, list | tuple):
             for y in x:
                 visit(y, depth + 1)
-        elif depth < 3 and isinstance(x, dict):
+        elif depth < 8 and isinstance(x, dict):
             for y in x.values():
                 visit(y, depth + 1)
-        elif depth < 3 and hasattr(x, "__dict__") and type(x).__module__.startswith("gradwatch"):
-            for y in vars(x).values():
-                visit(y, depth + 1)
+        elif depth < 8 and hasattr(x, "__dict__") and type(x).__module__.startswith("gradwatch"):
+            for name, y in vars(x).items():
+                if name.lstrip("_") not in NOT_HELD:
+                    visit(y, depth + 1)
 
-    for name, v in vars(mon).items():
-        if name not in ("model", "_params", "_snapshot", "_inputs", "_writer"):
-            visit(v)
+    visit(mon)
     return total
 
 

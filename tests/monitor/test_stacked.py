@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import gradwatch as gw
-from gradwatch.monitor import act_hooks
+from gradwatch.monitor.taps import activation as act_tap
 
 WIDTH = 24
 
@@ -43,9 +43,9 @@ def deep_model() -> nn.Sequential:
 @pytest.mark.parametrize("pending_max,buffer_bytes", [(None, None), (2000, None), (None, 8000)])
 def test_stacked_paths_equal_their_definitions(monkeypatch, pending_max, buffer_bytes):
     if pending_max is not None:  # kept activations are reduced mid-forward past this many
-        monkeypatch.setattr(act_hooks, "PENDING_MAX", pending_max)
+        monkeypatch.setattr(act_tap, "PENDING_MAX", pending_max)
     if buffer_bytes is not None:  # stacking buffers past this size: one activation at a time
-        monkeypatch.setattr(act_hooks, "STACK_BUFFER_BYTES", buffer_bytes)
+        monkeypatch.setattr(act_tap, "STACK_BUFFER_BYTES", buffer_bytes)
     model = deep_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     x, y = torch.randn(40, 5), torch.randint(0, 3, (40,))
@@ -56,12 +56,13 @@ def test_stacked_paths_equal_their_definitions(monkeypatch, pending_max, buffer_
         for i in act_idx]
     before = [p.detach().clone() for p in model.parameters()]
     with gw.watch(model, optimizer=opt, detail_every=1) as mon:
+        acts_tap, grad_tap = mon._ctx.tap("act"), mon._ctx.tap("grad")
         peak = []  # elements kept by the Monitor after each activation ran
         spies = [model[i].register_forward_hook(
-            lambda m, a, o: peak.append(mon._act_pend_n)) for i in act_idx]
+            lambda m, a, o: peak.append(acts_tap.pending_n)) for i in act_idx]
         opt.zero_grad()
         out = model(x)
-        held = mon._act_pend_n
+        held = acts_tap.pending_n
         for h in spies:
             h.remove()
         loss = nn.functional.cross_entropy(out, y)
@@ -69,7 +70,7 @@ def test_stacked_paths_equal_their_definitions(monkeypatch, pending_max, buffer_
         grads = [p.grad.clone() for p in model.parameters()]
         opt.step()
         mon.step(loss)
-        plan = mon._plan
+        plan = grad_tap.plan
     for h in hooks:
         h.remove()
     assert plan is not None and plan.stacked, "the model must take the stacked gradient path"

@@ -13,23 +13,15 @@ from gradwatch.report.figures._common import narrow_layout, new_figure
 from gradwatch.report.names import shorten
 from gradwatch.report.remedy_text import describe_remedy, layer_list, why_remedy
 
-from .conftest import ACCURACY
-
 
 def text_of(path):
     return path.read_text(encoding="utf-8")
 
 
-def test_comparison_section_shows_both_runs_verdicts_loss_and_accuracy(compare_html):
+def test_comparison_section_shows_both_runs_loss_and_accuracy_curves(compare_html):
     html = text_of(compare_html)
     section = html[html.index("Both training runs, side by side"):]
     section = section[:section.index("</section>")]
-    table = re.search(r'<table id="gw-compare">(.*?)</table>', section, flags=re.S).group(1)
-    rows = re.findall(r"<tr><th>([^<]*)</th><td class=\"(ok|bad)\">([^<]*)</td>", table)
-    assert [r[0] for r in rows] == ["original", "fixed"]
-    assert rows[0][2] == "vanishing"  # the sigmoid run's own diagnosis
-    # the final accuracies of both runs, from the curves given
-    assert f"{ACCURACY['original'][1][-1]:.1%}" in table and "90.0%" in table
     assert "accuracy" in section.lower() and "loss" in section.lower()
     assert section.count("data:image/svg+xml") == 4  # two figures, two layouts each
     # the accuracy figure's legend names each run with its final accuracy
@@ -78,7 +70,7 @@ def test_remedy_text_is_whole():
     swap = describe_remedy("swap_activation", {"kind": "activation",
                                                "swaps": {"Sigmoid": "relu"}, "reinit": "he",
                                                "replaced": ["1", "3"]})
-    assert swap == "swapped Sigmoid → relu in layers '1', '3', with he re-init of the layers " \
+    assert swap == "swapped Sigmoid → relu in layers '1', '3', with He re-init of the layers " \
                    "feeding them"
     assert "Mishkin" in why_remedy(details) and "1/4" in why_remedy({"kind": "activation"})
 

@@ -167,3 +167,26 @@ def test_no_pyplot_state_leaks(mixed_run, rnn_checkup, fix_report):
     F.temporal(rnn_checkup)
     F.fix_comparison(fix_report)
     assert plt.get_fignums() == before
+
+
+def test_gradient_flow_panels_draw_the_same_steps_the_title_names(tmp_path):
+    """grad_norm is recorded every step, backprop_norm every 10th: both panels (and their
+    legends) show the steps both were recorded at, never 0/12/24 beside 0/10/20."""
+    import torch
+    from torch import nn
+
+    from .conftest import record
+
+    torch.manual_seed(0)
+    run = record(tmp_path / "detail", nn.Sequential(nn.Linear(16, 16), nn.Tanh(),
+                                                    nn.Linear(16, 3)), steps=25, detail_every=10)
+    assert run.pivot("grad_norm").index.tolist() == list(range(25))
+    assert run.pivot("backprop_norm").index.tolist() == [0, 10, 20]
+    fig = F.gradient_flow(run, stat=("backprop_norm", "grad_norm"))
+    legends = [[t.get_text() for t in ax.get_legend().get_texts()] for ax in fig.axes]
+    assert legends == [["step 0", "step 10", "step 20"]] * 2
+    assert fig._suptitle.get_text() == "Gradient flow by layer at steps 0, 10 and 20"
+    # one statistic alone: its own first, middle and last steps
+    fig = F.gradient_flow(run, stat="grad_norm")
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "step 0", "step 12", "step 24"]

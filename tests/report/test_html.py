@@ -44,8 +44,9 @@ def test_verdict_and_findings_come_first(mixed_run, mixed_html):
     want = gw.diagnose.__globals__["verdict"](found)
     m = re.search(r'<div id="gw-verdict" class="verdict [^"]+">([^<]+)</div>', text)
     assert m and m.group(1) == want.upper()
-    assert text.index("<h2>Findings</h2>") < text.index("<h2>Figures</h2>")
-    assert text.index("<h2>Figures</h2>") < text.index("Layers at the last recorded step")
+    assert text.index('id="gw-outcome"') < text.index("<h2>Findings</h2>")
+    assert text.index("<h2>Findings</h2>") < text.index("<h2>Figures: the run ")
+    assert text.index("<h2>Figures: the run ") < text.index("Layers at the last recorded step")
     assert text.index("Layers at the last recorded step") < text.index("<h2>Run settings</h2>")
     for f in found:
         assert html.escape(f.message) in text
@@ -87,7 +88,7 @@ def test_script_json_cannot_close_the_script_element():
 
 def test_settings_and_model_repr_are_shown_escaped(mixed_run, mixed_html):
     text = page(mixed_html)
-    assert f"<th>settings.detail_every</th><td>{DETAIL_EVERY}</td>" in text
+    assert f"<th>detail_every</th><td>{DETAIL_EVERY}</td>" in text
     assert html.escape(mixed_run.meta["model"]["repr"]) in text
 
 

@@ -47,17 +47,33 @@ class Brute:
     loss: float = math.nan
     scale: float = math.nan
     clip: tuple[float, float] = (math.nan, math.nan)
+    lr: dict[str, float] = field(default_factory=dict)  # per layer, largest over its groups
 
 
-def train_step(scaler: bool = False, clip: float | None = None, nan_input: bool = False):
-    """One optimizer step, watched, with the brute-force quantities taken beside it."""
+def train_step(scaler: bool = False, clip: float | None = None, nan_input: bool = False,
+               lr: bool = False):
+    """One optimizer step, watched, with the brute-force quantities taken beside it.
+
+    ``lr``: two parameter groups (layer 2's bias at 0.05, everything else at 0.3) and the
+    opt-in ``lr`` statistic named.
+    """
     model = net()
-    opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    if lr:
+        rest = [p for n, p in model.named_parameters() if n != "2.bias"]
+        opt = torch.optim.SGD([{"params": rest}, {"params": [model[2].bias], "lr": 0.05}],
+                              lr=0.3)
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=0.3)
+    b_lr = {ly: max(g["lr"] for g in opt.param_groups
+                    if any(p is q for p in model[i].parameters() for q in g["params"]))
+            for ly, i in LAYERS.items()}
+    stats = [n for n, s in STATISTICS.items() if s.default] + ["lr"] if lr else None
     x = torch.randn(32, 6, generator=torch.Generator().manual_seed(1))
     if nan_input:
         x[3, 2] = math.nan
     y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(2))
     b = Brute(x=x)
+    b.lr = b_lr
     handles = []
     for name, i in LAYERS.items():
         def keep(m, a, o, name=name):
@@ -70,7 +86,8 @@ def train_step(scaler: bool = False, clip: float | None = None, nan_input: bool 
         handles.append(model[i].register_forward_hook(
             lambda m, a, o, name=name: b.acts.__setitem__(name, o.detach().double())))
     sc = torch.amp.GradScaler("cpu", init_scale=2.0**4) if scaler else None
-    with gw.watch(model, optimizer=opt, detail_every=1, scaler=sc) as mon:
+    extra = {"stats": stats} if stats else {}
+    with gw.watch(model, optimizer=opt, detail_every=1, scaler=sc, **extra) as mon:
         opt.zero_grad()
         loss = nn.functional.cross_entropy(model(x), y)
         b.loss = float(loss)
@@ -179,6 +196,8 @@ REFERENCES = {
     "time_grad_first": ({"rnn": True}, lambda b: {"rnn": float(b.outs["first"].norm())}),
     "time_grad_last": ({"rnn": True}, lambda b: {"rnn": float(b.outs["last"].norm())}),
     "time_steps": ({"rnn": True}, lambda b: {"rnn": 12.0}),
+    # two parameter groups: layer 2 holds both rates, and records the larger
+    "lr": ({"lr": True}, lambda b: dict(b.lr)),
 }
 
 _CACHE: dict[tuple, Brute] = {}

@@ -242,7 +242,7 @@ def test_long_run_streams_to_disk_and_compacts(tmp_path):
         for _ in range(80):
             model(torch.randn(2, 2)).sum().backward()
             mon.step()
-            assert len(mon._buffer) <= 1
+            assert len(mon._session.buffer) <= 1
     parts = list((tmp_path / "run" / "stats").glob("*.parquet"))
     assert len(parts) <= 3
     assert gw.load(tmp_path / "run").steps == list(range(80))

@@ -6,9 +6,14 @@ WARNING: this RUNS FILE.py: it is imported as a module (its top-level code execu
 ``python FILE.py`` would without the ``__main__`` block), then ``FACTORY()`` is called with no
 arguments. FACTORY returns a model, or a tuple ``(model, inputs)`` or
 ``(model, inputs, targets)``; without inputs, a seeded ``torch.randn`` batch of
-``--input-shape`` is used. Prints the verdict, the findings and a per-layer table with a bar
-of log10 ‖∂L/∂output‖ (or, with ``--json``, ``{verdict, loss, findings, table, temporal}``).
-Exit code 0 whatever the verdict; 2 with one line on stderr for a bad file, factory or shape.
+``--input-shape`` is used. ``--seed`` seeds torch (and Python's and NumPy's generators)
+before ``FACTORY()`` runs, so the model's initial weights are the same from run to run, and
+seeds the random batch and targets. Prints the verdict, the findings and a per-layer table
+with a bar of log10 ‖∂L/∂output‖ (or, with ``--json``, ``{verdict, loss, findings, table,
+temporal}``).
+Exit code 0 whatever the verdict, unless ``--fail-on`` names it (``--fail-on
+vanishing,exploding``, or ``any``): then 1, for CI. 2 with one line on stderr for a bad file,
+factory, shape or option.
 """
 
 from __future__ import annotations
@@ -35,6 +40,8 @@ _SPEC_HINT = "write it as FILE.py:FACTORY, e.g. models.py:make_model"
 BAR_WIDTH = 12
 #: Most per-layer rows printed; the middle of a longer table is elided.
 MAX_ROWS = 40
+#: Longest module type shown (``NonDynamicallyQuantizableLinear`` is ``NonDyna…izableLinear``).
+TYPE_WIDTH = 20
 
 
 def _physical_memory() -> int:
@@ -63,12 +70,51 @@ def register(subparsers: Any) -> None:
         ),
     )
     add_model_arguments(parser, "loss 0.5·‖output‖²/N")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random batch")
+    parser.add_argument(
+        "--seed", type=int, default=0,
+        help="seed of the model's weights (torch.manual_seed before FACTORY() is called) and of "
+        "the random batch and targets (default 0): the same seed gives the same check",
+    )
     parser.add_argument(
         "--eval", action="store_true", help="run the pass in eval mode (default: train mode)"
     )
     parser.add_argument("--json", action="store_true", help="print the checkup as JSON")
+    parser.add_argument(
+        "--fail-on", default=None, metavar="VERDICTS",
+        help="exit with code 1 when the verdict is one of these, comma-separated (for CI), "
+        f"e.g. vanishing,exploding; any of: {', '.join(FAIL_ON_CHOICES)}",
+    )
     parser.set_defaults(func=run)
+
+
+#: Verdicts ``--fail-on`` takes: ``gradwatch.verdicts.VERDICTS`` but "healthy", written out
+#: here so that ``gradwatch check --help`` does not import torch (a test checks they agree),
+#: and "any" for every verdict but healthy.
+FAIL_ON_CHOICES = ("nonfinite", "exploding", "vanishing", "dead", "saturated", "uncertain",
+                   "any")
+#: Exit code of ``gradwatch check --fail-on`` when the verdict is one of those given.
+FAIL_EXIT_CODE = 1
+
+
+def fail_on(value: str | None) -> frozenset[str]:
+    """The verdicts of ``--fail-on`` ("any": every verdict but healthy).
+
+    Raises:
+        GradwatchValueError: an empty list or a name that is not a verdict.
+    """
+    if value is None:
+        return frozenset()
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in names if v not in FAIL_ON_CHOICES]
+    if not names or bad:
+        what = f"{bad[0]!r} is not a verdict" if bad else "it names no verdict"
+        raise GradwatchValueError(
+            f"--fail-on {value!r}: {what}; give verdicts separated by commas, from "
+            f"{', '.join(FAIL_ON_CHOICES)}, e.g. --fail-on vanishing,exploding"
+        )
+    if "any" in names:
+        return frozenset(FAIL_ON_CHOICES) - {"any"}
+    return frozenset(names)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, default_loss: str) -> None:
@@ -98,8 +144,10 @@ def run(args: argparse.Namespace) -> int:
     from gradwatch.check import check
 
     check_seed(args.seed)
+    failing = fail_on(args.fail_on)
     if args.input_shape is not None:
         input_dims(args.input_shape)  # a bad shape fails before FILE.py runs
+    seed_everything(args.seed)  # the factory's weights are drawn from torch's generator
     model, inputs, targets = load_model(args.model)
     if inputs is None:
         if args.input_shape is None:
@@ -114,10 +162,31 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(jsonable(cu.to_dict()), allow_nan=False))
     else:
         print_checkup(cu)
+    if cu.verdict in failing:
+        if not args.json:
+            print(f"gradwatch check: verdict {cu.verdict} is one of --fail-on "
+                  f"{','.join(sorted(failing))}: exit code {FAIL_EXIT_CODE}", file=sys.stderr)
+        return FAIL_EXIT_CODE
     return 0
 
 
 # --------------------------------------------------------------------------- loading
+def seed_everything(seed: int) -> None:
+    """Seed torch's global generator (and Python's and NumPy's) before the factory runs.
+
+    A factory builds its model with torch's global generator (``nn.Linear`` draws its
+    weights from it), so the same ``--seed`` gives the same weights, and the same check.
+    """
+    import random
+
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
 def load_model(spec: str) -> tuple[nn.Module, Any, Any]:
     """Run ``FILE.py`` and call ``FACTORY()``: return (model, inputs or None, targets or None).
 
@@ -256,13 +325,15 @@ def _batch(inputs: Any) -> int:
 
 
 # ---------------------------------------------------------------------------- printing
-def _bar(value: float, lo: float, hi: float) -> str:
-    if not math.isfinite(value) or value <= 0:
-        return "!" if not math.isfinite(value) else ""
-    if hi - lo < 1e-12:
-        return "█" * (BAR_WIDTH // 2)
-    frac = (math.log10(value) - lo) / (hi - lo)
-    return "█" * max(1, round(frac * BAR_WIDTH))
+def _bar(value: float, top: float) -> str:
+    """The log10 bar of a value: the largest fills :data:`BAR_WIDTH` cells, 2 per decade."""
+    from gradwatch.report.terminal import bar_cells
+
+    if math.isnan(value) or value <= 0:  # not recorded for this layer, or zero
+        return ""
+    if math.isinf(value):
+        return "!"
+    return "█" * bar_cells(value, top, BAR_WIDTH)
 
 
 def _fmt(v: Any) -> str:
@@ -271,59 +342,63 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def print_checkup(cu: Any) -> None:
-    """Print a checkup for people: verdict, findings, per-layer table with a log10 bar."""
+def print_checkup(cu: Any, console: Any = None) -> None:
+    """Print a checkup for people: verdict, findings, per-layer table with a log10 bar.
+
+    Layer names never break inside a word: a name longer than the room the terminal leaves
+    goes on to a second line after a ``.`` (``layer1.0.`` / ``conv1``).
+    """
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
-    console = Console()
+    from gradwatch.report.names import shorten
+    from gradwatch.report.terminal import DECADE_CELLS
+    from gradwatch.wording import fold, name_room
+
+    console = console or Console()
     colour = {"healthy": "green", "dead": "yellow", "saturated": "yellow"}.get(cu.verdict, "red")
     console.print(
         f"verdict: [bold {colour}]{cu.verdict}[/]   loss {cu.loss:.4g}   {len(cu.table)} layers"
     )
     for f in cu.findings:
         style = {"error": "red", "warning": "yellow"}.get(f.severity, "cyan")
-        console.print(f"[{style}]{f.severity:>7}[/] [bold]{f.kind}[/]: {f.message}")
+        console.print(f"[{style}]{f.severity:>7}[/] [bold]{f.kind}[/]: {escape(f.message)}")
         if f.remedies:
             console.print(f"         try: {', '.join(f.remedies)}", style="dim")
     bp = [float(v) for v in cu.table["backprop_norm"] if math.isfinite(v) and v > 0]
-    lo, hi = (math.log10(min(bp)), math.log10(max(bp))) if bp else (0.0, 0.0)
-    table = Table(title="layers, input side first; bar: log10 ‖∂L/∂output‖")
-    # Layer names wrap rather than being cut: siblings ("layer1.0.conv1", "layer1.0.conv2")
-    # differ at the end, which an ellipsis would hide.
-    for col, just in (
-        ("layer", "left"),
-        ("type", "left"),
-        ("‖∂L/∂out‖", "right"),
-        ("", "left"),
-        ("‖∂L/∂W‖", "right"),
-        ("dead", "right"),
-        ("sat.", "right"),
-    ):
-        wrap = col == "layer"
-        table.add_column(col, justify=just, overflow="fold" if wrap else "ellipsis",  # type: ignore[arg-type]
-                         no_wrap=not wrap, ratio=1 if wrap else None)
+    top = max(bp) if bp else 1.0
     rows = list(cu.table.itertuples(index=False))
     if len(rows) > MAX_ROWS:
         half = MAX_ROWS // 2
         rows = rows[:half] + [None] + rows[-half:]
-    for r in rows:
-        if r is None:
-            table.add_row("…", "", "", "", "", "", "")
+    columns = [("type", "left", lambda r: shorten(str(r.type), TYPE_WIDTH)),
+               ("‖∂L/∂out‖", "right", lambda r: _fmt(r.backprop_norm)),
+               ("", "left", lambda r: _bar(r.backprop_norm, top)),
+               ("‖∂L/∂W‖", "right", lambda r: _fmt(r.grad_norm))]
+    # the dead and saturated fractions only where the model has such units
+    for title, col in (("dead", "dead_frac"), ("sat.", "saturated_frac")):
+        if cu.table[col].notna().any():
+            columns.append((title, "right", lambda r, col=col: _fmt(getattr(r, col))))
+    cells = [None if r is None else [get(r) for _, _, get in columns] for r in rows]
+    widths = [max([len(title)] + [len(c[i]) for c in cells if c is not None])
+              for i, (title, _, _) in enumerate(columns)]
+    longest = max((len(str(r.layer)) for r in rows if r is not None), default=5)
+    room = min(longest, name_room(console.width, widths, boxed=True))
+    table = Table(title="layers, input side first; bar: log10 ‖∂L/∂output‖, "
+                        f"{DECADE_CELLS} cells per decade below the largest")
+    table.add_column("layer", no_wrap=True)
+    for title, just, _ in columns:
+        table.add_column(title, justify=just, no_wrap=True)  # type: ignore[arg-type]
+    for r, c in zip(rows, cells, strict=True):
+        if r is None or c is None:
+            table.add_row("…", *([""] * len(columns)))
             continue
-        table.add_row(
-            str(r.layer),
-            str(r.type),
-            _fmt(r.backprop_norm),
-            _bar(r.backprop_norm, lo, hi),
-            _fmt(r.grad_norm),
-            _fmt(r.dead_frac),
-            _fmt(r.saturated_frac),
-        )
+        table.add_row(escape(fold(str(r.layer), room)), *(escape(x) for x in c))
     console.print(table)
     for layer, grp in cu.temporal.groupby("layer", sort=False):
         r = grp["ratio"].to_numpy()
         console.print(
-            f"temporal flow in '{layer}': ‖∂L/∂x_t‖/‖∂L/∂x_T‖ = {r[0]:.3g} at t=0, "
+            f"temporal flow in '{escape(str(layer))}': ‖∂L/∂x_t‖/‖∂L/∂x_T‖ = {r[0]:.3g} at t=0, "
             f"{r[len(r) // 2]:.3g} at t={len(r) // 2}, over {len(r)} steps"
         )

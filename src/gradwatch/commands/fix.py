@@ -63,7 +63,9 @@ def register(subparsers: Any) -> None:
         "--max-rounds", type=int, default=4, help="most remedies applied (default 4)"
     )
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the input batch and the new weights"
+        "--seed", type=int, default=0,
+        help="seed of the model's weights (torch.manual_seed before FACTORY() is called), the "
+        "random batch and the new weights (default 0)",
     )
     parser.add_argument(
         "--save",
@@ -79,7 +81,13 @@ def run(args: argparse.Namespace) -> int:
     """Load the model, fix it, print the report, save the weights; return the exit code."""
     import torch
 
-    from gradwatch.commands.check import input_dims, load_model, random_inputs, random_targets
+    from gradwatch.commands.check import (
+        input_dims,
+        load_model,
+        random_inputs,
+        random_targets,
+        seed_everything,
+    )
     from gradwatch.remedies.fix import check_allow, fix
 
     try:
@@ -96,6 +104,7 @@ def run(args: argparse.Namespace) -> int:
             )
     if args.input_shape is not None:
         input_dims(args.input_shape)  # a bad shape fails before FILE.py runs
+    seed_everything(args.seed)  # the factory's weights are drawn from torch's generator
     model, inputs, targets = load_model(args.model)
     if inputs is None:
         if args.input_shape is None:
@@ -163,11 +172,18 @@ def _print_report(report: Any, saved: str | None) -> None:
         console.print(f"[yellow]recommended:[/yellow] {escape(cli_syntax(rec))}")
     if report.changed_architecture:
         console.print(
-            "[bold]The architecture changed.[/bold] Saved weights load only into this model:"
+            "[bold]The architecture changed.[/bold] "
+            + ("The saved weights load only into this model:" if saved else
+               "The fixed model is this one (its weights load only into it; "
+               "--save PATH writes them):")
         )
         console.print(report.new_architecture, markup=False)
     elif report.applied:
-        console.print("Same architecture: the saved weights load into your model as it is.")
+        console.print(
+            "Same architecture: the saved weights load into your model as it is." if saved
+            else "Same architecture: only weights changed; --save PATH writes them, and they "
+            "load into your model as it is."
+        )
     if saved:
         console.print(
             f"saved the state dict to {Path(saved)}; load it with "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -28,36 +29,58 @@ from gradwatch.jsonable import jsonable
 META, FINDINGS, STATS_DIR = "meta.json", "findings.jsonl", "stats"
 
 
-def find_runs(root: Path, max_depth: int = 3) -> list[Path]:
-    """Run directories (folders with a meta.json) at most ``max_depth`` levels below ``root``."""
+#: How deep ``gradwatch runs`` looks by default: an experiment's runs sit 4 levels below the
+#: experiments folder (``experiments/<time>/<name>/runs/<run>``), 5 below the project.
+MAX_DEPTH = 8
+#: Most folders looked into: a listing of a huge tree stops there and says so.
+MAX_FOLDERS = 50_000
+
+
+def find_runs(root: Path, max_depth: int = MAX_DEPTH,
+              max_folders: int = MAX_FOLDERS) -> tuple[list[Path], bool]:
+    """Run directories (folders with a meta.json) at most ``max_depth`` levels below ``root``.
+
+    The search goes breadth first, in name order; it does not look inside a run directory,
+    a hidden folder (``.git``, ``.venv``) or a symbolic link to a folder (which could loop).
+
+    Returns:
+        (the run directories, whether the search stopped at ``max_folders`` folders).
+    """
     found = []
     if (root / META).is_file():
-        found.append(root)
-    frontier = [root]
+        return [root], False
+    frontier, seen = [root], 0
     for _ in range(max_depth):
         nxt = []
         for d in frontier:
             try:
-                children = sorted(p for p in d.iterdir() if p.is_dir())
+                children = sorted(
+                    p for p in d.iterdir()
+                    if not p.name.startswith(".") and not p.is_symlink() and p.is_dir()
+                )
             except OSError:
                 continue
             for c in children:
+                seen += 1
+                if seen > max_folders:
+                    return found, True
                 if (c / META).is_file():
                     found.append(c)
                 else:
                     nxt.append(c)
         frontier = nxt
-    return found
+    return found, False
 
 
 def verdict_of(findings: list[dict]) -> str:
     """The verdict a list of finding dicts implies (the same rule as ``gw.diagnose``)."""
-    from gradwatch.diagnose import VERDICT_PRECEDENCE
     from gradwatch.findings import SEVERITY_RANK
+    from gradwatch.verdicts import VERDICT_PRECEDENCE, verdict_of_kind
 
-    serious = [f for f in findings if SEVERITY_RANK.get(f.get("severity"), 0) >= 1]
+    serious = {verdict_of_kind(str(f.get("kind"))) for f in findings
+               if SEVERITY_RANK.get(f.get("severity"), 0) >= 1}
     for kind in VERDICT_PRECEDENCE:
-        if any(f.get("kind") == kind for f in serious):
+        if kind in serious:
             return kind
     return "healthy"
 
@@ -161,6 +184,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
+    from gradwatch.wording import fold, name_room
+
     if not args.dir:
         raise GradwatchValueError("DIR is an empty path; give the folder that holds your runs")
     root = Path(args.dir)
@@ -168,7 +193,13 @@ def run(args: argparse.Namespace) -> int:
         raise GradwatchValueError(
             f"DIR {str(root)!r} is not a directory; give the folder that holds your runs"
         )
-    rows = [summarize(p) for p in find_runs(root)]
+    if args.depth < 1:
+        raise GradwatchValueError(f"--depth must be a positive integer, got {args.depth}")
+    paths, stopped = find_runs(root, args.depth)
+    if stopped:
+        print(f"gradwatch runs: stopped after {MAX_FOLDERS} folders under {root}; give a "
+              "narrower DIR or a smaller --depth", file=sys.stderr)
+    rows = [summarize(p) for p in paths]
     if args.json:
         print(json.dumps(jsonable(rows), indent=2, allow_nan=False))
         return 0
@@ -177,20 +208,34 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"no gradwatch runs under {escape(str(root))}")
         return 0
     table = Table(title=f"gradwatch runs under {escape(str(root))}")
-    for col in ("run", "model", "status", "steps", "layers", "verdict", "updated"):
-        table.add_column(col, overflow="fold")
-    colour = {"healthy": "green", "not diagnosed": "dim"}
+    narrow = console.width < 100
+    stamp = "%Y-%m-%d\n%H:%M" if narrow else "%Y-%m-%d %H:%M"
+    cells = []
     for r in rows:
         upd = r.get("updated")
-        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(upd)) if upd else ""
-        v = str(r.get("verdict", ""))
-        status = str(r.get("status", ""))
+        cells.append([
+            str(r.get("model", "")), str(r.get("status", "")), str(r.get("steps", "")),
+            str(r.get("layers", "")), str(r.get("verdict", "")),
+            time.strftime(stamp, time.localtime(upd)) if upd else "",
+        ])
+    titles = ("model", "status", "steps", "layers", "verdict", "updated")
+    # every column as wide as its longest line (at most 24); the run column takes the rest,
+    # and a path longer than that goes on to the next line after a "/"
+    widths = [min(24, max([len(t)] + [len(ln) for c in cells for ln in c[i].splitlines()]))
+              for i, t in enumerate(titles)]
+    names = [_relative(Path(r["run"]), root) for r in rows]
+    room = min(max(len(n) for n in names), name_room(console.width, widths, boxed=True))
+    table.add_column("run", no_wrap=True, min_width=min(room, 10), max_width=max(room, 3))
+    for title, width in zip(titles, widths, strict=True):
+        table.add_column(title, no_wrap=True, max_width=width)
+    colour = {"healthy": "green", "not diagnosed": "dim"}
+    for name, (model, status, steps, layers, v, when) in zip(names, cells, strict=True):
         table.add_row(
-            escape(r["run"]),
-            escape(str(r.get("model", ""))),
+            escape(fold(name, room)),
+            escape(model),
             escape(status) if status in ("closed", "running") else f"[red]{escape(status)}[/]",
-            str(r.get("steps", "")),
-            str(r.get("layers", "")),
+            steps,
+            layers,
             f"[{colour.get(v, 'red')}]{escape(v)}[/]" if v else "",
             when,
         )
@@ -204,4 +249,15 @@ def register(subparsers: Any) -> None:
                               description=__doc__.splitlines()[0])
     p.add_argument("dir", nargs="?", default="runs", help="folder to search (default: runs)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--depth", type=int, default=MAX_DEPTH,
+                   help=f"how many folder levels below DIR to look (default {MAX_DEPTH})")
     p.set_defaults(func=run)
+
+
+def _relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` (``.`` for the root itself), else as given."""
+    try:
+        rel = path.relative_to(root)
+    except ValueError:
+        return str(path)
+    return str(rel) if str(rel) != "." else "."

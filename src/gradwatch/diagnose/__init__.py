@@ -41,7 +41,7 @@ from gradwatch.diagnose.store import store_findings
 from gradwatch.errors import GradwatchTypeError
 from gradwatch.findings import SEVERITY_RANK, Finding
 from gradwatch.store.reader import Run, load
-from gradwatch.verdicts import VERDICT_PRECEDENCE, verdict, verdict_of_kind
+from gradwatch.verdicts import VERDICT_PRECEDENCE, Findings, verdict, verdict_of_kind
 
 Rule = Callable[[RunView], list[Finding]]
 
@@ -60,7 +60,7 @@ RULES: list[Rule] = [
 ]
 
 
-def diagnose(run: Run | str | Path | Checkup) -> list[Finding]:
+def diagnose(run: Run | str | Path | Checkup) -> Findings:
     """Diagnose a training run or a checkup.
 
     Args:
@@ -68,7 +68,9 @@ def diagnose(run: Run | str | Path | Checkup) -> list[Finding]:
             :class:`~gradwatch.check.Checkup`.
 
     Returns:
-        the findings of every rule in :data:`RULES`, most severe kinds first.
+        the findings of every rule in :data:`RULES`, most severe kinds first: a list
+        (:class:`~gradwatch.findings.Findings`) that ``print`` shows as the verdict and one
+        paragraph per finding.
 
     Raises:
         GradwatchTypeError: ``run`` is none of those.
@@ -91,7 +93,7 @@ def view_of(run: Run | str | Path | Checkup) -> RunView:
     return RunView(run, is_checkup=bool(run.meta.get("checkup")))
 
 
-def run_rules(view: RunView, rules: Iterable[Rule] = RULES) -> list[Finding]:
+def run_rules(view: RunView, rules: Iterable[Rule] = RULES) -> Findings:
     """Apply ``rules`` to ``view`` and collect their findings.
 
     The ``not_learning`` finding speaks only when no other rule found a cause: it is dropped
@@ -106,10 +108,10 @@ def run_rules(view: RunView, rules: Iterable[Rule] = RULES) -> list[Finding]:
     )
     if explained:
         findings = [f for f in findings if f.evidence.get("rule") != "not_learning"]
-    return findings
+    return Findings(findings)
 
 
-def diagnose_run(run: Run, is_checkup: bool = False) -> list[Finding]:
+def diagnose_run(run: Run, is_checkup: bool = False) -> Findings:
     """Apply every rule to a Run (the form :func:`gradwatch.check.check` takes its rules in)."""
     return run_rules(RunView(run, is_checkup=is_checkup))
 

@@ -208,9 +208,11 @@ def when(view: RunView, held: list[int], recorded: list[int]) -> str:
 
 
 def names(layers: list[str], limit: int = 4) -> str:
-    """``'a', 'b', 'c' and 2 more``."""
-    quoted = [f"'{x}'" for x in layers[:limit]]
+    """``'a', 'b', 'c' and 2 more``; never "and 1 more": one name more is written out."""
     more = len(layers) - limit
+    if more == 1:
+        limit, more = limit + 1, 0
+    quoted = [f"'{x}'" for x in layers[:limit]]
     if more > 0:
         return ", ".join(quoted) + f" and {more} more"
     if len(quoted) <= 1:

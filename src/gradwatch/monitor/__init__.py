@@ -1,16 +1,11 @@
-"""The Monitor: hooks that record per-layer statistics while a model trains.
+"""The Monitor: per-layer statistics of a model while it trains, read from a set of taps.
 
-Lifecycle: :func:`watch` installs, once, every hook the requested statistics need (a forward
-hook per layer for the back-propagated signal, a forward hook per activation module, optimizer
-step hooks); :meth:`Monitor.close` removes them all, so the model is as it was.
-
-THE HOT PATH lives in :mod:`gradwatch.monitor.hooks`: ``_on_layer_forward`` /
-``_on_backprop`` (per layer call), ``_on_act_forward`` (per activation call) and
-``_record_step`` (once per recorded step). None of them calls ``.item()`` or ``.cpu()`` on an
-accelerator or loops over parameters where a fused ``torch._foreach_*`` call exists; each
-recorded step leaves a few small float32 tensors on the device, and every ``flush_every``
-steps (or ``flush_secs`` seconds) they are concatenated and handed to the background writer,
-which moves them to the host in one transfer.
+Each source of statistics is a *tap* (interface: :mod:`gradwatch.monitor.tap`; the taps:
+:mod:`gradwatch.monitor.taps`) that owns its hooks, buffers and registry statistics. The
+Monitor keeps the lifecycle and the sink (:class:`~gradwatch.monitor.lifecycle.RunSession`:
+run directory, background writer, flushes) and the schedule, and reads its taps in a loop
+(:class:`~gradwatch.monitor.loop.TapLoop`). Nothing on the hot path reads a device value on
+the host: blocks stay on the device until a flush moves them in one transfer.
 """
 
 from __future__ import annotations
@@ -20,31 +15,27 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.errors import GradwatchValueError
 from gradwatch.handoff import diagnose_at_close
-from gradwatch.layers import find_activations, find_layers
 from gradwatch.monitor import options as opts
-from gradwatch.monitor.hooks import HotPath
-from gradwatch.monitor.lifecycle import _LIVE, Lifecycle, set_default_diagnose
-from gradwatch.monitor.meta import MetaMixin, describe_structure
-from gradwatch.monitor.optim import OptimHooks, check_optimizers
-from gradwatch.monitor.origin import Forensics
-from gradwatch.monitor.record import StepRecord
+from gradwatch.monitor.collective import watched_ranks
+from gradwatch.monitor.context import TapContext
+from gradwatch.monitor.lifecycle import _LIVE, RunSession, _restore_sigterm, set_default_diagnose
+from gradwatch.monitor.loop import TapLoop
+from gradwatch.monitor.meta import build_meta, describe_structure
 from gradwatch.monitor.sinks import make_live_sink
-from gradwatch.schedule import make_schedule
-from gradwatch.stats import ALL_STATS, DETAIL_STATS, SOURCES
-from gradwatch.stats.gradient import NormPlan
-from gradwatch.store.rundir import check_run_dir
-from gradwatch.store.writer import MAX_PENDING_ROWS, Block, Layout, RunWriter
+from gradwatch.stats import ALL_STATS
+from gradwatch.store.reader import Run, tables_to_frame
+from gradwatch.store.rundir import FAILED, FINAL_STATUSES, INTERRUPTED, RUNNING
+from gradwatch.store.writer import MAX_PENDING_ROWS
 
 __all__ = ["Monitor", "set_default_diagnose", "watch"]
 
 
-class Monitor(HotPath, StepRecord, OptimHooks, Forensics, Lifecycle, MetaMixin):
+class Monitor:
     """Records per-layer gradient, activation and update statistics of a model.
 
     Create it with :func:`gradwatch.watch`. Use it as a context manager, or call
@@ -74,141 +65,187 @@ class Monitor(HotPath, StepRecord, OptimHooks, Forensics, Lifecycle, MetaMixin):
         resume: bool = False,
         max_pending_rows: int = MAX_PENDING_ROWS,
     ):
-        # -- validate everything before touching the model or the disk ---------------------
-        opts.check_initialised(model)
-        layers = find_layers(model)  # raises for non-modules and models without parameters
-        self._schedule = make_schedule(every, "every")
-        if isinstance(detail_every, bool) or not isinstance(detail_every, int):
-            raise GradwatchTypeError(
-                f"detail_every must be a positive int, got {type(detail_every).__name__}"
-            )
-        if detail_every < 1:
-            raise GradwatchValueError(
-                f"detail_every must be >= 1, got {detail_every}; use 1 to record every "
-                "statistic at every recorded step"
-            )
-        flush_every = opts.check_flush_every(flush_every)
-        flush_secs = opts.check_flush_secs(flush_secs)
-        wanted = opts.check_stats(stats, ALL_STATS)
-        if run_dir is not None:
-            run_dir = check_run_dir(run_dir)
-        config = opts.check_config(config)
-        for flag, val in (("activations", activations), ("overwrite", overwrite),
-                          ("resume", resume)):
-            opts.check_flag(flag, val)
-        if distributed is not None:
-            opts.check_flag("distributed", distributed)
-        diagnose = opts.check_diagnose(diagnose)
-        opts.check_positive_int("max_pending_rows", max_pending_rows, MAX_PENDING_ROWS)
-        opts.check_optional_path("tensorboard", tensorboard)
-        opts.check_name(name)
-        if overwrite and resume:
-            raise GradwatchValueError(
-                "overwrite=True and resume=True contradict each other: resume continues the "
-                "run in run_dir, overwrite deletes it; pass one of them"
-            )
-        if not activations:
-            wanted -= set(SOURCES["act"])
-        optimizers = check_optimizers(optimizer)
-        if scaler is not None and not callable(getattr(scaler, "step", None)):
-            raise GradwatchTypeError(
-                f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}"
-            )
-        if scaler is not None and not optimizers:
-            raise GradwatchValueError(
-                "scaler= needs optimizer=: pass the optimizer that scaler.step() steps"
-            )
-
-        self.model = model
-        self.stats = tuple(s for s in ALL_STATS if s in wanted)
-        self._need = {src for src, names in SOURCES.items() if wanted & set(names)}
-        self._detail_stats = set(DETAIL_STATS) & wanted
-        self.detail_every = detail_every
-        self.every = every
-        self.flush_every = int(flush_every)
-        self.flush_secs = float(flush_secs)
-        self._optimizers = optimizers
-        self._scaler = scaler
-        self.name = name
-
-        # -- static layout: layers, unique parameters, which layer owns which ----------------
-        self.layers = layers
-        self._layer_names = [ly.name for ly in layers]
-        params: list[nn.Parameter] = []
-        index: dict[int, int] = {}
-        layer_params: dict[int, list[int]] = {}
-        for li, ly in enumerate(layers):
-            ids = []
-            for p in ly.module.parameters(recurse=False):
-                if p.numel() == 0:
-                    continue
-                if id(p) not in index:
-                    index[id(p)] = len(params)
-                    params.append(p)
-                ids.append(index[id(p)])
-            layer_params[li] = ids
-        self._params = params
-        self._all_pids = tuple(range(len(params)))
-        self._plan: NormPlan | None = None  # built lazily, once gradients exist
-        self._layout = Layout(
-            layer_names=self._layer_names,
-            layer_params=layer_params,
-            numel=np.array([p.numel() for p in params], dtype=np.int64),
-        )
-        self._acts_info = find_activations(model) if "act" in self._need else []
-
-        # -- distributed: statistics combined across ranks at each flush, rank 0 writes --------
-        from gradwatch.monitor import collective as gw_dist
-
-        self._dist = gw_dist.is_distributed(process_group) if distributed is None else distributed
-        self._pg = process_group
-        self.rank, self.world_size = gw_dist.rank_and_world(process_group) if self._dist else (0, 1)
+        a = opts.check_watch(  # everything is checked before the model or the disk is touched
+            model, run_dir, optimizer, every, activations, detail_every, stats, scaler,
+            flush_every, flush_secs, overwrite, name, config, distributed, diagnose,
+            tensorboard, resume, max_pending_rows)
+        self.model, self.layers = model, a.layers
+        self.stats = tuple(s for s in ALL_STATS if s in a.wanted)
+        self.every, self.detail_every, self.name = every, detail_every, name
+        self.flush_every, self.flush_secs = a.flush_every, a.flush_secs
+        self._config, self._closed, self._session = a.config, False, None
+        self._ctx = ctx = TapContext(model, self.layers, a.wanted, a.optimizers, scaler,
+                                     lambda block: self._session.buffer.append(block))
+        # -- distributed: statistics combined across ranks at each flush, rank 0 writes -----
+        self._dist, self.rank, self.world_size = watched_ranks(process_group, distributed)
         if self._dist:
             self.flush_secs = float("inf")  # ranks flush together, by step count only
-
-        # -- run directory --------------------------------------------------------------------
-        self.run_dir = Path(run_dir) if run_dir is not None and self.rank == 0 else None
-        self._step = 0  # index of the pending (not yet closed) step
-        self._n_recorded = 0
-        self._open_run_dir(run_dir, overwrite, resume)  # a resumed run continues its steps
-        tb_writer = None
-        if tensorboard is not None and self.rank == 0:
-            tb_writer = make_live_sink(tensorboard)  # supplied from above by the package root
-        self._writer = RunWriter(
-            self.run_dir,
-            self._layout,
-            tb_writer,
-            first_part=self._rundir.first_part if self._rundir is not None else 0,
-            max_pending_rows=max_pending_rows,
-        )
+        # -- the run directory, the writer and the live sink; a resumed run continues -------
         self._started = time.time()
-        self._config = config
-        # what the diagnosis needs to know of the model's structure (meta["structure"]):
-        # module types now, the autograd graph at the first step given a loss tensor
-        self._structure = describe_structure(model, None)
-        self._structure_from_graph = False
-        self._diagnose_fn = (
-            diagnose if callable(diagnose)
-            else (diagnose_at_close() if diagnose else None)
-        )
-
-        # -- per-step state and hooks (installed once; removed by close) ----------------------
-        self._buffer: list[Block] = []
+        self._structure = describe_structure(model, None)  # module types; the graph later
+        self._structure_from_graph = False  # read from a loss tensor's graph (else the loop
+        # reads it from the first forward pass's output: TapLoop.on_root_done)
+        live = make_live_sink(tensorboard) if tensorboard is not None and self.rank == 0 else None
+        fn = a.diagnose if callable(a.diagnose) else diagnose_at_close() if a.diagnose else None
+        self._session = session = RunSession(
+            a.run_dir, ctx.layout, rank=self.rank, dist=self._dist, process_group=process_group,
+            overwrite=overwrite, resume=resume, live_sink=live,
+            max_pending_rows=max_pending_rows, describe=lambda st: build_meta(self, st),
+            diagnose=fn)
+        self.run_dir = session.run_dir
         self._last_flush = time.monotonic()
-        self._closed = False
-        self._handles: list[Any] = []
-        self._init_optim_hooks()  # optim.py: optimizer hooks, GradScaler, clipping listener
-        self._init_hot_path()  # hooks.py: buffers, hook functions built once, root hook
-
-        self._start_run_dir()  # meta.json "running"; signal and exception handlers
+        self._meta_ordered = False
+        # -- the taps and their hooks (installed once; removed by close) --------------------
+        self._loop = TapLoop(self, ctx, a.schedule, session.first_step, session.steps_on_disk,
+                             self._dist)
+        self._loop.begin_step()
+        session.start()  # meta.json "running"; signal and exception handlers
         _LIVE.add(self)
 
-    # ------------------------------------------------------------------ validation helpers
+    # ------------------------------------------------------------------------ public API
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` has run."""
+        return self._closed
+
+    @property
+    def step_count(self) -> int:
+        """Number of training steps seen so far (recorded or not)."""
+        return self._loop.step
+
+    def step(self, loss: torch.Tensor | float | None = None) -> None:
+        """Mark the end of a training step (or, with ``optimizer=``, pass the loss).
+
+        Without ``optimizer=``: call it after ``loss.backward()`` (and before
+        ``optimizer.step()``, so that the update ratio covers the right step); it records
+        the pending step. With ``optimizer=``, steps close on ``optimizer.step()`` and this
+        only attaches the loss: to the step just closed if no forward pass has run since,
+        otherwise to the pending step.
+
+        Args:
+            loss: the training loss (a tensor is kept on its device; no host sync). A
+                Python number is kept on the host and meets the device values at the
+                flush.
+        """
+        self._ensure_open()
+        if not self._structure_from_graph and getattr(loss, "grad_fn", None) is not None:
+            # once: residual joins and attention, read from the loss's autograd graph
+            self._structure_from_graph = True
+            found = describe_structure(self.model, loss)
+            self._structure = found if found is not None else self._structure
+        self._loop.end_step(opts.check_loss(loss, self._ctx.warn))
+
+    def take_gradients(self) -> None:
+        """Take the pending step's gradient statistics from the gradients as they are now.
+
+        For training frameworks that change gradients between backward and
+        ``optimizer.step()`` (clipping, for one): call it at the point where the gradients
+        are complete (after accumulation and AMP unscaling, before clipping); the optimizer
+        step then records the step without taking them again. Also takes the weight snapshot
+        for ``update_ratio``.
+        """
+        self._ensure_open()
+        if not self._ctx.optimizers:
+            raise GradwatchValueError(
+                "take_gradients() needs a Monitor made with optimizer=; without one, "
+                "step() takes the gradients"
+            )
+        self._loop.optim.take_gradients()
+
+    def flush(self, wait: bool = True) -> None:
+        """Hand buffered statistics to the writer; with ``wait``, until they are written.
+
+        Under ``torch.distributed`` every rank must call it together (steps, close() and the
+        step-count schedule do).
+
+        Raises:
+            DistributedFlushError: under torch.distributed, another rank stopped.
+        """
+        if not self._closed:
+            self._loop.dispatch("on_flush")
+        self._session.flush(wait)
+        self._last_flush = time.monotonic()
+        if self.run_dir is not None and self._loop.n_recorded and not self._meta_ordered:
+            self._meta_ordered = True  # meta.json again, now that the layer order is known
+            self._session.write_meta(RUNNING)
+
+    def close(self, status: str | None = None) -> None:
+        """Flush everything, write the final meta.json, remove every hook. Idempotent.
+
+        Rows whose writes failed are retried here; what is still lost is counted in
+        ``meta.json`` (``lost_rows``) and reported in one warning. Under torch.distributed a
+        run that did not end normally (status "failed" or "interrupted") closes without any
+        collective, so a failing rank never waits for ranks that will not join.
+
+        Args:
+            status: the run's final status in meta.json: "closed" (default), "failed" or
+                "interrupted" (what leaving a ``with`` block on an exception writes).
+
+        Raises:
+            GradwatchValueError: an unknown ``status``.
+            DistributedFlushError: the final collective flush failed (another rank stopped);
+                the run is then closed as "failed" before this is raised.
+        """
+        if status is not None:
+            if status not in FINAL_STATUSES:
+                raise GradwatchValueError(
+                    f"status must be 'closed', 'failed' or 'interrupted', got {status!r}"
+                )
+            self._session.status = status
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._loop.remove()
+            self._session.close(self._loop.n_recorded)
+        finally:
+            self._session.release()
+            _LIVE.discard(self)
+            _restore_sigterm()
+
+    def mark_ended(self, status: str) -> None:
+        """The process is ending abnormally (``status``): close() will write that status."""
+        self._session.status = status
+
+    @property
+    def run(self) -> Run:
+        """The run recorded so far, as a :class:`~gradwatch.store.reader.Run` (flushes first).
+
+        Under ``torch.distributed`` it does not flush (a flush is collective): read it after
+        ``close()``, on rank 0.
+        """
+        if not self._closed and not self._dist:
+            self.flush(wait=True)
+        if self.run_dir is not None:
+            from gradwatch.store.reader import load
+
+            return load(self.run_dir)
+        meta = build_meta(self, "closed" if self._closed else "running")
+        return Run(meta=meta, stats=tables_to_frame(list(self._session.writer.tables)), path=None)
+
+    def __enter__(self) -> Monitor:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            return self.close()
+        interrupted = issubclass(exc_type, KeyboardInterrupt | SystemExit)
+        self._session.status = INTERRUPTED if interrupted else FAILED
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001, S110 - the user's exception stays on top
+            pass
 
     def __repr__(self) -> str:
         where = str(self.run_dir) if self.run_dir else "memory"
-        state = "closed" if self._closed else f"step {self._step}"
+        state = "closed" if self._closed else f"step {self.step_count}"
         return f"Monitor({len(self.layers)} layers -> {where}, {state})"
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise GradwatchValueError(
+                "this Monitor is closed; create a new one with gw.watch(...) to record more"
+            )
 
 
 def watch(

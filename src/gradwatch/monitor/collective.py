@@ -50,6 +50,15 @@ def is_distributed(process_group: Any = None) -> bool:
     return dist.get_world_size(process_group) > 1
 
 
+def watched_ranks(process_group: Any, distributed: bool | None) -> tuple[bool, int, int]:
+    """(whether a Monitor works distributed, its rank, the world size).
+
+    ``distributed=None`` follows :func:`is_distributed`; True or False forces it.
+    """
+    on = is_distributed(process_group) if distributed is None else distributed
+    return (on, *rank_and_world(process_group)) if on else (False, 0, 1)
+
+
 def rank_and_world(process_group: Any = None) -> tuple[int, int]:
     """(rank, world size) in ``process_group``."""
     return dist.get_rank(process_group), dist.get_world_size(process_group)

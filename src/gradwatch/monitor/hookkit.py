@@ -1,4 +1,4 @@
-"""Small pieces of the Monitor's hot path: hook installation, hook switching, row buffers."""
+"""Small pieces of the taps' hot path: gradient hooks, switchable module hooks, row buffers."""
 
 from __future__ import annotations
 
@@ -41,20 +41,58 @@ def hook_grad(t: torch.Tensor, fn: Any) -> None:
         t.register_hook(fn)
 
 
-def hook_slots(handles: list[Any], fns: list[Any]) -> list[tuple[Any, int, Any]]:
-    """(hook dict, hook id, function) of each registered forward hook."""
-    return [(h.hooks_dict_ref(), h.id, fn) for h, fn in zip(handles, fns, strict=True)]
+class HookSet:
+    """Module hooks registered once and switched on or off by the schedule.
 
+    Switching a hook off takes its function out of the module's hook dict and switching it
+    on puts it back: a dict operation instead of a new handle per module per toggle. A module
+    whose hook dicts are empty takes PyTorch's fast call path, so a step that needs none of
+    a tap's hooks costs nothing for them.
+    """
 
-def switch_hooks(slots: list[tuple[Any, int, Any]], on: bool) -> None:
-    """Put registered hook functions back into their modules' dicts, or take them out."""
-    for hooks, hid, fn in slots:
+    def __init__(self) -> None:
+        self.handles: list[Any] = []
+        self._slots: list[tuple[Any, int, Any]] = []
+        self.on = True
+
+    def forward(self, modules: Iterable[Any], fns: Iterable[Any], pre: bool = False) -> None:
+        """Register ``fns[i]`` as a forward hook (``pre``: forward pre-hook) of ``modules[i]``."""
+        for module, fn in zip(modules, fns, strict=True):
+            h = module.register_forward_pre_hook(fn) if pre else module.register_forward_hook(fn)
+            self.add(h, fn)
+
+    def add(self, handle: Any, fn: Any) -> None:
+        """Manage a hook registered elsewhere (its handle and its function)."""
+        self.handles.append(handle)
+        self._slots.append((handle.hooks_dict_ref(), handle.id, fn))
+        if not self.on:
+            self._switch_one(self._slots[-1], False)
+
+    def switch(self, on: bool) -> None:
+        """Put the hook functions back into their modules' dicts, or take them out."""
+        on = bool(on)
+        if on == self.on:
+            return
+        self.on = on
+        for slot in self._slots:
+            self._switch_one(slot, on)
+
+    @staticmethod
+    def _switch_one(slot: tuple[Any, int, Any], on: bool) -> None:
+        hooks, hid, fn = slot
         if hooks is None:
-            continue  # the module is gone
+            return  # the module is gone
         if on:
             hooks[hid] = fn
         else:
             hooks.pop(hid, None)
+
+    def remove(self) -> None:
+        """Remove every hook for good."""
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self._slots.clear()
 
 
 class RowBuffer:
@@ -85,6 +123,15 @@ class RowBuffer:
         self.buf = new
         self.views = [list(r.unbind()) for r in new.unbind()]
         self.stamp = self.stamp + [-1] * (n - len(self.stamp))
+
+    def gather(self, index: Any) -> tuple[list[int], torch.Tensor] | None:
+        """(rows written this step, their values) with one ``index_select``, or None.
+
+        ``index(rows, device)`` gives the rows' index tensor (``TapContext.index``).
+        """
+        if not self.called or self.buf is None:
+            return None
+        return self.called, self.buf.index_select(0, index(self.called, self.buf.device))
 
     def reset(self) -> None:
         """Start a new step (rows are overwritten by their next first call)."""

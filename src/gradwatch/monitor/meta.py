@@ -15,68 +15,66 @@ from gradwatch.store.format import FORMAT_VERSION
 from gradwatch.structure import describe
 
 
-class MetaMixin:
-    """Mixin of :class:`~gradwatch.monitor.Monitor`: the meta.json dictionary."""
-
-    # ------------------------------------------------------------------------------ meta
-    def _meta(self, status: str) -> dict[str, Any]:
-        order = self._exec_order + [i for i in range(len(self.layers)) if i not in self._exec_order]
-        n_params = sum(p.numel() for p in self.model.parameters())
-        return {
-            "format_version": FORMAT_VERSION,
-            "name": self.name,
-            "status": status,
-            "started": self._started,
-            "updated": time.time(),
-            "steps_seen": self._step,
-            "steps_recorded": self._n_recorded,
-            "layers": [self._layer_names[i] for i in order],
-            "layer_order": "execution" if self._exec_order else "registration",
-            "diagnosed": self._diagnosed,
-            "layer_info": {
-                ly.name: {
-                    "type": ly.type_name,
-                    "params": int(sum(p.numel() for p in ly.module.parameters(recurse=False))),
-                    "shapes": [list(p.shape) for p in ly.module.parameters(recurse=False)],
-                    # the layer's first tensor output at its first recorded forward, batch
-                    # dimension included (None until a recorded forward has run)
-                    "out_shape": self._out_shape.get(li),
-                }
-                for li, ly in enumerate(self.layers)
-            },
-            "activations": {
-                name: {"type": type(m).__name__, "family": fam} for name, m, fam in self._acts_info
-            },
-            # torch.nn types and the autograd graph (gradwatch.structure): residual joins,
-            # normalization, recurrence, attention; None if it could not be read
-            "structure": self._structure,
-            "model": {
-                "class": type(self.model).__name__,
-                "parameters": int(n_params),
-                "trainable": int(
-                    sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-                ),
-                "repr": repr(self.model)[:20000],
-            },
-            "settings": {
-                "every": self.every if isinstance(self.every, int | str) else repr(self.every),
-                "detail_every": self.detail_every,
-                "stats": list(self.stats),
-                "optimizer": [type(o).__name__ for o in self._optimizers] or None,
-                "scaler": type(self._scaler).__name__ if self._scaler is not None else None,
-                "flush_every": self.flush_every,
-                "flush_secs": self.flush_secs,
-                **self._config,
-            },
-            "versions": {
-                "gradwatch": _version(),
-                "torch": torch.__version__,
-                "python": platform.python_version(),
-                "numpy": np.__version__,
-            },
-            "host": {"pid": os.getpid(), "platform": platform.platform()},
-            "distributed": {"world_size": self.world_size} if self._dist else None,
-        }
+def build_meta(mon: Any, status: str) -> dict[str, Any]:
+    """The meta.json dictionary of a :class:`~gradwatch.monitor.Monitor` in its current state."""
+    loop, layers = mon._loop, mon.layers
+    tracker = loop.tracker
+    order = tracker.exec_order + [i for i in range(len(layers)) if i not in tracker.exec_order]
+    n_params = sum(p.numel() for p in mon.model.parameters())
+    return {
+        "format_version": FORMAT_VERSION,
+        "name": mon.name,
+        "status": status,
+        "started": mon._started,
+        "updated": time.time(),
+        "steps_seen": loop.step,
+        "steps_recorded": loop.n_recorded,
+        "layers": [layers[i].name for i in order],
+        "layer_order": "execution" if tracker.exec_order else "registration",
+        "diagnosed": mon._session.diagnosed if mon._session is not None else False,
+        "layer_info": {
+            ly.name: {
+                "type": ly.type_name,
+                "params": int(sum(p.numel() for p in ly.module.parameters(recurse=False))),
+                "shapes": [list(p.shape) for p in ly.module.parameters(recurse=False)],
+                # the layer's first tensor output at its first recorded forward, batch
+                # dimension included (None until a recorded forward has run)
+                "out_shape": tracker.out_shape.get(li),
+            }
+            for li, ly in enumerate(layers)
+        },
+        "activations": {
+            name: {"type": type(m).__name__, "family": fam}
+            for name, m, fam in mon._ctx.activations
+        },
+        # torch.nn types and the autograd graph (gradwatch.structure): residual joins,
+        # normalization, recurrence, attention; None if it could not be read
+        "structure": mon._structure,
+        "model": {
+            "class": type(mon.model).__name__,
+            "parameters": int(n_params),
+            "trainable": int(sum(p.numel() for p in mon.model.parameters() if p.requires_grad)),
+            "repr": repr(mon.model)[:20000],
+        },
+        "settings": {
+            "every": mon.every if isinstance(mon.every, int | str) else repr(mon.every),
+            "detail_every": mon.detail_every,
+            "stats": list(mon.stats),
+            "optimizer": [type(o).__name__ for o in mon._ctx.optimizers] or None,
+            "scaler": type(mon._ctx.scaler).__name__ if mon._ctx.scaler is not None else None,
+            "flush_every": mon.flush_every,
+            "flush_secs": mon.flush_secs,
+            **mon._config,
+        },
+        "versions": {
+            "gradwatch": _version(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "numpy": np.__version__,
+        },
+        "host": {"pid": os.getpid(), "platform": platform.platform()},
+        "distributed": {"world_size": mon.world_size} if mon._dist else None,
+    }
 
 
 def _version() -> str:

@@ -8,11 +8,17 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable, Iterable
+from types import SimpleNamespace
 from typing import Any
 
 from torch import nn
 
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.layers import find_layers
+from gradwatch.schedule import make_schedule
+from gradwatch.stats import ALL_STATS, DEFAULT_STATS, SOURCES
+from gradwatch.store.rundir import check_run_dir
+from gradwatch.store.writer import MAX_PENDING_ROWS
 
 
 def _is_number(value: Any) -> bool:
@@ -49,11 +55,12 @@ def check_flush_secs(value: Any) -> float:
     return float(value)
 
 
-def check_stats(stats: Any, known: Iterable[str]) -> set[str]:
-    """The requested statistic names (None: all of them)."""
+def check_stats(stats: Any, known: Iterable[str], default: Iterable[str] | None = None
+                ) -> set[str]:
+    """The requested statistic names (None: ``default``, or every known one)."""
     known = tuple(known)
     if stats is None:
-        return set(known)
+        return set(known if default is None else default)
     if isinstance(stats, str) or not isinstance(stats, Iterable):
         raise GradwatchTypeError(
             f"stats must be a list of statistic names or None, got {type(stats).__name__} "
@@ -155,3 +162,90 @@ def check_initialised(model: Any) -> None:
             f"{', ...' if len(lazy) > 3 else ''}); run one forward pass on a batch before "
             "gw.watch(model, ...) so that their shapes are known"
         )
+
+
+def check_watch(model: Any, run_dir: Any, optimizer: Any, every: Any, activations: Any,
+                detail_every: Any, stats: Any, scaler: Any, flush_every: Any, flush_secs: Any,
+                overwrite: Any, name: Any, config: Any, distributed: Any, diagnose: Any,
+                tensorboard: Any, resume: Any, max_pending_rows: Any) -> SimpleNamespace:
+    """Every argument of :func:`gradwatch.watch`, checked before anything touches the model.
+
+    Returns the normalised values (``layers``, ``schedule``, ``wanted``, ``optimizers``, ...).
+    """
+    from gradwatch.monitor.optim import check_optimizers
+
+    check_initialised(model)
+    layers = find_layers(model)  # raises for non-modules and models without parameters
+    schedule = make_schedule(every, "every")
+    if isinstance(detail_every, bool) or not isinstance(detail_every, int):
+        raise GradwatchTypeError(
+            f"detail_every must be a positive int, got {type(detail_every).__name__}"
+        )
+    if detail_every < 1:
+        raise GradwatchValueError(
+            f"detail_every must be >= 1, got {detail_every}; use 1 to record every "
+            "statistic at every recorded step"
+        )
+    flush_every = check_flush_every(flush_every)
+    flush_secs = check_flush_secs(flush_secs)
+    wanted = check_stats(stats, ALL_STATS, DEFAULT_STATS)
+    if run_dir is not None:
+        run_dir = check_run_dir(run_dir)
+    config = check_config(config)
+    for flag, val in (("activations", activations), ("overwrite", overwrite), ("resume", resume)):
+        check_flag(flag, val)
+    if distributed is not None:
+        check_flag("distributed", distributed)
+    diagnose = check_diagnose(diagnose)
+    check_positive_int("max_pending_rows", max_pending_rows, MAX_PENDING_ROWS)
+    check_optional_path("tensorboard", tensorboard)
+    check_name(name)
+    if overwrite and resume:
+        raise GradwatchValueError(
+            "overwrite=True and resume=True contradict each other: resume continues the "
+            "run in run_dir, overwrite deletes it; pass one of them"
+        )
+    if not activations:
+        wanted -= set(SOURCES["act"])
+    optimizers = check_optimizers(optimizer)
+    if scaler is not None and not callable(getattr(scaler, "step", None)):
+        raise GradwatchTypeError(
+            f"scaler must be a torch.amp.GradScaler, got {type(scaler).__name__}"
+        )
+    if scaler is not None and not optimizers:
+        raise GradwatchValueError(
+            "scaler= needs optimizer=: pass the optimizer that scaler.step() steps"
+        )
+    return SimpleNamespace(
+        layers=layers, schedule=schedule, flush_every=flush_every, flush_secs=flush_secs,
+        wanted=wanted, run_dir=run_dir, config=config, diagnose=diagnose,
+        optimizers=optimizers,
+    )
+
+
+def check_loss(loss: Any, warn: Any) -> Any:
+    """The loss of ``Monitor.step`` as a 0-d tensor (its own device), or None.
+
+    A Python number becomes a float32 CPU tensor; a loss on the ``meta`` device holds no
+    value (``warn`` is told, None is returned).
+    """
+    import torch
+
+    if loss is None:
+        return None
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            raise GradwatchValueError(
+                f"loss must be a scalar, got a tensor of shape {tuple(loss.shape)}; "
+                "pass loss.mean() or the value you call backward() on"
+            )
+        val = loss.detach().reshape(())
+        if val.is_complex():
+            val = val.real
+        if val.device.type == "meta":
+            warn("a loss on the meta device")
+            return None
+        return val
+    if isinstance(loss, int | float) and not isinstance(loss, bool):
+        return torch.tensor(float(loss), dtype=torch.float32)
+    raise GradwatchTypeError(f"loss must be a tensor or a number, got {type(loss).__name__}")

@@ -45,9 +45,45 @@ th { background: var(--panel); }
 td.num { text-align: right; white-space: nowrap; font-variant-numeric: tabular-nums;
   font-family: ui-monospace, monospace; }
 td.bad { color: var(--bad); font-weight: 700; }
-.scroll { overflow-x: auto; max-width: 100%; }
-#gw-meta td { overflow-wrap: anywhere; min-width: 12em; }
-td.ok { color: var(--ok); font-weight: 700; } td.bad { color: var(--bad); font-weight: 700; }
+.scroll { overflow-x: auto; max-width: 100%;
+  /* a shadow at an edge where the table goes on (scrolled out of view), none where it ends */
+  background:
+    linear-gradient(to right, var(--bg) 30%, rgba(255,255,255,0)) left / 40px 100% no-repeat local,
+    linear-gradient(to left, var(--bg) 30%, rgba(255,255,255,0)) right / 40px 100% no-repeat local,
+    radial-gradient(farthest-side at 0 50%, rgba(0,0,0,.25), rgba(0,0,0,0)) left / 14px 100%
+      no-repeat scroll,
+    radial-gradient(farthest-side at 100% 50%, rgba(0,0,0,.25), rgba(0,0,0,0)) right / 14px 100%
+      no-repeat scroll; }
+td.ok, .ok { color: var(--ok); font-weight: 700; }
+td.bad, .bad { color: var(--bad); font-weight: 700; }
+.outcome { border: 1px solid var(--line); border-radius: 8px; padding: 4px 18px 12px;
+  margin: 16px 0 8px; background: var(--panel); }
+.outcome h2 { margin-top: 10px; }
+.outcome .q { margin: 6px 0 14px; }
+.outcome .q h3 { margin: 10px 0 4px; }
+.outcome .verdict { margin: 4px 0 0; }
+.outcome p, .outcome li { overflow-wrap: anywhere; }
+#gw-answer { font-size: 1.05rem; }
+table.compare { background: var(--bg); }
+table.compare td.num { font-family: inherit; white-space: normal; text-align: left; }
+table.compare th { overflow-wrap: anywhere; }
+table.kv th { font-weight: 600; white-space: normal; overflow-wrap: anywhere; }
+table.kv td { overflow-wrap: anywhere; }
+table.kv table.kv { margin: 0; }
+.meta-grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(340px, 1fr));
+  gap: 4px 24px; align-items: start; }
+.meta-group { min-width: 0; }
+.meta-group h3 { margin-top: 10px; }
+.meta-group > table.kv { width: 100%; table-layout: fixed; }
+table.session th[colspan] { background: var(--bg); font-weight: 700; }
+.meta-group > table.kv > tbody > tr > th { width: 42%; }
+details.more { display: inline; }
+details.more[open] { display: block; }
+details.evidence table { background: var(--bg); }
+#gw-layers th:nth-child(2), #gw-layers td:nth-child(2) { position: sticky; left: 0; }
+#gw-layers th:nth-child(2) { background: var(--panel); }
+#gw-layers td:nth-child(2) { background: var(--bg); }
+.scroll-hint { display: none; }
 figure { margin: 18px 0; }
 figure img { max-width: 100%; height: auto; border: 1px solid var(--line); border-radius: 6px; }
 figure img.fig-narrow { display: none; }
@@ -57,6 +93,10 @@ figure img.fig-narrow { display: none; }
   figure img.fig-wide { display: none; }
   figure img.fig-narrow { display: block; width: 100%; }
   h1 { font-size: 1.25rem; }
+  .outcome { padding: 2px 10px 8px; }
+  .meta-grid { grid-template-columns: minmax(0, 1fr); }
+  .scroll-hint { display: block; }
+  table.kv th { min-width: 7em; }
 }
 figcaption { font-size: .9rem; margin-top: 4px; }
 details > summary { cursor: pointer; color: var(--info); }

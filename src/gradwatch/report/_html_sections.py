@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from gradwatch.report._data import as_run, findings_and_verdict, wide
+from gradwatch.report._data import as_run, wide
 from gradwatch.report._html_parts import esc, figure_block
 from gradwatch.store.reader import Run
 
@@ -27,7 +27,10 @@ def comparison_section(
     accuracy: Mapping[str, tuple[Sequence[int], Sequence[float]]] | None = None,
     chance: float | None = None,
 ) -> str:
-    """The "training runs side by side" section: verdicts, loss and accuracy, gradient flow.
+    """The "training runs side by side" section: loss and accuracy curves, gradient flow.
+
+    The runs' verdicts and numbers are in the outcome at the top of the page
+    (:mod:`gradwatch.report._html_outcome`).
 
     Args:
         runs: label -> a Run or a run directory path, in the order to show them.
@@ -41,50 +44,19 @@ def comparison_section(
 
     loaded = {label: as_run(run) for label, run in runs.items()}
     accuracy = accuracy or {}
-    rows = []
-    for label, run in loaded.items():
-        _, verdict, _ = findings_and_verdict(run)
-        cls = "ok" if verdict == "healthy" else "bad"
-        acc = accuracy.get(label)
-        acc_text = f"{acc[1][-1]:.1%}" if acc is not None and len(acc[1]) else "–"
-        first_acc = f"{acc[1][0]:.1%}" if acc is not None and len(acc[1]) else "–"
-        rows.append(
-            f'<tr><th>{esc(label)}</th><td class="{cls}">{esc(verdict)}</td>'
-            f'<td class="num">{esc(_loss_at(run, 0))}</td>'
-            f'<td class="num">{esc(_loss_at(run, -1))}</td>'
-            f'<td class="num">{esc(first_acc)}</td><td class="num">{esc(acc_text)}</td>'
-            f'<td class="num">{len(run.steps)}</td></tr>'
-        )
-    table = (
-        '<div class="scroll"><table id="gw-compare"><tr><th>run</th><th>verdict of the '
-        "watched run</th><th>first loss</th><th>last loss (mean of 20 steps)</th>"
-        "<th>first accuracy</th><th>final accuracy</th><th>steps</th></tr>"
-        f"{''.join(rows)}</table></div>"
-    )
     labels = ", ".join(loaded)
     return "\n".join([
         "<section><h2>Both training runs, side by side</h2>",
         f'<p class="help">The runs ({esc(labels)}) trained on the same batches in the same '
         "order with the same optimizer; only the model differs. Each was watched by gradwatch "
         "and diagnosed when it closed; accuracy is measured on held-out data every few "
-        "steps.</p>",
-        table,
+        "steps. Their numbers are in the table at the top of the page.</p>",
         figure_block(lambda: training_comparison(loaded, accuracy, chance), training_comparison,
                      "Loss and held-out accuracy over training steps"),
         figure_block(lambda: flow_comparison(loaded), flow_comparison,
                      "Back-propagated signal per layer, before and after, at the same steps"),
         "</section>",
     ])
-
-
-def _loss_at(run: Run, where: int) -> str:
-    series = run.loss()
-    if series.empty:
-        return "–"
-    values = series.to_numpy(dtype=float)
-    chunk = values[:20] if where == 0 else values[-20:]
-    chunk = chunk[np.isfinite(chunk)]
-    return f"{chunk.mean():.3f}" if len(chunk) else "nan"
 
 
 def saturation_note(run: Run) -> str:

@@ -1,9 +1,11 @@
 r"""The HTML report: one self-contained file that opens offline.
 
-Order of the page: the verdict and the findings (message, layers, steps, evidence, remedies);
-the figures (an interactive gradient-flow chart, then every run figure with how to read it);
-the per-layer table at the last recorded step; the run's settings. A checkup or a ``gw.fix``
-report adds its own section.
+Order of the page: the outcome (what was wrong, what was changed, did it help: the verdict,
+the finding that decides it, the remedies ``gw.fix`` applied and the runs side by side, with
+their accuracy and loss); the findings (message, layers, steps, evidence, remedies); a
+checkup's and a ``gw.fix`` report's own sections; the training runs side by side; the figures
+of the report's run (an interactive gradient-flow chart, then every run figure with how to
+read it); the per-layer table at the last recorded step; the run's settings, as tables.
 
 Self-contained means no network fetch of any kind: CSS and JavaScript are inline, figures are
 SVG ``data:`` URIs (an image cannot run script). Every string that comes from the model or the
@@ -17,7 +19,8 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +28,13 @@ import numpy as np
 
 from gradwatch.argcheck import check_out_file
 from gradwatch.errors import GradwatchTypeError
-from gradwatch.jsonable import NAN, json_cell, jsonable
+from gradwatch.jsonable import NAN, json_cell
 from gradwatch.report._data import as_run, findings_and_verdict, is_checkup, last_values, wide
 from gradwatch.report._html_assets import CSS, JS
+from gradwatch.report._html_outcome import outcome_section
 from gradwatch.report._html_parts import esc, figure_block, how_to_read
 from gradwatch.report._html_sections import comparison_section, saturation_note
+from gradwatch.report._html_tables import evidence_html, meta_section
 from gradwatch.report.remedy_text import describe_remedy, why_remedy
 from gradwatch.store.reader import Run
 from gradwatch.store.safe_write import write_atomic
@@ -73,7 +78,9 @@ def write_html(
         fix_report: optional report of ``gw.fix`` (before/after figure and what was applied).
         compare: optional label -> Run (or run directory) of training runs to show side by
             side with their verdicts, loss, accuracy and per-layer gradient flow at the same
-            steps (the demo passes the original and the fixed model's runs).
+            steps (the demo passes the original and the fixed model's runs). The first is the
+            baseline and the last the changed model: the outcome at the top of the page says
+            whether the change helped.
         accuracy: label -> (steps, held-out accuracy in [0, 1]) for the runs of ``compare``.
         chance: the accuracy of guessing, drawn as a dotted line in the accuracy panel.
 
@@ -102,19 +109,21 @@ def write_html(
     primary_checkup = checkup if checkup is not None and checkup.run is run else None
     findings, verdict, source = findings_and_verdict(run, primary_checkup)
 
+    runs = {label: as_run(r) for label, r in compare.items()} if compare else {}
     body = [
-        _header(run, verdict, source),
-        _findings_section(findings, source, "Findings"),
+        _header(run),
+        outcome_section(run, findings, verdict, source, fix_report, runs, accuracy, chance),
+        _findings_section(findings, source, "Findings", run.layers),
     ]
     if checkup is not None and primary_checkup is None:
         body.append(_checkup_section(checkup))
     if fix_report is not None:
         body.append(_fix_section(fix_report))
-    if compare:
-        body.append(comparison_section(compare, accuracy, chance))
-    body.append(_figures_section(run, checkup))
+    if runs:
+        body.append(comparison_section(runs, accuracy, chance))
+    body.append(_figures_section(run, checkup, runs, out))
     body.append(_layer_table(run))
-    body.append(_meta_section(run))
+    body.append(meta_section(run.meta))
     body.append(_footer(run))
     page = _page(_title(run), "\n".join(body), _chart_data(run))
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,8 +156,7 @@ def _page(title: str, body: str, chart: dict[str, Any] | None) -> str:
     )
 
 
-def _header(run: Run, verdict: str, source: str) -> str:
-    cls = {"healthy": "v-healthy", "not diagnosed": "v-unknown"}.get(verdict, "v-problem")
+def _header(run: Run) -> str:
     steps = run.steps
     where = str(run.path) if run.path else "in-memory run"
     span = f"steps {steps[0]}–{steps[-1]}" if steps else "no recorded step"
@@ -158,9 +166,7 @@ def _header(run: Run, verdict: str, source: str) -> str:
         f"<h1>{esc(_title(run))}</h1>\n"
         f'<div class="sub">{esc(where)} · {esc(what)} · {len(run.layers)} layers · '
         f"{len(steps)} recorded steps ({esc(span)}) · status {esc(run.meta.get('status', '?'))}"
-        f"</div>\n"
-        f'<div id="gw-verdict" class="verdict {cls}">{esc(verdict.upper())}</div>'
-        f'<div class="sub">verdict source: {esc(source)}</div>'
+        f"</div>"
     )
 
 
@@ -177,23 +183,32 @@ def _footer(run: Run) -> str:
 
 
 # -------------------------------------------------------------------------- findings
-def _findings_section(findings: list[Any], source: str, title: str) -> str:
+#: Layer names shown in a finding before the rest is folded away (the fold hides at least
+#: :data:`MIN_FOLDED`: a fold that hides one or two names costs more than it saves).
+SHOWN_LAYERS = 12
+MIN_FOLDED = 3
+
+
+def _findings_section(findings: list[Any], source: str, title: str,
+                      layers: list[str] = ()) -> str:
     parts = [f"<h2>{esc(title)}</h2>"]
     if not findings:
         text = source if source.startswith("not diagnosed") else "No findings: nothing to fix."
         parts.append(f'<p class="sub">{esc(text)}</p>')
     for f in findings:
-        parts.append(_finding(f))
+        parts.append(_finding(f, layers))
     return "<section>" + "\n".join(parts) + "</section>"
 
 
-def _finding(f: Any) -> str:
+def _finding(f: Any, run_layers: list[str] = ()) -> str:
     sev = str(f.severity)
     layers = list(f.layers)
-    shown = ", ".join(f'<code class="name">{esc(ly)}</code>' for ly in layers[:12])
-    if len(layers) > 12:
-        rest = ", ".join(f'<code class="name">{esc(ly)}</code>' for ly in layers[12:])
-        shown += f" <details><summary>and {len(layers) - 12} more</summary>{rest}</details>"
+    keep = len(layers) if len(layers) < SHOWN_LAYERS + MIN_FOLDED else SHOWN_LAYERS
+    shown = ", ".join(f'<code class="name">{esc(ly)}</code>' for ly in layers[:keep])
+    if len(layers) > keep:
+        rest = ", ".join(f'<code class="name">{esc(ly)}</code>' for ly in layers[keep:])
+        shown += (f' <details class="more"><summary>and {len(layers) - keep} more</summary>'
+                  f"{rest}</details>")
     steps = (
         f"steps {esc(f.steps[0])}–{esc(f.steps[1])}" if f.steps is not None
         else "one-batch checkup"
@@ -203,28 +218,11 @@ def _finding(f: Any) -> str:
         f'<div class="finding sev-{esc(sev)}">'
         f'<span class="sev">{esc(sev)}</span><span class="kind">{esc(f.kind)}</span>'
         f'<div class="msg">{esc(f.message)}</div>'
-        f'<div class="meta-line">layers: {shown or "–"} · {steps}</div>'
+        f'<div class="meta-line">{steps} · {len(layers)} layer{"s" if len(layers) != 1 else ""}'
+        f': {shown or "–"}</div>'
         f'<div class="meta-line">remedies to try: {remedies}</div>'
-        f"{_evidence(f.evidence)}</div>"
+        f"{evidence_html(f.evidence, run_layers)}</div>"
     )
-
-
-def _evidence(evidence: dict[str, Any]) -> str:
-    if not evidence:
-        return ""
-    rows = "".join(
-        f"<tr><th>{esc(k)}</th><td>{esc(_fmt_any(v))}</td></tr>" for k, v in evidence.items()
-    )
-    return (f'<details><summary>evidence</summary><div class="scroll"><table>{rows}</table>'
-            "</div></details>")
-
-
-def _fmt_any(v: Any) -> str:
-    if isinstance(v, float | np.floating):
-        return _fmt_num(float(v))
-    if isinstance(v, dict | list | tuple):
-        return json.dumps(jsonable(v), allow_nan=False)[:2000]
-    return str(v)
 
 
 def _fmt_num(v: float) -> str:
@@ -238,7 +236,8 @@ def _fmt_num(v: float) -> str:
 # ------------------------------------------------------------- checkup, fix sections
 def _checkup_section(checkup: Any) -> str:
     findings = list(getattr(checkup, "findings", []))
-    inner = _findings_section(findings, "checkup", "One-batch checkup")
+    layers = list(getattr(getattr(checkup, "run", None), "layers", []))
+    inner = _findings_section(findings, "checkup", "One-batch checkup", layers)
     verdict = esc(getattr(checkup, "verdict", "?"))
     return inner.replace("</h2>", f"</h2><p>checkup verdict: <b>{verdict}</b></p>", 1)
 
@@ -272,23 +271,39 @@ def _fix_section(report: Any) -> str:
 
 
 # --------------------------------------------------------------------------- figures
-def _figures_section(run: Run, checkup: Any) -> str:
+def _figures_section(run: Run, checkup: Any, compare: Mapping[str, Run] | None = None,
+                     out: Path | None = None) -> str:
     from gradwatch.report.figures import RUN_FIGURES
     from gradwatch.report.figures.temporal import temporal
 
-    parts = ["<section><h2>Figures</h2>", _chart_block(run)]
+    name = run.meta.get("name") or (run.path.name if run.path else "checkup")
+    where = f" ({run.path})" if run.path else ""
+    note = f"Every figure and table below is of one run: <b>{esc(name)}</b>{esc(where)}."
+    for label, other in ((lb, r) for lb, r in (compare or {}).items() if r is not run):
+        page = other.path / "report.html" if other.path else None
+        if page is not None and out is not None and page.is_file():
+            href = Path(os.path.relpath(page.resolve(), out.resolve().parent)).as_posix()
+            note += (f' The other run, <a href="{esc(href)}">{esc(label)}</a>, has its own '
+                     "report; both are compared above.")
+        elif other.path is not None:
+            note += (f" The other run, <b>{esc(label)}</b>, is compared with this one above; "
+                     f"<code>gradwatch report {esc(other.path)}</code> draws its figures.")
+        else:
+            note += f" The other run, <b>{esc(label)}</b>, is compared with this one above."
+    parts = [f"<section><h2>Figures: the run {esc(name)}</h2>",
+             f'<p class="help" id="gw-figures-of">{note}</p>', _chart_block(run)]
     captions = {
-        "gradient_flow": "Gradient flow by layer (first, middle and last recorded steps)",
+        "gradient_flow": "Gradient flow by layer",
         "heatmap_backprop_norm": "backprop_norm over layers and steps",
         "heatmap_grad_norm": "grad_norm over layers and steps",
         "activations": "Saturated and dead units over training",
         "update_ratio": "Update ratio ‖Δw‖/‖w‖",
         "loss": "Loss",
     }
-    for name, make in RUN_FIGURES.items():
-        extra = saturation_note(run) if name == "activations" else ""
-        parts.append(figure_block(lambda make=make: make(run), make, captions.get(name, name),
-                                  extra))
+    for fig, make in RUN_FIGURES.items():
+        extra = saturation_note(run) if fig == "activations" else ""
+        parts.append(figure_block(lambda make=make: make(run), make,
+                                  f"{captions.get(fig, fig)} (run {name})", extra))
     tdf = getattr(checkup, "temporal", None)
     if tdf is not None and len(tdf):
         parts.append(figure_block(lambda: temporal(checkup), temporal,
@@ -377,6 +392,8 @@ def _layer_table(run: Run) -> str:
         '<p class="help">Input side first. Each statistic at the last step it was recorded '
         "(the slowly changing ones are taken every few steps); – means it does not apply to "
         "the layer, red marks NaN/Inf. Hover a column title for its definition.</p>"
+        '<p class="help scroll-hint">The table is wider than the screen: scroll it sideways '
+        "for every statistic (the layer names stay in view).</p>"
         f'<div class="scroll"><table id="gw-layers">{head}{"".join(rows)}</table></div>'
         "</section>"
     )
@@ -394,44 +411,3 @@ def _num_cell(v: Any, recorded: bool = True) -> str:
         return '<td class="num bad">nan</td>'
     cls = "num bad" if math.isinf(v) else "num"
     return f'<td class="{cls}">{esc(_fmt_num(v))}</td>'
-
-
-# ------------------------------------------------------------------------ settings
-HIDDEN_META = ("layers", "layer_info")
-
-
-def _meta_section(run: Run) -> str:
-    meta = {k: v for k, v in run.meta.items() if k not in HIDDEN_META}
-    model = dict(meta.get("model", {})) if isinstance(meta.get("model"), dict) else {}
-    model_repr = model.pop("repr", None)
-    if model:
-        meta["model"] = model
-    rows = "".join(
-        f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in _flatten(meta)
-    )
-    parts = [
-        "<section><h2>Run settings</h2>",
-        f'<div class="scroll"><table id="gw-meta">{rows}</table></div>',
-    ]
-    if model_repr:
-        parts.append(f"<details><summary>model</summary><pre>{esc(model_repr)}</pre></details>")
-    parts.append("</section>")
-    return "\n".join(parts)
-
-
-def _flatten(obj: Any, prefix: str = "") -> Iterable[tuple[str, str]]:
-    if prefix == "activations" and isinstance(obj, dict):
-        for name, info in obj.items():  # one row per activation: "Sigmoid (sigmoid)"
-            if isinstance(info, dict):
-                yield f"activations.{name}", f"{info.get('type', '?')} ({info.get('family', '?')})"
-            else:
-                yield f"activations.{name}", str(info)
-    elif isinstance(obj, dict):
-        for k, v in obj.items():
-            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
-    elif prefix in ("started", "updated") and isinstance(obj, int | float):
-        yield prefix, _dt.datetime.fromtimestamp(obj).strftime("%Y-%m-%d %H:%M:%S")
-    elif isinstance(obj, list | tuple):
-        yield prefix, ", ".join(str(v) for v in obj) if obj else "[]"
-    else:
-        yield prefix, "–" if obj is None else str(obj)

@@ -60,7 +60,8 @@ def describe_remedy(name: str, details: dict[str, Any]) -> str:
         pairs = ", ".join(f"{old} → {new}" for old, new in swaps.items()) or "activations"
         text = f"swapped {pairs} in {layer_list(details.get('replaced', []))}"
         if details.get("reinit"):
-            text += f", with {details['reinit']} re-init of the layers feeding them"
+            scheme = SCHEME_NAMES.get(str(details["reinit"]), str(details["reinit"]))
+            text += f", with {scheme} re-init of the layers feeding them"
     elif kind == "normalization":
         text = f"{details.get('norm', '?')} norm inserted after each hidden Linear/Conv"
     elif kind == "residual":
@@ -97,13 +98,15 @@ def layer_list(layers: Any, most: int = 4) -> str:
     return f"{len(names)} layers ({', '.join(quoted[:2])} … {quoted[-1]})"
 
 
+#: How an initialisation scheme is written in a sentence.
+SCHEME_NAMES = {"lsuv": "LSUV", "he": "He", "xavier": "Xavier", "orthogonal": "orthogonal"}
+
+
 def _init_text(details: dict[str, Any]) -> str:
     scheme = str(details.get("scheme", "?"))
     layers = details.get("layers")
     names = list(layers) if isinstance(layers, dict | list) else []
-    label = {"lsuv": "LSUV", "he": "He", "xavier": "Xavier", "orthogonal": "orthogonal"}.get(
-        scheme, scheme
-    )
+    label = SCHEME_NAMES.get(scheme, scheme)
     text = f"{label} init of {layer_list(names)}" if names else f"{label} init"
     gain = details.get("gain")
     if isinstance(gain, int | float):

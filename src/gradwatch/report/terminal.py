@@ -26,25 +26,48 @@ from gradwatch.report._data import (
     nonfinite_layers,
     wide,
 )
-from gradwatch.report.names import shorten
+from gradwatch.wording import fold, name_room
 
 #: Colour of each verdict; anything else (a problem) is red.
 VERDICT_STYLE = {"healthy": "bold green", "not diagnosed": "bold yellow", "stalled": "bold yellow"}
 SEVERITY_STYLE = {"info": "cyan", "warning": "yellow", "error": "bold red"}
 BAR_WIDTH = 30
-#: Longest layer name in the gradient-flow table; longer ones are shortened from the middle.
+#: Cells of a flow bar per decade: the largest layer fills :data:`BAR_WIDTH` cells, a layer
+#: one decade (10×) below it two cells less, one fifteen decades below it a single cell. The
+#: scale is fixed, so a healthy net (all layers within a decade) shows bars of nearly equal
+#: length, whatever its spread.
+DECADE_CELLS = 2
+#: Longest line of a layer name in the gradient-flow table; longer names, and names that do
+#: not fit a narrow terminal, go on to the next line after a "." (never inside a word).
 NAME_WIDTH = 32
+
+
+def bar_cells(value: float, top: float, width: int = BAR_WIDTH) -> int:
+    """Length in cells of the flow bar of ``value`` when the largest value is ``top``.
+
+    A log scale with a fixed step: ``width`` cells for ``top``, :data:`DECADE_CELLS` cells
+    less per decade below it, never less than one cell.
+
+    Args:
+        value: a finite positive value (e.g. a layer's ``backprop_norm``).
+        top: the largest value of the table (finite, positive, >= ``value``).
+        width: the length of the longest bar.
+    """
+    decades = math.log10(top) - math.log10(value)
+    return max(1, min(width, width - int(round(decades * DECADE_CELLS))))
 
 
 def print_summary(run_or_checkup: Any, console: Console | None = None, max_layers: int = 60) -> str:
     """Print the verdict, the findings and the per-layer gradient flow of a run or checkup.
 
-    How to read the bars: one row per layer, input side first (top). Each bar's length is
-    proportional to log10 of the layer's ``backprop_norm`` (‖∂L/∂output‖) at the last recorded
-    step (after a blow-up: the last step that still had finite values, as the title says),
-    scaled from the smallest layer (one cell) to the largest (full width); the value and how
-    many decades (dec) it lies below the largest are printed beside it. Bars that shrink
-    towards the top are a vanishing gradient; bars that grow towards the top an exploding one.
+    How to read the bars: one row per layer, input side first (top). Each bar is the layer's
+    ``backprop_norm`` (‖∂L/∂output‖) at the last recorded step (after a blow-up: the last
+    step that still had finite values, as the title says) on a log scale with a fixed step:
+    the largest layer fills the bar, and every decade (10×) below it takes 2 cells off
+    (fifteen decades or more: one cell). The value and how many decades (dec) it lies below the
+    largest are printed beside it. Bars of nearly equal length are a healthy flow; bars that
+    shrink towards the top are a vanishing gradient, bars that grow towards the top an
+    exploding one.
 
     Args:
         run_or_checkup: a Run, a run directory path, or a Checkup.
@@ -80,7 +103,7 @@ def print_summary(run_or_checkup: Any, console: Console | None = None, max_layer
         parts.append(_findings_block(findings))
     else:
         parts.append(Text("no findings" if source != "not diagnosed" else source, style="dim"))
-    parts.append(_flow_table(run, max_layers))
+    parts.append(_flow_table(run, max_layers, console.width))
     temporal = getattr(checkup, "temporal", None)
     if temporal is not None and len(temporal):
         parts.append(_temporal_lines(temporal))
@@ -99,8 +122,9 @@ def _findings_block(findings: list[Any]) -> Group:
         if f.steps is not None:
             where.append(f"steps {f.steps[0]}–{f.steps[1]}")
         if f.layers:
-            more = f", … ({len(f.layers)} layers)" if len(f.layers) > 4 else ""
-            where.append("layers " + ", ".join(f.layers[:4]) + more)
+            shown = f.layers if len(f.layers) <= 5 else f.layers[:4]  # never "…" for one
+            more = f", … ({len(f.layers)} layers)" if len(shown) < len(f.layers) else ""
+            where.append("layers " + ", ".join(shown) + more)
         if where:
             head.append("   " + "; ".join(where), style="dim")
         blocks.append(head)
@@ -112,7 +136,7 @@ def _findings_block(findings: list[Any]) -> Group:
     return Group(*blocks)
 
 
-def _flow_table(run: Any, max_layers: int) -> Table | Text:
+def _flow_table(run: Any, max_layers: int, width: int = 120) -> Table | Text:
     table = wide(run, "backprop_norm")
     if table.empty:
         return Text("gradient flow: backprop_norm not recorded in this run", style="dim")
@@ -121,7 +145,7 @@ def _flow_table(run: Any, max_layers: int) -> Table | Text:
     # the last step with a drawable value: after a blow-up, the flow just before it
     row = int(usable[-1]) if len(usable) else len(table) - 1
     step = int(table.index[row])
-    title = f"gradient flow: backprop_norm at step {step} (input side first)"
+    title = f"gradient flow: backprop_norm at step {step}, input side first"
     if row < len(table) - 1:
         title += f"; NaN/Inf from step {int(table.index[row + 1])} on"
     names = list(table.columns)
@@ -129,15 +153,18 @@ def _flow_table(run: Any, max_layers: int) -> Table | Text:
     recorded = set(nonfinite_layers(run, "backprop_norm", step)) | {
         ly for ly, v in zip(names, values, strict=True) if not math.isnan(v)
     }
-    out = Table(title=title, title_justify="left", title_style="bold", box=None, pad_edge=False)
+    # the panel's border and padding take 4 columns; the value and "below max" columns 10
+    room = min(NAME_WIDTH, name_room(width - 4, [BAR_WIDTH, 10, 10], boxed=False))
+    out = Table(title=title, title_justify="left", title_style="bold", box=None, pad_edge=False,
+                caption=f"bar: log scale, {DECADE_CELLS} cells per decade below the largest",
+                caption_justify="left", caption_style="dim")
     out.add_column("layer", no_wrap=True)
     out.add_column("", min_width=BAR_WIDTH, no_wrap=True)
-    out.add_column("value", justify="right")
-    out.add_column("below max", justify="right", style="dim")
+    out.add_column("value", justify="right", no_wrap=True)
+    out.add_column("below max", justify="right", style="dim", no_wrap=True)
     logs = np.full(len(values), np.nan)
     good = np.isfinite(values) & (values > 0)
     logs[good] = np.log10(values[good])
-    lo = np.nanmin(logs) if good.any() else math.nan
     hi = np.nanmax(logs) if good.any() else math.nan
     rows = list(range(len(names)))
     if len(rows) > max_layers:
@@ -156,13 +183,12 @@ def _flow_table(run: Any, max_layers: int) -> Table | Text:
         elif v <= 0:
             bar, val = Text("· zero", style="red"), Text("0")
         else:
-            frac = 1.0 if hi <= lo else (logs[i] - lo) / (hi - lo)
-            n = 1 + int(round(frac * (BAR_WIDTH - 1)))
+            n = bar_cells(v, 10.0**hi)
             dec = hi - logs[i]
             style = "green" if dec < 1 else "yellow" if dec < 3 else "red"
             bar = Text("█" * n, style=style)
             val, below = Text(f"{v:.3g}"), f"{dec:.1f} dec"
-        out.add_row(Text(shorten(str(names[i]), NAME_WIDTH)), bar, val, Text(below))
+        out.add_row(Text(fold(str(names[i]), room)), bar, val, Text(below))
     return out
 
 

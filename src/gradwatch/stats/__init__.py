@@ -15,6 +15,7 @@ writer, in NumPy float64) turns blocks into per-layer values. One module per sou
   ``forward_nonfinite``
 - :mod:`gradwatch.stats.temporal`: ``time_grad_first``, ``time_grad_last``, ``time_steps``
   (recurrent layers)
+- :mod:`gradwatch.stats.lr`: ``lr`` (opt-in: recorded when named in ``stats=``)
 
 Each statistic is declared once, in its module, with :func:`gradwatch.stats.registry.
 define_statistic` (name, block, source, tier, doc line, DDP combine); the tuples below are
@@ -27,6 +28,7 @@ from gradwatch.stats import (  # noqa: F401
     activation,
     backprop,
     gradient,
+    lr,
     origin,
     scalar,
     temporal,
@@ -51,6 +53,8 @@ EVENT_STATS = tuple(n for n in _NAMES if STATISTICS[n].tier == "event")
 #: Recorded only when gradwatch's clipping functions run on the watched model (layer "").
 CLIP_STATS = ("clip_norm", "clip_coef")
 ALL_STATS = _NAMES
+#: What ``watch(stats=None)`` records: every statistic but the opt-in ones.
+DEFAULT_STATS = tuple(n for n in _NAMES if STATISTICS[n].default)
 
 #: Which statistics each data source produces (a source is computed if any is requested).
 SOURCES: dict[str, tuple[str, ...]] = {}
@@ -61,6 +65,6 @@ for _n in _NAMES:
 DESCRIPTIONS = {n: STATISTICS[n].doc for n in _NAMES}
 
 __all__ = [
-    "ALL_STATS", "BLOCKS", "CLIP_STATS", "DESCRIPTIONS", "DETAIL_STATS", "EVENT_STATS",
-    "FAST_STATS", "SOURCES", "STATISTICS", "Statistic", "acc_dtype", "norm32",
+    "ALL_STATS", "BLOCKS", "CLIP_STATS", "DEFAULT_STATS", "DESCRIPTIONS", "DETAIL_STATS",
+    "EVENT_STATS", "FAST_STATS", "SOURCES", "STATISTICS", "Statistic", "acc_dtype", "norm32",
 ]

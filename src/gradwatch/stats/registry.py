@@ -54,6 +54,7 @@ class Statistic:
     doc: str  # one line: the definition, as in docs/reference/statistics.md
     combine: str  # one line: how ranks are combined under DDP
     scope: str = "layer"  # "layer" (one value per layer) or "run" (layer "")
+    default: bool = True  # recorded by watch(stats=None); False: only when named in stats=
 
 
 BLOCKS: dict[str, BlockKind] = {}
@@ -81,13 +82,18 @@ def define_statistic(
     doc: str,
     combine: str,
     scope: str = "layer",
+    default: bool = True,
 ) -> Statistic:
-    """Register a statistic (its name must be new, its tier one of :data:`TIERS`)."""
+    """Register a statistic (its name must be new, its tier one of :data:`TIERS`).
+
+    ``default=False`` makes it opt-in: ``watch(stats=None)`` leaves it out, and it is recorded
+    when named in ``stats=``.
+    """
     if name in STATISTICS:
         raise AssertionError(f"statistic {name!r} is defined twice")
     if tier not in TIERS:
         raise AssertionError(f"statistic {name!r}: tier must be one of {TIERS}, got {tier!r}")
-    STATISTICS[name] = Statistic(name, block, source, tier, doc, combine, scope)
+    STATISTICS[name] = Statistic(name, block, source, tier, doc, combine, scope, default)
     return STATISTICS[name]
 
 

@@ -171,7 +171,7 @@ def _link_new(run_dir: Path, path: Path, me: dict) -> bool:
     try:
         fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW, 0o644)
         try:
-            os.write(fd, json.dumps(me).encode())
+            os.write(fd, (json.dumps(me) + "\n").encode())
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -202,7 +202,7 @@ def _create_exclusive(path: Path, me: dict) -> bool:
     except FileExistsError:
         return False
     try:
-        os.write(fd, json.dumps(me).encode())
+        os.write(fd, (json.dumps(me) + "\n").encode())
     except OSError:
         os.close(fd)
         os.unlink(path)

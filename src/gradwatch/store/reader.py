@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 from gradwatch.errors import GradwatchTypeError, RunDirectoryError
 from gradwatch.findings import Finding
 from gradwatch.store.format import FINDINGS, FORMAT_VERSION, META, STATS_DIR, live_parts
+from gradwatch.verdicts import Findings
 
 EMPTY = pd.DataFrame(
     {
@@ -53,9 +54,9 @@ class Run:
         return sorted(self.stats["step"].unique().tolist())
 
     @property
-    def findings(self) -> list[Finding]:
+    def findings(self) -> Findings:
         """Findings stored with the run (``findings.jsonl``)."""
-        return [Finding.from_dict(d) for d in self._findings]
+        return Findings(Finding.from_dict(d) for d in self._findings)
 
     def pivot(self, stat: str) -> pd.DataFrame:
         """One statistic as a wide table: index step, one column per layer (input side first).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import textwrap
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -58,10 +59,19 @@ def new_figure(nrows: int = 1, ncols: int = 1, size: tuple[float, float] = (8.0,
     return fig, list(np.asarray(axes).ravel())
 
 
+#: Longest line of a note in an empty panel, in characters: a phone's panel is narrow.
+NOTE_WIDTH, NARROW_NOTE_WIDTH = 80, 40
+
+
 def note(ax: Axes, text: str) -> None:
-    """Write ``text`` in the middle of an empty panel (e.g. "not recorded") and hide its ticks."""
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.35",
-            wrap=True)
+    """Write ``text`` in the middle of an empty panel (e.g. "not recorded") and hide its ticks.
+
+    Lines are wrapped between words to fit the panel (narrower in :func:`narrow_layout`), so
+    the note stays inside the panel's frame.
+    """
+    width = NARROW_NOTE_WIDTH if _NARROW.get() else NOTE_WIDTH
+    text = "\n".join(textwrap.fill(line, width) for line in text.splitlines())
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.35")
     ax.set_xticks([])
     ax.set_yticks([])
 

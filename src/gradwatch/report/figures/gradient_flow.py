@@ -53,7 +53,9 @@ def gradient_flow(
     Args:
         run: a Run, a run directory path, or a Checkup.
         steps: steps to draw (each replaced by the nearest recorded step); default the
-            first, middle and last recorded steps.
+            first, middle and last recorded steps. Every panel draws the same steps (those
+            all the statistics were recorded at, when there are any), and the title names
+            them.
         stat: a statistic name, or several (one panel each), e.g.
             ``("backprop_norm", "grad_norm")``.
 
@@ -66,14 +68,21 @@ def gradient_flow(
     for name in stats:
         check_stat("stat", name)
     fig, axes = new_figure(1, len(stats), size=(5.5 * len(stats) + 1.5, 4.5))
+    tables = {name: wide(run, name) for name in stats}
+    # the same steps in every panel, so one legend's steps are every panel's: the steps all
+    # the statistics were recorded at (a detail statistic is recorded every few steps only)
+    recorded = [set(t.index.tolist()) for t in tables.values() if not t.empty]
+    common = sorted(set.intersection(*recorded)) if recorded else []
+    drawn: list[int] = []
     for ax, name in zip(axes, stats, strict=True):
-        table = wide(run, name)
+        table = tables[name]
         ax.set_title(TITLES.get(name, name), fontsize=10)
         if table.empty:
             not_recorded(ax, name)
             continue
         layers = list(table.columns)
-        chosen = pick_steps(table.index.tolist(), steps)
+        chosen = pick_steps(common or table.index.tolist(), steps)
+        drawn += [s for s in chosen if s not in drawn]
         x = np.arange(len(layers))
         bad_any = False
         for step, colour in zip(chosen, step_colours(len(chosen)), strict=True):
@@ -94,5 +103,13 @@ def gradient_flow(
         if bad_any:
             ax.text(0.01, 0.99, "× non-finite", color=ALARM, transform=ax.transAxes, va="top",
                     fontsize=8)
-    fig.suptitle("Gradient flow by layer", fontsize=11)
+    fig.suptitle("Gradient flow by layer" + (f" at {step_list(sorted(drawn))}" if drawn else ""),
+                 fontsize=11)
     return fig
+
+
+def step_list(steps: Sequence[int]) -> str:
+    """``"step 5"``, ``"steps 0 and 9"``, ``"steps 0, 190 and 390"``."""
+    if len(steps) == 1:
+        return f"step {steps[0]}"
+    return "steps " + ", ".join(str(s) for s in steps[:-1]) + f" and {steps[-1]}"

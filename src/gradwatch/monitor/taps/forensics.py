@@ -1,9 +1,9 @@
-"""NaN forensics: on a non-finite step, where did the first NaN or Inf appear?
+"""The NaN-forensics tap: on a non-finite step, where did the first NaN or Inf appear?
 
 Costs nothing on healthy steps: the root forward pre-hook keeps a reference (never a copy) to
 the step's inputs. When a step turns out non-finite — its gradients (known on CPU from the
 gradient block without a device sync) or, in manual mode, its loss — and before the optimizer
-changes the weights, :meth:`Forensics._trace_origin` counts NaN/Inf entries in the inputs and
+changes the weights, :class:`ForensicsTap` counts NaN/Inf entries in the inputs and
 in each layer's parameters, then replays the forward pass under ``torch.no_grad`` with those
 weights and counts NaN/Inf entries in each layer's first output (see
 :mod:`gradwatch.stats.origin`). The replay leaves the model as it found it: buffers (BatchNorm
@@ -23,32 +23,65 @@ from typing import Any
 import torch
 
 from gradwatch.monitor.hookkit import tensors_in
+from gradwatch.monitor.tap import Record, StepPlan, Tap, register_tap
 from gradwatch.stats.origin import count_nonfinite
 
 
-class Forensics:
-    """Mixin of :class:`~gradwatch.monitor.Monitor`: the NaN-origin replay."""
+@register_tap
+class ForensicsTap(Tap):
+    """Input, weight and forward NaN/Inf counts at a non-finite step (a replay)."""
 
-    def _trace_origin(self) -> None:
+    name = "origin"
+    sources = ("origin",)
+
+    def install(self) -> None:
+        """Nothing is kept until a forward pass runs."""
+        self.inputs: tuple[Any, Any] | None = None  # a reference to the step's last inputs
+        self.origin: tuple[tuple, torch.Tensor] | None = None
+
+    def begin_step(self, plan: StepPlan) -> None:
+        """Forget the previous step's inputs and counts."""
+        self.inputs = None
+        self.origin = None
+
+    def on_forward(self, args: Any, kwargs: Any) -> None:
+        """Keep a reference to the inputs of a forward pass with gradients."""
+        if self.needed and torch.is_grad_enabled() and not self.ctx.replaying:
+            self.inputs = (args, kwargs)  # a reference, for the replay; never copied
+
+    def on_nonfinite(self) -> None:
         """Record input/weight/forward NaN/Inf counts for the pending step (rare path)."""
-        if "origin" not in self._need or self._inputs is None or self._replaying:
+        if not self.needed or self.inputs is None or self.ctx.replaying or self.origin:
             return
         try:
-            self._origin = self._replay()
+            self.origin = self._replay()
         except Exception as exc:  # noqa: BLE001 - forensics must never take training down
-            self._warn_skip("the origin of non-finite values", exc)
+            self.ctx.warn("the origin of non-finite values", exc)
+
+    def collect(self, rec: Record) -> None:
+        """The counts of a non-finite step as one ``origin`` block."""
+        if self.origin is not None:
+            key, counts = self.origin
+            rec.emit("origin", key, counts)
+
+    def remove(self) -> None:
+        """Drop the reference to the inputs."""
+        self.inputs = None
+        self.origin = None
 
     def _replay(self) -> tuple[tuple, torch.Tensor]:
-        args, kwargs = self._inputs
-        dev = self._params[0].device if self._params[0].device.type != "meta" else "cpu"
+        ctx = self.ctx
+        args, kwargs = self.inputs
+        params = ctx.params
+        dev = params[0].device if params[0].device.type != "meta" else "cpu"
         keys: list[tuple[int, int]] = [(0, -1)]
         vals = [count_nonfinite(tensors_in((args, kwargs)), dev)]
-        for li, ly in enumerate(self.layers):
+        for li, ly in enumerate(ctx.layers):
             keys.append((1, li))
             vals.append(count_nonfinite(ly.module.parameters(recurse=False), dev))
         outs: dict[int, torch.Tensor] = {}
         handles = []
-        for li, ly in enumerate(self.layers):
+        for li, ly in enumerate(ctx.layers):
 
             def hook(module: Any, a: Any, out: Any, li: int = li) -> None:
                 first = next(iter(tensors_in(out)), None)
@@ -56,16 +89,16 @@ class Forensics:
                     outs[li] = count_nonfinite([first], dev)
 
             handles.append(ly.module.register_forward_hook(hook, prepend=True))
-        buffers = [(b, b.detach().clone()) for b in self.model.buffers()]
-        cuda = sorted({p.device.index or 0 for p in self._params if p.device.type == "cuda"})
-        self._replaying = True
+        buffers = [(b, b.detach().clone()) for b in ctx.model.buffers()]
+        cuda = sorted({p.device.index or 0 for p in params if p.device.type == "cuda"})
+        ctx.replaying = True
         try:
             with torch.no_grad(), torch.random.fork_rng(devices=cuda):
-                self.model(*args, **kwargs)
+                ctx.model(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - a model may raise on NaN; keep what ran
-            self._warn_skip("a complete forward replay for NaN forensics", exc)
+            ctx.warn("a complete forward replay for NaN forensics", exc)
         finally:
-            self._replaying = False
+            ctx.replaying = False
             for h in handles:
                 h.remove()
             with torch.no_grad():

@@ -1,0 +1,210 @@
+"""The schedule of a Monitor and its loop over the taps, step after step.
+
+Each step starts with a :class:`~gradwatch.monitor.tap.StepPlan` (recorded? detail?) that
+every tap sees in :meth:`~gradwatch.monitor.tap.Tap.begin_step`, then the per-layer forward
+hooks are switched on or off for the step (:class:`~gradwatch.monitor.tracker.LayerTracker`).
+The events of the step go to the taps that override them: the model's root forward (two hooks
+on the root module), the gradient pass, the optimizer step (through
+:class:`~gradwatch.monitor.optim.OptimizerHooks`), a non-finite step, the loss. A recorded
+step closes with every tap's :meth:`~gradwatch.monitor.tap.Tap.collect`, then the step's
+bucketed collective if any tap asked for one; every ``flush_every`` recorded steps (or
+``flush_secs`` seconds) the Monitor flushes.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradwatch.monitor.bucket import StepBucket
+from gradwatch.monitor.gradpass import GradPass
+from gradwatch.monitor.hookkit import tensors_in
+from gradwatch.monitor.meta import describe_structure
+from gradwatch.monitor.optim import OptimizerHooks
+from gradwatch.monitor.tap import Record, StepPlan, overrides
+from gradwatch.monitor.taps import TAPS
+from gradwatch.monitor.tracker import LayerTracker
+
+EVENTS = ("on_forward", "on_forward_done", "on_gradients", "before_optimizer_step",
+          "after_optimizer_step", "on_nonfinite", "on_loss", "on_flush")
+
+
+class TapLoop:
+    """The taps of one Monitor, the pending step's plan, and what happens when a step closes.
+
+    Attributes:
+        step: index of the pending (not yet closed) step.
+        n_recorded: steps recorded so far (a resumed run counts those on disk).
+        forward_seen: a forward pass with gradients ran in the pending step.
+        taps: the taps, in :data:`~gradwatch.monitor.tap.TAPS` order.
+    """
+
+    def __init__(self, mon: Any, ctx: Any, schedule: Any, step: int, n_recorded: int,
+                 dist: bool):
+        self.mon, self.ctx, self.schedule = mon, ctx, schedule
+        self.step, self.n_recorded = step, n_recorded
+        self.forward_seen = False
+        self.structure_read = False  # the first forward pass's output graph read
+        self.compile_warned = False
+        self.late_loss_step = step - 1  # a loss never goes to a step already on disk
+        self.bucket = StepBucket(dist)
+        model: nn.Module = ctx.model
+        self.handles = [
+            model.register_forward_pre_hook(self.on_root_forward, with_kwargs=True),
+            model.register_forward_hook(self.on_root_done),
+        ]
+        self.tracker = ctx.tracker = LayerTracker(ctx)
+        self.taps = [cls(ctx) for cls in TAPS]
+        ctx.taps = {t.name: t for t in self.taps}
+        self.tracker.install()
+        for tap in self.taps:
+            tap.install()
+        self.events = {ev: [t for t in self.taps if overrides(t, ev)] for ev in EVENTS}
+        self.optim = OptimizerHooks(self)
+
+    # -- the schedule ---------------------------------------------------------------------
+    def begin_step(self) -> None:
+        """Plan the pending step; every tap starts it (resets, switches its hooks)."""
+        ctx = self.ctx
+        rec = bool(self.schedule(self.step))
+        detail = rec and self.n_recorded % self.mon.detail_every == 0
+        plan = ctx.plan = StepPlan(self.step, rec, detail, ctx.persistent, ctx.wanted)
+        for tap in self.taps:
+            tap.begin_step(plan)
+        self.tracker.begin_step(self.taps, plan.persistent)
+
+    def dispatch(self, event: str, *args: Any) -> None:
+        """Call ``event`` on each tap that overrides it."""
+        for tap in self.events[event]:
+            getattr(tap, event)(*args)
+
+    # -- the model's forward pass (hooks on the root module) ------------------------------
+    def on_root_forward(self, module: nn.Module, args: Any, kwargs: Any) -> Any:
+        """Root forward pre-hook: the taps' ``on_forward``; a new forward pass begins.
+
+        A tap may hand back new positional arguments; the model then runs on those.
+        """
+        if torch.compiler.is_compiling():
+            self.ctx.on_compiled()
+            return None
+        changed = False
+        for tap in self.events["on_forward"]:
+            new = tap.on_forward(args, kwargs)
+            if new is not None:
+                args, changed = new, True
+        if torch.is_grad_enabled() and not self.ctx.replaying:
+            self.forward_seen = True
+            self.tracker.last_layer = -1
+        return (args, kwargs) if changed else None
+
+    def on_root_done(self, module: nn.Module, args: Any, out: Any) -> None:
+        """Root forward hook: the taps' ``on_forward_done``; the structure from the graph."""
+        if not torch.compiler.is_compiling():
+            self.dispatch("on_forward_done", args, out)
+            if not self.structure_read and not self.ctx.replaying and torch.is_grad_enabled():
+                self.read_structure(out)
+
+    def read_structure(self, out: Any) -> None:
+        """Once, at the first forward pass: the structure from the output's autograd graph.
+
+        Shortcuts, the residual stream and attention, so that a run whose loss is passed as
+        a number keeps them; a loss tensor given to ``Monitor.step`` is read instead (it
+        adds what the loss is).
+        """
+        first = next((t for t in tensors_in(out) if t.grad_fn is not None), None)
+        if first is None:
+            return
+        self.structure_read = True
+        found = describe_structure(self.ctx.model, first)
+        if found is not None and not self.mon._structure_from_graph:
+            self.mon._structure = found
+
+    # -- the step's gradients and its end --------------------------------------------------
+    def gradient_pass(self) -> None:
+        """The step's gradients are complete: one :class:`GradPass` for every tap."""
+        if not self.events["on_gradients"]:
+            return
+        ctx = self.ctx
+        gp = GradPass(ctx.params, ctx.all_pids, "grad_max" in ctx.plan.requests)
+        self.dispatch("on_gradients", gp)
+        if gp.nonfinite:
+            self.dispatch("on_nonfinite")
+
+    def end_step(self, loss: torch.Tensor | None) -> None:
+        """``Monitor.step(loss)``: attach the loss; in manual mode, close the pending step."""
+        ctx = self.ctx
+        rec = ctx.plan.recorded
+        if ctx.optimizers:
+            if loss is not None and not self.forward_seen and self.step > 0:
+                prev = self.step - 1  # the step that optimizer.step() just closed
+                if self.schedule(prev) and self.late_loss_step != prev:
+                    self.late_loss_step = prev  # one loss per step
+                    self.dispatch("on_loss", loss, prev)
+            elif loss is not None and rec:
+                self.dispatch("on_loss", loss, None)
+            return
+        # manual mode: the user's optimizer step of the previous step has run by now
+        if loss is not None and rec:
+            self.dispatch("on_loss", loss, None)
+        self.dispatch("after_optimizer_step")
+        if rec:
+            self.gradient_pass()
+            if loss is not None and loss.device.type == "cpu" and not bool(torch.isfinite(loss)):
+                self.dispatch("on_nonfinite")  # a CPU scalar: no device sync
+        self.close_step()
+
+    def close_step(self) -> None:
+        """Close the pending step: every tap collects if it is recorded; plan the next one."""
+        ctx, mon = self.ctx, self.mon
+        if ctx.compiled and not self.compile_warned:
+            self.compile_warned = True
+            warnings.warn(
+                "gradwatch: the model runs under torch.compile; to keep the compiled graph "
+                "whole, backprop_norm and activation statistics are not recorded for it "
+                "(gradient, weight, update and loss statistics are). Watch the uncompiled "
+                "model for the full set.",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        buffer = mon._session.buffer
+        if ctx.plan.recorded:
+            start = len(buffer)
+            rec = Record(ctx, self.step, ctx.plan.detail, ctx.skipped, self.bucket)
+            for tap in self.taps:
+                tap.collect(rec)
+            if self.bucket:
+                self.bucket.run()  # one collective for every tap's requests of the step
+            self._drop_meta(buffer, start)
+            self.tracker.step_recorded()
+            self.n_recorded += 1
+        self.step += 1
+        self.forward_seen = False
+        self.optim.pre_done = False
+        ctx.skipped, ctx.scale_used = False, None
+        self.begin_step()
+        if buffer and (
+            self.n_recorded % mon.flush_every == 0
+            or time.monotonic() - mon._last_flush > mon.flush_secs
+        ):
+            mon.flush(wait=False)
+
+    def _drop_meta(self, buffer: list[Any], start: int) -> None:
+        """Drop the step's blocks that live on the ``meta`` device (they hold no values)."""
+        new = buffer[start:]
+        if any(b.tensor.device.type == "meta" for b in new):
+            self.ctx.warn("statistics of tensors on the meta device")
+            buffer[start:] = [b for b in new if b.tensor.device.type != "meta"]
+
+    def remove(self) -> None:
+        """Remove every hook: the root's, the optimizers', the tracker's and the taps'."""
+        for h in self.handles:
+            h.remove()
+        self.handles.clear()
+        self.optim.remove()
+        self.tracker.remove()
+        for tap in self.taps:
+            tap.remove()

@@ -1,0 +1,290 @@
+"""The activation tap: ``act_mean``, ``act_std``, ``saturated_frac``, ``dead_frac``.
+
+A forward hook on each activation module (nn.ReLU, nn.Tanh, ...) attaches its output to the
+layer that ran just before it (``ctx.tracker.last_layer``). A small activation's hook keeps a
+reference; when the model's forward pass returns, the same-shape ones are stacked into a
+buffer kept across steps and reduced together (one kernel per statistic for all of them,
+:func:`gradwatch.stats.activation.reduce_stacked`). A large one is reduced inside its hook.
+Either way the values go into the rows of a preallocated buffer, and no activation tensor
+outlives the forward pass that made it. An activation changed in place after its module ran
+(an in-place op downstream) is not recorded at that step and is reduced inside its hook from
+then on. Later calls of a step (micro-batches, shared modules) add into an accumulator.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from gradwatch.monitor.hookkit import FAST_DTYPES, HookSet, RowBuffer
+from gradwatch.monitor.tap import Record, StepPlan, Tap, register_tap
+from gradwatch.stats.activation import (
+    FAMILY_CODE,
+    STACK_ACT_MAX,
+    act_row,
+    applicable,
+    detail_into,
+    reduce_stacked,
+    unit_dim,
+)
+from gradwatch.stats.numeric import Stacked, dense_real
+
+F32 = torch.float32
+_CONV = (nn.modules.conv._ConvNd,)
+#: Most memory the activation stacking buffers may hold (beyond it: one at a time).
+STACK_BUFFER_BYTES = 64 << 20
+#: Most elements of kept activations before they are reduced, even mid-forward: activations
+#: that autograd does not keep (one followed by dropout, say) are then held no longer.
+PENDING_MAX = 1 << 24
+_DIMS: dict[int, tuple[int, ...]] = {}
+
+
+def _all_dims(a: torch.Tensor) -> tuple[int, ...]:
+    dims = _DIMS.get(a.dim())
+    if dims is None:
+        dims = _DIMS[a.dim()] = tuple(range(a.dim()))
+    return dims
+
+
+@register_tap
+class ActivationTap(Tap):
+    """Activation statistics per activation module, attached to the layer before it."""
+
+    name = "act"
+    sources = ("act",)
+
+    def install(self) -> None:
+        """One forward hook per activation module (when activation statistics are asked for)."""
+        ctx = self.ctx
+        self.buf = RowBuffer(4)
+        self.rows: dict[tuple[int, int], int] = {}  # (activation, layer) -> row
+        self.row_meta: list[tuple[int, int]] = []  # row -> (layer, family code)
+        self.counts: dict[int, list[int]] = {}  # row -> [elements, units] in the step
+        self.pending: list[tuple] = []  # (row, tensor, version, family, channels first)
+        self.pending_n = 0  # elements held in pending
+        self.eager: set[int] = set()  # rows reduced inside the hook (changed in place)
+        self.stacks: dict[tuple, Stacked] = {}  # stacking buffers, by shape
+        self.channels_first = [isinstance(ly.module, _CONV) for ly in ctx.layers]
+        self.on = self.detail = False
+        self.step = -1
+        self.hooks = HookSet()
+        acts = ctx.activations if self.needed else []
+        self.hooks.forward([m for _, m, _ in acts],
+                           [self._make_hook(ai, fam) for ai, (_, _, fam) in enumerate(acts)])
+        self.has_acts = bool(acts)
+
+    def begin_step(self, plan: StepPlan) -> None:
+        """Reset the rows; hooks on at the steps that record activations."""
+        self.buf.reset()
+        self.pending = []
+        self.pending_n = 0
+        self.counts = {}
+        self.step = plan.step
+        self.on = (
+            plan.recorded and self.needed
+            and (plan.detail or not plan.tiered(("act_mean", "act_std")))
+        )
+        self.detail = plan.detail and bool({"saturated_frac", "dead_frac"} & plan.wanted)
+        self.track_layers = self.on and self.has_acts
+        self.hooks.switch(self.on or plan.persistent)
+
+    def on_forward(self, args: Any, kwargs: Any) -> None:
+        """Reduce what a forward pass that never returned left behind."""
+        if self.pending:
+            self.reduce()  # the previous forward pass did not return
+
+    def on_forward_done(self, args: Any, out: Any) -> None:
+        """Reduce the small activations kept during the forward pass."""
+        if self.pending:
+            self.reduce()
+
+    def _make_hook(self, ai: int, fam: str):
+        code = FAMILY_CODE[fam]
+        act = self.buf
+        ctx = self.ctx
+        tracker = ctx.tracker
+
+        def on_act_forward(module: nn.Module, args: Any, out: Any) -> None:
+            if torch.compiler.is_compiling():
+                ctx.on_compiled()
+                return
+            li = tracker.last_layer
+            if not self.on or li < 0 or not torch.is_grad_enabled() or ctx.replaying:
+                return
+            if type(out) is not torch.Tensor or out.numel() == 0:
+                return
+            try:
+                row = self.rows.get((ai, li))
+                if row is None:
+                    row = self._new_row(ai, li, code, fam, out)
+                a = out
+                first = act.stamp[row] != self.step
+                if (
+                    first
+                    and a.dtype in FAST_DTYPES
+                    and a.device == act.buf.device
+                    and a.layout == torch.strided
+                ):
+                    cf = self.channels_first[li]
+                    n = a.numel()
+                    if n <= STACK_ACT_MAX and row not in self.eager:
+                        # reduced with the other small activations when the forward returns
+                        # (detached there, once for all of them)
+                        self.pending.append((row, a, a._version, fam, cf))
+                        self.pending_n += n
+                        units = (
+                            a.shape[unit_dim(a.dim(), cf)]
+                            if self.detail and fam == "rectifier" and a.dim() >= 2 else 1
+                        )
+                    else:
+                        units = self._into(row, a.detach(), fam, cf)
+                    act.stamp[row] = self.step
+                    act.called.append(row)
+                    self.counts[row] = [n, units]
+                    if self.pending_n > PENDING_MAX:
+                        self.reduce()  # a very deep model: do not hold them all
+                else:
+                    self._slow(row, a.detach(), fam, li, first)
+            except Exception as exc:  # noqa: BLE001 - never take training down
+                ctx.warn("activation statistics", exc)
+
+        return on_act_forward
+
+    def _into(self, row: int, a: torch.Tensor, fam: str, cf: bool) -> int:
+        """One activation's statistics into its row, in place; returns its units."""
+        v = self.buf.views[row]
+        torch.sum(a, dim=_all_dims(a), dtype=F32, out=v[0])
+        torch.linalg.vector_norm(a, dtype=F32, out=v[1])  # squared at the step
+        if self.detail:
+            return detail_into(a, fam, cf, v[2], v[3])
+        return 1
+
+    def reduce(self) -> None:
+        """Reduce the small activations kept since the forward pass began, then drop them.
+
+        Same-shape ones are stacked into a buffer kept for the next steps and reduced in one
+        kernel per statistic; their values go into their rows with one ``index_copy_`` per
+        column.
+        """
+        pend, self.pending = self.pending, []
+        self.pending_n = 0
+        try:
+            with torch.no_grad():
+                self._reduce(pend)
+        except Exception as exc:  # noqa: BLE001 - never take training down
+            self.ctx.warn("activation statistics", exc)
+            gone = {row for row, *_ in pend}  # their rows hold no value of this step
+            self.buf.called = [r for r in self.buf.called if r not in gone]
+
+    def _reduce(self, pend: list[tuple]) -> None:
+        """Group the kept activations by shape and reduce each group (see above)."""
+        groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+        for row, a, version, fam, cf in pend:
+            if a._version != version:
+                # changed in place since its module ran: not recorded at this step, and
+                # reduced inside its hook from now on
+                self.eager.add(row)
+                self.buf.called.remove(row)
+                self.buf.stamp[row] = -1
+                self.counts.pop(row, None)
+                continue
+            groups.setdefault((a.shape, a.dtype, fam, cf), []).append((row, a))
+        buf = self.buf.buf
+        for (shape, dtype, fam, cf), items in groups.items():
+            if len(items) == 1:
+                self._into(items[0][0], items[0][1], fam, cf)
+                continue
+            st = self._stack_buffer((len(items), *shape), dtype, buf.device)
+            if st is None:  # past the memory cap: one at a time
+                for row, a in items:
+                    self._into(row, a, fam, cf)
+                continue
+            # a copy of ours: the saturation count overwrites it in place
+            copy = st.fill([a for _, a in items])
+            sums, norms, sat, dead = reduce_stacked(copy, fam, cf, self.detail)
+            idx = self.ctx.index([r for r, _ in items], buf.device)
+            buf[:, 0].index_copy_(0, idx, sums)
+            buf[:, 1].index_copy_(0, idx, norms)
+            if sat is not None:
+                buf[:, 2].index_copy_(0, idx, sat)
+            if dead is not None:
+                buf[:, 3].index_copy_(0, idx, dead)
+
+    def _stack_buffer(self, shape: tuple, dtype: torch.dtype, device: torch.device):
+        """The stacking buffer for ``shape`` (kept), or None past ``STACK_BUFFER_BYTES``."""
+        key = (shape, dtype, device)
+        st = self.stacks.get(key)
+        if st is None:
+            size = math.prod(shape) * dtype.itemsize
+            held = sum(b.nbytes for b in self.stacks.values())
+            if held + size > STACK_BUFFER_BYTES:
+                if size > STACK_BUFFER_BYTES // 2:
+                    return None
+                self.stacks.clear()  # shapes changed (new batch size, say): start over
+            st = self.stacks[key] = Stacked(shape[0], shape[1:], dtype, device)
+        return st
+
+    def _new_row(self, ai: int, li: int, code: int, fam: str, out: torch.Tensor) -> int:
+        row = len(self.row_meta)
+        self.rows[(ai, li)] = row
+        self.row_meta.append((li, code))
+        self.buf.ensure(row + 1, out.device)
+        # the columns that do not apply to this family stay NaN for good
+        sat_ok, dead_ok = applicable(fam)
+        if not sat_ok:
+            self.buf.buf[row, 2] = float("nan")
+        if not dead_ok:
+            self.buf.buf[row, 3] = float("nan")
+        return row
+
+    def _slow(self, row: int, a: torch.Tensor, fam: str, li: int, first: bool) -> None:
+        """General path: other dtypes or devices, and later calls of a step (accumulated)."""
+        d = dense_real(a)
+        if d is None:
+            self.ctx.warn(f"activation statistics of {a.layout}/{a.device.type} outputs")
+            return
+        vals, units = act_row(d, fam, self.channels_first[li], self.detail)
+        vals = vals.to(self.buf.buf.device)
+        vals[1] = vals[1].sqrt()  # stored as a norm, like the in-place path
+        act = self.buf
+        if first:
+            act.buf[row].copy_(vals)
+            act.stamp[row] = self.step
+            act.called.append(row)
+            self.counts[row] = [a.numel(), units]
+            return
+        # a later call of this step: add sums, squares and counts; elements and units grow
+        sq = torch.stack([vals[0], vals[1].square(), vals[2], vals[3]])
+        prev = act.extra.get(row)
+        act.extra[row] = sq if prev is None else prev + sq
+        n = self.counts[row]
+        n[0] += a.numel()
+        n[1] += units
+
+    def collect(self, rec: Record) -> None:
+        """The rows written this step as one ``act`` block."""
+        if self.pending:
+            self.reduce()  # a submodule ran without the model's own forward
+        got = self.buf.gather(self.ctx.index)
+        if got is None:
+            return
+        rows, vals = got
+        vals[:, 1] = vals[:, 1].square()
+        if not self.detail:
+            vals[:, 2:] = float("nan")
+        for row, extra in self.buf.extra.items():
+            j = rows.index(row)
+            vals[j] = vals[j] + extra
+        key = tuple((*self.row_meta[r], *self.counts[r]) for r in rows)
+        rec.emit("act", key, vals.reshape(-1))
+
+    def remove(self) -> None:
+        """Remove the hooks and drop the kept activations and stacking buffers."""
+        self.hooks.remove()
+        self.pending = []
+        self.pending_n = 0
+        self.stacks = {}
+
