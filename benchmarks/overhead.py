@@ -9,6 +9,7 @@ machine noise hits all of them alike, and the reported figure is the median over
     python benchmarks/overhead.py --networks a,b --rounds 31 --steps 20 --out results/o.json
     python benchmarks/overhead.py --clock cpu --threads 1   # a busy shared machine
     python benchmarks/overhead.py --anchors lightning  # Lightning's grad_norm, no wandb
+    python benchmarks/overhead.py --python-path     # gradwatch without its compiled kernels
     python benchmarks/overhead.py --device cuda      # on a GPU: CUDA events, host syncs per step
 
 Subnormal floats are flushed to zero (torch.set_flush_denormal): the deep tanh nets' tiny
@@ -261,6 +262,23 @@ def table(results: list[dict], keys: list[str]) -> str:
     return "\n".join(lines)
 
 
+def native_ready(python_path: bool) -> bool:
+    """Build (or load) gradwatch's compiled kernels before timing, or switch them off."""
+    try:
+        from gradwatch.stats import native
+    except ImportError:  # an earlier gradwatch, without compiled kernels
+        return False
+
+    if python_path:
+        os.environ[native.ENV] = "0"
+        print("gradwatch: Python path (compiled kernels off)", flush=True)
+        return False
+    ok = native.build() is not None
+    print(f"gradwatch: compiled kernels {'on' if ok else 'unavailable: Python path'}",
+          flush=True)
+    return ok
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--networks", default="a,b,conv,transformer")
@@ -274,7 +292,11 @@ def main() -> None:
                          "default: every one installed")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--python-path", action="store_true",
+                    help="keep gradwatch on its Python path (GRADWATCH_NATIVE=0): no compiled "
+                         "kernels")
     args = ap.parse_args()
+    compiled = native_ready(args.python_path)
     torch.set_num_threads(args.threads)
     torch.set_flush_denormal(True)  # deep tanh nets underflow; keep the timings about the Monitor
     os.environ.setdefault("WANDB_MODE", "offline")
@@ -304,7 +326,7 @@ def main() -> None:
     print(table(results, ["floor", *CONFIGS, *anchors]))
     meta = {"torch": torch.__version__, "threads": args.threads, "rounds": args.rounds,
             "steps_per_round": args.steps, "device": args.device, "clock": args.clock,
-            "load": os.getloadavg()}
+            "load": os.getloadavg(), "compiled_kernels": compiled}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))

@@ -20,5 +20,17 @@ def quick_result(tmp_path_factory):
     return get
 
 
+def numbers_of(result: dict, index: int = 0) -> dict:
+    """The numbers of one seed of a result (the first by default)."""
+    return result["per_seed"][index]["numbers"]
+
+
+def runs_of(result: dict, index: int = 0):
+    """The folder holding one seed's ``runs/`` (the first seed's by default)."""
+    from pathlib import Path
+
+    return Path(result["per_seed"][index]["out_dir"])
+
+
 OURS = ("glorot2010", "he2015", "residual")
 assert all(n in EXPERIMENTS for n in OURS)

@@ -10,6 +10,8 @@ import pytest
 import gradwatch as gw
 from gradwatch.experiments import criticality, run_experiment
 
+from .conftest import numbers_of, runs_of
+
 # a grid small enough for a few seconds (plus Ray's start-up where it runs on Ray)
 TINY = dict(sigma_w2s=(1.0, 4.0), depths=(3, 6), steps=20, width=32, record_every=5)
 
@@ -31,8 +33,8 @@ def test_quick_claims_hold(quick_result):
 
 def test_quick_outputs_and_numbers(quick_result):
     result = quick_result("criticality")
-    n = result["numbers"]
-    out = Path(result["out_dir"])
+    n = numbers_of(result)
+    out = runs_of(result)
     sw2, depths = n["sigma_w2s"], n["depths"]
     acc = np.asarray(n["accuracy"], dtype=float)
     assert acc.shape == (len(sw2), len(depths)) and np.all((acc >= 0) & (acc <= 1))
@@ -48,7 +50,7 @@ def test_quick_outputs_and_numbers(quick_result):
     # the shallowest nets all train, far from the critical line the deepest do not
     assert acc[:, 0].min() > 0.8
     assert acc[0, -1] < 0.2  # σw² = 0.5 at depth 60: ordered, correlations collapse
-    png = out / "figures" / "phase_diagram.png"
+    png = Path(result["out_dir"]) / "figures" / "phase_diagram.png"
     assert png.is_file() and png.with_suffix(".svg").is_file()
     assert png.stat().st_size < 200_000
 
@@ -64,7 +66,7 @@ CASES = [
 
 @pytest.mark.parametrize(("path", "value", "text"), CASES)
 def test_doctored_record_fails_claim(quick_result, path, value, text):
-    numbers = quick_result("criticality")["numbers"]
+    numbers = numbers_of(quick_result("criticality"))
     assert _claim(criticality.claims(numbers), text)["holds"]  # the honest record supports it
     doctored = copy.deepcopy(numbers)
     node = doctored
@@ -75,7 +77,7 @@ def test_doctored_record_fails_claim(quick_result, path, value, text):
 
 
 def test_claims_are_pure(quick_result):
-    numbers = quick_result("criticality")["numbers"]
+    numbers = numbers_of(quick_result("criticality"))
     before = copy.deepcopy(numbers)
     assert criticality.claims(numbers) == criticality.claims(numbers)
     assert numbers == before
@@ -87,10 +89,10 @@ def test_seeded_repeatable(tmp_path):
     kw = dict(TINY, processes=1)
     a = run_experiment("criticality", tmp_path / "a", quick=True, seed=5, progress=False, **kw)
     b = run_experiment("criticality", tmp_path / "b", quick=True, seed=5, progress=False, **kw)
-    assert a["numbers"] == b["numbers"]
+    assert numbers_of(a) == numbers_of(b)
     assert a["claims"] == b["claims"]
     c = run_experiment("criticality", tmp_path / "c", quick=True, seed=6, progress=False, **kw)
-    assert c["numbers"]["accuracy"] != a["numbers"]["accuracy"]
+    assert numbers_of(c)["accuracy"] != numbers_of(a)["accuracy"]
 
 
 def test_executor_does_not_change_the_grid(tmp_path):
@@ -102,13 +104,13 @@ def test_executor_does_not_change_the_grid(tmp_path):
     here = run_experiment(
         "criticality", tmp_path / "here", quick=True, seed=1, processes=1, progress=False, **grid
     )
-    assert pool["numbers"]["processes"] == 2 and here["numbers"]["processes"] == 1
-    strip = [{k: v for k, v in g.items() if k != "run_dir"} for g in pool["numbers"]["grid"]]
+    assert numbers_of(pool)["processes"] == 2 and numbers_of(here)["processes"] == 1
+    strip = [{k: v for k, v in g.items() if k != "run_dir"} for g in numbers_of(pool)["grid"]]
     assert strip == [
-        {k: v for k, v in g.items() if k != "run_dir"} for g in here["numbers"]["grid"]
+        {k: v for k, v in g.items() if k != "run_dir"} for g in numbers_of(here)["grid"]
     ]
-    assert pool["numbers"]["accuracy"] == here["numbers"]["accuracy"]
-    assert pool["numbers"]["train_loss"] == here["numbers"]["train_loss"]
+    assert numbers_of(pool)["accuracy"] == numbers_of(here)["accuracy"]
+    assert numbers_of(pool)["train_loss"] == numbers_of(here)["train_loss"]
 
 
 def test_point_seed_depends_on_the_point_only():
@@ -129,9 +131,9 @@ def test_ray_and_local_pool_give_the_same_grid(tmp_path):
     on_ray = run_experiment(
         "criticality", tmp_path / "ray", quick=True, seed=1, executor="ray", **grid
     )
-    assert local["numbers"]["executor"] == "local" and on_ray["numbers"]["executor"] == "ray"
-    assert on_ray["numbers"]["grid"] == local["numbers"]["grid"]
-    assert on_ray["numbers"]["accuracy"] == local["numbers"]["accuracy"]
+    assert numbers_of(local)["executor"] == "local" and numbers_of(on_ray)["executor"] == "ray"
+    assert numbers_of(on_ray)["grid"] == numbers_of(local)["grid"]
+    assert numbers_of(on_ray)["accuracy"] == numbers_of(local)["accuracy"]
     import ray
 
     assert not ray.is_initialized()  # the local instance was shut down after the grid

@@ -12,6 +12,8 @@ import gradwatch as gw
 from gradwatch.experiments import pascanu2013, run_experiment
 from gradwatch.experiments.data import adding_problem
 
+from .conftest import numbers_of, runs_of
+
 TINY = dict(
     lengths=(10,),
     sweep_sigma_max=(0.5, 2.0),
@@ -43,8 +45,8 @@ def test_quick_claims_hold(quick_result):
 
 def test_quick_numbers_are_physical(quick_result):
     result = quick_result("pascanu2013")
-    n = result["numbers"]
-    out = Path(result["out_dir"])
+    n = numbers_of(result)
+    out = runs_of(result)
     longest = max(n["lengths"])
     rnn = n["flow"][f"rnn/T{longest}"]
     assert rnn["sigma_max"] == pytest.approx(0.9, rel=1e-4)
@@ -64,7 +66,7 @@ def test_quick_numbers_are_physical(quick_result):
     for key, r in n["training"].items():
         assert gw.load(out / "runs" / key.replace("/", "-")).meta["status"] == "closed"
         assert r["curve"][-1][0] == result["config"]["train_steps"]
-    png = out / "figures" / "overview.png"
+    png = Path(result["out_dir"]) / "figures" / "overview.png"
     assert png.is_file() and png.with_suffix(".svg").is_file()
     assert png.stat().st_size < 200_000
 
@@ -94,7 +96,7 @@ CASES = [
 
 @pytest.mark.parametrize(("path", "value", "text"), CASES)
 def test_doctored_record_fails_claim(quick_result, path, value, text):
-    numbers = quick_result("pascanu2013")["numbers"]
+    numbers = numbers_of(quick_result("pascanu2013"))
     if path[0] == "clipping" and path[-1] == "all_finite" and path[1] == "unclipped":
         # an unclipped run that stayed finite and small has not exploded
         numbers = _set(numbers, ("clipping", "unclipped", "max_grad_norm"), 10.0)
@@ -104,7 +106,7 @@ def test_doctored_record_fails_claim(quick_result, path, value, text):
 
 
 def test_full_scale_training_claim_is_computed(quick_result):
-    numbers = quick_result("pascanu2013")["numbers"]
+    numbers = numbers_of(quick_result("pascanu2013"))
     text = "needs the full-size run"
     solved = _set(numbers, ("training", "adding/T50/lstm", "final"), 0.001)
     solved = _set(solved, ("training", "adding/T50/rnn", "final"), 0.17)
@@ -116,10 +118,10 @@ def test_full_scale_training_claim_is_computed(quick_result):
 def test_seeded_repeatable(tmp_path):
     a = run_experiment("pascanu2013", tmp_path / "a", quick=True, seed=2, progress=False, **TINY)
     b = run_experiment("pascanu2013", tmp_path / "b", quick=True, seed=2, progress=False, **TINY)
-    assert a["numbers"] == b["numbers"]
+    assert numbers_of(a) == numbers_of(b)
     assert a["claims"] == b["claims"]
     c = run_experiment("pascanu2013", tmp_path / "c", quick=True, seed=3, progress=False, **TINY)
-    assert c["numbers"]["flow"] != a["numbers"]["flow"]
+    assert numbers_of(c)["flow"] != numbers_of(a)["flow"]
 
 
 def test_temporal_gradient_matches_autograd_per_step():

@@ -9,7 +9,7 @@ import pytest
 import gradwatch as gw
 from gradwatch.experiments import base
 
-from .conftest import OURS
+from .conftest import OURS, numbers_of, runs_of
 
 # claims that need the full-size run (scale "full"); they are computed in quick mode, not required
 FULL_ONLY = {
@@ -22,7 +22,8 @@ FULL_ONLY = {
 @pytest.mark.parametrize("name", OURS)
 def test_quick_claims_hold(quick_result, name):
     result = quick_result(name)
-    assert result["quick"] is True and result["seed"] == 0 and result["name"] == name
+    assert result["quick"] is True and result["seeds"] == [0] and result["name"] == name
+    assert result["threads"] == 1
     for c in result["claims"]:
         full_only = any(s in c["claim"] for s in FULL_ONLY[name])
         assert (c.get("scale") == "full") == full_only, c["claim"]
@@ -36,22 +37,26 @@ def test_outputs_written(quick_result, name):
     result = quick_result(name)
     out = Path(result["out_dir"])
     on_disk = json.loads((out / "result.json").read_text())
-    assert on_disk["numbers"] == result["numbers"]
+    assert on_disk["per_seed"] == result["per_seed"]
     assert set(on_disk) >= {
         "name",
         "config",
         "quick",
-        "seed",
-        "numbers",
+        "seeds",
+        "threads",
+        "per_seed",
         "claims",
         "runtime_s",
+        "cpu_s",
         "versions",
     }
-    assert on_disk["runtime_s"] > 0 and on_disk["versions"]["torch"]
+    assert on_disk["runtime_s"] > 0 and on_disk["cpu_s"] > 0 and on_disk["versions"]["torch"]
+    seed = json.loads((runs_of(result) / "result.json").read_text())  # the seed's own record
+    assert seed["seed"] == 0 and seed["threads"] == 1 and seed["numbers"] == numbers_of(result)
     pngs = sorted((out / "figures").glob("*.png"))
     assert pngs and all(p.with_suffix(".svg").is_file() for p in pngs)
     assert all(p.stat().st_size < 200_000 for p in pngs)
-    runs = sorted(p for p in (out / "runs").iterdir() if p.is_dir())
+    runs = sorted(p for p in (runs_of(result) / "runs").iterdir() if p.is_dir())
     assert runs
     for r in runs:
         run = gw.load(r)
@@ -59,7 +64,7 @@ def test_outputs_written(quick_result, name):
 
 
 def test_glorot_numbers_are_physical(quick_result):
-    runs = quick_result("glorot2010")["numbers"]["runs"]
+    runs = numbers_of(quick_result("glorot2010"))["runs"]
     for key, r in runs.items():
         # standard init shrinks by ~√(1/3) per layer at least; normalized much less
         if key.endswith("-standard"):
@@ -70,7 +75,7 @@ def test_glorot_numbers_are_physical(quick_result):
 
 
 def test_he_theory_beside_measurement(quick_result):
-    runs = quick_result("he2015")["numbers"]["runs"]
+    runs = numbers_of(quick_result("he2015"))["runs"]
     x30, h30 = runs["30-xavier"], runs["30-he"]
     if x30["chi1_hidden"] is not None:
         assert x30["chi1_hidden"] == pytest.approx(0.5, abs=0.05)  # σw² ≈ 1 -> χ1 = 1/2
@@ -86,4 +91,4 @@ def test_xiong2020_quick_claims_hold_and_outputs(quick_result):
     out = Path(result["out_dir"])
     assert {p.stem for p in (out / "figures").glob("*.png")} == {"grad_at_init", "loss"}
     for arm in ("post-LN", "pre-LN", "post-LN_warmup"):
-        assert gw.load(out / "runs" / arm).meta["status"] == "closed"
+        assert gw.load(runs_of(result) / "runs" / arm).meta["status"] == "closed"

@@ -16,8 +16,15 @@ from torch import nn
 
 import gradwatch as gw
 from gradwatch.monitor.taps import activation as act_tap
+from gradwatch.stats import native
 
 WIDTH = 24
+
+
+@pytest.fixture(autouse=True)
+def torch_path(monkeypatch):
+    """These are the torch path's stacked reductions (test_native_paths covers the compiled)."""
+    monkeypatch.setenv(native.ENV, "0")
 
 
 def recorded(run) -> dict[str, dict[str, float]]:

@@ -1,5 +1,9 @@
 """``gradwatch experiment NAME``: reproduce a classic result and check the paper's claims.
 
+Every run covers several seeds (``--seeds``; 3 in full mode, 1 in ``--quick`` mode) at
+``--threads`` torch threads, and each claim is judged over the seeds: it must hold in every
+seed, or in more than half of them where the claim says so ("[in ≥ 2 of 3 seeds]").
+
 Exit code 0 when every claim holds, 1 when one does not, 2 for bad input. In ``--quick``
 mode, claims that need the full-size run are shown as "not run in quick mode" and do not
 decide the exit code.
@@ -15,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from gradwatch.commands.args import check_seed, out_dir
+from gradwatch.commands.args import check_at_least, check_seed, out_dir
 from gradwatch.errors import GradwatchValueError
 
 
@@ -38,8 +42,13 @@ def _report(console: Console, result: dict) -> bool:
 
     quick = bool(result.get("quick"))
     mode = "quick" if quick else "full"
+    seeds = result["seeds"]
+    which = f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+    threads = result.get("threads", 1)
     console.print(
-        f"[bold]{result['name']}[/] ({mode}, seed {result['seed']}, {result['runtime_s']:.1f} s)"
+        f"[bold]{result['name']}[/] ({mode}, {which}, {threads} thread"
+        f"{'s' if threads != 1 else ''}; {result['runtime_s']:.1f} s wall, "
+        f"{result.get('cpu_s') or 0:.1f} s CPU)"
     )
     skipped = 0
     for c in result["claims"]:
@@ -49,14 +58,18 @@ def _report(console: Console, result: dict) -> bool:
             console.print(f"  [dim]– {escape(c['claim'])} ({NOT_RUN})[/]")
         else:
             mark = "[green]✓[/]" if state == "holds" else "[red]✗[/]"
-            console.print(f"  {mark} {escape(c['claim'])}")
+            held = c.get("held_in")
+            tally = "" if held is None else f" [dim](held in {held} of {len(seeds)})[/]"
+            console.print(f"  {mark} {escape(c['claim'])}{tally}")
     if skipped:
         console.print(
             f"  [dim]{skipped} claim(s) need the full-size run: not run in quick mode, "
             "not counted in the exit code[/]"
         )
     ok = outcome(result)
-    console.print(f"  outputs: {result['out_dir']} (result.json, figures/, runs/)")
+    console.print(
+        f"  outputs: {result['out_dir']} (result.json, figures/, seed-<s>/runs/)"
+    )
     if not ok:
         console.print("  [red]a claim of the paper does not hold in this run[/]")
     return ok
@@ -75,6 +88,10 @@ def run(args: argparse.Namespace) -> int:
         )
     names = list(EXPERIMENTS) if args.name == "all" else [get(args.name).name]
     check_seed(args.seed)
+    if args.seeds is not None:
+        check_at_least("--seeds", args.seeds)
+        check_seed(args.seed + args.seeds - 1)  # the last seed, too
+    check_at_least("--threads", args.threads)
     out_dir("--out", args.out)
     out_root = (
         Path(args.out) if args.out is not None
@@ -89,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
             out,
             quick=args.quick,
             seed=args.seed,
+            seeds=args.seeds,
+            threads=args.threads,
             executor=args.executor,
             progress=False if args.no_progress else None,
         )
@@ -115,7 +134,21 @@ def register(subparsers) -> None:
         default=None,
         help="output folder (default: experiments/<timestamp>/<name>; with all: a subfolder each)",
     )
-    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--seed", type=int, default=0, help="the first seed (default 0): SEED, SEED+1, …"
+    )
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="how many seeds; each claim is judged over them (default: 3, or 1 with --quick)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads while training (torch.set_num_threads; default 1)",
+    )
     p.add_argument(
         "--executor",
         choices=("local", "ray"),

@@ -1,9 +1,12 @@
 """The laboratory: one linear, readable script per classic result about gradient flow.
 
 Each experiment is registered in :data:`EXPERIMENTS` by an :class:`ExperimentSpec`; its
-module defines a ``@dataclass`` config, ``run(out_dir, quick=False, seed=0, **kw) -> dict``
-and a pure ``claims(numbers) -> list[Claim]`` (see :mod:`gradwatch.experiments.base`).
-Run one with :func:`run_experiment` or ``gradwatch experiment NAME [--quick]``.
+module defines a ``@dataclass`` config, ``run(out_dir, quick=False, seed=0, seeds=None,
+threads=1, **kw) -> dict`` and a pure ``claims(numbers) -> list[Claim]`` (see
+:mod:`gradwatch.experiments.base`). Run one with :func:`run_experiment` or
+``gradwatch experiment NAME [--quick] [--seeds N] [--threads N]``: every run covers several
+seeds (3 in full mode) and each claim is judged over them
+(:mod:`gradwatch.experiments.seeds`).
 """
 
 from __future__ import annotations
@@ -48,7 +51,10 @@ class ExperimentSpec:
         return keyword in inspect.signature(self.load().run).parameters
 
     def run(self, out_dir: str | Path, quick: bool = False, seed: int = 0, **kw: Any) -> dict:
-        """Run the experiment; returns its result dict (also in ``out_dir/result.json``)."""
+        """Run the experiment; returns its result dict (also in ``out_dir/result.json``).
+
+        ``kw``: ``seeds``, ``threads``, the module's other options and config overrides.
+        """
         return self.load().run(Path(out_dir), quick=quick, seed=seed, **kw)
 
 
@@ -119,7 +125,7 @@ def get(name: str) -> ExperimentSpec:
 
 #: Options the command line passes to every experiment; each reaches only the experiments
 #: whose ``run`` names it.
-OPTIONS = ("executor", "progress")
+OPTIONS = ("executor", "progress", "seeds", "threads")
 
 
 def run_experiment(
@@ -131,9 +137,11 @@ def run_experiment(
         name: a key of :data:`EXPERIMENTS`.
         out_dir: the output folder.
         quick: run the quick version.
-        seed: the seed.
-        **kw: :data:`OPTIONS` (dropped for experiments whose ``run`` does not name them)
-            and config overrides (passed as they are).
+        seed: the first seed.
+        **kw: :data:`OPTIONS` (``seeds``: how many seeds, None for the default, 3 in full
+            mode and 1 in quick mode; ``threads``: torch threads; ``executor``,
+            ``progress``; dropped for experiments whose ``run`` does not name them) and
+            config overrides (passed as they are).
 
     Raises:
         GradwatchValueError: unknown ``name``.
@@ -143,12 +151,25 @@ def run_experiment(
     return spec.run(out_dir, quick=quick, seed=seed, **kw)
 
 
+def gather(name: str, out_dir: str | Path, plot: bool = True) -> dict:
+    """Rebuild ``out_dir/result.json`` of experiment ``name`` from its seed folders.
+
+    For seeds run separately (one ``run_experiment(..., seed=s, seeds=1)`` each into the
+    same ``out_dir``), or to judge stored runs with the claims as they are now; see
+    :func:`gradwatch.experiments.runner.gather`.
+    """
+    from gradwatch.experiments.runner import gather as rebuild
+
+    return rebuild(get(name).load(), out_dir, plot=plot)
+
+
 __all__ = [
     "EXPERIMENTS",
     "Claim",
     "ExperimentSpec",
     "claim",
     "finish",
+    "gather",
     "get",
     "outcome",
     "run_experiment",

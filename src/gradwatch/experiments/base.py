@@ -7,13 +7,16 @@ An experiment is one linear script (``gradwatch/experiments/<name>.py``) with
   directories (``gw.watch``) under ``out`` and returning the measured numbers,
 - ``claims(numbers) -> list[Claim]``, a *pure* function from the measured numbers to the
   paper's claims, so that a test can feed it a doctored record and watch a claim fail,
-- ``plot(out, numbers, cfg) -> paths`` that draws the figures,
-- ``run(out_dir, quick=False, seed=0, **kw) -> dict``, which hands the four to
-  :func:`execute`, the runner every experiment shares (config, seeding, progress bar,
-  claims, figures, ``result.json``).
+- ``plot(out, seed_runs, cfg) -> paths`` that draws the figures from every seed's numbers
+  and run directories (the median over seeds, with the range: :func:`seeds.band`),
+- ``run = runner(__name__)``: the ``run(out_dir, quick=False, seed=0, seeds=None,
+  threads=1, **kw) -> dict`` that hands the four to :mod:`gradwatch.experiments.runner`,
+  the runner every experiment shares (config, one ``measure`` per seed under
+  :func:`seeded`, progress bar, claims judged over the seeds, figures, ``result.json``).
 
-Claims are never asserted by hand: each one's ``holds`` is computed from ``numbers``, and
-its ``evidence`` holds the numbers it was computed from.
+Claims are never asserted by hand: each one's ``holds`` is computed from one seed's
+``numbers``, its ``evidence`` holds the numbers it was computed from, and its ``need``
+says in how many seeds it must hold (:mod:`gradwatch.experiments.seeds`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import random
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict
 
@@ -33,6 +35,7 @@ import numpy as np
 import torch
 
 from gradwatch.errors import GradwatchValueError
+from gradwatch.experiments.seeds import NEEDS
 from gradwatch.jsonable import jsonable
 
 RESULT = "result.json"
@@ -50,21 +53,31 @@ class Claim(TypedDict):
         scale: "any" (default when absent): expected at every scale, so the experiment fails
             when it does not hold; "full": the effect needs the full-size run, so in quick
             mode it is computed and reported but does not decide the outcome.
+        need: over several seeds, "all" (default when absent): it must hold in every seed;
+            "majority": in more than half of them (see :mod:`gradwatch.experiments.seeds`).
     """
 
     claim: str
     holds: bool
     evidence: dict[str, Any]
     scale: NotRequired[Literal["any", "full"]]
+    need: NotRequired[Literal["all", "majority"]]
 
 
-def claim(text: str, holds: Any, scale: Literal["any", "full"] = "any", **evidence: Any) -> Claim:
+def claim(
+    text: str,
+    holds: Any,
+    scale: Literal["any", "full"] = "any",
+    need: Literal["all", "majority"] = "all",
+    **evidence: Any,
+) -> Claim:
     """Build a :class:`Claim`; ``holds`` is coerced to a plain bool (NaN counts as False).
 
     Args:
         text: the claim, one sentence naming its threshold.
-        holds: the computed truth value (a bool, or numpy bool).
+        holds: the computed truth value in one seed (a bool, or numpy bool).
         scale: "any" or "full" (see :class:`Claim`).
+        need: "all" or "majority": in how many seeds it must hold (see :class:`Claim`).
         **evidence: the numbers behind it.
 
     Returns:
@@ -72,7 +85,11 @@ def claim(text: str, holds: Any, scale: Literal["any", "full"] = "any", **eviden
     """
     if scale not in ("any", "full"):
         raise GradwatchValueError(f'scale must be "any" or "full", got {scale!r}')
-    return Claim(claim=text, holds=bool(holds), evidence=jsonable(evidence), scale=scale)
+    if need not in NEEDS:
+        raise GradwatchValueError(f'need must be "all" or "majority", got {need!r}')
+    return Claim(
+        claim=text, holds=bool(holds), evidence=jsonable(evidence), scale=scale, need=need
+    )
 
 
 def decisive(claims: Sequence[Claim], quick: bool) -> list[Claim]:
@@ -119,8 +136,10 @@ def finish(
     claims: list[Claim],
     started: float,
     figures: Sequence[str | Path] = (),
+    threads: int | None = None,
+    cpu_s: float | None = None,
 ) -> dict[str, Any]:
-    """Write ``out_dir/result.json`` and return the result dict.
+    """Write one seed's ``out_dir/result.json`` and return the result dict.
 
     Args:
         out_dir: the experiment's output folder.
@@ -132,9 +151,12 @@ def finish(
         claims: ``claims(numbers)``.
         started: ``time.perf_counter()`` when the experiment started.
         figures: paths of the figures written.
+        threads: the torch intra-op threads it ran with (None: not recorded).
+        cpu_s: the CPU time it took (None: not recorded).
 
     Returns:
-        {name, config, quick, seed, numbers, claims, runtime_s, versions, out_dir, figures}.
+        {name, config, quick, seed, threads, numbers, claims, runtime_s, cpu_s, versions,
+        out_dir, figures}.
     """
     out = Path(out_dir)
     result = {
@@ -142,9 +164,11 @@ def finish(
         "config": jsonable(config),
         "quick": bool(quick),
         "seed": int(seed),
+        "threads": threads,
         "numbers": jsonable(numbers),
         "claims": [jsonable({**c, "status": status(c, quick)}) for c in claims],
         "runtime_s": round(time.perf_counter() - started, 2),
+        "cpu_s": None if cpu_s is None else round(cpu_s, 2),
         "versions": versions(),
         "out_dir": str(out),
         "figures": [str(Path(f)) for f in figures],
@@ -254,106 +278,21 @@ def progress(total: float, description: str, disable: bool | None = None) -> Ite
         yield _Progress(bar, task)
 
 
-# -- the runner ---------------------------------------------------------------------------
+# -- the runner (gradwatch.experiments.runner) -------------------------------------------
 
 
-def execute(
-    name: str,
-    measure: Callable[..., dict[str, Any]],
-    claims: Callable[[dict[str, Any]], list[Claim]],
-    plot: Callable[[Path, dict[str, Any], Any], Sequence[str | Path]],
-    config: Any,
-    quick_config: Any,
-    out_dir: str | Path,
-    *,
-    quick: bool = False,
-    seed: int = 0,
-    progress: bool | None = None,
-    overrides: dict[str, Any] | None = None,
-    options: dict[str, Any] | None = None,
-    seed_torch: bool = True,
-) -> dict[str, Any]:
-    """Run one experiment: the steps every experiment shares, written once.
+def execute(*args: Any, **kw: Any) -> dict[str, Any]:
+    """:func:`gradwatch.experiments.runner.execute`: run an experiment over its seeds."""
+    from gradwatch.experiments.runner import execute as run_all
 
-    Picks the config (``quick_config`` or ``config``, with ``overrides`` applied), seeds
-    Python, NumPy and torch (:func:`seeded`), opens the progress bar, calls
-    ``measure(cfg, out, seed, bar, **options)``, computes ``claims(numbers)``, draws
-    ``plot(out, numbers, cfg)`` and writes ``result.json`` (:func:`finish`).
-
-    Args:
-        name: the experiment's name.
-        measure: trains and measures; returns the numbers (see the module docstring).
-        claims: the experiment's pure claims function.
-        plot: draws the figures; returns their paths.
-        config: the full-size dataclass config.
-        quick_config: the quick one.
-        out_dir: the output folder.
-        quick: run the quick version.
-        seed: the seed.
-        progress: show a progress bar (None: when stderr is a terminal).
-        overrides: fields of the config to change.
-        options: extra keyword arguments of ``measure`` (e.g. ``executor``).
-        seed_torch: False for experiments that seed each unit of work themselves (a grid
-            run in worker processes).
-
-    Returns:
-        the result dict (see :func:`finish`).
-    """
-    cfg = replace(quick_config if quick else config, **(overrides or {}))
-    out = Path(out_dir)
-    started = stopwatch()
-    seeding = seeded(seed) if seed_torch else contextlib.nullcontext()
-    with seeding, open_progress(0, name, disable=progress is False) as bar:
-        numbers = measure(cfg, out, seed, bar, **(options or {}))
-    result_claims = claims(numbers)
-    figures = plot(out, numbers, cfg)
-    return finish(
-        out,
-        name,
-        cfg,
-        quick=quick,
-        seed=seed,
-        numbers=numbers,
-        claims=result_claims,
-        started=started,
-        figures=figures,
-    )
+    return run_all(*args, **kw)
 
 
 def runner(module: str) -> Callable[..., dict[str, Any]]:
-    """The ``run`` function of the experiment module named ``module`` (one definition for all).
+    """:func:`gradwatch.experiments.runner.runner`: the ``run`` of an experiment module."""
+    from gradwatch.experiments.runner import runner as make
 
-    The module provides ``NAME``, ``measure``, ``claims``, ``plot``, ``Config`` and ``QUICK``;
-    they are looked up when ``run`` is called, so ``run`` can be made before they are defined.
-    """
-
-    def run(
-        out_dir: str | Path,
-        quick: bool = False,
-        seed: int = 0,
-        progress: bool | None = None,
-        **overrides: Any,
-    ) -> dict:
-        """Run the experiment; write runs/, figures/ and result.json under ``out_dir``.
-
-        Args:
-            out_dir: output folder.
-            quick: the small version (the module's ``QUICK`` config).
-            seed: seed of initialisation and batch order.
-            progress: show a progress bar (None: when on a terminal).
-            **overrides: fields of the module's ``Config`` to change.
-
-        Returns:
-            the result dict (see :func:`gradwatch.experiments.base.finish`).
-        """
-        mod = sys.modules[module]
-        return execute(
-            mod.NAME, mod.measure, mod.claims, mod.plot, mod.Config(), mod.QUICK, out_dir,
-            quick=quick, seed=seed, progress=progress, overrides=overrides,
-        )
-
-    run.__module__ = module
-    return run
+    return make(module)
 
 
 # -- seeding ------------------------------------------------------------------------------

@@ -61,7 +61,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gradwatch.experiments import base
+from gradwatch.experiments import base, runner
 from gradwatch.experiments.base import Claim, claim
 from gradwatch.experiments.criticality_figures import plot
 from gradwatch.experiments.data import digits
@@ -107,6 +107,7 @@ class Job:
     data_seed: int  # of the train/test split: the same for the whole grid
     cfg: Config
     run_dir: str
+    threads: int = 1  # torch intra-op threads of the job
 
 
 def point_seed(seed: int, sigma_w2: float, depth: int) -> int:
@@ -136,8 +137,8 @@ def _data(seed: int) -> tuple[torch.Tensor, ...]:
 def train_point(job: Job) -> dict[str, Any]:
     """Train one grid point and measure it; runs in a worker (pool or Ray) or in-process.
 
-    One thread per job, so that jobs running side by side do not fight over cores and the
-    arithmetic is the same wherever the job runs.
+    ``job.threads`` torch threads (1 unless asked otherwise), so that jobs running side by
+    side do not fight over cores and the arithmetic is the same wherever the job runs.
 
     Returns:
         {sigma_w2, depth, seed, lr, test_accuracy, train_loss, backprop_slope}:
@@ -147,12 +148,11 @@ def train_point(job: Job) -> dict[str, Any]:
     from gradwatch.experiments import gw
 
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     try:
         cfg = job.cfg
         x, y, xt, yt = _data(job.data_seed)  # (1347, 64), (1347,), (450, 64), (450,)
         lr = min(cfg.lr_max, cfg.lr_scale / job.depth)
-        with base.seeded(job.seed):
+        with base.seeded(job.seed, threads=job.threads):
             model = build(job.depth, cfg.width, x.shape[1], 10, job.sigma_w2, cfg.sigma_b2)
             run_dir = train_classifier(
                 model,
@@ -215,16 +215,20 @@ def run(
     out_dir: str | Path,
     quick: bool = False,
     seed: int = 0,
+    seeds: int | None = None,
+    threads: int = 1,
     executor: str = "local",
     progress: bool | None = None,
     **overrides: Any,
 ) -> dict:
-    """Run the experiment; write runs/, figures/ and result.json under ``out_dir``.
+    """Run the experiment; write seed-<s>/ (runs/, result.json), figures/ and result.json.
 
     Args:
         out_dir: output folder.
         quick: the small version (:data:`QUICK`).
-        seed: seed of the data split; each grid point's seed is derived from it.
+        seed: the first seed (of the data split; each grid point's seed is derived from it).
+        seeds: how many seeds: ``seed``, ``seed + 1``, …; None: 3 in full mode, 1 in quick.
+        threads: torch intra-op threads of each grid point's training.
         executor: "local" (a process pool of ``min(cpu_count, processes)`` workers) or
             "ray" (a local Ray instance with that many CPUs, started and stopped here,
             unless ``ray.init`` was already called).
@@ -232,9 +236,9 @@ def run(
         **overrides: fields of :class:`Config` to change.
 
     Returns:
-        the result dict (see :func:`gradwatch.experiments.base.finish`).
+        the result dict (see :func:`gradwatch.experiments.runner.combine`).
     """
-    return base.execute(
+    return runner.execute(
         NAME,
         measure,
         claims,
@@ -244,14 +248,18 @@ def run(
         out_dir,
         quick=quick,
         seed=seed,
+        seeds=seeds,
+        threads=threads,
         progress=progress,
         overrides=overrides,
-        options={"executor": executor},
+        options={"executor": executor, "threads": threads},
         seed_torch=False,  # every grid point seeds itself (point_seed), wherever it runs
     )
 
 
-def measure(cfg: Config, out: Path, seed: int, bar: Any, executor: str = "local") -> dict:
+def measure(
+    cfg: Config, out: Path, seed: int, bar: Any, executor: str = "local", threads: int = 1
+) -> dict:
     """Train the grid; return the numbers the claims are computed from."""
     from gradwatch.experiments import gw
 
@@ -265,7 +273,10 @@ def measure(cfg: Config, out: Path, seed: int, bar: Any, executor: str = "local"
 
     # -- the grid: one independent training per (σw², depth) -------------------------------
     jobs = [
-        Job(s, d, point_seed(seed, s, d), seed, cfg, str(out / base.RUNS / f"sw{s:g}-L{d}"))
+        Job(
+            s, d, point_seed(seed, s, d), seed, cfg, str(out / base.RUNS / f"sw{s:g}-L{d}"),
+            threads,
+        )  # fmt: skip
         for s in cfg.sigma_w2s
         for d in cfg.depths
     ]
@@ -298,6 +309,7 @@ def measure(cfg: Config, out: Path, seed: int, bar: Any, executor: str = "local"
         "grid": grid,
         "executor": executor,
         "processes": processes,
+        "threads": threads,
     }
 
 

@@ -11,20 +11,24 @@ from typing import Any
 import numpy as np
 
 from gradwatch.experiments import base
+from gradwatch.experiments.seeds import SeedRun, median_numbers
 
 
 def plot(
-    out: Path, numbers: dict[str, Any], cfg: Any = None, slope_min_depth: float = 20
+    out: Path, runs: list[SeedRun], cfg: Any = None, slope_min_depth: float = 20
 ) -> list[Path]:
-    """Draw the phase diagram from the numbers; return the paths of the figure files.
+    """Draw the phase diagram from every seed's numbers; return the paths of the figure files.
 
-    Measured slopes are drawn for depths ≥ ``slope_min_depth`` (those the claim uses).
+    The heat map shows the median test accuracy over the seeds; measured slopes (every
+    seed's) are drawn for depths ≥ ``slope_min_depth`` (those the claim uses).
     """
     from gradwatch.experiments import gw
 
+    numbers = runs[0].numbers  # the grid and the theory: the same in every seed
     sw2 = np.asarray(numbers["sigma_w2s"], dtype=float)
     depths = np.asarray(numbers["depths"], dtype=float)
-    acc = np.asarray(numbers["accuracy"], dtype=float)
+    acc = median_numbers(runs, lambda n: n["accuracy"])
+    n_seeds = len(runs)
     fig, (ax, ax2) = base.new_figure(1, 2, (10.0, 4.0), width_ratios=(1.4, 1.0))
 
     # left: accuracy heat map, cells centred on the grid points
@@ -48,7 +52,8 @@ def plot(
         yscale="log",
         xlabel="σw²",
         ylabel="depth (hidden layers)",
-        title=f"tanh, σb² = {numbers['sigma_b2']:g}: accuracy after short SGD",
+        title=f"tanh, σb² = {numbers['sigma_b2']:g}: accuracy after short SGD"
+        + (f"\n(median of {n_seeds} seeds)" if n_seeds > 1 else ""),
     )
     ax.legend(
         loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, fontsize=7,
@@ -56,10 +61,12 @@ def plot(
     )  # fmt: skip
 
     # right: measured gradient growth per layer at init vs ½ ln χ1
-    slopes = np.asarray(numbers["backprop_slope"], dtype=float)
     for j, d in enumerate(depths):
         if d >= slope_min_depth:
-            ax2.plot(sw2, slopes[:, j], "o", ms=4, alpha=0.7, label=f"measured, L = {d:g}")
+            slopes = np.asarray([np.asarray(r.numbers["backprop_slope"], dtype=float)[:, j]
+                                 for r in runs])  # fmt: skip
+            ax2.plot(np.tile(sw2, len(runs)), slopes.ravel(), "o", ms=3, alpha=0.6,
+                     color=f"C{j}", label=f"measured, L = {d:g}")  # fmt: skip
     chi1 = gw.theory.chi1(numbers["activation"], fine, numbers["sigma_b2"])
     ax2.plot(fine, 0.5 * np.log(chi1), "k-", label="½ ln χ1 (theory)")
     ax2.axhline(0.0, color="0.6", lw=0.8)
@@ -67,7 +74,7 @@ def plot(
     ax2.set(
         xlabel="σw²",
         ylabel="d ln‖δ‖ per layer toward the input",
-        title="back-propagated gradient at init",
+        title="back-propagated gradient at init" + (", every seed" if n_seeds > 1 else ""),
     )
     ax2.legend(fontsize=6)
     return base.save_figure(fig, out, "phase_diagram")

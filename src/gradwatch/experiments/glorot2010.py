@@ -57,6 +57,7 @@ from torch import nn
 from gradwatch.experiments import base
 from gradwatch.experiments.base import Claim, claim
 from gradwatch.experiments.data import digits, shapeset
+from gradwatch.experiments.seeds import SeedRun, align, band, bars
 from gradwatch.experiments.training import error_rate, probe, train_classifier
 from gradwatch.jsonable import from_jsonable
 
@@ -389,68 +390,79 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
     return out
 
 
-def plot(out: Path, numbers: dict[str, Any], cfg: Config) -> list[Path]:
-    """Draw the three figures from the run directories and the numbers; return their paths."""
+def plot(out: Path, runs: list[SeedRun], cfg: Config) -> list[Path]:
+    """Draw the three figures from every seed (median and range); return their paths."""
     from gradwatch.experiments import gw
 
     paths: list[Path] = []
-    runs = numbers["runs"]
-    H = numbers["hidden_layers"]
+    H = runs[0].numbers["hidden_layers"]
     datasets = list(cfg.datasets)
 
     # backprop_at_init: ‖δ‖ per layer, one panel per data set
     fig, axes = base.new_figure(1, len(datasets), (4.2 * len(datasets), 3.4), squeeze=False)
     for ax, d in zip(axes[0], datasets, strict=True):
-        for act, init in cfg.combos:
-            bp = runs[f"{d}/{act}-{init}"]["backprop_init"][:H]
+        for i, (act, init) in enumerate(cfg.combos):
+            bp = [r.numbers["runs"][f"{d}/{act}-{init}"]["backprop_init"][:H] for r in runs]
             style = "-" if init == "normalized" else "--"
-            ax.semilogy(range(1, H + 1), bp, style, marker="o", label=f"{act}, {init}")
+            band(ax, range(1, H + 1), bp, f"C{i}", f"{act}, {init}", ls=style, marker="o", ms=3)
         ax.set(
             title=f"{d}: back-propagated gradient at init",
             xlabel="hidden layer (1 = input side)",
             ylabel="‖∂cost/∂s‖",
             xticks=range(1, H + 1),
+            yscale="log",
         )
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     paths += base.save_figure(fig, out, "backprop_at_init")
+
+    def per_layer(tag: str, stat: str) -> tuple[Any, list[list[Any]]] | None:
+        """(steps, [layer][seed] values) of a statistic in every seed's run of ``tag``."""
+        dirs = [r.out / base.RUNS / tag for r in runs]
+        if not all(d.is_dir() for d in dirs):
+            return None
+        wides = [gw.load(d).pivot(stat) for d in dirs]
+        x, _ = align([(w.index, w.iloc[:, 0]) for w in wides])
+        cols = min(w.shape[1] for w in wides)
+        layers = [align([(w.index, w.iloc[:, i]) for w in wides])[1] for i in range(cols)]
+        return x, layers
 
     # activations: sigmoid mean activation and tanh saturation during training
     fig, axes = base.new_figure(1, 2, (9, 3.4))
-    sig = out / base.RUNS / "shapeset-sigmoid-standard"
-    if sig.is_dir():
-        am = gw.load(sig).pivot("act_mean")
-        for i, col in enumerate(am.columns):
-            axes[0].plot(am.index, am[col], label=f"layer {i + 1}")
+    sig = per_layer("shapeset-sigmoid-standard", "act_mean")
+    if sig is not None:
+        for i, ys in enumerate(sig[1]):
+            band(axes[0], sig[0], ys, f"C{i}", f"layer {i + 1}", lw=1)
         axes[0].set(
             title="sigmoid, standard init: mean activation",
             xlabel="step",
             ylabel="mean sigmoid output",
             ylim=(0, 1),
         )
-        axes[0].legend(fontsize=7)
+        axes[0].legend(fontsize=6)
     for init, style in (("standard", "--"), ("normalized", "-")):
-        tanh = out / base.RUNS / f"shapeset-tanh-{init}"
-        if tanh.is_dir():
-            sf = gw.load(tanh).pivot("saturated_frac")
-            for i, col in enumerate(sf.columns):
-                axes[1].plot(
-                    sf.index, sf[col], style, color=f"C{i}", label=f"layer {i + 1}, {init}"
-                )
+        sat = per_layer(f"shapeset-tanh-{init}", "saturated_frac")
+        for i, ys in enumerate(sat[1] if sat is not None else []):
+            band(axes[1], sat[0], ys, f"C{i}", f"layer {i + 1}, {init}", ls=style, lw=1)
     axes[1].set(
         title="tanh: saturated units (|a| > 0.97)", xlabel="step", ylabel="fraction saturated"
     )
-    axes[1].legend(fontsize=6, ncol=2)
+    axes[1].legend(fontsize=5, ncol=2)
     paths += base.save_figure(fig, out, "activations")
 
-    # test_error: bars per combo, per data set
+    # test_error: bars per combo, per data set (median over seeds, min–max range)
     fig, ax = base.new_figure(1, 1, (1.6 + 1.2 * len(cfg.combos), 3.2))
     width = 0.8 / len(datasets)
     for j, d in enumerate(datasets):
-        errs = [runs[f"{d}/{a}-{i}"]["test_error"] for a, i in cfg.combos]
-        ax.bar(np.arange(len(cfg.combos)) + j * width, errs, width, label=d)
+        errs = [[r.numbers["runs"][f"{d}/{a}-{i}"]["test_error"] for a, i in cfg.combos]
+                for r in runs]  # fmt: skip
+        bars(ax, np.arange(len(cfg.combos)) + j * width, errs, width, label=d, color=f"C{j}")
     ax.set_xticks(np.arange(len(cfg.combos)) + width * (len(datasets) - 1) / 2)
     ax.set_xticklabels([f"{a}\n{i}" for a, i in cfg.combos], fontsize=7)
-    ax.set(ylabel="test error", title="final test error")
+    n = len(runs)
+    ax.set(
+        ylabel="test error",
+        title="final test error" + (f" (median, range of {n} seeds)" if n > 1 else ""),
+    )
     ax.legend(fontsize=7)
     paths += base.save_figure(fig, out, "test_error")
     return paths

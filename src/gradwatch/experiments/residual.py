@@ -60,6 +60,7 @@ from torch import nn
 from gradwatch.experiments import base
 from gradwatch.experiments.base import Claim, claim
 from gradwatch.experiments.data import digits
+from gradwatch.experiments.seeds import SeedRun, align, band
 from gradwatch.experiments.training import probe, train_classifier
 from gradwatch.jsonable import from_jsonable
 
@@ -262,36 +263,40 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
     return out
 
 
-def plot(out: Path, numbers: dict[str, Any], cfg: Config) -> list[Path]:
-    """Draw the two figures from the numbers and the run directories; return their paths."""
+def plot(out: Path, runs: list[SeedRun], cfg: Config) -> list[Path]:
+    """Draw the two figures from every seed (median and range); return their paths."""
     from gradwatch.experiments import gw
 
     paths: list[Path] = []
-    runs = numbers["runs"]
     depths = list(cfg.depths)
     fig, ax = base.new_figure(1, 1, (4.8, 3.4))
     for j, variant in enumerate(VARIANTS):
-        ratios = [runs[f"{d}-{variant}"]["backprop_ratio"] for d in depths]
-        ax.semilogy(depths, ratios, "o-", color=f"C{j}", label=variant)
+        ratios = [[r.numbers["runs"][f"{d}-{variant}"]["backprop_ratio"] for d in depths]
+                  for r in runs]  # fmt: skip
+        ratios = [[v if v and v > 0 else np.nan for v in row] for row in ratios]  # log scale
+        band(ax, depths, ratios, f"C{j}", variant, marker="o")
     ax.axhline(1.0, color="grey", ls=":")
     ax.set(
         title="gradient flow at init",
         xlabel="depth (Linear layers)",
         ylabel="‖δ first layer‖ / ‖δ last layer‖",
         xticks=depths,
+        yscale="log",
     )
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=6)
     paths += base.save_figure(fig, out, "backprop_at_init")
 
     fig, axes = base.new_figure(1, len(depths), (3.4 * len(depths), 3.0), squeeze=False)
+    chance = runs[0].numbers["chance_loss"]
     for ax, depth in zip(axes[0], depths, strict=True):
         for j, variant in enumerate(VARIANTS):
-            d = out / base.RUNS / f"{depth}-{variant}".replace("+", "_")
-            if d.is_dir():
-                loss = gw.load(d).loss().rolling(5, min_periods=1).mean()
-                ax.plot(loss.index, np.asarray(loss.values), color=f"C{j}", label=variant)
-        ax.axhline(numbers["chance_loss"], color="grey", ls=":")
+            dirs = [r.out / base.RUNS / f"{depth}-{variant}".replace("+", "_") for r in runs]
+            if all(d.is_dir() for d in dirs):
+                losses = [gw.load(d).loss().rolling(5, min_periods=1).mean() for d in dirs]
+                x, ys = align([(s.index, s.to_numpy(dtype=float)) for s in losses])
+                band(ax, x, ys, f"C{j}", variant, lw=1)
+        ax.axhline(chance, color="grey", ls=":")
         ax.set(title=f"{depth} layers", xlabel="step", ylabel="training loss")
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=6)
     paths += base.save_figure(fig, out, "loss")
     return paths

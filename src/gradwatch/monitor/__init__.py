@@ -196,6 +196,7 @@ class Monitor:
             return
         self._closed = True
         try:
+            self._loop.dispatch("on_flush")  # what taps held back joins the final flush
             self._loop.remove()
             self._session.close(self._loop.n_recorded)
         finally:

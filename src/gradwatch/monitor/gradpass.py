@@ -22,14 +22,11 @@ class GradPass:
         complete: whether every watched parameter has a gradient (``pids`` is every index).
         with_max: whether max |g| is taken at this step (``grad_max_abs`` is due, or a tap
             requested ``"grad_max"`` in the plan).
-        norms: (len(pids),) float32 L2 norms, set by the parameter-gradient tap (or None).
-        max_abs: (len(pids),) float32 max |g| when ``with_max`` (or None).
-        counts: (len(pids),) float32 NaN/Inf counts when they were taken (or None).
+        norms, max_abs, counts: what the parameter-gradient tap took (properties, below).
         nonfinite: the gradients are known to hold NaN/Inf without a host sync (CPU).
     """
 
-    __slots__ = ("complete", "counts", "grads", "max_abs", "nonfinite", "norms", "pids",
-                 "with_max")
+    __slots__ = ("_block", "_parts", "complete", "grads", "nonfinite", "pids", "with_max")
 
     def __init__(self, params: list[torch.Tensor], all_pids: tuple[int, ...], with_max: bool):
         grads = [p.grad for p in params]
@@ -42,7 +39,32 @@ class GradPass:
         self.pids = pids
         self.complete = pids is all_pids
         self.with_max = with_max
-        self.norms: torch.Tensor | None = None
-        self.max_abs: torch.Tensor | None = None
-        self.counts: torch.Tensor | None = None
+        self._block: torch.Tensor | None = None
+        self._parts = (False, False)
         self.nonfinite = False
+
+    def keep(self, block: torch.Tensor, with_max: bool, has_counts: bool) -> None:
+        """The parameter-gradient tap's block: P norms, [P max |g|], [P NaN/Inf counts]."""
+        self._block, self._parts = block, (with_max, has_counts)
+
+    def _part(self, i: int) -> torch.Tensor | None:
+        b = self._block
+        if b is None:
+            return None
+        n = len(self.pids)
+        return b[i * n : (i + 1) * n]
+
+    @property
+    def norms(self) -> torch.Tensor | None:
+        """(len(pids),) float32 L2 norms (None if the parameter-gradient tap did not run)."""
+        return self._part(0)
+
+    @property
+    def max_abs(self) -> torch.Tensor | None:
+        """(len(pids),) float32 max |g| when ``with_max`` (else None)."""
+        return self._part(1) if self._parts[0] else None
+
+    @property
+    def counts(self) -> torch.Tensor | None:
+        """(len(pids),) float32 NaN/Inf counts when they were taken (else None)."""
+        return self._part(1 + self._parts[0]) if self._parts[1] else None

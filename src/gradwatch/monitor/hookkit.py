@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
 
 import torch
+
+from gradwatch.stats.numeric import Stacked
 
 F32 = torch.float32
 #: dtypes whose tensors take the in-place (``out=``) path; others take the general one.
@@ -138,3 +141,31 @@ class RowBuffer:
         self.called = []
         if self.extra:
             self.extra = {}
+
+
+class StackPool:
+    """Stacking buffers kept across steps, one per (shape, dtype, device), under a byte cap.
+
+    :meth:`get` returns the :class:`~gradwatch.stats.numeric.Stacked` buffer for a shape, or
+    None when it alone would take more than half the cap (the caller then goes one tensor at
+    a time). When the shapes change (a new batch size, say) and the cap would be passed, the
+    pool starts over.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._bufs: dict[tuple, Stacked] = {}
+
+    def get(self, shape: tuple, dtype: torch.dtype, device: torch.device) -> Stacked | None:
+        """The buffer for ``shape`` (kept), or None past the cap."""
+        key = (shape, dtype, device)
+        st = self._bufs.get(key)
+        if st is None:
+            size = math.prod(shape) * dtype.itemsize
+            held = sum(b.nbytes for b in self._bufs.values())
+            if held + size > self.max_bytes:
+                if size > self.max_bytes // 2:
+                    return None
+                self._bufs.clear()
+            st = self._bufs[key] = Stacked(shape[0], shape[1:], dtype, device)
+        return st

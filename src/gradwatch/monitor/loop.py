@@ -28,6 +28,7 @@ from gradwatch.monitor.optim import OptimizerHooks
 from gradwatch.monitor.tap import Record, StepPlan, overrides
 from gradwatch.monitor.taps import TAPS
 from gradwatch.monitor.tracker import LayerTracker
+from gradwatch.stats import native
 
 EVENTS = ("on_forward", "on_forward_done", "on_gradients", "before_optimizer_step",
           "after_optimizer_step", "on_nonfinite", "on_loss", "on_flush")
@@ -40,7 +41,8 @@ class TapLoop:
         step: index of the pending (not yet closed) step.
         n_recorded: steps recorded so far (a resumed run counts those on disk).
         forward_seen: a forward pass with gradients ran in the pending step.
-        taps: the taps, in :data:`~gradwatch.monitor.tap.TAPS` order.
+        all_taps: every tap, in :data:`~gradwatch.monitor.tap.TAPS` order; ``taps``: the active
+            ones (those the loop calls).
     """
 
     def __init__(self, mon: Any, ctx: Any, schedule: Any, step: int, n_recorded: int,
@@ -53,18 +55,19 @@ class TapLoop:
         self.late_loss_step = step - 1  # a loss never goes to a step already on disk
         self.bucket = StepBucket(dist)
         model: nn.Module = ctx.model
-        self.handles = [
-            model.register_forward_pre_hook(self.on_root_forward, with_kwargs=True),
-            model.register_forward_hook(self.on_root_done),
-        ]
+        self.handles = [model.register_forward_pre_hook(self.on_root_forward, with_kwargs=True)]
         self.tracker = ctx.tracker = LayerTracker(ctx)
-        self.taps = [cls(ctx) for cls in TAPS]
-        ctx.taps = {t.name: t for t in self.taps}
+        self.all_taps = [cls(ctx) for cls in TAPS]
+        ctx.taps = {t.name: t for t in self.all_taps}
         self.tracker.install()
-        for tap in self.taps:
+        for tap in self.all_taps:
             tap.install()
+        self.taps = [t for t in self.all_taps if t.active]  # the others cost nothing a step
         self.events = {ev: [t for t in self.taps if overrides(t, ev)] for ev in EVENTS}
+        if self.events["on_forward_done"]:
+            self.handles.append(model.register_forward_hook(self.on_root_done))
         self.optim = OptimizerHooks(self)
+        native.refresh()  # the compiled kernels, if this machine has built them
 
     # -- the schedule ---------------------------------------------------------------------
     def begin_step(self) -> None:
@@ -195,9 +198,9 @@ class TapLoop:
     def _drop_meta(self, buffer: list[Any], start: int) -> None:
         """Drop the step's blocks that live on the ``meta`` device (they hold no values)."""
         new = buffer[start:]
-        if any(b.tensor.device.type == "meta" for b in new):
+        if any(b.tensor.is_meta for b in new):
             self.ctx.warn("statistics of tensors on the meta device")
-            buffer[start:] = [b for b in new if b.tensor.device.type != "meta"]
+            buffer[start:] = [b for b in new if not b.tensor.is_meta]
 
     def remove(self) -> None:
         """Remove every hook: the root's, the optimizers', the tracker's and the taps'."""
@@ -206,5 +209,5 @@ class TapLoop:
         self.handles.clear()
         self.optim.remove()
         self.tracker.remove()
-        for tap in self.taps:
+        for tap in self.all_taps:
             tap.remove()

@@ -239,10 +239,12 @@ def check_loss(loss: Any, warn: Any) -> Any:
                 f"loss must be a scalar, got a tensor of shape {tuple(loss.shape)}; "
                 "pass loss.mean() or the value you call backward() on"
             )
-        val = loss.detach().reshape(())
-        if val.is_complex():
+        val = loss.detach()
+        if val.dim():
+            val = val.reshape(())
+        if val.dtype.is_complex:
             val = val.real
-        if val.device.type == "meta":
+        if val.is_meta:
             warn("a loss on the meta device")
             return None
         return val

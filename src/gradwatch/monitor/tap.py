@@ -134,14 +134,16 @@ class Tap:
     layer_outputs: bool = False
     #: Set in :meth:`begin_step`: this step needs ``ctx.tracker.last_layer`` kept current.
     track_layers: bool = False
+    #: Whether the Monitor calls this tap at all (decided once, after every tap's
+    #: :meth:`install`): a built-in tap whose statistics nobody asked for sets it False in
+    #: :meth:`install`, and costs nothing per step; a tap that relies on another one sets
+    #: that one's ``active`` back to True in its own :meth:`install`.
+    active: bool = True
 
     def __init__(self, ctx: Any):
         self.ctx = ctx  # the Monitor's TapContext
-
-    @property
-    def needed(self) -> bool:
-        """Whether any statistic this tap produces was asked for."""
-        return any(s in self.ctx.sources for s in self.sources)
+        #: Whether any statistic this tap produces was asked for.
+        self.needed = any(s in ctx.sources for s in self.sources)
 
     # -- lifecycle ----------------------------------------------------------------------
     def install(self) -> None:

@@ -34,6 +34,7 @@ class LayerTracker:
         self.exec_order: list[int] = []
         self.order_done = False
         self.listeners: tuple = ()
+        self.listener: Any = None  # the one function to call (a fan-out when several listen)
         self.hooks = HookSet()
 
     def install(self) -> None:
@@ -53,7 +54,8 @@ class LayerTracker:
             tracker.last_layer = li
             if li not in tracker.out_shape and not ctx.replaying:
                 tracker.first_forward(li, out)
-            for fn in tracker.listeners:
+            fn = tracker.listener
+            if fn is not None:
                 fn(li, out)
 
         return on_layer_forward
@@ -68,8 +70,16 @@ class LayerTracker:
     def begin_step(self, taps: list[Any], persistent: bool) -> None:
         """Switch the hooks for the pending step: on if a tap listens or needs ``last_layer``."""
         self.listeners = tuple(t.on_layer_output for t in taps if t.layer_outputs)
+        self.listener = (
+            None if not self.listeners
+            else self.listeners[0] if len(self.listeners) == 1 else self._fan_out
+        )
         want = persistent or bool(self.listeners) or any(t.track_layers for t in taps)
         self.hooks.switch(want)
+
+    def _fan_out(self, li: int, out: Any) -> None:
+        for fn in self.listeners:
+            fn(li, out)
 
     def step_recorded(self) -> None:
         """A step was recorded: the execution order seen so far is final."""

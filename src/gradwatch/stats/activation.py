@@ -52,6 +52,17 @@ SATURATION = {"tanh": (0.0, 0.97), "sigmoid": (0.5, 0.47)}
 FAMILY_CODE = {"sigmoid": 1, "tanh": 2, "rectifier": 3, "other": 0}
 
 
+_DIMS: dict[int, tuple[int, ...]] = {}
+
+
+def all_dims(a: torch.Tensor) -> tuple[int, ...]:
+    """``tuple(range(a.dim()))``, made once per number of dimensions."""
+    dims = _DIMS.get(a.dim())
+    if dims is None:
+        dims = _DIMS[a.dim()] = tuple(range(a.dim()))
+    return dims
+
+
 def unit_dim(ndim: int, channels_first: bool) -> int:
     """The dimension that indexes units (see the module docstring)."""
     return 1 if (channels_first or ndim == 2) else ndim - 1

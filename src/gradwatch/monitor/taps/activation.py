@@ -4,33 +4,35 @@ A forward hook on each activation module (nn.ReLU, nn.Tanh, ...) attaches its ou
 layer that ran just before it (``ctx.tracker.last_layer``). A small activation's hook keeps a
 reference; when the model's forward pass returns, the same-shape ones are stacked into a
 buffer kept across steps and reduced together (one kernel per statistic for all of them,
-:func:`gradwatch.stats.activation.reduce_stacked`). A large one is reduced inside its hook.
-Either way the values go into the rows of a preallocated buffer, and no activation tensor
-outlives the forward pass that made it. An activation changed in place after its module ran
-(an in-place op downstream) is not recorded at that step and is reduced inside its hook from
-then on. Later calls of a step (micro-batches, shared modules) add into an accumulator.
+:func:`gradwatch.stats.activation.reduce_stacked`; on CPU, with the compiled kernels of
+:mod:`gradwatch.stats.native`, all statistics of all of them in one call and one read, no
+copy). A large one is reduced inside its hook. The values go into the rows of a preallocated
+buffer; no activation outlives the forward pass that made it. One changed in place after its
+module ran is not recorded at that step and is reduced inside its hook from then on. Later
+calls of a step (micro-batches, shared modules) add into an accumulator.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 
-from gradwatch.monitor.hookkit import FAST_DTYPES, HookSet, RowBuffer
+from gradwatch.monitor.hookkit import FAST_DTYPES, HookSet, RowBuffer, StackPool
 from gradwatch.monitor.tap import Record, StepPlan, Tap, register_tap
+from gradwatch.stats import native
 from gradwatch.stats.activation import (
     FAMILY_CODE,
     STACK_ACT_MAX,
     act_row,
+    all_dims,
     applicable,
     detail_into,
     reduce_stacked,
     unit_dim,
 )
-from gradwatch.stats.numeric import Stacked, dense_real
+from gradwatch.stats.numeric import dense_real
 
 F32 = torch.float32
 _CONV = (nn.modules.conv._ConvNd,)
@@ -39,14 +41,6 @@ STACK_BUFFER_BYTES = 64 << 20
 #: Most elements of kept activations before they are reduced, even mid-forward: activations
 #: that autograd does not keep (one followed by dropout, say) are then held no longer.
 PENDING_MAX = 1 << 24
-_DIMS: dict[int, tuple[int, ...]] = {}
-
-
-def _all_dims(a: torch.Tensor) -> tuple[int, ...]:
-    dims = _DIMS.get(a.dim())
-    if dims is None:
-        dims = _DIMS[a.dim()] = tuple(range(a.dim()))
-    return dims
 
 
 @register_tap
@@ -58,17 +52,19 @@ class ActivationTap(Tap):
 
     def install(self) -> None:
         """One forward hook per activation module (when activation statistics are asked for)."""
+        self.active = self.needed
         ctx = self.ctx
         self.buf = RowBuffer(4)
         self.rows: dict[tuple[int, int], int] = {}  # (activation, layer) -> row
         self.row_meta: list[tuple[int, int]] = []  # row -> (layer, family code)
         self.counts: dict[int, list[int]] = {}  # row -> [elements, units] in the step
-        self.pending: list[tuple] = []  # (row, tensor, version, family, channels first)
+        self.pending: list[tuple] = []  # (row, tensor, version, family, channels first, ...)
         self.pending_n = 0  # elements held in pending
         self.eager: set[int] = set()  # rows reduced inside the hook (changed in place)
-        self.stacks: dict[tuple, Stacked] = {}  # stacking buffers, by shape
+        self.stacks = StackPool(STACK_BUFFER_BYTES)  # stacking buffers, by shape
         self.channels_first = [isinstance(ly.module, _CONV) for ly in ctx.layers]
         self.on = self.detail = False
+        self.native = True  # the compiled kernels take these activations (until they refuse)
         self.step = -1
         self.hooks = HookSet()
         acts = ctx.activations if self.needed else []
@@ -103,6 +99,7 @@ class ActivationTap(Tap):
 
     def _make_hook(self, ai: int, fam: str):
         code = FAMILY_CODE[fam]
+        rectifier = fam == "rectifier"
         act = self.buf
         ctx = self.ctx
         tracker = ctx.tracker
@@ -133,12 +130,10 @@ class ActivationTap(Tap):
                     if n <= STACK_ACT_MAX and row not in self.eager:
                         # reduced with the other small activations when the forward returns
                         # (detached there, once for all of them)
-                        self.pending.append((row, a, a._version, fam, cf))
+                        ud = unit_dim(a.dim(), cf) if rectifier and a.dim() >= 2 else -1
+                        self.pending.append((row, a, a._version, fam, cf, code, ud))
                         self.pending_n += n
-                        units = (
-                            a.shape[unit_dim(a.dim(), cf)]
-                            if self.detail and fam == "rectifier" and a.dim() >= 2 else 1
-                        )
+                        units = a.shape[ud] if self.detail and ud >= 0 else 1
                     else:
                         units = self._into(row, a.detach(), fam, cf)
                     act.stamp[row] = self.step
@@ -155,20 +150,42 @@ class ActivationTap(Tap):
 
     def _into(self, row: int, a: torch.Tensor, fam: str, cf: bool) -> int:
         """One activation's statistics into its row, in place; returns its units."""
+        units = (
+            a.shape[unit_dim(a.dim(), cf)]
+            if self.detail and fam == "rectifier" and a.dim() >= 2 else 1
+        )
+        ud = unit_dim(a.dim(), cf) if fam == "rectifier" and a.dim() >= 2 else -1
+        if self._native_rows([row], [a], [FAMILY_CODE[fam]], [ud]):
+            return units
         v = self.buf.views[row]
-        torch.sum(a, dim=_all_dims(a), dtype=F32, out=v[0])
+        torch.sum(a, dim=all_dims(a), dtype=F32, out=v[0])
         torch.linalg.vector_norm(a, dtype=F32, out=v[1])  # squared at the step
         if self.detail:
             return detail_into(a, fam, cf, v[2], v[3])
         return 1
 
-    def reduce(self) -> None:
-        """Reduce the small activations kept since the forward pass began, then drop them.
+    def _native_rows(self, rows: list[int], acts: list[torch.Tensor], codes: list[int],
+                     dims: list[int]) -> bool:
+        """Every statistic of ``acts`` into ``rows`` with one compiled call; False if not taken.
 
-        Same-shape ones are stacked into a buffer kept for the next steps and reduced in one
-        kernel per statistic; their values go into their rows with one ``index_copy_`` per
-        column.
+        ``codes``: the family codes; ``dims``: each one's unit dimension (-1: none).
         """
+        nat = native.get() if self.native else None
+        buf = self.buf.buf
+        if nat is None or not buf.is_cpu:
+            return False
+        try:
+            vals = nat.act_stats(acts, codes, dims, self.detail)
+        except (RuntimeError, TypeError):  # a strided or odd activation: the torch path
+            return False
+        if len(rows) == 1:
+            buf[rows[0]].copy_(vals[0])
+        else:
+            buf.index_copy_(0, self.ctx.index(rows, buf.device), vals)
+        return True
+
+    def reduce(self) -> None:
+        """Reduce the small activations kept since the forward pass began, then drop them."""
         pend, self.pending = self.pending, []
         self.pending_n = 0
         try:
@@ -180,52 +197,42 @@ class ActivationTap(Tap):
             self.buf.called = [r for r in self.buf.called if r not in gone]
 
     def _reduce(self, pend: list[tuple]) -> None:
-        """Group the kept activations by shape and reduce each group (see above)."""
-        groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
-        for row, a, version, fam, cf in pend:
-            if a._version != version:
+        """Reduce the kept activations: all at once (compiled), or by shape group (torch)."""
+        keep = []
+        for item in pend:  # (row, tensor, version, family, channels first, code, unit dim)
+            if item[1]._version != item[2]:
                 # changed in place since its module ran: not recorded at this step, and
                 # reduced inside its hook from now on
+                row = item[0]
                 self.eager.add(row)
                 self.buf.called.remove(row)
                 self.buf.stamp[row] = -1
                 self.counts.pop(row, None)
                 continue
+            keep.append(item)
+        if not keep or self._native_rows([it[0] for it in keep], [it[1] for it in keep],
+                                         [it[5] for it in keep], [it[6] for it in keep]):
+            return
+        groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
+        for row, a, _, fam, cf, _, _ in keep:
             groups.setdefault((a.shape, a.dtype, fam, cf), []).append((row, a))
         buf = self.buf.buf
         for (shape, dtype, fam, cf), items in groups.items():
             if len(items) == 1:
                 self._into(items[0][0], items[0][1], fam, cf)
                 continue
-            st = self._stack_buffer((len(items), *shape), dtype, buf.device)
+            st = self.stacks.get((len(items), *shape), dtype, buf.device)
             if st is None:  # past the memory cap: one at a time
                 for row, a in items:
                     self._into(row, a, fam, cf)
                 continue
             # a copy of ours: the saturation count overwrites it in place
             copy = st.fill([a for _, a in items])
-            sums, norms, sat, dead = reduce_stacked(copy, fam, cf, self.detail)
             idx = self.ctx.index([r for r, _ in items], buf.device)
-            buf[:, 0].index_copy_(0, idx, sums)
-            buf[:, 1].index_copy_(0, idx, norms)
-            if sat is not None:
-                buf[:, 2].index_copy_(0, idx, sat)
-            if dead is not None:
-                buf[:, 3].index_copy_(0, idx, dead)
-
-    def _stack_buffer(self, shape: tuple, dtype: torch.dtype, device: torch.device):
-        """The stacking buffer for ``shape`` (kept), or None past ``STACK_BUFFER_BYTES``."""
-        key = (shape, dtype, device)
-        st = self.stacks.get(key)
-        if st is None:
-            size = math.prod(shape) * dtype.itemsize
-            held = sum(b.nbytes for b in self.stacks.values())
-            if held + size > STACK_BUFFER_BYTES:
-                if size > STACK_BUFFER_BYTES // 2:
-                    return None
-                self.stacks.clear()  # shapes changed (new batch size, say): start over
-            st = self.stacks[key] = Stacked(shape[0], shape[1:], dtype, device)
-        return st
+            # sums, norms, saturated counts and dead units (None where not taken)
+            for col, vals in enumerate(reduce_stacked(copy, fam, cf, self.detail)):
+                if vals is not None:
+                    buf[:, col].index_copy_(0, idx, vals)
 
     def _new_row(self, ai: int, li: int, code: int, fam: str, out: torch.Tensor) -> int:
         row = len(self.row_meta)
@@ -286,5 +293,5 @@ class ActivationTap(Tap):
         self.hooks.remove()
         self.pending = []
         self.pending_n = 0
-        self.stacks = {}
+        self.stacks = StackPool(STACK_BUFFER_BYTES)
 

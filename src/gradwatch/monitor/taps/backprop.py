@@ -9,6 +9,11 @@ call of the same layer in the step (shared module, recurrent cell, gradient accu
 adds its square into an accumulator. Under GradScaler the norms are divided by the scale on
 the device when the step is recorded. See :mod:`gradwatch.stats.backprop` for the statistic.
 
+On CPU, with gradwatch's compiled kernels (:mod:`gradwatch.stats.native`), the hook is a C++
+one (``hook_sumsq``): it adds the squared norm into the layer's slot of a CPU buffer, and no
+Python runs in the backward pass for it; what remains in Python is the shared forward hook
+and one call to install it.
+
 Other taps read the same gradients through :meth:`BackpropTap.listen`: their function is
 called with ``(layer index, d loss / d output)`` inside the hook, at the steps they ask for,
 so a statistic of the back-propagated signal costs no second hook per layer.
@@ -23,6 +28,7 @@ import torch
 
 from gradwatch.monitor.hookkit import FAST_DTYPES, RowBuffer, hook_grad, tensors_in
 from gradwatch.monitor.tap import Record, StepPlan, Tap, register_tap
+from gradwatch.stats import native
 from gradwatch.stats.numeric import dense_real
 
 F32 = torch.float32
@@ -41,12 +47,18 @@ class BackpropTap(Tap):
 
     def install(self) -> None:
         """The row buffer and one gradient hook function per layer (built once)."""
+        self.active = self.needed  # listen() activates it too
         self.buf = RowBuffer(1)
         self.step = -1
         self.record = False
         self._listeners: list[tuple[Listener, Callable[[StepPlan], bool]]] = []
-        self.active: tuple[Listener, ...] = ()
-        self.fns = [self._make_hook(li) for li in range(len(self.ctx.layers))]
+        self.listening: tuple[Listener, ...] = ()
+        n = len(self.ctx.layers)
+        self.fns = [self._make_hook(li) for li in range(n)]
+        self.sq = torch.zeros(n, dtype=F32)  # the compiled hooks' sums of squares, per layer
+        self.sq_step = torch.full((n,), -1, dtype=torch.long)  # the step each slot is of
+        self.cpp_hook: Any = None  # native hook_sumsq at this step, or None
+        self.cpp_used = False
 
     def listen(self, fn: Listener, when: Callable[[StepPlan], bool]) -> None:
         """Call ``fn(li, grad)`` with each layer's d loss / d output at steps where ``when(plan)``.
@@ -55,27 +67,39 @@ class BackpropTap(Tap):
         Under GradScaler it is scaled (``ctx.inv_scale()`` unscales).
         """
         self._listeners.append((fn, when))
+        self.active = True
 
     def begin_step(self, plan: StepPlan) -> None:
         """Reset the rows; layer outputs wanted when the norm is due or a listener asks."""
         self.buf.reset()
         self.step = plan.step
         self.record = self.needed and plan.due("backprop_norm")
-        self.active = tuple(fn for fn, when in self._listeners if when(plan))
-        self.layer_outputs = self.record or bool(self.active)
+        self.listening = tuple(fn for fn, when in self._listeners if when(plan))
+        self.layer_outputs = self.record or bool(self.listening)
+        nat = native.get() if self.record and not self.listening else None
+        self.cpp_hook = nat.hook_sumsq if nat is not None else None
+        self.cpp_used = False
 
     def on_layer_output(self, li: int, out: Any) -> None:
         """Hang the layer's gradient hook on each output that requires grad."""
-        if not torch.is_grad_enabled():
+        if not torch.is_grad_enabled():  # an evaluation pass (an output may pass through)
             return
-        fn = self.fns[li]
         if type(out) is torch.Tensor:
             if out.requires_grad:
-                hook_grad(out, fn)
+                self._hang(li, out)
+            return
+        for t in tensors_in(out):
+            if t.requires_grad:
+                self._hang(li, t)
+
+    def _hang(self, li: int, t: torch.Tensor) -> None:
+        # the C++ hook takes dense real floating CPU outputs (their gradients are too)
+        if (self.cpp_hook is not None and t.is_cpu and t.is_floating_point()
+                and t.layout is torch.strided):
+            self.cpp_hook(t, self.sq, self.sq_step, li, self.step)  # no Python in backward
+            self.cpp_used = True
         else:
-            for t in tensors_in(out):
-                if t.requires_grad:
-                    hook_grad(t, fn)
+            hook_grad(t, self.fns[li])
 
     def _make_hook(self, li: int):
         bp = self.buf
@@ -85,7 +109,7 @@ class BackpropTap(Tap):
             # d loss / d output of layer li: its norm into the layer's slot (first call of
             # the step) or into its accumulator (later calls)
             try:
-                for fn in tap.active:
+                for fn in tap.listening:
                     fn(li, grad)
                 if not tap.record:
                     return
@@ -136,14 +160,29 @@ class BackpropTap(Tap):
     def collect(self, rec: Record) -> None:
         """The step's norms (calls of a layer pooled, unscaled) as one ``bp`` block."""
         got = self.buf.gather(self.ctx.index)
-        if got is None or rec.skipped:
+        if rec.skipped:
             return
-        layers, vals = got
-        sq = vals[:, 0].square()
-        for li, extra in self.buf.extra.items():
-            j = layers.index(li)
-            sq[j] = sq[j] + extra
-        norms = sq.sqrt()
+        parts, layers = [], []
+        if got is not None:
+            layers, vals = got
+            sq = vals[:, 0].square()
+            for li, extra in self.buf.extra.items():
+                j = layers.index(li)
+                sq[j] = sq[j] + extra
+            parts.append(sq)
+        if self.cpp_used:  # the compiled hooks' layers (a CPU tensor: no device sync)
+            done = (self.sq_step == self.step).nonzero().flatten().tolist()
+            both = [li for li in done if li in layers]  # outputs on both kinds of hook
+            for li in both:
+                j = layers.index(li)
+                parts[0][j] = parts[0][j] + self.sq[li].to(parts[0].device)
+            done = [li for li in done if li not in both] if both else done
+            if done:
+                layers = [*layers, *done]
+                parts.append(self.sq[done].to(parts[0].device if parts else "cpu"))
+        if not parts:
+            return
+        norms = (torch.cat(parts) if len(parts) > 1 else parts[0]).sqrt()
         inv = self.ctx.inv_scale()
         if not isinstance(inv, float):
             norms = norms * inv.to(norms.device)
@@ -151,5 +190,5 @@ class BackpropTap(Tap):
 
     def remove(self) -> None:
         """Forget the listeners."""
-        self.active = ()
+        self.listening = ()
         self._listeners.clear()

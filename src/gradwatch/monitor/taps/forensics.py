@@ -36,6 +36,7 @@ class ForensicsTap(Tap):
 
     def install(self) -> None:
         """Nothing is kept until a forward pass runs."""
+        self.active = self.needed
         self.inputs: tuple[Any, Any] | None = None  # a reference to the step's last inputs
         self.origin: tuple[tuple, torch.Tensor] | None = None
 

@@ -12,10 +12,13 @@ the total norm without a sync (``gp.nonfinite``), which starts the NaN forensics
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from gradwatch.monitor.gradpass import GradPass
 from gradwatch.monitor.tap import Record, StepPlan, Tap, register_tap
+from gradwatch.stats import native
 from gradwatch.stats.gradient import NormPlan, grad_block
 from gradwatch.stats.numeric import dense_real
 
@@ -33,10 +36,12 @@ class GradTap(Tap):
 
     def install(self) -> None:
         """The norm plan is built at the first gradient pass."""
+        self.active = self.needed
         self.plan: NormPlan | None = None  # built lazily, once gradients exist
         self.general = False  # some gradient needs the general path (dtype, layout)
         self.block: tuple[torch.Tensor, tuple[bool, bool], tuple[int, ...]] | None = None
         self.with_max = False
+        self.native = True  # the compiled pass takes these gradients (until it refuses one)
 
     def begin_step(self, plan: StepPlan) -> None:
         """Whether max |g| is taken at this step (asked of the gradient pass)."""
@@ -54,6 +59,10 @@ class GradTap(Tap):
         if not grads:
             return
         with_max = gp.with_max
+        block = self._native_block(grads, with_max)
+        if block is not None:
+            self._keep(gp, pids, block, False, with_max)
+            return
         try:
             if self.general:
                 raise _General
@@ -79,13 +88,30 @@ class GradTap(Tap):
             if got is None:
                 return
             block, has_counts, pids = got
+        self._keep(gp, pids, block, has_counts, with_max)
+
+    def _native_block(self, grads: list[torch.Tensor], with_max: bool) -> torch.Tensor | None:
+        """Norms (and max |g|) in one compiled pass, when every entry is finite; else None.
+
+        A non-finite step takes the torch path, which also counts the NaN/Inf entries (and
+        redoes in float64 a finite norm whose float32 square overflowed).
+        """
+        nat = native.get() if self.native and not self.general else None
+        if nat is None:
+            return None
+        try:
+            out, total = nat.sumsq_max(grads, with_max)
+        except (RuntimeError, TypeError):  # not dense floating CPU tensors: the torch path
+            self.native = False
+            return None
+        return out if math.isfinite(total) else None
+
+    def _keep(self, gp: GradPass, pids: tuple[int, ...], block: torch.Tensor, has_counts: bool,
+              with_max: bool) -> None:
         # the block's own max part follows the statistic's schedule; the pass's, the requests
         self.block = (block, (has_counts, with_max), pids)
-        n = len(pids)
         if pids is gp.pids:
-            gp.norms = block[:n]
-            gp.max_abs = block[n : 2 * n] if with_max else None
-            gp.counts = block[n * (1 + with_max):] if has_counts else None
+            gp.keep(block, with_max, has_counts)
         if has_counts and block.device.type == "cpu":
             gp.nonfinite = True  # a non-finite step (CPU: known without a device sync)
 

@@ -24,6 +24,7 @@ class LearningRateTap(Tap):
 
     def install(self) -> None:
         """Nothing to hook: the optimizers' parameter groups are read after the step."""
+        self.active = self.needed
         self.on = False
         self.rates: torch.Tensor | None = None
         self.key: tuple = ()

@@ -37,6 +37,7 @@ class TemporalTap(Tap):
 
     def install(self) -> None:
         """A forward pre-hook on each recurrent layer (when asked for)."""
+        self.active = self.needed
         self.rows: list[tuple[int, int]] = []  # (layer, T) of each call in the step
         self.vals: list[torch.Tensor] = []  # (2,) norms at t = 0 and t = T - 1
         self.on = False

@@ -1,0 +1,402 @@
+// gradwatch's compiled hot path (CPU): fused reductions over lists of tensors, and a C++
+// gradient hook for the back-propagated norm. Built once per machine by
+// gradwatch.stats.native (torch.utils.cpp_extension), cached; the Python path is the fallback.
+//
+// Every reduction reads each tensor once. Squares and sums are accumulated in 16 float lanes
+// over blocks of 1024 elements (the lanes vectorise without -ffast-math), and the blocks are
+// added in double: float32 precision where the fused torch kernels have it, and better over
+// long tensors. float64 tensors accumulate in double throughout.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kLanes = 16;
+constexpr int64_t kBlock = 1024;         // elements per float block
+constexpr int64_t kChunk = 1 << 16;      // elements per parallel task
+constexpr int64_t kSerialBelow = 1 << 16;  // total elements under which one thread works
+
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <typename T>
+inline acc_t<T> load(const T* p, int64_t i) {
+  return static_cast<acc_t<T>>(p[i]);
+}
+
+// Sum of squares (double) and, with WithMax, max |x| over p[0..n).
+template <typename T, bool WithMax>
+void sumsq_max_range(const T* p, int64_t n, double& ss_out, double& mx_out) {
+  using A = acc_t<T>;
+  double ss = 0.0;
+  A mx = 0;
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const int64_t m = std::min(kBlock, n - i);
+    A acc[kLanes] = {};
+    A mxl[kLanes] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= m; j += kLanes) {
+#pragma omp simd
+      for (int64_t k = 0; k < kLanes; ++k) {
+        const A v = load(p, i + j + k);
+        acc[k] += v * v;
+        if constexpr (WithMax) {
+          const A a = std::fabs(v);
+          mxl[k] = a > mxl[k] ? a : mxl[k];
+        }
+      }
+    }
+    for (; j < m; ++j) {
+      const A v = load(p, i + j);
+      acc[0] += v * v;
+      if constexpr (WithMax) {
+        const A a = std::fabs(v);
+        mxl[0] = a > mxl[0] ? a : mxl[0];
+      }
+    }
+    double s = 0.0;
+    for (int64_t k = 0; k < kLanes; ++k) {
+      s += static_cast<double>(acc[k]);
+      if constexpr (WithMax) mx = mxl[k] > mx ? mxl[k] : mx;
+    }
+    ss += s;
+  }
+  ss_out = ss;
+  mx_out = static_cast<double>(mx);
+}
+
+struct Task {
+  int64_t t, start, len;
+};
+
+std::vector<Task> split(const std::vector<at::Tensor>& ts, int64_t& total) {
+  std::vector<Task> tasks;
+  total = 0;
+  for (int64_t i = 0; i < static_cast<int64_t>(ts.size()); ++i) {
+    const int64_t n = ts[i].numel();
+    total += n;
+    for (int64_t s = 0; s < n; s += kChunk) tasks.push_back({i, s, std::min(kChunk, n - s)});
+  }
+  return tasks;
+}
+
+template <typename F>
+void run_tasks(int64_t ntasks, int64_t total, const F& f) {
+  if (total < kSerialBelow || ntasks < 2) {
+    f(0, ntasks);
+  } else {
+    at::parallel_for(0, ntasks, 1, f);
+  }
+}
+
+void check_plain(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.device().is_cpu() && t.layout() == at::kStrided && t.is_contiguous() &&
+                  at::isFloatingType(t.scalar_type()),
+              what, ": expected contiguous real floating CPU tensors");
+}
+
+// Per tensor: the L2 norm (float32) and, with with_max, max |x|; and the total sum of squares
+// (a Python float: whether every entry is finite is known without another pass).
+std::tuple<at::Tensor, double> sumsq_max(const std::vector<at::Tensor>& ts, bool with_max) {
+  for (const auto& t : ts) check_plain(t, "sumsq_max");
+  int64_t total = 0;
+  const auto tasks = split(ts, total);
+  std::vector<double> ss(tasks.size()), mx(tasks.size());
+  run_tasks(static_cast<int64_t>(tasks.size()), total, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const Task& tk = tasks[k];
+      const at::Tensor& t = ts[tk.t];
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "sumsq", [&] {
+        const scalar_t* p = t.const_data_ptr<scalar_t>() + tk.start;
+        if (with_max) {
+          sumsq_max_range<scalar_t, true>(p, tk.len, ss[k], mx[k]);
+        } else {
+          sumsq_max_range<scalar_t, false>(p, tk.len, ss[k], mx[k]);
+        }
+      });
+    }
+  });
+  const int64_t P = static_cast<int64_t>(ts.size());
+  at::Tensor out = at::zeros({with_max ? 2 * P : P}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  std::vector<double> per(P, 0.0), pmax(P, 0.0);
+  for (size_t k = 0; k < tasks.size(); ++k) {
+    per[tasks[k].t] += ss[k];
+    pmax[tasks[k].t] = std::max(pmax[tasks[k].t], mx[k]);
+  }
+  double sum = 0.0;
+  for (int64_t i = 0; i < P; ++i) {
+    sum += per[i];
+    o[i] = static_cast<float>(std::sqrt(per[i]));
+    if (with_max) {
+      // a NaN entry makes the sum of squares NaN; max |x| says so too (as torch.amax does)
+      o[P + i] = std::isnan(per[i]) ? std::numeric_limits<float>::quiet_NaN()
+                                    : static_cast<float>(pmax[i]);
+    }
+  }
+  return {out, sum};
+}
+
+// Copy every tensor into the flat buffer `snap` (same dtype), one after the other.
+void snapshot_take(const std::vector<at::Tensor>& ts, at::Tensor& snap) {
+  int64_t total = 0;
+  const auto tasks = split(ts, total);
+  TORCH_CHECK(snap.numel() == total && snap.is_contiguous(), "snapshot: wrong buffer");
+  std::vector<int64_t> off(ts.size() + 1, 0);
+  for (size_t i = 0; i < ts.size(); ++i) {
+    check_plain(ts[i], "snapshot_take");
+    TORCH_CHECK(ts[i].scalar_type() == snap.scalar_type(), "snapshot: dtype differs");
+    off[i + 1] = off[i] + ts[i].numel();
+  }
+  const int64_t item = snap.element_size();
+  char* dst = static_cast<char*>(snap.data_ptr());
+  run_tasks(static_cast<int64_t>(tasks.size()), total, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const Task& tk = tasks[k];
+      const char* src = static_cast<const char*>(ts[tk.t].const_data_ptr());
+      std::memcpy(dst + (off[tk.t] + tk.start) * item, src + tk.start * item, tk.len * item);
+    }
+  });
+}
+
+template <typename T>
+void diff_range(const T* w, const T* s, int64_t n, double& dw_out, double& w_out) {
+  using A = acc_t<T>;
+  double dsum = 0.0, wsum = 0.0;
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const int64_t m = std::min(kBlock, n - i);
+    A d[kLanes] = {}, q[kLanes] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= m; j += kLanes) {
+#pragma omp simd
+      for (int64_t k = 0; k < kLanes; ++k) {
+        const A a = load(w, i + j + k), b = load(s, i + j + k);
+        d[k] += (b - a) * (b - a);
+        q[k] += a * a;
+      }
+    }
+    for (; j < m; ++j) {
+      const A a = load(w, i + j), b = load(s, i + j);
+      d[0] += (b - a) * (b - a);
+      q[0] += a * a;
+    }
+    for (int64_t k = 0; k < kLanes; ++k) {
+      dsum += static_cast<double>(d[k]);
+      wsum += static_cast<double>(q[k]);
+    }
+  }
+  dw_out = dsum;
+  w_out = wsum;
+}
+
+// (2P,) float32: ||snapshot_p - w_p|| for each tensor, then ||w_p||; one read of each.
+at::Tensor update_norms(const std::vector<at::Tensor>& ts, const at::Tensor& snap) {
+  int64_t total = 0;
+  const auto tasks = split(ts, total);
+  TORCH_CHECK(snap.numel() == total && snap.is_contiguous(), "update_norms: wrong buffer");
+  std::vector<int64_t> off(ts.size() + 1, 0);
+  for (size_t i = 0; i < ts.size(); ++i) {
+    check_plain(ts[i], "update_norms");
+    TORCH_CHECK(ts[i].scalar_type() == snap.scalar_type(), "update_norms: dtype differs");
+    off[i + 1] = off[i] + ts[i].numel();
+  }
+  std::vector<double> dw(tasks.size()), w(tasks.size());
+  run_tasks(static_cast<int64_t>(tasks.size()), total, [&](int64_t b, int64_t e) {
+    for (int64_t k = b; k < e; ++k) {
+      const Task& tk = tasks[k];
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, snap.scalar_type(), "update", [&] {
+        const scalar_t* p = ts[tk.t].const_data_ptr<scalar_t>() + tk.start;
+        const scalar_t* s = snap.const_data_ptr<scalar_t>() + off[tk.t] + tk.start;
+        diff_range<scalar_t>(p, s, tk.len, dw[k], w[k]);
+      });
+    }
+  });
+  const int64_t P = static_cast<int64_t>(ts.size());
+  std::vector<double> pd(P, 0.0), pw(P, 0.0);
+  for (size_t k = 0; k < tasks.size(); ++k) {
+    pd[tasks[k].t] += dw[k];
+    pw[tasks[k].t] += w[k];
+  }
+  at::Tensor out = at::empty({2 * P}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  for (int64_t i = 0; i < P; ++i) {
+    o[i] = static_cast<float>(std::sqrt(pd[i]));
+    o[P + i] = static_cast<float>(std::sqrt(pw[i]));
+  }
+  return out;
+}
+
+// Sum, sum of squares and (with Sat) the count of entries with |x - centre| > thr.
+template <typename T, bool Sat>
+void act_sums(const T* p, int64_t n, acc_t<T> centre, acc_t<T> thr, double* out) {
+  using A = acc_t<T>;
+  double sum = 0.0, ss = 0.0, nsat = 0.0;
+  for (int64_t i = 0; i < n; i += kBlock) {
+    const int64_t m = std::min(kBlock, n - i);
+    A s[kLanes] = {}, q[kLanes] = {}, c[kLanes] = {};
+    int64_t j = 0;
+    for (; j + kLanes <= m; j += kLanes) {
+#pragma omp simd
+      for (int64_t k = 0; k < kLanes; ++k) {
+        const A v = load(p, i + j + k);
+        s[k] += v;
+        q[k] += v * v;
+        if constexpr (Sat) c[k] += std::fabs(v - centre) > thr ? A(1) : A(0);
+      }
+    }
+    for (; j < m; ++j) {
+      const A v = load(p, i + j);
+      s[0] += v;
+      q[0] += v * v;
+      if constexpr (Sat) c[0] += std::fabs(v - centre) > thr ? A(1) : A(0);
+    }
+    for (int64_t k = 0; k < kLanes; ++k) {
+      sum += s[k];
+      ss += q[k];
+      nsat += c[k];
+    }
+  }
+  out[0] = sum;
+  out[1] = ss;
+  out[2] = nsat;
+}
+
+// Activation families (gradwatch.stats.activation.FAMILY_CODE): 1 sigmoid, 2 tanh, 3 rectifier.
+template <typename T>
+void act_one(const at::Tensor& a, int64_t fam, int64_t unit_dim, bool detail, float* row) {
+  using A = acc_t<T>;
+  const T* p = a.const_data_ptr<T>();
+  const bool sat = detail && (fam == 1 || fam == 2);
+  const A centre = fam == 1 ? static_cast<A>(0.5) : static_cast<A>(0);
+  const A thr = fam == 1 ? static_cast<A>(0.47) : static_cast<A>(0.97);
+  double sums[3];
+  if (sat) {
+    act_sums<T, true>(p, a.numel(), centre, thr, sums);
+  } else {
+    act_sums<T, false>(p, a.numel(), centre, thr, sums);
+  }
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  row[0] = static_cast<float>(sums[0]);
+  row[1] = static_cast<float>(std::sqrt(sums[1]));
+  row[2] = sat ? static_cast<float>(sums[2]) : nan;
+  row[3] = (detail && fam == 3) ? 0.0f : nan;  // a rectifier without units: none dead
+  if (detail && fam == 3 && unit_dim >= 0) {
+    // dead units: never positive over every other dimension (a NaN counts as dead, as the
+    // NaN of amax does in the torch path)
+    const auto sizes = a.sizes();
+    int64_t outer = 1, inner = 1;
+    for (int64_t d = 0; d < unit_dim; ++d) outer *= sizes[d];
+    for (int64_t d = unit_dim + 1; d < a.dim(); ++d) inner *= sizes[d];
+    const int64_t U = sizes[unit_dim];
+    std::vector<uint8_t> alive(U, 0), bad(U, 0);
+    for (int64_t o = 0; o < outer; ++o) {
+      const T* base = p + o * U * inner;
+      if (inner == 1) {
+        for (int64_t u = 0; u < U; ++u) {
+          const A v = load(base, u);
+          alive[u] |= v > 0;
+          bad[u] |= v != v;
+        }
+      } else {
+        for (int64_t u = 0; u < U; ++u) {
+          const T* q = base + u * inner;
+          uint8_t al = 0, nn = 0;
+          for (int64_t i = 0; i < inner; ++i) {
+            const A v = load(q, i);
+            al |= v > 0;
+            nn |= v != v;
+          }
+          alive[u] |= al;
+          bad[u] |= nn;
+        }
+      }
+    }
+    int64_t dead = 0;
+    for (int64_t u = 0; u < U; ++u) dead += (!alive[u] || bad[u]) ? 1 : 0;
+    row[3] = static_cast<float>(dead);
+  }
+}
+
+// (n, 4) float32 per activation: [sum, L2 norm, saturated count, dead units] (NaN where a
+// column does not apply, or outside detail steps).
+at::Tensor act_stats(const std::vector<at::Tensor>& acts, const std::vector<int64_t>& fam,
+                     const std::vector<int64_t>& unit_dim, bool detail) {
+  const int64_t n = static_cast<int64_t>(acts.size());
+  TORCH_CHECK(static_cast<int64_t>(fam.size()) == n && static_cast<int64_t>(unit_dim.size()) == n,
+              "act_stats: one family and one unit dimension per activation");
+  int64_t total = 0;
+  for (const auto& a : acts) {
+    check_plain(a, "act_stats");
+    total += a.numel();
+  }
+  at::Tensor out = at::empty({n, 4}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  auto work = [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, acts[i].scalar_type(), "act", [&] {
+        act_one<scalar_t>(acts[i], fam[i], unit_dim[i], detail, o + 4 * i);
+      });
+    }
+  };
+  if (total < kSerialBelow || n < 2) {
+    work(0, n);
+  } else {
+    at::parallel_for(0, n, 1, work);
+  }
+  return out;
+}
+
+double sumsq_one(const at::Tensor& g) {
+  double ss = 0.0, mx = 0.0;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "bp", [&] {
+    sumsq_max_range<scalar_t, false>(g.const_data_ptr<scalar_t>(), g.numel(), ss, mx);
+  });
+  return ss;
+}
+
+// Hang a C++ hook on `out`: during backward it adds ||d loss / d out||^2 into sq[li] (set
+// instead of added at the layer's first call of step `step`, which `stamp[li]` records). No
+// Python runs in the backward pass for it. Gradients that are not dense floating CPU tensors
+// are skipped (the caller takes those on its Python path).
+void hook_sumsq(const at::Tensor& out, at::Tensor sq, at::Tensor stamp, int64_t li,
+                int64_t step) {
+  TORCH_CHECK(sq.device().is_cpu() && sq.scalar_type() == at::kFloat && sq.is_contiguous() &&
+                  stamp.scalar_type() == at::kLong && stamp.is_contiguous() &&
+                  li >= 0 && li < sq.numel() && li < stamp.numel(),
+              "hook_sumsq: expected float32 sums and int64 stamps on the CPU");
+  out.register_hook([sq, stamp, li, step](const at::TensorBase& grad) {
+    if (!grad.defined() || !grad.device().is_cpu() || grad.layout() != at::kStrided ||
+        !at::isFloatingType(grad.scalar_type())) {
+      return;
+    }
+    const at::Tensor g = at::Tensor(grad).contiguous();
+    const double ss = sumsq_one(g);
+    float* s = sq.data_ptr<float>();
+    int64_t* st = stamp.data_ptr<int64_t>();
+    if (st[li] != step) {
+      s[li] = static_cast<float>(ss);
+      st[li] = step;
+    } else {
+      s[li] += static_cast<float>(ss);
+    }
+  });
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "gradwatch's compiled hot path (see gradwatch.stats.native)";
+  m.def("sumsq_max", &sumsq_max, "per-tensor L2 norms (and max |x|), and the total of squares");
+  m.def("snapshot_take", &snapshot_take, "copy tensors into one flat buffer");
+  m.def("update_norms", &update_norms, "||snapshot - w|| and ||w|| per tensor");
+  m.def("act_stats", &act_stats, "[sum, norm, saturated, dead units] per activation");
+  m.def("hook_sumsq", &hook_sumsq, "a C++ gradient hook adding ||grad||^2 into a slot");
+}
