@@ -64,8 +64,10 @@ class TapLoop:
             tap.install()
         self.taps = [t for t in self.all_taps if t.active]  # the others cost nothing a step
         self.events = {ev: [t for t in self.taps if overrides(t, ev)] for ev in EVENTS}
-        if self.events["on_forward_done"]:
-            self.handles.append(model.register_forward_hook(self.on_root_done))
+        # the end of the forward pass: for the taps that listen, and once, for the structure
+        # read from the output's graph (removed after that when no tap listens)
+        self.done_handle = model.register_forward_hook(self.on_root_done)
+        self.handles.append(self.done_handle)
         self.optim = OptimizerHooks(self)
         native.refresh()  # the compiled kernels, if this machine has built them
 
@@ -125,6 +127,8 @@ class TapLoop:
         found = describe_structure(self.ctx.model, first)
         if found is not None and not self.mon._structure_from_graph:
             self.mon._structure = found
+        if not self.events["on_forward_done"]:
+            self.done_handle.remove()  # nothing else listens: no hook from now on
 
     # -- the step's gradients and its end --------------------------------------------------
     def gradient_pass(self) -> None:
