@@ -34,7 +34,7 @@ MULTI = sorted(
 #: Experiments with a multi-seed record.
 MULTI_NAMES = sorted({n for n, _ in MULTI})
 #: Experiments still recorded from one seed of one machine only.
-ONE_SEED_ONLY = ("criticality", "glorot2010", "pascanu2013", "residual")
+ONE_SEED_ONLY = ("criticality", "glorot2010", "pascanu2013")
 
 
 def _record(name, threads):

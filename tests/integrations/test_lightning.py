@@ -176,3 +176,42 @@ def test_without_lightning_the_import_error_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "gradwatch.integrations.lightning")
     with pytest.raises(ImportError, match=r"pip install \"gradwatch\[lightning\]\""):
         importlib.import_module("gradwatch.integrations.lightning")
+
+
+@pytest.mark.slow
+def test_model_parallel_strategy_fsdp2_on_two_cpu_processes(tmp_path):
+    """ModelParallelStrategy (FSDP2 in configure_model), 2 CPU processes: the callback's run
+    equals a plain loop on the union batch in one process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from .lightning_fsdp_worker import dataset, make_net
+
+    worker = Path(__file__).with_name("lightning_fsdp_worker.py")
+    run_dir = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(worker), str(run_dir)], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sharded = gw.load(run_dir)
+    assert sharded.meta["distributed"] == {"world_size": 2}
+
+    model = Plain.__new__(Plain)
+    nn.Module.__init__(model)
+    model.net = make_net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    x, y = dataset().tensors
+    with gw.watch(model, optimizer=opt, detail_every=1, diagnose=False) as mon:
+        for step in range(4):  # each rank took the same 16 samples a step
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(model(x[16 * step: 16 * (step + 1)]),
+                                               y[16 * step: 16 * (step + 1)])
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+    single = mon.run
+    for stat in ("grad_norm", "grad_max_abs", "weight_norm", "update_ratio", "act_mean",
+                 "act_std", "loss"):
+        a, b = sharded.pivot(stat), single.pivot(stat)
+        assert list(a.columns) == list(b.columns) and list(a.index) == [0, 1, 2, 3], stat
+        np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-5, err_msg=stat)

@@ -78,6 +78,7 @@ class Monitor:
                                      lambda block: self._session.buffer.append(block))
         # -- distributed: statistics combined across ranks at each flush, rank 0 writes -----
         self._dist, self.rank, self.world_size = watched_ranks(process_group, distributed)
+        ctx.distributed, ctx.rank, ctx.process_group = self._dist, self.rank, process_group
         if self._dist:
             self.flush_secs = float("inf")  # ranks flush together, by step count only
         # -- the run directory, the writer and the live sink; a resumed run continues -------

@@ -60,6 +60,11 @@ class TapContext:
         persistent: hooks stay registered for good (``torch.compile`` was seen).
         skipped: GradScaler skipped the pending step's optimizer step.
         scale_used: the loss scale of the pending step's backward, (1,) float32, or None.
+        distributed, rank, process_group: whether the Monitor combines ranks, its rank, the
+            group (None: the default group).
+        sharded: the sharded layout's name ("FSDP2", "HSDP", "tensor parallel", ...) when the
+            parameters are DTensors, else None (the parameter taps then step aside for the
+            shard tap).
     """
 
     def __init__(self, model: nn.Module, layers: list[Any], wanted: set[str],
@@ -83,6 +88,9 @@ class TapContext:
         self.persistent = False
         self.skipped = False
         self.scale_used: torch.Tensor | None = None
+        # set by the Monitor: the ranks it combines; by the shard tap: the sharded layout
+        self.distributed, self.rank, self.process_group = False, 0, None
+        self.sharded: str | None = None
         self.taps: dict[str, Any] = {}
         self._emit = emit
         self._warned: set[str] = set()

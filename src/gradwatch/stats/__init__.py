@@ -16,6 +16,8 @@ writer, in NumPy float64) turns blocks into per-layer values. One module per sou
 - :mod:`gradwatch.stats.temporal`: ``time_grad_first``, ``time_grad_last``, ``time_steps``
   (recurrent layers)
 - :mod:`gradwatch.stats.lr`: ``lr`` (opt-in: recorded when named in ``stats=``)
+- :mod:`gradwatch.stats.sharded`: the blocks of the parameter statistics above when the
+  model is sharded (FSDP2, HSDP, tensor parallel), reduced over the device mesh
 
 Each statistic is declared once, in its module, with :func:`gradwatch.stats.registry.
 define_statistic` (name, block, source, tier, doc line, DDP combine); the tuples below are
@@ -31,6 +33,7 @@ from gradwatch.stats import (  # noqa: F401
     lr,
     origin,
     scalar,
+    sharded,
     temporal,
     update,
 )

@@ -8,6 +8,11 @@ to read it (which parameters, which layers, which calls). A :class:`BlockKind` d
   (``(values (steps, n), key, layout) -> {stat: (layer indices, (steps, layers) values)}``);
 - ``combine``: how the blocks of W ranks become one under DistributedDataParallel
   (``(values (W, n), key, W) -> (values (n,), key)``);
+- ``mesh`` (optional): how a block of this kind is reduced over the ranks of a device mesh
+  *within the step*, when its tensors are sharded (FSDP2, HSDP, tensor parallel):
+  ``key -> ((op, count), ...)`` segments of the flattened block, ``op`` one of ``"sum"``,
+  ``"max"``, ``"min"``. A tap passes them to ``Record.all_reduce``
+  (:func:`mesh_segments`); the reduced block then holds the global value on every rank;
 
 and a :class:`Statistic` declares its name, the block that yields it, the data it reads
 (``source``: what the Monitor must install to get it), its tier (``fast``: every recorded
@@ -41,6 +46,7 @@ class BlockKind:
     decode: Callable[[np.ndarray, Any, Any], Decoded]
     combine: Callable[[np.ndarray, Any, int], tuple[np.ndarray, Any]]
     doc: str
+    mesh: Callable[[Any], tuple[tuple[str, int], ...]] | None = None
 
 
 @dataclass(frozen=True)
@@ -66,11 +72,16 @@ def define_block(
     decode: Callable[[np.ndarray, Any, Any], Decoded],
     combine: Callable[[np.ndarray, Any, int], tuple[np.ndarray, Any]],
     doc: str,
+    mesh: Callable[[Any], tuple[tuple[str, int], ...]] | None = None,
 ) -> BlockKind:
-    """Register a block kind (once per kind; a second definition is a programming error)."""
+    """Register a block kind (once per kind; a second definition is a programming error).
+
+    ``mesh``: ``key -> ((op, count), ...)``, how the kind reduces over a device mesh within
+    the step (see the module docstring); None for kinds that are never mesh-reduced.
+    """
     if kind in BLOCKS:
         raise AssertionError(f"block kind {kind!r} is defined twice")
-    BLOCKS[kind] = BlockKind(kind, decode, combine, doc)
+    BLOCKS[kind] = BlockKind(kind, decode, combine, doc, mesh)
     return BLOCKS[kind]
 
 
@@ -109,6 +120,14 @@ def combine_block(kind: str, values: np.ndarray, key: Any, world: int) -> tuple[
     :mod:`gradwatch.integrations.distributed`; this is the per-block arithmetic it applies.
     """
     return BLOCKS[kind].combine(values, key, world)
+
+
+def mesh_segments(kind: str, key: Any) -> tuple[tuple[str, int], ...]:
+    """How a block of ``kind`` with ``key`` reduces over a mesh: ``((op, count), ...)``."""
+    fn = BLOCKS[kind].mesh
+    if fn is None:
+        raise AssertionError(f"block kind {kind!r} declares no mesh reduction")
+    return fn(key)
 
 
 # -- the combine rules the statistic modules use ---------------------------------------------

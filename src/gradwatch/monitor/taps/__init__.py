@@ -13,6 +13,7 @@ from gradwatch.monitor.taps import (  # noqa: F401 - imported to register the ta
     grad,
     lr,
     scalars,
+    shard,
     temporal,
     update,
 )

@@ -53,8 +53,8 @@ class GradTap(Tap):
     def on_gradients(self, gp: GradPass) -> None:
         """The gradient block, and its parts on the pass for the taps that follow."""
         self.block = None
-        if not (self.needed or "grad_norms" in self.ctx.plan.requests):
-            return
+        if self.ctx.sharded or not (self.needed or "grad_norms" in self.ctx.plan.requests):
+            return  # sharded parameters: the shard tap takes them
         grads, pids = gp.grads, gp.pids
         if not grads:
             return

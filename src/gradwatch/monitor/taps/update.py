@@ -47,7 +47,8 @@ class UpdateTap(Tap):
     def begin_step(self, plan: StepPlan) -> None:
         """Whether this step takes the weights (a detail step)."""
         self.fresh = False
-        self.detail = self.needed and plan.recorded and plan.detail
+        # sharded parameters: the shard tap takes them
+        self.detail = self.needed and plan.recorded and plan.detail and not self.ctx.sharded
         self.step = plan.step
 
     def param_plan(self) -> NormPlan:

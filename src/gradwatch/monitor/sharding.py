@@ -1,0 +1,134 @@
+"""How a watched model is sharded: DTensor placements, the layout's name, what a rank counts.
+
+Under FSDP2 (``fully_shard``), HSDP (FSDP2 on a 2-D mesh, replicate x shard) and tensor
+parallelism (``parallelize_module``) parameters and gradients are DTensors. For each tensor a
+rank holds a shard (``Shard``), a copy (``Replicate``) or an addend (``Partial``) per mesh
+dimension. A statistic that adds up over shards is exact when every rank adds its local part
+and the copies along ``Replicate`` dimensions are counted once: :func:`counts_here` says
+whether this rank's part is the one counted. Plain tensors beside DTensors (modules that
+tensor parallelism leaves alone) are copies on every rank: rank 0 counts them.
+
+Layouts that cannot be made exact are refused with an error that names them
+(:func:`check_model`): FSDP1 (``FullyShardedDataParallel``), and DTensor meshes that do not
+hold ranks outside the Monitor's process group.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from gradwatch.errors import GradwatchValueError
+
+try:  # torch.distributed may be built without these packages
+    from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+    from torch.distributed.tensor import DTensor, Replicate
+except ImportError:  # pragma: no cover - every torch this project supports has them
+    DTensor = Replicate = FSDPModule = FullyShardedDataParallel = None  # type: ignore
+
+
+def is_dtensor(t: Any) -> bool:
+    """Whether ``t`` is a DTensor."""
+    return DTensor is not None and isinstance(t, DTensor)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """The rank's local tensor of a DTensor; a plain tensor as it is."""
+    return t.to_local() if is_dtensor(t) else t
+
+
+def has_partial(t: Any) -> bool:
+    """Whether a DTensor has a ``Partial`` placement (its value is the sum over ranks)."""
+    return is_dtensor(t) and any(p.is_partial() for p in t.placements)
+
+
+def mesh_ranks(mesh: Any) -> list[int]:
+    """The global ranks of a device mesh, sorted."""
+    return sorted(mesh.mesh.flatten().tolist())
+
+
+def counts_here(t: Any, rank: int, root: int) -> bool:
+    """Whether this rank's local part of ``t`` is counted in sums over the ranks.
+
+    ``rank`` is this process's global rank, ``root`` the global rank of the Monitor group's
+    rank 0. A DTensor's part is counted on the ranks at coordinate 0 of each ``Replicate``
+    mesh dimension. A DTensor on a mesh that leaves out some of the Monitor's ranks (the
+    data-parallel sub-mesh of a 2-D layout holds the modules that tensor parallelism leaves
+    alone) is a copy on each such sub-mesh: the sub-mesh that holds ``root`` counts it. A
+    plain tensor (a copy on every rank) is counted by ``root``.
+    """
+    if not is_dtensor(t):
+        return rank == root
+    mesh = t.device_mesh
+    coord = mesh.get_coordinate()
+    if coord is None or root not in mesh_ranks(mesh):
+        return False
+    return all(c == 0 for c, p in zip(coord, t.placements, strict=True) if p.is_replicate())
+
+
+def without_partial_and_shard(t: Any) -> Any:
+    """A gradient both ``Partial`` and ``Shard`` made ``Replicate`` on its ``Partial`` dims.
+
+    One extra collective for that tensor; layouts seldom make it. Others are returned as they
+    are.
+    """
+    if not is_dtensor(t):
+        return t
+    if any(p.is_partial() for p in t.placements) and any(p.is_shard() for p in t.placements):
+        placements = [Replicate() if p.is_partial() else p for p in t.placements]
+        return t.redistribute(t.device_mesh, placements)
+    return t
+
+
+def layout_name(model: nn.Module, params: list[torch.Tensor]) -> str | None:
+    """"FSDP2", "HSDP", "tensor parallel", "2-D (tensor parallel + FSDP2)" or None (unsharded)."""
+    if not any(is_dtensor(p) for p in params):
+        return None
+    tp = any(getattr(m, "_distribute_module_applied", False) for m in model.modules())
+    fsdp = any(isinstance(m, FSDPModule) for m in model.modules())
+    if tp and fsdp:
+        return "2-D (tensor parallel + FSDP2)"
+    if tp:
+        return "tensor parallel"
+    hsdp = any(is_dtensor(p) and any(pl.is_replicate() for pl in p.placements) for p in params)
+    return "HSDP" if hsdp else "FSDP2"
+
+
+def check_model(model: nn.Module, params: list[torch.Tensor], group: Any,
+                distributed: bool) -> str | None:
+    """The sharded layout's name (None: not sharded); raises for layouts it cannot make exact.
+
+    Raises:
+        GradwatchValueError: FSDP1, or a DTensor mesh that does not span the Monitor's ranks.
+    """
+    for m in model.modules():
+        if FullyShardedDataParallel is not None and isinstance(m, FullyShardedDataParallel):
+            raise GradwatchValueError(
+                "model is wrapped in FSDP1 (torch.distributed.fsdp.FullyShardedDataParallel), "
+                "whose parameters gradwatch cannot read exactly; use FSDP2 "
+                "(torch.distributed.fsdp.fully_shard) and call gw.watch(model) after "
+                "fully_shard (see docs/howto/fsdp.md)"
+            )
+    name = layout_name(model, params)
+    if name is None:
+        return None
+    if not distributed:
+        world, ranks = 1, [dist.get_rank() if dist.is_initialized() else 0]
+    else:
+        world = dist.get_world_size(group)
+        ranks = [dist.get_global_rank(group, i) if group is not None else i
+                 for i in range(world)]
+    meshes = {id(p.device_mesh): p.device_mesh for p in params if is_dtensor(p)}
+    for mesh in meshes.values():
+        inside = mesh_ranks(mesh)
+        if not set(inside) <= set(ranks):
+            raise GradwatchValueError(
+                f"model is sharded ({name}) on a device mesh over ranks {inside}, but the "
+                f"Monitor combines ranks {sorted(ranks)}: the Monitor's process group must "
+                "hold every rank of the model's meshes; pass process_group= a group that "
+                "does (the default group does)"
+            )
+    return name
