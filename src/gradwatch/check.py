@@ -1,15 +1,11 @@
 """``gw.check``: one forward/backward pass on a batch, the same statistics and findings as a run.
 
 ``check(model, inputs)`` watches the model with the same :class:`~gradwatch.monitor.Monitor`
-that records training runs (in memory, every statistic at this one step), runs one forward
-and backward pass, and applies the same diagnosis rules. It answers "will this network's
-gradients vanish or explode?" before any training, and leaves the model as it found it:
-gradients, train/eval mode and buffers (BatchNorm running statistics) are restored, and the
-global random number generator state too.
-
-The checkup records each layer's output shape (``meta["layer_info"]``) and the structure
-(``meta["structure"]``, :func:`gradwatch.structure.describe` on the loss's autograd graph).
-``check`` takes its rules as an argument (:func:`use_rules`); ``import gradwatch`` hands them.
+that records training runs (in memory, every statistic at this one step), runs one pass and
+applies the same rules (handed down by :func:`use_rules`): "will this network's gradients
+vanish or explode?" before any training. The model is left as it was found (gradients,
+modes, buffers, the global RNG state). ``meta`` holds each layer's output shape and the
+structure (:func:`gradwatch.structure.describe` on the loss's autograd graph).
 
 The default loss, when no targets are given, is ``0.5 * sum(output**2) / batch``: its gradient
 with respect to the output is the output itself (divided by the batch size), so the pass
@@ -35,13 +31,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from gradwatch import handoff
-from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch import handoff, probes
+from gradwatch.errors import GradwatchError, GradwatchTypeError, GradwatchValueError
 from gradwatch.findings import Finding
 from gradwatch.graph import read_graph
 from gradwatch.jsonable import json_cell, json_number, jsonable
-from gradwatch.layers import Layer, find_layers
+from gradwatch.layers import Layer, check_hookable, find_layers
 from gradwatch.monitor import watch
+from gradwatch.monitor.lifecycle import standing_aside
 from gradwatch.probes import INPUT, TEMPORAL_COLUMNS, ForwardProbe, TemporalProbe, TrunkProbe
 from gradwatch.store.reader import Run
 from gradwatch.structure import describe
@@ -206,6 +203,13 @@ def check(
             ``targets`` do not fit the output, or ``loss_fn`` does not return a scalar.
     """
     layers = find_layers(model)  # validates model: nn.Module with parameters
+    check_hookable(model)
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise GradwatchValueError(
+            "model has parameters on the meta device (shapes without values), so no gradient "
+            "can be measured; materialise them first, e.g. model.to_empty(device='cpu') and "
+            "an init, or gw.remedies.init_(model, 'he')"
+        )
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         raise GradwatchValueError(
             "model has uninitialised (lazy) parameters; run one forward pass, e.g. "
@@ -236,10 +240,11 @@ def check(
         args = tuple(a.to(device) for a in args)
         targets = targets.to(device) if targets is not None else None
 
-    state = _save_state(model)
+    state = probes.save_state(model)
     rng_devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
     try:
-        with torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
+        # a Monitor watching the model (a check inside a training step) does not see this pass
+        with standing_aside(model), torch.random.fork_rng(devices=rng_devices), torch.enable_grad():
             model.train(train_mode)
             for p in model.parameters():
                 p.grad = None
@@ -268,7 +273,7 @@ def check(
                     trunk.remove()
             run = mon.run
     finally:
-        _restore_state(model, state)
+        probes.restore_state(model, state)
 
     loss_value = float(loss.detach().float().cpu())
     temporal_frame = temporal.frame()
@@ -343,6 +348,11 @@ def _as_args(inputs: Any) -> tuple[torch.Tensor, ...]:
 
 def _non_empty(args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
     for x in args:
+        if x.device.type == "meta":
+            raise GradwatchValueError(
+                f"inputs are on the meta device (shape {tuple(x.shape)}, no values), so no "
+                "gradient can be measured; pass a real batch, e.g. torch.randn(8, ...)"
+            )
         if x.numel() == 0:
             raise GradwatchValueError(
                 f"inputs has no elements (shape {tuple(x.shape)}); give a batch of at least "
@@ -377,7 +387,9 @@ def _expected(layer: Layer, x: torch.Tensor) -> str | None:
 def _forward(model: nn.Module, args: tuple[torch.Tensor, ...], layers: list[Layer]) -> Any:
     try:
         return model(*args)
-    except (RuntimeError, IndexError) as exc:
+    except (RuntimeError, IndexError, ValueError) as exc:
+        if isinstance(exc, GradwatchError):
+            raise
         got = ", ".join(str(tuple(a.shape)) for a in args)
         exp = _expected(layers[0], args[0])
         hint = (
@@ -386,6 +398,9 @@ def _forward(model: nn.Module, args: tuple[torch.Tensor, ...], layers: list[Laye
             else f"got inputs of shape {got}"
         )
         msg = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        if "more than 1 value per channel" in msg:  # BatchNorm in train mode, one example
+            hint += (" (normalization in train mode needs more than one example per batch: "
+                     "give a batch of 2 or more, or check in eval mode, train_mode=False)")
         raise GradwatchValueError(
             f"inputs do not fit the model: {hint}; the forward pass failed with: {msg}"
         ) from exc
@@ -450,24 +465,6 @@ def _loss(out: Any, targets: torch.Tensor | None, loss_fn: Callable | None) -> t
 
 
 # ------------------------------------------------------------------------ model state
-def _save_state(model: nn.Module) -> dict[str, list]:
-    return {
-        "grads": [(p, p.grad) for p in model.parameters()],
-        "modes": [(m, m.training) for m in model.modules()],
-        "buffers": [(b, b.detach().clone()) for b in model.buffers()],
-    }
-
-
-def _restore_state(model: nn.Module, state: dict[str, list]) -> None:
-    for p, g in state["grads"]:
-        p.grad = g
-    for m, training in state["modes"]:
-        m.training = training
-    with torch.no_grad():
-        for b, saved in state["buffers"]:
-            b.copy_(saved)
-
-
 # ------------------------------------------------------------------------------- table
 def _table(run: Run) -> pd.DataFrame:
     layers = run.layers

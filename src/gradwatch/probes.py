@@ -240,3 +240,23 @@ class TrunkProbe:
         """Remove the hooks."""
         for h in self.handles:
             h.remove()
+
+
+def save_state(model: nn.Module) -> dict[str, list]:
+    """What a checkup changes in ``model``: gradients, train/eval modes, buffers (copied)."""
+    return {
+        "grads": [(p, p.grad) for p in model.parameters()],
+        "modes": [(m, m.training) for m in model.modules()],
+        "buffers": [(b, b.detach().clone()) for b in model.buffers()],
+    }
+
+
+def restore_state(model: nn.Module, state: dict[str, list]) -> None:
+    """Put back what :func:`save_state` kept."""
+    for p, g in state["grads"]:
+        p.grad = g
+    for m, training in state["modes"]:
+        m.training = training
+    with torch.no_grad():
+        for b, saved in state["buffers"]:
+            b.copy_(saved)

@@ -55,6 +55,8 @@ def _physical_memory() -> int:
 #: quarter of the machine's memory when that is less. A check needs a few examples; a batch
 #: near the memory size would be killed, or swap, instead of saying what is wrong.
 MAX_INPUT_BYTES = min(2**30, _physical_memory() // 4)
+#: Most classes ``--targets classes:K`` may name (labels are drawn as int64).
+MAX_CLASSES = 2**31 - 1
 
 
 def register(subparsers: Any) -> None:
@@ -307,9 +309,11 @@ def random_targets(spec: str, batch: int, seed: int = 0) -> torch.Tensor:
     import torch
 
     kind, _, k = spec.partition(":")
-    if kind != "classes" or not k.isdigit() or int(k) < 2:
+    # ASCII digits only: "²".isdigit() is true, and int() refuses it
+    if kind != "classes" or not (k.isascii() and k.isdigit()) or not 2 <= int(k) <= MAX_CLASSES:
         raise GradwatchValueError(
-            f"--targets {spec!r} must be classes:K with K >= 2 classes, e.g. classes:10"
+            f"--targets {spec!r} must be classes:K with 2 <= K <= {MAX_CLASSES:,} classes, e.g. "
+            "classes:10"
         )
     gen = torch.Generator().manual_seed(seed + 1)
     return torch.randint(0, int(k), (batch,), generator=gen)
@@ -352,7 +356,7 @@ def print_checkup(cu: Any, console: Any = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from gradwatch.report.names import shorten
+    from gradwatch.report.names import printable, shorten
     from gradwatch.report.terminal import DECADE_CELLS
     from gradwatch.wording import fold, name_room
 
@@ -363,9 +367,11 @@ def print_checkup(cu: Any, console: Any = None) -> None:
     )
     for f in cu.findings:
         style = {"error": "red", "warning": "yellow"}.get(f.severity, "cyan")
-        console.print(f"[{style}]{f.severity:>7}[/] [bold]{f.kind}[/]: {escape(f.message)}")
+        console.print(f"[{style}]{f.severity:>7}[/] [bold]{escape(printable(f.kind))}[/]: "
+                      f"{escape(printable(f.message))}")
         if f.remedies:
-            console.print(f"         try: {', '.join(f.remedies)}", style="dim")
+            console.print(f"         try: {escape(printable(', '.join(f.remedies)))}",
+                          style="dim")
     bp = [float(v) for v in cu.table["backprop_norm"] if math.isfinite(v) and v > 0]
     top = max(bp) if bp else 1.0
     rows = list(cu.table.itertuples(index=False))
@@ -383,7 +389,7 @@ def print_checkup(cu: Any, console: Any = None) -> None:
     cells = [None if r is None else [get(r) for _, _, get in columns] for r in rows]
     widths = [max([len(title)] + [len(c[i]) for c in cells if c is not None])
               for i, (title, _, _) in enumerate(columns)]
-    longest = max((len(str(r.layer)) for r in rows if r is not None), default=5)
+    longest = max((len(printable(r.layer)) for r in rows if r is not None), default=5)
     room = min(longest, name_room(console.width, widths, boxed=True))
     table = Table(title="layers, input side first; bar: log10 ‖∂L/∂output‖, "
                         f"{DECADE_CELLS} cells per decade below the largest")
@@ -394,11 +400,11 @@ def print_checkup(cu: Any, console: Any = None) -> None:
         if r is None or c is None:
             table.add_row("…", *([""] * len(columns)))
             continue
-        table.add_row(escape(fold(str(r.layer), room)), *(escape(x) for x in c))
+        table.add_row(escape(fold(printable(r.layer), room)), *(escape(x) for x in c))
     console.print(table)
     for layer, grp in cu.temporal.groupby("layer", sort=False):
         r = grp["ratio"].to_numpy()
         console.print(
-            f"temporal flow in '{escape(str(layer))}': ‖∂L/∂x_t‖/‖∂L/∂x_T‖ = {r[0]:.3g} at t=0, "
-            f"{r[len(r) // 2]:.3g} at t={len(r) // 2}, over {len(r)} steps"
+            f"temporal flow in '{escape(printable(layer))}': ‖∂L/∂x_t‖/‖∂L/∂x_T‖ = "
+            f"{r[0]:.3g} at t=0, {r[len(r) // 2]:.3g} at t={len(r) // 2}, over {len(r)} steps"
         )

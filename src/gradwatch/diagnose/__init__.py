@@ -40,7 +40,7 @@ from gradwatch.diagnose._view import RunView
 from gradwatch.diagnose.store import store_findings
 from gradwatch.errors import GradwatchTypeError
 from gradwatch.findings import SEVERITY_RANK, Finding
-from gradwatch.store.reader import Run, load
+from gradwatch.store.reader import Run, check_meta, load
 from gradwatch.verdicts import VERDICT_PRECEDENCE, Findings, verdict, verdict_of_kind
 
 Rule = Callable[[RunView], list[Finding]]
@@ -90,6 +90,9 @@ def view_of(run: Run | str | Path | Checkup) -> RunView:
             f"run must be a gradwatch Run, a run directory path or a Checkup, got "
             f"{type(run).__name__}; pass gw.load('runs/a'), 'runs/a' or gw.check(model, x)"
         )
+    if not isinstance(run.meta, dict):
+        raise GradwatchTypeError(f"run.meta must be a dict, got {type(run.meta).__name__}")
+    check_meta(run.meta, f"run {str(run.path) if run.path else '(in memory)'}: meta")
     return RunView(run, is_checkup=bool(run.meta.get("checkup")))
 
 

@@ -68,7 +68,7 @@ class Monitor:
         a = opts.check_watch(  # everything is checked before the model or the disk is touched
             model, run_dir, optimizer, every, activations, detail_every, stats, scaler,
             flush_every, flush_secs, overwrite, name, config, distributed, diagnose,
-            tensorboard, resume, max_pending_rows)
+            tensorboard, resume, max_pending_rows, process_group)
         self.model, self.layers = model, a.layers
         self.stats = tuple(s for s in ALL_STATS if s in a.wanted)
         self.every, self.detail_every, self.name = every, detail_every, name
@@ -154,7 +154,7 @@ class Monitor:
         self._loop.optim.take_gradients()
 
     def flush(self, wait: bool = True) -> None:
-        """Hand buffered statistics to the writer; with ``wait``, until they are written.
+        """Hand buffered statistics to the writer; with ``wait``, until all of it is written.
 
         Under ``torch.distributed`` every rank must call it together (steps, close() and the
         step-count schedule do).
@@ -163,6 +163,7 @@ class Monitor:
             DistributedFlushError: under torch.distributed, another rank stopped.
         """
         if not self._closed:
+            self._loop.flush_due = False
             self._loop.dispatch("on_flush")
         self._session.flush(wait)
         self._last_flush = time.monotonic()
