@@ -152,8 +152,8 @@ class Checkup:
             "verdict": self.verdict,
             "loss": self.loss,
             "findings": [f.to_dict() for f in self.findings],
-            "table": _records(self.table),
-            "temporal": _records(self.temporal),
+            "table": probes.json_records(self.table),
+            "temporal": probes.json_records(self.temporal),
         })
 
     def __repr__(self) -> str:
@@ -487,21 +487,6 @@ def _table(run: Run) -> pd.DataFrame:
         sel = df[(df["stat"] == stat) & (df["layer"] != "")]
         last = sel.drop_duplicates("layer", keep="last").set_index("layer")["value"]
         table[stat] = [float(last[ly]) if ly in last.index else np.nan for ly in layers]
-    table["backprop_ratio"] = _over_output_side(table["backprop_norm"].to_numpy(dtype=float))
-    table["grad_ratio"] = _over_output_side(table["grad_norm"].to_numpy(dtype=float))
+    table["backprop_ratio"] = probes.over_output_side(table["backprop_norm"].to_numpy(dtype=float))
+    table["grad_ratio"] = probes.over_output_side(table["grad_norm"].to_numpy(dtype=float))
     return table
-
-
-def _over_output_side(values: np.ndarray) -> np.ndarray:
-    """Divide by the output-side-most finite, non-zero value (NaN if there is none)."""
-    ok = np.flatnonzero(np.isfinite(values) & (values != 0))
-    return values / values[ok[-1]] if len(ok) else np.full_like(values, np.nan)
-
-
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows of ``df`` as JSON-clean dicts; a NaN cell (no value for the layer) becomes None."""
-    return [
-        {k: json_cell(float(v)) if isinstance(v, float | np.floating) else jsonable(v)
-         for k, v in rec.items()}
-        for rec in df.to_dict(orient="records")
-    ]

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from gradwatch.jsonable import json_cell, jsonable
 from gradwatch.layers import Layer
 
 #: Columns of ``Checkup.temporal``.
@@ -260,3 +261,18 @@ def restore_state(model: nn.Module, state: dict[str, list]) -> None:
     with torch.no_grad():
         for b, saved in state["buffers"]:
             b.copy_(saved)
+
+
+def over_output_side(values: np.ndarray) -> np.ndarray:
+    """Divide by the output-side-most finite, non-zero value (NaN if there is none)."""
+    ok = np.flatnonzero(np.isfinite(values) & (values != 0))
+    return values / values[ok[-1]] if len(ok) else np.full_like(values, np.nan)
+
+
+def json_records(df: pd.DataFrame) -> list[dict[str, Any]]:
+    """Rows of ``df`` as JSON-clean dicts; a NaN cell (no value for the layer) becomes None."""
+    return [
+        {k: json_cell(float(v)) if isinstance(v, float | np.floating) else jsonable(v)
+         for k, v in rec.items()}
+        for rec in df.to_dict(orient="records")
+    ]
