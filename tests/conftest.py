@@ -14,6 +14,11 @@ SLOW_TESTS = frozenset({
     "tests/commands/test_demo.py::test_demo_prints_both_verdicts_and_writes_the_report",
     "tests/store/test_run_directory.py::test_sigkill_at_random_points_loses_nothing_flushed",
     "tests/store/test_run_directory.py::test_sigterm_flushes_everything",
+    # real processes killed at flush boundaries and under load (the fast tests of the same
+    # bounds, in process, stay in the default run)
+    "tests/store/test_kill_bound.py::test_a_sigkill_loses_at_most_one_flush_interval",
+    "tests/monitor/test_flush_boundary_loss.py::"
+    "test_a_killed_run_has_the_loss_of_every_step_on_disk_and_resumes_whole",
     "tests/experiments/test_criticality.py::test_ray_and_local_pool_give_the_same_grid",
     "tests/experiments/test_criticality.py::test_seeded_repeatable",
     "tests/experiments/test_pascanu2013.py::test_seeded_repeatable",

@@ -18,6 +18,7 @@ from gradwatch.errors import (
     GradwatchError,
     GradwatchTypeError,
     GradwatchValueError,
+    OutputError,
     RunDirectoryError,
     RunLockedError,
 )
@@ -131,6 +132,7 @@ __all__ = [
     "GradwatchTypeError",
     "GradwatchValueError",
     "Monitor",
+    "OutputError",
     "Run",
     "RunDirectoryError",
     "RunLockedError",

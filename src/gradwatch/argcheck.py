@@ -8,13 +8,15 @@ layer may use it.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.errors import GradwatchError, GradwatchTypeError, GradwatchValueError, OutputError
 
 
 def _hint(hint: str) -> str:
@@ -69,6 +71,34 @@ def check_number(
     return x
 
 
+#: Longest file or folder name (bytes, as the file system stores it) and longest path that
+#: Linux and macOS file systems take; past them every file operation fails.
+NAME_MAX = 255
+PATH_MAX = 4096
+
+
+def check_path_length(name: str, path: str | os.PathLike[str]) -> None:
+    """Refuse a path no file system holds: a name over 255 bytes, or 4096 bytes in all.
+
+    Raises:
+        GradwatchValueError: naming ``name``, the component and the limit.
+    """
+    text = os.fspath(path)
+    for part in Path(text).parts:
+        size = len(os.fsencode(part))
+        if size > NAME_MAX:
+            raise GradwatchValueError(
+                f"{name} has a file or folder name of {size} bytes ({part[:24]!r}...); names "
+                f"are at most {NAME_MAX} bytes on this file system: shorten it"
+            )
+    size = len(os.fsencode(text))
+    if size >= PATH_MAX:
+        raise GradwatchValueError(
+            f"{name} is a path of {size} bytes; paths are shorter than {PATH_MAX} bytes on "
+            "this file system: give a shorter one"
+        )
+
+
 def check_path(name: str, value: Any, hint: str = "") -> Path:
     """``value`` must be a non-empty path (a str or os.PathLike)."""
     if not isinstance(value, str | os.PathLike):
@@ -81,6 +111,7 @@ def check_path(name: str, value: Any, hint: str = "") -> Path:
         raise GradwatchValueError(f"{name} is an empty path; give a file or folder name")
     if "\x00" in str(text):
         raise GradwatchValueError(f"{name} {text!r} contains a NUL byte, which no path may hold")
+    check_path_length(name, text)
     return Path(value)
 
 
@@ -121,6 +152,25 @@ def check_out_dir(name: str, value: Any) -> Path:
             "give another folder"
         )
     return path
+
+
+@contextlib.contextmanager
+def writing(name: str, path: str | os.PathLike[str]) -> Iterator[None]:
+    """Turn a failure to write ``path`` (the argument ``name``) into one clear error.
+
+    Raises:
+        OutputError: the folder or file cannot be created or written; the message names the
+            argument, the path, the reason and the fix.
+    """
+    try:
+        yield
+    except OSError as exc:
+        if isinstance(exc, GradwatchError):
+            raise
+        raise OutputError(
+            f"{name} {os.fspath(path)!r} cannot be written ({exc.strerror or exc}); choose a "
+            "folder you can write to, with room on its disk"
+        ) from exc
 
 
 def refuse_symlink(name: str, path: Path) -> Path:

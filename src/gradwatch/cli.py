@@ -135,7 +135,9 @@ def _broken_pipe() -> int:
 
 
 def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split()) or type(exc).__name__
+    from gradwatch.report.names import printable  # an error may quote a layer or file name
+
+    return printable(" ".join(str(exc).split())) or type(exc).__name__
 
 
 if __name__ == "__main__":  # pragma: no cover

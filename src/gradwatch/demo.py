@@ -42,6 +42,39 @@ class DemoConfig:
     seed: int = 0
     eval_every: int = 10  # steps between two measurements of the test accuracy
 
+    def check(self) -> DemoConfig:
+        """Check the sizes up front, against :data:`LIMITS` and :data:`MAX_PARAMETERS`.
+
+        A demo that cannot run must say so at once: a width of a billion fails in the
+        allocator, a depth of a billion grows memory for minutes before it dies.
+
+        Raises:
+            GradwatchValueError: naming the setting and its limit.
+        """
+        for name, (low, high) in LIMITS.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise GradwatchValueError(f"{name} must be a whole number, got {value!r}")
+            if not low <= value <= high:
+                raise GradwatchValueError(
+                    f"{name} must be between {low} and {high:,} for the demo, got {value:,}"
+                )
+        n = 64 * self.width + (self.depth - 1) * self.width**2 + 10 * self.width
+        if n > MAX_PARAMETERS:
+            raise GradwatchValueError(
+                f"depth {self.depth} and width {self.width} make a model of {n:,} weights, more "
+                f"than the demo's {MAX_PARAMETERS:,}; lower depth or width (the default "
+                "16 x 64 shows the problem)"
+            )
+        return self
+
+
+#: The demo's settings: (least, most). Past the most the demo would run for days or take
+#: more memory than a laptop has; its point shows at the defaults.
+LIMITS = {"depth": (2, 1000), "width": (1, 4096), "steps": (1, 100_000)}
+#: Most weights the demo's model may have (about 80 MB of float32, before gradients).
+MAX_PARAMETERS = 20_000_000
+
 
 def digits(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Standardised digits, split 80/20 (train x, train y, test x, test y)."""
@@ -136,8 +169,7 @@ def run_demo(out: str | Path = "runs/demo", cfg: DemoConfig | None = None,
 
 
 def _run_demo(out: str | Path, cfg: DemoConfig, console: Console | None) -> dict[str, Any]:
-    if cfg.depth < 2 or cfg.steps < 1:
-        raise GradwatchValueError("depth must be >= 2 and steps >= 1")
+    cfg.check()
     console = console or Console()
     out = Path(out)
     t0 = time.perf_counter()

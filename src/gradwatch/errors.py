@@ -28,6 +28,10 @@ class RunLockedError(RunDirectoryError):
     """Another writer holds the run directory."""
 
 
+class OutputError(GradwatchError, OSError):
+    """A report, figure or export cannot be written where it was asked (read-only, full)."""
+
+
 class DistributedFlushError(GradwatchError, RuntimeError):
     """A collective flush under ``torch.distributed`` failed: another rank stopped."""
 

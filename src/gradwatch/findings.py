@@ -10,7 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from gradwatch.errors import GradwatchValueError
+from gradwatch.jsonable import jsonable
+
 Severity = Literal["info", "warning", "error"]
+SEVERITIES = ("info", "warning", "error")
 
 SEVERITY_RANK = {"info": 0, "warning": 1, "error": 2}
 
@@ -93,3 +97,67 @@ def _layer_span(layers: tuple[str, ...] | list[str]) -> str:
     if len(names) <= 3:
         return ", ".join(names)
     return f"{names[0]} … {names[-1]} ({len(names)} layers)"
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def finding_problem(d: Any) -> str | None:
+    """What keeps ``d`` from being a finding (a line of ``findings.jsonl``), or None.
+
+    The one definition of a valid finding: what is written must load, and what loads is what
+    could have been written. ``d`` is the form of :meth:`Finding.to_dict`: ``kind`` a
+    non-empty string; ``layers`` and ``remedies`` lists of strings; ``steps`` None or
+    ``[first, last]`` integers; ``severity`` one of "info", "warning", "error";
+    ``message`` a string; ``evidence`` a dict.
+    """
+    if not isinstance(d, dict):
+        return f"not an object ({type(d).__name__})"
+    kind = d.get("kind")
+    if not isinstance(kind, str) or not kind:
+        return f"kind must be a non-empty string, got {kind!r:.40}"
+    for key in ("layers", "remedies"):
+        items = d.get(key, [])
+        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+            return f"{key} must be a list of names (strings), got {items!r:.60}"
+    steps = d.get("steps")
+    if steps is not None and not (
+        isinstance(steps, list) and len(steps) == 2 and all(_is_int(s) for s in steps)
+    ):
+        return f"steps must be None or (first, last) integers, got {steps!r:.60}"
+    if d.get("severity", "info") not in SEVERITIES:
+        return f"severity must be one of {', '.join(SEVERITIES)}, got {d.get('severity')!r:.40}"
+    if not isinstance(d.get("message", ""), str):
+        return f"message must be a string, got {type(d.get('message')).__name__}"
+    if not isinstance(d.get("evidence", {}), dict):
+        return f"evidence must be a dict, got {type(d.get('evidence')).__name__}"
+    return None
+
+
+def checked_dict(finding: Finding, name: str = "findings") -> dict[str, Any]:
+    """``finding.to_dict()`` in JSON types, checked to be a finding that will load back.
+
+    Raises:
+        GradwatchValueError: naming ``name``, the finding's kind and the field that is wrong
+            (a finding written that way would be skipped when the run is loaded).
+    """
+    problem = None
+    for key in ("layers", "remedies"):
+        value = getattr(finding, key)
+        if isinstance(value, str | bytes) or not isinstance(value, tuple | list):
+            problem = f"{key} must be a tuple of names, got {type(value).__name__} {value!r:.40}"
+    if problem is None:
+        try:
+            d = jsonable(finding.to_dict())  # NumPy integers among the steps become ints
+        except (TypeError, ValueError) as exc:  # steps or evidence of the wrong kind
+            problem = f"it has no dict form ({exc})"
+        else:
+            problem = finding_problem(d)
+    if problem is not None:
+        raise GradwatchValueError(
+            f"{name}: the Finding of kind {finding.kind!r:.40} is not valid: {problem}; build it "
+            "as Finding(kind, layers=(...), steps=(first, last) or None, severity='info' | "
+            "'warning' | 'error', message, evidence={...}, remedies=(...))"
+        )
+    return d

@@ -94,6 +94,22 @@ def find_layers(model: nn.Module) -> list[Layer]:
     return layers
 
 
+def check_hookable(model: nn.Module) -> None:
+    """Refuse a model gradwatch cannot hang hooks on: TorchScript (scripted or traced) modules.
+
+    Raises:
+        GradwatchTypeError: ``model`` is, or contains, a ``torch.jit.ScriptModule``.
+    """
+    for name, module in model.named_modules():
+        if isinstance(module, torch.jit.ScriptModule):
+            where = "model is" if not name else f"model's submodule {name!r} is"
+            raise GradwatchTypeError(
+                f"{where} a TorchScript module ({type(module).__name__}), which takes no Python "
+                "hooks; pass the nn.Module before torch.jit.script or torch.jit.trace "
+                "(gradwatch reads gradients through hooks)"
+            )
+
+
 def find_activations(model: nn.Module) -> list[tuple[str, nn.Module, str]]:
     """Return (name, module, family) for each activation module, in registration order."""
     out = []

@@ -17,13 +17,17 @@ from torch import nn
 
 import gradwatch as gw
 from gradwatch import remedies, report, theory
+from gradwatch.findings import Finding
 from tests.bad_input.places import (
     A_FILE,
     A_RUN,
+    BAD_STRUCTURE,
     EMPTY_DIR,
     FOREIGN,
+    LONG_NAME,
     MISSING,
     UNDER_FILE,
+    UNWRITABLE,
     OutPlace,
 )
 
@@ -63,7 +67,17 @@ def x_batch() -> torch.Tensor:
     return torch.randn(3, 4)
 
 
+def self_holding_dict() -> dict:
+    d: dict = {"lr": 0.1}
+    d["me"] = d
+    return d
+
+
 MLP, X = Fresh(mlp, "mlp"), Fresh(x_batch, "x")
+SCRIPTED = ("scripted", Fresh(lambda: torch.jit.script(mlp()), "jit.script(mlp)"))
+#: a path with a 300-byte name in it: no file system holds it
+LONG = ("long-name", LONG_NAME)
+UNWRITABLE_OUT = ("unwritable", UNWRITABLE)
 
 # ----------------------------------------------------------------------------- bad values
 # Each list: (label, value). A label says what is wrong with the value.
@@ -87,11 +101,11 @@ BOOL = [("str", "yes"), ("int", 2), ("list", [True])]
 ACTIVATION = [("unknown", "relux"), ("empty", ""), ("int", 3), ("none", None),
               ("list", ["tanh"])]
 RUN = [("int", 42), ("none", None), ("missing", MISSING), ("a-file", A_FILE),
-       ("empty-dir", EMPTY_DIR), ("foreign", FOREIGN), ("list", [1])]
+       ("empty-dir", EMPTY_DIR), ("foreign", FOREIGN), ("list", [1]), LONG]
 OUT_FILE = [("none", None), ("int", 123), ("a-folder", EMPTY_DIR), ("under-a-file", UNDER_FILE),
-            ("nul-byte", "x\x00y.html"), ("empty", "")]
+            ("nul-byte", "x\x00y.html"), ("empty", ""), LONG, UNWRITABLE_OUT]
 OUT_DIR = [("none", None), ("int", 123), ("a-file", A_FILE), ("under-a-file", UNDER_FILE),
-           ("nul-byte", "x\x00y"), ("empty", "")]
+           ("nul-byte", "x\x00y"), ("empty", ""), LONG, UNWRITABLE_OUT]
 CHOICE = [("unknown", "magic"), ("empty", ""), ("int", 3), ("none", None)]
 LAYERS = [("unknown", ["nope"]), ("int", 5), ("unknown-str", "nope"), ("list-of-int", [1])]
 INPUTS = [
@@ -110,6 +124,14 @@ STAT = [("unknown", "grad"), ("int", 5), ("none", None)]
 # steps not recorded are replaced by the nearest recorded one (documented): not bad values
 STEPS = [("str", "x"), ("int", 5), ("list-of-str", ["a"]), ("list-of-float", [1.5])]
 NONNEG_INT = [p for p in POS_INT if p[0] != "zero"]
+HUGE_DEPTH = ("past-float", 10**400)
+#: Findings that would be written and then skipped on load, each wrong in one field.
+INVALID_FINDINGS = [
+    ("finding-float-steps", [Finding("vanishing", ("0",), (1.5, 2), "warning", "m")]),  # type: ignore[arg-type]
+    ("finding-layers-str", [Finding("vanishing", "fc1", None, "warning", "m")]),  # type: ignore[arg-type]
+    ("finding-severity", [Finding("vanishing", ("0",), None, "fatal", "m")]),  # type: ignore[arg-type]
+    ("finding-kind-int", [Finding(3, ("0",), None, "info", "m")]),  # type: ignore[arg-type]
+]
 FIGURE_RUN = [("int", 42), ("none", None), ("str-missing", MISSING), ("list", [1])]
 OPTIMIZER = [("str", "adam"), ("int", 3), ("module", MLP)]
 
@@ -141,6 +163,10 @@ def _theory(name: str, params: tuple[str, ...], **extra: Any) -> Spec:
     return Spec(f"theory.{name}", func, base, bad)
 
 
+def _watch_with_optimizer(model: nn.Module, **options: Any) -> Any:
+    return gw.watch(model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), **options)
+
+
 def _step(loss: Any) -> Any:
     return gw.watch(mlp()).step(loss)
 
@@ -168,7 +194,9 @@ def _callback(cls_path: str) -> Callable[..., Any]:
 
 WATCH_OPTIONS: dict[str, list] = {
     "every": [("zero", 0), ("negative", -3), ("float", 1.5), ("word", "often"), ("bool", True),
-              ("nan", NAN)],
+              ("nan", NAN), ("two-arguments", lambda step, other: True),
+              ("answers-a-tensor", lambda step: torch.tensor([True, False])),
+              ("answers-none", lambda step: None)],
     "activations": BOOL,
     "detail_every": [("zero", 0), ("negative", -1), ("float", 2.5), ("str", "x"),
                      ("bool", True)],
@@ -178,16 +206,16 @@ WATCH_OPTIONS: dict[str, list] = {
     "flush_secs": [("negative", -1.0), ("nan", NAN), ("str", "x")],
     "overwrite": BOOL,
     "name": [("int", 123), ("list", ["a"])],
-    "config": [("str", "x"), ("int", 5)],
+    "config": [("str", "x"), ("int", 5), ("holds-itself", Fresh(self_holding_dict, "d['me']=d"))],
     "diagnose": BOOL,
-    "run_dir": [("int", 123), ("empty", ""), ("a-file", A_FILE), ("foreign", FOREIGN)],
+    "run_dir": [("int", 123), ("empty", ""), ("a-file", A_FILE), ("foreign", FOREIGN), LONG],
 }
 
 
 # The report's functions take "a run": their messages name it (run, or run_dir for a path).
 RUN_WORDS = {
-    ("run_or_path", lab): ("run_dir" if lab in ("missing", "a-file", "empty-dir", "foreign")
-                           else "run")
+    ("run_or_path", lab): ("run_dir" if lab in ("missing", "a-file", "empty-dir", "foreign",
+                                                "long-name") else "run")
     for lab, _ in RUN + FIGURE_RUN
 }
 
@@ -197,11 +225,18 @@ def specs() -> list[Spec]:
     return [
         # ------------------------------------------------------------------ watch / Monitor
         Spec("watch", gw.watch, {"model": MLP},
-             {"model": [*MODULE, ("lazy", Fresh(lambda: nn.LazyLinear(4), "LazyLinear(4)"))],
-              "optimizer": OPTIMIZER, **WATCH_OPTIONS}),
+             {"model": [*MODULE, ("lazy", Fresh(lambda: nn.LazyLinear(4), "LazyLinear(4)")),
+                        SCRIPTED],
+              "optimizer": [*OPTIMIZER, ("of-another-model", Fresh(sgd, "sgd(other model)"))],
+              **WATCH_OPTIONS,
+              "distributed": [("without-process-group", True)],
+              "tensorboard": [("a-file", A_FILE), ("under-a-file", UNDER_FILE), LONG],
+              "resume": [("without-run-dir", True)]}),
+        Spec("watch(optimizer=)", _watch_with_optimizer, {"model": MLP},
+             {"scaler": [("the-class", torch.amp.GradScaler), ("str", "amp")]}),
         Spec("Monitor.step", _step, {"loss": 1.0},
              {"loss": [("str", "0.5"), ("vector", Fresh(lambda: torch.ones(3), "ones(3)")),
-                       ("list", [0.5]), ("bool", True)]}),
+                       ("list", [0.5]), ("bool", True), ("int-past-float", 10**400)]}),
         Spec("Monitor.close", _close, {"status": None},
              {"status": [("unknown", "done"), ("int", 5), ("empty", "")]}),
         Spec("Run.pivot", _pivot, {"stat": "grad_norm"}, {"stat": STAT},
@@ -216,20 +251,27 @@ def specs() -> list[Spec]:
               "scaler": [("given", "x")]}),
         # ---------------------------------------------------------------- load / diagnose
         Spec("load", gw.load, {"run_dir": A_RUN}, {"run_dir": RUN}),
-        Spec("diagnose", gw.diagnose, {"run": A_RUN}, {"run": RUN},
-             word={("run", lab): "run_dir" for lab in ("missing", "a-file", "empty-dir",
-                                                     "foreign")}),
+        Spec("diagnose", gw.diagnose, {"run": A_RUN},
+             {"run": [*RUN, ("structure-not-an-object", BAD_STRUCTURE)]},
+             word={**{("run", lab): "run_dir" for lab in ("missing", "a-file", "empty-dir",
+                                                        "foreign", "long-name")},
+                   ("run", "structure-not-an-object"): "structure"}),
         Spec("store_findings", gw.store_findings, {"run_dir": A_RUN, "findings": []},
              {"run_dir": [("int", 3), ("missing", MISSING), ("a-file", A_FILE),
-                          ("empty-dir", EMPTY_DIR)],
+                          ("empty-dir", EMPTY_DIR), LONG],
               "findings": [("int", 5), ("str", "x"), ("list-of-str", ["x"]),
-                           ("list-of-dict", [{"kind": "vanishing"}])]}),
+                           ("list-of-dict", [{"kind": "vanishing"}]),
+                           *INVALID_FINDINGS]}),
         # ------------------------------------------------------------------- check / fix
         Spec("check", gw.check, {"model": MLP, "inputs": X},
-             {"model": MODULE, "inputs": INPUTS, "targets": TARGETS, "loss_fn": LOSS_FN,
-              "train_mode": BOOL}),
+             {"model": [*MODULE, SCRIPTED,
+                        ("on-meta-device", Fresh(lambda: mlp().to("meta"), "mlp().to(meta)"))],
+              "inputs": [*INPUTS, ("meta-device", Fresh(lambda: torch.randn(3, 4, device="meta"),
+                                                        "randn(3,4,meta)"))],
+              "targets": TARGETS, "loss_fn": LOSS_FN, "train_mode": BOOL}),
         Spec("fix", gw.fix, {"model": Fresh(relu_mlp, "relu_mlp"), "inputs": X},
-             {"model": MODULE, "inputs": INPUTS, "targets": TARGETS, "loss_fn": LOSS_FN,
+             {"model": [*MODULE, SCRIPTED], "inputs": INPUTS, "targets": TARGETS,
+              "loss_fn": LOSS_FN,
               "allow": [("typo", ("inits",)), ("int", 3), ("empty", []), ("empty-str", "")],
               "max_rounds": POS_INT}),
         # ------------------------------------------------------------------------ theory
@@ -241,11 +283,12 @@ def specs() -> list[Spec]:
         _theory("critical_sigma_w2", ("activation", "sigma_b2")),
         _theory("phase", ("activation", "sigma_w2", "sigma_b2"),
                 tol=(0.01, [("negative", -0.1), ("nan", NAN), ("str", "x")])),
-        _theory("gradient_ratio", ("activation", "sigma_w2", "sigma_b2"), depth=(3, POS_INT)),
+        _theory("gradient_ratio", ("activation", "sigma_w2", "sigma_b2"),
+                depth=(3, [*POS_INT, HUGE_DEPTH])),
         _theory("predicted_mean_sq_singular_value", ("activation", "sigma_w2", "sigma_b2"),
-                depth=(3, POS_INT)),
+                depth=(3, [*POS_INT, HUGE_DEPTH])),
         _theory("summary", ("activation", "sigma_w2", "sigma_b2"),
-                depth=(3, [p for p in POS_INT if p[0] != "none"])),
+                depth=(3, [*(p for p in POS_INT if p[0] != "none"), HUGE_DEPTH])),
         Spec("theory.resolve_activation", theory.resolve_activation, {"activation": "tanh"},
              {"activation": ACTIVATION}),
         Spec("theory.activation_from_module", theory.activation_from_module,
@@ -317,7 +360,12 @@ def specs() -> list[Spec]:
         Spec("report.write_html", report.write_html,
              {"run_or_path": A_RUN, "out_path": OutPlace("report.html")},
              {"run_or_path": RUN, "out_path": OUT_FILE,
-              "checkup": [("str", "x"), ("int", 3)], "fix_report": [("str", "x"), ("int", 3)]},
+              "checkup": [("str", "x"), ("int", 3)], "fix_report": [("str", "x"), ("int", 3)],
+              "compare": [("str", "x"), ("list", [A_RUN]), ("int-label", {3: A_RUN}),
+                          ("label-to-int", {"a": 3})],
+              "accuracy": [("str", "x"), ("not-a-pair", {"a": [0.5]}),
+                           ("unequal", {"a": ([0, 1], [0.5])})],
+              "chance": [("str", "x"), ("above-one", 1.5), ("negative", -0.1)]},
              word=RUN_WORDS),
         Spec("report.export_tensorboard", report.export_tensorboard,
              {"run_or_path": A_RUN, "logdir": OutPlace("tb")},
@@ -326,7 +374,7 @@ def specs() -> list[Spec]:
              {"run": A_RUN, "out_dir": OutPlace("figs")},
              {"run": FIGURE_RUN, "out_dir": OUT_DIR,
               "formats": [("unknown", ["bmpx"]), ("int", 3), ("empty", [])],
-              "dpi": POS_INT}),
+              "dpi": [*POS_INT, ("past-memory", 100_000)]}),
         Spec("report.print_summary", report.print_summary, {"run_or_checkup": A_RUN},
              {"run_or_checkup": FIGURE_RUN, "console": [("str", "x"), ("int", 3)],
               "max_layers": POS_INT},

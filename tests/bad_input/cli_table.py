@@ -32,6 +32,7 @@ SPEC = [
     ("file-raises", "{broken}:make"),
     ("a-folder", "{empty_dir}:make"),
     ("empty", ""),
+    ("torchscript", "{factory}:scripted"),
 ]
 SHAPE = [
     ("word", "2,x"),
@@ -46,7 +47,9 @@ SHAPE = [
     ("overflow", str(2**70) + ",4"),
 ]
 TARGETS = [("one-class", "classes:1"), ("word", "classes:x"), ("kind", "labels:3"),
-           ("no-count", "classes:"), ("negative", "classes:-3")]
+           ("no-count", "classes:"), ("negative", "classes:-3"),
+           ("superscript-digit", "classes:²"), ("overflow", "classes:" + str(2**70)),
+           ("huge", "classes:1000000000000")]
 RUN_DIR = [("missing", "{missing}"), ("a-file", "{a_file}"), ("empty-dir", "{empty_dir}"),
            ("foreign", "{foreign}"), ("empty", "")]
 REPORT_OUT = ["-o", "{root}/out/report.html"]
@@ -63,10 +66,15 @@ class Command:
     word: dict[str, str]
 
 
+#: Sizes that would run away (allocate terabytes, or run for days) instead of failing.
+HUGE = [("huge", "1000000000"), ("overflow", str(2**70))]
+#: A model whose forward pass raises ValueError (BatchNorm in train mode on one example).
+ONE_EXAMPLE = ("batch-of-one-through-batchnorm", "1,4")
+
 COMMANDS = [
     Command("demo", ["demo", "--out", "{root}/demo"],
-            {"--out": OUT_DIR, "--depth": [*NUM_INT, ("one", "1")], "--width": NUM_INT,
-             "--steps": NUM_INT, "--seed": SEED},
+            {"--out": OUT_DIR, "--depth": [*NUM_INT, ("one", "1"), *HUGE],
+             "--width": [*NUM_INT, *HUGE], "--steps": [*NUM_INT, *HUGE], "--seed": SEED},
             {}),
     Command("runs", ["runs", "{root}"],
             {"DIR": [("missing", "{missing}"), ("a-file", "{a_file}"), ("empty", "")],
@@ -78,6 +86,8 @@ COMMANDS = [
              "--fail-on": [("unknown", "magic"), ("empty", ""), ("commas", ","),
                            ("healthy", "healthy"), ("typo-in-list", "vanishing,exploding,nan")]},
             {"FILE.py:FACTORY": "model", "--input-shape": "input"}),
+    Command("check", ["check", "{factory}:batchnorm", "--input-shape", "2,4"],
+            {"--input-shape": [ONE_EXAMPLE]}, {"--input-shape": "input"}),
     Command("theory", ["theory", "--activation", "tanh", "--sigma-w2", "1.5"],
             {"--activation": [("unknown", "relux"), ("empty", ""), ("bad-slope", "leaky_relu:x"),
                               ("number", "3")],
@@ -88,12 +98,14 @@ COMMANDS = [
              "--depth": NUM_INT},
             {"--sigma-w2": "sigma", "--sigma-b2": "sigma"}),
     Command("fix", ["fix", "{factory}:make", "--input-shape", "2,4"],
-            {"FILE.py:FACTORY": SPEC[:6], "--input-shape": SHAPE[:8],
+            {"FILE.py:FACTORY": [*SPEC[:6], SPEC[-1]], "--input-shape": SHAPE[:8],
              "--allow": [("unknown", "magic"), ("empty", ""), ("commas", ",")],
-             "--max-rounds": NUM_INT, "--seed": SEED, "--targets": TARGETS[:3],
+             "--max-rounds": NUM_INT, "--seed": SEED, "--targets": [*TARGETS[:3], *TARGETS[-3:]],
              "--save": [("a-folder", "{empty_dir}"), ("missing-folder", "{root}/nope/fixed.pt"),
                         ("under-a-file", "{a_file}/fixed.pt"), ("empty", "")]},
             {"FILE.py:FACTORY": "model", "--input-shape": "input"}),
+    Command("fix", ["fix", "{factory}:batchnorm", "--input-shape", "2,4"],
+            {"--input-shape": [ONE_EXAMPLE]}, {"--input-shape": "input"}),
     Command("experiment", ["experiment", "glorot2010", "--quick", "--out", "{root}/exp"],
             {"NAME": [("unknown", "nosuch"), ("empty", "")], "--seed": SEED,
              "--executor": [("unknown", "magic"), ("empty", "")], "--out": OUT_DIR},

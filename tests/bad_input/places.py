@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,9 @@ FOREIGN = Place("foreign")  # a folder whose meta.json is not gradwatch's
 IN_MISSING = Place("in_missing")  # a path inside a folder that does not exist
 UNDER_FILE = Place("under_file")  # a path below a plain file
 A_RUN = Place("a_run")  # a real recorded run (a folder, where a file is wanted)
+BAD_STRUCTURE = Place("bad_structure")  # a run whose meta.json "structure" is not an object
+UNWRITABLE = Place("unwritable")  # a folder nobody may create files in (not even root)
+LONG_NAME = Place("long_name")  # a path with a 300-byte name in it
 
 
 @dataclass(frozen=True)
@@ -59,6 +64,9 @@ def make_places(root: Path) -> dict[str, Path]:
         "def boom():\n    raise RuntimeError('factory failed')\n"
         "def make_int():\n    return 3\n"
         "NOT_CALLABLE = 5\n"
+        "def batchnorm():\n"
+        "    return nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 2))\n"
+        "def scripted():\n    import torch\n    return torch.jit.script(make())\n"
     )
     (root / "broken.py").write_text("raise ImportError('broken on import')\n")
     (root / "notes.txt").write_text("make = 1\n")
@@ -69,7 +77,14 @@ def make_places(root: Path) -> dict[str, Path]:
             opt.zero_grad()
             model(torch.randn(5, 4)).pow(2).mean().backward()
             opt.step()
+    shutil.copytree(root / "a_run", root / "bad_structure")
+    meta = json.loads((root / "bad_structure" / "meta.json").read_text())
+    meta["structure"] = ["residual"]
+    (root / "bad_structure" / "meta.json").write_text(json.dumps(meta))
     return {
+        "bad_structure": root / "bad_structure",
+        "unwritable": _unwritable(root) / "out",
+        "long_name": root / ("n" * 300) / "out",
         "missing": root / "nothing" / "here",
         "a_file": root / "a_file",
         "empty_dir": root / "empty_dir",
@@ -82,6 +97,17 @@ def make_places(root: Path) -> dict[str, Path]:
         "notes": root / "notes.txt",
         "root": root,
     }
+
+
+def _unwritable(root: Path) -> Path:
+    """A folder in which creating a file fails: /sys for root (whom permissions do not stop),
+    a folder without write permission otherwise."""
+    if os.geteuid() == 0 and Path("/sys").is_dir():
+        return Path("/sys")
+    folder = root / "read_only"
+    folder.mkdir()
+    folder.chmod(0o555)
+    return folder
 
 
 def resolve(value: object, places: dict[str, Path]) -> object:

@@ -123,6 +123,7 @@ CASES = [
     ("residual", ("runs", "100-residual", "loss_end"), 2.2, "Degradation"),
     ("residual", ("runs", "100-plain+bn", "loss_end"), 0.01, "trains worse than the residual"),
     ("residual", ("runs", "100-residual", "backprop_ratio"), 1e-4, "The residual net's does not"),
+    ("residual", ("runs", "100-residual", "predicted_backprop_ratio"), 100.0, "Mean-field theory"),
     # xiong2020: post-LN as flat and small as pre-LN at init
     (
         "xiong2020",
@@ -171,6 +172,9 @@ CASES = [
      "range of learning rates"),
     # a failed baseline run gradwatch did not flag
     ("wortsman2023", ("runs", "baseline", "0.3", "2", "flagged"), [], "gw.diagnose flags"),
+    ("micikevicius2018", ("runs", "fp16", "loss_end"), 0.01, "learns worse"),
+    ("micikevicius2018", ("runs", "fp16_scaled", "loss_end"), 2.0, "dynamic loss scaling"),
+    ("micikevicius2018", ("runs", "fp32", "findings"), [], "gw.diagnose reports underflow"),
 ]
 
 

@@ -98,6 +98,7 @@ def check_failure(run_dir, procs, outs, failing, seconds):
     run = gw.load(run_dir)
     assert run.meta["status"] == "failed"
     assert run.steps == list(range(10))  # flushed at steps 4 and 9; 10-11 not combined
+    assert run.loss().index.tolist() == list(range(10))  # the boundary steps' losses too
     assert run.meta["lost_rows"] == 0 and run.meta["uncombined_steps"] >= 2
     assert not (run_dir / ".gradwatch.lock").exists()
 

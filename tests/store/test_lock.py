@@ -112,3 +112,28 @@ def test_a_symlinked_lock_is_never_followed(tmp_path):
     assert target.read_text() == "keep me"
     lock.release(path)
     assert target.read_text() == "keep me"
+
+
+def test_a_lock_that_is_a_directory_is_refused_and_left_alone(tmp_path):
+    """Something that is not a file at the lock's name was not written by gradwatch: the
+    directory is neither taken over nor renamed, and the error names it and the fix."""
+    import gradwatch as gw
+    from gradwatch.errors import RunDirectoryError
+
+    run = tmp_path / "run"
+    (run / LOCK).mkdir(parents=True)
+    (run / LOCK / "inside.txt").write_text("someone's")
+    info = lock.read_lock(run)
+    assert info.stale and "directory" in info.problem
+    with pytest.raises(RunDirectoryError, match=r"\.gradwatch\.lock is a directory.*remove it"):
+        lock.acquire(run)
+    with pytest.raises(RunDirectoryError, match="is a directory"):
+        gw.watch(nn_linear(), run)
+    assert sorted(p.name for p in run.iterdir()) == [LOCK]
+    assert (run / LOCK / "inside.txt").read_text() == "someone's"
+
+
+def nn_linear():
+    from torch import nn
+
+    return nn.Linear(2, 2)

@@ -173,3 +173,25 @@ def test_read_only_disk_keeps_the_lock_and_a_later_writer_takes_it_over(tmp_path
             rd2 = RunDirectory.open(run, resume=True)
         finish(rd2)
         assert run_state(run) == "closed"
+
+
+@pytest.mark.parametrize("what", ["symlink", "file"])
+def test_resume_refuses_a_stats_folder_that_is_not_a_folder_of_the_run(tmp_path, what):
+    """Resuming used to drop a stats/ that is a link (or a file) and start again at step 0,
+    as if the steps behind it did not exist. Now it says so and leaves everything in place."""
+    run = tmp_path / "run"
+    rd = RunDirectory.open(run, layers=["0"])
+    rd.start(rd.meta({"format_version": 1, "layers": ["0"]}, "running"))
+    write_part(run / STATS_DIR / "part-000000.parquet", table([0, 1, 2]))
+    finish(rd)
+    moved = tmp_path / "elsewhere"
+    (run / STATS_DIR).rename(moved)
+    if what == "symlink":
+        (run / STATS_DIR).symlink_to(moved)
+    else:
+        (run / STATS_DIR).write_text("not a folder")
+    with pytest.raises(RunDirectoryError, match=f"cannot resume: stats is a {what}.*overwrite"):
+        RunDirectory.open(run, resume=True, layers=["0"])
+    assert (run / STATS_DIR).is_symlink() == (what == "symlink")
+    assert [p.name for p in moved.iterdir()] == ["part-000000.parquet"]
+    assert run_state(run) == "closed" and not (run / LOCK).exists()

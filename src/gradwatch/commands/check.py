@@ -1,6 +1,7 @@
 """``gradwatch check``: one forward/backward pass on a batch, and what it says about gradients.
 
     gradwatch check FILE.py:FACTORY [--input-shape 8,3,32,32] [--targets classes:10] [--json]
+                    [--precision fp16|bf16|e4m3|e5m2 [--loss-scale S]]
 
 WARNING: this RUNS FILE.py: it is imported as a module (its top-level code executes, as
 ``python FILE.py`` would without the ``__main__`` block), then ``FACTORY()`` is called with no
@@ -55,6 +56,8 @@ def _physical_memory() -> int:
 #: quarter of the machine's memory when that is less. A check needs a few examples; a batch
 #: near the memory size would be killed, or swap, instead of saying what is wrong.
 MAX_INPUT_BYTES = min(2**30, _physical_memory() // 4)
+#: Most classes ``--targets classes:K`` may name (labels are drawn as int64).
+MAX_CLASSES = 2**31 - 1
 
 
 def register(subparsers: Any) -> None:
@@ -79,6 +82,16 @@ def register(subparsers: Any) -> None:
         "--eval", action="store_true", help="run the pass in eval mode (default: train mode)"
     )
     parser.add_argument("--json", action="store_true", help="print the checkup as JSON")
+    parser.add_argument(
+        "--precision", default=None, choices=("fp16", "bf16", "e4m3", "e5m2"),
+        help="the format training would cast to: also measure what each layer's gradients "
+        "and back-propagated signal would flush to zero or overflow in it",
+    )
+    parser.add_argument(
+        "--loss-scale", type=float, default=None, metavar="S",
+        help="with --precision: read the casts as if the loss were multiplied by S (e.g. "
+        "65536, GradScaler's initial scale); default: no loss scaling",
+    )
     parser.add_argument(
         "--fail-on", default=None, metavar="VERDICTS",
         help="exit with code 1 when the verdict is one of these, comma-separated (for CI), "
@@ -157,7 +170,12 @@ def run(args: argparse.Namespace) -> int:
         inputs = random_inputs(args.input_shape, args.seed)
     if args.targets is not None:
         targets = random_targets(args.targets, _batch(inputs), args.seed)
-    cu = check(model, inputs, targets, train_mode=not args.eval)
+    if args.loss_scale is not None and args.precision is None:
+        raise GradwatchValueError(
+            "--loss-scale needs --precision: name the format, e.g. --precision fp16"
+        )
+    cu = check(model, inputs, targets, train_mode=not args.eval, precision=args.precision,
+               loss_scale=args.loss_scale)
     if args.json:
         print(json.dumps(jsonable(cu.to_dict()), allow_nan=False))
     else:
@@ -307,9 +325,11 @@ def random_targets(spec: str, batch: int, seed: int = 0) -> torch.Tensor:
     import torch
 
     kind, _, k = spec.partition(":")
-    if kind != "classes" or not k.isdigit() or int(k) < 2:
+    # ASCII digits only: "²".isdigit() is true, and int() refuses it
+    if kind != "classes" or not (k.isascii() and k.isdigit()) or not 2 <= int(k) <= MAX_CLASSES:
         raise GradwatchValueError(
-            f"--targets {spec!r} must be classes:K with K >= 2 classes, e.g. classes:10"
+            f"--targets {spec!r} must be classes:K with 2 <= K <= {MAX_CLASSES:,} classes, e.g. "
+            "classes:10"
         )
     gen = torch.Generator().manual_seed(seed + 1)
     return torch.randint(0, int(k), (batch,), generator=gen)
@@ -352,7 +372,7 @@ def print_checkup(cu: Any, console: Any = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from gradwatch.report.names import shorten
+    from gradwatch.report.names import printable, shorten
     from gradwatch.report.terminal import DECADE_CELLS
     from gradwatch.wording import fold, name_room
 
@@ -363,9 +383,11 @@ def print_checkup(cu: Any, console: Any = None) -> None:
     )
     for f in cu.findings:
         style = {"error": "red", "warning": "yellow"}.get(f.severity, "cyan")
-        console.print(f"[{style}]{f.severity:>7}[/] [bold]{f.kind}[/]: {escape(f.message)}")
+        console.print(f"[{style}]{f.severity:>7}[/] [bold]{escape(printable(f.kind))}[/]: "
+                      f"{escape(printable(f.message))}")
         if f.remedies:
-            console.print(f"         try: {', '.join(f.remedies)}", style="dim")
+            console.print(f"         try: {escape(printable(', '.join(f.remedies)))}",
+                          style="dim")
     bp = [float(v) for v in cu.table["backprop_norm"] if math.isfinite(v) and v > 0]
     top = max(bp) if bp else 1.0
     rows = list(cu.table.itertuples(index=False))
@@ -380,10 +402,16 @@ def print_checkup(cu: Any, console: Any = None) -> None:
     for title, col in (("dead", "dead_frac"), ("sat.", "saturated_frac")):
         if cu.table[col].notna().any():
             columns.append((title, "right", lambda r, col=col: _fmt(getattr(r, col))))
+    fmt = (cu.run.meta.get("checkup") or {}).get("precision")
+    if fmt:  # what a cast to the format flushes (gradient, back-propagated) and overflows
+        for title, col in (("flush ∂W", f"grad_underflow_{fmt}"),
+                           ("flush ∂out", f"bp_underflow_{fmt}"),
+                           ("overflow", f"grad_overflow_{fmt}")):
+            columns.append((title, "right", lambda r, col=col: _fmt(getattr(r, col))))
     cells = [None if r is None else [get(r) for _, _, get in columns] for r in rows]
     widths = [max([len(title)] + [len(c[i]) for c in cells if c is not None])
               for i, (title, _, _) in enumerate(columns)]
-    longest = max((len(str(r.layer)) for r in rows if r is not None), default=5)
+    longest = max((len(printable(r.layer)) for r in rows if r is not None), default=5)
     room = min(longest, name_room(console.width, widths, boxed=True))
     table = Table(title="layers, input side first; bar: log10 ‖∂L/∂output‖, "
                         f"{DECADE_CELLS} cells per decade below the largest")
@@ -394,11 +422,11 @@ def print_checkup(cu: Any, console: Any = None) -> None:
         if r is None or c is None:
             table.add_row("…", *([""] * len(columns)))
             continue
-        table.add_row(escape(fold(str(r.layer), room)), *(escape(x) for x in c))
+        table.add_row(escape(fold(printable(r.layer), room)), *(escape(x) for x in c))
     console.print(table)
     for layer, grp in cu.temporal.groupby("layer", sort=False):
         r = grp["ratio"].to_numpy()
         console.print(
-            f"temporal flow in '{escape(str(layer))}': ‖∂L/∂x_t‖/‖∂L/∂x_T‖ = {r[0]:.3g} at t=0, "
-            f"{r[len(r) // 2]:.3g} at t={len(r) // 2}, over {len(r)} steps"
+            f"temporal flow in '{escape(printable(layer))}': ‖∂L/∂x_t‖/‖∂L/∂x_T‖ = "
+            f"{r[0]:.3g} at t=0, {r[len(r) // 2]:.3g} at t={len(r) // 2}, over {len(r)} steps"
         )

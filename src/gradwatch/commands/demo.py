@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 
 from gradwatch.commands.args import check_at_least, check_seed, out_dir
+from gradwatch.errors import GradwatchValueError
 from gradwatch.jsonable import jsonable
 
 
@@ -19,6 +21,10 @@ def run(args: argparse.Namespace) -> int:
     check_seed(args.seed)
     out_dir("--out", args.out)
     cfg = DemoConfig(depth=args.depth, width=args.width, steps=args.steps, seed=args.seed)
+    try:
+        cfg.check()  # sizes bounded before anything is allocated
+    except GradwatchValueError as exc:  # in the options' spelling
+        raise GradwatchValueError(re.sub(r"\b(depth|width|steps)\b", r"--\1", str(exc))) from None
     result = run_demo(args.out, cfg)
     if args.json:
         print(json.dumps(jsonable(result), indent=2, allow_nan=False))

@@ -141,7 +141,9 @@ def _print_report(report: Any, saved: str | None) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
+    from gradwatch.report.names import printable, printable_lines
     from gradwatch.report.remedy_text import describe_remedy
 
     console = Console(highlight=False)
@@ -152,7 +154,8 @@ def _print_report(report: Any, saved: str | None) -> None:
         f"[bold]verdict after:[/bold] [{style.get(after, 'red')}]{after}[/]"
     )
     for finding in report.before.findings:
-        console.print(f"  found: [{finding.kind}] {finding.message}", markup=False)
+        console.print(f"  found: [{printable(finding.kind)}] {printable(finding.message)}",
+                      markup=False)
     if not report.applied:
         console.print(
             "nothing applied: the model is already healthy"
@@ -165,7 +168,8 @@ def _print_report(report: Any, saved: str | None) -> None:
             applied.add_column(column)
         for i, (name, details) in enumerate(report.applied, 1):
             what = describe_remedy(name, {k: v for k, v in details.items() if k != "verdict"})
-            applied.add_row(str(i), name, what, str(details.get("verdict", "")))
+            applied.add_row(str(i), Text(printable(name)), Text(printable(what)),
+                            str(details.get("verdict", "")))
         console.print(applied)
     console.print(_layer_table(report))
     for rec in report.recommendations:
@@ -177,7 +181,7 @@ def _print_report(report: Any, saved: str | None) -> None:
                "The fixed model is this one (its weights load only into it; "
                "--save PATH writes them):")
         )
-        console.print(report.new_architecture, markup=False)
+        console.print(printable_lines(report.new_architecture), markup=False)
     elif report.applied:
         console.print(
             "Same architecture: the saved weights load into your model as it is." if saved
@@ -194,6 +198,9 @@ def _print_report(report: Any, saved: str | None) -> None:
 
 def _layer_table(report: Any) -> Any:
     from rich.table import Table
+    from rich.text import Text
+
+    from gradwatch.report.names import printable
 
     df = report.table()
     table = Table(title="back-propagated signal ‖∂loss/∂output‖ and weight gradient per layer")
@@ -211,8 +218,8 @@ def _layer_table(report: Any) -> Any:
             continue
         name = rec["layer"] if isinstance(rec["layer"], str) else f"({rec['layer_before']})"
         table.add_row(
-            name,
-            str(rec["type"]),
+            Text(printable(name)),
+            Text(printable(rec["type"])),
             *(
                 _fmt(rec[c])
                 for c in (

@@ -184,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
+    from gradwatch.report.names import printable
     from gradwatch.wording import fold, name_room
 
     if not args.dir:
@@ -205,17 +206,17 @@ def run(args: argparse.Namespace) -> int:
         return 0
     console = Console()
     if not rows:
-        console.print(f"no gradwatch runs under {escape(str(root))}")
+        console.print(f"no gradwatch runs under {escape(printable(root))}")
         return 0
-    table = Table(title=f"gradwatch runs under {escape(str(root))}")
+    table = Table(title=f"gradwatch runs under {escape(printable(root))}")
     narrow = console.width < 100
     stamp = "%Y-%m-%d\n%H:%M" if narrow else "%Y-%m-%d %H:%M"
     cells = []
     for r in rows:
         upd = r.get("updated")
-        cells.append([
-            str(r.get("model", "")), str(r.get("status", "")), str(r.get("steps", "")),
-            str(r.get("layers", "")), str(r.get("verdict", "")),
+        cells.append([  # names and words from meta.json: control characters made visible
+            printable(r.get("model", "")), printable(r.get("status", "")),
+            str(r.get("steps", "")), str(r.get("layers", "")), printable(r.get("verdict", "")),
             time.strftime(stamp, time.localtime(upd)) if upd else "",
         ])
     titles = ("model", "status", "steps", "layers", "verdict", "updated")
@@ -223,7 +224,7 @@ def run(args: argparse.Namespace) -> int:
     # and a path longer than that goes on to the next line after a "/"
     widths = [min(24, max([len(t)] + [len(ln) for c in cells for ln in c[i].splitlines()]))
               for i, t in enumerate(titles)]
-    names = [_relative(Path(r["run"]), root) for r in rows]
+    names = [printable(_relative(Path(r["run"]), root)) for r in rows]
     room = min(max(len(n) for n in names), name_room(console.width, widths, boxed=True))
     table.add_column("run", no_wrap=True, min_width=min(room, 10), max_width=max(room, 3))
     for title, width in zip(titles, widths, strict=True):

@@ -8,9 +8,10 @@ order their findings are returned. The same rules serve a training run (``gw.wat
 
 Remedy names used in findings: "he_init", "xavier_init", "orthogonal", "lsuv", "relu",
 "leaky_relu", "tanh_or_relu", "batchnorm", "residual", "clip_grad_norm", "lower_lr", "adam",
-"check_inputs", "pre_ln", "warmup", "forget_gate_bias", "lstm_or_gru",
-"shorter_truncation", "zero_init_last_norm", "fixup", "qk_layernorm", "z_loss", "adam_eps"
-(see ``_advice.PHRASES``).
+"check_inputs", "pre_ln", "warmup", "forget_gate_bias", "chrono_init", "slow_decay_init",
+"lstm_or_gru", "shorter_truncation", "zero_init_last_norm", "fixup", "qk_layernorm", "z_loss",
+"adam_eps", and for low precision "grad_scaler", "bf16", "fp32_layers", "unit_scaling",
+"lower_loss_scale" (see ``_advice.PHRASES``), chosen from what the model has (``_advice``).
 
 The verdict words and thresholds live in :mod:`gradwatch.verdicts`, shared with
 ``gw.check``, ``gw.fix`` and ``gw.theory.predict``. Importing this package hands its rules
@@ -36,6 +37,7 @@ from gradwatch.diagnose import (
     nonfinite,
     not_learning,
     output_logit_divergence,
+    precision,
     saturated,
     stalled,
     temporal,
@@ -46,7 +48,7 @@ from gradwatch.diagnose._view import RunView
 from gradwatch.diagnose.store import store_findings
 from gradwatch.errors import GradwatchTypeError
 from gradwatch.findings import SEVERITY_RANK, Finding
-from gradwatch.store.reader import Run, load
+from gradwatch.store.reader import Run, check_meta, load
 from gradwatch.verdicts import VERDICT_PRECEDENCE, Findings, verdict, verdict_of_kind
 
 Rule = Callable[[RunView], list[Finding]]
@@ -61,6 +63,8 @@ RULES: list[Rule] = [
     grad_spike.rule,
     exploding.rule,
     vanishing.rule,
+    precision.underflow,
+    precision.overflow,
     temporal.rule,
     dead.rule,
     saturated.rule,
@@ -101,6 +105,9 @@ def view_of(run: Run | str | Path | Checkup) -> RunView:
             f"run must be a gradwatch Run, a run directory path or a Checkup, got "
             f"{type(run).__name__}; pass gw.load('runs/a'), 'runs/a' or gw.check(model, x)"
         )
+    if not isinstance(run.meta, dict):
+        raise GradwatchTypeError(f"run.meta must be a dict, got {type(run.meta).__name__}")
+    check_meta(run.meta, f"run {str(run.path) if run.path else '(in memory)'}: meta")
     return RunView(run, is_checkup=bool(run.meta.get("checkup")))
 
 

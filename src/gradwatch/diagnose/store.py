@@ -6,8 +6,9 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+from gradwatch.argcheck import check_path_length
 from gradwatch.errors import GradwatchTypeError, RunDirectoryError
-from gradwatch.findings import Finding
+from gradwatch.findings import Finding, checked_dict
 from gradwatch.jsonable import jsonable
 from gradwatch.store.format import FINDINGS, META
 from gradwatch.store.safe_write import write_atomic
@@ -36,6 +37,7 @@ def store_findings(run_dir: str | Path, findings: Iterable[Finding]) -> Path:
         raise GradwatchTypeError(
             f"run_dir must be a path to a run directory, got {type(run_dir).__name__}"
         )
+    check_path_length("run_dir", run_dir)
     path = Path(run_dir)
     if not path.is_dir():
         raise RunDirectoryError(f"run_dir {str(path)!r} is not an existing directory")
@@ -51,7 +53,7 @@ def store_findings(run_dir: str | Path, findings: Iterable[Finding]) -> Path:
                 f"findings must hold Finding objects, got {type(f).__name__}; pass the list "
                 "returned by gw.diagnose"
             )
-        lines.append(json.dumps(jsonable(f.to_dict()), allow_nan=False))
+        lines.append(json.dumps(jsonable(checked_dict(f)), allow_nan=False))
     if not (path / META).is_file():
         raise RunDirectoryError(
             f"run_dir {str(path)!r} is not a gradwatch run (no {META}); pass the directory "

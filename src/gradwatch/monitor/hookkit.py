@@ -1,8 +1,21 @@
-"""Small pieces of the taps' hot path: gradient hooks, switchable module hooks, row buffers."""
+"""Small pieces of the taps' hot path: gradient hooks, switchable module hooks, row buffers.
+
+And hooks that copies leave behind: every module (and optimizer) hook a Monitor registers
+goes through :func:`own`, so that ``copy.deepcopy``, ``pickle`` and ``torch.save`` of a
+watched model (an EMA or SWA copy, a best-model snapshot) carry none of them. PyTorch keeps a
+module's hooks in ``OrderedDict`` attributes that a copy duplicates; while a Monitor is open,
+a reducer registered with :mod:`copyreg` (the documented way to tell ``copy`` and ``pickle``
+how to reduce a type) leaves the Monitor's entries out of those dicts, and only of those:
+any other dict is reduced as Python would. The copy is then a plain, unwatched model, and a
+pickle of it names nothing of gradwatch.
+"""
 
 from __future__ import annotations
 
+import copyreg
 import math
+import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Any
@@ -51,12 +64,17 @@ class HookSet:
     on puts it back: a dict operation instead of a new handle per module per toggle. A module
     whose hook dicts are empty takes PyTorch's fast call path, so a step that needs none of
     a tap's hooks costs nothing for them.
+
+    While the set is *held* (:meth:`hold`: another pass, such as ``gw.check``, runs on the
+    model) every hook is out of its dict whatever the schedule asks; :meth:`switch` only
+    notes what the step wants, and releasing the hold applies it.
     """
 
     def __init__(self) -> None:
         self.handles: list[Any] = []
         self._slots: list[tuple[Any, int, Any]] = []
         self.on = True
+        self.held = False
 
     def forward(self, modules: Iterable[Any], fns: Iterable[Any], pre: bool = False) -> None:
         """Register ``fns[i]`` as a forward hook (``pre``: forward pre-hook) of ``modules[i]``."""
@@ -65,10 +83,10 @@ class HookSet:
             self.add(h, fn)
 
     def add(self, handle: Any, fn: Any) -> None:
-        """Manage a hook registered elsewhere (its handle and its function)."""
-        self.handles.append(handle)
+        """Manage a hook registered elsewhere (its handle and its function); copies leave it out."""
+        self.handles.append(own(handle))
         self._slots.append((handle.hooks_dict_ref(), handle.id, fn))
-        if not self.on:
+        if not self.on or self.held:
             self._switch_one(self._slots[-1], False)
 
     def switch(self, on: bool) -> None:
@@ -77,8 +95,20 @@ class HookSet:
         if on == self.on:
             return
         self.on = on
+        if self.held:
+            return  # applied when the hold is released
         for slot in self._slots:
             self._switch_one(slot, on)
+
+    def hold(self, held: bool) -> None:
+        """Take every hook out while ``held`` (whatever :meth:`switch` asks); then restore."""
+        held = bool(held)
+        if held == self.held:
+            return
+        self.held = held
+        if self.on:
+            for slot in self._slots:
+                self._switch_one(slot, not held)
 
     @staticmethod
     def _switch_one(slot: tuple[Any, int, Any], on: bool) -> None:
@@ -92,6 +122,7 @@ class HookSet:
 
     def remove(self) -> None:
         """Remove every hook for good."""
+        disown(self.handles)
         for h in self.handles:
             h.remove()
         self.handles.clear()
@@ -169,3 +200,85 @@ class StackPool:
                 self._bufs.clear()
             st = self._bufs[key] = Stacked(shape[0], shape[1:], dtype, device)
         return st
+
+
+# ------------------------------------------------------------------ hooks copies leave out
+_OWN: dict[int, tuple[weakref.ref, set[int]]] = {}  # id(hook dict) -> (the dict, our ids)
+_OWN_LOCK = threading.Lock()
+_PREVIOUS_REDUCER: Any = None  # what copyreg had for OrderedDict before us (normally none)
+_INSTALLED = False
+
+
+def _dict_refs(handle: Any) -> tuple[Any, ...]:
+    """The weak references to the hook dicts a ``RemovableHandle`` removes its hook from."""
+    return (handle.hooks_dict_ref, *getattr(handle, "extra_dict_ref", ()))
+
+
+def own(handle: Any) -> Any:
+    """Mark a hook as a Monitor's: copies and pickles of its module leave it out.
+
+    Args:
+        handle: the ``RemovableHandle`` PyTorch returned for the hook (module forward hooks
+            and pre-hooks, optimizer step hooks).
+
+    Returns:
+        ``handle``.
+    """
+    global _INSTALLED
+    with _OWN_LOCK:
+        for ref in _dict_refs(handle):
+            hooks = ref()
+            if hooks is None:
+                continue
+            entry = _OWN.get(id(hooks))
+            if entry is None or entry[0]() is not hooks:
+                entry = _OWN[id(hooks)] = (weakref.ref(hooks), set())
+            entry[1].add(handle.id)
+        if not _INSTALLED:
+            _install_reducer()
+    return handle
+
+
+def disown(handles: Iterable[Any]) -> None:
+    """Forget hooks that are being removed; the last one takes the reducer away."""
+    with _OWN_LOCK:
+        for handle in handles:
+            for ref in _dict_refs(handle):
+                hooks = ref()
+                entry = _OWN.get(id(hooks)) if hooks is not None else None
+                if entry is not None and entry[0]() is hooks:
+                    entry[1].discard(handle.id)
+                    if not entry[1]:
+                        del _OWN[id(hooks)]
+        for key in [k for k, (ref, _) in _OWN.items() if ref() is None]:
+            del _OWN[key]  # dicts of modules that are gone
+        if not _OWN and _INSTALLED:
+            _remove_reducer()
+
+
+def _reduce_ordered_dict(d: OrderedDict) -> Any:
+    """How copy and pickle reduce an OrderedDict: without a Monitor's hooks, if any."""
+    entry = _OWN.get(id(d))
+    if entry is not None and entry[0]() is d and any(k in entry[1] for k in d):
+        d = OrderedDict((k, v) for k, v in d.items() if k not in entry[1])
+    if _PREVIOUS_REDUCER is not None:
+        return _PREVIOUS_REDUCER(d)
+    return d.__reduce__()
+
+
+def _install_reducer() -> None:
+    global _INSTALLED, _PREVIOUS_REDUCER
+    _PREVIOUS_REDUCER = copyreg.dispatch_table.get(OrderedDict)
+    copyreg.pickle(OrderedDict, _reduce_ordered_dict)
+    _INSTALLED = True
+
+
+def _remove_reducer() -> None:
+    global _INSTALLED, _PREVIOUS_REDUCER
+    if copyreg.dispatch_table.get(OrderedDict) is _reduce_ordered_dict:
+        if _PREVIOUS_REDUCER is None:
+            del copyreg.dispatch_table[OrderedDict]
+        else:
+            copyreg.dispatch_table[OrderedDict] = _PREVIOUS_REDUCER
+    _PREVIOUS_REDUCER = None
+    _INSTALLED = False

@@ -14,12 +14,13 @@ Statuses: "closed" after a normal close; "failed" when an exception ends trainin
 from __future__ import annotations
 
 import atexit
+import contextlib
 import signal
 import sys
 import threading
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from gradwatch.store.rundir import (
     Diagnose,
     RunDirectory,
 )
-from gradwatch.store.writer import Block, RunWriter
+from gradwatch.store.writer import MAX_WAIT_SECS, Block, RunWriter
 
 _LIVE: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -60,6 +61,27 @@ def _close_all() -> None:  # flush runs of a process that exits without closing 
             mon.close()
         except Exception:  # noqa: BLE001, S110 - never raise at exit
             pass
+
+
+@contextlib.contextmanager
+def standing_aside(model: torch.nn.Module) -> Iterator[None]:
+    """The open Monitors watching (part of) ``model`` stand aside while the block runs.
+
+    ``gw.check`` runs its own forward and backward pass on a model that may be watched, in
+    the middle of a training step; the step's record must stay the training's alone. A
+    Monitor of another model is left alone; Monitors created inside the block (the check's
+    own) record as usual.
+    """
+    ids = {id(m) for m in model.modules()}
+    mons = [m for m in list(_LIVE)
+            if not m.closed and any(id(ly.module) in ids for ly in m.layers)]
+    for m in mons:
+        m._loop.stand_aside(True)
+    try:
+        yield
+    finally:
+        for m in mons:
+            m._loop.stand_aside(False)
 
 
 def _abnormal_end(status: str) -> None:
@@ -140,10 +162,12 @@ class RunSession:
         self.run_dir = Path(run_dir) if run_dir is not None and rank == 0 else None
         self.status = CLOSED
         self.buffer: list[Block] = []
+        self.unsettled = False  # a flush handed to the writer may not be on disk yet
         self.dist, self.pg, self.rank = dist, process_group, rank
         self.describe, self.diagnose = describe, diagnose
         self.rundir: RunDirectory | None = None
         self.write_warned = False
+        self.overdue_warned = False
         self.dropped_warned = 0
         self.diagnosed = False
         self.dist_broken = False  # a collective failed: no further collective from this rank
@@ -178,14 +202,20 @@ class RunSession:
             _install_sigterm()
 
     def flush(self, wait: bool) -> None:
-        """Hand the buffered blocks to the writer (through the ranks' collective under DDP)."""
+        """Hand the buffered blocks to the writer (through the ranks' collective under DDP).
+
+        With ``wait``, until every flush handed over so far is written (the writer is never
+        more than one flush behind: :meth:`~gradwatch.store.writer.RunWriter.submit`).
+        """
         if self.dist:
             self._flush_distributed(wait)
-        elif self.buffer:
-            batch = self.writer.submit(self.buffer)
-            self.buffer = []
+        else:
+            if self.buffer:
+                self.writer.submit(self.buffer)
+                self.buffer = []
+                self.unsettled = self.run_dir is not None
             if wait:
-                self.writer.wait(batch)
+                self.writer.wait()  # this flush and those before it (one may be in flight)
         self.report_write_errors()
 
     def _flush_distributed(self, wait: bool) -> None:
@@ -212,8 +242,22 @@ class RunSession:
         if self.rank == 0 and gathered is not None and structure:
             structure, flat = gw_dist.combine(gathered)
             batch = self.writer.submit_flat(structure, flat)
+            self.unsettled = self.run_dir is not None
             if wait:
                 self.writer.wait(batch)
+
+    def settle(self) -> None:
+        """The step after a flush closes: wait until that flush is on disk.
+
+        So a kill never loses more than the last flush interval: a finished step is either
+        in a part on disk or in the buffer since the last flush. The write has had a whole
+        training step to run; a disk that hangs is waited for once, at most
+        :data:`~gradwatch.store.writer.MAX_WAIT_SECS`.
+        """
+        self.unsettled = False
+        self.writer.settle()
+        if self.writer.overdue:
+            self.report_write_errors()
 
     def report_write_errors(self) -> None:
         """Warn (from the training thread) about writes that failed; training goes on."""
@@ -231,6 +275,15 @@ class RunSession:
             )
         elif not errs and self.write_warned and self.writer.pending_rows == 0:
             self.write_warned = False  # the fault cleared: warn again if another comes
+        if self.writer.overdue and not self.overdue_warned:
+            self.overdue_warned = True
+            warnings.warn(
+                f"gradwatch: writing one flush to {where} took over {MAX_WAIT_SECS:.0f} s (a slow "
+                "or hanging disk); training goes on without waiting for it, so until the writer "
+                "catches up a kill may lose more than the last flush interval",
+                RuntimeWarning,
+                stacklevel=4,
+            )
         dropped = self.writer.dropped_rows
         if dropped and not self.dropped_warned:
             self.dropped_warned = dropped

@@ -16,11 +16,18 @@ from typing import Any
 
 import torch
 
-from gradwatch.errors import GradwatchTypeError
+from gradwatch.errors import GradwatchTypeError, GradwatchValueError
+from gradwatch.monitor.hookkit import disown, own
 
 
-def check_optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
-    """The optimizers as a list; raises for anything that is not a torch optimizer."""
+def check_optimizers(optimizer: Any, model: torch.nn.Module) -> list[torch.optim.Optimizer]:
+    """The optimizers as a list.
+
+    Raises:
+        GradwatchTypeError: an item is not a torch optimizer.
+        GradwatchValueError: they hold none of ``model``'s parameters: their steps would
+            never touch the model, so nothing it does would be recorded.
+    """
     if optimizer is None:
         return []
     opts = list(optimizer) if isinstance(optimizer, list | tuple) else [optimizer]
@@ -30,6 +37,14 @@ def check_optimizers(optimizer: Any) -> list[torch.optim.Optimizer]:
                 f"optimizer must be a torch.optim.Optimizer (or a list of them), "
                 f"got {type(o).__name__}"
             )
+    held = {id(p) for o in opts for group in o.param_groups for p in group["params"]}
+    if opts and not any(id(p) in held for p in model.parameters()):
+        raise GradwatchValueError(
+            f"optimizer holds none of the model's parameters ({len(held)} others), so its "
+            "steps would train something else and the watched model would record nothing; "
+            "pass the optimizer built from this model, e.g. "
+            "torch.optim.SGD(model.parameters(), lr=0.1)"
+        )
     return opts
 
 
@@ -43,8 +58,8 @@ class OptimizerHooks:
         self.grads_after_step = False  # a closure: the gradients exist after the step
         self.handles: list[Any] = []
         for opt in self.ctx.optimizers:
-            self.handles.append(opt.register_step_pre_hook(self.on_pre))
-            self.handles.append(opt.register_step_post_hook(self.on_post))
+            self.handles.append(own(opt.register_step_pre_hook(self.on_pre)))
+            self.handles.append(own(opt.register_step_post_hook(self.on_post)))
         self.scaler = self.ctx.scaler
         if self.scaler is not None:
             self.scaler.step = self._wrap_scaler_step(type(self.scaler).step.__get__(self.scaler))
@@ -120,6 +135,7 @@ class OptimizerHooks:
 
     def remove(self) -> None:
         """Remove the step hooks; GradScaler's ``step`` is the class's method again."""
+        disown(self.handles)
         for h in self.handles:
             h.remove()
         self.handles.clear()

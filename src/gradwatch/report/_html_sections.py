@@ -9,17 +9,73 @@ measures, and why it can read near 0% in a sigmoid net whose gradient still vani
 from __future__ import annotations
 
 import math
+import numbers
+import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.report._data import as_run, wide
 from gradwatch.report._html_parts import esc, figure_block
 from gradwatch.store.reader import Run
 
 #: Below this largest saturated fraction the saturation panel gets its explanation of why.
 LOW_SATURATION = 0.05
+
+
+def check_comparison(compare: Any, accuracy: Any, chance: Any) -> None:
+    """Check the arguments of the side-by-side section (see :func:`comparison_section`).
+
+    Raises:
+        GradwatchTypeError: ``compare`` or ``accuracy`` is not a mapping of the right items,
+            or ``chance`` is not a number.
+        GradwatchValueError: an accuracy series whose steps and values differ in length, or
+            ``chance`` outside [0, 1].
+    """
+    if compare is not None:
+        if not isinstance(compare, Mapping):
+            raise GradwatchTypeError(
+                f"compare must be a dict label -> run (a Run or a run directory), got "
+                f"{type(compare).__name__}; e.g. compare={{'before': 'runs/a', 'after': 'runs/b'}}"
+            )
+        for label, run in compare.items():
+            if not isinstance(label, str):
+                raise GradwatchTypeError(
+                    f"compare's labels must be strings, got {type(label).__name__} {label!r:.40}"
+                )
+            if not isinstance(run, Run | str | os.PathLike):
+                raise GradwatchTypeError(
+                    f"compare[{label!r}] must be a Run or a run directory path, got "
+                    f"{type(run).__name__}"
+                )
+    if accuracy is not None:
+        if not isinstance(accuracy, Mapping):
+            raise GradwatchTypeError(
+                f"accuracy must be a dict label -> (steps, accuracies), got "
+                f"{type(accuracy).__name__}"
+            )
+        for label, series in accuracy.items():
+            ok = isinstance(series, tuple | list) and len(series) == 2 and all(
+                isinstance(s, Sequence | np.ndarray) and not isinstance(s, str) for s in series)
+            if not ok:
+                raise GradwatchTypeError(
+                    f"accuracy[{label!r}] must be a pair (steps, accuracies) of sequences, got "
+                    f"{type(series).__name__}"
+                )
+            if len(series[0]) != len(series[1]):
+                raise GradwatchValueError(
+                    f"accuracy[{label!r}] has {len(series[0])} steps and {len(series[1])} "
+                    "accuracies; give one accuracy per step"
+                )
+    if chance is not None:
+        if isinstance(chance, bool) or not isinstance(chance, numbers.Real):
+            raise GradwatchTypeError(
+                f"chance must be a number in [0, 1] or None, got {type(chance).__name__}"
+            )
+        if not 0.0 <= float(chance) <= 1.0:
+            raise GradwatchValueError(f"chance must be in [0, 1] (an accuracy), got {chance}")
 
 
 def comparison_section(

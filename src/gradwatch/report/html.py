@@ -26,14 +26,14 @@ from typing import Any
 
 import numpy as np
 
-from gradwatch.argcheck import check_out_file
+from gradwatch.argcheck import check_out_file, writing
 from gradwatch.errors import GradwatchTypeError
 from gradwatch.jsonable import NAN, json_cell
 from gradwatch.report._data import as_run, findings_and_verdict, is_checkup, last_values, wide
 from gradwatch.report._html_assets import CSS, JS
 from gradwatch.report._html_outcome import outcome_section
 from gradwatch.report._html_parts import esc, figure_block, how_to_read
-from gradwatch.report._html_sections import comparison_section, saturation_note
+from gradwatch.report._html_sections import check_comparison, comparison_section, saturation_note
 from gradwatch.report._html_tables import evidence_html, meta_section
 from gradwatch.report.remedy_text import describe_remedy, why_remedy
 from gradwatch.store.reader import Run
@@ -89,11 +89,14 @@ def write_html(
 
     Raises:
         RunDirectoryError: ``run_or_path`` is not a readable run directory.
-        GradwatchValueError: ``out_path`` is a folder.
+        GradwatchValueError: ``out_path`` is a folder, or ``compare``, ``accuracy`` or
+            ``chance`` is not of the form above.
+        OutputError: ``out_path`` cannot be written.
     """
     from gradwatch.remedies import FixReport
 
     out = check_out_file("out_path", out_path)
+    check_comparison(compare, accuracy, chance)
     if checkup is not None and not is_checkup(checkup):
         raise GradwatchTypeError(
             f"checkup must be a Checkup (from gw.check) or None, got {type(checkup).__name__}"
@@ -126,9 +129,10 @@ def write_html(
     body.append(meta_section(run.meta))
     body.append(_footer(run))
     page = _page(_title(run), "\n".join(body), _chart_data(run))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # never through a symlink planted at out_path: the link is replaced, its target untouched
-    write_atomic(out, page)
+    with writing("out_path", out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # never through a symlink planted at out_path: the link is replaced, its target untouched
+        write_atomic(out, page)
     return out
 
 
@@ -309,6 +313,13 @@ def _figures_section(run: Run, checkup: Any, compare: Mapping[str, Run] | None =
         extra = saturation_note(run) if fig == "activations" else ""
         parts.append(figure_block(lambda make=make: make(run), make,
                                   f"{captions.get(fig, fig)} (run {name})", extra))
+    if "grad_log2_max" in set(run.stats["stat"]):  # watched for a low-precision format
+        from gradwatch.report.figures.precision import headroom, underflow
+
+        parts.append(figure_block(lambda: headroom(run), headroom,
+                                  f"Headroom: gradient range against the formats (run {name})"))
+        parts.append(figure_block(lambda: underflow(run), underflow,
+                                  f"Entries flushed to zero (run {name})"))
     tdf = getattr(checkup, "temporal", None)
     if tdf is not None and len(tdf):
         parts.append(figure_block(lambda: temporal(checkup), temporal,

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from gradwatch.argcheck import check_out_dir, refuse_symlink
+from gradwatch.argcheck import check_out_dir, refuse_symlink, writing
 from gradwatch.errors import GradwatchError
 from gradwatch.report._data import as_run, findings_and_verdict
 
@@ -88,16 +88,19 @@ def export_tensorboard(run_or_path: Any, logdir: str | Path) -> Path:
         MissingExtraError: the tensorboard package is not installed (a GradwatchError and
             ImportError naming ``pip install gradwatch[tensorboard]``).
         RunDirectoryError: ``run_or_path`` is not a readable run directory.
+        OutputError: ``logdir`` cannot be written.
     """
     out = refuse_symlink("logdir", check_out_dir("logdir", logdir))
     run = as_run(run_or_path)
     writer_cls = summary_writer_class()
-    out.mkdir(parents=True, exist_ok=True)
+    with writing("logdir", out):
+        out.mkdir(parents=True, exist_ok=True)
     stats = run.stats.sort_values(["step", "layer", "stat"], kind="stable")
     tags = [tag(s, ly) for s, ly in zip(stats["stat"], stats["layer"], strict=True)]
     values = stats["value"].to_numpy(dtype=np.float64)
     steps = stats["step"].to_numpy(dtype=np.int64)
-    writer = writer_cls(log_dir=str(out))
+    with writing("logdir", out):
+        writer = writer_cls(log_dir=str(out))
     try:
         for t, v, s in zip(tags, values.tolist(), steps.tolist(), strict=True):
             writer.add_scalar(t, v, global_step=s)

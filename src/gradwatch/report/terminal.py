@@ -2,7 +2,7 @@
 
 Printed by ``gradwatch report``, ``gradwatch check`` and ``gradwatch demo``. Every string that
 comes from the model or the run (layer names, messages) is printed as plain text, never parsed
-as rich markup.
+as rich markup, its control characters made visible (:func:`.names.printable`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from gradwatch.report._data import (
     nonfinite_layers,
     wide,
 )
+from gradwatch.report.names import printable
 from gradwatch.wording import fold, name_room
 
 #: Colour of each verdict; anything else (a problem) is red.
@@ -88,7 +89,7 @@ def print_summary(run_or_checkup: Any, console: Console | None = None, max_layer
     findings, verdict, source = findings_and_verdict(run, checkup)
 
     title = Text("gradwatch ")
-    title.append(str(run.meta.get("name") or (run.path.name if run.path else "checkup")))
+    title.append(printable(run.meta.get("name") or (run.path.name if run.path else "checkup")))
     head = Text("verdict: ")
     head.append(verdict.upper(), style=VERDICT_STYLE.get(verdict, "bold red"))
     steps = run.steps
@@ -117,21 +118,21 @@ def _findings_block(findings: list[Any]) -> Group:
     for f in findings:
         head = Text("● ", style=SEVERITY_STYLE.get(f.severity, ""))
         head.append(f"{f.severity.upper()} ", style=SEVERITY_STYLE.get(f.severity, ""))
-        head.append(str(f.kind), style="bold")
+        head.append(printable(f.kind), style="bold")
         where = []
         if f.steps is not None:
             where.append(f"steps {f.steps[0]}–{f.steps[1]}")
         if f.layers:
             shown = f.layers if len(f.layers) <= 5 else f.layers[:4]  # never "…" for one
             more = f", … ({len(f.layers)} layers)" if len(shown) < len(f.layers) else ""
-            where.append("layers " + ", ".join(shown) + more)
+            where.append("layers " + ", ".join(printable(x) for x in shown) + more)
         if where:
             head.append("   " + "; ".join(where), style="dim")
         blocks.append(head)
-        blocks.append(Padding(Text(str(f.message)), (0, 0, 0, 2)))
+        blocks.append(Padding(Text(printable(f.message)), (0, 0, 0, 2)))
         if f.remedies:
             tries = Text("try: ", style="dim")
-            tries.append(", ".join(f.remedies), style="cyan")
+            tries.append(printable(", ".join(f.remedies)), style="cyan")
             blocks.append(Padding(tries, (0, 0, 0, 2)))
     return Group(*blocks)
 
@@ -188,7 +189,7 @@ def _flow_table(run: Any, max_layers: int, width: int = 120) -> Table | Text:
             style = "green" if dec < 1 else "yellow" if dec < 3 else "red"
             bar = Text("█" * n, style=style)
             val, below = Text(f"{v:.3g}"), f"{dec:.1f} dec"
-        out.add_row(Text(fold(str(names[i]), room)), bar, val, Text(below))
+        out.add_row(Text(fold(printable(names[i]), room)), bar, val, Text(below))
     return out
 
 
@@ -200,7 +201,7 @@ def _temporal_lines(temporal: Any) -> Text:
         r0 = ratio[0]
         dec = -math.log10(r0) if math.isfinite(r0) and r0 > 0 else math.nan
         style = "green" if dec < 1 else "yellow" if dec < 3 else "red"
-        text.append(f"\n{layer}: ")
+        text.append(f"\n{printable(layer)}: ")
         text.append(f"{r0:.3g}", style=style if math.isfinite(dec) else "red")
         text.append(f" over {len(ratio)} time steps", style="dim")
     return text

@@ -29,13 +29,31 @@ META = "meta.json"
 STATS_DIR = "stats"
 FINDINGS = "findings.jsonl"
 LOCK = ".gradwatch.lock"
-PART_RE = re.compile(r"^part-(\d{6})(?:-(\d{6}))?\.parquet$")
+#: A part's name: ``part-N.parquet`` or ``part-N-M.parquet`` (a compacted range), N and M
+#: zero-padded to six digits and longer past 999,999 (a long run, or many resumed sessions).
+PART_RE = re.compile(r"^part-(\d{6,})(?:-(\d{6,}))?\.parquet$")
 COLUMNS = ("step", "layer", "stat", "value")
 
 
 def part_name(first: int, last: int | None = None) -> str:
-    """File name of a part holding flush ``first`` (or the compacted range first..last)."""
+    """File name of a part holding flush ``first`` (or the compacted range first..last).
+
+    The inverse of :func:`part_numbers`; both sides of every number past 999,999 keep all
+    their digits.
+    """
     return f"part-{first:06d}.parquet" if last is None else f"part-{first:06d}-{last:06d}.parquet"
+
+
+def part_numbers(name: str) -> tuple[int, int] | None:
+    """(first, last) flush numbers of a part's file name (equal for a single part).
+
+    None for a name that is not a part's.
+    """
+    m = PART_RE.match(name)
+    if m is None:
+        return None
+    first = int(m.group(1))
+    return first, int(m.group(2)) if m.group(2) else first
 
 
 def live_parts(stats_dir: Path) -> list[Path]:

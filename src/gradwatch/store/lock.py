@@ -17,6 +17,7 @@ import errno
 import json
 import os
 import socket
+import stat
 import time
 import uuid
 import warnings
@@ -43,6 +44,8 @@ class LockInfo:
             told (a writer on another host, or a malformed lock).
         problem: None for a well-formed lock; otherwise what was found ("an empty lock
             file", "unreadable JSON ...").
+        foreign: the lock's name holds something gradwatch never writes there (a directory,
+            a device): it is not taken over, and the directory cannot be written.
     """
 
     pid: int | None
@@ -50,6 +53,7 @@ class LockInfo:
     since: float | None
     alive: bool | None
     problem: str | None = None
+    foreign: bool = False
 
     @property
     def stale(self) -> bool:
@@ -118,6 +122,11 @@ def read_lock(run_dir: str | Path) -> LockInfo | None:
         if exc.errno == errno.ELOOP:
             return LockInfo(None, None, None, None, "a lock file that is a symlink")
         return LockInfo(None, None, None, None, f"an unreadable lock file ({exc.strerror})")
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        return LockInfo(None, None, None, None, f"a lock that is {what}", foreign=True)
     try:
         with os.fdopen(fd, "rb") as fh:
             raw = fh.read(4096)
@@ -148,6 +157,13 @@ def acquire(run_dir: Path) -> Path:
         info = read_lock(run_dir)
         if info is None:  # released in between: try again
             continue
+        if info.foreign:
+            what = (info.problem or "").removeprefix("a lock that is ")
+            raise RunDirectoryError(
+                f"run_dir {str(run_dir)!r}: {LOCK} is {what}, which gradwatch never writes "
+                f"there; remove it (rm -r {str(path)!r}) if nothing else uses it, or choose "
+                "another run_dir"
+            )
         if not info.stale:
             raise RunLockedError(
                 f"run_dir {str(run_dir)!r} is held by another writer ({info.describe()}); "

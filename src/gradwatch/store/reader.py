@@ -12,8 +12,9 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from gradwatch.argcheck import check_path_length
 from gradwatch.errors import GradwatchTypeError, RunDirectoryError
-from gradwatch.findings import Finding
+from gradwatch.findings import Finding, finding_problem
 from gradwatch.store.format import FINDINGS, FORMAT_VERSION, META, STATS_DIR, live_parts
 from gradwatch.verdicts import Findings
 
@@ -178,6 +179,7 @@ def load(run_dir: str | Path | Run) -> Run:
         raise GradwatchTypeError(
             f"run_dir must be a path to a run directory, got {type(run_dir).__name__}"
         )
+    check_path_length("run_dir", run_dir)
     path = Path(run_dir)
     if not path.exists():
         raise RunDirectoryError(f"run_dir {str(path)!r} does not exist")
@@ -208,6 +210,7 @@ META_TYPES: dict[str, tuple[type, ...]] = {
     "model": (dict,),
     "settings": (dict,),
     "config": (dict, type(None)),
+    "structure": (dict, type(None)),
 }
 
 
@@ -241,6 +244,20 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
             f"run_dir {str(run_dir)!r} was written in run format {version!r}, newer than this "
             f"gradwatch reads ({FORMAT_VERSION}); upgrade gradwatch to read it"
         )
+    check_meta(meta, where)
+    return meta
+
+
+def check_meta(meta: dict[str, Any], where: str = "run.meta") -> None:
+    """Check the types of the keys of a run's meta that gradwatch reads (:data:`META_TYPES`).
+
+    Args:
+        meta: a run's meta (``meta.json``, or ``Run.meta`` of a run made in memory).
+        where: how messages name it.
+
+    Raises:
+        RunDirectoryError: a key has the wrong type; the message names it.
+    """
     for key, types in META_TYPES.items():
         value = meta.get(key)
         if key not in meta or _is_json_type(value, types):
@@ -253,7 +270,6 @@ def read_meta(run_dir: Path) -> dict[str, Any]:
     bad = [x for x in meta.get("layers", []) if not isinstance(x, str)]
     if bad:
         raise RunDirectoryError(f"{where}: 'layers' must hold layer names, got {bad[0]!r:.60}")
-    return meta
 
 
 def _is_json_type(value: Any, types: tuple[type, ...]) -> bool:
@@ -280,8 +296,10 @@ def read_findings(fpath: Path) -> list[dict[str, Any]]:
             continue
         try:
             d = json.loads(line.decode("utf-8"))
-            Finding.from_dict(_finding_fields(d))
-        except (ValueError, TypeError, RecursionError):  # UnicodeDecodeError: a ValueError
+        except (ValueError, RecursionError):  # UnicodeDecodeError: a ValueError
+            skipped += 1
+            continue
+        if finding_problem(d) is not None:
             skipped += 1
             continue
         findings.append(d)
@@ -292,27 +310,3 @@ def read_findings(fpath: Path) -> list[dict[str, Any]]:
             stacklevel=3,
         )
     return findings
-
-
-_FINDING_TYPES: dict[str, tuple[type, ...]] = {
-    "layers": (list,),
-    "steps": (list, type(None)),
-    "severity": (str,),
-    "message": (str,),
-    "evidence": (dict,),
-    "remedies": (list,),
-}
-
-
-def _finding_fields(d: Any) -> dict[str, Any]:
-    """``d`` if it has the shape of ``Finding.to_dict()``; TypeError otherwise."""
-    if not isinstance(d, dict) or not isinstance(d.get("kind"), str):
-        raise TypeError("not a finding")
-    for key, types in _FINDING_TYPES.items():
-        if key in d and not isinstance(d[key], types):
-            raise TypeError(f"{key} has the wrong type")
-    steps = d.get("steps")
-    if steps is not None and not all(isinstance(s, int) and not isinstance(s, bool)
-                                     for s in steps):
-        raise TypeError("steps must be integers")
-    return d

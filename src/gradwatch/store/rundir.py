@@ -28,18 +28,19 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from gradwatch.argcheck import check_path_length
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError, RunDirectoryError
-from gradwatch.findings import Finding
+from gradwatch.findings import Finding, checked_dict
 from gradwatch.jsonable import jsonable
 from gradwatch.store import lock as run_lock
 from gradwatch.store.format import (
     FINDINGS,
     FORMAT_VERSION,
     META,
-    PART_RE,
     STATS_DIR,
     is_real_dir,
     live_parts,
+    part_numbers,
     remove_entry,
 )
 from gradwatch.store.safe_write import write_bytes_atomic, write_json_atomic
@@ -188,8 +189,16 @@ class RunDirectory:
                     "the same model, or start a new run_dir"
                 )
         stats = path / STATS_DIR
-        if not is_real_dir(stats):
-            remove_entry(stats)  # a symlink or a file: not ours
+        if os.path.lexists(stats) and not is_real_dir(stats):
+            link = stats.is_symlink()
+            fix = ("move the folder it points to into its place (its steps are then resumed)"
+                   if link else "remove it if it holds no steps of this run")
+            raise RunDirectoryError(
+                f"run_dir {str(path)!r}: cannot resume: {STATS_DIR} is a "
+                f"{'symlink' if link else 'file'}, not the run's own folder, and gradwatch does "
+                f"not resume through one; {fix}, or pass overwrite=True to start over"
+            )
+        if not os.path.lexists(stats):
             stats.mkdir()
         steps, top_part = _steps_on_disk(stats)
         self.previous = prev
@@ -246,7 +255,7 @@ class RunDirectory:
     def write_findings(self, findings: Iterable[Finding]) -> None:
         """Replace ``findings.jsonl`` with one ``Finding.to_dict()`` per line (atomically)."""
         lines = "".join(
-            json.dumps(jsonable(f.to_dict()), allow_nan=False) + "\n" for f in findings
+            json.dumps(jsonable(checked_dict(f)), allow_nan=False) + "\n" for f in findings
         )
         write_bytes_atomic(self.path / FINDINGS, lines.encode("utf-8"))
 
@@ -338,6 +347,7 @@ def check_run_dir(run_dir: Any) -> Path:
         )
     if "\0" in text:
         raise GradwatchValueError("run_dir contains a NUL character; pass a valid path")
+    check_path_length("run_dir", text)
     return Path(text)
 
 
@@ -368,9 +378,9 @@ def _steps_on_disk(stats: Path) -> tuple[list[int], int]:
     """Distinct steps in the live parts, and the highest part number present (-1 if none)."""
     top = -1
     for f in stats.iterdir():
-        m = PART_RE.match(f.name)
-        if m:
-            top = max(top, int(m.group(2) or m.group(1)))
+        nums = part_numbers(f.name)
+        if nums is not None:
+            top = max(top, nums[1])
     steps: set[int] = set()
     for part in live_parts(stats):
         try:

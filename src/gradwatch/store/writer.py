@@ -5,6 +5,15 @@ steps concatenated on their device) and the structure needed to read it. The wri
 moves it to the host (the only device-to-host transfer), decodes it into per-layer statistics
 with NumPy, and writes one Parquet part through a temporary file and a rename.
 
+Bounded: a flush is on disk before the training finishes another step. The Monitor calls
+:meth:`RunWriter.settle` when the step after a flush closes, and it waits there until the
+part is written; a flush also waits for the previous one (:meth:`RunWriter.submit`). So at
+any moment the finished steps not on disk are either those of the flush being written (the
+step after it still running) or those buffered since the last flush: a SIGKILL loses at most
+the last flush interval, ``flush_every`` steps (one at ``flush_every=1``). The write overlaps
+one training step; training waits only for what is left of it (nothing while a step takes
+longer than a part), and a disk that hangs holds it up for :data:`MAX_WAIT_SECS` at most.
+
 Faults: a write that fails (disk full, a filesystem turned read-only, the directory removed)
 is kept for the training thread to report once; training goes on and the rows are retried at
 the next flush and at close. Rows held for retries are bounded (``max_pending_rows``): past
@@ -36,11 +45,18 @@ from gradwatch.store.safe_write import write_with
 
 STAT_INDEX = {s: i for i, s in enumerate(ALL_STATS)}
 COMPACT_AT = 32  # merge single parts once this many have accumulated
+#: Single parts up to this many rows in all are kept in memory until they are compacted, so
+#: that a compaction does not read back what was just written (most of the writer's time at
+#: small flush intervals); larger ones are read back from disk.
+COMPACT_CACHE_ROWS = 500_000
 MAX_PENDING_ROWS = 2_000_000  # rows held for retries after failed writes (~40 MB of Arrow)
 #: How much lower than the training thread the writer thread runs (Linux nice increment):
 #: on a machine whose cores training keeps busy, a flush then takes time the training does
 #: not need instead of time it does. The writer still gets its share, so flushes finish.
 WRITER_NICE = 10
+#: Longest the training waits for a flush to be written (seconds). Past it (a disk that
+#: hangs) training goes on and the flush stays queued: training is never held up for good.
+MAX_WAIT_SECS = 60.0
 
 
 @dataclass
@@ -72,6 +88,7 @@ class _Batch:
     flat: torch.Tensor
     blocks: list[tuple[int, str, Any, int]]  # step, kind, key, length
     done: threading.Event = field(default_factory=threading.Event)
+    settled: bool = False  # the training thread has waited for it (RunWriter.settle)
 
 
 def decode(layout: Layout, blocks: list[tuple[int, str, Any, int]], flat: np.ndarray):
@@ -173,10 +190,13 @@ class RunWriter:
         self.dropped_steps: tuple[int, int] | None = None  # (first, last) step given up
         self.written_rows = 0
         self._single_parts: list[int] = []
+        self._single_tables: list[pa.Table] | None = []  # their tables (None: read them back)
         self.error: BaseException | None = None
         self._errors: list[BaseException] = []
         self._lock = threading.Lock()  # guards _pending and the counters read by close()
         self._q: queue.Queue[_Batch | None] = queue.Queue()
+        self._last: _Batch | None = None  # the last batch handed over
+        self.overdue = 0  # flushes not written after MAX_WAIT_SECS of waiting (settle)
         self._thread = threading.Thread(target=self._loop, name="gradwatch-writer", daemon=True)
         self._thread.start()
 
@@ -190,13 +210,20 @@ class RunWriter:
             # the model moved to another device between flushes: meet on the host (rare)
             parts = [t.cpu() for t in parts]
         flat = torch.cat(parts)
-        batch = _Batch(flat, [(b.step, b.kind, b.key, b.tensor.numel()) for b in blocks])
-        self._q.put(batch)
-        return batch
+        return self._hand_over(
+            _Batch(flat, [(b.step, b.kind, b.key, b.tensor.numel()) for b in blocks])
+        )
 
     def submit_flat(self, structure: list[tuple[int, str, Any, int]], flat: Any) -> _Batch:
         """Hand over an already concatenated flush (used for flushes combined across ranks)."""
-        batch = _Batch(torch.as_tensor(flat), list(structure))
+        return self._hand_over(_Batch(torch.as_tensor(flat), list(structure)))
+
+    def _hand_over(self, batch: _Batch) -> _Batch:
+        """Queue ``batch`` once the previous one is written (backpressure: one flush behind)."""
+        prev = self._last
+        if prev is not None and not prev.settled:
+            self.settle()
+        self._last = batch
         self._q.put(batch)
         return batch
 
@@ -227,8 +254,22 @@ class RunWriter:
             return None
         return min(a for a, _ in spans), max(b for _, b in spans)
 
-    def wait(self, batch: _Batch | None, timeout: float = 60.0) -> None:
-        """Block until ``batch`` is written."""
+    def settle(self) -> None:
+        """Wait until the last flush handed over is written, once, at most MAX_WAIT_SECS.
+
+        A flush not written by then is counted in :attr:`overdue` (a hanging disk) and not
+        waited for again: training goes on.
+        """
+        batch = self._last
+        if batch is None or batch.settled:
+            return
+        batch.settled = True
+        if not batch.done.wait(MAX_WAIT_SECS):
+            self.overdue += 1
+
+    def wait(self, batch: _Batch | None = None, timeout: float = 60.0) -> None:
+        """Block until ``batch`` is written (by default: every batch handed over so far)."""
+        batch = batch if batch is not None else self._last
         if batch is not None:
             batch.done.wait(timeout)
 
@@ -300,6 +341,7 @@ class RunWriter:
                 table = pa.concat_tables(pending)
                 write_part(stats_dir / part_name(self._seq), table)
                 self._single_parts.append(self._seq)
+                self._keep_for_compaction(table)
                 self._seq += 1
                 with self._lock:
                     del self._pending[: len(pending)]
@@ -315,14 +357,25 @@ class RunWriter:
         Only the recent single parts are merged (never earlier ranges), so the cost of a
         compaction stays bounded however long the run is.
         """
-        singles = [stats_dir / part_name(s) for s in self._single_parts]
-        singles = [p for p in singles if p.exists()]
+        names = [stats_dir / part_name(s) for s in self._single_parts]
+        singles = [p for p in names if p.exists()]
+        kept, self._single_tables = self._single_tables, []
         if len(singles) >= 2:
-            table = pa.concat_tables([pq.read_table(p) for p in singles]).combine_chunks()
+            if kept is None or len(singles) != len(names):
+                kept = [pq.read_table(p) for p in singles]
+            table = pa.concat_tables(kept).combine_chunks()
             write_part(stats_dir / part_name(self._single_parts[0], self._single_parts[-1]), table)
             for p in singles:
                 p.unlink(missing_ok=True)
         self._single_parts.clear()
+
+    def _keep_for_compaction(self, table: pa.Table) -> None:
+        """Keep a written single part's table for the next compaction, while they are small."""
+        kept = self._single_tables
+        if kept is not None:
+            kept.append(table)
+            if sum(t.num_rows for t in kept) > COMPACT_CACHE_ROWS:
+                self._single_tables = None
 
     def _report(self, exc: BaseException) -> None:
         """Keep the error for the training thread to report (warnings from threads get lost)."""

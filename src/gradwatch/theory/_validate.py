@@ -74,12 +74,17 @@ def output(values: np.ndarray, shape: tuple, scalar: bool) -> Any:
     return values
 
 
+#: Most layers a depth may count: past it χ1^depth is 0 or inf for any χ1 ≠ 1 that a float
+#: holds, and the depth itself no longer converts to a float.
+MAX_DEPTH = 10**9
+
+
 def depth(value: Any, name: str = "depth") -> int:
     """Return ``value`` as an int after checking it is a positive integer.
 
     Raises:
         GradwatchTypeError: not an integer.
-        GradwatchValueError: < 1.
+        GradwatchValueError: < 1, or more than :data:`MAX_DEPTH`.
 
     """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
@@ -91,5 +96,10 @@ def depth(value: Any, name: str = "depth") -> int:
         raise GradwatchValueError(
             f"{name} must be a positive int (a number of layers), got {value}; pass e.g. "
             f"{name}=20"
+        )
+    if value > MAX_DEPTH:
+        raise GradwatchValueError(
+            f"{name} must be at most {MAX_DEPTH:,} layers, got a number of {len(str(value))} "
+            f"digits; pass the network's depth, e.g. {name}=20"
         )
     return int(value)

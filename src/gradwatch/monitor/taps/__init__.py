@@ -15,6 +15,7 @@ from gradwatch.monitor.taps import (  # noqa: F401 - imported to register the ta
     grad,
     logits,
     lr,
+    precision,
     scalars,
     shard,
     temporal,

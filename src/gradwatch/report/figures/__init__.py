@@ -14,6 +14,8 @@ never registered with pyplot, so they leave no global state behind.
 - :func:`attention`, :func:`logits`, :func:`adam`, :func:`spike_timeline`: transformer
   instabilities (attention logits and entropy, output logits, Adam's ε, a loss spike with
   its precursors)
+- :func:`headroom`, :func:`underflow`: low precision (runs watched with ``precision=``):
+  each layer's log2 gradient range against the formats' limits, and the fraction flushed
 """
 
 from gradwatch.report.figures.activations import activations
@@ -23,6 +25,7 @@ from gradwatch.report.figures.gradient_flow import gradient_flow
 from gradwatch.report.figures.heatmap import heatmap
 from gradwatch.report.figures.instability import adam, attention, logits, spike_timeline
 from gradwatch.report.figures.loss import loss
+from gradwatch.report.figures.precision import headroom, underflow
 from gradwatch.report.figures.temporal import temporal
 from gradwatch.report.figures.update_ratio import update_ratio
 
@@ -34,6 +37,7 @@ __all__ = [
     "figures_for",
     "fix_comparison",
     "gradient_flow",
+    "headroom",
     "heatmap",
     "logits",
     "loss",
@@ -41,5 +45,6 @@ __all__ = [
     "save_figures",
     "spike_timeline",
     "temporal",
+    "underflow",
     "update_ratio",
 ]

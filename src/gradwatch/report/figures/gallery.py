@@ -11,7 +11,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from gradwatch.argcheck import check_int, check_names, check_out_dir, refuse_symlink
+from gradwatch.argcheck import check_int, check_names, check_out_dir, refuse_symlink, writing
 from gradwatch.errors import GradwatchValueError
 from gradwatch.report._data import as_run
 from gradwatch.report.figures.activations import activations
@@ -60,6 +60,10 @@ def run_figures(run: Any) -> dict[str, Figure]:
     return {name: RUN_FIGURES[name](run) for name in figures_for(run)}
 
 
+#: Highest resolution ``save_figures`` renders raster formats at (dots per inch).
+MAX_DPI = 2400
+
+
 def save_figures(
     run: Any, out_dir: str | Path, formats: Iterable[str] = ("png", "svg"), dpi: int = 120
 ) -> list[Path]:
@@ -75,7 +79,9 @@ def save_figures(
         the paths written, figure by figure.
 
     Raises:
-        GradwatchValueError: ``out_dir`` exists and is not a folder.
+        GradwatchValueError: ``out_dir`` exists and is not a folder, or ``dpi`` is not
+            between 1 and :data:`MAX_DPI`.
+        OutputError: ``out_dir`` cannot be written.
     """
     out = refuse_symlink("out_dir", check_out_dir("out_dir", out_dir))
     fmts = check_names("formats", formats, hint='e.g. ("png", "svg")')
@@ -88,16 +94,22 @@ def save_figures(
             f"{', '.join(SAVE_FORMATS)}"
         )
     check_int("dpi", dpi, minimum=1, hint="e.g. dpi=120")
+    if dpi > MAX_DPI:
+        raise GradwatchValueError(
+            f"dpi must be at most {MAX_DPI} (print quality is 300 to 600), got {dpi}; a figure "
+            "at that resolution would take more memory than any machine has"
+        )
     run = as_run(run)
-    out.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, fig in run_figures(run).items():
-        for fmt in fmts:
-            path = out / f"{name}.{fmt}"
-            buf = io.BytesIO()
-            fig.savefig(buf, format=fmt, dpi=dpi, metadata=_metadata(fmt))
-            # replaces a symlink planted at path instead of writing through it
-            written.append(write_atomic(path, buf.getvalue()))
+    with writing("out_dir", out):
+        out.mkdir(parents=True, exist_ok=True)
+        for name, fig in run_figures(run).items():
+            for fmt in fmts:
+                path = out / f"{name}.{fmt}"
+                buf = io.BytesIO()
+                fig.savefig(buf, format=fmt, dpi=dpi, metadata=_metadata(fmt))
+                # replaces a symlink planted at path instead of writing through it
+                written.append(write_atomic(path, buf.getvalue()))
     return written
 
 
