@@ -22,8 +22,8 @@ from . import cnn, instability, mlp, precision, recurrent, resnet, setups, trans
 from .case import OUTCOMES, VERDICTS, Case, Train
 
 CASES: list[Case] = [
-    *mlp.CASES, *cnn.CASES, *resnet.CASES, *transformer.CASES, *instability.CASES, *recurrent.CASES, *setups.CASES,
-    *precision.CASES,
+    *mlp.CASES, *cnn.CASES, *resnet.CASES, *transformer.CASES, *instability.CASES,
+    *recurrent.CASES, *setups.CASES, *precision.CASES,
 ]
 BY_NAME: dict[str, Case] = {c.name: c for c in CASES}
 assert len(BY_NAME) == len(CASES), "case names must be unique"
