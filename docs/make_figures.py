@@ -1,15 +1,17 @@
-"""Regenerate every figure of the tutorial (docs/tutorial.md) into docs/img/.
+"""Regenerate every figure of the tutorial (docs/tutorial.md) and of docs/explain/theory.md.
 
     python docs/make_figures.py                  # the figures committed in docs/img/ (~1 min)
     python docs/make_figures.py --quick          # fewer steps and points, a few seconds
     python docs/make_figures.py --out DIR        # write somewhere else
     python docs/make_figures.py --only heatmap   # figures whose name contains "heatmap"
 
-Each figure trains or checks the same small models as the tutorial's code blocks (8 hidden
-layers of 32 units on scikit-learn's digits, plain SGD) and draws them with gradwatch's own
-figure functions (:mod:`gradwatch.report.figures`) where one exists, with plain matplotlib
-from a :class:`gradwatch.Run` or a Checkup otherwise. Runs are kept in memory; nothing but
-the PNG files is written.
+``--only theory`` redraws the two figures of docs/explain/theory.md (``theory_figures.py``:
+gw.theory.predict against Monte Carlo on every configuration of benchmarks/theory_mc,
+several minutes). Every other figure trains or checks the same small models as the
+tutorial's code blocks (8 hidden layers of 32 units on scikit-learn's digits, plain SGD) and
+draws them with gradwatch's own figure functions (:mod:`gradwatch.report.figures`) where one
+exists, with plain matplotlib from a :class:`gradwatch.Run` or a Checkup otherwise. Runs are
+kept in memory; nothing but the PNG files is written.
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ class Lab:
 
     quick: bool
     timings: dict[str, float] = field(default_factory=dict)
+    cache: dict[str, object] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -362,7 +365,39 @@ def edge_of_chaos(lab: Lab) -> Figure:
     return fig
 
 
-#: Every figure of the tutorial: file name (docs/img/<name>.png) -> function drawing it.
+def _theory_figures():
+    """docs/theory_figures.py (the figures of docs/explain/theory.md), loaded from its file."""
+    import importlib.util
+    import sys
+
+    name = "gradwatch_docs_theory_figures"
+    if name not in sys.modules:
+        path = Path(__file__).parent / "theory_figures.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+def _theory_rows(lab: Lab) -> list[dict]:
+    if "theory_rows" not in lab.cache:
+        lab.cache["theory_rows"] = _theory_figures().results(lab.quick)
+    return lab.cache["theory_rows"]
+
+
+def theory_predicted_vs_measured(lab: Lab) -> Figure:
+    """gw.theory.predict against Monte Carlo, every layer of every configuration."""
+    return _theory_figures().scatter(_theory_rows(lab))
+
+
+def theory_profiles(lab: Lab) -> Figure:
+    """Predicted and measured per-layer profiles of a few configurations."""
+    return _theory_figures().profiles(_theory_rows(lab), lab.quick)
+
+
+#: Every figure of the tutorial and of docs/explain/theory.md: file name
+#: (docs/img/<name>.png) -> function drawing it.
 FIGURES: dict[str, Callable[[Lab], Figure]] = {
     "sigmoid-derivative": sigmoid_derivative,
     "sigmoid-gradient-flow": sigmoid_gradient_flow,
@@ -373,6 +408,8 @@ FIGURES: dict[str, Callable[[Lab], Figure]] = {
     "clipping": clipping,
     "rnn-vs-lstm": rnn_vs_lstm,
     "edge-of-chaos": edge_of_chaos,
+    "theory-predicted-vs-measured": theory_predicted_vs_measured,
+    "theory-profiles": theory_profiles,
 }
 
 

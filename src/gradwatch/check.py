@@ -45,6 +45,7 @@ from gradwatch.monitor.lifecycle import standing_aside
 from gradwatch.probes import TEMPORAL_COLUMNS, ForwardProbe, TemporalProbe
 from gradwatch.store.reader import Run
 from gradwatch.structure import describe
+from gradwatch.theory.opinion import second_opinion
 from gradwatch.verdicts import verdict
 
 #: A diagnosis: ``rules(run, is_checkup) -> findings``. ``check`` sits below
@@ -172,6 +173,7 @@ def check(
     *,
     train_mode: bool = True,
     rules: Rules | None = None,
+    theory: bool = True,
 ) -> Checkup:
     """Check a model's gradient flow with one forward/backward pass on a batch.
 
@@ -192,6 +194,9 @@ def check(
             False for eval mode.
         rules: the diagnosis, ``rules(run, is_checkup) -> list[Finding]``; by default the
             rules of :mod:`gradwatch.diagnose` (see :func:`use_rules`).
+        theory: add mean-field theory's second opinion
+            (:func:`gradwatch.theory.opinion.second_opinion`): a "theory_mismatch" note
+            (severity info, no verdict change) where prediction and measurement disagree.
 
     Returns:
         a :class:`Checkup` (``table``, ``findings``, ``verdict``, ``run``, ``loss``,
@@ -226,6 +231,8 @@ def check(
         raise GradwatchTypeError(f"loss_fn must be callable, got {type(loss_fn).__name__}")
     if not isinstance(train_mode, bool):
         raise GradwatchTypeError(f"train_mode must be a bool, got {type(train_mode).__name__}")
+    if not isinstance(theory, bool):
+        raise GradwatchTypeError(f"theory must be a bool, got {type(theory).__name__}")
     if rules is None:
         rules = _DEFAULT_RULES[0] if _DEFAULT_RULES else handoff.check_rules()
     if rules is None:
@@ -291,8 +298,12 @@ def check(
     for name, shape in probe.shapes.items():
         info.setdefault(name, {}).setdefault("out_shape", shape)
     findings = rules(run, True)
+    table = _table(run)
+    if theory:  # a note where mean-field theory disagrees with the measurement; no verdict change
+        readout = "output" if loss_kind == "default" else "random"
+        findings = findings + second_opinion(model, args, table, readout, train_mode)
     return Checkup(
-        table=_table(run),
+        table=table,
         findings=findings,
         verdict=verdict(findings),
         run=run,

@@ -92,6 +92,13 @@ CASES = [
     ),
     (residual, "residual", ("runs", "50-plain+bn", "loss_end"), 0.01, "trains worse than the"),
     (residual, "residual", ("runs", "50-residual", "loss_end"), 2.3, "Degradation"),
+    (
+        residual,
+        "residual",
+        ("runs", "30-plain+bn", "predicted_backprop_ratio"),
+        1e6,
+        "Mean-field theory predicts every net's",
+    ),
 ]
 
 

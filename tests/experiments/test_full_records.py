@@ -121,6 +121,7 @@ CASES = [
     ("residual", ("runs", "100-residual", "loss_end"), 2.2, "Degradation"),
     ("residual", ("runs", "100-plain+bn", "loss_end"), 0.01, "trains worse than the residual"),
     ("residual", ("runs", "100-residual", "backprop_ratio"), 1e-4, "The residual net's does not"),
+    ("residual", ("runs", "100-residual", "predicted_backprop_ratio"), 100.0, "Mean-field theory"),
     # xiong2020: post-LN as flat and small as pre-LN at init
     (
         "xiong2020",

@@ -11,6 +11,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from theory_oracles import quad_chi1, quad_q_star
 
@@ -101,3 +102,58 @@ def test_bad_numbers_are_one_line_and_exit_code_two(capsys, args, needle):
     assert code == 2 and stdout == ""
     lines = err.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0]
+
+
+def test_a_residual_mlp_from_settings(capsys):
+    code, stdout, err = main(
+        capsys, "--activation", "relu", "--sigma-w2", "2", "--blocks", "6",
+        "--residual-alpha", "0.4", "--width", "32", "--json",
+    )  # fmt: skip
+    assert code == 0, err
+    out = json.loads(stdout)
+    assert out["settings"]["kind"] == "residual_mlp" and out["settings"]["blocks"] == 6
+    pred = out["prediction"]
+    assert pred["method"] == "graph" and pred["verdict"] == "healthy"
+    layers = pred["layers"]
+    assert [r["layer"] for r in layers][:3] == ["inp", "blocks.0.0", "blocks.0.2"]
+    assert layers[-1]["layer"] == "out" and layers[-1]["attenuation"] == 1.0
+    # ReLU branch: each block multiplies ‖δ‖² by 1 + α² σ1² σ2²/2 toward the input
+    w = [r["attenuation"] for r in layers if r["layer"].endswith(".2")]
+    ratios = np.array(w[:-1]) / np.array(w[1:])
+    s1 = [r["sigma_w2"] for r in layers if r["layer"].endswith(".0")]
+    s2 = [r["sigma_w2"] for r in layers if r["layer"].endswith(".2")]
+    expected = 1 + 0.16 * np.array(s1[1:]) * np.array(s2[1:]) / 2
+    np.testing.assert_allclose(ratios, expected, rtol=1e-6)
+
+
+def test_a_transformer_from_settings_for_people(capsys):
+    code, stdout, err = main(
+        capsys, "--attention", "--blocks", "2", "--norm", "post", "--width", "16", "--heads",
+        "2", "--seq-len", "4",
+    )  # fmt: skip
+    assert code == 0, err
+    for needle in ("transformer", "healthy", "body.layers.1.linear2", "attenuation", "‖δ_last‖²"):
+        assert needle in stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["--activation", "relu", "--sigma-w2", "2", "--blocks", "0"], "--blocks"),
+        (["--activation", "relu", "--sigma-w2", "2", "--blocks", "3", "--residual-alpha", "-1"],
+         "--residual-alpha"),
+        (["--activation", "relu", "--sigma-w2", "2", "--residual-alpha", "0.5"], "--blocks"),
+        (["--attention", "--blocks", "2", "--norm", "pre", "--deepnorm"], "post"),
+        (["--attention", "--blocks", "2", "--activation", "tanh"], "relu or gelu"),
+        (["--attention", "--blocks", "2", "--width", "10", "--heads", "4"], "--heads"),
+        (["--attention", "--blocks", "2", "--sigma-w2", "2"], "--sigma-w2"),
+        (["--blocks", "2"], "--activation"),
+        (["--activation", "relu", "--sigma-w2", "2", "--blocks", "2", "--depth", "3"], "--depth"),
+        (["--activation", "erf", "--sigma-w2", "1", "--blocks", "2"], "erf"),
+    ],
+)
+def test_bad_residual_and_transformer_settings(capsys, args, needle):
+    code, stdout, err = main(capsys, *args)
+    assert code == 2 and stdout == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], err

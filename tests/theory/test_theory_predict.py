@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+import gradwatch as gw
 import gradwatch.theory as T
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 
@@ -199,25 +200,88 @@ def test_predict_check_and_diagnose_share_one_verdict_on_a_40_layer_tanh_net():
 
 
 def test_models_outside_the_theory_are_uncertain_with_the_reason():
-    class Residual(nn.Module):
+    class Cumulative(nn.Module):  # an operation without a mean-field rule
         def __init__(self):
             super().__init__()
-            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 2)
 
         def forward(self, x):
-            return x + self.b(torch.relu(self.a(x)))
+            return self.b(torch.cumsum(self.a(x), dim=-1))
 
     cases = {
-        "normalization layers": nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU()),
         "recurrent layers": nn.Sequential(nn.RNN(8, 8), nn.Linear(8, 2)),
         "attention": nn.Sequential(nn.Linear(8, 8), nn.MultiheadAttention(8, 2)),
-        "may not be a chain": Residual(),
-        "does not see 1 parametrised": nn.Sequential(nn.Linear(8, 8), nn.PReLU(), nn.Linear(8, 2)),
+        "one slope per channel": nn.Sequential(nn.Linear(8, 8), nn.PReLU(8), nn.Linear(8, 2)),
+        "no mean-field rule for the operation aten.cumsum": Cumulative(),
     }
     for reason, model in cases.items():
         pred = T.predict(model)
-        assert pred.verdict == "uncertain" and reason in pred.reason, reason
-        assert pred.summary().startswith("uncertain: ") and len(pred.table) >= 1
+        assert pred.verdict == "uncertain" and reason in pred.reason, (reason, pred.reason)
+        assert pred.summary().startswith("uncertain: ")
+    # a batch does not help a recurrent net: the reason says to measure it
+    rnn = T.predict(cases["recurrent layers"], inputs=torch.randn(5, 3, 8))
+    assert rnn.verdict == "uncertain" and "gw.check" in rnn.reason and "inputs=" not in rnn.reason
+    # no probe can be built when a norm comes first: the reason says what to pass
+    norm_first = T.predict(nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 8), nn.Linear(8, 2)))
+    assert norm_first.verdict == "uncertain" and "inputs=" in norm_first.reason
+    pred = T.predict(nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 2)), inputs=torch.randn(16, 8))
+    assert pred.verdict == "healthy" and pred.method == "graph"
+
+
+def test_convolutional_nets_say_why_or_use_the_chain():
+    class ConvResidual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.branch = nn.Sequential(nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1))
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x):
+            x = self.stem(x)
+            return self.head((x + self.branch(x)).mean(dim=(2, 3)))
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    for pred in (T.predict(ConvResidual()), T.predict(ConvResidual(), inputs=x)):
+        assert pred.verdict == "uncertain" and "convolution" in pred.reason
+        assert "gw.check" in pred.reason
+    # a plain chain of convolutions: a batch gives its mean square to the closed form
+    chain = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.Tanh(), nn.Conv2d(16, 16, 3, padding=1), nn.Tanh(),
+        nn.Flatten(), nn.Linear(16 * 64, 2),
+    )  # fmt: skip
+    scaled = T.predict(chain, inputs=4 * x)
+    assert scaled.method == "chain" and scaled.verdict != "uncertain"
+    q0 = float((4 * x).double().pow(2).mean())
+    assert scaled.table["q"].iloc[0] == pytest.approx(T.predict(chain, q0=q0).table["q"].iloc[0])
+    assert scaled.table["q"].iloc[0] > 10 * T.predict(chain).table["q"].iloc[0]
+    # check's second opinion stays silent on it (the closed form does not count positions)
+    cu = gw.check(chain, x)
+    assert "theory_mismatch" not in [f.kind for f in cu.findings]
+
+
+def test_residual_and_normalised_models_are_predicted_not_uncertain():
+    class Residual(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.out = nn.Linear(8, 8), nn.Linear(8, 8), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.out(x + self.b(torch.relu(self.a(x))))
+
+    torch.manual_seed(0)
+    models = {
+        "batch norm chain": nn.Sequential(
+            nn.Linear(8, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2)
+        ),
+        "residual block": Residual(),
+        "prelu, one slope": nn.Sequential(nn.Linear(8, 8), nn.PReLU(), nn.Linear(8, 8)),
+    }
+    for name, model in models.items():
+        pred = T.predict(model)
+        assert pred.method == "graph" and pred.verdict == "healthy", (name, pred.reason)
+        assert np.all(np.isfinite(pred.table["attenuation"])), name
+        assert pred.table["attenuation"].iloc[-1] == 1.0
 
 
 def test_nan_weights_are_not_healthy():

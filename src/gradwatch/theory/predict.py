@@ -1,8 +1,20 @@
 """Predict a model's gradient flow from its initialisation, by mean-field theory.
 
-Walks the model's modules in order, takes each nn.Linear / nn.Conv{1,2,3}d as a layer and
-the first activation module after it as its activation, measures σw² = fan_in · Var(W) and
-σb² = Var(b), and propagates the forward length from the input (second moment q0):
+Two methods, one answer (:class:`~gradwatch.theory.prediction.Prediction`):
+
+- a **plain chain** of Linear/Conv layers and activation modules (no ``inputs`` needed) is
+  read from its modules, with the closed-form recursion below;
+- **any other model** (residual connections, LayerNorm/RMSNorm/BatchNorm, attention,
+  embeddings, functional activations), or any model given ``inputs``, runs once on a batch
+  and the mean-field rules are applied to the operations it records
+  (:mod:`~gradwatch.theory.graph_predict`): the same recursion, extended by the residual
+  sum q_{l+1} = q_l + α² V_branch(q_l) (Yang & Schoenholz 2017), norms that reset the
+  scale, and attention's Gaussian expectations (Kedia et al. 2024; Noci et al. 2022).
+
+The chain method walks the model's modules in order, takes each nn.Linear / nn.Conv{1,2,3}d
+as a layer and the first activation module after it as its activation, measures
+σw² = fan_in · Var(W) and σb² = Var(b), and propagates the forward length from the input
+(second moment q0):
 
     q_l = σw²_l m_{l−1} + σb²_l,   m_l = ∫Dz φ_l(√q_l z)²,   m_0 = q0.
 
@@ -28,7 +40,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -38,95 +50,72 @@ from torch import nn
 
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.structure import is_norm, is_recurrent, is_residual_block
-from gradwatch.theory import fixed_points
+from gradwatch.theory import fixed_points, graph_predict
 from gradwatch.theory.activations import Activation, activation_from_module, resolve_activation
 from gradwatch.theory.meanfield import CRITICAL_TOL, phase_of, trainable_depth
+from gradwatch.theory.prediction import Prediction
 from gradwatch.verdicts import depth_verdict
-from gradwatch.wording import number
 
 #: Module types that count as layers.
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: Why a recurrent model is outside (no batch helps: the rules need independent layers).
+RECURRENT_REASON = (
+    "the model has recurrent layers (RNN/LSTM/GRU): time acts as depth with the same weights "
+    "at every step, which this theory of independent random layers does not model; measure "
+    "it with gw.check (its gradient flow through time)"
+)
+#: Columns of a plain chain's table.
+CHAIN_COLUMNS = (
+    "layer", "type", "activation", "fan_in", "sigma_w2", "sigma_b2", "q", "chi1", "attenuation",
+)
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """What mean-field theory predicts for a model at its current weights.
-
-    Attributes:
-        table: one row per layer, input side first: layer, type, activation, fan_in,
-            sigma_w2, sigma_b2, q (pre-activation variance), chi1 (σw² ∫Dz φ'(√q z)² of
-            the layer's own activation), attenuation (predicted ‖δ_layer‖² / ‖δ_last‖²).
-        phase: "ordered", "chaotic" or "critical", from the geometric mean per-layer factor.
-        gradient_ratio: predicted ‖δ_first‖² / ‖δ_last‖² (the first row's attenuation).
-        trainable_depth: 6 ξ_c for the typical hidden layer (median σw², σb²; the most
-            common activation).
-        verdict: "vanishing", "exploding" or "healthy" from ``gradient_ratio`` (the
-            thresholds of :mod:`gradwatch.verdicts`), "nonfinite" for NaN/Inf weights, or
-            "uncertain" for a model outside the theory (see ``reason``).
-        depth: the number of layers.
-        reason: why the verdict is "uncertain" or "nonfinite" ("" otherwise).
-
-    """
-
-    table: pd.DataFrame
-    phase: str
-    gradient_ratio: float
-    trainable_depth: float
-    verdict: str
-    depth: int
-    reason: str = ""
-
-    @property
-    def norm_ratio(self) -> float:
-        """Predicted ‖δ_first‖ / ‖δ_last‖: the number the verdict judges."""
-        return math.sqrt(self.gradient_ratio) if self.gradient_ratio >= 0 else math.nan
-
-    def summary(self) -> str:
-        """Return one plain sentence with the verdict and the numbers behind it."""
-        if self.reason:
-            return f"{self.verdict}: {self.reason}"
-        return (
-            f"{self.verdict}: {self.depth} layers in the {self.phase} phase; the "
-            f"back-propagated gradient's norm is predicted to change by a factor "
-            f"{number(self.norm_ratio)} from the last layer to the first; trainable depth "
-            f"about {number(self.trainable_depth)}"
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the prediction as plain Python objects (the table as a list of rows)."""
-        return {
-            "phase": self.phase,
-            "gradient_ratio": self.gradient_ratio,
-            "trainable_depth": self.trainable_depth,
-            "verdict": self.verdict,
-            "reason": self.reason,
-            "norm_ratio": self.norm_ratio,
-            "depth": self.depth,
-            "layers": self.table.to_dict(orient="records"),
-        }
-
-
-def predict(model: nn.Module, q0: float = 1.0, tol: float = CRITICAL_TOL) -> Prediction:
+def predict(
+    model: nn.Module,
+    q0: float = 1.0,
+    tol: float = CRITICAL_TOL,
+    *,
+    inputs: Any = None,
+    train_mode: bool = True,
+    readout: str = "random",
+    samples: int = 512,
+) -> Prediction:
     """Predict whether ``model``'s gradients vanish or explode, from its weights alone.
 
     Args:
-        model: an nn.Sequential-like model: its modules, in registration order, are the
-            layers (nn.Linear, nn.Conv1d/2d/3d) each followed by its activation module
-            (none means linear). Activations applied with torch.nn.functional inside
-            forward() are not seen; normalization layers are not modelled.
-        q0: the second moment of the input coordinates, E[x²] (1 for standardised data).
+        model: the network. A plain chain (an nn.Sequential of Linear/Conv layers and
+            activation modules) is read from its modules; any other model (residual
+            connections, normalisation, attention, embeddings, functional activations) runs
+            once on ``inputs`` (or on a probe batch built from its first layer) and the
+            mean-field rules are applied to the operations it records.
+        q0: the second moment of the input coordinates, E[x²] (1 for standardised data), for
+            a plain chain or a probe batch; given inputs bring their own.
         tol: half-width of the "critical" band for the per-layer factor, in (0, 1).
+        inputs: a batch, a tensor or a tuple of tensors passed as ``model(*inputs)``
+            (token ids for a language model). Needed when no probe can be built (the first
+            layer is not a Linear, an Embedding or a MultiheadAttention). Only its second
+            moments matter: the theory averages over the random weights, not over the data.
+        train_mode: run the forward pass in train mode (BatchNorm uses batch statistics),
+            as ``gw.check`` does.
+        readout: the gradient at the output: "random" (a random linear read-out:
+            independent unit gradients), "output" (the gradient of ½‖y‖², ``gw.check``'s
+            default loss), or a tensor ∂L/∂output of the output's shape (e.g. a
+            cross-entropy's (softmax − one-hot)/N on the same batch), whose second moments
+            within and across examples start the backward pass.
+        samples: draws of the Gaussian expectations over attention scores (more: smoother).
 
     Returns:
         A :class:`Prediction`; its verdict is "uncertain" (with the reason) for a model
         outside the theory, "nonfinite" when a weight is NaN/Inf.
 
     Raises:
-        GradwatchTypeError: ``model`` is not an nn.Module.
-        GradwatchValueError: ``model`` has no Linear or Conv layer, a layer with no weights,
-            q0 is not > 0, or tol is not a number in (0, 1).
+        GradwatchTypeError: ``model`` is not an nn.Module, or ``inputs`` not tensors.
+        GradwatchValueError: ``model`` has no Linear or Conv layer (plain chain), a layer
+            with no weights, q0 is not > 0, tol is not in (0, 1), readout is not "random" or
+            "output", samples is not a positive int, or ``inputs`` do not fit the model.
 
-    References: Schoenholz et al. 2017; Poole et al. 2016.
+    References: Schoenholz et al. 2017; Poole et al. 2016; Yang & Schoenholz 2017; Xiong et
+    al. 2020; Kedia et al. 2024.
 
     """
     if not isinstance(model, nn.Module):
@@ -144,23 +133,97 @@ def predict(model: nn.Module, q0: float = 1.0, tol: float = CRITICAL_TOL) -> Pre
             f"tol must be a number in (0, 1), got {tol!r}; it is the half-width of the "
             f"critical band of the per-layer factor (default {CRITICAL_TOL})"
         )
-    layers = _layers_and_activations(model)
-    if not layers:
+    if not isinstance(readout, torch.Tensor) and readout not in ("random", "output"):
         raise GradwatchValueError(
-            f"model has no nn.Linear or nn.Conv1d/2d/3d layer (it is a {type(model).__name__}); "
-            "predict() needs a stack of such layers and activation modules"
+            f"readout must be 'random', 'output' or a tensor (the gradient of the loss with "
+            f"respect to the model's output), got {readout!r}; 'random' is a random linear "
+            "read-out, 'output' the gradient of 0.5*||y||^2"
         )
-    for name, module, _ in layers:
-        if isinstance(module.weight, nn.parameter.UninitializedParameter):
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 16:
+        raise GradwatchValueError(
+            f"samples must be an int >= 16, got {samples!r}; it is the number of draws of the "
+            "attention expectations (default 512)"
+        )
+    if not isinstance(train_mode, bool):
+        raise GradwatchTypeError(f"train_mode must be a bool, got {type(train_mode).__name__}")
+    _check_weights(model)
+    if any(is_recurrent(m) for m in model.modules()):
+        pred = predict_chain(model, q0, tol, require_layers=False)
+        return replace(pred, reason=RECURRENT_REASON) if pred.verdict == "uncertain" else pred
+    chain = outside_theory(model) == ""
+    if inputs is None and chain:
+        return predict_chain(model, q0, tol)
+    if inputs is None:
+        probe = graph_predict.probe_inputs(model, q0)
+        if probe is not None:
+            try:
+                return graph_predict.predict_graph(model, probe, tol, train_mode, readout, samples)
+            except GradwatchValueError:
+                pass  # the probe does not fit this model: say what is missing
+        pred = predict_chain(model, q0, tol, require_layers=False)
+        if not pred.reason:
+            return pred
+        if any(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) for m in model.modules()):
+            reason = (
+                "the model has convolutions in a net that is not a plain chain of layers: "
+                "their overlapping windows mix positions, for which the rules read from a "
+                "forward pass have none yet; measure the model with gw.check"
+            )
+        else:
+            reason = (
+                pred.reason + "; pass inputs= (a batch for model(*inputs)) to predict it from "
+                "its forward pass"
+            )
+        return replace(pred, reason=reason)
+    inputs = graph_predict.check_inputs(inputs)
+    pred = graph_predict.predict_graph(model, inputs, tol, train_mode, readout, samples)
+    if pred.verdict == "uncertain" and chain:
+        # a plain chain the operations' rules cannot follow (convolutions): its modules
+        # still give the closed-form recursion, from the batch's mean square
+        return predict_chain(model, _mean_square(inputs, q0), tol)
+    return pred
+
+
+def _mean_square(inputs: tuple[torch.Tensor, ...], default: float) -> float:
+    """E[x²] of the first floating-point input (``default`` when none, or not positive)."""
+    x = next((t for t in inputs if t.is_floating_point() and t.numel()), None)
+    q = float(x.detach().double().pow(2).mean()) if x is not None else default
+    return q if math.isfinite(q) and q > 0 else default
+
+
+def _check_weights(model: nn.Module) -> None:
+    for name, module in model.named_modules():
+        w = getattr(module, "weight", None) if isinstance(module, LAYER_TYPES) else None
+        if isinstance(w, nn.parameter.UninitializedParameter):
             raise GradwatchValueError(
                 f"model: layer '{name or '(root)'}' has uninitialised (lazy) weights; run one "
                 "forward pass first"
             )
-        if module.weight.numel() == 0:
+        if isinstance(w, torch.Tensor) and w.numel() == 0:
             raise GradwatchValueError(
                 f"model: layer '{name or '(root)'}' ({module}) has no weights (a zero-sized "
                 "dimension); give every Linear/Conv layer at least one input and one output"
             )
+
+
+def predict_chain(
+    model: nn.Module, q0: float = 1.0, tol: float = CRITICAL_TOL, require_layers: bool = True
+) -> Prediction:
+    """The closed-form prediction of a plain chain of layers (see the module docstring)."""
+    layers = _layers_and_activations(model)
+    if not layers:
+        if not require_layers:
+            reason = outside_theory(model) or "the model has no Linear or Conv layer"
+            return Prediction(
+                table=pd.DataFrame(columns=list(CHAIN_COLUMNS)), phase="critical",
+                gradient_ratio=math.nan, trainable_depth=math.nan, verdict="uncertain",
+                depth=0, reason=reason,
+            )
+        raise GradwatchValueError(
+            f"model has no nn.Linear or nn.Conv1d/2d/3d layer (it is a {type(model).__name__}); "
+            "predict() needs a stack of such layers and activation modules, or inputs= to "
+            "read any other model from its forward pass"
+        )
     rows = []
     dphi2 = []  # ∫Dz φ'(√q z)² per layer: the activation's share of the backward factor
     m_prev = float(q0)

@@ -1,0 +1,253 @@
+"""The configurations on which ``gw.theory.predict`` is checked against Monte Carlo.
+
+Each :class:`Config` builds a fresh model (its weights drawn by the seed set just before),
+names a fixed batch (the theory averages over the random weights, not over the data, so
+every seed sees the same batch) and says how many seeds the geometric mean takes.
+``quick`` configurations run in the default test suite; the others under ``-m slow``.
+``expect`` is "predicted", or "uncertain" for a model the theory declares outside itself.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import nn
+
+from .models import DeepNormEncoder, ResidualMLP, TokenEncoder, bert, gpt2
+
+
+@dataclass(frozen=True)
+class Config:
+    """One architecture at one setting (see the module docstring)."""
+
+    name: str
+    family: str
+    description: str
+    build: Callable[[], nn.Module]
+    batch: Callable[[], tuple[torch.Tensor, ...]]
+    seeds: int = 8
+    quick: bool = False
+    expect: str = "predicted"
+
+
+def features(n: int = 32, d: int = 64) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """A fixed batch of standard Gaussian features."""
+    return lambda: (torch.randn(n, d, generator=torch.Generator().manual_seed(0)),)
+
+
+def tokens(vocab: int, n: int = 4, t: int = 16) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """A fixed batch of uniformly random tokens."""
+    return lambda: (torch.randint(0, vocab, (n, t), generator=torch.Generator().manual_seed(0)),)
+
+
+def _res(depth, act, alpha, sw2, **kw):
+    return partial(ResidualMLP, 64, 128, depth, act, alpha, sigma_w2=sw2, **kw)
+
+
+ACTS = {"tanh": (nn.Tanh, 1.0), "relu": (nn.ReLU, 2.0), "gelu": (nn.GELU, 2.0)}
+
+
+def _residual_mlps() -> list[Config]:
+    out = []
+    for act_name, (act, sw2) in ACTS.items():
+        for depth, alpha, label in (
+            (12, 1 / math.sqrt(12), "1/√L"),
+            (50, 1 / math.sqrt(50), "1/√L"),
+            (30, 1.0, "1"),
+        ):
+            if act_name == "relu" and alpha == 1.0:
+                depth = 20  # ‖δ‖² doubles per block: 20 blocks give 10⁶ already
+            out.append(
+                Config(
+                    name=f"residual_{act_name}_{depth}_alpha_{'1' if alpha == 1.0 else 'isqrtL'}",
+                    family="residual MLP",
+                    description=f"{depth} blocks x + α·W₂ {act_name}(W₁ x), α = {label}, "
+                    f"width 128, σw² = {sw2:g}",
+                    build=_res(depth, act, alpha, sw2),
+                    batch=features(),
+                    seeds=4 if act_name == "tanh" and depth == 12 else 8,
+                    quick=act_name == "tanh" and depth == 12,
+                )
+            )
+    return out
+
+
+def _normalised() -> list[Config]:
+    return [
+        Config(
+            "residual_relu_20_final_ln",
+            "residual MLP",
+            "20 ReLU blocks, α = 1, default init, final LayerNorm",
+            partial(ResidualMLP, 64, 128, 20, nn.ReLU, 1.0, final_norm="ln"),
+            features(),
+        ),
+        Config(
+            "pre_ln_residual_gelu_30",
+            "pre-norm MLP",
+            "30 blocks x + W₂ GELU(W₁ LN(x)), final LayerNorm",
+            partial(ResidualMLP, 64, 128, 30, nn.GELU, 1.0, pre_norm="ln", final_norm="ln"),
+            features(),
+        ),
+        Config(
+            "pre_rms_residual_gelu_30",
+            "pre-norm MLP",
+            "30 blocks x + W₂ GELU(W₁ RMSNorm(x)), final RMSNorm",
+            partial(ResidualMLP, 64, 128, 30, nn.GELU, 1.0, pre_norm="rms", final_norm="rms"),
+            features(),
+        ),
+        Config(
+            "bn_residual_relu_20",
+            "BatchNorm residual",
+            "20 pre-activation blocks x + W₂ ReLU(W₁ BN(x)), batch 64",
+            partial(ResidualMLP, 64, 128, 20, nn.ReLU, 1.0, pre_norm="bn"),
+            features(64),
+            seeds=6,
+        ),
+        Config(
+            "bn_inner_residual_relu_10",
+            "BatchNorm residual",
+            "10 blocks x + W₂ ReLU(BN(W₁ x)), final BatchNorm, batch 64",
+            partial(ResidualMLP, 64, 128, 10, nn.ReLU, 1.0, inner_norm="bn", final_norm="bn"),
+            features(64),
+            seeds=6,
+        ),
+        Config(
+            "bn_residual_relu_6",
+            "BatchNorm residual",
+            "6 pre-activation BN blocks, width 64, batch 32",
+            partial(ResidualMLP, 64, 64, 6, nn.ReLU, 1.0, pre_norm="bn"),
+            features(32),
+            seeds=4,
+            quick=True,
+        ),
+    ]
+
+
+def _transformers() -> list[Config]:
+    v = 32
+    return [
+        Config(
+            "encoder_pre_ln_6",
+            "nn.TransformerEncoder",
+            "pre-LN, 6 layers, d = 64, 4 heads, independent layers",
+            partial(TokenEncoder, 6, True),
+            tokens(v),
+            seeds=6,
+        ),
+        Config(
+            "encoder_post_ln_6",
+            "nn.TransformerEncoder",
+            "post-LN, 6 layers, d = 64, 4 heads, independent layers",
+            partial(TokenEncoder, 6, False),
+            tokens(v),
+            seeds=6,
+        ),
+        Config(
+            "encoder_pre_ln_24",
+            "nn.TransformerEncoder",
+            "pre-LN, 24 layers, d = 64, independent layers",
+            partial(TokenEncoder, 24, True),
+            tokens(v),
+            seeds=6,
+        ),
+        Config(
+            "encoder_post_ln_24",
+            "nn.TransformerEncoder",
+            "post-LN, 24 layers, d = 64, independent layers",
+            partial(TokenEncoder, 24, False),
+            tokens(v),
+            seeds=6,
+        ),
+        Config(
+            "encoder_post_ln_6_gelu_seq_first",
+            "nn.TransformerEncoder",
+            "post-LN, GELU, (T, N, d) layout",
+            partial(TokenEncoder, 6, False, activation="gelu", batch_first=False),
+            tokens(v),
+            seeds=6,
+        ),
+        Config(
+            "encoder_pre_ln_2",
+            "nn.TransformerEncoder",
+            "pre-LN, 2 layers, d = 32, 2 heads, independent layers",
+            partial(TokenEncoder, 2, True, d=32, heads=2),
+            tokens(v, n=4, t=8),
+            seeds=4,
+            quick=True,
+        ),
+        Config(
+            "deepnorm_24",
+            "DeepNorm",
+            "post-LN with α = (2N)^¼, β = (8N)^-¼, 24 layers",
+            partial(DeepNormEncoder, 24),
+            tokens(v),
+            seeds=6,
+        ),
+        Config(
+            "gpt2_4",
+            "Hugging Face",
+            "GPT2LMHeadModel from a config: 4 layers, d = 64",
+            partial(gpt2, 4),
+            tokens(64),
+            seeds=6,
+        ),
+        Config(
+            "gpt2_12",
+            "Hugging Face",
+            "GPT2LMHeadModel from a config: 12 layers, d = 64",
+            partial(gpt2, 12),
+            tokens(64),
+            seeds=6,
+        ),
+        Config(
+            "bert_4",
+            "Hugging Face",
+            "BertForMaskedLM from a config: 4 layers, d = 64",
+            partial(bert, 4),
+            tokens(64),
+            seeds=6,
+        ),
+        Config(
+            "gpt2_4_dropout",
+            "Hugging Face",
+            "GPT2LMHeadModel, 4 layers, d = 64, its default dropout 0.1 (train mode)",
+            partial(gpt2, 4, dropout=0.1),
+            tokens(64),
+            seeds=6,
+        ),
+        Config(
+            "bert_4_dropout",
+            "Hugging Face",
+            "BertForMaskedLM, 4 layers, d = 64, its default dropout 0.1 (train mode)",
+            partial(bert, 4, dropout=0.1),
+            tokens(64),
+            seeds=6,
+        ),
+        Config(
+            "gpt2_2_small",
+            "Hugging Face",
+            "GPT2LMHeadModel from a config: 2 layers, d = 32",
+            partial(gpt2, 2, 32, 2),
+            tokens(64, n=4, t=8),
+            seeds=4,
+            quick=True,
+        ),
+        Config(
+            "encoder_pre_ln_6_stock",
+            "outside the theory",
+            "nn.TransformerEncoder as built (its 6 layers start identical)",
+            partial(TokenEncoder, 6, True, independent=False),
+            tokens(v),
+            seeds=6,
+            expect="uncertain",
+        ),
+    ]
+
+
+CONFIGS: list[Config] = [*_residual_mlps(), *_normalised(), *_transformers()]
+BY_NAME: dict[str, Config] = {c.name: c for c in CONFIGS}
+assert len(BY_NAME) == len(CONFIGS), "configuration names must be unique"
