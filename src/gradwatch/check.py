@@ -301,7 +301,8 @@ def check(
     table = _table(run)
     if theory:  # a note where mean-field theory disagrees with the measurement; no verdict change
         readout = "output" if loss_kind == "default" else "random"
-        findings = findings + second_opinion(model, args, table, readout, train_mode)
+        with standing_aside(model):  # its passes are not the training's either
+            findings = findings + second_opinion(model, args, table, readout, train_mode)
     return Checkup(
         table=table,
         findings=findings,
