@@ -6,12 +6,19 @@ trains the model, and where that truth comes from: a paper's result (cited as
 /work/shared/REFERENCES.md does) or the zoo's own training run. Either way the training run
 is checked, not assumed: :class:`Train` says what the loss must do (fall by a stated
 fraction, stall, or diverge) and the zoo flags a case whose training outcome did not hold.
+A case may also name remedies the model already has (``forbid_remedies``): the zoo flags a
+finding that offers one of them.
+
+This is the one Case API of both sets (``benchmarks/README.md``): the development set
+(``benchmarks/zoo/*.py``) and the held-out set (``benchmarks/zoo/heldout/``, a package whose
+``CASES`` lists its cases). Fields are only ever added, with defaults, so a case written for
+an earlier version keeps working.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -91,6 +98,13 @@ class Case:
         seed: for the model and the batches.
         budget_s: CPU seconds the case may take (check and run, one thread); the zoo
             reports the cases over budget.
+        forbid_remedies: remedy names (``gradwatch.diagnose._advice.PHRASES``) a finding
+            must not offer, at init or after the run, because the model already has what
+            they would add (e.g. "residual" for a DenseNet, "he_init" for He-init weights).
+        measured: the figures measured when the truth was written down (held-out cases:
+            ``benchmarks/zoo_heldout_truth.py`` measures them by brute-force autograd and a
+            training run, without gradwatch), name -> value; empty for the development
+            zoo, whose truth cites papers and its training runs.
     """
 
     name: str
@@ -106,6 +120,8 @@ class Case:
     quick: bool = False
     seed: int = 0
     budget_s: float = 15.0
+    forbid_remedies: tuple[str, ...] = ()
+    measured: dict[str, float] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         for v in (self.expect_init, self.expect_run):

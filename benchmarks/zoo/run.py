@@ -33,6 +33,13 @@ def _kinds(findings) -> list[str]:
     return sorted({f"{f.kind}:{f.severity}" for f in findings})
 
 
+def _offered(findings, case: Case) -> dict[str, list[str]]:
+    """Remedies offered, and those of them the case forbids (the model has them)."""
+    offered = sorted({r for f in findings for r in f.remedies})
+    return {"remedies": offered,
+            "forbidden_offered": [r for r in offered if r in case.forbid_remedies]}
+
+
 def check_at_init(case: Case) -> dict[str, Any]:
     """``gw.check`` on the case's batch, on a freshly built model."""
     model = _seeded(case.seed, case.model)
@@ -40,7 +47,7 @@ def check_at_init(case: Case) -> dict[str, Any]:
     inputs, targets = case.batch()
     cu = gw.check(model, inputs, targets, case.loss)
     return {"verdict": cu.verdict, "findings": _kinds(cu.findings),
-            "messages": [f.message for f in cu.findings][:6]}
+            "messages": [f.message for f in cu.findings][:6], **_offered(cu.findings, case)}
 
 
 def _loss_of(out, targets, loss_fn) -> torch.Tensor:
@@ -81,7 +88,8 @@ def train_watched(case: Case) -> dict[str, Any]:
                 break  # diverged: the rest of the run would only repeat the NaN
     findings = gw.diagnose(mon.run)
     return {"verdict": verdict(findings), "findings": _kinds(findings),
-            "messages": [f.message for f in findings][:6], **judge(losses, tr)}
+            "messages": [f.message for f in findings][:6], **_offered(findings, case),
+            **judge(losses, tr)}
 
 
 def judge(losses: list[float], tr: Train) -> dict[str, Any]:

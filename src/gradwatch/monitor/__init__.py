@@ -84,7 +84,7 @@ class Monitor:
         # -- the run directory, the writer and the live sink; a resumed run continues -------
         self._started = time.time()
         self._structure = describe_structure(model, None)  # module types; the graph later
-        self._structure_from_graph = False
+        self._structure_from_graph = False  # from a loss tensor's graph (else TapLoop's)
         live = make_live_sink(tensorboard) if tensorboard is not None and self.rank == 0 else None
         fn = a.diagnose if callable(a.diagnose) else diagnose_at_close() if a.diagnose else None
         self._session = session = RunSession(
