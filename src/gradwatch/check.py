@@ -217,9 +217,8 @@ def check(
     check_hookable(model)
     if any(p.device.type == "meta" for p in model.parameters()):
         raise GradwatchValueError(
-            "model has parameters on the meta device (shapes without values), so no gradient "
-            "can be measured; materialise them first, e.g. model.to_empty(device='cpu') and "
-            "an init, or gw.remedies.init_(model, 'he')"
+            "model has parameters on the meta device (shapes without values): no gradient can "
+            "be measured; materialise them, e.g. model.to_empty(device='cpu') and an init"
         )
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         raise GradwatchValueError(
@@ -314,12 +313,12 @@ def check(
     info = run.meta.setdefault("layer_info", {})
     for name, shape in probe.shapes.items():
         info.setdefault(name, {}).setdefault("out_shape", shape)
-    findings = rules(run, True)
+    findings = list(rules(run, True))
     table = _table(run)
     if theory:  # a note where mean-field theory disagrees with the measurement; no verdict change
         readout = "output" if loss_kind == "default" else "random"
         with standing_aside(model):  # its passes are not the training's either
-            findings = findings + second_opinion(model, args, table, readout, train_mode)
+            findings += second_opinion(model, args, table, readout, train_mode)
     return Checkup(
         table=table,
         findings=findings,
