@@ -7,9 +7,8 @@ gradients vanish or explode?" before any training, and leaves the model as it fo
 gradients, train/eval mode and buffers (BatchNorm running statistics) are restored, and the
 global random number generator state too.
 
-The checkup also records each layer's output shape (``meta["layer_info"][name]
-["out_shape"]``) and the model's structure (``meta["structure"]``, from
-:func:`gradwatch.structure.describe` on the loss's autograd graph), which the rules read.
+The checkup also records each layer's output shape (``meta["layer_info"][name]["out_shape"]``)
+and the structure (``meta["structure"]``, :func:`gradwatch.structure.describe`) the rules read.
 ``check`` sits below :mod:`gradwatch.diagnose` and takes its rules as an argument
 (:func:`use_rules`); ``import gradwatch`` hands them down.
 
@@ -194,9 +193,8 @@ def check(
             False for eval mode.
         rules: the diagnosis, ``rules(run, is_checkup) -> list[Finding]``; by default the
             rules of :mod:`gradwatch.diagnose` (see :func:`use_rules`).
-        theory: add mean-field theory's second opinion
-            (:func:`gradwatch.theory.opinion.second_opinion`): a "theory_mismatch" note
-            (severity info, no verdict change) where prediction and measurement disagree.
+        theory: add a "theory_mismatch" note (info) where mean-field theory disagrees
+            (:func:`gradwatch.theory.opinion.second_opinion`).
 
     Returns:
         a :class:`Checkup` (``table``, ``findings``, ``verdict``, ``run``, ``loss``,
@@ -299,9 +297,13 @@ def check(
         info.setdefault(name, {}).setdefault("out_shape", shape)
     findings = rules(run, True)
     table = _table(run)
-    if theory:  # a note where mean-field theory disagrees with the measurement; no verdict change
-        readout = "output" if loss_kind == "default" else "random"
-        findings = findings + second_opinion(model, args, table, readout, train_mode)
+    if theory:  # a note where theory and measurement disagree, unseen by a watching Monitor
+        state, readout = _save_state(model), "output" if loss_kind == "default" else "random"
+        try:
+            with standing_aside(model), torch.random.fork_rng(devices=rng_devices):
+                findings = findings + second_opinion(model, args, table, readout, train_mode)
+        finally:
+            _restore_state(model, state)
     return Checkup(
         table=table,
         findings=findings,
@@ -316,11 +318,7 @@ def check(
 def _as_args(inputs: Any) -> tuple[torch.Tensor, ...]:
     if isinstance(inputs, torch.Tensor):
         return _non_empty((inputs,))
-    if (
-        isinstance(inputs, tuple | list)
-        and inputs
-        and all(isinstance(x, torch.Tensor) for x in inputs)
-    ):
+    if isinstance(inputs, tuple | list) and inputs and all(torch.is_tensor(x) for x in inputs):
         return _non_empty(tuple(inputs))
     got = type(inputs).__name__
     if isinstance(inputs, tuple | list):
