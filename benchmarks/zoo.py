@@ -2,7 +2,9 @@
 
 Usage::
 
-    python benchmarks/zoo.py                      # every case (under 20 min on 2 cores)
+    python benchmarks/zoo.py                      # both sets (under 20 min on 2 cores)
+    python benchmarks/zoo.py --set dev            # the development set only
+    python benchmarks/zoo.py --set heldout        # the held-out set only
     python benchmarks/zoo.py --quick              # the quick subset the test suite runs
     python benchmarks/zoo.py --only mlp_relu_he_30,resnet50 --jobs 1
     python benchmarks/zoo.py --json benchmarks/results/zoo.json
@@ -10,9 +12,12 @@ Usage::
 Each case (``benchmarks/zoo/``) states its expected verdict for ``gw.check`` at
 initialisation and for ``gw.diagnose`` of a short training run watched by ``gw.watch``, and
 where that truth comes from; the training run's outcome (the loss falls, stalls or
-diverges) is checked. Cases run in a process pool, one torch thread per worker. Prints a
-confusion table (expected × got) per stage, false alarms and misses, figures by family and
-per-case CPU time; writes everything as JSON.
+diverges) is checked, and so are the remedies a case forbids (those the model already has).
+The development set and, when ``benchmarks/zoo/heldout/`` is there, the held-out set are
+scored separately: the held-out score is the one that says how the rules hold on
+architectures nobody tuned them on. Cases run in a process pool, one torch thread per
+worker. Prints a confusion table (expected × got) per set and stage, false alarms and
+misses, figures by family and per-case CPU time; writes everything as JSON.
 """
 
 from __future__ import annotations
@@ -31,14 +36,22 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.zoo import BY_NAME, CASES  # noqa: E402
+from benchmarks.zoo import SET_NAMES, cases_of  # noqa: E402
 from benchmarks.zoo.report import render, summary  # noqa: E402
+
+
+def _case_named(name: str):
+    for set_name in SET_NAMES:
+        for case in cases_of(set_name):
+            if case.name == name:
+                return case
+    raise KeyError(name)
 
 
 def _run_named(name: str) -> dict:
     from benchmarks.zoo.run import run_case
 
-    return run_case(BY_NAME[name])
+    return run_case(_case_named(name))
 
 
 def _init_worker(root: str) -> None:
@@ -59,7 +72,8 @@ def run(names: list[str], jobs: int, on_row=None) -> list[dict]:
         ctx = get_context("spawn")  # fresh interpreters: no torch threads inherited
         with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
                                  initargs=(str(ROOT),)) as pool:
-            by_budget = sorted(names, key=lambda n: -BY_NAME[n].budget_s)
+            budget = {n: _case_named(n).budget_s for n in names}
+            by_budget = sorted(names, key=lambda n: -budget[n])
             futures = [pool.submit(_run_named, n) for n in by_budget]
             for fut in as_completed(futures):
                 row = fut.result()
@@ -79,19 +93,30 @@ def _progress(row: dict, done: int, total: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command line entry point; returns 0 (the zoo reports, it does not fail)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--set", default="all", choices=("all", *SET_NAMES),
+                    help="which set to run: dev, heldout or all (default; heldout when present)")
     ap.add_argument("--quick", action="store_true", help="only the quick subset")
     ap.add_argument("--only", default="", help="comma-separated case names")
     ap.add_argument("--json", default=None, help="write the results here")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes")
     args = ap.parse_args(argv)
-    names = [c.name for c in CASES if c.quick or not args.quick]
+    sets = {s: cases_of(s) for s in SET_NAMES if args.set in ("all", s)}
+    known = {c.name: s for s, cases in sets.items() for c in cases}
+    names = [c.name for cases in sets.values() for c in cases if c.quick or not args.quick]
     if args.only:
         wanted = [n.strip() for n in args.only.split(",") if n.strip()]
-        unknown = [n for n in wanted if n not in BY_NAME]
+        unknown = [n for n in wanted if n not in known]
         if unknown:
-            ap.error(f"unknown cases {unknown}; known: {', '.join(BY_NAME)}")
+            ap.error(f"unknown cases {unknown}; known: {', '.join(known)}")
         names = [n for n in names if n in wanted] if args.quick else wanted
     t0, c0 = time.perf_counter(), time.process_time()
+
+    def by_set(rows: list[dict]) -> dict[str, list[dict]]:
+        out: dict[str, list[dict]] = {}
+        for r in rows:
+            r["set"] = known[r["name"]]
+            out.setdefault(r["set"], []).append(r)
+        return out
 
     def write(rows: list[dict], complete: bool) -> None:
         if not args.json:
@@ -105,18 +130,25 @@ def main(argv: list[str] | None = None) -> int:
                 "case_cpu_s": sum(r["cpu_s"] for r in rows), "jobs": args.jobs,
                 "loadavg": os.getloadavg(), "cpus": os.cpu_count(),
                 "python": platform.python_version(), "torch": torch.__version__,
-                "gradwatch": gradwatch.__version__, "quick": args.quick,
+                "gradwatch": gradwatch.__version__, "quick": args.quick, "set": args.set,
                 "date": time.strftime("%Y-%m-%d %H:%M:%S %Z")}
+        grouped = by_set(rows)
+        dev = grouped.get("dev", [])
+        doc = {"meta": meta, "summary": summary(dev), "cases": dev,
+               "sets": {s: {"summary": summary(r), "cases": r} for s, r in grouped.items()}}
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"meta": meta, "summary": summary(rows), "cases": rows},
-                                   indent=1, default=str))
+        path.write_text(json.dumps(doc, indent=1, default=str))
 
     # the JSON is rewritten after every case, so an interrupted run still leaves its rows
     rows = run(names, max(1, args.jobs), on_row=lambda done: write(done, False))
     wall = time.perf_counter() - t0
-    summ = summary(rows)
-    print(render(rows, summ))
+    for set_name, set_rows in by_set(rows).items():
+        title = {"dev": "Development set", "heldout": "Held-out set"}[set_name]
+        print(f"\n== {title}: {len(set_rows)} cases ==")
+        print(render(set_rows, summary(set_rows)))
+    if args.set in ("all", "heldout") and not sets.get("heldout"):
+        print("\n(no held-out set: benchmarks/zoo/heldout/ is not there)")
     case_cpu = sum(r["cpu_s"] for r in rows)
     print(f"\n{len(rows)} cases in {wall:.0f} s wall, {case_cpu:.0f} s CPU in the cases "
           f"({args.jobs} jobs; load average {os.getloadavg()[0]:.1f})")

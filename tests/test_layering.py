@@ -3,7 +3,7 @@
 Every module under src/gradwatch is parsed (``ast``), counting imports made inside functions,
 and each import is checked against the layer order of DESIGN.md:
 
-    bottom (argcheck, errors, findings, handoff, jsonable, layers, probes, schedule,
+    bottom (argcheck, errors, findings, graph, handoff, jsonable, layers, probes, schedule,
             structure, verdicts, version, wording: helpers that import only each other)
     → stats, theory → store → monitor (watch) → check → diagnose → remedies → report
     → integrations, experiments, demo → commands, cli, the package root (top)
@@ -26,7 +26,8 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src" / "gradwatch"
 
 BOTTOM = (
-    "argcheck", "errors", "findings", "handoff", "jsonable", "layers", "schedule", "structure",
+    "argcheck", "errors", "findings", "graph", "handoff", "jsonable", "layers", "schedule",
+    "structure",
     "verdicts", "version", "wording",
 )
 ORDER: list[tuple[str, ...]] = [

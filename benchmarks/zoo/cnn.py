@@ -1,4 +1,5 @@
-"""Convolutional nets on digit images: VGG-16 (± BN, two inits) and plain deep CNNs."""
+"""Convolutional nets on digit images: VGG-16 (± BN, two inits), plain deep CNNs, and a plain
+chain of 50 BN-ReLU convolutions."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from torch import nn
 
 from .case import Case, Train
 from .data import image_batch
-from .mlp import CHANCE, adam
+from .mlp import CHANCE, adam, sgd
 
 #: VGG-16, configuration D of Simonyan & Zisserman (2015), Table 1: channels, "M" = max-pool.
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
@@ -161,4 +162,41 @@ CASES = [
           drop=0.2,
           why="About half the ReLU outputs are 0 at any position; a channel is dead only if "
               "it is 0 at every position of every example, which none is."),
+]
+
+
+def plain_bn(depth: int = 50, width: int = 16) -> nn.Sequential:
+    """``depth`` 3×3 conv-BN-ReLU layers (stride 1, He init, no bias), no shortcut; GAP, linear."""
+    layers: list[nn.Module] = []
+    c_in = 3
+    for _ in range(depth):
+        layers += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width),
+                   nn.ReLU()]
+        c_in = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, 10)]
+    model = nn.Sequential(*layers)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    return model
+
+
+CASES += [
+    Case(
+        name="plain_bn_50", family="cnn", model=plain_bn,
+        batch=partial(image_batch, 10_000, size=32, batch=8),
+        expect_init="exploding", expect_run="exploding",
+        source="Yang et al. 2019, 'A Mean Field Theory of Batch Normalization', §3 and Thm. "
+               "3.9: without shortcuts batch norm explodes the gradient geometrically with "
+               "depth at any init (~1.21 per ReLU layer); zoo training runs at width 8: SGD "
+               "(lr 0.1 and 0.01, momentum 0.9) and Adam (lr 1e-3) stay at chance for 200 steps",
+        train=Train(steps=100, optimizer=sgd(0.1), outcome="stalls", baseline=CHANCE,
+                    batch=partial(image_batch, size=16, batch=16),
+                    model=partial(plain_bn, 50, 8)),
+        why="The gradient grows ~1.2× per layer toward the input, ~2e3-8e3× over the 50 "
+            "layers, and the first conv's ‖∇W‖/‖W‖ is 5-60: an SGD step at lr 0.1 moves it by "
+            "several times its own size (measured: 62× over the run). A plain-34 with BN "
+            "(He et al. 2016) grows ~140× and trains: the rule speaks past 10³, as a warning.",
+        budget_s=45, forbid_remedies=("he_init", "batchnorm"),
+    ),
 ]

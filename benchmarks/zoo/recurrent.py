@@ -1,4 +1,5 @@
-"""Recurrent nets on the adding problem: tanh RNN at T = 20…500, LSTM and GRU.
+"""Recurrent nets on the adding problem: tanh RNN at T = 20…500, LSTM and GRU (one layer at
+T = 50, four layers at T = 300), and a diagonal linear state-space layer at T = 512.
 
 Each model reads a (N, T, 2) sequence and predicts the sum of the two marked numbers from
 its state at the last step; the loss is mean squared error, and predicting 1 (the mean)
@@ -23,12 +24,13 @@ BASELINE = 1 / 6  # MSE of always predicting 1: Var[U1 + U2] = 2/12
 
 
 class Reader(nn.Module):
-    """A recurrent layer read at the last time step by a linear layer."""
+    """A recurrent layer (``layers`` stacked) read at the last time step by a linear layer."""
 
-    def __init__(self, cell: str, hidden: int = 32, forget_bias: float | None = None):
+    def __init__(self, cell: str, hidden: int = 32, forget_bias: float | None = None,
+                 layers: int = 1):
         super().__init__()
         kind = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell]
-        self.rnn = kind(2, hidden, batch_first=True)
+        self.rnn = kind(2, hidden, num_layers=layers, batch_first=True)
         self.out = nn.Linear(hidden, 1)
         if forget_bias is not None:
             _set_keep_gate_bias_(self.rnn, hidden, forget_bias)
@@ -105,4 +107,72 @@ CASES = [
     _case("gru_default", "gru", 50, "healthy", "healthy",
           "Cho et al. 2014; Chung et al. 2014: the GRU's gated update carries gradients over "
           "long lags; " + GATED, "trains", train_steps=1000),
+]
+
+
+class DiagonalSSM(nn.Module):
+    """A diagonal linear state-space layer: h_t = λ ⊙ h_(t-1) + B x_t, read by C at t = T - 1.
+
+    A plain nn.Module (no recurrent module type): the state h_T = Σ_t λ^(T-1-t) ⊙ B x_t is
+    computed as a scan. λ is learnt (as log λ), drawn from U[0.3, 0.7]: the gradient reaching
+    step t shrinks as λ^(T-1-t), 0.7^511 ≈ 1e-79 over 512 steps (diagonal SSMs need |λ| near 1
+    for long memory: Orvieto et al. 2023, "Resurrecting recurrent neural networks for long
+    sequences", §3).
+    """
+
+    def __init__(self, state: int = 32, lo: float = 0.3, hi: float = 0.7):
+        super().__init__()
+        self.B = nn.Linear(2, state, bias=False)
+        self.C = nn.Linear(state, 1)
+        self.log_lam = nn.Parameter(torch.log(torch.empty(state).uniform_(lo, hi)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, T, 2) -> (N, 1)
+        u = self.B(x)  # (N, T, state)
+        t = torch.arange(u.shape[1], dtype=u.dtype)
+        decay = self.log_lam.exp()[None, :] ** (u.shape[1] - 1 - t)[:, None]  # (T, state)
+        return self.C((u * decay).sum(1))
+
+
+def _deep_case(name: str, build, steps_t: int, source: str, why: str, forbid: tuple[str, ...],
+               train_steps: int = 100, lr: float = 1e-2) -> Case:
+    return Case(
+        name=name, family="recurrent", model=build, loss=mse,
+        batch=partial(adding_batch, 10_000, steps_t, 32),
+        expect_init="vanishing", expect_run="vanishing", source=source, why=why,
+        train=Train(steps=train_steps, optimizer=adam(lr),
+                    batch=partial(adding_batch, steps=steps_t, batch=16), outcome="stalls",
+                    baseline=BASELINE, drop=0.5),
+        budget_s=60, forbid_remedies=forbid,
+    )
+
+
+DEEP = ("zoo training runs: 400 Adam steps (lr 1e-3, width 32, batch 32) end at the 1/6 "
+        "baseline (0.18); the zoo's run (100 steps, lr 1e-2, width 16) stalls too")
+CASES += [
+    _deep_case(
+        "gru4_t300", partial(Reader, "gru", 16, None, 4), 300,
+        "Bengio et al. 1994; " + DEEP,
+        "Four stacked GRUs at their default init over 300 steps: the gradient reaching the "
+        "first step underflows to 0 (and ~1e-25 at the middle). A gated carry is learnt open "
+        "only from a signal that arrives; none does. Clipping opens no gate.",
+        ("clip_grad_norm",),
+    ),
+    _deep_case(
+        "lstm4_fb1_t300", partial(Reader, "lstm", 16, 1.0, 4), 300,
+        "Jozefowicz et al. 2015 (forget-gate bias 1); Bengio et al. 1994; " + DEEP,
+        "Four stacked LSTMs with forget-gate bias 1 over 300 steps: the first step gets "
+        "~1e-18 of the last one's gradient, below the floor where training opens a gate "
+        "(verdicts.TEMPORAL_GATED_VANISHED). The forget bias is set already and clipping "
+        "opens no gate.",
+        ("clip_grad_norm", "forget_gate_bias"),
+    ),
+    _deep_case(
+        "ssm_diag_t512", DiagonalSSM, 512,
+        "Orvieto et al. 2023, §3 (diagonal linear recurrences need |λ| near 1 for long "
+        "memory); zoo training run (300 Adam steps, lr 1e-2): the loss stays at the 1/6 "
+        "baseline",
+        "A linear recurrence with |λ| ≤ 0.7 written as a plain module (no nn.RNN): only the "
+        "gradient at the input, ‖∂L/∂x_t‖ over t, shows its memory, 0.7^511 ≈ 1e-79.",
+        ("clip_grad_norm", "lstm_or_gru"), train_steps=300,
+    ),
 ]

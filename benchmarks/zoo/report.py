@@ -55,6 +55,12 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         f["truth_held"] += bool(r["run"].get("truth_held"))
     out["families"] = {k: dict(v) for k, v in sorted(fam.items())}
     out["truth_not_held"] = [r["name"] for r in rows if not r["run"].get("truth_held")]
+    out["forbidden_remedies_offered"] = {
+        r["name"]: sorted({*r["init"].get("forbidden_offered", []),
+                           *r["run"].get("forbidden_offered", [])})
+        for r in rows
+        if r["init"].get("forbidden_offered") or r["run"].get("forbidden_offered")
+    }
     out["over_budget"] = [r["name"] for r in rows if r["over_budget"]]
     return out
 
@@ -96,6 +102,9 @@ def render(rows: list[dict[str, Any]], summ: dict[str, Any]) -> str:
                      f"{f['run_correct']:>4} {f['truth_held']:>4}")
     if summ["truth_not_held"]:
         lines.append(f"ground truth did not hold (training outcome): {summ['truth_not_held']}")
+    if summ.get("forbidden_remedies_offered"):
+        lines.append("remedies offered that the model already has: "
+                     f"{summ['forbidden_remedies_offered']}")
     if summ["over_budget"]:
         lines.append(f"over their CPU budget: {summ['over_budget']}")
     return "\n".join(lines)

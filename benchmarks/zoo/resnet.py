@@ -1,7 +1,8 @@
-"""Residual nets after He et al. (2016): ResNet-18/34/50/101/152 and a plain-34.
+"""Residual nets: ResNet-18/34/50/101/152 and a plain-34 (He et al. 2016), a ConvNeXt (Liu et
+al. 2022) and a ResNet without normalization.
 
-Written from the paper (Table 1; basic blocks for 18/34, bottleneck blocks for 50/101/152;
-projection shortcuts, option B, where the shape changes) with the reference
+The ResNets are written from the paper (Table 1; basic blocks for 18/34, bottleneck blocks
+for 50/101/152; projection shortcuts, option B, where the shape changes) with the reference
 implementation's init: convs Kaiming normal, fan_out, for ReLU; BN γ = 1, β = 0; optionally
 γ = 0 in the last BN of each block (Goyal et al. 2017), so that every block starts as the
 identity. The ImageNet stem (7×7/2 conv, 3×3/2 max-pool) is kept: a 32×32 input reaches
@@ -167,4 +168,134 @@ CASES = [
               "so that growth is not 'exploding'."),
     _case("resnet152", 152, source=PAPER.format(d=152), budget_s=45),
     _case("resnet152_zero_init", 152, zero=True, source=GOYAL, budget_s=45),
+]
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of (N, C, H, W), as ConvNeXt's stem and downsampling use."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.ln = nn.LayerNorm(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> (N, C, H, W)
+        return self.ln(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ConvNeXtBlock(nn.Module):
+    """x + γ ⊙ pw2(GELU(pw1(LN(dw7×7(x))))), γ the per-channel layer scale, 1e-6 at init."""
+
+    def __init__(self, c: int, layer_scale: float = 1e-6):
+        super().__init__()
+        self.dw = nn.Conv2d(c, c, 7, padding=3, groups=c)
+        self.norm = nn.LayerNorm(c)
+        self.pw1 = nn.Linear(c, 4 * c)
+        self.act = nn.GELU()
+        self.pw2 = nn.Linear(4 * c, c)
+        self.gamma = nn.Parameter(torch.full((c,), layer_scale))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> same
+        y = self.dw(x).permute(0, 2, 3, 1)  # (N, H, W, C)
+        y = self.pw2(self.act(self.pw1(self.norm(y))))
+        return x + (self.gamma * y).permute(0, 3, 1, 2)
+
+
+class ConvNeXt(nn.Module):
+    """ConvNeXt (Liu et al. 2022, §2 and Fig. 4): a 4×4/4 patchify stem with LN, stages of
+    blocks with LN + 2×2/2 conv downsampling between them, global pooling, LN and a linear
+    head; truncated normal init (std 0.02), biases 0, layer scale 1e-6 (ConvNeXt-T's
+    stages are (96, 192, 384, 768) × (3, 3, 9, 3); ``dims`` and ``depths`` shrink it)."""
+
+    def __init__(self, dims=(32, 64, 128, 256), depths=(2, 2, 6, 2), layer_scale=1e-6):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(3, dims[0], 4, 4), LayerNorm2d(dims[0])]
+        for i, (d, n) in enumerate(zip(dims, depths, strict=True)):
+            if i:
+                layers += [LayerNorm2d(dims[i - 1]), nn.Conv2d(dims[i - 1], d, 2, 2)]
+            layers += [ConvNeXtBlock(d, layer_scale) for _ in range(n)]
+        self.features = nn.Sequential(*layers)  # (N, 3, H, W) -> (N, dims[-1], H/32, W/32)
+        self.norm = nn.LayerNorm(dims[-1])
+        self.head = nn.Linear(dims[-1], 10)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) -> (N, 10)
+        return self.head(self.norm(self.features(x).mean((2, 3))))
+
+
+class NoNormBlock(nn.Module):
+    """relu(x + conv2(relu(conv1(x)))): a basic block without batch norm."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, H, W) -> same
+        return self.relu(x + self.conv2(self.relu(self.conv1(x))))
+
+
+class NoNormResNet(nn.Module):
+    """A ResNet of ``blocks`` basic blocks without normalization, He init (fan in, ReLU).
+
+    Each block adds its branch's variance to the stream (He-init branches keep their input's
+    variance), so the stream's variance doubles per block: 2^32 over 32 blocks (Zhang et al.
+    2019, "Fixup initialization", §2)."""
+
+    def __init__(self, blocks: int = 32, width: int = 16):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.blocks = nn.Sequential(*[NoNormBlock(width) for _ in range(blocks)])
+        self.fc = nn.Linear(width, 10)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) -> (N, 10)
+        return self.fc(self.blocks(self.relu(self.stem(x))).mean((2, 3)))
+
+
+def adamw(lr: float, weight_decay: float = 0.05):
+    """``model -> AdamW`` (ConvNeXt's optimizer, Liu et al. 2022, §2.1)."""
+    return lambda model: torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+
+
+CASES += [
+    Case(
+        name="convnext_layer_scale", family="resnet", model=ConvNeXt,
+        batch=partial(image_batch, 10_000, size=32, batch=8),
+        expect_init="healthy", expect_run="healthy",
+        source="Liu et al. 2022 (ConvNeXt trains with AdamW; layer scale 1e-6, Touvron et al. "
+               "2021); zoo training run: AdamW (lr 1e-3) takes the loss from 2.36 to 0.16 in "
+               "200 steps at 1/2 width",
+        train=Train(steps=200, optimizer=adamw(1e-3), outcome="trains", baseline=CHANCE,
+                    batch=partial(image_batch, size=32, batch=16),
+                    model=partial(ConvNeXt, (16, 32, 64, 128), (1, 1, 2, 1))),
+        why="Every branch is scaled by γ = 1e-6 before it joins the stream, so the gradient "
+            "inside the branches is 1e-6 of the stream's by design. Measured along the "
+            "stream (at the joins) the gradient is flat: no vanishing. Its branches already "
+            "start near zero, so zero-init of their last norm must not be offered.",
+        budget_s=40, forbid_remedies=("zero_init_last_norm", "fixup"),
+    ),
+    Case(
+        name="resnet_nonorm_32", family="resnet", model=NoNormResNet,
+        batch=partial(image_batch, 10_000, size=32, batch=8),
+        expect_init="exploding", expect_run="nonfinite",
+        source="Zhang et al. 2019 (Fixup), §2: without normalization a ResNet's output "
+               "variance explodes with depth; zoo training run: SGD (lr 0.01, momentum 0.9) "
+               "from a loss of 5.6e3 to NaN at the second step",
+        train=Train(steps=20, optimizer=sgd(0.01), outcome="diverges", baseline=CHANCE,
+                    batch=partial(image_batch, size=32, batch=16),
+                    model=partial(NoNormResNet, 32, 8)),
+        why="He-init branches keep their input's variance, so each block doubles the stream's: "
+            "activations grow from ~1 to ~1e5 over 32 blocks, the loss at init is ~1e4× chance "
+            "and the gradient grows ~1e5× toward the input along the stream. The weights are "
+            "He-initialised already, and the NaN comes from the first update, not the data.",
+        budget_s=20, forbid_remedies=("he_init", "check_inputs"),
+    ),
 ]

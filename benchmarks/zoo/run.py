@@ -8,6 +8,7 @@ the CPU is ~100× slower; a value under 1e-38 is vanished either way).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -33,14 +34,22 @@ def _kinds(findings) -> list[str]:
     return sorted({f"{f.kind}:{f.severity}" for f in findings})
 
 
+def _offered(findings, case: Case) -> dict[str, list[str]]:
+    """Remedies offered, and those of them the case forbids (the model has them)."""
+    offered = sorted({r for f in findings for r in f.remedies})
+    return {"remedies": offered,
+            "forbidden_offered": [r for r in offered if r in case.forbid_remedies]}
+
+
 def check_at_init(case: Case) -> dict[str, Any]:
     """``gw.check`` on the case's batch, on a freshly built model."""
     model = _seeded(case.seed, case.model)
     torch.manual_seed(case.seed + 1)
     inputs, targets = case.batch()
-    cu = gw.check(model, inputs, targets, case.loss)
+    cu = gw.check(model, inputs, targets, case.loss, precision=case.precision,
+                  loss_scale=case.loss_scale)
     return {"verdict": cu.verdict, "findings": _kinds(cu.findings),
-            "messages": [f.message for f in cu.findings][:6]}
+            "messages": [f.message for f in cu.findings][:6], **_offered(cu.findings, case)}
 
 
 def _loss_of(out, targets, loss_fn) -> torch.Tensor:
@@ -60,6 +69,10 @@ def train_watched(case: Case) -> dict[str, Any]:
     if tr.scaler_init_scale is not None:
         scaler = torch.amp.GradScaler("cpu", init_scale=tr.scaler_init_scale)
         options["scaler"] = scaler
+    if case.precision is not None:
+        options["precision"] = case.precision
+    amp = (torch.autocast("cpu", dtype=tr.autocast) if tr.autocast is not None
+           else contextlib.nullcontext())
     losses: list[float] = []
     with gw.watch(model, None, optimizer=opt, diagnose=False, **options) as mon:
         for step in range(tr.steps):
@@ -67,7 +80,8 @@ def train_watched(case: Case) -> dict[str, Any]:
             total = 0.0
             for micro in range(tr.accumulate):
                 inputs, targets = tr.batch(step * tr.accumulate + micro)
-                loss = _loss_of(model(*_as_args(inputs)), targets, loss_fn) / tr.accumulate
+                with amp:
+                    loss = _loss_of(model(*_as_args(inputs)), targets, loss_fn) / tr.accumulate
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 total += float(loss.detach())
             if scaler is not None:
@@ -81,7 +95,8 @@ def train_watched(case: Case) -> dict[str, Any]:
                 break  # diverged: the rest of the run would only repeat the NaN
     findings = gw.diagnose(mon.run)
     return {"verdict": verdict(findings), "findings": _kinds(findings),
-            "messages": [f.message for f in findings][:6], **judge(losses, tr)}
+            "messages": [f.message for f in findings][:6], **_offered(findings, case),
+            **judge(losses, tr)}
 
 
 def judge(losses: list[float], tr: Train) -> dict[str, Any]:

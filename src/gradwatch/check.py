@@ -1,25 +1,22 @@
 """``gw.check``: one forward/backward pass on a batch, the same statistics and findings as a run.
 
 ``check(model, inputs)`` watches the model with the same :class:`~gradwatch.monitor.Monitor`
-that records training runs (in memory, every statistic at this one step), runs one forward
-and backward pass, and applies the same diagnosis rules. It answers "will this network's
-gradients vanish or explode?" before any training, and leaves the model as it found it:
-gradients, train/eval mode and buffers (BatchNorm running statistics) are restored, and the
-global random number generator state too.
-
-The checkup also records each layer's output shape (``meta["layer_info"][name]["out_shape"]``)
-and the structure (``meta["structure"]``, :func:`gradwatch.structure.describe`) the rules read.
-``check`` sits below :mod:`gradwatch.diagnose` and takes its rules as an argument
-(:func:`use_rules`); ``import gradwatch`` hands them down.
+that records training runs (in memory, every statistic at this one step), runs one pass and
+applies the same rules (handed down by :func:`use_rules`): "will this network's gradients
+vanish or explode?" before any training. The model is left as it was found (gradients,
+modes, buffers, the global RNG state). ``meta`` holds each layer's output shape and the
+structure (:func:`gradwatch.structure.describe` on the loss's autograd graph).
 
 The default loss, when no targets are given, is ``0.5 * sum(output**2) / batch``: its gradient
 with respect to the output is the output itself (divided by the batch size), so the pass
 probes the network's own signal, with no labels needed. With targets it is cross-entropy for
 integer class labels of an (N, C) output, mean squared error otherwise.
 
-For recurrent layers (nn.RNN, nn.LSTM, nn.GRU) the checkup also measures temporal gradient
-flow, ``‖∂L/∂x_t‖`` for every time step t of the layer's input sequence: how far back in time
-the signal reaches (Pascanu et al. 2013; Hochreiter & Schmidhuber 1997).
+For a model with a time axis the checkup also measures ``‖∂L/∂x_t‖`` for every time step t
+where the signal enters (the model's input: a floating ``(N, T, F)`` sequence, or tokens at
+their embedding's output; the input of each nn.RNN/LSTM/GRU), whatever cell carries it
+(Pascanu et al. 2013). It measures ``‖∂L/∂h‖`` at each residual join of the loss's graph, the
+residual stream (``meta["checkup"]["trunk"]``), and the RMS of each layer's input and output.
 """
 
 from __future__ import annotations
@@ -34,14 +31,16 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from gradwatch import handoff
+from gradwatch import handoff, probes
 from gradwatch.errors import GradwatchError, GradwatchTypeError, GradwatchValueError
 from gradwatch.findings import Finding
+from gradwatch.graph import read_graph
 from gradwatch.jsonable import json_cell, json_number, jsonable
 from gradwatch.layers import Layer, check_hookable, find_layers
 from gradwatch.monitor import watch
 from gradwatch.monitor.lifecycle import standing_aside
-from gradwatch.probes import TEMPORAL_COLUMNS, ForwardProbe, TemporalProbe
+from gradwatch.probes import INPUT, TEMPORAL_COLUMNS, ForwardProbe, TemporalProbe, TrunkProbe
+from gradwatch.stats.precision import PRECISION_STATS
 from gradwatch.store.reader import Run
 from gradwatch.structure import describe
 from gradwatch.theory.opinion import second_opinion
@@ -92,16 +91,17 @@ class Checkup:
 
     Attributes:
         table: one row per layer, input side first: ``layer``, ``type``, every statistic of
-            :data:`STAT_COLUMNS` (NaN where it does not apply), ``backprop_ratio`` and
-            ``grad_ratio`` (``backprop_norm`` and ``grad_norm`` over the output-side layer's).
+            :data:`STAT_COLUMNS` (NaN where it does not apply; and precision statistics),
+            ``backprop_ratio``, ``grad_ratio`` (over the output-side layer's).
         findings: what the diagnosis rules found.
         verdict: "healthy", "vanishing", "exploding", "nonfinite", "dead", "saturated" or
             "uncertain" (:mod:`gradwatch.verdicts`).
         run: the one-step in-memory :class:`~gradwatch.store.reader.Run` behind the table.
         loss: the loss of the pass (may be NaN or Inf).
-        temporal: for recurrent layers, one row per (layer, t): ``grad_norm`` = ‖∂L/∂x_t‖
-            over the batch and features, ``ratio`` = that over its value at the last step;
-            empty when the model has no nn.RNN/LSTM/GRU.
+        temporal: one row per (layer, t): ``grad_norm`` = ‖∂L/∂x_t‖ over the batch and
+            features, ``ratio`` = that over its value at the last step, for the input of
+            each recurrent layer and for the model's input (layer ``"(input)"``) when it has
+            a time axis; empty when there is none.
     """
 
     table: pd.DataFrame
@@ -131,6 +131,8 @@ class Checkup:
             "dead_frac",
             "saturated_frac",
         ]
+        if fmt := self.run.meta.get("checkup", {}).get("precision"):
+            cols += [f"grad_underflow_{fmt}", f"bp_underflow_{fmt}", f"grad_overflow_{fmt}"]
         tab = self.table[cols].copy()
         lines.append("Layers (input side first):")
         lines.append(tab.to_string(index=False, float_format=lambda v: f"{v:.3g}", na_rep="-"))
@@ -153,8 +155,8 @@ class Checkup:
             "verdict": self.verdict,
             "loss": self.loss,
             "findings": [f.to_dict() for f in self.findings],
-            "table": _records(self.table),
-            "temporal": _records(self.temporal),
+            "table": probes.json_records(self.table),
+            "temporal": probes.json_records(self.temporal),
         })
 
     def __repr__(self) -> str:
@@ -172,6 +174,7 @@ def check(
     *,
     train_mode: bool = True,
     rules: Rules | None = None,
+    precision: Any = None, loss_scale: float | None = None,
     theory: bool = True,
 ) -> Checkup:
     """Check a model's gradient flow with one forward/backward pass on a batch.
@@ -193,6 +196,8 @@ def check(
             False for eval mode.
         rules: the diagnosis, ``rules(run, is_checkup) -> list[Finding]``; by default the
             rules of :mod:`gradwatch.diagnose` (see :func:`use_rules`).
+        precision: "fp16", "bf16", "e4m3" or "e5m2": what a cast flushes or overflows.
+        loss_scale: the loss scale those are read at (None: 1); gradwatch.stats.precision.
         theory: add a "theory_mismatch" note (info) where mean-field theory disagrees
             (:func:`gradwatch.theory.opinion.second_opinion`).
 
@@ -211,9 +216,8 @@ def check(
     check_hookable(model)
     if any(p.device.type == "meta" for p in model.parameters()):
         raise GradwatchValueError(
-            "model has parameters on the meta device (shapes without values), so no gradient "
-            "can be measured; materialise them first, e.g. model.to_empty(device='cpu') and "
-            "an init, or gw.remedies.init_(model, 'he')"
+            "model has parameters on the meta device (shapes without values): no gradient can "
+            "be measured; materialise them, e.g. model.to_empty(device='cpu') and an init"
         )
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         raise GradwatchValueError(
@@ -247,7 +251,7 @@ def check(
         args = tuple(a.to(device) for a in args)
         targets = targets.to(device) if targets is not None else None
 
-    state = _save_state(model)
+    state = probes.save_state(model)
     rng_devices = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
     try:
         # a Monitor watching the model (a check inside a training step) does not see this pass
@@ -255,55 +259,68 @@ def check(
             model.train(train_mode)
             for p in model.parameters():
                 p.grad = None
-            mon = watch(model, run_dir=None, detail_every=1)
+            mon = watch(model, run_dir=None, detail_every=1, precision=precision,
+                        loss_scale=loss_scale)
             probe = ForwardProbe(layers)
             temporal = TemporalProbe(model)
+            trunk = None
             try:
-                out = _forward(model, args, layers)
+                out = _forward(model, temporal.watch_input(args), layers)
                 loss, loss_kind = _loss(out, targets, loss_fn)
-                if not loss.requires_grad:
+                graph = read_graph(model, loss) if loss.requires_grad else None
+                if graph is None or not graph.parametrised:
                     raise GradwatchValueError(
                         "model: the loss does not depend on any parameter that requires grad; "
                         "unfreeze the layers to check (requires_grad_(True))"
                     )
-                structure = describe(model, loss)
+                structure = describe(model, loss, graph=graph)
+                trunk = TrunkProbe([j.node for j in graph.residual])
                 loss.backward()
                 mon.step(loss)
             finally:
                 mon.close()
                 probe.remove()
                 temporal.remove()
+                if trunk is not None:
+                    trunk.remove()
             run = mon.run
     finally:
-        _restore_state(model, state)
+        probes.restore_state(model, state)
 
     loss_value = float(loss.detach().float().cpu())
     temporal_frame = temporal.frame()
     run.meta["checkup"] = {
         "temporal": {
-            str(layer): {"first_over_last": json_cell(float(grp["ratio"].iloc[0])),
-                         "steps": int(len(grp))}
+            str(layer): _flow_summary(grp, temporal.where.get(INPUT) if layer == INPUT else None)
             for layer, grp in temporal_frame.groupby("layer", sort=False)
         },
+        "trunk": [
+            {"after": j.nearest, "branch": j.branch, "grad_norm": json_cell(v), "shape": shp}
+            for j, v, shp in zip(graph.residual, trunk.norms, trunk.shapes, strict=True)
+        ] if trunk is not None else [],
+        "rms_in": {k: json_cell(v) for k, v in probe.rms_in.items()},
+        "rms_out": {k: json_cell(v) for k, v in probe.rms_out.items()},
         "batch_size": int(args[0].shape[0]) if args[0].dim() >= 1 else 1,
         "loss": json_number(loss_value),
         "loss_kind": loss_kind,
         "train_mode": train_mode,
         "nonfinite_origin": probe.origin(args),
+        **{k: run.meta["settings"].get(k, d) for k, d in (("precision", None),
+                                                           ("loss_scale", 1.0))},
     }
     run.meta["structure"] = structure
     info = run.meta.setdefault("layer_info", {})
     for name, shape in probe.shapes.items():
         info.setdefault(name, {}).setdefault("out_shape", shape)
-    findings = rules(run, True)
+    findings = list(rules(run, True))
     table = _table(run)
     if theory:  # a note where theory and measurement disagree, unseen by a watching Monitor
-        state, readout = _save_state(model), "output" if loss_kind == "default" else "random"
+        state, readout = probes.save_state(model), "output" if loss_kind == "default" else "random"
         try:
             with standing_aside(model), torch.random.fork_rng(devices=rng_devices):
                 findings = findings + second_opinion(model, args, table, readout, train_mode)
         finally:
-            _restore_state(model, state)
+            probes.restore_state(model, state)
     return Checkup(
         table=table,
         findings=findings,
@@ -312,6 +329,23 @@ def check(
         loss=loss_value,
         temporal=temporal_frame,
     )
+
+
+def _flow_summary(grp: pd.DataFrame, where: str | None) -> dict[str, Any]:
+    """What the rules read of one measured flow through time (``meta["checkup"]["temporal"]``).
+
+    ``first_over_last`` (‖∂L/∂x_0‖ over ‖∂L/∂x_(T-1)‖), ``steps`` (T), ``half_over_last`` (at
+    t = T // 2) and, for the model input, ``measured_at``.
+    """
+    r = grp["ratio"].to_numpy(dtype=np.float64)
+    out: dict[str, Any] = {
+        "first_over_last": json_cell(float(r[0])),
+        "half_over_last": json_cell(float(r[len(r) // 2])),
+        "steps": int(len(r)),
+    }
+    if where is not None:
+        out["measured_at"] = where
+    return out
 
 
 # ---------------------------------------------------------------------------- validation
@@ -448,25 +482,6 @@ def _loss(out: Any, targets: torch.Tensor | None, loss_fn: Callable | None) -> t
     return F.mse_loss(y, targets.to(y.dtype)), "mse"
 
 
-# ------------------------------------------------------------------------ model state
-def _save_state(model: nn.Module) -> dict[str, list]:
-    return {
-        "grads": [(p, p.grad) for p in model.parameters()],
-        "modes": [(m, m.training) for m in model.modules()],
-        "buffers": [(b, b.detach().clone()) for b in model.buffers()],
-    }
-
-
-def _restore_state(model: nn.Module, state: dict[str, list]) -> None:
-    for p, g in state["grads"]:
-        p.grad = g
-    for m, training in state["modes"]:
-        m.training = training
-    with torch.no_grad():
-        for b, saved in state["buffers"]:
-            b.copy_(saved)
-
-
 # ------------------------------------------------------------------------------- table
 def _table(run: Run) -> pd.DataFrame:
     layers = run.layers
@@ -474,27 +489,10 @@ def _table(run: Run) -> pd.DataFrame:
     types = [str(info.get(ly, {}).get("type", "")) for ly in layers]
     table = pd.DataFrame({"layer": layers, "type": types})
     df = run.stats
-    for stat in STAT_COLUMNS:
+    for stat in STAT_COLUMNS + tuple(s for s in PRECISION_STATS if s in set(df["stat"])):
         sel = df[(df["stat"] == stat) & (df["layer"] != "")]
         last = sel.drop_duplicates("layer", keep="last").set_index("layer")["value"]
         table[stat] = [float(last[ly]) if ly in last.index else np.nan for ly in layers]
-    table["backprop_ratio"] = _over_output_side(table["backprop_norm"].to_numpy(dtype=float))
-    table["grad_ratio"] = _over_output_side(table["grad_norm"].to_numpy(dtype=float))
+    table["backprop_ratio"] = probes.over_output_side(table["backprop_norm"].to_numpy(dtype=float))
+    table["grad_ratio"] = probes.over_output_side(table["grad_norm"].to_numpy(dtype=float))
     return table
-
-
-def _over_output_side(values: np.ndarray) -> np.ndarray:
-    """Divide by the output-side-most finite, non-zero value (NaN if there is none)."""
-    ok = np.flatnonzero(np.isfinite(values) & (values != 0))
-    if not len(ok):
-        return np.full_like(values, np.nan)
-    return values / values[ok[-1]]
-
-
-def _records(df: pd.DataFrame) -> list[dict[str, Any]]:
-    """Rows of ``df`` as JSON-clean dicts; a NaN cell (no value for the layer) becomes None."""
-    return [
-        {k: json_cell(float(v)) if isinstance(v, float | np.floating) else jsonable(v)
-         for k, v in rec.items()}
-        for rec in df.to_dict(orient="records")
-    ]

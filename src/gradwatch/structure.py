@@ -4,20 +4,12 @@
 does it normalise (BatchNorm, LayerNorm, GroupNorm, InstanceNorm, RMSNorm, LocalResponseNorm),
 is it recurrent (nn.RNNBase, nn.RNNCellBase), does it attend (nn.MultiheadAttention, or a
 softmax over a product of two data-dependent tensors in its graph), does it embed
-(nn.Embedding), and does it have residual connections.
-
-A **residual connection** is found in the autograd graph of an output (e.g. the loss): an
-addition node (``AddBackward0``) where two paths join, one of which crosses parametrised
-layers that the other skips. For each input branch of the addition, take the set of layers
-whose parameters it reaches; the join is residual when one set is a non-empty strict subset of
-the other (the skip path and the block path fork from a common tensor). This tells
-``x + f(x)`` (He et al. 2016) from ``tok_emb + pos_emb`` (two unrelated inputs) and from
-``x + 0.044715 * x**3`` (no layer on either path) and from ``x @ W + b`` (one side a parameter
-seen through shape operations only); a projection shortcut (a 1×1 convolution and its norm on
-the skip path) still counts. An addition whose skip path starts at the model's input (no
-autograd node) is not seen, so the first block of a net that starts with one is missed.
-Without an output only registered block types are seen (:func:`register_residual_type`),
-and ``residual`` is None (unknown).
+(nn.Embedding), does it have shortcuts (residual additions ``x + f(x)``, dense
+concatenations ``cat([x, f(x)])``), where its residual stream (the trunk) runs, how large its
+residual branches start, and which loss it was given (cross-entropy, with the loss of a
+uniform guess). The graph is read by :func:`gradwatch.graph.read_graph` (see there how a
+shortcut is told from other additions). Without an output only registered block types are
+seen (:func:`register_residual_type`), and ``residual`` is None (unknown).
 
 Users register their own types with :func:`register_norm_type` and
 :func:`register_residual_type`.
@@ -31,6 +23,7 @@ import torch
 from torch import nn
 
 from gradwatch.errors import GradwatchTypeError
+from gradwatch.graph import GraphFacts, read_graph
 
 _NORM_TYPES: list[type[nn.Module]] = [
     nn.modules.batchnorm._NormBase,
@@ -46,21 +39,10 @@ _ATTENTION_TYPES: tuple[type[nn.Module], ...] = (nn.MultiheadAttention,)
 
 #: Residual branches kept in the description (a 96-block GPT-2 has 192 joins).
 MAX_BRANCHES = 512
-#: Layers a projection shortcut may hold (a 1×1 convolution and its norm, He et al. 2016).
-PROJECTION_LAYERS = 2
-#: Autograd node names that add two tensors (the join of a residual connection).
-_ADD_NODES = ("AddBackward0", "AddBackward1")
-#: Autograd node name prefixes of operations that only move or reshape values.
-_SHAPE_OPS = (
-    "View", "Reshape", "Expand", "Split", "Select", "Unsqueeze", "Squeeze", "Transpose",
-    "TBackward", "Permute", "Slice", "Unbind", "Chunk", "Clone", "Unflatten", "UnsafeView",
-    "Alias", "AsStrided", "ToCopy",
-)
-#: Autograd node names of a softmax (attention weights) and of fused attention kernels.
-_SOFTMAX_NODES = ("SoftmaxBackward0", "SafeSoftmaxBackward0")
-_FUSED_ATTENTION_PREFIX = "ScaledDotProduct"
-#: Autograd node names of a product of two tensors (the q·kᵀ scores of attention).
-_MATMUL_NODES = ("BmmBackward0", "MmBackward0", "MatmulBackward0", "UnsafeViewBackward0")
+#: A branch whose scale (see :func:`branch_scale`) is at most this starts near zero: the
+#: block begins as the identity (zero-init of its last norm, Goyal et al. 2017; layer scale
+#: 1e-6 to 1e-4, Touvron et al. 2021, "Going deeper with image transformers"; ConvNeXt).
+SMALL_BRANCH = 0.1
 
 
 def _check_type_arg(name: str, cls: Any) -> None:
@@ -114,13 +96,17 @@ def _name(name: str) -> str:
     return name or "(root)"
 
 
-def describe(model: nn.Module, output: torch.Tensor | None = None) -> dict[str, Any]:
+def describe(
+    model: nn.Module, output: torch.Tensor | None = None, graph: GraphFacts | None = None
+) -> dict[str, Any]:
     """Describe ``model``'s structure; JSON-safe.
 
     Args:
         model: the network.
         output: optional tensor produced by ``model`` (e.g. the loss) whose autograd graph is
-            read for residual connections and attention.
+            read for shortcuts, attention and the loss.
+        graph: the :func:`~gradwatch.graph.read_graph` of ``output`` when the caller has
+            already read it (``gw.check`` hooks the joins it found); read here otherwise.
 
     Returns:
         a dict with ``norm_layers``, ``recurrent_layers`` (each with ``type`` and, for
@@ -128,9 +114,16 @@ def describe(model: nn.Module, output: torch.Tensor | None = None) -> dict[str, 
         module names), ``has_norm``, ``recurrent``, ``attention`` (bool), ``residual``
         (True/False from the graph, True from a registered block type, None when unknown),
         ``residual_joins`` (number of residual additions found), ``residual_branches``
-        (for each join, the layers on the block path in registration order, a projection
-        shortcut's layers left out; at most :data:`MAX_BRANCHES` joins),
-        ``lstm_forget_bias`` (mean forget-gate bias of each nn.LSTM) and ``from_graph``.
+        (for each join, input side first, the layers on the block path in registration
+        order, a projection shortcut's layers left out; at most :data:`MAX_BRANCHES`
+        joins), ``branch_outputs`` (for each join, the branch layer nearest it in the graph,
+        whose output the branch adds to the stream), ``branch_scales`` (for each join,
+        :func:`branch_scale` of that layer, None where it does not apply), ``dense_joins``
+        (concatenations of ``x`` with ``f(x)``), ``shortcuts`` (residual or dense joins
+        found), ``loss`` (cross-entropy's classes and chance loss, see
+        :class:`~gradwatch.graph.GraphFacts`; None otherwise), ``lstm_forget_bias`` (mean
+        forget-gate bias of each nn.LSTM), ``init_scale`` (:func:`init_scale`) and
+        ``from_graph``.
 
     Raises:
         GradwatchTypeError: ``model`` is not an nn.Module, or ``output`` is not a tensor.
@@ -174,17 +167,100 @@ def describe(model: nn.Module, output: torch.Tensor | None = None) -> dict[str, 
         "residual": True if blocks else None,
         "residual_joins": 0,
         "residual_branches": [],
+        "branch_outputs": [],
+        "branch_scales": [],
+        "dense_joins": 0,
+        "shortcuts": True if blocks else None,
+        "loss": None,
         "lstm_forget_bias": forget,
+        "init_scale": init_scale(model),
         "from_graph": False,
     }
     if output is not None and output.grad_fn is not None:
-        joins, branches, attends = _read_graph(model, output)
+        facts = graph if graph is not None else read_graph(model, output)
+        residual = facts.residual
+        modules = dict(model.named_modules())
         out["from_graph"] = True
-        out["residual_joins"] = joins
-        out["residual_branches"] = branches[:MAX_BRANCHES]
-        out["residual"] = bool(joins) or bool(blocks)
-        out["attention"] = out["attention"] or attends
+        out["residual_joins"] = len(residual)
+        out["residual_branches"] = [j.branch for j in residual[:MAX_BRANCHES]]
+        out["branch_outputs"] = [j.nearest for j in residual[:MAX_BRANCHES]]
+        out["branch_scales"] = [
+            branch_scale(modules.get("" if j.nearest == "(root)" else j.nearest or "-"))
+            for j in residual[:MAX_BRANCHES]
+        ]
+        out["dense_joins"] = len(facts.dense)
+        out["residual"] = bool(residual) or bool(blocks)
+        out["shortcuts"] = bool(facts.joins) or bool(blocks)
+        out["attention"] = out["attention"] or facts.attention
+        out["loss"] = facts.loss
     return out
+
+
+def branch_scale(module: nn.Module | None) -> float | None:
+    """How large a residual branch starts, read from the layer that adds it to the stream.
+
+    A norm's affine weight (γ; 0 when zero-initialised, Goyal et al. 2017), or the only
+    parameter of a layer that owns one vector (a layer-scale γ, Touvron et al. 2021): the
+    root mean square of its entries. None for any other layer (a convolution, a linear
+    layer), whose output scale is not one number.
+    """
+    if module is None:
+        return None
+    own = list(module.parameters(recurse=False))
+    if is_norm(module):
+        w = getattr(module, "weight", None)
+        return _rms(w) if isinstance(w, torch.Tensor) else 1.0
+    if len(own) == 1 and sum(n > 1 for n in own[0].shape) <= 1:
+        return _rms(own[0])
+    return None
+
+
+def init_scale(model: nn.Module) -> dict[str, float] | None:
+    """The scale the Linear/Conv weights were drawn at: median ``fan·E[W²]``, fan in and out.
+
+    2 (fan in) is He's scale for ReLU (He et al. 2015), 2 (fan out) the ResNet reference
+    implementation's, 1 LeCun's or Xavier's for a square layer, 1/3 PyTorch's default
+    (U[-1/√fan_in, 1/√fan_in]). None when the model has no such layer with non-zero weights.
+    """
+    fan_in, fan_out = [], []
+    for m in model.modules():
+        w = getattr(m, "weight", None)
+        if not isinstance(m, nn.Linear | nn.modules.conv._ConvNd) or not isinstance(
+            w, torch.Tensor
+        ) or w.dim() < 2 or isinstance(w, nn.parameter.UninitializedParameter):
+            continue
+        second = float(w.detach().double().pow(2).mean())
+        if second <= 0:
+            continue
+        n_in, n_out = nn.init._calculate_fan_in_and_fan_out(w)
+        fan_in.append(n_in * second)
+        fan_out.append(n_out * second)
+    if not fan_in:
+        return None
+    return {
+        "fan_in": sorted(fan_in)[len(fan_in) // 2],
+        "fan_out": sorted(fan_out)[len(fan_out) // 2],
+    }
+
+
+#: ``fan·E[W²]`` of weights drawn at He's scale (He et al. 2015) and Xavier's or LeCun's.
+HE_SCALE, XAVIER_SCALE = 2.0, 1.0
+#: How far a measured :func:`init_scale` may be from a scheme's and still count as it.
+SCALE_TOLERANCE = 0.25
+
+
+def drawn_at(init: dict[str, float] | None, scale: float) -> bool:
+    """Whether an :func:`init_scale` (fan in or fan out) is ``scale`` within the tolerance."""
+    for key in ("fan_in", "fan_out"):
+        v = (init or {}).get(key)
+        if isinstance(v, int | float) and abs(v / scale - 1) <= SCALE_TOLERANCE:
+            return True
+    return False
+
+
+def _rms(t: torch.Tensor) -> float:
+    t = t.detach().double()
+    return float(t.pow(2).mean().sqrt()) if t.numel() else 0.0
 
 
 def _lstm_forget_bias(m: nn.LSTM) -> float:
@@ -200,96 +276,3 @@ def _lstm_forget_bias(m: nn.LSTM) -> float:
         if isinstance(total, torch.Tensor):
             vals.append(float(total.mean()))
     return sum(vals) / len(vals) if vals else 0.0
-
-
-def _read_graph(model: nn.Module, output: torch.Tensor) -> tuple[int, list[list[str]], bool]:
-    """Residual joins (and their block-path layers) and whether attention is in the graph."""
-    owner: dict[int, str] = {}
-    order: dict[str, int] = {}
-    for name, m in model.named_modules():
-        own = list(m.parameters(recurse=False))
-        if own:
-            order.setdefault(_name(name), len(order))
-        for p in own:
-            owner.setdefault(id(p), _name(name))
-    # iterative post-order walk: the set of layers each node reaches (bitmask over layers)
-    bit = {name: 1 << i for name, i in order.items()}
-    reach: dict[Any, int] = {}
-    pure: dict[Any, bool] = {}
-    nodes: list[Any] = []
-    stack: list[tuple[Any, bool]] = [(output.grad_fn, False)]
-    while stack:
-        node, done = stack.pop()
-        if node is None or (node in reach and not done):
-            continue
-        if done:
-            mask = 0
-            var = getattr(node, "variable", None)
-            if var is not None and id(var) in owner:
-                mask = bit[owner[id(var)]]
-            children = [c for c, _ in node.next_functions if c is not None]
-            for child in children:
-                mask |= reach.get(child, 0)
-            reach[node] = mask
-            # a parameter seen through shape operations only (a bias added by hand): no data
-            pure[node] = var is not None or (
-                type(node).__name__.startswith(_SHAPE_OPS)
-                and bool(children)
-                and all(pure[c] for c in children)
-            )
-            nodes.append(node)
-            continue
-        reach[node] = 0  # mark as visiting
-        stack.append((node, True))
-        for child, _ in node.next_functions:
-            if child is not None and child not in reach:
-                stack.append((child, False))
-    names = sorted(order, key=order.__getitem__)
-    joins, branches, attends = 0, [], False
-    for node in nodes:
-        kind = type(node).__name__
-        if kind in _ADD_NODES:
-            sides = [c for c, _ in node.next_functions if c is not None]
-            masks = [reach.get(c, 0) for c in sides]
-            if len(masks) == 2 and not any(pure.get(c, False) for c in sides):
-                if _is_residual_join(*masks):
-                    joins += 1
-                    a, b = masks
-                    only_a, only_b = a & ~b, b & ~a
-                    block = only_a if bin(only_a).count("1") > bin(only_b).count("1") else only_b
-                    branches.append([n for n in names if bit[n] & block])
-        elif kind.startswith(_FUSED_ATTENTION_PREFIX):
-            attends = True
-        elif kind in _SOFTMAX_NODES and not attends:
-            attends = _scores_of_two_paths(node, reach)
-    return joins, branches, attends
-
-
-def _is_residual_join(a: int, b: int) -> bool:
-    """Whether an addition of branches reaching layer sets ``a`` and ``b`` is ``x + f(x)``.
-
-    The branches fork from a common tensor (their sets share layers) and differ; the skip path
-    adds no layer (a strict subset: the identity shortcut) or at most a projection of
-    :data:`PROJECTION_LAYERS` layers (He et al. 2016's 1×1 conv + BN shortcut) while the block
-    path adds more.
-    """
-    if not (a & b) or a == b:
-        return False
-    only_a, only_b = bin(a & ~b).count("1"), bin(b & ~a).count("1")
-    skip, block = sorted((only_a, only_b))
-    return skip <= PROJECTION_LAYERS and block > skip
-
-
-def _scores_of_two_paths(softmax: Any, reach: dict[Any, int]) -> bool:
-    """Whether a softmax reads a product of two parameter-dependent tensors (q·kᵀ)."""
-    frontier = [c for c, _ in softmax.next_functions if c is not None]
-    for _ in range(6):  # scaling, masking and views sit between the product and the softmax
-        nxt = []
-        for node in frontier:
-            if type(node).__name__ in _MATMUL_NODES:
-                parts = [reach.get(c, 0) for c, _ in node.next_functions if c is not None]
-                if len(parts) >= 2 and all(parts):
-                    return True
-            nxt += [c for c, _ in node.next_functions if c is not None]
-        frontier = nxt
-    return False

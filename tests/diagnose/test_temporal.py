@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
+import pytest
 import torch
 from torch import nn
 
@@ -66,8 +68,8 @@ def test_a_signal_that_underflows_through_time_is_vanished_not_missing():
     (f,) = [f for f in cu.findings if f.evidence.get("through") == "time"]
     assert (f.kind, f.severity, cu.verdict) == ("vanishing", "error", "vanishing")
     assert f.evidence["underflow"] is True and "underflows to 0" in f.message
-    # a vanilla RNN is offered an LSTM/GRU; an LSTM is not
-    assert f.remedies[:2] == ("lstm_or_gru", "orthogonal") and "clip_grad_norm" in f.remedies
+    # a vanilla RNN is offered an LSTM/GRU (an LSTM is not); clipping opens nothing
+    assert f.remedies[:2] == ("lstm_or_gru", "orthogonal") and "clip_grad_norm" not in f.remedies
 
 
 def test_an_lstm_is_offered_the_forget_bias_not_an_lstm():
@@ -113,9 +115,55 @@ def test_a_training_run_of_a_tanh_rnn_at_200_steps_is_vanishing(tmp_path):
     assert verdicts.verdict(findings) == "vanishing"
 
 
-def test_a_training_run_of_an_lstm_is_not_flagged_through_time(tmp_path):
+def test_a_training_run_of_an_lstm_is_judged_by_how_its_flow_through_time_moved(tmp_path):
+    # gated like any cell, by measurement: at T = 50 Adam opens the gates within 12 steps
+    # (the first step's share grows ~10^4-fold), which is a note, not a verdict
     run = _adding_run("LSTM", 50, 12, tmp_path)
-    assert "rnn" in run.pivot("time_grad_first").columns  # recorded, not judged
     findings = gw.diagnose(run)
-    assert not [f for f in findings if f.evidence.get("through") == "time"]
+    (f,) = [f for f in findings if f.evidence.get("through") == "time"]
+    assert (f.kind, f.severity, f.layers) == ("vanishing", "info", ("rnn",))
+    assert f.evidence["gated"] is True and f.evidence["measured"] == "training run"
+    assert f.evidence["opened"] > temporal.GATE_OPENING and "opening in training" in f.message
+    assert f.evidence["first_recorded"] < 1e-9 < f.evidence["first_over_last"]
     assert verdicts.verdict(findings) != "vanishing"
+
+
+def test_a_training_run_records_the_flow_through_time_at_the_model_input():
+    # a linear recurrence written as a plain module: no recurrent layer to hook, so the
+    # Monitor keeps ‖∂L/∂x_0‖ and ‖∂L/∂x_(T-1)‖ of the model input at the detail steps
+    from tests.diagnose.nets_by_design import DiagonalSSM
+
+    torch.manual_seed(0)
+    model = DiagonalSSM(d=8, lo=0.5, hi=0.5, scan=True)  # λ = 0.5: 0.5^99 over 100 steps
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    with gw.watch(model, run_dir=None, optimizer=opt, detail_every=2, diagnose=False) as mon:
+        for _ in range(6):
+            x, y = torch.rand(4, 100, 2, generator=g), torch.rand(4, 1, generator=g)
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+    df = mon.run.stats
+    rows = df[(df.layer == "") & df.stat.isin(["time_grad_first", "time_grad_last"])]
+    assert sorted(rows.step.unique()) == [0, 2, 4]  # detail steps only
+    first = rows[rows.stat == "time_grad_first"].value.to_numpy()
+    last = rows[rows.stat == "time_grad_last"].value.to_numpy()
+    # ~0.5^99 = 1.6e-30: a plain float32 norm would square these entries to 0
+    assert np.all(first > 0) and np.all(first / last < 1e-25)
+    (f,) = [f for f in gw.diagnose(mon.run) if f.evidence.get("through") == "time"]
+    assert (f.kind, f.severity, f.layers) == ("vanishing", "error", ())
+    assert f.evidence["measured"] == "training run" and f.evidence["measured_at"] == "model input"
+    assert f.remedies == ("slow_decay_init",) and "at the end of the training run" in f.message
+
+
+def test_scaled_norm_does_not_underflow():
+    from gradwatch.stats.temporal import scaled_norm
+
+    t = torch.full((1000,), 1e-30)
+    assert torch.linalg.vector_norm(t) == 0  # the float32 norm squares them away
+    assert float(scaled_norm(t)) == pytest.approx(1e-30 * 1000**0.5, rel=1e-5)
+    assert float(scaled_norm(torch.zeros(5))) == 0.0
+    x = torch.randn(7, 3)
+    assert float(scaled_norm(x)) == pytest.approx(float(torch.linalg.vector_norm(x)), rel=1e-6)

@@ -244,3 +244,19 @@ def test_report_to_dict_is_json():
     assert d["applied"][0]["remedy"] in REMEDY_KINDS
     assert len(d["layers"]) >= 20
     assert "FixReport(" in repr(report)
+
+
+def test_fix_does_not_try_what_the_model_has():
+    # a He-initialised ResNet without normalization explodes (forward and backward): fix
+    # neither redraws He init nor adds shortcuts it has; it tries what it lacks
+    from tests.diagnose.nets_by_design import NoNormResNet
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 8, 8)
+    y = torch.randint(0, 10, (4,))
+    _, report = gw.fix(NoNormResNet(32, 8), x, y, allow=("init", "residual"))
+    assert report.before.verdict == "exploding"
+    tried = {(t["remedy"], t.get("scheme")) for t in report.tried}
+    assert ("he_init_", "he") not in tried
+    assert not [t for t in report.tried if t["remedy"] == "add_residual"]
+    assert tried and report.after.verdict != "exploding"

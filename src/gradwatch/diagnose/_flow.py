@@ -128,18 +128,42 @@ def same_shape_walk(
     return path[::-1], np.exp(np.array(ratio_log[::-1])), counted
 
 
+def branch_layers(view: RunView) -> tuple[set[str], list[str | None]]:
+    """(Layers inside residual branches that do not read the stream, each branch's output).
+
+    A branch's output layer is the one nearest its join in the autograd graph
+    (``structure["branch_outputs"]``; the last one registered for runs recorded without it):
+    when it feeds the addition directly its δ is the residual stream's (a ResNet block's last
+    norm; the block that owns a layer-scale γ in a ConvNeXt). The other layers of a branch
+    see the stream through the branch's own scale (a layer scale of 1e-6, or a last norm
+    that starts at zero, Goyal et al. 2017, passes that fraction of the stream's gradient
+    inside by design), so they are not on the path the signal takes.
+    """
+    st = view.structure
+    branches = st.get("residual_branches") or ()
+    outs = list(st.get("branch_outputs") or ())
+    inside: set[str] = set()
+    kept: list[str | None] = []
+    for k, branch in enumerate(branches):
+        out = outs[k] if k < len(outs) else None
+        keep = out if out in branch else (branch[-1] if branch else None)
+        inside.update(b for b in branch if b != keep)
+        kept.append(keep)
+    return inside, kept
+
+
 def flow_layers(view: RunView, columns: list[str]) -> list[str]:
-    """The layers whose δ the rules compare.
+    """The layers whose δ the rules compare, where no residual stream was measured.
 
     A layer normalised next is read at its norm. In a residual net only the trunk is
-    followed: the layers inside a residual branch are left out but its last one, whose δ is
-    the residual stream's (a branch whose last norm starts at zero, Goyal et al. 2017, passes
-    no gradient inside by design).
+    followed: the layers inside a residual branch are left out but its output layer
+    (:func:`branch_layers`).
     """
-    inside: set[str] = set()
-    for branch in view.structure.get("residual_branches") or ():
-        inside.update(branch[:-1])
-    columns = [c for c in columns if c not in inside]
+    inside, _ = branch_layers(view)
+    return _norm_read([c for c in columns if c not in inside], view)
+
+
+def _norm_read(columns: list[str], view: RunView) -> list[str]:
     out = []
     for k, ly in enumerate(columns):
         nxt = columns[k + 1] if k + 1 < len(columns) else None
@@ -154,6 +178,87 @@ def flow_layers(view: RunView, columns: list[str]) -> list[str]:
     return out
 
 
+@dataclass(frozen=True)
+class TrunkPoint:
+    """The residual stream right after one residual join, as a checkup measured it."""
+
+    name: str
+    after: str
+    grad_norm: float
+    shape: tuple[int, ...] | None
+    branch: tuple[str, ...]
+
+
+def trunk_points(view: RunView) -> list[TrunkPoint]:
+    """The residual stream's ‖∂L/∂h‖ at each join a checkup measured, input side first.
+
+    Named after the branch's common module prefix: ``'layer1.0 (+)'``.
+    """
+    rows = view.checkup.get("trunk") or []
+    out, seen = [], {}
+    for row in rows:
+        after, value = row.get("after"), row.get("grad_norm")
+        if not after or not isinstance(value, int | float):
+            continue
+        branch = tuple(row.get("branch") or ())
+        base = _prefix(branch) or str(after)
+        seen[base] = seen.get(base, 0) + 1
+        name = f"{base} (+)" if seen[base] == 1 else f"{base} (+{seen[base]})"
+        shape = row.get("shape") or []
+        out.append(TrunkPoint(name, str(after), float(value),
+                              tuple(int(n) for n in shape[1:]) if shape else None, branch))
+    return out
+
+
+def _prefix(names: tuple[str, ...]) -> str:
+    parts = [n.split(".") for n in names if n != "(root)"]
+    if not parts:
+        return ""
+    common = []
+    for pieces in zip(*parts, strict=False):
+        if len(set(pieces)) != 1:
+            break
+        common.append(pieces[0])
+    return ".".join(common)
+
+
+def as_layers(view: RunView, names: list[str]) -> list[str]:
+    """``names`` with each trunk point replaced by its branch's output layer, deduplicated."""
+    after = {p.name: p.after for p in trunk_points(view)} if view.is_checkup else {}
+    return list(dict.fromkeys(after.get(n, n) for n in names))
+
+
+Shapes = dict[str, tuple[int, ...] | None]
+
+
+def trunk_path(
+    view: RunView, columns: list[str]
+) -> tuple[list[str], dict[str, float], Shapes] | None:
+    """The path along the measured residual stream, or None when none was measured.
+
+    The layers outside every residual branch, in execution order, with the stream's value at
+    each join inserted after its branch's output layer (all branch layers left out).
+    Returns (names, values of the trunk points, their shapes).
+    """
+    points = trunk_points(view)
+    if not points:
+        return None
+    inside, kept = branch_layers(view)
+    inside |= {k for k in kept if k is not None}
+    by_after: dict[str, list[TrunkPoint]] = {}
+    for p in points:
+        by_after.setdefault(p.after, []).append(p)
+    names: list[str] = []
+    for ly in columns:
+        if ly not in inside:
+            names.append(ly)
+        names += [p.name for p in by_after.pop(ly, [])]
+    for rest in by_after.values():  # a join after a layer with no recorded signal
+        names += [p.name for p in rest]
+    names = _norm_read(names, view)
+    return (names, {p.name: p.grad_norm for p in points}, {p.name: p.shape for p in points})
+
+
 def flow_steps(view: RunView) -> list[FlowStep]:
     """The :class:`FlowStep` of every step where it can be computed (memoised on the view).
 
@@ -166,7 +271,15 @@ def flow_steps(view: RunView) -> list[FlowStep]:
 
 def _compute(view: RunView) -> list[FlowStep]:
     bp_wide = view.wide("backprop_norm")
-    bp_wide = bp_wide[flow_layers(view, [str(c) for c in bp_wide.columns])]
+    columns = [str(c) for c in bp_wide.columns]
+    trunk = trunk_path(view, columns) if view.is_checkup else None
+    if trunk is not None:
+        names, values, shapes = trunk
+        bp_wide = bp_wide.reindex(columns=names)
+        for name, v in values.items():
+            bp_wide[name] = v
+    else:
+        bp_wide, shapes = bp_wide[flow_layers(view, columns)], {}
     gn_wide = view.wide("grad_norm")
     out = []
     for step, row in bp_wide.iterrows():
@@ -175,7 +288,9 @@ def _compute(view: RunView) -> list[FlowStep]:
         if len(vals) < 2 or not np.all(np.isfinite(vals)) or vals[-1] <= 0:
             continue
         names = [str(c) for c in row.index]
-        path, ratios, counted = same_shape_walk(vals, [view.out_shape(ly) for ly in names])
+        path, ratios, counted = same_shape_walk(
+            vals, [shapes[ly] if ly in shapes else view.out_shape(ly) for ly in names]
+        )
         if counted == 0:
             continue
         layers = tuple(names[k] for k in path)

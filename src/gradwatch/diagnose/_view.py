@@ -102,6 +102,19 @@ class RunView:
         return None if r is None else bool(r)
 
     @property
+    def path(self) -> str:
+        """The path the back-propagated signal takes across depth (``verdicts.PATHS``).
+
+        "residual" when the model has shortcuts (residual or dense joins) or attention,
+        "normalized" when it has normalization layers and no shortcut, "plain" otherwise (a
+        run without a recorded structure too).
+        """
+        st = self.structure
+        if st.get("shortcuts") or st.get("residual") or st.get("attention"):
+            return "residual"
+        return "normalized" if st.get("has_norm") else "plain"
+
+    @property
     def plain_chain(self) -> bool:
         """A chain of layers without normalization, residual connections or attention.
 

@@ -2,14 +2,19 @@
 
 "Exploding" is reserved for what predicts a failed run:
 
-- **across depth, through a plain chain** (no normalization, no residual connection, no
-  attention): the back-propagated signal grows geometrically toward the input, the chaotic
-  phase of mean-field theory (χ1 > 1, e.g. tanh at σw² = 4; ``E[δ_l²] ∝ χ1^(L-l)``,
-  Schoenholz et al. 2017). Deep batch-normalised and residual nets grow at initialisation by
-  construction (Yang et al. 2019, "A Mean Field Theory of Batch Normalization") and train
-  with the standard recipe (He et al. 2016: ResNet-101/152), so growth there is not judged.
-  In a training run only growth past :data:`~gradwatch.verdicts.EXPLODING_RATIO` that is
-  still there at the last step counts.
+- **across depth**, for every architecture, judged by what the growth means on the path the
+  signal takes (:func:`gradwatch.verdicts.depth_verdict`, ``view.path``): through a plain
+  chain the back-propagated signal grows geometrically toward the input in the chaotic phase
+  of mean-field theory (χ1 > 1, e.g. tanh at σw² = 4; Schoenholz et al. 2017); through a
+  chain of normalised layers without shortcuts batch norm grows it geometrically with depth
+  (Yang et al. 2019, "A Mean Field Theory of Batch Normalization": a warning, with the
+  figures); along a residual stream (read at the joins, :mod:`._flow`) growth counts when
+  the forward signal explodes with it: a loss far above chance or an output far above the
+  input (:mod:`._forward`; a residual net without normalisation, Zhang et al. 2019). Deep
+  BN ResNets grow at initialisation and train with the standard recipe (He et al. 2016:
+  ResNet-101/152). In a training run only growth past
+  :data:`~gradwatch.verdicts.EXPLODING_RATIO` that is still there at the last step counts,
+  besides the first recorded step (the state ``gw.check`` sees).
 - **over the steps of a run**: the total gradient norm jumps by orders of magnitude (cliffs in
   the loss surface, Pascanu, Mikolov & Bengio 2013), or
 - **updates that swamp the weights**: ``‖Δw‖/‖w‖`` at or above
@@ -24,7 +29,8 @@ from __future__ import annotations
 import numpy as np
 
 from gradwatch.diagnose._advice import advice, flow_remedies
-from gradwatch.diagnose._flow import FlowStep, flow_steps
+from gradwatch.diagnose._flow import FlowStep, as_layers, flow_steps
+from gradwatch.diagnose._forward import forward_figures
 from gradwatch.diagnose._view import RunView, names, num, persists, step_span, when
 from gradwatch.findings import Finding
 from gradwatch.verdicts import (
@@ -42,12 +48,13 @@ EXPLODING_LAYER_RATIO = 10.0
 TIME_REMEDIES = ("clip_grad_norm", "lower_lr", "warmup")
 
 
-def exploding_severity(fs: FlowStep, plain_chain: bool, is_checkup: bool = True) -> str | None:
+def exploding_severity(fs: FlowStep, view: RunView) -> str | None:
     """Return "error", "warning" or None for one step's gradient flow across depth."""
-    v = depth_verdict(fs.total, fs.factor, plain_chain=plain_chain)
+    forward = forward_figures(view, fs.step)["forward_exploding"]
+    v = depth_verdict(fs.total, fs.factor, path=view.path, forward_exploding=forward)
     if v is None or v[0] != "exploding":
         return None
-    if not is_checkup and fs.total <= EXPLODING_RATIO:
+    if not view.is_checkup and fs.total <= EXPLODING_RATIO:
         return None
     return v[1]
 
@@ -68,27 +75,31 @@ def rule(view: RunView) -> list[Finding]:
 
 def _across_depth(view: RunView) -> list[Finding]:
     steps = flow_steps(view)
-    held = [fs for fs in steps if exploding_severity(fs, view.plain_chain, view.is_checkup)]
+    held = [fs for fs in steps if exploding_severity(fs, view)]
     held_steps, recorded = [fs.step for fs in held], [fs.step for fs in steps]
     if not (persists(held_steps, recorded) or _at_start(held_steps, recorded)):
         return []
     last = held[-1]
     still = held_steps[-1] == recorded[-1]
-    sev = exploding_severity(last, view.plain_chain, view.is_checkup)
+    sev = exploding_severity(last, view)
     severity = (sev or "warning") if still else "warning"
-    remedies = flow_remedies(view, "exploding")
+    forward = forward_figures(view, last.step)
+    remedies = flow_remedies(view, "exploding", forward_exploding=forward["forward_exploding"])
     pairs = zip(last.layers, last.ratios, strict=True)
     layers = [ly for ly, r in pairs if r > EXPLODING_LAYER_RATIO]
-    layers = layers or [last.layers[0]]
+    layers = as_layers(view, layers or [last.layers[0]])
     message = (
-        f"The back-propagated gradient grows {times(last.total)} from layer "
-        f"'{last.layers[-1]}' to '{last.layers[0]}' ({number(last.factor)} per layer)"
-        f"{when(view, held_steps, recorded)}: the input-side layers {names(layers)} get the "
-        f"largest updates and training may blow up; {advice(remedies)}."
+        f"The back-propagated gradient grows {times(last.total)} from "
+        f"'{last.layers[-1]}' to '{last.layers[0]}' ({number(last.factor)} per layer"
+        f"{_along(view)}){when(view, held_steps, recorded)}{_forward_clause(forward)}: the "
+        f"input-side layers {names(layers)} get the largest updates and training may blow up"
+        f"{_why(view, forward)}; {advice(remedies, figure=_figure(last, forward))}."
     )
     evidence = {
         **last.evidence(),
+        **forward,
         "axis": "depth",
+        "path": view.path,
         "layers_above": list(layers),
         "ratio_threshold": EXPLODING_RATIO,
         "steps_held": len(held_steps),
@@ -106,6 +117,47 @@ def _across_depth(view: RunView) -> list[Finding]:
             remedies,
         )
     ]
+
+
+def _along(view: RunView) -> str:
+    return {
+        "residual": ", along the residual stream",
+        "normalized": ", through normalised layers without shortcuts",
+    }.get(view.path, "")
+
+
+def _forward_clause(forward: dict) -> str:
+    """``, while the loss is 1.6e4 (7000× chance) and the output 4e5× the input``."""
+    parts = []
+    over = forward.get("loss_over_chance")
+    if isinstance(over, float) and over == over and over >= 1.5:
+        parts.append(f"the loss is {number(forward['loss'])} ({times(over)} chance, "
+                     f"{number(forward['chance'])})")
+    gain = forward.get("forward_gain")
+    if isinstance(gain, float) and gain == gain and gain >= 10:
+        parts.append(f"the output's scale is {times(gain)} the input's")
+    rel = forward.get("input_grad_over_weight")
+    if isinstance(rel, float) and rel == rel and rel >= 1:
+        parts.append(f"the input-side layer '{forward['input_grad_over_weight_layer']}' has "
+                     f"‖∇W‖/‖W‖ = {number(rel)}, so one SGD step at learning rate 0.1 moves it by "
+                     f"{number(10 * rel)}% of its size")
+    return (", while " + " and ".join(parts)) if parts else ""
+
+
+def _why(view: RunView, forward: dict) -> str:
+    if view.path == "normalized":
+        return " (batch norm without shortcuts grows the gradient with depth, Yang et al. 2019)"
+    if view.path == "residual" and forward.get("forward_exploding"):
+        return (" (each block adds its variance to the stream when nothing normalises it, "
+                "Zhang et al. 2019)")
+    return ""
+
+
+def _figure(last: FlowStep, forward: dict) -> str:
+    """The measured figure the remedies address."""
+    if forward.get("forward_exploding"):
+        return f"to bring the {times(last.total)} growth and the output's scale down"
+    return f"to bring the per-layer factor {number(last.factor)} down to 1"
 
 
 def _over_steps(view: RunView) -> list[Finding]:

@@ -32,13 +32,15 @@ def rule(view: RunView) -> list[Finding]:
     if not steps:
         return []
     if any(
-        vanishing_severity(fs) or exploding_severity(fs, view.plain_chain, view.is_checkup)
+        vanishing_severity(fs) or exploding_severity(fs, view)
         for fs in steps
     ):
         return []
     st = view.structure
-    if view.residual is not False or st.get("attention") or st.get("recurrent"):
-        return []  # residual (or not known to be plain): the note does not apply
+    if view.residual is not False or st.get("shortcuts") or st.get("attention") or st.get(
+        "recurrent"
+    ):
+        return []  # shortcuts (or not known to be plain): the note does not apply
     last = steps[-1]
     message = (
         f"This {depth}-layer network's gradients are healthy (the back-propagated gradient "

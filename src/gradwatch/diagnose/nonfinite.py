@@ -32,9 +32,13 @@ import math
 
 import numpy as np
 
+from gradwatch.diagnose._advice import flow_remedies
+from gradwatch.diagnose._flow import flow_steps
+from gradwatch.diagnose._forward import forward_figures
 from gradwatch.diagnose._view import RunView, num, step_span, when
+from gradwatch.diagnose.exploding import exploding_severity
 from gradwatch.findings import Finding
-from gradwatch.wording import number
+from gradwatch.wording import number, times
 
 #: Statistics whose NaN/Inf values (or, for the counts, positive values) mark a bad step.
 WATCHED = (
@@ -192,6 +196,8 @@ def rule(view: RunView) -> list[Finding]:
             "division by zero, overflow?)"
         )
         remedies = ("check_inputs", "lower_lr", "clip_grad_norm")
+        if _inputs_finite(view, first):  # the data was looked at: it is not the cause
+            remedies = ("lower_lr", "clip_grad_norm")
     elif grads:
         where, layer = "backward", grads[-1]
         arrived = layer in bad["backprop_norm"].get(first, [])
@@ -210,12 +216,22 @@ def rule(view: RunView) -> list[Finding]:
         where, layer = "loss", ""
         what = "only the loss is NaN/Inf (check the targets and the loss function)"
         remedies = ("check_inputs", "lower_lr")
+    cause = _exploding_before(view, first) if where in ("forward", "backward", "weights") else None
+    if cause is not None:
+        what += (
+            f", after updates driven by the exploding gradient found at step {cause['step']} "
+            f"(it grows {times(cause['backprop_ratio'])} toward the input)"
+        )
+        remedies = tuple(dict.fromkeys((*cause["remedies"], *remedies)))
     pos = layers_all.index(layer) if layer in layers_all else -1
     side = "" if pos < 0 else ("input side" if pos < len(layers_all) / 2 else "output side")
     at = "" if view.is_checkup else f" at step {first}"
     place = f" ({side}, layer {pos + 1} of {len(layers_all)})" if side else ""
     advice = {
-        "forward": "fix that operation or its inputs.",
+        "forward": (
+            "tame the explosion first." if cause is not None
+            else "fix that operation or its inputs."
+        ),
         "input": "clean the data (torch.nan_to_num, or drop the bad samples).",
     }.get(where, "clip gradients or lower the learning rate.")
     message = f"NaN/Inf first appears{at}{place}: {what}; {advice}"
@@ -234,6 +250,8 @@ def rule(view: RunView) -> list[Finding]:
         "steps_nonfinite": len(held),
         "steps_skipped_by_scaler": len(skipped),
         "during": when(view, held, view.steps).strip(),
+        "inputs_finite": _inputs_finite(view, first),
+        "caused_by_exploding_at_step": cause["step"] if cause is not None else None,
     }
     return [
         Finding(
@@ -246,6 +264,38 @@ def rule(view: RunView) -> list[Finding]:
             remedies=remedies,
         )
     ]
+
+
+def _inputs_finite(view: RunView, step: int) -> bool:
+    """Whether the inputs were seen finite at ``step``.
+
+    A checkup looks at its inputs (``nonfinite_origin`` is "inputs" otherwise); a run records
+    ``input_nonfinite`` at each step whose gradients are not finite.
+    """
+    if view.is_checkup:
+        return view.checkup.get("nonfinite_origin") != "inputs"
+    return _run_level(view, "input_nonfinite").get(step) == 0
+
+
+def _exploding_before(view: RunView, first: int) -> dict | None:
+    """The exploding gradient found across depth at a step before ``first``, if any.
+
+    A NaN that appears after an update driven by such a gradient was caused by it (the
+    update overflowed the weights or the next forward pass), not by the data.
+    """
+    if view.is_checkup:
+        return None
+    for fs in flow_steps(view):
+        if fs.step >= first:
+            break
+        if exploding_severity(fs, view):
+            fwd = forward_figures(view, fs.step)["forward_exploding"]
+            return {
+                "step": fs.step,
+                "backprop_ratio": fs.total,
+                "remedies": flow_remedies(view, "exploding", forward_exploding=fwd),
+            }
+    return None
 
 
 def _order(view: RunView):  # noqa: ANN202 - a sort key

@@ -1,13 +1,13 @@
 """Rule ``not_learning``: a run whose loss does not fall, with no gradient problem to explain it.
 
-The other rules name what stops a run (a vanishing, exploding or non-finite gradient, dead or
-saturated units). When the loss stays where it started and none of them fires, the cause is
-outside what gradient statistics can show: the optimizer's schedule (a post-LN transformer
-trained with Adam without warmup, Xiong et al. 2020), the learning rate, the data or the
-labels; and a recurrent net's gradient through time is measured by ``gw.check``, not recorded
-in a training run. Saying "healthy" would be a miss and naming a cause a guess, so the
-finding is kind "uncertain" (severity warning), with the reason and what to try. Any finding
-of the other kinds takes precedence in the verdict.
+The other rules name what stops a run (a vanishing, exploding or non-finite gradient, across
+depth or through time, dead or saturated units). When the loss stays where it started and
+none of them fires, the cause is outside what gradient statistics can show: the optimizer's
+schedule (a post-LN transformer trained with Adam without warmup, Xiong et al. 2020), the
+learning rate, the data or the labels. Saying "healthy" would be a miss and naming a cause a
+guess, so the finding is kind "uncertain" (severity warning), with the reason, the flow
+through time where the run recorded it, and what to try. Any finding of the other kinds
+takes precedence in the verdict.
 """
 
 from __future__ import annotations
@@ -16,7 +16,9 @@ import numpy as np
 
 from gradwatch.diagnose._advice import advice, family, flow_remedies
 from gradwatch.diagnose._view import RunView, num, step_span
+from gradwatch.diagnose.temporal import run_flows
 from gradwatch.findings import Finding
+from gradwatch.probes import INPUT
 from gradwatch.wording import number
 
 NOT_LEARNING = 0.95
@@ -42,15 +44,21 @@ def rule(view: RunView) -> list[Finding]:
     if not (start > 0 and end >= NOT_LEARNING * start):
         return []
     fam = family(view)
-    if fam == "recurrent":
-        why = (
-            "a recurrent layer's gradient through time is not recorded in a training run: "
-            "run gw.check on a batch to measure it"
+    why = (
+        "the gradients show no vanishing, exploding, dead or saturated layer that would "
+        "explain it, so the cause is elsewhere (learning-rate schedule, data or labels)"
+    )
+    flows = run_flows(view)
+    if flows:
+        said = ", ".join(
+            f"{'the input' if k == INPUT else repr(k)} {number(v['first_over_last'])}"
+            for k, v in list(flows.items())[:3]
         )
-    else:
         why = (
-            "the gradients show no vanishing, exploding, dead or saturated layer that would "
-            "explain it, so the cause is elsewhere (learning-rate schedule, data or labels)"
+            "the gradients show no vanishing, exploding, dead or saturated layer, and the "
+            f"gradient through time recorded at the detail steps arrives (first over last "
+            f"time step at the end: {said}), so the cause is elsewhere (learning-rate "
+            "schedule, data or labels)"
         )
     remedies = flow_remedies(view, "vanishing") if fam != "plain" else ("lower_lr", "warmup")
     message = (

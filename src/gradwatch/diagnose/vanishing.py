@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from gradwatch.diagnose._advice import advice, flow_remedies
-from gradwatch.diagnose._flow import FlowStep, flow_steps
+from gradwatch.diagnose._flow import FlowStep, as_layers, flow_steps
 from gradwatch.diagnose._view import RunView, loss_fell, names, num, persists, step_span, when
 from gradwatch.diagnose.dead import DEAD_FRAC_ERROR
 from gradwatch.findings import Finding
@@ -103,7 +103,7 @@ def rule(view: RunView) -> list[Finding]:
         severity = "info"  # cleared by the end of the run: a note, not the run's verdict
     pairs = zip(last.layers, last.ratios, strict=True)
     layers = [ly for ly, r in pairs if r < VANISHING_LAYER_RATIO]
-    layers = layers or [last.layers[0]]
+    layers = as_layers(view, layers or [last.layers[0]])
     remedies = flow_remedies(view, "vanishing")
     learning = None if view.is_checkup else still_learning(view, layers)
     if learning is not None:
@@ -116,11 +116,13 @@ def rule(view: RunView) -> list[Finding]:
             else f" (their weight gradients only shrink to {times(last.grad_total)}, so they "
             "look flatter)"
         )
+    figure = f"to lift the per-layer factor {number(last.factor)} toward 1"
     message = (
         f"The back-propagated gradient shrinks to {times(last.total)} of its size from layer "
-        f"'{last.layers[-1]}' to '{last.layers[0]}' ({number(last.factor)} per layer)"
+        f"'{last.layers[-1]}' to '{last.layers[0]}' ({number(last.factor)} per layer"
+        f"{', along the residual stream' if view.path == 'residual' else ''})"
         f"{when(view, held_steps, recorded)}: the input-side layers {names(layers)} barely "
-        f"learn{flat}; {advice(remedies)}."
+        f"learn{flat}; {advice(remedies, figure=figure)}."
     )
     if learning is not None:
         message = (
@@ -129,7 +131,7 @@ def rule(view: RunView) -> list[Finding]:
             f", but the run learns: the loss fell from {number(learning['loss_start'])} to "
             f"{number(learning['loss_end'])} and the input-side layers update at "
             f"{times(learning['pace'])} the median layer's rate; if it should learn "
-            f"faster, {advice(remedies)}."
+            f"faster, {advice(remedies, figure=figure)}."
         )
     evidence = {
         **last.evidence(),

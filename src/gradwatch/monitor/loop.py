@@ -28,7 +28,8 @@ from torch import nn
 
 from gradwatch.monitor.bucket import StepBucket
 from gradwatch.monitor.gradpass import GradPass
-from gradwatch.monitor.hookkit import HookSet, disown, own
+from gradwatch.monitor.hookkit import HookSet, disown, own, tensors_in
+from gradwatch.monitor.meta import describe_structure
 from gradwatch.monitor.optim import OptimizerHooks
 from gradwatch.monitor.tap import Record, StepPlan, overrides
 from gradwatch.monitor.taps import TAPS
@@ -57,6 +58,7 @@ class TapLoop:
         self.mon, self.ctx, self.schedule = mon, ctx, schedule
         self.step, self.n_recorded = step, n_recorded
         self.forward_seen = False
+        self.structure_read = False  # the first forward pass's output graph read
         self.compile_warned = False
         self.late_loss_step = step - 1  # a loss never goes to a step already on disk
         self.flush_due = False
@@ -74,8 +76,10 @@ class TapLoop:
             tap.install()
         self.taps = [t for t in self.all_taps if t.active]  # the others cost nothing a step
         self.events = {ev: [t for t in self.taps if overrides(t, ev)] for ev in EVENTS}
-        if self.events["on_forward_done"]:
-            self.handles.append(own(model.register_forward_hook(self.on_root_done)))
+        # the end of the forward pass: for the taps that listen, and once, for the structure
+        # read from the output's graph (removed after that when no tap listens)
+        self.done_handle = own(model.register_forward_hook(self.on_root_done))
+        self.handles.append(self.done_handle)
         self.optim = OptimizerHooks(self)
         native.refresh()  # the compiled kernels, if this machine has built them
 
@@ -96,24 +100,52 @@ class TapLoop:
             getattr(tap, event)(*args)
 
     # -- the model's forward pass (hooks on the root module) ------------------------------
-    def on_root_forward(self, module: nn.Module, args: Any, kwargs: Any) -> None:
-        """Root forward pre-hook: the taps' ``on_forward``; a new forward pass begins."""
+    def on_root_forward(self, module: nn.Module, args: Any, kwargs: Any) -> Any:
+        """Root forward pre-hook: the taps' ``on_forward``; a new forward pass begins.
+
+        A tap may hand back new positional arguments; the model then runs on those.
+        """
         if self.aside:
-            return
+            return None
         if torch.compiler.is_compiling():
             self.ctx.on_compiled()
-            return
+            return None
         if self.flush_due and not self.ctx.replaying:
             self.mon.flush(wait=False)  # a new step begins: no loss came for the last one
-        self.dispatch("on_forward", args, kwargs)
+        changed = False
+        for tap in self.events["on_forward"]:
+            new = tap.on_forward(args, kwargs)
+            if new is not None:
+                args, changed = new, True
         if torch.is_grad_enabled() and not self.ctx.replaying:
             self.forward_seen = True
             self.tracker.last_layer = -1
+        return (args, kwargs) if changed else None
 
     def on_root_done(self, module: nn.Module, args: Any, out: Any) -> None:
-        """Root forward hook: the taps' ``on_forward_done``."""
+        """Root forward hook: the taps' ``on_forward_done``; the structure from the graph."""
         if not self.aside and not torch.compiler.is_compiling():
             self.dispatch("on_forward_done", args, out)
+            if not self.structure_read and not self.ctx.replaying and torch.is_grad_enabled():
+                self.read_structure(out)
+
+    def read_structure(self, out: Any) -> None:
+        """Once, at the first forward pass: the structure from the output's autograd graph.
+
+        Shortcuts, the residual stream and attention, so that a run whose loss is passed as
+        a number keeps them; a loss tensor given to ``Monitor.step`` is read instead (it
+        adds what the loss is).
+        """
+        first = next((t for t in tensors_in(out) if t.grad_fn is not None), None)
+        if first is None:
+            return
+        self.structure_read = True
+        found = describe_structure(self.ctx.model, first)
+        if found is not None and not self.mon._structure_from_graph:
+            self.mon._structure = found
+        if not self.events["on_forward_done"]:
+            disown([self.done_handle])  # nothing else listens: no hook from now on
+            self.done_handle.remove()
 
     # -- the step's gradients and its end --------------------------------------------------
     def gradient_pass(self) -> None:

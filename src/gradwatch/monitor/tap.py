@@ -162,8 +162,12 @@ class Tap:
         """Remove every hook and drop buffers (the Monitor is closing)."""
 
     # -- events ---------------------------------------------------------------------------
-    def on_forward(self, args: Any, kwargs: Any) -> None:
-        """The model's forward pass begins (any call of the root module, outside compile)."""
+    def on_forward(self, args: Any, kwargs: Any) -> tuple | None:
+        """The model's forward pass begins (any call of the root module, outside compile).
+
+        May return new positional arguments for the model (the same values, e.g. an input
+        made to require grad so that its gradient can be hooked); None keeps them.
+        """
 
     def on_forward_done(self, args: Any, out: Any) -> None:
         """The model's forward pass returned ``out``."""

@@ -61,7 +61,7 @@ from gradwatch.remedies.init_schemes import he_init_, orthogonal_init_, xavier_i
 from gradwatch.remedies.lsuv import lsuv_init_
 from gradwatch.remedies.normalization import insert_norm
 from gradwatch.remedies.residual import add_residual
-from gradwatch.structure import describe
+from gradwatch.structure import HE_SCALE, describe, drawn_at
 
 if TYPE_CHECKING:
     from gradwatch.check import Checkup
@@ -79,6 +79,10 @@ REMEDY_KINDS = {
     "insert_norm": "normalization",
     "add_residual": "residual",
 }
+
+#: Remedies of a recurrent cell's gates or decay (their biases, its eigenvalues): fix has no
+#: candidate for them, and their names must not read as an init scheme of every layer.
+CELL_REMEDIES = ("chrono_init", "slow_decay_init", "forget_gate_bias")
 
 #: Verdicts after which fix changes nothing: healthy, or "uncertain" (outside what a checkup
 #: can judge, so no remedy could be verified).
@@ -303,6 +307,8 @@ def _kind_of(remedy: str) -> str | None:
     name = remedy.lower().replace("-", "_")
     if name in REMEDY_KINDS:
         return REMEDY_KINDS[name]
+    if name in CELL_REMEDIES:
+        return None
     tokens = set(name.split("_"))
     if tokens & {"clip", "lr"}:
         return None
@@ -331,7 +337,11 @@ def _dominant_family(model: nn.Module, inputs: Any) -> str:
 def _candidates(kind: str, current: _Trial, inputs: Any) -> list[_Candidate]:
     model, verdict = current.model, current.checkup.verdict
     if kind == "init":
-        return _init_candidates(_dominant_family(model, inputs), verdict, inputs)
+        found = _init_candidates(_dominant_family(model, inputs), verdict, inputs)
+        init = (current.checkup.run.meta.get("structure") or {}).get("init_scale")
+        if drawn_at(init, HE_SCALE):  # redrawn at the scale it has, nothing would change
+            found = [c for c in found if c.details.get("scheme") != "he"]
+        return found
     if kind == "activation":
         return _activation_candidates(model, verdict, inputs)
     if kind == "normalization":
@@ -345,6 +355,8 @@ def _candidates(kind: str, current: _Trial, inputs: Any) -> list[_Candidate]:
             )
             for norm in ("batch", "layer")
         ]
+    if (current.checkup.run.meta.get("structure") or {}).get("shortcuts"):
+        return []  # shortcuts (residual additions, dense concatenations) are there already
     return [
         _Candidate(
             "add_residual",

@@ -8,12 +8,20 @@ the last (t = T - 1) time step of the layer's input sequence x, and T: the same 
 checkup (:class:`gradwatch.probes.TemporalProbe`) measures, read by the ``temporal`` rule as
 ``time_grad_first / time_grad_last``.
 
-Hot path: a forward pre-hook on the layer takes its input sequence (raw data, which does not
-require grad, is replaced by ``x.detach().requires_grad_()``: a view without history) and
-registers a tensor hook on it; during backward that hook writes the two norms (float32
-accumulation) into the step's buffer. A layer called several times in a step contributes
-several rows; the host side takes ``sqrt(sum of squared norms)`` over the calls with the
-layer's first call's sequence length.
+The same two norms are kept for the model's own input when it is a floating ``(N, T, F)``
+sequence (``(T, N, F)`` for sequence-first recurrent layers), under the run-level layer
+``""``: the flow through time where the signal enters, whatever cell carries it (a loop, a
+scan, attention), read by the diagnosis as the layer ``"(input)"``. An input whose first
+layer is a convolution is left out (a convolution reads a window of steps by design).
+
+Hot path: a forward pre-hook on the layer (on the model, for its input) takes its input
+sequence (raw data, which does not require grad, is replaced by
+``x.detach().requires_grad_()``: a view without history) and registers a tensor hook on it;
+during backward that hook writes the two norms into the step's buffer, each taken as
+``max|g| · ‖g / max|g|‖`` (:func:`scaled_norm`: a plain float32 norm squares entries below
+~1e-19 to 0, and the far steps of a vanishing flow live there). A layer called several times
+in a step contributes several rows; the host side takes ``sqrt(sum of squared norms)`` over
+the calls with the layer's first call's sequence length.
 
 References:
     Bengio, Simard & Frasconi, "Learning long-term dependencies with gradient descent is
@@ -26,10 +34,21 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from gradwatch.stats.registry import define_block, define_statistic
 
 TIME_STATS = ("time_grad_first", "time_grad_last", "time_steps")
+
+
+def scaled_norm(t: torch.Tensor) -> torch.Tensor:
+    """‖t‖₂ as float32 without underflow: ``max|t| · ‖t / max|t|‖`` (0 for a zero tensor)."""
+    t = t.detach()
+    if not t.is_floating_point():
+        t = t.float()
+    top = t.abs().amax().float()
+    safe = torch.where(top > 0, top, torch.ones_like(top))
+    return top * torch.linalg.vector_norm(t.float() / safe, dtype=torch.float32)
 
 
 def decode_time(

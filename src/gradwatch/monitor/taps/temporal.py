@@ -5,6 +5,13 @@ the gradient of its input sequence and keeps its norms at the first and the last
 (:mod:`gradwatch.stats.temporal`). Raw data that does not require grad is replaced by
 ``x.detach().requires_grad_()`` (a view without history), so that d loss / d x exists.
 PackedSequence, keyword inputs and anything but a dense floating (T, ...) tensor are skipped.
+
+The same two norms are kept for the model's own input when it is a floating ``(N, T, F)``
+sequence (``(T, N, F)`` when its recurrent layers read sequence-first), T > 1, under the
+run-level layer ``""`` (row ``len(layers)``): the flow through time where the signal enters,
+whatever carries it (a recurrent layer, a loop, a scan). An input whose first layer is a
+convolution is left out (a convolution reads a window of steps by design). Norms are taken
+without float32 underflow (:func:`gradwatch.stats.temporal.scaled_norm`).
 """
 
 from __future__ import annotations
@@ -16,14 +23,14 @@ from torch import nn
 
 from gradwatch.monitor.hookkit import HookSet
 from gradwatch.monitor.tap import Record, StepPlan, Tap, register_tap
-from gradwatch.stats.temporal import TIME_STATS
+from gradwatch.stats.temporal import TIME_STATS, scaled_norm
 
-F32 = torch.float32
+_CONV = (nn.modules.conv._ConvNd,)
 
 
 @register_tap
 class TemporalTap(Tap):
-    """Gradient norms at the ends of each recurrent layer's input sequence."""
+    """Gradient norms at the ends of each recurrent layer's input sequence and the model's."""
 
     name = "time"
     sources = ("time",)
@@ -42,6 +49,8 @@ class TemporalTap(Tap):
                 if isinstance(ly.module, nn.RNNBase)]
         self.hooks.forward([m for _, m in rnns], [self._make_hook(li) for li, _ in rnns],
                            pre=True)
+        self.seq_first = any(isinstance(m, nn.RNNBase) and not m.batch_first
+                             for m in self.ctx.model.modules())
 
     def begin_step(self, plan: StepPlan) -> None:
         """Reset the step's rows; hooks on at the steps that record them."""
@@ -49,6 +58,43 @@ class TemporalTap(Tap):
         self.vals = []
         self.on = self.needed and plan.any_due(TIME_STATS)
         self.hooks.switch(self.on or plan.persistent)
+
+    def on_forward(self, args: Any, kwargs: Any) -> tuple | None:
+        """The model input's flow through time: new args whose first one's gradient is hooked.
+
+        A floating ``(N, T, F)`` first argument that does not require grad is replaced by a
+        copy of a leaf that does (a copy, so that the model may still change its input in
+        place); one that requires grad is hooked as it is.
+        """
+        ctx = self.ctx
+        if not self.on or ctx.replaying or not torch.is_grad_enabled():
+            return None
+        try:
+            x = args[0] if args else None
+            time_dim = 0 if self.seq_first else 1
+            if (
+                type(x) is not torch.Tensor
+                or x.dim() != 3
+                or not x.is_floating_point()
+                or x.layout != torch.strided
+                or x.shape[time_dim] < 2
+                or self._conv_first()
+            ):
+                return None
+            fn = self._grad_hook(len(ctx.layers), time_dim, int(x.shape[time_dim]))
+            if x.requires_grad:  # its gradient is computed anyway
+                x.register_hook(fn)
+                return None
+            leaf = x.detach().requires_grad_(True)
+            leaf.register_hook(fn)
+            return (leaf.clone(), *args[1:])
+        except Exception as exc:  # noqa: BLE001 - never take training down
+            ctx.warn("time_grad_first and time_grad_last of the input", exc)
+            return None
+
+    def _conv_first(self) -> bool:
+        order = self.ctx.tracker.exec_order
+        return bool(order) and isinstance(self.ctx.layers[order[0]].module, _CONV)
 
     def _make_hook(self, li: int):
         ctx = self.ctx
@@ -98,9 +144,11 @@ class TemporalTap(Tap):
         def on_time_grad(grad: torch.Tensor) -> None:
             try:
                 g = grad.detach()
+                if li == len(self.ctx.layers) and self._conv_first():
+                    return  # the input went into a convolution first (known after pass one)
                 ends = torch.stack([
-                    torch.linalg.vector_norm(g.select(time_dim, 0), dtype=F32),
-                    torch.linalg.vector_norm(g.select(time_dim, steps - 1), dtype=F32),
+                    scaled_norm(g.select(time_dim, 0)),
+                    scaled_norm(g.select(time_dim, steps - 1)),
                 ])
                 self.rows.append((li, steps))
                 self.vals.append(ends)
