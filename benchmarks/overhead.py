@@ -24,6 +24,10 @@ Configurations:
                back-propagated norms, max |g|, weight norm, update ratio and activation
                statistics every 10th recorded step)
 - everything:  every statistic at every step (detail_every=1, activations on)
+- everything_fp16: the same with ``precision="fp16"``: the low-precision statistics (four
+               formats' underflow/overflow of gradients and back-propagated signal, log2
+               range) at every step, so the two rows give the cost of a detail step before
+               and after them
 - floor:       no gradwatch: one fused ``torch._foreach_norm`` over the gradients after every
                backward (what ``clip_grad_norm_`` does): the standard way to read every
                gradient once, and what the parameter-gradient statistics cost at least
@@ -54,11 +58,13 @@ CONFIGS = {
     "param_grads": dict(stats=["grad_norm", "grad_rms", "nonfinite", "loss"], activations=False),
     "default": dict(),
     "everything": dict(detail_every=1),
+    "everything_fp16": dict(detail_every=1, precision="fp16"),
 }
 LABELS = {
     "param_grads": "gradwatch, parameter-gradient statistics only",
     "default": "**gradwatch default**",
     "everything": "gradwatch, everything every step",
+    "everything_fp16": "gradwatch, everything every step + low-precision statistics",
     "floor": "floor: one `torch._foreach_norm` over the gradients, no gradwatch",
     "lightning": "Lightning `grad_norm` every step (norms only)",
     "wandb": "wandb.watch every step",

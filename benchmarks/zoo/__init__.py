@@ -18,11 +18,12 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from . import cnn, mlp, recurrent, resnet, setups, transformer
+from . import cnn, mlp, precision, recurrent, resnet, setups, transformer
 from .case import OUTCOMES, VERDICTS, Case, Train
 
 CASES: list[Case] = [
     *mlp.CASES, *cnn.CASES, *resnet.CASES, *transformer.CASES, *recurrent.CASES, *setups.CASES,
+    *precision.CASES,
 ]
 BY_NAME: dict[str, Case] = {c.name: c for c in CASES}
 assert len(BY_NAME) == len(CASES), "case names must be unique"

@@ -52,6 +52,9 @@ class Train:
         accumulate: micro-batches per optimizer step (gradient accumulation).
         scaler_init_scale: if set, train under a ``torch.amp.GradScaler`` with this initial
             scale (fp16-style loss scaling; a huge scale makes the first steps overflow).
+        autocast: if set (``torch.float16`` or ``torch.bfloat16``), the forward pass and the
+            loss run under ``torch.autocast("cpu", dtype=autocast)``: real mixed-precision
+            training, its back-propagated signal in that dtype.
         window: steps averaged at each end of the loss curve.
         baseline: the loss of a model that has learnt nothing (ln 10 for the digits): the
             reference ``drop`` is measured against (default: the starting loss). A net that
@@ -68,6 +71,7 @@ class Train:
     loss: LossFn | None = None
     accumulate: int = 1
     scaler_init_scale: float | None = None
+    autocast: torch.dtype | None = None
     window: int = 10
     baseline: float | None = None
 
@@ -82,7 +86,7 @@ class Case:
 
     Attributes:
         name: unique, lower case, no spaces.
-        family: "mlp", "cnn", "resnet", "transformer", "recurrent" or "setup".
+        family: "mlp", "cnn", "resnet", "transformer", "recurrent", "setup" or "precision".
         model: builds the model (seeded by the runner), initialised as the case says.
         batch: the batch ``gw.check`` runs on: ``(inputs, targets)``.
         expect_init: expected ``gw.check(...).verdict`` at initialisation.
@@ -98,6 +102,9 @@ class Case:
         seed: for the model and the batches.
         budget_s: CPU seconds the case may take (check and run, one thread); the zoo
             reports the cases over budget.
+        precision: the low-precision format the case is about ("fp16", "bf16", "e4m3",
+            "e5m2"): the check and the run are watched for it (``precision=``).
+        loss_scale: the check's ``loss_scale=`` (the run's scale is its GradScaler's).
         forbid_remedies: remedy names (``gradwatch.diagnose._advice.PHRASES``) a finding
             must not offer, at init or after the run, because the model already has what
             they would add (e.g. "residual" for a DenseNet, "he_init" for He-init weights).
@@ -120,6 +127,8 @@ class Case:
     quick: bool = False
     seed: int = 0
     budget_s: float = 15.0
+    precision: str | None = None
+    loss_scale: float | None = None
     forbid_remedies: tuple[str, ...] = ()
     measured: dict[str, float] = field(default_factory=dict, compare=False)
 

@@ -8,6 +8,7 @@ the CPU is ~100× slower; a value under 1e-38 is vanished either way).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Any
@@ -45,7 +46,8 @@ def check_at_init(case: Case) -> dict[str, Any]:
     model = _seeded(case.seed, case.model)
     torch.manual_seed(case.seed + 1)
     inputs, targets = case.batch()
-    cu = gw.check(model, inputs, targets, case.loss)
+    cu = gw.check(model, inputs, targets, case.loss, precision=case.precision,
+                  loss_scale=case.loss_scale)
     return {"verdict": cu.verdict, "findings": _kinds(cu.findings),
             "messages": [f.message for f in cu.findings][:6], **_offered(cu.findings, case)}
 
@@ -67,6 +69,10 @@ def train_watched(case: Case) -> dict[str, Any]:
     if tr.scaler_init_scale is not None:
         scaler = torch.amp.GradScaler("cpu", init_scale=tr.scaler_init_scale)
         options["scaler"] = scaler
+    if case.precision is not None:
+        options["precision"] = case.precision
+    amp = (torch.autocast("cpu", dtype=tr.autocast) if tr.autocast is not None
+           else contextlib.nullcontext())
     losses: list[float] = []
     with gw.watch(model, None, optimizer=opt, diagnose=False, **options) as mon:
         for step in range(tr.steps):
@@ -74,7 +80,8 @@ def train_watched(case: Case) -> dict[str, Any]:
             total = 0.0
             for micro in range(tr.accumulate):
                 inputs, targets = tr.batch(step * tr.accumulate + micro)
-                loss = _loss_of(model(*_as_args(inputs)), targets, loss_fn) / tr.accumulate
+                with amp:
+                    loss = _loss_of(model(*_as_args(inputs)), targets, loss_fn) / tr.accumulate
                 (scaler.scale(loss) if scaler is not None else loss).backward()
                 total += float(loss.detach())
             if scaler is not None:

@@ -40,6 +40,7 @@ from gradwatch.layers import Layer, check_hookable, find_layers
 from gradwatch.monitor import watch
 from gradwatch.monitor.lifecycle import standing_aside
 from gradwatch.probes import INPUT, TEMPORAL_COLUMNS, ForwardProbe, TemporalProbe, TrunkProbe
+from gradwatch.stats.precision import PRECISION_STATS
 from gradwatch.store.reader import Run
 from gradwatch.structure import describe
 from gradwatch.theory.opinion import second_opinion
@@ -90,8 +91,8 @@ class Checkup:
 
     Attributes:
         table: one row per layer, input side first: ``layer``, ``type``, every statistic of
-            :data:`STAT_COLUMNS` (NaN where it does not apply), ``backprop_ratio`` and
-            ``grad_ratio`` (``backprop_norm`` and ``grad_norm`` over the output-side layer's).
+            :data:`STAT_COLUMNS` (NaN where it does not apply; and precision statistics),
+            ``backprop_ratio``, ``grad_ratio`` (over the output-side layer's).
         findings: what the diagnosis rules found.
         verdict: "healthy", "vanishing", "exploding", "nonfinite", "dead", "saturated" or
             "uncertain" (:mod:`gradwatch.verdicts`).
@@ -130,6 +131,8 @@ class Checkup:
             "dead_frac",
             "saturated_frac",
         ]
+        if fmt := self.run.meta.get("checkup", {}).get("precision"):
+            cols += [f"grad_underflow_{fmt}", f"bp_underflow_{fmt}", f"grad_overflow_{fmt}"]
         tab = self.table[cols].copy()
         lines.append("Layers (input side first):")
         lines.append(tab.to_string(index=False, float_format=lambda v: f"{v:.3g}", na_rep="-"))
@@ -171,6 +174,7 @@ def check(
     *,
     train_mode: bool = True,
     rules: Rules | None = None,
+    precision: Any = None, loss_scale: float | None = None,
     theory: bool = True,
 ) -> Checkup:
     """Check a model's gradient flow with one forward/backward pass on a batch.
@@ -192,6 +196,8 @@ def check(
             False for eval mode.
         rules: the diagnosis, ``rules(run, is_checkup) -> list[Finding]``; by default the
             rules of :mod:`gradwatch.diagnose` (see :func:`use_rules`).
+        precision: "fp16", "bf16", "e4m3" or "e5m2": what a cast flushes or overflows.
+        loss_scale: the loss scale those are read at (None: 1); gradwatch.stats.precision.
         theory: add mean-field theory's second opinion
             (:func:`gradwatch.theory.opinion.second_opinion`): a "theory_mismatch" note
             (severity info, no verdict change) where prediction and measurement disagree.
@@ -211,9 +217,8 @@ def check(
     check_hookable(model)
     if any(p.device.type == "meta" for p in model.parameters()):
         raise GradwatchValueError(
-            "model has parameters on the meta device (shapes without values), so no gradient "
-            "can be measured; materialise them first, e.g. model.to_empty(device='cpu') and "
-            "an init, or gw.remedies.init_(model, 'he')"
+            "model has parameters on the meta device (shapes without values): no gradient can "
+            "be measured; materialise them, e.g. model.to_empty(device='cpu') and an init"
         )
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         raise GradwatchValueError(
@@ -255,7 +260,8 @@ def check(
             model.train(train_mode)
             for p in model.parameters():
                 p.grad = None
-            mon = watch(model, run_dir=None, detail_every=1)
+            mon = watch(model, run_dir=None, detail_every=1, precision=precision,
+                        loss_scale=loss_scale)
             probe = ForwardProbe(layers)
             temporal = TemporalProbe(model)
             trunk = None
@@ -300,16 +306,19 @@ def check(
         "loss_kind": loss_kind,
         "train_mode": train_mode,
         "nonfinite_origin": probe.origin(args),
+        **{k: run.meta["settings"].get(k, d) for k, d in (("precision", None),
+                                                           ("loss_scale", 1.0))},
     }
     run.meta["structure"] = structure
     info = run.meta.setdefault("layer_info", {})
     for name, shape in probe.shapes.items():
         info.setdefault(name, {}).setdefault("out_shape", shape)
-    findings = rules(run, True)
+    findings = list(rules(run, True))
     table = _table(run)
     if theory:  # a note where mean-field theory disagrees with the measurement; no verdict change
         readout = "output" if loss_kind == "default" else "random"
-        findings = findings + second_opinion(model, args, table, readout, train_mode)
+        with standing_aside(model):  # its passes are not the training's either
+            findings += second_opinion(model, args, table, readout, train_mode)
     return Checkup(
         table=table,
         findings=findings,
@@ -475,7 +484,6 @@ def _loss(out: Any, targets: torch.Tensor | None, loss_fn: Callable | None) -> t
     return F.mse_loss(y, targets.to(y.dtype)), "mse"
 
 
-# ------------------------------------------------------------------------ model state
 # ------------------------------------------------------------------------------- table
 def _table(run: Run) -> pd.DataFrame:
     layers = run.layers
@@ -483,7 +491,7 @@ def _table(run: Run) -> pd.DataFrame:
     types = [str(info.get(ly, {}).get("type", "")) for ly in layers]
     table = pd.DataFrame({"layer": layers, "type": types})
     df = run.stats
-    for stat in STAT_COLUMNS:
+    for stat in STAT_COLUMNS + tuple(s for s in PRECISION_STATS if s in set(df["stat"])):
         sel = df[(df["stat"] == stat) & (df["layer"] != "")]
         last = sel.drop_duplicates("layer", keep="last").set_index("layer")["value"]
         table[stat] = [float(last[ly]) if ly in last.index else np.nan for ly in layers]

@@ -49,9 +49,11 @@ VERDICT_PRECEDENCE = ("nonfinite", "exploding", "vanishing", "dead", "saturated"
 """Verdict kinds, most severe first: the verdict is the first of these among the findings of
 severity "warning" or "error" ("healthy" when there is none)."""
 
-KIND_VERDICT = {"diverging": "exploding"}
+KIND_VERDICT = {"diverging": "exploding", "underflow": "vanishing", "overflow": "exploding"}
 """Finding kinds that are not verdicts themselves, and the verdict they count toward: a loss
-that climbs by orders of magnitude is the failed run that exploding gradients predict."""
+that climbs by orders of magnitude is the failed run that exploding gradients predict; a
+gradient that flushes to zero in the training's low-precision format is the vanishing
+gradient of that format, one that overflows it the exploding one."""
 
 # -------------------------------------------------------------- gradient flow across depth
 VANISHING_RATIO = 1e-3

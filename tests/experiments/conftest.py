@@ -32,5 +32,5 @@ def runs_of(result: dict, index: int = 0):
     return Path(result["per_seed"][index]["out_dir"])
 
 
-OURS = ("glorot2010", "he2015", "residual")
+OURS = ("glorot2010", "he2015", "residual", "micikevicius2018")
 assert all(n in EXPERIMENTS for n in OURS)

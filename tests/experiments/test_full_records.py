@@ -157,6 +157,9 @@ CASES = [
     ("xiong2020", ("runs", "post-LN+warmup", "all_finite"), False, "Warmup rescues"),
     ("xiong2020", ("runs", "post-LN", "flagged"), [], "gw.diagnose flags"),
     ("xiong2020", ("runs", "pre-LN", "flagged"), ["stalled"], "gw.diagnose flags"),
+    ("micikevicius2018", ("runs", "fp16", "loss_end"), 0.01, "learns worse"),
+    ("micikevicius2018", ("runs", "fp16_scaled", "loss_end"), 2.0, "dynamic loss scaling"),
+    ("micikevicius2018", ("runs", "fp32", "findings"), [], "gw.diagnose reports underflow"),
 ]
 
 

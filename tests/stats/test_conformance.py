@@ -116,6 +116,91 @@ def train_step(scaler: bool = False, clip: float | None = None, nan_input: bool 
     return b
 
 
+FP8 = {"fp16": torch.float16, "bf16": torch.bfloat16, "e4m3": torch.float8_e4m3fn,
+       "e5m2": torch.float8_e5m2}
+#: Input features from 1e-43 (a float32 subnormal) to 1: gradients over 40 decades.
+FEATURE_SCALES = torch.tensor([1e-43, 1e-36, 1e-12, 1e-7, 1e-2, 1.0])
+
+
+def precision_step(scale: str) -> Brute:
+    """One watched step whose gradients span the four formats' ranges, cast by hand.
+
+    ``scale``: ``"scaler"``, a GradScaler at 2**10 (gradients read unscaled, as
+    GradScaler.step leaves them, and multiplied by the scale); ``"x17"`` or ``"x126"``, a loss
+    read as if the loss were multiplied by 2**17 or 2**126 (``watch(loss_scale=)``; at 2**126
+    float32 products overflow, as bf16 would). ``b.grads``/``b.outs`` hold the float32
+    values the cast sees.
+    """
+    model = net()
+    with torch.no_grad():
+        if scale == "scaler":  # column j of the last weight times 1e-3j: layer 2's signal
+            model[4].weight.mul_(10.0 ** (-3.0 * torch.arange(16)))  # spans 45 decades
+        else:  # a large back-propagated signal: some entries overflow
+            model[4].weight.mul_(3000.0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    x = torch.randn(32, 6, generator=torch.Generator().manual_seed(1)) * FEATURE_SCALES
+    y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(2))
+    s = {"scaler": 2.0**10, "x17": 2.0**17, "x126": 2.0**126}[scale]
+    sc = torch.amp.GradScaler("cpu", init_scale=s) if scale == "scaler" else None
+    extra = {"scaler": sc} if sc else {"loss_scale": s}
+    b = Brute(x=x)
+    outs = {}
+
+    def keep(m, a, o, name):
+        o.retain_grad()
+        outs[name] = o
+
+    handles = [model[i].register_forward_hook(
+        lambda m, a, o, name=name: keep(m, a, o, name)) for name, i in LAYERS.items()]
+    with gw.watch(model, optimizer=opt, detail_every=1, precision="fp16", **extra) as mon:
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        (sc.scale(loss) if sc else loss).backward()
+        if sc:
+            sc.unscale_(opt)  # what GradScaler.step does before the optimizer steps
+        for name, i in LAYERS.items():
+            # under GradScaler backward's signal is scaled already; watch(loss_scale=s) reads
+            # an unscaled backward as if the loss were multiplied by s
+            b.outs[name] = outs[name].grad.detach().clone() * (1.0 if sc else s)
+            b.grads[name] = [p.grad.detach().clone() * s for p in model[i].parameters()]
+        (sc.step(opt) if sc else opt.step())
+        if sc:
+            sc.update()
+        mon.step(loss)
+    for h in handles:
+        h.remove()
+    df = mon.run.stats
+    b.run = {(ly, st): v for ly, st, v in zip(df.layer, df.stat, df.value, strict=True)}
+    return b
+
+
+def cast_counts(v: torch.Tensor, fmt: str) -> tuple[int, int]:
+    """(underflow, overflow) entries of float32 ``v`` by real casts to ``fmt``.
+
+    Underflow: nonzero and zero after the cast. Overflow: the cast is not finite (fp16,
+    bf16, e5m2); for e4m3fn, whose cast saturates to ±448, NaN after the cast or |v| / 2
+    rounding above 224 (|v| > 464: v rounds beyond 448 at e4m3's precision).
+    """
+    c = v.to(FP8[fmt]).float()
+    under = int(((v != 0) & (c == 0)).sum())
+    if fmt == "e4m3":
+        half = (v / 2).to(FP8[fmt]).float()
+        over = int((c.isnan() | (half.abs() > 224)).sum())
+    else:
+        over = int((~torch.isfinite(c)).sum())
+    return under, over
+
+
+def cast_fraction(ts, fmt: str, kind: str) -> float:
+    got = [cast_counts(t, fmt) for t in ts]
+    return sum(g[kind == "overflow"] for g in got) / sum(t.numel() for t in ts)
+
+
+def log2_range(ts, which: str) -> float:
+    a = torch.cat([t.abs().reshape(-1) for t in ts]).double()
+    return math.log2(float(a.max() if which == "max" else a[a > 0].min()))
+
+
 class Reader(nn.Module):
     """A tanh RNN (batch first) read at its last step."""
 
@@ -198,7 +283,19 @@ REFERENCES = {
     "time_steps": ({"rnn": True}, lambda b: {"rnn": 12.0}),
     # two parameter groups: layer 2 holds both rates, and records the larger
     "lr": ({"lr": True}, lambda b: dict(b.lr)),
+    "grad_log2_max": ({"precision": "scaler"}, per_layer(
+        lambda b, ly: log2_range(b.grads[ly], "max"))),
+    "grad_log2_min": ({"precision": "scaler"}, per_layer(
+        lambda b, ly: log2_range(b.grads[ly], "min"))),
 }
+# the low-precision fractions, by real casts: underflow under a GradScaler at 2**10, overflow
+# at a loss scaled by 2**17 (2**126 for bf16, whose range is float32's)
+for _fmt in FP8:
+    for _kind, _sc in (("underflow", "scaler"), ("overflow", "x126" if _fmt == "bf16" else "x17")):
+        REFERENCES[f"grad_{_kind}_{_fmt}"] = ({"precision": _sc}, per_layer(
+            lambda b, ly, f=_fmt, k=_kind: cast_fraction(b.grads[ly], f, k)))
+        REFERENCES[f"bp_{_kind}_{_fmt}"] = ({"precision": _sc}, per_layer(
+            lambda b, ly, f=_fmt, k=_kind: cast_fraction([b.outs[ly]], f, k)))
 
 _CACHE: dict[tuple, Brute] = {}
 
@@ -206,7 +303,8 @@ _CACHE: dict[tuple, Brute] = {}
 def scenario(**kw) -> Brute:
     key = tuple(sorted(kw.items()))
     if key not in _CACHE:
-        _CACHE[key] = rnn_step(**kw) if kw.get("rnn") else train_step(**kw)
+        _CACHE[key] = (rnn_step(**kw) if kw.get("rnn") else precision_step(kw["precision"])
+                       if "precision" in kw else train_step(**kw))
     return _CACHE[key]
 
 

@@ -68,7 +68,7 @@ def test_zoo_covers_what_it_promises():
     assert len(CASES) >= 30
     assert 8 <= len(QUICK) <= 12
     families = {c.family for c in CASES}
-    assert families == {"mlp", "cnn", "resnet", "transformer", "recurrent", "setup"}
+    assert families == {"mlp", "cnn", "resnet", "transformer", "recurrent", "setup", "precision"}
     # every verdict but "saturated" and "uncertain" appears as a sick case's truth
     expected = {c.expect_init for c in CASES} | {c.expect_run for c in CASES}
     assert {"healthy", "vanishing", "exploding", "nonfinite", "dead"} <= expected
@@ -98,3 +98,27 @@ def test_judge_reads_the_loss_curve():
     assert judge([2.3, 2.5, float("nan")], _train("diverges"))["truth_held"]
     r = judge([2.3, 2.3, 5.0, 9.0, 12.0], _train())
     assert (r["outcome"], r["truth_held"]) == ("diverges", False)
+
+
+PRECISION = [c.name for c in CASES if c.precision is not None]
+
+
+@pytest.mark.parametrize("name", PRECISION)
+def test_precision_truth_is_a_brute_force_cast(name):
+    """The low-precision cases' verdicts at init agree with real casts of their gradients."""
+    from benchmarks.zoo.precision import brute_force
+
+    from gradwatch.diagnose.precision import UNDERFLOW_FRACTION
+
+    case = BY_NAME[name]
+    got = brute_force(case)
+    under = max(v["underflow"] for v in got.values())
+    over = max(v["overflow"] for v in got.values())
+    if case.expect_init == "vanishing":
+        assert under >= UNDERFLOW_FRACTION, got
+    elif case.expect_init == "exploding":
+        assert over > 0, got
+    else:
+        assert case.expect_init == "healthy"
+        assert under < UNDERFLOW_FRACTION and over == 0, got
+    assert len(PRECISION) >= 6

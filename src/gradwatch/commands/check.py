@@ -1,6 +1,7 @@
 """``gradwatch check``: one forward/backward pass on a batch, and what it says about gradients.
 
     gradwatch check FILE.py:FACTORY [--input-shape 8,3,32,32] [--targets classes:10] [--json]
+                    [--precision fp16|bf16|e4m3|e5m2 [--loss-scale S]]
 
 WARNING: this RUNS FILE.py: it is imported as a module (its top-level code executes, as
 ``python FILE.py`` would without the ``__main__`` block), then ``FACTORY()`` is called with no
@@ -82,6 +83,16 @@ def register(subparsers: Any) -> None:
     )
     parser.add_argument("--json", action="store_true", help="print the checkup as JSON")
     parser.add_argument(
+        "--precision", default=None, choices=("fp16", "bf16", "e4m3", "e5m2"),
+        help="the format training would cast to: also measure what each layer's gradients "
+        "and back-propagated signal would flush to zero or overflow in it",
+    )
+    parser.add_argument(
+        "--loss-scale", type=float, default=None, metavar="S",
+        help="with --precision: read the casts as if the loss were multiplied by S (e.g. "
+        "65536, GradScaler's initial scale); default: no loss scaling",
+    )
+    parser.add_argument(
         "--fail-on", default=None, metavar="VERDICTS",
         help="exit with code 1 when the verdict is one of these, comma-separated (for CI), "
         f"e.g. vanishing,exploding; any of: {', '.join(FAIL_ON_CHOICES)}",
@@ -159,7 +170,12 @@ def run(args: argparse.Namespace) -> int:
         inputs = random_inputs(args.input_shape, args.seed)
     if args.targets is not None:
         targets = random_targets(args.targets, _batch(inputs), args.seed)
-    cu = check(model, inputs, targets, train_mode=not args.eval)
+    if args.loss_scale is not None and args.precision is None:
+        raise GradwatchValueError(
+            "--loss-scale needs --precision: name the format, e.g. --precision fp16"
+        )
+    cu = check(model, inputs, targets, train_mode=not args.eval, precision=args.precision,
+               loss_scale=args.loss_scale)
     if args.json:
         print(json.dumps(jsonable(cu.to_dict()), allow_nan=False))
     else:
@@ -385,6 +401,12 @@ def print_checkup(cu: Any, console: Any = None) -> None:
     # the dead and saturated fractions only where the model has such units
     for title, col in (("dead", "dead_frac"), ("sat.", "saturated_frac")):
         if cu.table[col].notna().any():
+            columns.append((title, "right", lambda r, col=col: _fmt(getattr(r, col))))
+    fmt = (cu.run.meta.get("checkup") or {}).get("precision")
+    if fmt:  # what a cast to the format flushes (gradient, back-propagated) and overflows
+        for title, col in (("flush ∂W", f"grad_underflow_{fmt}"),
+                           ("flush ∂out", f"bp_underflow_{fmt}"),
+                           ("overflow", f"grad_overflow_{fmt}")):
             columns.append((title, "right", lambda r, col=col: _fmt(getattr(r, col))))
     cells = [None if r is None else [get(r) for _, _, get in columns] for r in rows]
     widths = [max([len(title)] + [len(c[i]) for c in cells if c is not None])

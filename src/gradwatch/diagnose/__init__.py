@@ -9,7 +9,8 @@ order their findings are returned. The same rules serve a training run (``gw.wat
 Remedy names used in findings: "he_init", "xavier_init", "orthogonal", "lsuv", "relu",
 "leaky_relu", "tanh_or_relu", "batchnorm", "residual", "clip_grad_norm", "lower_lr", "adam",
 "check_inputs", "pre_ln", "warmup", "forget_gate_bias", "chrono_init", "slow_decay_init",
-"lstm_or_gru", "shorter_truncation", "zero_init_last_norm", "fixup" (see
+"lstm_or_gru", "shorter_truncation", "zero_init_last_norm", "fixup", and for low precision
+"grad_scaler", "bf16", "fp32_layers", "unit_scaling", "lower_loss_scale" (see
 ``_advice.PHRASES``), chosen from what the model has (``_advice``).
 
 The verdict words and thresholds live in :mod:`gradwatch.verdicts`, shared with
@@ -31,6 +32,7 @@ from gradwatch.diagnose import (
     healthy_deep,
     nonfinite,
     not_learning,
+    precision,
     saturated,
     stalled,
     temporal,
@@ -51,6 +53,8 @@ RULES: list[Rule] = [
     diverging.rule,
     exploding.rule,
     vanishing.rule,
+    precision.underflow,
+    precision.overflow,
     temporal.rule,
     dead.rule,
     saturated.rule,

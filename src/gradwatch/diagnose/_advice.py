@@ -56,6 +56,11 @@ PHRASES = {
     "batchnorm": "add batch norm",
     "residual": "add residual connections",
     "check_inputs": "check the inputs",
+    "grad_scaler": "use a GradScaler or raise its init_scale",
+    "bf16": "train in bf16 instead of fp16",
+    "fp32_layers": "keep these layers in fp32",
+    "unit_scaling": "scale each tensor (unit scaling)",
+    "lower_loss_scale": "lower the loss scale",
 }
 
 #: Activation module types whose derivative is not ReLU's 0/1 step: He's gain 2 is derived

@@ -106,6 +106,14 @@ EXPERIMENTS: dict[str, ExperimentSpec] = {
             "Normalization in the Transformer Architecture",
             "gradwatch.experiments.xiong2020",
         ),
+        ExperimentSpec(
+            "micikevicius2018",
+            "fp16 without loss scaling flushes the back-propagated gradients to zero and the "
+            "net learns worse; a GradScaler matches fp32 (the Fig. 3 histogram)",
+            "Micikevicius, Narang, Alben, Diamos, Elsen, Garcia, Ginsburg, Houston, Kuchaiev, "
+            "Venkatesh & Wu 2018, Mixed Precision Training",
+            "gradwatch.experiments.micikevicius2018",
+        ),
     )
 }
 

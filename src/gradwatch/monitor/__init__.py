@@ -64,18 +64,19 @@ class Monitor:
         tensorboard: str | Path | None = None,
         resume: bool = False,
         max_pending_rows: int = MAX_PENDING_ROWS,
+        precision: Any = None, loss_scale: float | None = None,
     ):
         a = opts.check_watch(  # everything is checked before the model or the disk is touched
             model, run_dir, optimizer, every, activations, detail_every, stats, scaler,
             flush_every, flush_secs, overwrite, name, config, distributed, diagnose,
-            tensorboard, resume, max_pending_rows, process_group)
+            tensorboard, resume, max_pending_rows, process_group, precision, loss_scale)
         self.model, self.layers = model, a.layers
         self.stats = tuple(s for s in ALL_STATS if s in a.wanted)
         self.every, self.detail_every, self.name = every, detail_every, name
         self.flush_every, self.flush_secs = a.flush_every, a.flush_secs
         self._config, self._closed, self._session = a.config, False, None
         self._ctx = ctx = TapContext(model, self.layers, a.wanted, a.optimizers, scaler,
-                                     lambda block: self._session.buffer.append(block))
+                                     lambda block: self._session.buffer.append(block), a)
         # -- distributed: statistics combined across ranks at each flush, rank 0 writes -----
         self._dist, self.rank, self.world_size = watched_ranks(process_group, distributed)
         ctx.distributed, ctx.rank, ctx.process_group = self._dist, self.rank, process_group
@@ -282,10 +283,9 @@ def watch(
             findings), ``tensorboard`` (a log dir: every flushed value is also written there
             live, as ``gradwatch report --tensorboard`` would; needs the ``tensorboard``
             package), ``resume`` (continue the run already in ``run_dir``, closed or
-            crashed, from the step after its last step on disk; meta.json records every
-            session), ``max_pending_rows`` (rows held for retry while writes fail, default
-            2,000,000; past it the oldest are dropped and counted in meta.json's
-            ``lost_rows``).
+            crashed, from the step after its last step on disk; meta.json records each
+            session), ``max_pending_rows`` (rows kept while writes fail, default 2,000,000,
+            then dropped: ``lost_rows``), ``precision``/``loss_scale`` (gradwatch.stats.precision).
 
     Returns:
         the :class:`Monitor` (a context manager).

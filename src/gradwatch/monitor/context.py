@@ -60,6 +60,9 @@ class TapContext:
         persistent: hooks stay registered for good (``torch.compile`` was seen).
         skipped: GradScaler skipped the pending step's optimizer step.
         scale_used: the loss scale of the pending step's backward, (1,) float32, or None.
+        precision: the low-precision format named by ``watch(precision=)``, or None.
+        loss_scale: ``watch(loss_scale=)``: without a GradScaler, the precision statistics
+            are read as if the loss were multiplied by it.
         distributed, rank, process_group: whether the Monitor combines ranks, its rank, the
             group (None: the default group).
         sharded: the sharded layout's name ("FSDP2", "HSDP", "tensor parallel", ...) when the
@@ -68,7 +71,8 @@ class TapContext:
     """
 
     def __init__(self, model: nn.Module, layers: list[Any], wanted: set[str],
-                 optimizers: list[Any], scaler: Any, emit: Callable[[Block], None]):
+                 optimizers: list[Any], scaler: Any, emit: Callable[[Block], None],
+                 settings: Any = None):
         sources = {src for src, names in SOURCES.items() if wanted & set(names)}
         self.model = model
         self.layers = layers
@@ -88,6 +92,10 @@ class TapContext:
         self.persistent = False
         self.skipped = False
         self.scale_used: torch.Tensor | None = None
+        # watch(precision=, loss_scale=), as checked: the format training casts to, and the
+        # scale the precision statistics read a loss without a GradScaler at
+        self.precision: str | None = getattr(settings, "precision", None)
+        self.loss_scale = float(getattr(settings, "loss_scale", 1.0))
         # set by the Monitor: the ranks it combines; by the shard tap: the sharded layout
         self.distributed, self.rank, self.process_group = False, 0, None
         self.sharded: str | None = None

@@ -65,6 +65,9 @@ def build_meta(mon: Any, status: str) -> dict[str, Any]:
             "scaler": type(mon._ctx.scaler).__name__ if mon._ctx.scaler is not None else None,
             "flush_every": mon.flush_every,
             "flush_secs": mon.flush_secs,
+            # watch(precision=, loss_scale=), only when set (the rules read them)
+            **({"precision": mon._ctx.precision, "loss_scale": mon._ctx.loss_scale}
+               if mon._ctx.precision is not None or mon._ctx.loss_scale != 1.0 else {}),
             # config= merged in; a key naming one of the settings above stays in "config"
             **{k: v for k, v in mon._config.items() if k not in SETTINGS},
         },

@@ -92,7 +92,8 @@ def check_stats(stats: Any, known: Iterable[str], default: Iterable[str] | None 
 
 #: The Monitor's own settings in meta.json's ``settings``: a ``config=`` key of the same name
 #: does not replace them (it is kept in meta.json's ``config``).
-SETTINGS = ("every", "detail_every", "stats", "optimizer", "scaler", "flush_every", "flush_secs")
+SETTINGS = ("every", "detail_every", "stats", "optimizer", "scaler", "flush_every", "flush_secs",
+            "precision", "loss_scale")
 
 
 def check_config(config: Any) -> dict[str, Any]:
@@ -246,11 +247,47 @@ def check_initialised(model: Any) -> None:
         )
 
 
+def check_precision(precision: Any, loss_scale: Any, scaler: Any = None
+                    ) -> tuple[str | None, float]:
+    """The low-precision format named (or None) and the loss scale its casts see.
+
+    ``precision``: ``"fp16"``, ``"bf16"``, ``"e4m3"``, ``"e5m2"`` or the torch dtype
+    (``torch.float16``, ``torch.bfloat16``, ``torch.float8_e4m3fn``, ``torch.float8_e5m2``).
+    ``loss_scale``: a positive finite number, or None (1: no loss scaling); not with
+    ``scaler=``, whose current scale is used.
+    """
+    from gradwatch.stats.precision import FORMATS
+
+    fmt = None
+    if precision is not None:
+        by_dtype = {spec["dtype"]: name for name, spec in FORMATS.items()}
+        fmt = by_dtype.get(precision, precision)
+        if not isinstance(fmt, str) or fmt not in FORMATS:
+            raise GradwatchValueError(
+                f"precision {precision!r} is not supported; supported: fp16 (torch.float16), "
+                "bf16 (torch.bfloat16), e4m3 (torch.float8_e4m3fn), e5m2 (torch.float8_e5m2)"
+            )
+    if loss_scale is None:
+        return fmt, 1.0
+    if not _is_number(loss_scale) or not math.isfinite(loss_scale) or loss_scale <= 0:
+        raise GradwatchValueError(
+            f"loss_scale must be a positive finite number or None, got {loss_scale!r}; pass "
+            "e.g. loss_scale=65536.0 (GradScaler's initial scale)"
+        )
+    if scaler is not None:
+        raise GradwatchValueError(
+            "loss_scale= and scaler= both set the loss scale: with a GradScaler its current "
+            "scale is used; drop loss_scale="
+        )
+    return fmt, float(loss_scale)
+
+
 def check_watch(model: Any, run_dir: Any, optimizer: Any, every: Any, activations: Any,
                 detail_every: Any, stats: Any, scaler: Any, flush_every: Any, flush_secs: Any,
                 overwrite: Any, name: Any, config: Any, distributed: Any, diagnose: Any,
                 tensorboard: Any, resume: Any, max_pending_rows: Any,
-                process_group: Any = None) -> SimpleNamespace:
+                process_group: Any = None, precision: Any = None,
+                loss_scale: Any = None) -> SimpleNamespace:
     """Every argument of :func:`gradwatch.watch`, checked before anything touches the model.
 
     Returns the normalised values (``layers``, ``schedule``, ``wanted``, ``optimizers``, ...).
@@ -290,12 +327,15 @@ def check_watch(model: Any, run_dir: Any, optimizer: Any, every: Any, activation
     check_resume(resume, run_dir)
     if not activations:
         wanted -= set(SOURCES["act"])
+    fmt, scale = check_precision(precision, loss_scale, scaler)
+    if fmt is not None:
+        wanted |= set(SOURCES["precision"])
     optimizers = check_optimizers(optimizer, model)
     check_scaler(scaler, optimizers)
     return SimpleNamespace(
         layers=layers, schedule=schedule, flush_every=flush_every, flush_secs=flush_secs,
         wanted=wanted, run_dir=run_dir, config=config, diagnose=diagnose,
-        optimizers=optimizers,
+        optimizers=optimizers, precision=fmt, loss_scale=scale,
     )
 
 

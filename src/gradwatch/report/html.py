@@ -308,6 +308,13 @@ def _figures_section(run: Run, checkup: Any, compare: Mapping[str, Run] | None =
         extra = saturation_note(run) if fig == "activations" else ""
         parts.append(figure_block(lambda make=make: make(run), make,
                                   f"{captions.get(fig, fig)} (run {name})", extra))
+    if "grad_log2_max" in set(run.stats["stat"]):  # watched for a low-precision format
+        from gradwatch.report.figures.precision import headroom, underflow
+
+        parts.append(figure_block(lambda: headroom(run), headroom,
+                                  f"Headroom: gradient range against the formats (run {name})"))
+        parts.append(figure_block(lambda: underflow(run), underflow,
+                                  f"Entries flushed to zero (run {name})"))
     tdf = getattr(checkup, "temporal", None)
     if tdf is not None and len(tdf):
         parts.append(figure_block(lambda: temporal(checkup), temporal,

@@ -16,6 +16,9 @@ writer, in NumPy float64) turns blocks into per-layer values. One module per sou
 - :mod:`gradwatch.stats.temporal`: ``time_grad_first``, ``time_grad_last``, ``time_steps``
   (recurrent layers)
 - :mod:`gradwatch.stats.lr`: ``lr`` (opt-in: recorded when named in ``stats=``)
+- :mod:`gradwatch.stats.precision`: ``grad_underflow_<fmt>``, ``grad_overflow_<fmt>``,
+  ``bp_underflow_<fmt>``, ``bp_overflow_<fmt>`` for fp16, bf16, e4m3, e5m2, and
+  ``grad_log2_max``, ``grad_log2_min`` (opt-in: ``watch(precision=...)``)
 - :mod:`gradwatch.stats.sharded`: the blocks of the parameter statistics above when the
   model is sharded (FSDP2, HSDP, tensor parallel), reduced over the device mesh
 
@@ -32,6 +35,7 @@ from gradwatch.stats import (  # noqa: F401
     gradient,
     lr,
     origin,
+    precision,
     scalar,
     sharded,
     temporal,

@@ -12,6 +12,7 @@ from gradwatch.monitor.taps import (  # noqa: F401 - imported to register the ta
     forensics,
     grad,
     lr,
+    precision,
     scalars,
     shard,
     temporal,

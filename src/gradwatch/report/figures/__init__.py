@@ -11,6 +11,8 @@ never registered with pyplot, so they leave no global state behind.
 - :func:`loss`: the loss curve
 - :func:`fix_comparison`: before / after ``gw.fix`` (takes the FixReport)
 - :func:`temporal`: temporal gradient flow of recurrent nets (takes a Checkup)
+- :func:`headroom`, :func:`underflow`: low precision (runs watched with ``precision=``):
+  each layer's log2 gradient range against the formats' limits, and the fraction flushed
 """
 
 from gradwatch.report.figures.activations import activations
@@ -19,6 +21,7 @@ from gradwatch.report.figures.gallery import RUN_FIGURES, run_figures, save_figu
 from gradwatch.report.figures.gradient_flow import gradient_flow
 from gradwatch.report.figures.heatmap import heatmap
 from gradwatch.report.figures.loss import loss
+from gradwatch.report.figures.precision import headroom, underflow
 from gradwatch.report.figures.temporal import temporal
 from gradwatch.report.figures.update_ratio import update_ratio
 
@@ -27,10 +30,12 @@ __all__ = [
     "activations",
     "fix_comparison",
     "gradient_flow",
+    "headroom",
     "heatmap",
     "loss",
     "run_figures",
     "save_figures",
     "temporal",
+    "underflow",
     "update_ratio",
 ]
