@@ -198,9 +198,8 @@ def check(
             rules of :mod:`gradwatch.diagnose` (see :func:`use_rules`).
         precision: "fp16", "bf16", "e4m3" or "e5m2": what a cast flushes or overflows.
         loss_scale: the loss scale those are read at (None: 1); gradwatch.stats.precision.
-        theory: add mean-field theory's second opinion
-            (:func:`gradwatch.theory.opinion.second_opinion`): a "theory_mismatch" note
-            (severity info, no verdict change) where prediction and measurement disagree.
+        theory: add a "theory_mismatch" note (info) where mean-field theory disagrees
+            (:func:`gradwatch.theory.opinion.second_opinion`).
 
     Returns:
         a :class:`Checkup` (``table``, ``findings``, ``verdict``, ``run``, ``loss``,
@@ -217,9 +216,8 @@ def check(
     check_hookable(model)
     if any(p.device.type == "meta" for p in model.parameters()):
         raise GradwatchValueError(
-            "model has parameters on the meta device (shapes without values), so no gradient "
-            "can be measured; materialise them first, e.g. model.to_empty(device='cpu') and "
-            "an init, or gw.remedies.init_(model, 'he')"
+            "model has parameters on the meta device (shapes without values): no gradient can "
+            "be measured; materialise them, e.g. model.to_empty(device='cpu') and an init"
         )
     if any(isinstance(p, nn.parameter.UninitializedParameter) for p in model.parameters()):
         raise GradwatchValueError(
@@ -314,11 +312,15 @@ def check(
     info = run.meta.setdefault("layer_info", {})
     for name, shape in probe.shapes.items():
         info.setdefault(name, {}).setdefault("out_shape", shape)
-    findings = rules(run, True)
+    findings = list(rules(run, True))
     table = _table(run)
-    if theory:  # a note where mean-field theory disagrees with the measurement; no verdict change
-        readout = "output" if loss_kind == "default" else "random"
-        findings = findings + second_opinion(model, args, table, readout, train_mode)
+    if theory:  # a note where theory and measurement disagree, unseen by a watching Monitor
+        state, readout = probes.save_state(model), "output" if loss_kind == "default" else "random"
+        try:
+            with standing_aside(model), torch.random.fork_rng(devices=rng_devices):
+                findings = findings + second_opinion(model, args, table, readout, train_mode)
+        finally:
+            probes.restore_state(model, state)
     return Checkup(
         table=table,
         findings=findings,
@@ -350,11 +352,7 @@ def _flow_summary(grp: pd.DataFrame, where: str | None) -> dict[str, Any]:
 def _as_args(inputs: Any) -> tuple[torch.Tensor, ...]:
     if isinstance(inputs, torch.Tensor):
         return _non_empty((inputs,))
-    if (
-        isinstance(inputs, tuple | list)
-        and inputs
-        and all(isinstance(x, torch.Tensor) for x in inputs)
-    ):
+    if isinstance(inputs, tuple | list) and inputs and all(torch.is_tensor(x) for x in inputs):
         return _non_empty(tuple(inputs))
     got = type(inputs).__name__
     if isinstance(inputs, tuple | list):

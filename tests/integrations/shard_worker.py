@@ -236,15 +236,17 @@ def run(rank, world, layout, mode, run_dir):
             mon.step()
     elif mode == "fail":
         data = torch.Generator().manual_seed(1)
-        with gw.watch(inner, run_dir, optimizer=opt, flush_every=5):
+        with gw.watch(inner, run_dir, optimizer=opt, flush_every=5) as mon:
             for step in range(20):
                 if rank == 1 and step == 12:
                     print(f"failing at {time.time()}", flush=True)
                     raise UserError(f"rank {rank} failed at step {step}")
                 x = torch.randn(B, T, H, generator=data)
                 opt.zero_grad()
-                loss_fn(model(x), torch.zeros(B, T, 4)).backward()
+                loss = loss_fn(model(x), torch.zeros(B, T, 4))
+                loss.backward()
                 opt.step()
+                mon.step(loss)  # after the step, as a training loop does: flushed with it
 
 
 class UserError(RuntimeError):

@@ -33,7 +33,8 @@ PARAM_STATS = ("grad_norm", "grad_rms", "nonfinite", "grad_max_abs", "weight_nor
 ACT_STATS = ("act_mean", "act_std", "saturated_frac")
 BRUTE = ("grad_norm", "grad_max_abs", "weight_norm", "update_ratio")
 #: Statistics each layout cannot make equal to one process (see docs/howto/fsdp.md).
-NOT_RECORDED = {"tp": {"backprop_norm"}, "sp": {"backprop_norm"}, "2d": {"backprop_norm"}}
+NOT_RECORDED = {lay: {"backprop_norm", "time_grad_first", "time_grad_last", "time_steps"}
+                for lay in ("tp", "sp", "2d")}
 #: dead_frac where the batch (data parallel) or the sequence (sequence parallel) is split over
 #: ranks is the ranks' average (as under DDP), not the union's: a unit dead on one rank's
 #: part may be alive on another's.
