@@ -95,7 +95,10 @@ CASES = [
         "mlp_tanh_critical", partial(mlp, 50, 128, nn.Tanh, "gauss", 1.0, 0.0),
         "healthy", "healthy",
         "Schoenholz et al. 2017, §4: at criticality (σw², σb²) = (1, 0) gradients neither "
-        "vanish nor explode and deep tanh nets train", "trains",
+        "vanish nor explode and deep tanh nets train", "trains", opt=sgd(0.003),
+        why="At lr 0.01 (momentum 0.9) the 50-layer net sits at the edge of stability: its "
+            "loss after 300 steps ranged 0.59-1.83 with the CPU's vector width (AVX2, AVX-512); "
+            "at 0.003 it trains to 0.13 on both, identically.",
     ),
     _digits_case(
         "mlp_tanh_chaotic", partial(mlp, 100, 64, nn.Tanh, "gauss", 4.0, 0.0),

@@ -86,7 +86,7 @@ CASES = [
         expect_init="healthy", expect_run="healthy",
         source="Radford et al. 2019 (GPT-2 trains with its init: N(0, 0.02), residual "
                "projections scaled by 1/√(2·n_layer), pre-LN); zoo training run (4 layers)",
-        train=Train(steps=200, optimizer=adam(1e-3), batch=progression_batch, outcome="trains",
+        train=Train(steps=400, optimizer=adam(1e-3), batch=progression_batch, outcome="trains",
                     baseline=CHANCE, model=partial(gpt2, True)),
         why="Checked at full size (12 layers, 768 wide) on 2 sequences of 16 tokens; the "
             "attention, norm and residual structure must be recognised from torch.nn types.",
