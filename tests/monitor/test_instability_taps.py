@@ -23,7 +23,7 @@ NEW = ("attn_logit_max", "attn_entropy_min", "logit_max", "logsumexp_mean", "upd
 
 
 def _gpt2():
-    import transformers as tf
+    tf = pytest.importorskip("transformers", reason="pip install gradwatch[transformers]")
 
     torch.manual_seed(0)
     cfg = tf.GPT2Config(vocab_size=40, n_positions=16, n_embd=32, n_layer=2, n_head=4,

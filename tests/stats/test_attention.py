@@ -129,7 +129,7 @@ def test_encoder_layer_attention_is_attributed_to_its_self_attn():
 # -- F.scaled_dot_product_attention: Hugging Face GPT-2, BERT, Llama -----------------------
 
 def _hf(kind):
-    import transformers as tf
+    tf = pytest.importorskip("transformers", reason="pip install gradwatch[transformers]")
 
     torch.manual_seed(0)
     if kind == "gpt2":

@@ -40,6 +40,12 @@ def test_the_check_covers_what_the_theory_claims():
     assert any(c.expect == "uncertain" for c in CONFIGS)
 
 
+def _needs(config) -> None:
+    """Hugging Face configurations need transformers (an optional extra; CI installs it)."""
+    if config.family == "Hugging Face":
+        pytest.importorskip("transformers", reason="pip install gradwatch[transformers]")
+
+
 def _assert_config(config):
     result = check_config(config)
     if config.expect == "uncertain":
@@ -55,12 +61,14 @@ def _assert_config(config):
 
 @pytest.mark.parametrize("config", QUICK, ids=lambda c: c.name)
 def test_quick_configurations_match_monte_carlo(config):
+    _needs(config)
     _assert_config(config)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", FULL, ids=lambda c: c.name)
 def test_every_configuration_matches_monte_carlo(config):
+    _needs(config)
     _assert_config(config)
 
 

@@ -27,6 +27,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.hooks import RemovableHandle
 
+from gradwatch.monitor.hookkit import disown, own
 from gradwatch.stats.attention import attention_row, mha_queries_keys
 
 _MHA_ARGS = (
@@ -87,9 +88,9 @@ class AttentionCapture:
         names = {id(m): n for n, m in model.named_modules()}
         self._names = names
         self._layer_of = layer_of
-        self._handles = [
-            model.register_forward_pre_hook(self._enter),
-            model.register_forward_hook(self._exit, always_call=True),
+        self._handles = [  # owned: copies and pickles of the model leave them out
+            own(model.register_forward_pre_hook(self._enter)),
+            own(model.register_forward_hook(self._exit, always_call=True)),
         ]
         self.armed = False  # set by the Monitor for the forward passes of recorded steps
 
@@ -97,6 +98,7 @@ class AttentionCapture:
     def remove(self) -> None:
         """Remove every hook (the model is as it was)."""
         self.stop()
+        disown(self._handles)
         for h in self._handles:
             h.remove()
         self._handles.clear()
@@ -108,6 +110,8 @@ class AttentionCapture:
 
     # -- the recorded forward pass ----------------------------------------------------------
     def _enter(self, module: nn.Module, args: Any) -> None:
+        if torch.compiler.is_compiling():  # read nothing: a guard on `armed` would recompile
+            return
         if not self.armed or self.active or not torch.is_grad_enabled():
             return
         self.active = True
@@ -120,7 +124,8 @@ class AttentionCapture:
         self._mode.__enter__()
 
     def _exit(self, module: nn.Module, args: Any, output: Any) -> None:
-        self.stop()
+        if not torch.compiler.is_compiling():
+            self.stop()
 
     def stop(self) -> None:
         """Leave the recorded forward pass: pop the mode, remove the module hooks."""

@@ -19,12 +19,13 @@ References:
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import Any
 
 from torch import nn
 from torch.nn.init import calculate_gain
 
-from gradwatch.errors import GradwatchTypeError
+from gradwatch.errors import GradwatchError, GradwatchTypeError
 from gradwatch.layers import activation_family
 from gradwatch.remedies._targets import (
     RECURRENT_TYPES,
@@ -116,3 +117,14 @@ def following_activations(model: nn.Module, inputs: Any = None) -> dict[str, nn.
             following[current] = m
             current = None
     return following
+
+
+def dominant_family(model: nn.Module, inputs: Any) -> str:
+    """The family of the activation after most Linear/Conv layers ("linear" if none)."""
+    try:
+        following = following_activations(model, inputs)
+    except GradwatchError:
+        following = following_activations(model)
+    families = Counter(activation_family(a) for a in following.values() if a is not None)
+    families.pop("other", None)
+    return families.most_common(1)[0][0] if families else "linear"  # type: ignore[return-value]

@@ -8,12 +8,13 @@ several times, or with functions in between, and cannot be followed.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 
 from torch import nn
 
 from gradwatch.errors import GradwatchValueError
-from gradwatch.remedies._targets import check_model
+from gradwatch.remedies._targets import check_model, is_weight_layer
 
 
 def is_plain_sequential(module: nn.Module) -> bool:
@@ -56,3 +57,13 @@ def unique_key(base: str, taken: set[str]) -> str:
         key = f"{base}_{n}"
     taken.add(key)
     return key
+
+
+def block_sizes(model: nn.Module) -> list[int]:
+    """Block sizes to try for add_residual: the spacing of the Linear/Conv entries, then 2, 3."""
+    if not is_plain_sequential(model):
+        return [2]  # add_residual raises the explanatory error; fix records it
+    positions = [i for i, (_, m) in enumerate(entries(model)) if is_weight_layer(m)]  # type: ignore[arg-type]
+    gaps = Counter(b - a for a, b in zip(positions, positions[1:], strict=False))
+    sizes = [gaps.most_common(1)[0][0]] if gaps else []
+    return list(dict.fromkeys([*sizes, 2, 3]))

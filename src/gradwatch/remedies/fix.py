@@ -48,7 +48,6 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -58,10 +57,9 @@ from torch import nn
 
 from gradwatch.errors import GradwatchError, GradwatchTypeError, GradwatchValueError
 from gradwatch.jsonable import json_number
-from gradwatch.layers import activation_family
-from gradwatch.remedies._gains import following_activations
-from gradwatch.remedies._sequential import entries, is_plain_sequential
-from gradwatch.remedies._targets import check_model, check_positive, is_weight_layer
+from gradwatch.remedies._gains import dominant_family
+from gradwatch.remedies._sequential import block_sizes
+from gradwatch.remedies._targets import check_model, check_positive
 from gradwatch.remedies.activation import swap_activation
 from gradwatch.remedies.fix_report import FixReport, architecture_signature, recommendations
 from gradwatch.remedies.init_schemes import he_init_, orthogonal_init_, xavier_init_
@@ -348,21 +346,10 @@ def _kind_of(remedy: str) -> str | None:
     return None
 
 
-def _dominant_family(model: nn.Module, inputs: Any) -> str:
-    """The family of the activation after most Linear/Conv layers ("linear" if none)."""
-    try:
-        following = following_activations(model, inputs)
-    except GradwatchError:
-        following = following_activations(model)
-    families = Counter(activation_family(a) for a in following.values() if a is not None)
-    families.pop("other", None)
-    return families.most_common(1)[0][0] if families else "linear"  # type: ignore[return-value]
-
-
 def _candidates(kind: str, current: _Trial, inputs: Any) -> list[_Candidate]:
     model, verdict = current.model, current.checkup.verdict
     if kind == "init":
-        found = _init_candidates(_dominant_family(model, inputs), verdict, inputs)
+        found = _init_candidates(dominant_family(model, inputs), verdict, inputs)
         init = (current.checkup.run.meta.get("structure") or {}).get("init_scale")
         if drawn_at(init, HE_SCALE):  # redrawn at the scale it has, nothing would change
             found = [c for c in found if c.details.get("scheme") != "he"]
@@ -388,7 +375,7 @@ def _candidates(kind: str, current: _Trial, inputs: Any) -> list[_Candidate]:
             {"kind": "residual", "block_size": size, "zero_init": True},
             lambda m, size=size: add_residual(m, block_size=size, zero_init=True),
         )
-        for size in _block_sizes(model)
+        for size in block_sizes(model)
     ]
 
 
@@ -473,16 +460,6 @@ def _activation_candidates(model: nn.Module, verdict: str, inputs: Any) -> list[
         return m
 
     return [_Candidate("swap_activation", details, apply)]
-
-
-def _block_sizes(model: nn.Module) -> list[int]:
-    """Block sizes to try for add_residual: the spacing of the Linear/Conv entries, then 2, 3."""
-    if not is_plain_sequential(model):
-        return [2]  # add_residual raises the explanatory error; _try records it
-    positions = [i for i, (_, m) in enumerate(entries(model)) if is_weight_layer(m)]  # type: ignore[arg-type]
-    gaps = Counter(b - a for a, b in zip(positions, positions[1:], strict=False))
-    sizes = [gaps.most_common(1)[0][0]] if gaps else []
-    return list(dict.fromkeys([*sizes, 2, 3]))
 
 
 # --- trying -------------------------------------------------------------------------------

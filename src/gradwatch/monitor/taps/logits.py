@@ -95,7 +95,10 @@ class LogitTap(Tap):
 
     def _reduce(self, z: torch.Tensor, dim: int) -> None:
         try:
-            self.rows.append(logit_row(z, dim))
+            row = logit_row(z, dim)
+            if self.rows:  # micro-batches fold into one row: memory does not grow with them
+                row = merge_rows([self.rows[0], row.to(self.rows[0].device)])
+            self.rows = [row]
         except Exception as exc:  # noqa: BLE001 - never take training down
             self.ctx.warn("logit_max and logsumexp_mean", exc)
 
@@ -103,8 +106,5 @@ class LogitTap(Tap):
         """Emit the step's forward passes as one ``logits`` block."""
         self.pending = None
         if self.rows:
-            rows = self.rows
-            if len({t.device for t in rows}) > 1:
-                rows = [t.to(rows[0].device) for t in rows]
-            rec.emit("logits", (), merge_rows(rows))
+            rec.emit("logits", (), self.rows[0])
         self.rows = []
