@@ -31,7 +31,16 @@ import numpy as np
 from gradwatch.diagnose._advice import advice, flow_remedies
 from gradwatch.diagnose._flow import FlowStep, as_layers, flow_steps
 from gradwatch.diagnose._forward import forward_figures
-from gradwatch.diagnose._view import RunView, names, num, persists, step_span, when
+from gradwatch.diagnose._view import (
+    RunView,
+    finite_loss,
+    loss_fell,
+    names,
+    num,
+    persists,
+    step_span,
+    when,
+)
 from gradwatch.findings import Finding
 from gradwatch.verdicts import (
     EXPLODING_GROWTH,
@@ -215,8 +224,29 @@ def _over_steps(view: RunView) -> list[Finding]:
     ]
 
 
+def before_step(ratio: np.ndarray) -> np.ndarray:
+    """``‖Δw‖/‖w_before‖`` from the recorded ``r = ‖Δw‖/‖w_after‖``, for Δw ⟂ w_before.
+
+    ``update_ratio`` divides by the weights *after* the step, which an update that dominates
+    them has become: ``r`` tends to 1, not to the update's size, as the update grows. For an
+    update orthogonal to the weights it replaces (a random init's weights and an update
+    made of gradients, in many dimensions), ``‖w_after‖² = ‖w_before‖² + ‖Δw‖²``, so the
+    update over the weights before it is ``r / √(1 − r²)`` (inf from r ≥ 1).
+    """
+    r = np.asarray(ratio, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(r < 1, r / np.sqrt(np.clip(1 - r * r, 0, None)), np.inf)
+
+
 def _swamping_updates(view: RunView) -> list[Finding]:
-    """Updates as large as the weights themselves (zero-initialised layers left out)."""
+    """Updates as large as the weights themselves (zero-initialised layers left out).
+
+    Judged on :func:`before_step` (the update over the weights it was applied to). Held at
+    enough steps, or at the last one, it is an error (a warning once it has cleared). A swamp
+    at a few early steps that the run has not recovered from (its loss has not fallen,
+    :func:`~gradwatch.diagnose._view.loss_fell`) is a warning: the step threw away the
+    init and the loss shows it; one the run recovered from is a note.
+    """
     if view.is_checkup:
         return []
     ur, wn = view.wide("update_ratio"), view.wide("weight_norm")
@@ -224,43 +254,85 @@ def _swamping_updates(view: RunView) -> list[Finding]:
         return []
     wn = wn.reindex(index=ur.index, columns=ur.columns)
     arr = ur.to_numpy(dtype=np.float64)
+    rel = before_step(arr)
     w = wn.to_numpy(dtype=np.float64)
     # a layer whose weights start at zero (zero-init of the last norm, Fixup) has an infinite
     # ratio at first: judged only once its weights reach a tenth of their largest norm
     wmax = np.nanmax(np.where(np.isfinite(w), w, np.nan), axis=0, initial=0.0)
     grown = np.isfinite(w) & (w > 0.1 * wmax)
-    hot_cells = np.isfinite(arr) & grown & (arr >= UPDATE_SWAMP)
+    hot_cells = np.isfinite(arr) & grown & (rel >= UPDATE_SWAMP)
     steps = [int(s) for s in ur.index]
     hot = hot_cells.any(axis=1)
     held = [s for s, h in zip(steps, hot, strict=True) if h]
-    if not persists(held, steps):
+    if not held:
         return []
+    lasting = persists(held, steps)
     i = steps.index(held[-1])
     cols = [j for j in range(arr.shape[1]) if hot_cells[i, j]]
     layers = [str(ur.columns[j]) for j in cols]
     worst = max(cols, key=lambda j: arr[i, j])
     still = held[-1] == steps[-1]
-    message = (
-        f"Updates as large as the weights{when(view, held, steps)}: ‖Δw‖/‖w‖ reaches "
-        f"{number(float(arr[i, worst]))} at '{ur.columns[worst]}', so each step overwrites "
-        "what the last one learned; lower the learning rate, warm it up or clip the gradient "
-        "norm."
+    figures = (
+        f"‖Δw‖/‖w‖ reaches {number(float(arr[i, worst]))} at '{ur.columns[worst]}' against "
+        f"the weights after the step, an update about {number(float(rel[i, worst]))}× the "
+        "weights it was applied to"
     )
+    loss = _loss_around(view, held[0])
+    if lasting:
+        severity = "error" if still else "warning"
+        message = (
+            f"Updates as large as the weights{when(view, held, steps)}: {figures}, so each "
+            "step overwrites what the last one learned; lower the learning rate, warm it up "
+            "or clip the gradient norm."
+        )
+    else:
+        severity = "info" if loss_fell(view) else "warning"
+        after = (
+            f"; the loss went from {number(loss['before'])} to {number(loss['peak'])} right "
+            f"after it and ends at {number(loss['end'])}" if loss else ""
+        )
+        outcome = (
+            "the run recovered from it" if severity == "info"
+            else "the run has not recovered (its loss has not fallen)"
+        )
+        message = (
+            f"An update replaced the weights{when(view, held, steps)}: {figures}{after}; "
+            f"{outcome}; lower the learning rate or warm it up."
+        )
     evidence = {
         "axis": "updates",
         "update_ratio": {ly: num(arr[i, j]) for ly, j in zip(layers, cols, strict=True)},
+        "update_over_weights_before": {
+            ly: num(rel[i, j]) for ly, j in zip(layers, cols, strict=True)
+        },
         "threshold": UPDATE_SWAMP,
         "steps_held": len(held),
         "persists": bool(still),
+        "lasting": bool(lasting),
+        **({f"loss_{k}": num(v) for k, v in loss.items()} if loss else {}),
     }
     return [
         Finding(
             "exploding",
             tuple(layers),
             step_span(view, held),
-            "error" if still else "warning",
+            severity,  # type: ignore[arg-type]
             message,
             evidence,
             ("lower_lr", "warmup", "clip_grad_norm"),
         )
     ]
+
+
+def _loss_around(view: RunView, step: int) -> dict[str, float]:
+    """The loss at ``step`` (before its update), its peak over the next tenth of the run, and
+    its end (median of the last fifth); empty without finite losses there."""
+    st, v = finite_loss(view)
+    if len(v) < 5 or step not in st:
+        return {}
+    k = st.index(step)
+    after = v[k + 1: k + 1 + max(1, len(v) // 10)]
+    if not len(after):
+        return {}
+    return {"before": float(v[k]), "peak": float(np.max(after)),
+            "end": float(np.median(v[-max(1, len(v) // 5):]))}
