@@ -121,7 +121,8 @@ def describe(
         :func:`branch_scale` of that layer, None where it does not apply), ``dense_joins``
         (concatenations of ``x`` with ``f(x)``), ``shortcuts`` (residual or dense joins
         found), ``loss`` (cross-entropy's classes and chance loss, see
-        :class:`~gradwatch.graph.GraphFacts`; None otherwise), ``lstm_forget_bias`` (mean
+        :class:`~gradwatch.graph.GraphFacts`; None otherwise), ``gate_layers`` (layers
+        whose output a gate's sigmoid reads, from the graph), ``lstm_forget_bias`` (mean
         forget-gate bias of each nn.LSTM), ``init_scale`` (:func:`init_scale`) and
         ``from_graph``.
 
@@ -173,6 +174,7 @@ def describe(
         "shortcuts": True if blocks else None,
         "loss": None,
         "lstm_forget_bias": forget,
+        "gate_layers": [],
         "init_scale": init_scale(model),
         "from_graph": False,
     }
@@ -193,6 +195,7 @@ def describe(
         out["shortcuts"] = bool(facts.joins) or bool(blocks)
         out["attention"] = out["attention"] or facts.attention
         out["loss"] = facts.loss
+        out["gate_layers"] = list(facts.gates)
     return out
 
 
