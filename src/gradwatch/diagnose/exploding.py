@@ -32,9 +32,9 @@ from gradwatch.diagnose._advice import advice, flow_remedies
 from gradwatch.diagnose._flow import FlowStep, as_layers, flow_steps
 from gradwatch.diagnose._forward import forward_figures
 from gradwatch.diagnose._view import (
+    LOSS_FELL,
     RunView,
     finite_loss,
-    loss_fell,
     names,
     num,
     persists,
@@ -243,9 +243,10 @@ def _swamping_updates(view: RunView) -> list[Finding]:
 
     Judged on :func:`before_step` (the update over the weights it was applied to). Held at
     enough steps, or at the last one, it is an error (a warning once it has cleared). A swamp
-    at a few early steps that the run has not recovered from (its loss has not fallen,
-    :func:`~gradwatch.diagnose._view.loss_fell`) is a warning: the step threw away the
-    init and the loss shows it; one the run recovered from is a note.
+    at a few steps that the run has not recovered from (its loss does not end below
+    :data:`~gradwatch.diagnose._view.LOSS_FELL` of the loss before the first such step) is a
+    warning: the step threw the weights away and the loss shows it; one the run recovered
+    from is a note.
     """
     if view.is_checkup:
         return []
@@ -286,14 +287,15 @@ def _swamping_updates(view: RunView) -> list[Finding]:
             "or clip the gradient norm."
         )
     else:
-        severity = "info" if loss_fell(view) else "warning"
+        recovered = bool(loss) and loss["end"] < LOSS_FELL * loss["before"]
+        severity = "info" if recovered else "warning"
         after = (
             f"; the loss went from {number(loss['before'])} to {number(loss['peak'])} right "
             f"after it and ends at {number(loss['end'])}" if loss else ""
         )
         outcome = (
-            "the run recovered from it" if severity == "info"
-            else "the run has not recovered (its loss has not fallen)"
+            "the run recovered from it" if recovered
+            else "the run has not recovered (its loss has not fallen below where it was)"
         )
         message = (
             f"An update replaced the weights{when(view, held, steps)}: {figures}{after}; "
@@ -325,8 +327,11 @@ def _swamping_updates(view: RunView) -> list[Finding]:
 
 
 def _loss_around(view: RunView, step: int) -> dict[str, float]:
-    """The loss at ``step`` (before its update), its peak over the next tenth of the run, and
-    its end (median of the last fifth); empty without finite losses there."""
+    """The loss at ``step`` (before its update), after it and at the end of the run.
+
+    ``before``: the loss recorded at ``step``; ``peak``: the largest over the next tenth of
+    the run; ``end``: the median of the last fifth. Empty without finite losses there.
+    """
     st, v = finite_loss(view)
     if len(v) < 5 or step not in st:
         return {}
