@@ -17,9 +17,11 @@
   besides the first recorded step (the state ``gw.check`` sees).
 - **over the steps of a run**: the total gradient norm jumps by orders of magnitude (cliffs in
   the loss surface, Pascanu, Mikolov & Bengio 2013), or
-- **updates that swamp the weights**: ``‖Δw‖/‖w‖`` at or above
-  :data:`~gradwatch.verdicts.UPDATE_SWAMP` at a step, for a layer whose weights are not
-  zero-initialised (nothing learned survives the next step).
+- **updates that swamp the weights**: ``‖Δw‖`` at or above
+  :data:`~gradwatch.verdicts.UPDATE_SWAMP` times the weights it was applied to
+  (:func:`before_step`) at a step, for a layer whose weights are not zero-initialised
+  (nothing learned survives the next step); held at a few steps only, it counts when the
+  run has not recovered from it.
 
 The thresholds are :mod:`gradwatch.verdicts`'.
 """
