@@ -10,6 +10,7 @@ from functools import lru_cache
 import torch
 
 from ..data import image_batch
+from ..data import pixel_sequence_batch as pixel_sequence_batch  # now the development zoo's
 
 
 def denoise_batch(i: int, size: int = 16, batch: int = 16, channels: int = 1, noise: float = 0.5,
