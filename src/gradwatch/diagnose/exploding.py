@@ -275,10 +275,12 @@ def _swamping_updates(view: RunView) -> list[Finding]:
     layers = [str(ur.columns[j]) for j in cols]
     worst = max(cols, key=lambda j: arr[i, j])
     still = held[-1] == steps[-1]
+    size = float(rel[i, worst])
     figures = (
         f"‖Δw‖/‖w‖ reaches {number(float(arr[i, worst]))} at '{ur.columns[worst]}' against "
-        f"the weights after the step, an update about {number(float(rel[i, worst]))}× the "
-        "weights it was applied to"
+        "the weights after the step, "
+        + (f"an update about {number(size)}× the weights it was applied to" if np.isfinite(size)
+           else "an update larger than the weights it was applied to")
     )
     loss = _loss_around(view, held[0])
     if lasting:
