@@ -19,7 +19,10 @@
   the loss surface, Pascanu, Mikolov & Bengio 2013), or
 - **updates that swamp the weights**: ``‖Δw‖/‖w‖`` at or above
   :data:`~gradwatch.verdicts.UPDATE_SWAMP` at a step, for a layer whose weights are not
-  zero-initialised (nothing learned survives the next step).
+  zero-initialised (nothing learned survives the next step) and that owns a weight matrix
+  or kernel: the norm of a gain (a scalar or a vector: SkipInit's α, a layer scale, a norm's
+  γ) is the value it learned, not the scale of features, and one that starts at 0 crosses
+  0 as it learns, where its relative update has no bound.
 
 The thresholds are :mod:`gradwatch.verdicts`'.
 """
@@ -229,7 +232,8 @@ def _swamping_updates(view: RunView) -> list[Finding]:
     # ratio at first: judged only once its weights reach a tenth of their largest norm
     wmax = np.nanmax(np.where(np.isfinite(w), w, np.nan), axis=0, initial=0.0)
     grown = np.isfinite(w) & (w > 0.1 * wmax)
-    hot_cells = np.isfinite(arr) & grown & (arr >= UPDATE_SWAMP)
+    has_matrix = np.array([_has_matrix(view, str(c)) for c in ur.columns], dtype=bool)
+    hot_cells = np.isfinite(arr) & grown & (arr >= UPDATE_SWAMP) & has_matrix[None, :]
     steps = [int(s) for s in ur.index]
     hot = hot_cells.any(axis=1)
     held = [s for s, h in zip(steps, hot, strict=True) if h]
@@ -264,3 +268,14 @@ def _swamping_updates(view: RunView) -> list[Finding]:
             ("lower_lr", "warmup", "clip_grad_norm"),
         )
     ]
+
+
+def _has_matrix(view: RunView, layer: str) -> bool:
+    """Whether ``layer`` owns a parameter with two or more non-trivial dimensions.
+
+    True when the shapes are not recorded.
+    """
+    shapes = (view.meta.get("layer_info") or {}).get(layer, {}).get("shapes")
+    if not isinstance(shapes, list) or not shapes:
+        return True
+    return any(sum(int(n) > 1 for n in shape) >= 2 for shape in shapes)
