@@ -34,11 +34,22 @@ import numpy as np
 from gradwatch.diagnose._advice import advice, flow_remedies
 from gradwatch.diagnose._flow import FlowStep, as_layers, flow_steps
 from gradwatch.diagnose._forward import forward_figures
-from gradwatch.diagnose._view import RunView, names, num, persists, step_span, when
+from gradwatch.diagnose._view import (
+    RunView,
+    finite_loss,
+    names,
+    num,
+    persists,
+    step_span,
+    when,
+)
+from gradwatch.diagnose.not_learning import NOT_LEARNING, NOT_LEARNING_MIN_STEPS
 from gradwatch.findings import Finding
 from gradwatch.verdicts import (
+    EXPLODING_FACTOR,
     EXPLODING_GROWTH,
     EXPLODING_RATIO,
+    EXPLODING_RATIO_WITH_FACTOR,
     GRAD_NORM_HUGE,
     UPDATE_SWAMP,
     depth_verdict,
@@ -76,12 +87,45 @@ def rule(view: RunView) -> list[Finding]:
     return _across_depth(view) + _over_steps(view) + _swamping_updates(view)
 
 
+def stalled_from_start(view: RunView, steps: list[FlowStep]) -> tuple[float, float] | None:
+    """``(first loss, last loss)`` of a run that starts in batch norm's explosion and stalls.
+
+    Through normalised layers without shortcuts the growth at initialisation is not a
+    verdict below :data:`~gradwatch.verdicts.EXPLODING_RATIO` on its own (a BN plain-34
+    grows ~140× and trains at a learning rate of 0.01); a training run says whether it was:
+    its first recorded step (the state ``gw.check`` sees) grows steadily (past
+    :data:`~gradwatch.verdicts.EXPLODING_RATIO_WITH_FACTOR` at more than
+    :data:`~gradwatch.verdicts.EXPLODING_FACTOR` per layer, the growth Yang et al. 2019
+    predict) and the loss was not learnt down: the median of the last fifth of the losses
+    at or above :data:`~gradwatch.diagnose.not_learning.NOT_LEARNING` of the median of the
+    first three, over at least :data:`~gradwatch.diagnose.not_learning.NOT_LEARNING_MIN_STEPS`
+    (the ``not_learning`` rule's test).
+    """
+    if view.is_checkup or view.path != "normalized" or not steps:
+        return None
+    _, losses = finite_loss(view)
+    if len(losses) < NOT_LEARNING_MIN_STEPS:
+        return None
+    start = float(np.median(losses[:3]))
+    end = float(np.median(losses[-max(1, len(losses) // 5) :]))
+    if not (start > 0 and end >= NOT_LEARNING * start):
+        return None
+    first = steps[0]
+    if not (first.total > EXPLODING_RATIO_WITH_FACTOR and first.factor > EXPLODING_FACTOR):
+        return None
+    return start, end
+
+
 def _across_depth(view: RunView) -> list[Finding]:
     steps = flow_steps(view)
     held = [fs for fs in steps if exploding_severity(fs, view)]
     held_steps, recorded = [fs.step for fs in held], [fs.step for fs in steps]
+    stalled = None
     if not (persists(held_steps, recorded) or _at_start(held_steps, recorded)):
-        return []
+        stalled = stalled_from_start(view, steps)
+        if stalled is None:
+            return []
+        held, held_steps = [steps[0]], [steps[0].step]
     last = held[-1]
     still = held_steps[-1] == recorded[-1]
     sev = exploding_severity(last, view)
@@ -96,7 +140,8 @@ def _across_depth(view: RunView) -> list[Finding]:
         f"'{last.layers[-1]}' to '{last.layers[0]}' ({number(last.factor)} per layer"
         f"{_along(view)}){when(view, held_steps, recorded)}{_forward_clause(forward)}: the "
         f"input-side layers {names(layers)} get the largest updates and training may blow up"
-        f"{_why(view, forward)}; {advice(remedies, figure=_figure(last, forward))}."
+        f"{_why(view, forward)}{_stalled(stalled)}; "
+        f"{advice(remedies, figure=_figure(last, forward))}."
     )
     evidence = {
         **last.evidence(),
@@ -108,7 +153,10 @@ def _across_depth(view: RunView) -> list[Finding]:
         "steps_held": len(held_steps),
         "steps_recorded": len(recorded),
         "persists": bool(still),
+        "stalled_from_start": stalled is not None,
     }
+    if stalled is not None:
+        evidence["loss_first"], evidence["loss_last"] = num(stalled[0]), num(stalled[1])
     return [
         Finding(
             "exploding",
@@ -145,6 +193,14 @@ def _forward_clause(forward: dict) -> str:
                      f"‖∇W‖/‖W‖ = {number(rel)}, so one SGD step at learning rate 0.1 moves it by "
                      f"{number(10 * rel)}% of its size")
     return (", while " + " and ".join(parts)) if parts else ""
+
+
+def _stalled(stalled: tuple[float, float] | None) -> str:
+    if stalled is None:
+        return ""
+    return (f", and the loss was not learnt down ({number(stalled[0])} at the start, "
+            f"{number(stalled[1])} at the end): the run started in that explosion and did not "
+            "learn")
 
 
 def _why(view: RunView, forward: dict) -> str:
