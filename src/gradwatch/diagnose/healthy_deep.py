@@ -66,8 +66,8 @@ def rule(view: RunView) -> list[Finding]:
             "depth (Yang et al. 2019). Below "
             f"{times(EXPLODING_RATIO)} that is not a verdict on its own (a BN plain-34 grows "
             "~140× and trains at a learning rate of 0.01), but it makes the input-side layers' "
-            f"steps the largest{step_size}: if it does not train, lower the learning rate or add residual "
-            "connections, which bring the per-layer factor back to 1."
+            f"steps the largest{step_size}: if it does not train, lower the learning rate or "
+            "add residual connections, which bring the per-layer factor back to 1."
         )
     evidence = {
         **last.evidence(),
