@@ -9,6 +9,9 @@
    not an update that swamps the weights.
 4. A parametrized layer (spectral norm) is read as the layer it is, not at the
    parametrization that computes its weight.
+5. A chain of normalised layers without shortcuts that starts in batch norm's growth (Yang et
+   al. 2019) and whose loss is not learnt down is exploding after training; at init the
+   note states the growth instead of calling the gradients healthy.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from gradwatch.verdicts import (
     VANISHING_RATIO,
 )
 from tests.diagnose.nets_by_design import NoNormResNet
-from tests.diagnose.synthetic import make_run
+from tests.diagnose.synthetic import geometric, make_run
 
 
 def _images(n=4, side=8, seed=1):
@@ -184,3 +187,51 @@ def test_spectral_norm_on_every_layer_vanishes_read_at_the_layers():
     assert {"batchnorm", "residual"} <= set(f.remedies)
     table = cu.table.set_index("layer")
     assert np.isfinite(table.loc["0", "grad_norm"]) and table.loc["0", "grad_norm"] > 0
+
+
+# ------------------------------------------- 5. a BN chain that starts in its explosion
+def _bn_chain_run(losses):
+    """30 layers through norms, no shortcut: ×196 at 1.2 per layer at step 0, flat after."""
+    n, steps = 30, len(losses)
+    bp = np.ones((steps, n))
+    bp[0] = geometric(1.2, n)[0]
+    return make_run(n, {"backprop_norm": bp, "grad_norm": np.ones((steps, n)),
+                        "weight_norm": np.ones((steps, n))},
+                    loss=list(losses), norm=("l0",))
+
+
+def test_a_bn_chain_that_starts_in_its_explosion_and_does_not_learn_is_exploding():
+    losses = 2.3 + 0.02 * np.sin(np.arange(40))
+    fs = diagnose(_bn_chain_run(losses))
+    (f,) = [f for f in fs if f.kind == "exploding"]
+    assert (fs.verdict, f.severity) == ("exploding", "warning")
+    assert f.evidence["stalled_from_start"] is True and f.evidence["path"] == "normalized"
+    assert f.evidence["backprop_ratio"] == pytest.approx(1.2**29, rel=1e-5)
+    assert f.evidence["backprop_ratio"] < EXPLODING_RATIO
+    assert "not learnt down" in f.message and "Yang et al. 2019" in f.message
+    assert "residual" in f.remedies and "batchnorm" not in f.remedies
+
+
+def test_the_same_growth_in_a_run_that_learns_is_not_exploding():
+    losses = np.linspace(2.3, 1.5, 40)  # a BN plain-34 at lr 0.01 grows ×115 and learns
+    assert not [f for f in diagnose(_bn_chain_run(losses)) if f.kind == "exploding"]
+
+
+def test_the_healthy_deep_note_states_a_bn_chains_growth():
+    x = torch.randn(16, 3, 8, 8)
+    torch.manual_seed(0)
+    layers: list[nn.Module] = []
+    c_in = 3
+    for _ in range(30):
+        layers += [nn.Conv2d(c_in, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()]
+        c_in = 8
+    model = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    cu = gw.check(model, x, torch.randint(0, 10, (16,)))
+    (f,) = [f for f in cu.findings if f.kind == "healthy_deep"]
+    ratio = f.evidence["backprop_ratio"]
+    assert 10 < ratio < EXPLODING_RATIO and f.evidence["bn_growth"] is True
+    assert "healthy" not in f.message and "Yang et al. 2019" in f.message
+    assert "‖∇W‖/‖W‖" in f.message and f.remedies == ("lower_lr", "residual")
