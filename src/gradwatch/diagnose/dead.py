@@ -77,12 +77,7 @@ def rule(view: RunView) -> list[Finding]:
             "or a lower learning rate."
         )
     evidence = {
-        "dead_frac": {ly: num(v) for ly, v in values.items()},
-        "threshold": DEAD_FRAC,
-        "error_threshold": DEAD_FRAC_ERROR,
-        "step": held[-1],
-        "steps_held": len(held),
-        "persists": bool(still),
+        **_base_evidence(values, held, steps),
         "loss_fell": list(fell) if fell is not None else None,
     }
     return [
@@ -131,15 +126,18 @@ def _bypassed(view: RunView, layers: list[str], values, held: list[int], steps: 
         f"from '{bypass['output_side_layer']}' to '{bypass['input_side_layer']}'), so they "
         "block no path; if they stay off once the net has trained, try leaky ReLU."
     )
-    evidence = {
+    evidence = {**_base_evidence(values, held, steps), "bypassed": True, **bypass}
+    return Finding("dead", tuple(layers), step_span(view, held), "info", message, evidence,
+                   ("leaky_relu",))
+
+
+def _base_evidence(values, held: list[int], steps: list[int]) -> dict:
+    """The figures every dead finding carries."""
+    return {
         "dead_frac": {ly: num(v) for ly, v in values.items()},
         "threshold": DEAD_FRAC,
         "error_threshold": DEAD_FRAC_ERROR,
         "step": held[-1],
         "steps_held": len(held),
         "persists": bool(held[-1] == steps[-1]),
-        "bypassed": True,
-        **bypass,
     }
-    return Finding("dead", tuple(layers), step_span(view, held), "info", message, evidence,
-                   ("leaky_relu",))
