@@ -13,6 +13,9 @@ a new held-out case replaces it.
   learns, is a gain whose relative update has no bound (the ``exploding`` rule's updates).
 - ``spectral_norm_relu_16``: a parametrized layer is read as the layer it is, not at the
   parametrization computing its weight (``gradwatch.layers``).
+
+Their checks at init run in the default test suite (``tests/zoo/test_zoo.py``), their training
+runs with the rest of the zoo under ``-m slow``.
 """
 
 from __future__ import annotations
@@ -61,12 +64,12 @@ def spectral_relu(depth: int = 16, width: int = 128, n_in: int = 64,
 def _image_case(name: str, build, expect_init: str, expect_run: str, source: str, *,
                 steps: int, outcome: str, why: str, measured: dict) -> Case:
     """Checked on 8 digit images of 16×16, trained on batches of 16 (as when held out)."""
-    return Case(name=name, family="resnet_nonorm", model=build,
+    return Case(name=name, family="resnet", model=build,
                 batch=partial(image_batch, 10_000, size=16, batch=8),
                 expect_init=expect_init, expect_run=expect_run, source=source, why=why,
                 train=Train(steps=steps, optimizer=sgd(0.1), outcome=outcome, baseline=CHANCE,
                             batch=partial(image_batch, size=16, batch=16)),
-                measured=measured, budget_s=20.0, quick=True)
+                measured=measured, budget_s=20.0)
 
 
 CASES = [
@@ -109,7 +112,7 @@ CASES = [
         },
     ),
     Case(
-        name="spectral_norm_relu_16", family="spectral_norm",
+        name="spectral_norm_relu_16", family="mlp",
         model=partial(spectral_relu, 16, 128), batch=probe,
         expect_init="vanishing", expect_run="vanishing",
         source="Anil et al. 2019, §3 ('gradient norm attenuation'): a ReLU net with every "
@@ -130,6 +133,5 @@ CASES = [
             "train.update_ratio_max": 0.00182, "after.trunk_ratio": 5.48e-09,
             "after.dead_max": 0.922, "after.saturated_max": 0.0,
         },
-        quick=True,
     ),
 ]
