@@ -32,9 +32,6 @@ PARAM_STATS = ("grad_norm", "grad_rms", "nonfinite", "grad_max_abs", "weight_nor
                "update_ratio")
 ACT_STATS = ("act_mean", "act_std", "saturated_frac")
 BRUTE = ("grad_norm", "grad_max_abs", "weight_norm", "update_ratio")
-#: Statistics each layout cannot make equal to one process (see docs/howto/fsdp.md).
-NOT_RECORDED = {lay: {"backprop_norm", "time_grad_first", "time_grad_last", "time_steps"}
-                for lay in ("tp", "sp", "2d")}
 #: dead_frac where the batch (data parallel) or the sequence (sequence parallel) is split over
 #: ranks is the ranks' average (as under DDP), not the union's: a unit dead on one rank's
 #: part may be alive on another's.
@@ -103,8 +100,8 @@ def check_layout(base: Path, layout: str, world: int) -> dict[str, float]:
     run = gw.load(run_dir)
     assert run.meta["distributed"] == {"world_size": world}
     single = reference()
-    skip = NOT_RECORDED.get(layout, set())
-    assert set(run.stats["stat"]) == set(single.stats["stat"]) - skip, layout
+    # the same statistics as one process, backprop_norm and time_* included
+    assert set(run.stats["stat"]) == set(single.stats["stat"]), layout
     errors = {}
     brute = json.loads(run_dir.with_name("brute.json").read_text())
     for stat in sorted(set(run.stats["stat"])):
