@@ -153,9 +153,10 @@ def harness(tmp_path_factory, world: int, items: str) -> Path:
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    """One launch of 2 ranks for every 2-rank layout, and the collective count under FSDP2."""
+    """One launch of 2 ranks for every 2-rank layout, and the collective counts."""
     return harness(tmp_path_factory, 2, ",".join([f"{x}:check" for x in TWO]
-                                                 + ["fsdp2:count", "fsdp2:nan", "tp:nan"]))
+                                                 + ["fsdp2:count", "tp:count", "fsdp2:nan",
+                                                    "tp:nan"]))
 
 
 @pytest.mark.parametrize("layout", TWO)
@@ -163,13 +164,16 @@ def test_two_ranks_match_one_process_on_the_union_batch(two_ranks, layout):
     check_layout(two_ranks, layout, 2)
 
 
-def test_one_collective_at_recorded_steps_and_none_at_the_others(two_ranks):
-    """FSDP2, every=2: a recorded step adds exactly one collective to the plain step's.
+@pytest.mark.parametrize("layout", ["fsdp2", "tp"])
+def test_one_collective_at_recorded_steps_and_none_at_the_others(two_ranks, layout):
+    """every=2: a recorded step adds exactly one collective to the plain step's.
 
-    The worker counts the calls of torch.distributed's collectives (FSDP2 calls its process
-    group's methods directly, so a plain step counts none here).
+    The worker counts the calls of torch.distributed's collectives (FSDP2 and tensor
+    parallelism call their process groups' methods directly, so a plain step counts none
+    here). Under tensor parallelism the recorded step's parameter statistics, backprop_norm
+    and time_* share that one collective.
     """
-    counts = json.loads((two_ranks / "fsdp2-count" / "counts.json").read_text())
+    counts = json.loads((two_ranks / f"{layout}-count" / "counts.json").read_text())
     plain = counts["plain"]
     assert plain[0] == plain[1]
     assert counts["watched"] == [plain[0] + 1, plain[0], plain[0] + 1, plain[0]]
