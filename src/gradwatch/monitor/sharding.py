@@ -42,6 +42,19 @@ def local(t: torch.Tensor) -> torch.Tensor:
     return t.to_local() if is_dtensor(t) else t
 
 
+def local_part(out: Any) -> torch.Tensor | None:
+    """A DTensor activation's local tensor (None: not a DTensor, or a ``Partial`` addend).
+
+    A slice adds up over the ranks at the flush; a copy is counted once per rank, which
+    leaves means, standard deviations and fractions unchanged. A ``Partial`` output is not
+    the activation on any rank, so it is not read.
+    """
+    if not is_dtensor(out) or has_partial(out):
+        return None
+    with torch.no_grad():  # a view of the local tensor, without an autograd node
+        return out.to_local()
+
+
 def has_partial(t: Any) -> bool:
     """Whether a DTensor has a ``Partial`` placement (its value is the sum over ranks)."""
     return is_dtensor(t) and any(p.is_partial() for p in t.placements)

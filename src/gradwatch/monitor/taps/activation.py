@@ -7,8 +7,7 @@ buffer kept across steps and reduced together (one kernel per statistic for all 
 :func:`gradwatch.stats.activation.reduce_stacked`; on CPU, with the compiled kernels of
 :mod:`gradwatch.stats.native`, all statistics of all of them in one call and one read, no
 copy). A large one is reduced inside its hook. The values go into the rows of a preallocated
-buffer; no activation outlives the forward pass that made it. A DTensor activation (tensor
-parallelism) is read as the rank's local part. One changed in place after its
+buffer; no activation outlives the forward pass that made it. One changed in place after its
 module ran is not recorded at that step and is reduced inside its hook from then on. Later
 calls of a step (micro-batches, shared modules) add into an accumulator.
 """
@@ -21,7 +20,7 @@ import torch
 from torch import nn
 
 from gradwatch.monitor.hookkit import FAST_DTYPES, HookSet, RowBuffer, StackPool
-from gradwatch.monitor.sharding import has_partial, is_dtensor
+from gradwatch.monitor.sharding import local_part
 from gradwatch.monitor.tap import Record, StepPlan, Tap, register_tap
 from gradwatch.stats import native
 from gradwatch.stats.activation import (
@@ -43,19 +42,6 @@ STACK_BUFFER_BYTES = 64 << 20
 #: Most elements of kept activations before they are reduced, even mid-forward: activations
 #: that autograd does not keep (one followed by dropout, say) are then held no longer.
 PENDING_MAX = 1 << 24
-
-
-def local_part(out: Any) -> torch.Tensor | None:
-    """A DTensor activation's local tensor (None: not a DTensor, or a ``Partial`` addend).
-
-    A slice adds up over the ranks at the flush; a copy is counted once per rank, which
-    leaves means, standard deviations and fractions unchanged. A ``Partial`` output is not
-    the activation on any rank, so it is not read.
-    """
-    if not is_dtensor(out) or has_partial(out):
-        return None
-    with torch.no_grad():  # a view of the local tensor, without an autograd node
-        return out.to_local()
 
 
 @register_tap
@@ -126,11 +112,9 @@ class ActivationTap(Tap):
             li = tracker.last_layer
             if not self.on or li < 0 or not torch.is_grad_enabled() or ctx.replaying:
                 return
-            if type(out) is not torch.Tensor:
-                out = local_part(out)  # a DTensor: this rank's part (combined at the flush)
-                if out is None:
-                    return
-            if out.numel() == 0:
+            if type(out) is not torch.Tensor:  # a DTensor: this rank's part (None: not one)
+                out = local_part(out)
+            if out is None or out.numel() == 0:
                 return
             try:
                 row = self.rows.get((ai, li))
