@@ -11,8 +11,10 @@ the device when the step is recorded. See :mod:`gradwatch.stats.backprop` for th
 
 On CPU, with gradwatch's compiled kernels (:mod:`gradwatch.stats.native`), the hook is a C++
 one (``hook_sumsq``): it adds the squared norm into the layer's slot of a CPU buffer, and no
-Python runs in the backward pass for it; what remains in Python is the shared forward hook
-and one call to install it.
+Python runs in the backward pass for it. The shared forward hook hands each layer output to a
+compiled listener (``LayerOutputHook``) that hangs it, so what remains in Python per layer is
+the forward hook itself; outputs it does not take (tuples, other devices) come back to
+:meth:`BackpropTap.on_layer_output`.
 
 Other taps read the same gradients through :meth:`BackpropTap.listen`: their function is
 called with ``(layer index, d loss / d output)`` inside the hook, at the steps they ask for,
@@ -62,6 +64,7 @@ class BackpropTap(Tap):
         self.cpp_hook: Any = None  # native hook_sumsq at this step, or None
         self.cpp_used = False
         self.tp: TensorParallelShares | None = None  # under tensor parallelism (set lazily)
+        self.cpp_listener: Any = None  # the compiled layer-output listener (made once)
 
     def listen(self, fn: Listener, when: Callable[[StepPlan], bool]) -> None:
         """Call ``fn(li, grad)`` with each layer's d loss / d output at steps where ``when(plan)``.
@@ -84,6 +87,15 @@ class BackpropTap(Tap):
         nat = native.get() if self.record and not self.listening and self.tp is None else None
         self.cpp_hook = nat.hook_sumsq if nat is not None else None
         self.cpp_used = False
+        self.layer_output_fn = None
+        if nat is not None and hasattr(nat, "LayerOutputHook"):
+            fn = self.cpp_listener
+            if fn is None or type(fn) is not nat.LayerOutputHook:
+                fn = self.cpp_listener = nat.LayerOutputHook(self.sq, self.sq_step,
+                                                             self.on_layer_output)
+            fn.step = plan.step
+            self.layer_output_fn = fn
+            self.cpp_used = True  # collect reads the slots stamped with this step
 
     def on_layer_output(self, li: int, out: Any) -> None:
         """Hang the layer's gradient hook on each output that requires grad."""
@@ -202,5 +214,6 @@ class BackpropTap(Tap):
 
     def remove(self) -> None:
         """Forget the listeners."""
+        self.layer_output_fn = self.cpp_listener = None
         self.listening = ()
         self._listeners.clear()
