@@ -23,6 +23,7 @@ from . import (
     from_heldout,
     instability,
     mlp,
+    moved,
     precision,
     recurrent,
     resnet,
@@ -33,7 +34,7 @@ from .case import OUTCOMES, VERDICTS, Case, Train
 
 CASES: list[Case] = [
     *mlp.CASES, *cnn.CASES, *resnet.CASES, *transformer.CASES, *instability.CASES,
-    *recurrent.CASES, *setups.CASES, *precision.CASES, *from_heldout.CASES,
+    *recurrent.CASES, *setups.CASES, *precision.CASES, *moved.CASES, *from_heldout.CASES,
 ]
 BY_NAME: dict[str, Case] = {c.name: c for c in CASES}
 assert len(BY_NAME) == len(CASES), "case names must be unique"
