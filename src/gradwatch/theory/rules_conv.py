@@ -161,6 +161,11 @@ def convolution(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
         lineage=getattr(fx, "lineage", frozenset()) | {key},
         token=frozenset({key}),
     )
+    if isinstance(x, Data):
+        # each output channel reads fan_in actual numbers: few of them (an RGB image's
+        # 27), and a channel's spread over the batch is a random quadratic form of that
+        # many weights, whose inverse a batch norm takes (see rules_norm.batch_norm)
+        out._dof = fan_in  # type: ignore[attr-defined]
     space = ctx.space
     per_group = W.shape[1]  # input channels each output channel reads
 
@@ -360,6 +365,7 @@ def max_pool(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
             gc = _embed(T, gin, rbar @ gy.GC[np.ix_(gout, gout)] @ rbar.T)
         return [Grad(ga, gc)]
 
+    out._not_gaussian = True  # type: ignore[attr-defined]
     ctx.record([src], [out], backward)
     fake = Unknown("max pooling indices")
     return [out, fake]
