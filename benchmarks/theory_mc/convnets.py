@@ -27,9 +27,7 @@ class PreActBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(c)
         self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
         self.relu = nn.ReLU()
-        self.down = (
-            nn.Conv2d(c_in, c, 1, stride, bias=False) if stride != 1 or c_in != c else None
-        )
+        self.down = nn.Conv2d(c_in, c, 1, stride, bias=False) if stride != 1 or c_in != c else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, c_in, H, W) -> (N, c, H/s, W/s)
         a = self.relu(self.bn1(x))

@@ -79,13 +79,12 @@ def test_max_pooling_of_a_relu_field_matches_sampling():
             pred_logs = [np.log10(att["0"]), np.log10(att["4"])]
         outs = {}
 
-        def keep(_m, _a, o, i):
+        def keep(_m, _a, o, i, outs=outs):
             o.retain_grad()
             outs[i] = o
 
         hooks = [
-            model[i].register_forward_hook(lambda m, a, o, i=i: keep(m, a, o, i))
-            for i in (0, 4, 7)
+            model[i].register_forward_hook(lambda m, a, o, i=i: keep(m, a, o, i)) for i in (0, 4, 7)
         ]
         y = model(x)
         r = torch.randn(y.shape, generator=torch.Generator().manual_seed(50 + s))

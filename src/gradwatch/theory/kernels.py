@@ -99,8 +99,9 @@ def _zero_mean_relu(lazy: Lazy) -> bool:
 
 
 def relu_kernel(stats: Stats, cross: bool, deriv: bool) -> np.ndarray:
-    """E[relu(u_t) relu(u_t')] (or of the steps, ``deriv``) for zero-mean Gaussian u, in
-    closed form: the arc-cosine kernel of Cho & Saul 2009,
+    """E[relu(u_t) relu(u_t')] (or of the steps, ``deriv``) for zero-mean Gaussian u.
+
+    In closed form: the arc-cosine kernel of Cho & Saul 2009,
     √(v v')/(2π)·(sin θ + (π − θ) cos θ) and (π − θ)/(2π), cos θ the correlation.
     """
     T = stats.A.shape[0]

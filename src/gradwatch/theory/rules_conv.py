@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from gradwatch.theory.rules import as_field, default, rid_of, stats_of
 from gradwatch.theory.values import (
