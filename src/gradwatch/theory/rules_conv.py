@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from gradwatch.theory.rules import as_field, default, rid_of, stats_of
+from gradwatch.theory.rules_norm import _sqrt_psd
 from gradwatch.theory.values import (
     Context,
     Data,
@@ -266,11 +267,6 @@ def spatial_linear(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
 
 
 # --------------------------------------------------------------------- max pooling
-def _sqrt_psd(M: np.ndarray) -> np.ndarray:
-    w, U = np.linalg.eigh(0.5 * (M + M.T))
-    return U * np.sqrt(np.clip(w, 0.0, None))
-
-
 def max_pool(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     """``max_pool{1,2,3}d_with_indices`` of f(u): sampled Gaussian expectations (see above)."""
     x = args[0]
