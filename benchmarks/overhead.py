@@ -10,6 +10,7 @@ machine noise hits all of them alike, and the reported figure is the median over
     python benchmarks/overhead.py --clock cpu --threads 1   # a busy shared machine
     python benchmarks/overhead.py --anchors lightning  # Lightning's grad_norm, no wandb
     python benchmarks/overhead.py --python-path     # gradwatch without its compiled kernels
+    python benchmarks/overhead.py --configs floor,param_grads,default,everything  # these rows
     python benchmarks/overhead.py --device cuda      # on a GPU: CUDA events, host syncs per step
     python benchmarks/overhead.py --networks transformer --optimizer adamw \
         --without attn_logit_max,attn_entropy_min,logit_max,logsumexp_mean,update_rms,eps_frac
@@ -244,11 +245,11 @@ def available_anchors() -> list[str]:
 
 
 def bench_network(name, rounds, steps, workdir, device, clock, anchors,
-                  optimizer="sgd") -> dict:
+                  optimizer="sgd", floor=True) -> dict:
     torch.manual_seed(0)
     desc, base, x, loss_fn = make(name, device)
     base = base.to(device)
-    keys = ["plain", "floor", *CONFIGS, *anchors]
+    keys = ["plain", *(["floor"] if floor else []), *CONFIGS, *anchors]
     runners = {k: Runner(k, base, x, loss_fn, workdir / name / k, optimizer) for k in keys}
     for r in runners.values():
         r.steps(3)  # warm-up: plans, buffers, allocator
@@ -317,6 +318,9 @@ def main() -> None:
     ap.add_argument("--anchors", default=None,
                     help="comma-separated anchors to run (lightning, wandb, wandb10); "
                          "default: every one installed")
+    ap.add_argument("--configs", default=None,
+                    help="comma-separated gradwatch configurations (and floor) to time; "
+                         f"default: floor and every one of {', '.join(CONFIGS)}")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd",
@@ -329,6 +333,16 @@ def main() -> None:
                          "kernels")
     args = ap.parse_args()
     compiled = native_ready(args.python_path)
+    floor = True
+    if args.configs is not None:
+        wanted = [c for c in args.configs.split(",") if c]
+        unknown = [c for c in wanted if c not in (*CONFIGS, "floor")]
+        if unknown:
+            raise SystemExit(f"--configs: unknown {unknown}; known: floor, {', '.join(CONFIGS)}")
+        floor = "floor" in wanted
+        for c in list(CONFIGS):
+            if c not in wanted:
+                del CONFIGS[c]
     if args.without:
         keep = without([n.strip() for n in args.without.split(",") if n.strip()])
         CONFIGS["default_without"] = dict(stats=keep)
@@ -351,7 +365,7 @@ def main() -> None:
     try:
         for name in args.networks.split(","):
             r = bench_network(name, args.rounds, args.steps, workdir, args.device, args.clock,
-                              anchors, args.optimizer)
+                              anchors, args.optimizer, floor)
             results.append(r)
             ratios = ", ".join(f"{k} {v:.3f}x" for k, v in r.items() if k.startswith("ratio_"))
             print(f"{r['description']}: plain step {r['plain_step_ms']:.2f} ms | {ratios}",
@@ -361,7 +375,7 @@ def main() -> None:
             sys.modules["wandb"].finish()
         shutil.rmtree(workdir, ignore_errors=True)
     print()
-    print(table(results, ["floor", *CONFIGS, *anchors]))
+    print(table(results, [*(["floor"] if floor else []), *CONFIGS, *anchors]))
     if args.without:
         for r in results:  # a detail step with and without them: everything records all
             ms = (r["ratio_everything"] - r["ratio_everything_without"]) * r["plain_step_ms"]
@@ -373,7 +387,8 @@ def main() -> None:
     meta = {"torch": torch.__version__, "threads": args.threads, "rounds": args.rounds,
             "optimizer": args.optimizer, "without": args.without,
             "steps_per_round": args.steps, "device": args.device, "clock": args.clock,
-            "load": os.getloadavg(), "compiled_kernels": compiled}
+            "load": os.getloadavg(), "compiled_kernels": compiled,
+            "configs": list(CONFIGS)}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps({"meta": meta, "results": results}, indent=2))

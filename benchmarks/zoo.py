@@ -15,9 +15,11 @@ where that truth comes from; the training run's outcome (the loss falls, stalls 
 diverges) is checked, and so are the remedies a case forbids (those the model already has).
 The development set and, when ``benchmarks/zoo/heldout/`` is there, the held-out set are
 scored separately: the held-out score is the one that says how the rules hold on
-architectures nobody tuned them on. Cases run in a process pool, one torch thread per
-worker. Prints a confusion table (expected × got) per set and stage, false alarms and
-misses, figures by family and per-case CPU time; writes everything as JSON.
+architectures nobody tuned them on (printed and written as ``benchmarks/zoo_heldout.py``
+does; both scripts run cases through ``benchmarks.zoo.pool.run_cases``). Cases run in a
+process pool, one torch thread per worker. Prints a confusion table (expected × got) per set
+and stage, false alarms and misses, figures by family and per-case CPU time; writes
+everything as JSON.
 """
 
 from __future__ import annotations
@@ -28,8 +30,6 @@ import os
 import platform
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,51 +37,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.zoo import SET_NAMES, cases_of  # noqa: E402
+from benchmarks.zoo.pool import run_cases  # noqa: E402
 from benchmarks.zoo.report import render, summary  # noqa: E402
-
-
-def _case_named(name: str):
-    for set_name in SET_NAMES:
-        for case in cases_of(set_name):
-            if case.name == name:
-                return case
-    raise KeyError(name)
-
-
-def _run_named(name: str) -> dict:
-    from benchmarks.zoo.run import run_case
-
-    return run_case(_case_named(name))
-
-
-def _init_worker(root: str) -> None:
-    if root not in sys.path:
-        sys.path.insert(0, root)
-
-
-def run(names: list[str], jobs: int, on_row=None) -> list[dict]:
-    """Run the named cases, ``jobs`` at a time, largest budget first; rows in the zoo's order."""
-    rows: dict[str, dict] = {}
-    if jobs <= 1:
-        for n in names:
-            rows[n] = _run_named(n)
-            _progress(rows[n], len(rows), len(names))
-            if on_row:
-                on_row([rows[k] for k in names if k in rows])
-    else:
-        ctx = get_context("spawn")  # fresh interpreters: no torch threads inherited
-        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(str(ROOT),)) as pool:
-            budget = {n: _case_named(n).budget_s for n in names}
-            by_budget = sorted(names, key=lambda n: -budget[n])
-            futures = [pool.submit(_run_named, n) for n in by_budget]
-            for fut in as_completed(futures):
-                row = fut.result()
-                rows[row["name"]] = row
-                _progress(row, len(rows), len(names))
-                if on_row:
-                    on_row([rows[k] for k in names if k in rows])
-    return [rows[n] for n in names]
 
 
 def _progress(row: dict, done: int, total: int) -> None:
@@ -136,17 +93,27 @@ def main(argv: list[str] | None = None) -> int:
         dev = grouped.get("dev", [])
         doc = {"meta": meta, "summary": summary(dev), "cases": dev,
                "sets": {s: {"summary": summary(r), "cases": r} for s, r in grouped.items()}}
+        if "heldout" in grouped:
+            from benchmarks.zoo.heldout.runner import score as heldout_score
+
+            doc["sets"]["heldout"]["score"] = heldout_score(grouped["heldout"])
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(doc, indent=1, default=str))
 
     # the JSON is rewritten after every case, so an interrupted run still leaves its rows
-    rows = run(names, max(1, args.jobs), on_row=lambda done: write(done, False))
+    rows = run_cases(names, max(1, args.jobs), on_row=lambda done: write(done, False),
+                     progress=_progress)
     wall = time.perf_counter() - t0
     for set_name, set_rows in by_set(rows).items():
         title = {"dev": "Development set", "heldout": "Held-out set"}[set_name]
         print(f"\n== {title}: {len(set_rows)} cases ==")
         print(render(set_rows, summary(set_rows)))
+        if set_name == "heldout":  # the score benchmarks/zoo_heldout.py prints
+            from benchmarks.zoo.heldout.runner import render as heldout_render
+            from benchmarks.zoo.heldout.runner import score as heldout_score
+
+            print("\n" + heldout_render(set_rows, heldout_score(set_rows)))
     if args.set in ("all", "heldout") and not sets.get("heldout"):
         print("\n(no held-out set: benchmarks/zoo/heldout/ is not there)")
     case_cpu = sum(r["cpu_s"] for r in rows)

@@ -119,3 +119,63 @@ def test_new_statistics_can_be_left_out():
         mon.step(out.loss)
     assert not set(NEW) & set(mon.run.stats["stat"])
     _no_leftovers()
+
+
+class _Attends(nn.Module):
+    """A block of a user's class: its forward may call attention (here from step ``start``)."""
+
+    def __init__(self, start: int = 0):
+        super().__init__()
+        self.proj = nn.Linear(8, 24)
+        self.start, self.calls = start, 0
+
+    def forward(self, x):  # (B, T, 8)
+        self.calls += 1
+        if self.calls <= self.start:
+            return x
+        q, k, v = self.proj(x).unflatten(-1, (3, 8)).unbind(-2)
+        return F.scaled_dot_product_attention(q, k, v)
+
+
+def _armed_steps(model, steps):
+    """The steps at which the attention capture was armed, and the attention run's steps."""
+    armed = []
+    x = torch.randn(2, 5, 8, generator=torch.Generator().manual_seed(0))
+    with gw.watch(model, detail_every=1, stats=["attn_logit_max", "loss"]) as mon:
+        tap = mon._ctx.tap("attention")
+        for step in range(steps):
+            if tap.capture is not None and tap.capture.armed:
+                armed.append(step)
+            loss = model(x).square().mean()
+            loss.backward()
+            mon.step(loss)
+    run = mon.run
+    got = sorted(run.stats.loc[run.stats.stat == "attn_logit_max", "step"].unique())
+    return tap, armed, got
+
+
+def test_a_model_of_torch_nn_modules_gets_no_attention_capture():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 8))
+    tap, armed, got = _armed_steps(model, 3)
+    assert tap.capture is None and not tap.active and armed == [] and got == []
+    _no_leftovers()
+
+
+def test_a_model_that_never_attends_is_probed_every_tenth_detail_step():
+    from gradwatch.monitor.taps.attention import PROBE_EVERY
+
+    model = nn.Sequential(_Attends(start=10**9), nn.Linear(8, 8))  # a user class: may attend
+    _, armed, got = _armed_steps(model, 2 * PROBE_EVERY + 1)
+    assert armed == [0, PROBE_EVERY, 2 * PROBE_EVERY] and got == []
+
+
+def test_attention_that_starts_later_is_caught_at_the_next_probe_then_every_step():
+    from gradwatch.monitor.taps.attention import PROBE_EVERY
+
+    model = nn.Sequential(_Attends(start=3), nn.Linear(8, 8))
+    _, armed, got = _armed_steps(model, PROBE_EVERY + 3)
+    assert armed == [0, *range(PROBE_EVERY, PROBE_EVERY + 3)]
+    assert got == list(range(PROBE_EVERY, PROBE_EVERY + 3))
+    model = nn.Sequential(_Attends(start=0), nn.Linear(8, 8))
+    _, armed, got = _armed_steps(model, 4)
+    assert armed == got == [0, 1, 2, 3]

@@ -154,6 +154,27 @@ def test_the_cpp_gradient_hook_adds_squares_per_step(nat):
     assert float(sq[0]) == 0.0 and float(sq[2]) == 0.0
 
 
+def test_the_layer_output_listener_hangs_the_hook_or_hands_back(nat):
+    sq = torch.zeros(3)
+    stamp = torch.full((3,), -1, dtype=torch.long)
+    back = []
+    fn = nat.LayerOutputHook(sq, stamp, lambda li, out: back.append((li, out)))
+    fn.step = 4
+    x = torch.randn(5, 4, requires_grad=True)
+    y = x * 2
+    fn(2, y)  # a CPU float tensor that requires grad: the C++ hook
+    fn(0, x.detach())  # no grad needed: nothing, nothing handed back
+    with torch.no_grad():
+        fn(0, x * 2)  # grad mode off: nothing
+    pair = (x * 3, x * 4)
+    fn(1, pair)  # not a tensor: handed back as it is
+    fn(1, y.to(torch.complex64))  # not real floating: handed back
+    assert [li for li, _ in back] == [1, 1] and back[0][1] is pair
+    y.square().sum().backward()
+    assert stamp.tolist() == [-1, -1, 4]
+    assert float(sq[2]) == pytest.approx(float((2 * y.detach()).square().sum()), rel=1e-6)
+
+
 def test_switched_off_by_the_environment(monkeypatch, nat):
     monkeypatch.setenv(native.ENV, "0")
     assert native.refresh() is None and native.get() is None  # each Monitor reads it

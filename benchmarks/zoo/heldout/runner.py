@@ -1,7 +1,8 @@
 """Running gradwatch on the held-out zoo and scoring it against the written truth.
 
-Each case runs as the development zoo runs its cases (``benchmarks.zoo.run.run_case``:
-``gw.check`` at initialisation, then a watched training run and ``gw.diagnose``). The score
+Each case runs as the development zoo runs its cases, through the zoo's one runner
+(``benchmarks.zoo.pool.run_cases`` and ``benchmarks.zoo.run.run_case``: ``gw.check`` at
+initialisation, then a watched training run and ``gw.diagnose``). The score
 counts verdicts: two per case (at init and after training), right when gradwatch's verdict is
 the truth. A **false error** is an "error"-severity finding whose verdict is not the truth of
 its stage, on a model whose training run trains (the truth says it trains, and it did): the
@@ -14,31 +15,17 @@ call; the development zoo's script can import them too.
 from __future__ import annotations
 
 import sys
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from multiprocessing import get_context
-from pathlib import Path
 from typing import Any
 
 from gradwatch.verdicts import verdict_of_kind
-
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def _run_named(name: str) -> dict[str, Any]:
-    from benchmarks.zoo.heldout import BY_NAME
-    from benchmarks.zoo.run import run_case
-
-    return run_case(BY_NAME[name])
-
-
-def _init_worker(root: str) -> None:
-    if root not in sys.path:
-        sys.path.insert(0, root)
 
 
 def run_heldout(names: list[str] | None = None, jobs: int = 2, on_row=None,
                 progress: bool = True) -> list[dict[str, Any]]:
     """Run held-out cases (all by default), ``jobs`` processes at a time; rows in set order.
+
+    The zoo's one runner (:func:`benchmarks.zoo.pool.run_cases`), with a progress line that
+    shows each verdict beside its truth.
 
     Args:
         names: case names; None for every case.
@@ -46,32 +33,16 @@ def run_heldout(names: list[str] | None = None, jobs: int = 2, on_row=None,
         on_row: called with the rows finished so far after each case.
         progress: print one line per finished case to stderr.
     """
-    from benchmarks.zoo.heldout import BY_NAME, CASES
+    from benchmarks.zoo.heldout import CASES
+    from benchmarks.zoo.pool import run_cases
 
-    names = names or [c.name for c in CASES]
-    rows: dict[str, dict[str, Any]] = {}
+    def line(row: dict[str, Any], done: int, total: int) -> None:
+        print(f"[{done}/{total}] {row['name']}: init {row['init'].get('verdict')} (truth "
+              f"{row['expect_init']}), run {row['run'].get('verdict')} (truth "
+              f"{row['expect_run']}) ({row['cpu_s']:.1f} s cpu)", file=sys.stderr, flush=True)
 
-    def done(row):
-        rows[row["name"]] = row
-        if progress:
-            print(f"[{len(rows)}/{len(names)}] {row['name']}: init "
-                  f"{row['init'].get('verdict')} (truth {row['expect_init']}), run "
-                  f"{row['run'].get('verdict')} (truth {row['expect_run']}) "
-                  f"({row['cpu_s']:.1f} s cpu)", file=sys.stderr, flush=True)
-        if on_row:
-            on_row([rows[n] for n in names if n in rows])
-
-    if jobs <= 1:
-        for n in names:
-            done(_run_named(n))
-    else:
-        ctx = get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(str(ROOT),)) as pool:
-            order = sorted(names, key=lambda n: -BY_NAME[n].train.steps)
-            for fut in as_completed([pool.submit(_run_named, n) for n in order]):
-                done(fut.result())
-    return [rows[n] for n in names]
+    return run_cases(names or [c.name for c in CASES], jobs, on_row=on_row,
+                     progress=line if progress else None)
 
 
 def false_errors(row: dict[str, Any]) -> list[str]:

@@ -14,6 +14,12 @@ recorded passes nothing is installed but the model's own root hooks.
 
 The mode and the module hooks are removed by a forward hook that runs even when the forward
 pass raises (``always_call=True``), and again by :meth:`AttentionCapture.stop`.
+
+The mode sees every torch call of the pass (on a 200-layer MLP it cost more than the rest of a
+detail step), so it is set only where attention can happen: :func:`can_attend` says from the
+module types whether a model's forward pass can call attention at all, and
+:attr:`AttentionCapture.calls` counts the calls of the armed passes, so that a tap can stand
+the capture down for a model whose passes make none.
 """
 
 from __future__ import annotations
@@ -38,6 +44,26 @@ _MHA_ARGS = (
 )
 _SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale",
               "enable_gqa")
+
+
+#: torch.nn modules whose forward passes call attention (the others of torch.nn never do).
+_ATTENDING = (nn.MultiheadAttention, nn.Transformer, nn.TransformerEncoder,
+              nn.TransformerDecoder, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer)
+
+
+def can_attend(model: nn.Module) -> bool:
+    """Whether ``model``'s forward pass can call attention, from its modules' types.
+
+    False only when every module is one of torch.nn's own (``torch.nn.*`` classes, not
+    subclassed: their forward code is PyTorch's) and none of them is an attention module:
+    such a model runs no code that could call ``scaled_dot_product_attention``. Any other
+    module type (a user's class, a subclass, another library's) may call it.
+    """
+    for m in model.modules():
+        cls = type(m)
+        if isinstance(m, _ATTENDING) or not cls.__module__.startswith("torch.nn."):
+            return True
+    return False
 
 
 def _bind(names: tuple[str, ...], args: tuple, kwargs: dict) -> dict[str, Any]:
@@ -80,6 +106,8 @@ class AttentionCapture:
         self.model = model
         self.warn = warn
         self.rows: list[tuple[int, int, torch.Tensor]] = []  # (layer, heads, row)
+        self.passes = 0  # armed forward passes so far
+        self.calls = 0  # attention calls seen in them
         self.active = False
         self._stack: list[nn.Module] = []
         self._mode: _Mode | None = None
@@ -115,6 +143,7 @@ class AttentionCapture:
         if not self.armed or self.active or not torch.is_grad_enabled():
             return
         self.active = True
+        self.passes += 1
         self._stack = [module]  # its own global pre-hook ran before this one
         self._globals = [
             nn.modules.module.register_module_forward_pre_hook(self._push),
@@ -171,6 +200,7 @@ class AttentionCapture:
     # -- the calls ----------------------------------------------------------------------------
     def on_sdpa(self, a: dict[str, Any]) -> None:
         """A call of ``F.scaled_dot_product_attention``."""
+        self.calls += 1
         li = self._layer()
         if li is None:
             return
@@ -188,6 +218,7 @@ class AttentionCapture:
 
     def on_mha(self, a: dict[str, Any]) -> None:
         """A call of ``F.multi_head_attention_forward``."""
+        self.calls += 1
         li = self._layer()
         if li is None:
             return

@@ -132,6 +132,10 @@ class Tap:
     sources: ClassVar[tuple[str, ...]] = ()
     #: Set in :meth:`begin_step`: call :meth:`on_layer_output` for each layer at this step.
     layer_outputs: bool = False
+    #: Set in :meth:`begin_step` (optional): a callable ``fn(li, out)`` the per-layer hook
+    #: calls instead of :meth:`on_layer_output` at this step (a compiled function: no Python
+    #: frame per layer); None: :meth:`on_layer_output`.
+    layer_output_fn: Any = None
     #: Set in :meth:`begin_step`: this step needs ``ctx.tracker.last_layer`` kept current.
     track_layers: bool = False
     #: Whether the Monitor calls this tap at all (decided once, after every tap's

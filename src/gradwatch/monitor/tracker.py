@@ -69,7 +69,8 @@ class LayerTracker:
 
     def begin_step(self, taps: list[Any], persistent: bool) -> None:
         """Switch the hooks for the pending step: on if a tap listens or needs ``last_layer``."""
-        self.listeners = tuple(t.on_layer_output for t in taps if t.layer_outputs)
+        self.listeners = tuple(t.layer_output_fn or t.on_layer_output
+                               for t in taps if t.layer_outputs)
         self.listener = (
             None if not self.listeners
             else self.listeners[0] if len(self.listeners) == 1 else self._fan_out

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from gradwatch.monitor.hookkit import FAST_DTYPES, HookSet, RowBuffer, StackPool
+from gradwatch.monitor.sharding import local_part
 from gradwatch.monitor.tap import Record, StepPlan, Tap, register_tap
 from gradwatch.stats import native
 from gradwatch.stats.activation import (
@@ -55,10 +56,12 @@ class ActivationTap(Tap):
         self.active = self.needed
         ctx = self.ctx
         self.buf = RowBuffer(4)
-        self.rows: dict[tuple[int, int], int] = {}  # (activation, layer) -> row
+        self.rows: dict[int, dict[int, int]] = {}  # activation -> {layer -> row}
         self.row_meta: list[tuple[int, int]] = []  # row -> (layer, family code)
+        # row -> (family, channels first, family code, rectifier)
+        self.row_info: list[tuple[str, bool, int, bool]] = []
         self.counts: dict[int, list[int]] = {}  # row -> [elements, units] in the step
-        self.pending: list[tuple] = []  # (row, tensor, version, family, channels first, ...)
+        self.pending: list[tuple] = []  # (row, tensor, its version when kept)
         self.pending_n = 0  # elements held in pending
         self.eager: set[int] = set()  # rows reduced inside the hook (changed in place)
         self.stacks = StackPool(STACK_BUFFER_BYTES)  # stacking buffers, by shape
@@ -79,10 +82,8 @@ class ActivationTap(Tap):
         self.pending_n = 0
         self.counts = {}
         self.step = plan.step
-        self.on = (
-            plan.recorded and self.needed
-            and (plan.detail or not plan.tiered(("act_mean", "act_std")))
-        )
+        self.on = plan.recorded and self.needed and (
+            plan.detail or not plan.tiered(("act_mean", "act_std")))
         self.detail = plan.detail and bool({"saturated_frac", "dead_frac"} & plan.wanted)
         self.track_layers = self.on and self.has_acts
         self.hooks.switch(self.on or plan.persistent)
@@ -99,50 +100,47 @@ class ActivationTap(Tap):
 
     def _make_hook(self, ai: int, fam: str):
         code = FAMILY_CODE[fam]
-        rectifier = fam == "rectifier"
         act = self.buf
         ctx = self.ctx
         tracker = ctx.tracker
+        rows = self.rows.setdefault(ai, {})  # layer -> row of this activation module
+        compiling, grad_on, strided = torch.compiler.is_compiling, torch.is_grad_enabled, \
+            torch.strided
 
         def on_act_forward(module: nn.Module, args: Any, out: Any) -> None:
-            if torch.compiler.is_compiling():
+            # the hot path of a detail step: the first call of a row keeps a reference to a
+            # small activation; its element and unit counts are read when it is reduced
+            if compiling():
                 ctx.on_compiled()
                 return
             li = tracker.last_layer
-            if not self.on or li < 0 or not torch.is_grad_enabled() or ctx.replaying:
+            if not self.on or li < 0 or not grad_on() or ctx.replaying:
                 return
-            if type(out) is not torch.Tensor or out.numel() == 0:
+            if type(out) is not torch.Tensor:  # a DTensor: this rank's part (None: not one)
+                out = local_part(out)
+            if out is None or (n := out.numel()) == 0:
                 return
             try:
-                row = self.rows.get((ai, li))
+                row = rows.get(li)
                 if row is None:
                     row = self._new_row(ai, li, code, fam, out)
-                a = out
                 first = act.stamp[row] != self.step
-                if (
-                    first
-                    and a.dtype in FAST_DTYPES
-                    and a.device == act.buf.device
-                    and a.layout == torch.strided
-                ):
-                    cf = self.channels_first[li]
-                    n = a.numel()
+                if (first and out.dtype in FAST_DTYPES and out.layout == strided
+                        and out.device == act.buf.device):
                     if n <= STACK_ACT_MAX and row not in self.eager:
                         # reduced with the other small activations when the forward returns
                         # (detached there, once for all of them)
-                        ud = unit_dim(a.dim(), cf) if rectifier and a.dim() >= 2 else -1
-                        self.pending.append((row, a, a._version, fam, cf, code, ud))
+                        self.pending.append((row, out, out._version))
                         self.pending_n += n
-                        units = a.shape[ud] if self.detail and ud >= 0 else 1
                     else:
-                        units = self._into(row, a.detach(), fam, cf)
+                        self.counts[row] = [n, self._into(row, out.detach(), fam,
+                                                          self.channels_first[li])]
                     act.stamp[row] = self.step
                     act.called.append(row)
-                    self.counts[row] = [n, units]
                     if self.pending_n > PENDING_MAX:
                         self.reduce()  # a very deep model: do not hold them all
                 else:
-                    self._slow(row, a.detach(), fam, li, first)
+                    self._slow(row, out.detach(), fam, li, first)
             except Exception as exc:  # noqa: BLE001 - never take training down
                 ctx.warn("activation statistics", exc)
 
@@ -150,10 +148,8 @@ class ActivationTap(Tap):
 
     def _into(self, row: int, a: torch.Tensor, fam: str, cf: bool) -> int:
         """One activation's statistics into its row, in place; returns its units."""
-        units = (
-            a.shape[unit_dim(a.dim(), cf)]
-            if self.detail and fam == "rectifier" and a.dim() >= 2 else 1
-        )
+        units = (a.shape[unit_dim(a.dim(), cf)]
+                 if self.detail and fam == "rectifier" and a.dim() >= 2 else 1)
         ud = unit_dim(a.dim(), cf) if fam == "rectifier" and a.dim() >= 2 else -1
         if self._native_rows([row], [a], [FAMILY_CODE[fam]], [ud]):
             return units
@@ -199,17 +195,19 @@ class ActivationTap(Tap):
     def _reduce(self, pend: list[tuple]) -> None:
         """Reduce the kept activations: all at once (compiled), or by shape group (torch)."""
         keep = []
-        for item in pend:  # (row, tensor, version, family, channels first, code, unit dim)
-            if item[1]._version != item[2]:
+        counts, info, detail = self.counts, self.row_info, self.detail
+        for row, a, version in pend:
+            if a._version != version:
                 # changed in place since its module ran: not recorded at this step, and
                 # reduced inside its hook from now on
-                row = item[0]
                 self.eager.add(row)
                 self.buf.called.remove(row)
                 self.buf.stamp[row] = -1
-                self.counts.pop(row, None)
                 continue
-            keep.append(item)
+            fam, cf, code, rect = info[row]
+            ud = unit_dim(a.dim(), cf) if rect and a.dim() >= 2 else -1
+            counts[row] = [a.numel(), a.shape[ud] if detail and ud >= 0 else 1]
+            keep.append((row, a, version, fam, cf, code, ud))
         if not keep or self._native_rows([it[0] for it in keep], [it[1] for it in keep],
                                          [it[5] for it in keep], [it[6] for it in keep]):
             return
@@ -236,8 +234,9 @@ class ActivationTap(Tap):
 
     def _new_row(self, ai: int, li: int, code: int, fam: str, out: torch.Tensor) -> int:
         row = len(self.row_meta)
-        self.rows[(ai, li)] = row
+        self.rows[ai][li] = row
         self.row_meta.append((li, code))
+        self.row_info.append((fam, self.channels_first[li], code, fam == "rectifier"))
         self.buf.ensure(row + 1, out.device)
         # the columns that do not apply to this family stay NaN for good
         sat_ok, dead_ok = applicable(fam)
@@ -249,6 +248,9 @@ class ActivationTap(Tap):
 
     def _slow(self, row: int, a: torch.Tensor, fam: str, li: int, first: bool) -> None:
         """General path: other dtypes or devices, and later calls of a step (accumulated)."""
+        if not first and row not in self.counts:
+            self.reduce()  # the first call is still kept: its counts are read now
+            first = self.buf.stamp[row] != self.step  # it changed in place: start over
         d = dense_real(a)
         if d is None:
             self.ctx.warn(f"activation statistics of {a.layout}/{a.device.type} outputs")

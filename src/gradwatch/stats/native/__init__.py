@@ -10,7 +10,9 @@ kernels in ``kernels.cpp`` take that below Python:
   optimizer step, then ``||w_before - w_after||`` and ``||w_after||`` in one read of each;
 - ``act_stats``: sum, L2 norm, saturated count and dead units of many activations at once;
 - ``hook_sumsq``: a C++ gradient hook that adds ``||d loss / d output||^2`` into a slot: no
-  Python runs in the backward pass for the back-propagated norm.
+  Python runs in the backward pass for the back-propagated norm;
+- ``LayerOutputHook``: the listener of each layer's output that hangs that hook, called by
+  the per-layer forward hook with no Python frame of its own.
 
 They are built with ``torch.utils.cpp_extension`` from this package's own source, by the
 machine's C++ compiler (and ninja), into ``$GRADWATCH_CACHE`` (default ``~/.cache/gradwatch``),

@@ -9,6 +9,7 @@
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/python_variable.h>
 
 #include <algorithm>
 #include <cmath>
@@ -366,12 +367,15 @@ double sumsq_one(const at::Tensor& g) {
 // instead of added at the layer's first call of step `step`, which `stamp[li]` records). No
 // Python runs in the backward pass for it. Gradients that are not dense floating CPU tensors
 // are skipped (the caller takes those on its Python path).
-void hook_sumsq(const at::Tensor& out, at::Tensor sq, at::Tensor stamp, int64_t li,
-                int64_t step) {
+void check_slots(const at::Tensor& sq, const at::Tensor& stamp, int64_t li) {
   TORCH_CHECK(sq.device().is_cpu() && sq.scalar_type() == at::kFloat && sq.is_contiguous() &&
                   stamp.scalar_type() == at::kLong && stamp.is_contiguous() &&
                   li >= 0 && li < sq.numel() && li < stamp.numel(),
               "hook_sumsq: expected float32 sums and int64 stamps on the CPU");
+}
+
+void hang_sumsq(const at::Tensor& out, const at::Tensor& sq, const at::Tensor& stamp, int64_t li,
+                int64_t step) {
   out.register_hook([sq, stamp, li, step](const at::TensorBase& grad) {
     if (!grad.defined() || !grad.device().is_cpu() || grad.layout() != at::kStrided ||
         !at::isFloatingType(grad.scalar_type())) {
@@ -390,6 +394,40 @@ void hook_sumsq(const at::Tensor& out, at::Tensor sq, at::Tensor stamp, int64_t 
   });
 }
 
+void hook_sumsq(const at::Tensor& out, at::Tensor sq, at::Tensor stamp, int64_t li,
+                int64_t step) {
+  check_slots(sq, stamp, li);
+  hang_sumsq(out, sq, stamp, li, step);
+}
+
+// The layer-output listener of the back-propagated norm, called as fn(li, out) by the
+// per-layer forward hook: a dense real floating CPU tensor that requires grad (grad mode on)
+// gets the C++ gradient hook of hook_sumsq with no Python frame; one that does not require
+// grad is left; anything else (a tuple, another device or layout) goes to `fallback(li, out)`.
+struct LayerOutputHook {
+  at::Tensor sq, stamp;
+  int64_t step = -1;
+  py::object fallback;
+
+  LayerOutputHook(at::Tensor sq_, at::Tensor stamp_, py::object fallback_)
+      : sq(std::move(sq_)), stamp(std::move(stamp_)), fallback(std::move(fallback_)) {
+    check_slots(sq, stamp, 0);
+  }
+
+  void call(int64_t li, py::handle out) {
+    if (THPVariable_Check(out.ptr())) {
+      const at::Tensor& t = THPVariable_Unpack(out.ptr());
+      if (!at::GradMode::is_enabled() || !t.requires_grad()) return;
+      if (t.device().is_cpu() && t.layout() == at::kStrided &&
+          at::isFloatingType(t.scalar_type()) && li >= 0 && li < sq.numel()) {
+        hang_sumsq(t, sq, stamp, li, step);
+        return;
+      }
+    }
+    fallback(li, out);
+  }
+};
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -399,4 +437,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("update_norms", &update_norms, "||snapshot - w|| and ||w|| per tensor");
   m.def("act_stats", &act_stats, "[sum, norm, saturated, dead units] per activation");
   m.def("hook_sumsq", &hook_sumsq, "a C++ gradient hook adding ||grad||^2 into a slot");
+  py::class_<LayerOutputHook>(m, "LayerOutputHook")
+      .def(py::init<at::Tensor, at::Tensor, py::object>())
+      .def_readwrite("step", &LayerOutputHook::step)
+      .def("__call__", &LayerOutputHook::call, "fn(li, out): hang the C++ hook on out");
 }
