@@ -32,9 +32,6 @@ PARAM_STATS = ("grad_norm", "grad_rms", "nonfinite", "grad_max_abs", "weight_nor
                "update_ratio")
 ACT_STATS = ("act_mean", "act_std", "saturated_frac")
 BRUTE = ("grad_norm", "grad_max_abs", "weight_norm", "update_ratio")
-#: Statistics each layout cannot make equal to one process (see docs/howto/fsdp.md).
-NOT_RECORDED = {lay: {"backprop_norm", "time_grad_first", "time_grad_last", "time_steps"}
-                for lay in ("tp", "sp", "2d")}
 #: dead_frac where the batch (data parallel) or the sequence (sequence parallel) is split over
 #: ranks is the ranks' average (as under DDP), not the union's: a unit dead on one rank's
 #: part may be alive on another's.
@@ -103,8 +100,8 @@ def check_layout(base: Path, layout: str, world: int) -> dict[str, float]:
     run = gw.load(run_dir)
     assert run.meta["distributed"] == {"world_size": world}
     single = reference()
-    skip = NOT_RECORDED.get(layout, set())
-    assert set(run.stats["stat"]) == set(single.stats["stat"]) - skip, layout
+    # the same statistics as one process, backprop_norm and time_* included
+    assert set(run.stats["stat"]) == set(single.stats["stat"]), layout
     errors = {}
     brute = json.loads(run_dir.with_name("brute.json").read_text())
     for stat in sorted(set(run.stats["stat"])):
@@ -156,9 +153,10 @@ def harness(tmp_path_factory, world: int, items: str) -> Path:
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    """One launch of 2 ranks for every 2-rank layout, and the collective count under FSDP2."""
+    """One launch of 2 ranks for every 2-rank layout, and the collective counts."""
     return harness(tmp_path_factory, 2, ",".join([f"{x}:check" for x in TWO]
-                                                 + ["fsdp2:count", "fsdp2:nan", "tp:nan"]))
+                                                 + ["fsdp2:count", "tp:count", "fsdp2:nan",
+                                                    "tp:nan"]))
 
 
 @pytest.mark.parametrize("layout", TWO)
@@ -166,13 +164,16 @@ def test_two_ranks_match_one_process_on_the_union_batch(two_ranks, layout):
     check_layout(two_ranks, layout, 2)
 
 
-def test_one_collective_at_recorded_steps_and_none_at_the_others(two_ranks):
-    """FSDP2, every=2: a recorded step adds exactly one collective to the plain step's.
+@pytest.mark.parametrize("layout", ["fsdp2", "tp"])
+def test_one_collective_at_recorded_steps_and_none_at_the_others(two_ranks, layout):
+    """every=2: a recorded step adds exactly one collective to the plain step's.
 
-    The worker counts the calls of torch.distributed's collectives (FSDP2 calls its process
-    group's methods directly, so a plain step counts none here).
+    The worker counts the calls of torch.distributed's collectives (FSDP2 and tensor
+    parallelism call their process groups' methods directly, so a plain step counts none
+    here). Under tensor parallelism the recorded step's parameter statistics, backprop_norm
+    and time_* share that one collective.
     """
-    counts = json.loads((two_ranks / "fsdp2-count" / "counts.json").read_text())
+    counts = json.loads((two_ranks / f"{layout}-count" / "counts.json").read_text())
     plain = counts["plain"]
     assert plain[0] == plain[1]
     assert counts["watched"] == [plain[0] + 1, plain[0], plain[0] + 1, plain[0]]

@@ -96,3 +96,27 @@ def test_fsdp1_is_refused_with_an_error_that_names_it(one_rank):
         pytest.skip(f"FSDP1 does not build here: {exc}")
     with pytest.raises(GradwatchValueError, match="FSDP1.*fully_shard"):
         gw.watch(model, diagnose=False)
+
+
+def test_one_rank_dtensor_outputs_record_what_the_plain_model_records(one_rank):
+    """Tensor parallel with a DTensor layer output (use_local_output=False): the activation
+    after it and the back-propagated signal through it are read as local tensors, and every
+    statistic, backprop_norm and the activation statistics included, equals the plain run."""
+    from torch.distributed.tensor.parallel import (
+        ColwiseParallel,
+        RowwiseParallel,
+        parallelize_module,
+    )
+
+    sharded = net()
+    parallelize_module(sharded, one_rank, {"0": ColwiseParallel(use_local_output=False),
+                                           "2": RowwiseParallel()})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        a = train(sharded)
+    b = train(net())
+    assert not [w for w in caught if "gradwatch" in str(w.message)]
+    assert set(a.stats["stat"]) == set(b.stats["stat"])
+    for stat in ("grad_norm", "backprop_norm", "act_mean", "act_std", "saturated_frac"):
+        np.testing.assert_allclose(a.pivot(stat).to_numpy(), b.pivot(stat).to_numpy(),
+                                   rtol=1e-6, err_msg=stat)

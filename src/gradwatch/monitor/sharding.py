@@ -15,6 +15,8 @@ hold ranks outside the Monitor's process group.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -38,6 +40,19 @@ def is_dtensor(t: Any) -> bool:
 def local(t: torch.Tensor) -> torch.Tensor:
     """The rank's local tensor of a DTensor; a plain tensor as it is."""
     return t.to_local() if is_dtensor(t) else t
+
+
+def local_part(out: Any) -> torch.Tensor | None:
+    """A DTensor activation's local tensor (None: not a DTensor, or a ``Partial`` addend).
+
+    A slice adds up over the ranks at the flush; a copy is counted once per rank, which
+    leaves means, standard deviations and fractions unchanged. A ``Partial`` output is not
+    the activation on any rank, so it is not read.
+    """
+    if not is_dtensor(out) or has_partial(out):
+        return None
+    with torch.no_grad():  # a view of the local tensor, without an autograd node
+        return out.to_local()
 
 
 def has_partial(t: Any) -> bool:
@@ -132,3 +147,138 @@ def check_model(model: nn.Module, params: list[torch.Tensor], group: Any,
                 "does (the default group does)"
             )
     return name
+
+
+# -- tensor parallelism: which part of a tensor of the batch (and of its gradient) a rank holds
+@dataclass(frozen=True)
+class Share:
+    """How the ranks of a tensor-parallel mesh hold a tensor of the batch and its gradient.
+
+    Per mesh dimension: its size, this rank's coordinate and ``("shard", tensor dim)`` (each
+    rank holds a slice along ``tensor dim``) or ``("copy", -1)`` (each rank holds it whole:
+    ``Replicate``, and ``Partial``, whose gradient is a copy on every rank).
+    """
+
+    sizes: tuple[int, ...]
+    coord: tuple[int, ...]
+    kinds: tuple[tuple[str, int], ...]
+
+    @property
+    def ranks(self) -> int:
+        """How many ranks the mesh holds."""
+        return math.prod(self.sizes)
+
+    def weight(self) -> float:
+        """The factor on this rank's sum of squares: the mesh's sum counts each entry once."""
+        w = 1.0
+        for size, (kind, _) in zip(self.sizes, self.kinds, strict=True):
+            if kind == "copy":
+                w /= size
+        return w
+
+    def ends(self, time_dim: int, ndim: int) -> tuple[float, float, int]:
+        """(factor on the first step's square, on the last step's, sequence length factor).
+
+        Sharded along the time dimension, the first step lies at coordinate 0 and the last at
+        the mesh's last coordinate; the sequence is the shards' lengths added.
+        """
+        first = last = 1.0
+        grow = 1
+        for size, c, (kind, dim) in zip(self.sizes, self.coord, self.kinds, strict=True):
+            if kind == "copy":
+                first /= size
+                last /= size
+            elif dim % ndim == time_dim:
+                first *= float(c == 0)
+                last *= float(c == size - 1)
+                grow *= size
+        return first, last, grow
+
+
+def share_of(mesh: Any, placements: Any) -> Share | None:
+    """The :class:`Share` of a tensor with ``placements`` on ``mesh`` (None: not on this rank)."""
+    coord = mesh.get_coordinate()
+    if coord is None:
+        return None
+    kinds = tuple(("shard", int(p.dim)) if p.is_shard() else ("copy", -1) for p in placements)
+    return Share(tuple(int(s) for s in mesh.shape), tuple(int(c) for c in coord), kinds)
+
+
+def _boundary(node: Any) -> Share | None:
+    # to_local's node: the gradient of the local tensor has the placements it declares
+    spec = getattr(node, "dtensor_spec", None)
+    if spec is None:
+        return None
+    return share_of(spec.mesh, getattr(node, "grad_placements", None) or spec.placements)
+
+
+def output_share(t: torch.Tensor) -> tuple[Share | None, set[int]]:
+    """How the ranks hold ``t`` (a layer's output) and the sizes of the meshes met on the way.
+
+    A DTensor says it. A plain tensor is walked back through the autograd graph to the
+    ``to_local`` calls it was computed from (tensor parallelism's styles make them; ops on
+    local tensors in between keep the layout): their placements. None: no DTensor made it
+    (a copy on every rank of the group). Raises ``ValueError`` when the paths disagree.
+    """
+    if is_dtensor(t):
+        share = share_of(t.device_mesh, t.placements)
+        return share, {share.ranks} if share is not None else set()
+    found: set[Share] = set()
+    stack, seen = [t.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        share = _boundary(node)
+        if share is not None:
+            found.add(share)
+            continue
+        if hasattr(node, "variable"):  # a leaf's AccumulateGrad
+            continue
+        stack.extend(f for f, _ in node.next_functions)
+    sizes = {s.ranks for s in found}
+    if not found:
+        return None, sizes
+    if len(found) > 1 and any(k == "shard" for s in found for k, _ in s.kinds):
+        raise ValueError(f"the tensor is computed from differently sharded tensors ({found})")
+    return next(iter(found)), sizes
+
+
+def input_share(root: Any, leaf: torch.Tensor) -> tuple[Share | None, set[int]]:
+    """How the ranks hold ``leaf`` (the model's input), found from a later node ``root``.
+
+    The ``from_local`` call nearest the leaf on a path from ``root`` says its placements (a
+    sequence-parallel input is sharded on its sequence dimension); None: no DTensor is made
+    from it (a copy on every rank of the group). Also the sizes of the meshes met.
+    """
+    stack: list[tuple[Any, Share | None]] = [(root, None)]
+    seen: set[int] = set()
+    sizes: set[int] = set()
+    while stack:
+        node, state = stack.pop()
+        if node is None or id(node) in seen:
+            continue
+        seen.add(id(node))
+        var = getattr(node, "variable", None)
+        if var is not None:
+            if var is leaf:
+                return state, sizes
+            continue
+        out = _boundary(node)
+        if out is not None:
+            sizes.add(out.ranks)
+            state = None
+        elif hasattr(node, "forward_input_placements"):  # from_local's node
+            state = share_of(node.forward_input_device_mesh,
+                             getattr(node, "grad_placements", None)
+                             or node.forward_input_placements)
+            if state is not None:
+                sizes.add(state.ranks)
+        stack.extend((f, state) for f, _ in node.next_functions)
+    return None, sizes
+
+
+def is_tensor_parallel(layout: str | None) -> bool:
+    """Whether a layout's name (:func:`layout_name`) includes tensor parallelism."""
+    return layout is not None and "tensor parallel" in layout

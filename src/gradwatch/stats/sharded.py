@@ -11,7 +11,11 @@ what adds up exactly over a mesh, per parameter, on each rank:
 - max |g| of the local shard, reduced with ``max`` (a replicated copy changes no maximum);
 - NaN/Inf counts, counted like the squares and summed;
 - for ``Partial`` gradients, the local values themselves, summed over the ranks into the
-  gradient they add up to; the host takes their norm, max |g| and counts.
+  gradient they add up to; the host takes their norm, max |g| and counts;
+- under tensor parallelism, the squared norms of the back-propagated signal (``backprop_norm``,
+  and the gradient through time of ``time_grad_first``/``time_grad_last``), each weighted
+  by what the rank holds of it (:mod:`gradwatch.monitor.tensor_parallel`): summed, their root
+  divided by the number D of data-parallel groups is the union batch's norm.
 
 Each kind declares its reduction over the mesh in the registry (``mesh=``): the tap passes
 it to ``Record.all_reduce``, one bucketed collective per recorded step for every block. After
@@ -28,8 +32,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from gradwatch.stats.backprop import decode_backprop
 from gradwatch.stats.gradient import decode_grad, nonfinite_counts, rest_norms
 from gradwatch.stats.registry import define_block, keep_rank0
+from gradwatch.stats.temporal import decode_time
 from gradwatch.stats.update import decode_update, decode_weight
 
 F32 = torch.float32
@@ -127,4 +133,33 @@ define_block(
     "sharded parameters, reduced over the mesh within the step: per parameter ||w||^2; key: "
     "the parameter indices",
     mesh=lambda key: (("sum", len(key)),),
+)
+
+
+def _decode_bp(values: np.ndarray, key, layout):
+    layers, dp = key
+    return decode_backprop(np.sqrt(values.astype(np.float64)) / dp, layers)
+
+
+def _decode_time(values: np.ndarray, key, layout):
+    rows, dp = key
+    return decode_time(np.sqrt(values.astype(np.float64)) / dp, rows)
+
+
+define_block(
+    "shard_bp",
+    _decode_bp,
+    keep_rank0,
+    "tensor parallel: per layer the squared norm of d loss / d output, weighted by the share "
+    "the rank holds, summed over the ranks within the step; key: (layer indices, D)",
+    mesh=lambda key: (("sum", len(key[0])),),
+)
+define_block(
+    "shard_time",
+    _decode_time,
+    keep_rank0,
+    "tensor parallel: per call the squared norms at the first and last time step, weighted by "
+    "the share the rank holds, summed over the ranks within the step; key: (((layer, T), ...), "
+    "D)",
+    mesh=lambda key: (("sum", 2 * len(key[0])),),
 )

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from gradwatch.monitor.hookkit import FAST_DTYPES, HookSet, RowBuffer, StackPool
+from gradwatch.monitor.sharding import local_part
 from gradwatch.monitor.tap import Record, StepPlan, Tap, register_tap
 from gradwatch.stats import native
 from gradwatch.stats.activation import (
@@ -81,10 +82,8 @@ class ActivationTap(Tap):
         self.pending_n = 0
         self.counts = {}
         self.step = plan.step
-        self.on = (
-            plan.recorded and self.needed
-            and (plan.detail or not plan.tiered(("act_mean", "act_std")))
-        )
+        self.on = plan.recorded and self.needed and (
+            plan.detail or not plan.tiered(("act_mean", "act_std")))
         self.detail = plan.detail and bool({"saturated_frac", "dead_frac"} & plan.wanted)
         self.track_layers = self.on and self.has_acts
         self.hooks.switch(self.on or plan.persistent)
@@ -117,7 +116,9 @@ class ActivationTap(Tap):
             li = tracker.last_layer
             if not self.on or li < 0 or not grad_on() or ctx.replaying:
                 return
-            if type(out) is not torch.Tensor or (n := out.numel()) == 0:
+            if type(out) is not torch.Tensor:  # a DTensor: this rank's part (None: not one)
+                out = local_part(out)
+            if out is None or (n := out.numel()) == 0:
                 return
             try:
                 row = rows.get(li)
@@ -147,10 +148,8 @@ class ActivationTap(Tap):
 
     def _into(self, row: int, a: torch.Tensor, fam: str, cf: bool) -> int:
         """One activation's statistics into its row, in place; returns its units."""
-        units = (
-            a.shape[unit_dim(a.dim(), cf)]
-            if self.detail and fam == "rectifier" and a.dim() >= 2 else 1
-        )
+        units = (a.shape[unit_dim(a.dim(), cf)]
+                 if self.detail and fam == "rectifier" and a.dim() >= 2 else 1)
         ud = unit_dim(a.dim(), cf) if fam == "rectifier" and a.dim() >= 2 else -1
         if self._native_rows([row], [a], [FAMILY_CODE[fam]], [ud]):
             return units

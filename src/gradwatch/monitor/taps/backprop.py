@@ -29,7 +29,9 @@ from typing import Any
 import torch
 
 from gradwatch.monitor.hookkit import FAST_DTYPES, RowBuffer, hook_grad, tensors_in
+from gradwatch.monitor.sharding import is_dtensor, is_tensor_parallel
 from gradwatch.monitor.tap import Record, StepPlan, Tap, register_tap
+from gradwatch.monitor.tensor_parallel import TensorParallelShares
 from gradwatch.stats import native
 from gradwatch.stats.numeric import dense_real
 
@@ -61,6 +63,7 @@ class BackpropTap(Tap):
         self.sq_step = torch.full((n,), -1, dtype=torch.long)  # the step each slot is of
         self.cpp_hook: Any = None  # native hook_sumsq at this step, or None
         self.cpp_used = False
+        self.tp: TensorParallelShares | None = None  # under tensor parallelism (set lazily)
         self.cpp_listener: Any = None  # the compiled layer-output listener (made once)
 
     def listen(self, fn: Listener, when: Callable[[StepPlan], bool]) -> None:
@@ -79,7 +82,9 @@ class BackpropTap(Tap):
         self.record = self.needed and plan.due("backprop_norm")
         self.listening = tuple(fn for fn, when in self._listeners if when(plan))
         self.layer_outputs = self.record or bool(self.listening)
-        nat = native.get() if self.record and not self.listening else None
+        if self.tp is None and is_tensor_parallel(self.ctx.sharded):
+            self.tp = TensorParallelShares(self.ctx, "backprop_norm")
+        nat = native.get() if self.record and not self.listening and self.tp is None else None
         self.cpp_hook = nat.hook_sumsq if nat is not None else None
         self.cpp_used = False
         self.layer_output_fn = None
@@ -96,6 +101,8 @@ class BackpropTap(Tap):
         """Hang the layer's gradient hook on each output that requires grad."""
         if not torch.is_grad_enabled():  # an evaluation pass (an output may pass through)
             return
+        if self.tp is not None and self.record:
+            self.tp.see_output(li, out)
         if type(out) is torch.Tensor:
             if out.requires_grad:
                 self._hang(li, out)
@@ -121,6 +128,8 @@ class BackpropTap(Tap):
             # d loss / d output of layer li: its norm into the layer's slot (first call of
             # the step) or into its accumulator (later calls)
             try:
+                if is_dtensor(grad):  # a DTensor output (tensor parallelism): its local part
+                    grad = tap.tp.see_grad(li, grad) if tap.tp is not None else grad.to_local()
                 for fn in tap.listening:
                     fn(li, grad)
                 if not tap.record:
@@ -194,11 +203,14 @@ class BackpropTap(Tap):
                 parts.append(self.sq[done].to(parts[0].device if parts else "cpu"))
         if not parts:
             return
-        norms = (torch.cat(parts) if len(parts) > 1 else parts[0]).sqrt()
+        sq = torch.cat(parts) if len(parts) > 1 else parts[0]
         inv = self.ctx.inv_scale()
         if not isinstance(inv, float):
-            norms = norms * inv.to(norms.device)
-        rec.emit("bp", tuple(layers), norms)
+            sq = sq * inv.to(sq.device).square()
+        if self.tp is not None:  # the ranks' parts, combined over the mesh within the step
+            self.tp.emit_squares(rec, "shard_bp", tuple(layers), sq)
+            return
+        rec.emit("bp", tuple(layers), sq.sqrt())
 
     def remove(self) -> None:
         """Forget the listeners."""

@@ -10,17 +10,13 @@ entries say how they reduce over the mesh. In ``collect`` each block goes to
 ``rec.all_reduce`` with those segments: the step's blocks share **one** bucketed collective,
 and a step that is not recorded makes none.
 
-Under tensor parallelism every rank of a tensor-parallel group sees the same batch, so the
-back-propagated signal of a layer and the gradient through time of a sequence cannot be
-combined by the data-parallel rule of the flush: ``backprop_norm`` and the ``time_*``
-statistics are not recorded there, with a warning that names the layout. The NaN
+Under tensor parallelism the back-propagated signal (``backprop_norm``, ``time_*``) is
+combined by :mod:`gradwatch.monitor.tensor_parallel`, in the same collective. The NaN
 forensics (``input_nonfinite``, ``weight_nonfinite``, ``forward_nonfinite``) are off for
 sharded models: their replay of the forward pass on one rank would wait for the other ranks.
 """
 
 from __future__ import annotations
-
-import warnings
 
 import torch
 import torch.distributed as dist
@@ -36,10 +32,6 @@ from gradwatch.monitor.sharding import (
 from gradwatch.monitor.tap import Record, StepPlan, Tap, register_tap
 from gradwatch.stats.registry import mesh_segments
 from gradwatch.stats.sharded import local_counts, local_max_abs, local_squares
-from gradwatch.stats.temporal import TIME_STATS
-
-#: Norms of d loss / d (a tensor of the batch), combined over ranks as shares of the batch.
-BATCH_NORMS = frozenset({"backprop_norm", *TIME_STATS})
 
 F32 = torch.float32
 
@@ -80,16 +72,6 @@ class ShardTap(Tap):
         # the NaN forensics replay a forward pass on the rank that saw the NaN: on a sharded
         # model that pass would wait for the other ranks' all-gathers forever
         ctx.sources = ctx.sources - {"origin"}
-        dropped = sorted(ctx.wanted & BATCH_NORMS) if "tensor parallel" in self.layout else []
-        if dropped:
-            ctx.wanted = ctx.wanted - BATCH_NORMS
-            warnings.warn(
-                f"gradwatch: {', '.join(dropped)} not recorded under {self.layout}: the ranks "
-                "of a tensor-parallel group see the same batch, so the data-parallel rule that "
-                "combines these norms would be wrong; the other statistics are exact",
-                RuntimeWarning,
-                stacklevel=6,
-            )
 
     def begin_step(self, plan: StepPlan) -> None:
         """What this step records: gradients (max |g| at its tier), weights at detail steps."""
