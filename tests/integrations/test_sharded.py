@@ -156,7 +156,7 @@ def two_ranks(tmp_path_factory):
     """One launch of 2 ranks for every 2-rank layout, and the collective counts."""
     return harness(tmp_path_factory, 2, ",".join([f"{x}:check" for x in TWO]
                                                  + ["fsdp2:count", "tp:count", "fsdp2:nan",
-                                                    "tp:nan"]))
+                                                    "tp:nan", "fsdp2:partial"]))
 
 
 @pytest.mark.parametrize("layout", TWO)
@@ -229,3 +229,31 @@ def test_one_rank_failing_ends_every_rank_with_the_users_exception(tmp_path, lay
     ended = time.time()
     failed_at = float(re.search(r"failing at ([\d.]+)", outs[1]).group(1))
     check_failure(tmp_path / f"{layout}-fail" / "run", procs, outs, 1, ended - failed_at)
+
+
+@pytest.mark.slow
+def test_a_rank_whose_statistics_raise_ends_every_rank_with_that_exception(tmp_path):
+    """Rank 1's shard statistics raise at step 12 (inside gradwatch, in optimizer.step()):
+    skipping them would leave rank 0 alone in the step's collective. Every rank ends soon,
+    rank 1 with that exception last; the steps flushed before are kept."""
+    procs, outs = launch(tmp_path, "fsdp2:statfail", 2, timeout=150)
+    ended = time.time()
+    failed_at = float(re.search(r"failing at ([\d.]+)", outs[1]).group(1))
+    assert ended - failed_at < 30, f"ranks took {ended - failed_at:.1f} s to end"
+    assert all(p.returncode != 0 for p in procs)
+    last = outs[1].strip().splitlines()[-1]
+    assert "UserError: rank 1 failed at step 12" in last, outs[1][-3000:]
+    assert "Timed out" not in outs[0] + outs[1]
+    run = gw.load(tmp_path / "fsdp2-statfail" / "run")
+    assert run.meta["status"] == "failed"
+    assert run.steps == list(range(10))
+
+
+def test_gradients_both_partial_and_shard_are_summed_then_counted_once(two_ranks):
+    """Shard(0) x Partial() gradients on 2 x 1 and 1 x 2 meshes: the recorded grad_norm and
+    grad_max_abs are those of the summed gradient (full_tensor()), not of its addends."""
+    found = json.loads((two_ranks / "fsdp2-partial" / "partial.json").read_text())
+    for layer in ("a", "b"):
+        for stat in ("grad_norm", "grad_max_abs"):
+            want = found["expected"][layer][stat]
+            assert found["got"][stat][layer] == pytest.approx(want, rel=1e-6), (layer, stat)
