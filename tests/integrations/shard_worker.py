@@ -29,6 +29,9 @@ from torch import nn
 import gradwatch as gw
 
 B, T, H = 8, 4, 8
+#: The low-precision format whose underflow/overflow fractions are checked too (opt-in
+#: statistics; e4m3's smallest subnormal, 2^-9, flushes many of these gradients).
+PRECISION = "e4m3"
 
 
 class Block(nn.Module):
@@ -176,7 +179,8 @@ def run(rank, world, layout, mode, run_dir):
 
     if mode == "check":
         records = []
-        with gw.watch(inner, run_dir, optimizer=opt, detail_every=1, flush_every=2) as mon:
+        with gw.watch(inner, run_dir, optimizer=opt, detail_every=1, flush_every=2,
+                      precision=PRECISION) as mon:
             for step in range(3):
                 before = {n: [full(p.detach()).double().clone()
                               for p in (getattr(inner, n).weight, getattr(inner, n).bias)]

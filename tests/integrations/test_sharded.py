@@ -24,7 +24,7 @@ import torch
 
 import gradwatch as gw
 
-from .shard_worker import batches, loss_fn, make_model
+from .shard_worker import PRECISION, batches, loss_fn, make_model
 from .test_ddp import check_failure, free_port
 
 WORKER = Path(__file__).with_name("shard_worker.py")
@@ -36,6 +36,10 @@ BRUTE = ("grad_norm", "grad_max_abs", "weight_norm", "update_ratio")
 #: ranks is the ranks' average (as under DDP), not the union's: a unit dead on one rank's
 #: part may be alive on another's.
 SPLIT_BATCH = {"fsdp2", "fsdp2_keep", "fsdp2_mp", "hsdp", "2d", "ddp", "sp"}
+#: bp_{underflow,overflow}_* count d loss / d output as each rank's backward produced it
+#: (what a cast there sees): with the batch split over D data-parallel ranks, each rank's
+#: signal is D times the union's, so they are compared where no batch is split (tp, sp).
+PER_RANK_SIGNAL = {"fsdp2", "fsdp2_keep", "fsdp2_mp", "hsdp", "2d", "ddp"}
 
 
 def launch(base: Path, items: str, world: int, timeout: float = 300):
@@ -70,7 +74,8 @@ def single_process_run():
     """The block on the union batch in one process, every statistic at every step."""
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gw.watch(model, optimizer=opt, detail_every=1, diagnose=False) as mon:
+    with gw.watch(model, optimizer=opt, detail_every=1, diagnose=False,
+                  precision=PRECISION) as mon:
         for step in range(3):
             x, y = batches(step)
             opt.zero_grad()
@@ -116,6 +121,8 @@ def check_layout(base: Path, layout: str, world: int) -> dict[str, float]:
             continue  # bf16 compute: no fp32 process computes the same run
         if stat == "dead_frac" and layout in SPLIT_BATCH:
             continue
+        if stat.startswith("bp_") and layout in PER_RANK_SIGNAL:
+            continue
         b = single.pivot(stat)
         assert list(a.columns) == list(b.columns), stat
         if layout == "fsdp2_mp":  # grad_rms = grad_norm / sqrt(numel), numel of the full model
@@ -133,8 +140,11 @@ def check_layout(base: Path, layout: str, world: int) -> dict[str, float]:
             np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
             continue
         tol = 1e-4 if stat in ACT_STATS or stat == "dead_frac" else 1e-5
+        # log2 of the smallest nonzero |g|: one entry, the one most cancelled in its sums,
+        # which another summation order moves by ~1e-4 of its value (1.5e-4 in log2)
+        atol = 1e-3 if stat == "grad_log2_min" else 1e-7
         errors[stat] = rel_error(a.to_numpy(), b.to_numpy())
-        np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=tol, atol=1e-7,
+        np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=tol, atol=atol,
                                    err_msg=f"{layout}: {stat}")
     print(layout, json.dumps(errors))
     return errors
