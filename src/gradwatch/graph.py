@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwatch.layers import own_parameters, parametrization_modules
+
 #: Layers a projection shortcut may hold (a 1×1 convolution and its norm, He et al. 2016).
 PROJECTION_LAYERS = 2
 #: Autograd node names that add two tensors (the join of a residual connection).
@@ -117,8 +119,11 @@ def layer_order(model: nn.Module) -> tuple[dict[int, str], dict[str, int]]:
     """(parameter id -> owning layer name, layer name -> registration index)."""
     owner: dict[int, str] = {}
     order: dict[str, int] = {}
+    inside = parametrization_modules(model)
     for name, m in model.named_modules():
-        own = list(m.parameters(recurse=False))
+        if name in inside:
+            continue  # their tensors are the parametrized layer's
+        own = own_parameters(m)
         label = name or "(root)"
         if own:
             order.setdefault(label, len(order))

@@ -25,7 +25,7 @@ def _claim(claims, text):
 def test_quick_claims_hold(quick_result):
     result = quick_result("criticality")
     assert result["quick"] is True and result["name"] == "criticality"
-    assert len(result["claims"]) == 3
+    assert len(result["claims"]) == 4
     for c in result["claims"]:
         assert c.get("scale", "any") == "any"
         assert c["holds"], f"{c['claim']} -- evidence {c['evidence']}"
@@ -59,6 +59,9 @@ CASES = [
     # (path into numbers, doctored value, text of the claim that must fail)
     (("accuracy", 2, -1), 0.15, "At the largest depth"),  # the critical net at depth 60
     (("accuracy", 0, -1), 0.9, "At the largest depth"),  # the far-ordered one trains
+    # the critical net trains at depth 5 only: others reach further
+    (("accuracy", 2), lambda a: [a[0], 0.15, 0.15], "peaks at criticality"),
+    (("accuracy", 0), lambda a: [0.9, 0.9, 0.9], "peaks at criticality"),  # far-ordered as deep
     (("accuracy",), lambda a: [[0.95] * len(row) for row in a], "where depth ≤ 6 ξ_c"),
     (("backprop_slope", 0, -1), 0.3, "changes by √χ1 per layer"),
 ]

@@ -36,7 +36,7 @@ MULTI_NAMES = sorted({n for n, _ in MULTI})
 #: Experiments still recorded from one seed of one machine only.
 #: (wortsman2023's record holds seeds 0, 1 and 2 measured inside one run, before the runner
 #: ran one measure per seed: its claims judge every seed in it, as one seed's numbers.)
-ONE_SEED_ONLY = ("criticality", "glorot2010", "pascanu2013", "wortsman2023")
+ONE_SEED_ONLY = ("glorot2010", "pascanu2013", "wortsman2023")
 
 
 def _record(name, threads):
@@ -172,6 +172,17 @@ CASES = [
      "range of learning rates"),
     # a failed baseline run gradwatch did not flag
     ("wortsman2023", ("runs", "baseline", "0.3", "2", "flagged"), [], "gw.diagnose flags"),
+    # criticality: the near-critical net (σw² = 1.76, row 5) at chance at the largest depth
+    ("criticality", ("accuracy", 5, -1), 0.1, "At the largest depth"),
+    # the far-chaotic net (σw² = 4, the last row) trains at the largest depth
+    ("criticality", ("accuracy", -1, -1), 0.9, "At the largest depth"),
+    # the near-critical net trains no deeper than 60 layers: others reach further
+    ("criticality", ("accuracy", 5), lambda a: [*a[:-2], 0.1, 0.1], "peaks at criticality"),
+    # the far-ordered net (σw² = 0.5) trains to 60 layers: more than half the critical 80-100
+    ("criticality", ("accuracy", 0), lambda a: [0.9] * (len(a) - 2) + [0.1, 0.1],
+     "peaks at criticality"),
+    ("criticality", ("accuracy",), lambda a: [[0.95] * len(r) for r in a], "where depth ≤ 6 ξ_c"),
+    ("criticality", ("backprop_slope", 0, -1), 0.3, "changes by √χ1 per layer"),
     ("micikevicius2018", ("runs", "fp16", "loss_end"), 0.01, "learns worse"),
     ("micikevicius2018", ("runs", "fp16_scaled", "loss_end"), 2.0, "dynamic loss scaling"),
     ("micikevicius2018", ("runs", "fp32", "findings"), [], "gw.diagnose reports underflow"),
@@ -206,7 +217,7 @@ def test_doctored_full_record_fails_claim(name, path, value, text):
 
 
 def test_every_experiment_has_a_doctored_case():
-    assert {n for n, *_ in CASES} == set(EXPERIMENTS) - {"criticality"}  # test_criticality.py
+    assert {n for n, *_ in CASES} == set(EXPERIMENTS)
 
 
 @pytest.mark.parametrize("name", sorted(EXPERIMENTS))

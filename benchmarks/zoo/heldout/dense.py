@@ -1,5 +1,5 @@
 """Held-out fully connected nets on the digits: highway nets, inits practitioners get wrong,
-spectral norm, BN without skips, and a deep sigmoid autoencoder."""
+BN without skips, and a deep sigmoid autoencoder."""
 
 from __future__ import annotations
 
@@ -8,12 +8,11 @@ from functools import partial
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 from ..case import Case, Train
 from ..data import digits_batch
 from ..mlp import CHANCE, probe
-from .common import Entry, adamw, sgd
+from .common import Entry, sgd
 from .measure import Probe, children_of, modules_of
 
 
@@ -72,18 +71,6 @@ def orthogonal_tanh(depth: int = 64, width: int = 128) -> nn.Sequential:
         if isinstance(m, nn.Linear):
             nn.init.orthogonal_(m.weight)
             nn.init.zeros_(m.bias)
-    return model
-
-
-def spectral_relu(depth: int = 16, width: int = 128) -> nn.Sequential:
-    """A He-init ReLU MLP with spectral normalisation on every layer (Miyato et al. 2018):
-    each weight is divided by its largest singular value (power iteration)."""
-    model = default_mlp(depth, width, nn.ReLU)
-    for i, m in enumerate(model):
-        if isinstance(m, nn.Linear):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-            model[i] = spectral_norm(m)
     return model
 
 
@@ -164,17 +151,6 @@ ENTRIES = [
             why="64 tanh layers of width 128, orthogonal weights, zero biases: ‖∂L/∂h‖ 0.97 per "
                 "layer (0.20 over the net), 0.2% of the units in the tails; SGD (lr 0.01, "
                 "momentum 0.9) trains it: 2.03 → 0.21."),
-    _digits("spectral_norm_relu_16", "spectral_norm", partial(spectral_relu, 16, 128),
-            "vanishing", "vanishing",
-            "Anil et al. 2019, §3 ('gradient norm attenuation'): a ReLU net with every layer's "
-            "spectral norm at 1 loses gradient norm at each layer",
-            Probe(trunk=modules_of((nn.ReLU,)), chance=CHANCE), "stalls", opt=adamw(1e-3, 0.0),
-            why="16 ReLU layers of width 128, He init then spectral norm (σ_max = 1): ‖∂L/∂h‖ "
-                "shrinks 0.36 per layer (7e-7 over the net) and the forward std as much "
-                "(6e-7); ‖∇W‖/‖W‖ ≤ 2e-8. Adam (lr 1e-3) learns nothing (2.30 → 2.30; the "
-                "first layer moved 0.6%). After the run the ratio is 5.5e-9 and 92% of one "
-                "layer's units are off: their inputs vanished and the biases rule them, a "
-                "consequence of the vanishing."),
     _digits("bn_mlp_48", "bn_mlp", partial(he_bn_mlp, 48, 128), "exploding", "exploding",
             "Yang et al. 2019, §3-4 (mean field theory of batch normalization): a deep "
             "fully connected BN-ReLU net's gradient explodes at init, ≈ (π/(π−1))^(L/2)",

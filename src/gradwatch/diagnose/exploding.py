@@ -19,7 +19,10 @@
   the loss surface, Pascanu, Mikolov & Bengio 2013), or
 - **updates that swamp the weights**: ``‖Δw‖/‖w‖`` at or above
   :data:`~gradwatch.verdicts.UPDATE_SWAMP` at a step, for a layer whose weights are not
-  zero-initialised (nothing learned survives the next step).
+  zero-initialised (nothing learned survives the next step) and that owns a weight matrix
+  or kernel: the norm of a gain (a scalar or a vector: SkipInit's α, a layer scale, a norm's
+  γ) is the value it learned, not the scale of features, and one that starts at 0 crosses
+  0 as it learns, where its relative update has no bound.
 
 The thresholds are :mod:`gradwatch.verdicts`'.
 """
@@ -31,11 +34,22 @@ import numpy as np
 from gradwatch.diagnose._advice import advice, flow_remedies
 from gradwatch.diagnose._flow import FlowStep, as_layers, flow_steps
 from gradwatch.diagnose._forward import forward_figures
-from gradwatch.diagnose._view import RunView, names, num, persists, step_span, when
+from gradwatch.diagnose._view import (
+    RunView,
+    finite_loss,
+    names,
+    num,
+    persists,
+    step_span,
+    when,
+)
+from gradwatch.diagnose.not_learning import NOT_LEARNING, NOT_LEARNING_MIN_STEPS
 from gradwatch.findings import Finding
 from gradwatch.verdicts import (
+    EXPLODING_FACTOR,
     EXPLODING_GROWTH,
     EXPLODING_RATIO,
+    EXPLODING_RATIO_WITH_FACTOR,
     GRAD_NORM_HUGE,
     UPDATE_SWAMP,
     depth_verdict,
@@ -73,12 +87,45 @@ def rule(view: RunView) -> list[Finding]:
     return _across_depth(view) + _over_steps(view) + _swamping_updates(view)
 
 
+def stalled_from_start(view: RunView, steps: list[FlowStep]) -> tuple[float, float] | None:
+    """``(first loss, last loss)`` of a run that starts in batch norm's explosion and stalls.
+
+    Through normalised layers without shortcuts the growth at initialisation is not a
+    verdict below :data:`~gradwatch.verdicts.EXPLODING_RATIO` on its own (a BN plain-34
+    grows ~140× and trains at a learning rate of 0.01); a training run says whether it was:
+    its first recorded step (the state ``gw.check`` sees) grows steadily (past
+    :data:`~gradwatch.verdicts.EXPLODING_RATIO_WITH_FACTOR` at more than
+    :data:`~gradwatch.verdicts.EXPLODING_FACTOR` per layer, the growth Yang et al. 2019
+    predict) and the loss was not learnt down: the median of the last fifth of the losses
+    at or above :data:`~gradwatch.diagnose.not_learning.NOT_LEARNING` of the median of the
+    first three, over at least :data:`~gradwatch.diagnose.not_learning.NOT_LEARNING_MIN_STEPS`
+    (the ``not_learning`` rule's test).
+    """
+    if view.is_checkup or view.path != "normalized" or not steps:
+        return None
+    _, losses = finite_loss(view)
+    if len(losses) < NOT_LEARNING_MIN_STEPS:
+        return None
+    start = float(np.median(losses[:3]))
+    end = float(np.median(losses[-max(1, len(losses) // 5) :]))
+    if not (start > 0 and end >= NOT_LEARNING * start):
+        return None
+    first = steps[0]
+    if not (first.total > EXPLODING_RATIO_WITH_FACTOR and first.factor > EXPLODING_FACTOR):
+        return None
+    return start, end
+
+
 def _across_depth(view: RunView) -> list[Finding]:
     steps = flow_steps(view)
     held = [fs for fs in steps if exploding_severity(fs, view)]
     held_steps, recorded = [fs.step for fs in held], [fs.step for fs in steps]
+    stalled = None
     if not (persists(held_steps, recorded) or _at_start(held_steps, recorded)):
-        return []
+        stalled = stalled_from_start(view, steps)
+        if stalled is None:
+            return []
+        held, held_steps = [steps[0]], [steps[0].step]
     last = held[-1]
     still = held_steps[-1] == recorded[-1]
     sev = exploding_severity(last, view)
@@ -93,7 +140,8 @@ def _across_depth(view: RunView) -> list[Finding]:
         f"'{last.layers[-1]}' to '{last.layers[0]}' ({number(last.factor)} per layer"
         f"{_along(view)}){when(view, held_steps, recorded)}{_forward_clause(forward)}: the "
         f"input-side layers {names(layers)} get the largest updates and training may blow up"
-        f"{_why(view, forward)}; {advice(remedies, figure=_figure(last, forward))}."
+        f"{_why(view, forward)}{_stalled(stalled)}; "
+        f"{advice(remedies, figure=_figure(last, forward))}."
     )
     evidence = {
         **last.evidence(),
@@ -105,7 +153,10 @@ def _across_depth(view: RunView) -> list[Finding]:
         "steps_held": len(held_steps),
         "steps_recorded": len(recorded),
         "persists": bool(still),
+        "stalled_from_start": stalled is not None,
     }
+    if stalled is not None:
+        evidence["loss_first"], evidence["loss_last"] = num(stalled[0]), num(stalled[1])
     return [
         Finding(
             "exploding",
@@ -142,6 +193,14 @@ def _forward_clause(forward: dict) -> str:
                      f"‖∇W‖/‖W‖ = {number(rel)}, so one SGD step at learning rate 0.1 moves it by "
                      f"{number(10 * rel)}% of its size")
     return (", while " + " and ".join(parts)) if parts else ""
+
+
+def _stalled(stalled: tuple[float, float] | None) -> str:
+    if stalled is None:
+        return ""
+    return (f", and the loss was not learnt down ({number(stalled[0])} at the start, "
+            f"{number(stalled[1])} at the end): the run started in that explosion and did not "
+            "learn")
 
 
 def _why(view: RunView, forward: dict) -> str:
@@ -229,7 +288,8 @@ def _swamping_updates(view: RunView) -> list[Finding]:
     # ratio at first: judged only once its weights reach a tenth of their largest norm
     wmax = np.nanmax(np.where(np.isfinite(w), w, np.nan), axis=0, initial=0.0)
     grown = np.isfinite(w) & (w > 0.1 * wmax)
-    hot_cells = np.isfinite(arr) & grown & (arr >= UPDATE_SWAMP)
+    has_matrix = np.array([_has_matrix(view, str(c)) for c in ur.columns], dtype=bool)
+    hot_cells = np.isfinite(arr) & grown & (arr >= UPDATE_SWAMP) & has_matrix[None, :]
     steps = [int(s) for s in ur.index]
     hot = hot_cells.any(axis=1)
     held = [s for s, h in zip(steps, hot, strict=True) if h]
@@ -264,3 +324,14 @@ def _swamping_updates(view: RunView) -> list[Finding]:
             ("lower_lr", "warmup", "clip_grad_norm"),
         )
     ]
+
+
+def _has_matrix(view: RunView, layer: str) -> bool:
+    """Whether ``layer`` owns a parameter with two or more non-trivial dimensions.
+
+    True when the shapes are not recorded.
+    """
+    shapes = (view.meta.get("layer_info") or {}).get(layer, {}).get("shapes")
+    if not isinstance(shapes, list) or not shapes:
+        return True
+    return any(sum(int(n) > 1 for n in shape) >= 2 for shape in shapes)

