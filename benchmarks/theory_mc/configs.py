@@ -17,6 +17,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from .convnets import PreActResNet, conv_bn_chain
 from .models import DeepNormEncoder, ResidualMLP, TokenEncoder, bert, gpt2
 
 
@@ -248,6 +249,86 @@ def _transformers() -> list[Config]:
     ]
 
 
-CONFIGS: list[Config] = [*_residual_mlps(), *_normalised(), *_transformers()]
+def images(n: int = 16, side: int = 32) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """A fixed batch of standard Gaussian RGB images (n, 3, side, side)."""
+    return lambda: (torch.randn(n, 3, side, side, generator=torch.Generator().manual_seed(0)),)
+
+
+def _zoo_resnet(depth: int):
+    from benchmarks.zoo.resnet import ResNet
+
+    return ResNet(depth, 64)
+
+
+def _zoo_vgg16_bn():
+    from benchmarks.zoo.cnn import vgg16
+
+    return vgg16("he", True, 1, 32)
+
+
+def _convnets() -> list[Config]:
+    out = [
+        Config(
+            "vgg16_bn",
+            "conv nets with BatchNorm",
+            "VGG-16 with BN (13 convs, 5 max poolings, 3 linear), He init, 32x32, batch 16",
+            _zoo_vgg16_bn,
+            images(16, 32),
+            seeds=4,
+        ),
+        Config(
+            "preact_resnet18",
+            "conv nets with BatchNorm",
+            "pre-activation ResNet-18 (He et al. 2016b, CIFAR stem), width 64, 16x16, batch 16",
+            partial(PreActResNet, 18, 64),
+            images(16, 16),
+            seeds=6,
+        ),
+        Config(
+            "preact_resnet34",
+            "conv nets with BatchNorm",
+            "pre-activation ResNet-34 (CIFAR stem), width 64, 16x16, batch 16",
+            partial(PreActResNet, 34, 64),
+            images(16, 16),
+            seeds=6,
+        ),
+        Config(
+            "conv_bn_relu_4",
+            "conv nets with BatchNorm",
+            "4 x (3x3 conv, BN, ReLU), 2x2 max pooling after every second, GAP, 16x16",
+            partial(conv_bn_chain, 64, 4),
+            images(16, 16),
+            seeds=4,
+            quick=True,
+        ),
+    ]
+    for depth in (18, 34, 50):
+        out.append(
+            Config(
+                f"resnet{depth}",
+                "outside the theory",
+                f"ResNet-{depth} as in He et al. 2016 (ReLU after each addition, max-pooled "
+                "stem), width 64, 32x32",
+                partial(_zoo_resnet, depth),
+                images(16, 32),
+                seeds=6,
+                expect="uncertain",
+            )
+        )
+    out.append(
+        Config(
+            "preact_resnet18_imagenet_stem",
+            "outside the theory",
+            "pre-activation ResNet-18 with the max-pooled ImageNet stem, 32x32",
+            partial(PreActResNet, 18, 64, "imagenet"),
+            images(16, 32),
+            seeds=6,
+            expect="uncertain",
+        )
+    )
+    return out
+
+
+CONFIGS: list[Config] = [*_residual_mlps(), *_normalised(), *_transformers(), *_convnets()]
 BY_NAME: dict[str, Config] = {c.name: c for c in CONFIGS}
 assert len(BY_NAME) == len(CONFIGS), "configuration names must be unique"

@@ -1,7 +1,11 @@
 """What gradwatch calls a layer, and which modules are activations.
 
 A *layer* is a module that owns parameters directly (``module.parameters(recurse=False)``
-is not empty), named by its qualified name from ``named_modules()``. Activation modules
+is not empty), named by its qualified name from ``named_modules()``. A parametrized module
+(``torch.nn.utils.parametrize``: spectral norm, weight norm, orthogonal, ...) is the layer it
+is: the tensors its parametrizations hold (``<layer>.parametrizations.weight.original``) are
+its own, and the parametrization modules, whose forward computes a weight and not an
+activation, are no layers. Activation modules
 (nn.ReLU, nn.Tanh, nn.Sigmoid, ...) own no parameters; their statistics are attached to the
 layer that ran just before them.
 """
@@ -12,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 
@@ -64,6 +69,28 @@ class Layer:
         """The module's class name, e.g. "Linear"."""
         return type(self.module).__name__
 
+    def parameters(self) -> list[nn.Parameter]:
+        """The parameters the layer owns (:func:`own_parameters`)."""
+        return own_parameters(self.module)
+
+
+def own_named_parameters(module: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    """(name, parameter) of the parameters ``module`` owns, names relative to it.
+
+    Its direct parameters, and for a parametrized module the ones its parametrizations hold
+    (``parametrizations.weight.original``): the tensors its weight is computed from.
+    """
+    out = list(module.named_parameters(recurse=False))
+    if parametrize.is_parametrized(module):
+        out += [(f"parametrizations.{n}", p)
+                for n, p in module.parametrizations.named_parameters()]
+    return out
+
+
+def own_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """The parameters ``module`` owns (:func:`own_named_parameters`), without names."""
+    return [p for _, p in own_named_parameters(module)]
+
 
 def find_layers(model: nn.Module) -> list[Layer]:
     """Return the layers of ``model`` in registration order.
@@ -78,10 +105,13 @@ def find_layers(model: nn.Module) -> list[Layer]:
             "pass the network itself (e.g. an nn.Sequential), not its output or state dict"
         )
     layers = []
+    inside = parametrization_modules(model)
     for name, module in model.named_modules(remove_duplicate=True):
+        if name in inside:
+            continue
         own = [
             (f"{name}.{pname}" if name else pname)
-            for pname, p in module.named_parameters(recurse=False)
+            for pname, p in own_named_parameters(module)
             if isinstance(p, torch.Tensor)
         ]
         if own:
@@ -92,6 +122,21 @@ def find_layers(model: nn.Module) -> list[Layer]:
             "gradwatch watches parameter gradients, so give it a model with trainable layers"
         )
     return layers
+
+
+def parametrization_modules(model: nn.Module) -> set[str]:
+    """Qualified names of the modules that implement parametrizations (and all below them).
+
+    ``torch.nn.utils.parametrize`` keeps them in a ``parametrizations`` ModuleDict of the
+    parametrized module; they run when the weight is read, not on the layer's input.
+    """
+    out: set[str] = set()
+    for name, module in model.named_modules(remove_duplicate=True):
+        if parametrize.is_parametrized(module):
+            prefix = f"{name}.parametrizations" if name else "parametrizations"
+            out.update(f"{prefix}.{sub}" if sub else prefix
+                       for sub, _ in module.parametrizations.named_modules())
+    return out
 
 
 def check_hookable(model: nn.Module) -> None:

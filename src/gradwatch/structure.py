@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from gradwatch.errors import GradwatchTypeError
 from gradwatch.graph import GraphFacts, read_graph
@@ -121,9 +122,12 @@ def describe(
         :func:`branch_scale` of that layer, None where it does not apply), ``dense_joins``
         (concatenations of ``x`` with ``f(x)``), ``shortcuts`` (residual or dense joins
         found), ``loss`` (cross-entropy's classes and chance loss, see
-        :class:`~gradwatch.graph.GraphFacts`; None otherwise), ``lstm_forget_bias`` (mean
-        forget-gate bias of each nn.LSTM), ``init_scale`` (:func:`init_scale`) and
-        ``from_graph``.
+        :class:`~gradwatch.graph.GraphFacts`; None otherwise), ``gate_layers`` (layers
+        whose output a gate's sigmoid reads, from the graph), ``lstm_forget_bias`` (mean
+        forget-gate bias of each nn.LSTM), ``init_scale`` (:func:`init_scale`),
+        ``parametrized_layers`` (each parametrized module, ``torch.nn.utils.parametrize``:
+        the tensors its parametrizations compute, e.g. ``{"0": ["weight"]}`` under spectral
+        norm) and ``from_graph``.
 
     Raises:
         GradwatchTypeError: ``model`` is not an nn.Module, or ``output`` is not a tensor.
@@ -139,7 +143,10 @@ def describe(
         )
     norm, recurrent, attention, embedding, blocks = [], {}, [], [], []
     forget: dict[str, float] = {}
+    parametrized: dict[str, list[str]] = {}
     for name, m in model.named_modules():
+        if parametrize.is_parametrized(m):
+            parametrized[_name(name)] = sorted(m.parametrizations.keys())
         if is_norm(m):
             norm.append(_name(name))
         if is_recurrent(m):
@@ -173,7 +180,9 @@ def describe(
         "shortcuts": True if blocks else None,
         "loss": None,
         "lstm_forget_bias": forget,
+        "gate_layers": [],
         "init_scale": init_scale(model),
+        "parametrized_layers": parametrized,
         "from_graph": False,
     }
     if output is not None and output.grad_fn is not None:
@@ -193,6 +202,7 @@ def describe(
         out["shortcuts"] = bool(facts.joins) or bool(blocks)
         out["attention"] = out["attention"] or facts.attention
         out["loss"] = facts.loss
+        out["gate_layers"] = list(facts.gates)
     return out
 
 

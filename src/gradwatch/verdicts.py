@@ -120,8 +120,10 @@ GRAD_NORM_HUGE = 1e6
 gives nothing like it in a healthy network; a GradScaler's scale is divided out)."""
 
 UPDATE_SWAMP = 1.0
-"""An update ``‖Δw‖/‖w‖`` at or above this replaces the weights at each step: nothing learned
-survives the next step (healthy runs stay near 1e-3, Karpathy's rule of thumb)."""
+"""An update ``‖Δw‖/‖w_before‖`` (over the weights it was applied to) at or above this replaces
+the weights at each step: nothing learned survives the next step (healthy runs stay near 1e-3,
+Karpathy's rule of thumb). The recorded ``update_ratio`` divides by the weights after the
+step; the exploding rule converts it (``gradwatch.diagnose.exploding.before_step``)."""
 
 DIVERGING_LOSS = 10.0
 """A loss that ends this many times above its best value, and above its start, diverged."""
@@ -202,6 +204,12 @@ def depth_verdict(
       the forward signal explodes with it (``forward_exploding``: a loss far above chance or
       an output far above the input, Zhang et al. 2019).
 
+    Where the forward signal explodes, no path holds the stream at its scale, so growth is
+    judged on every path as through a plain chain, and as an error: past
+    :data:`EXPLODING_RATIO`, or past :data:`EXPLODING_RATIO_WITH_FACTOR` with a steady
+    per-layer growth (a 38-layer ResNet without normalisation, He init: ×2e2 at 1.39 per
+    block, the loss 225× chance, NaN at the first SGD step).
+
     Args:
         ratio: ``‖δ_input side‖ / ‖δ_output side‖``.
         factor: the per-layer factor (``r^(1/L)``, or a fitted one).
@@ -222,11 +230,15 @@ def depth_verdict(
             return "exploding", "error"
         if factor > EXPLODING_FACTOR and ratio > EXPLODING_RATIO_WITH_FACTOR:
             return "exploding", "warning"
-    elif path == "normalized":
-        if ratio > EXPLODING_RATIO:
-            return "exploding", "error" if forward_exploding else "warning"
-    elif ratio > EXPLODING_RATIO and forward_exploding:
+    elif forward_exploding and (
+        ratio > EXPLODING_RATIO
+        or (factor > EXPLODING_FACTOR and ratio > EXPLODING_RATIO_WITH_FACTOR)
+    ):
+        # the forward signal explodes with the backward one: nothing keeps the stream at
+        # its scale, so its growth is judged as through a plain chain (Zhang et al. 2019)
         return "exploding", "error"
+    elif path == "normalized" and ratio > EXPLODING_RATIO:
+        return "exploding", "warning"
     return None
 
 

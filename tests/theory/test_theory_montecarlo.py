@@ -5,7 +5,8 @@ The quick configurations run by default; every configuration (≥ 20: residual M
 ReLU and GELU branches, α from 1/√L to 1, depth 12–50; pre-LN and post-LN
 nn.TransformerEncoder with 6 and 24 layers; GPT-2 and BERT from a config (with and without
 their default dropout); with and without a
-final norm; BatchNorm residual nets; DeepNorm) under ``-m slow``.
+final norm; BatchNorm residual nets; DeepNorm; VGG-16 with BatchNorm and pre-activation
+ResNet-18/34) under ``-m slow``.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ def test_the_check_covers_what_the_theory_claims():
         "BatchNorm residual",
         "DeepNorm",
         "pre-norm MLP",
+        "conv nets with BatchNorm",
     } <= families
     assert any(c.expect == "uncertain" for c in CONFIGS)
 

@@ -240,11 +240,23 @@ def test_convolutional_nets_say_why_or_use_the_chain():
             x = self.stem(x)
             return self.head((x + self.branch(x)).mean(dim=(2, 3)))
 
+    class PostActivation(ConvResidual):  # the original ResNet's ReLU after the addition
+        def forward(self, x):
+            x = torch.relu(self.stem(x))
+            return self.head(torch.relu(x + self.branch(x)).mean(dim=(2, 3)))
+
     torch.manual_seed(0)
     x = torch.randn(4, 3, 8, 8)
+    # a pre-activation residual conv net: read from its forward pass (a probe, or the batch)
     for pred in (T.predict(ConvResidual()), T.predict(ConvResidual(), inputs=x)):
-        assert pred.verdict == "uncertain" and "convolution" in pred.reason
-        assert "gw.check" in pred.reason
+        assert pred.method == "graph" and pred.verdict != "uncertain", pred.reason
+        att = pred.table.set_index("layer")["attenuation"]
+        assert np.all(np.isfinite(att)) and att["head"] == 1.0
+        assert 0 < att["stem"] < 1e3
+    # a ReLU after the addition: the sum is not Gaussian, said with the reason
+    post = T.predict(PostActivation(), inputs=x)
+    assert post.verdict == "uncertain" and "not Gaussian" in post.reason
+    assert "gw.check" in post.reason
     # a plain chain of convolutions: a batch gives its mean square to the closed form
     chain = nn.Sequential(
         nn.Conv2d(3, 16, 3, padding=1), nn.Tanh(), nn.Conv2d(16, 16, 3, padding=1), nn.Tanh(),

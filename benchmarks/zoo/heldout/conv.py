@@ -8,12 +8,12 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from ..case import Case, Train
+from ..cifar_resnets import CifarNet, plain_bn
 from ..mlp import CHANCE
 from .common import Entry, adamw, image_case, sgd
 from .convnets import ConvNeXt, ConvNeXtBlock, DenseNet, MobileNetV2, ResnetGenerator, UNet
 from .data import denoise_batch
 from .measure import Probe, children_of, modules_of
-from .resnets import CifarNet, plain_bn
 
 BLOCKS = Probe(trunk=children_of("blocks"), chance=CHANCE)
 
@@ -88,33 +88,6 @@ ENTRIES = [
         BLOCKS, size=16,
         why="ResNet-20 with GroupNorm (groups of 4 channels): ‖∂L/∂h‖ ×2.2 toward the input, "
             "‖∇W‖/‖W‖ ≤ 2.8; SGD (lr 0.1) trains it: 2.87 → 1.02.",
-    ),
-    image_case(
-        "nonorm_resnet38_he", "resnet_nonorm", partial(CifarNet, "nonorm", 6),
-        "exploding", "nonfinite",
-        "Zhang et al. 2019, §2 (Fixup): without normalization the output variance of a ResNet "
-        "with He init grows exponentially with depth; zoo training run",
-        dict(steps=100, optimizer=sgd(0.1), outcome="diverges", size=16),
-        BLOCKS, size=16,
-        why="18 basic blocks without normalization, He init: each block adds a branch as large "
-            "as its input, so the forward std grows ×531 along the blocks, the loss at init is "
-            "225× chance, ‖∂L/∂h‖ grows ×244 toward the input (1.38 per block) and the largest "
-            "‖∇W‖/‖W‖ is 2e3. With SGD at lr 0.1 (a BN ResNet's rate) the first update is "
-            "14.5× the weights and the loss is NaN at step 1.",
-    ),
-    image_case(
-        "skipinit_resnet38", "resnet_nonorm", partial(CifarNet, "skipinit", 6),
-        "healthy", "healthy",
-        "De & Smith 2020, §4-5 (SkipInit): the same unnormalised net with each branch scaled by "
-        "a scalar that starts at 0 trains at the learning rate of a BN ResNet",
-        dict(steps=150, optimizer=sgd(0.1), outcome="trains", size=16),
-        BLOCKS, size=16,
-        why="nonorm_resnet38_he with each branch × α, α = 0 at init: every block starts as "
-            "the identity (‖∂L/∂h‖ at the first block 0.40× the last's, 0.95 per block; loss "
-            "at chance). Option A pads the new channels of stages 2 and 3 with zeros, so 75% "
-            "of the last blocks' ReLU channels are zero on every input until α grows (0.14 "
-            "after training): zeros by construction, not dead units. SGD at lr 0.1 trains it: "
-            "2.31 → 0.87 in 150 steps.",
     ),
     image_case(
         "plain_bn_36", "plain_bn", partial(plain_bn, 12), "exploding", "exploding",

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from .resnets import _he_, _option_a
+from ..cifar_resnets import _he_, _option_a
 
 
 class ResNeXtBlock(nn.Module):

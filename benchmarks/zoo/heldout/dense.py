@@ -1,5 +1,5 @@
-"""Held-out fully connected nets on the digits: highway nets, inits practitioners get wrong,
-spectral norm, BN without skips, and a deep sigmoid autoencoder."""
+"""Held-out fully connected nets on the digits: inits practitioners get wrong,
+BN without skips, and a deep sigmoid autoencoder."""
 
 from __future__ import annotations
 
@@ -8,44 +8,12 @@ from functools import partial
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
-from torch.nn.utils.parametrizations import spectral_norm
 
 from ..case import Case, Train
 from ..data import digits_batch
 from ..mlp import CHANCE, probe
-from .common import Entry, adamw, sgd
-from .measure import Probe, children_of, modules_of
-
-
-class HighwayLayer(nn.Module):
-    """y = H(x) · T(x) + x · (1 − T(x)), H = ReLU(W_H x + b_H), T = σ(W_T x + b_T)
-    (Srivastava et al. 2015, eq. 3); b_T starts negative, so each layer starts near the
-    identity (§2.2: "−1 to −3")."""
-
-    def __init__(self, d: int, gate_bias: float):
-        super().__init__()
-        self.h, self.relu = nn.Linear(d, d), nn.ReLU()
-        self.t, self.gate = nn.Linear(d, d), nn.Sigmoid()
-        nn.init.kaiming_normal_(self.h.weight, nonlinearity="relu")
-        nn.init.zeros_(self.h.bias)
-        nn.init.constant_(self.t.bias, gate_bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.gate(self.t(x))
-        return self.relu(self.h(x)) * t + x * (1 - t)
-
-
-class Highway(nn.Module):
-    """Input projection (64 → d, ReLU), ``depth`` highway layers, a linear classifier."""
-
-    def __init__(self, depth: int = 50, d: int = 64, gate_bias: float = -2.0):
-        super().__init__()
-        self.inp, self.act = nn.Linear(64, d), nn.ReLU()
-        self.layers = nn.Sequential(*[HighwayLayer(d, gate_bias) for _ in range(depth)])
-        self.out = nn.Linear(d, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.layers(self.act(self.inp(x))))
+from .common import Entry, sgd
+from .measure import Probe, modules_of
 
 
 def default_mlp(depth: int, width: int, act: type[nn.Module], n_in: int = 64,
@@ -72,18 +40,6 @@ def orthogonal_tanh(depth: int = 64, width: int = 128) -> nn.Sequential:
         if isinstance(m, nn.Linear):
             nn.init.orthogonal_(m.weight)
             nn.init.zeros_(m.bias)
-    return model
-
-
-def spectral_relu(depth: int = 16, width: int = 128) -> nn.Sequential:
-    """A He-init ReLU MLP with spectral normalisation on every layer (Miyato et al. 2018):
-    each weight is divided by its largest singular value (power iteration)."""
-    model = default_mlp(depth, width, nn.ReLU)
-    for i, m in enumerate(model):
-        if isinstance(m, nn.Linear):
-            nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-            model[i] = spectral_norm(m)
     return model
 
 
@@ -137,15 +93,6 @@ def _digits(name: str, family: str, build, expect_init: str, expect_run: str, so
 
 
 ENTRIES = [
-    _digits("highway_50", "highway", partial(Highway, 50, 64, -3.0), "healthy", "healthy",
-            "Srivastava et al. 2015, §2.2, §3.1 and Fig. 1: highway nets of 50-100 layers with "
-            "negative transform-gate biases train with SGD where plain nets of that depth do "
-            "not", Probe(trunk=children_of("layers"), chance=CHANCE), "trains", opt=sgd(0.05),
-            why="50 highway layers of width 64 after a ReLU input layer, gate bias −3 (T ≈ "
-                "0.05 at init): the carry path shrinks the signal and the gradient a little "
-                "per layer (0.95), ‖∂L/∂h‖ at the first layer 0.098× the last's, the forward "
-                "std ×0.14; a quarter of one transform layer's ReLU units are off on the batch. "
-                "SGD (lr 0.05, momentum 0.9) trains it: 2.30 → 0.105."),
     _digits("selu_default_init_48", "selu", partial(default_mlp, 48, 128, nn.SELU),
             "vanishing", "vanishing",
             "Klambauer et al. 2017, §2-3: SELU self-normalises only with LeCun-normal weights "
@@ -164,17 +111,6 @@ ENTRIES = [
             why="64 tanh layers of width 128, orthogonal weights, zero biases: ‖∂L/∂h‖ 0.97 per "
                 "layer (0.20 over the net), 0.2% of the units in the tails; SGD (lr 0.01, "
                 "momentum 0.9) trains it: 2.03 → 0.21."),
-    _digits("spectral_norm_relu_16", "spectral_norm", partial(spectral_relu, 16, 128),
-            "vanishing", "vanishing",
-            "Anil et al. 2019, §3 ('gradient norm attenuation'): a ReLU net with every layer's "
-            "spectral norm at 1 loses gradient norm at each layer",
-            Probe(trunk=modules_of((nn.ReLU,)), chance=CHANCE), "stalls", opt=adamw(1e-3, 0.0),
-            why="16 ReLU layers of width 128, He init then spectral norm (σ_max = 1): ‖∂L/∂h‖ "
-                "shrinks 0.36 per layer (7e-7 over the net) and the forward std as much "
-                "(6e-7); ‖∇W‖/‖W‖ ≤ 2e-8. Adam (lr 1e-3) learns nothing (2.30 → 2.30; the "
-                "first layer moved 0.6%). After the run the ratio is 5.5e-9 and 92% of one "
-                "layer's units are off: their inputs vanished and the biases rule them, a "
-                "consequence of the vanishing."),
     _digits("bn_mlp_48", "bn_mlp", partial(he_bn_mlp, 48, 128), "exploding", "exploding",
             "Yang et al. 2019, §3-4 (mean field theory of batch normalization): a deep "
             "fully connected BN-ReLU net's gradient explodes at init, ≈ (π/(π−1))^(L/2)",

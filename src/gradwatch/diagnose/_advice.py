@@ -15,6 +15,9 @@ the activation types. A remedy the model already has is never offered:
   measured), or to a net of smooth rectifiers (GELU, SiLU, ...), for which He's gain is not
   derived: LSUV measures the gain instead (Mishkin & Matas 2016); ``xavier_init`` to weights
   at Xavier scale;
+- no init at all (``he_init``, ``xavier_init``, ``lsuv``, ``orthogonal``) to a net whose weights
+  a parametrization computes (spectral norm, weight norm, ...: ``parametrized_layers``),
+  which sets their scale at every forward pass whatever they were drawn at;
 - ``forget_gate_bias`` to an LSTM whose forget-gate bias is already ≥ 0.5;
 - for a signal that *vanishes* (across depth or through time) never clipping, lowering the
   learning rate or a shorter truncation, which only shrink steps: a gate is opened by its
@@ -112,8 +115,18 @@ def _activation_types(view: RunView) -> set[str]:
     return {str(a.get("type")) for a in acts.values() if isinstance(a, dict)}
 
 
+def weights_parametrized(view: RunView) -> bool:
+    """Whether most weight layers' weights are computed by a parametrization."""
+    param = view.structure.get("parametrized_layers") or {}
+    layers = view.weight_layers
+    hit = sum("weight" in (param.get(ly) or ()) for ly in layers)
+    return bool(layers) and 2 * hit >= len(layers)
+
+
 def init_remedies(view: RunView) -> list[str]:
     """The init that fits the activations, unless the weights already have it."""
+    if weights_parametrized(view):
+        return []  # the parametrization sets the weights' scale, not their init
     families = view.families
     out: list[str] = []
     if "sigmoid" in families:

@@ -17,9 +17,14 @@
   besides the first recorded step (the state ``gw.check`` sees).
 - **over the steps of a run**: the total gradient norm jumps by orders of magnitude (cliffs in
   the loss surface, Pascanu, Mikolov & Bengio 2013), or
-- **updates that swamp the weights**: ``‖Δw‖/‖w‖`` at or above
-  :data:`~gradwatch.verdicts.UPDATE_SWAMP` at a step, for a layer whose weights are not
-  zero-initialised (nothing learned survives the next step).
+- **updates that swamp the weights**: ``‖Δw‖`` at or above
+  :data:`~gradwatch.verdicts.UPDATE_SWAMP` times the weights it was applied to
+  (:func:`before_step`) at a step, for a layer whose weights are not zero-initialised
+  (nothing learned survives the next step) and that owns a weight matrix or kernel: the
+  norm of a gain (a scalar or a vector: SkipInit's α, a layer scale, a norm's γ) is the
+  value it learned, not the scale of features, and one that starts at 0 crosses 0 as it
+  learns, where its relative update has no bound. Held at a few steps only, a swamp counts
+  when the run has not recovered from it.
 
 The thresholds are :mod:`gradwatch.verdicts`'.
 """
@@ -31,11 +36,23 @@ import numpy as np
 from gradwatch.diagnose._advice import advice, flow_remedies
 from gradwatch.diagnose._flow import FlowStep, as_layers, flow_steps
 from gradwatch.diagnose._forward import forward_figures
-from gradwatch.diagnose._view import RunView, names, num, persists, step_span, when
+from gradwatch.diagnose._view import (
+    LOSS_FELL,
+    RunView,
+    finite_loss,
+    names,
+    num,
+    persists,
+    step_span,
+    when,
+)
+from gradwatch.diagnose.not_learning import NOT_LEARNING, NOT_LEARNING_MIN_STEPS
 from gradwatch.findings import Finding
 from gradwatch.verdicts import (
+    EXPLODING_FACTOR,
     EXPLODING_GROWTH,
     EXPLODING_RATIO,
+    EXPLODING_RATIO_WITH_FACTOR,
     GRAD_NORM_HUGE,
     UPDATE_SWAMP,
     depth_verdict,
@@ -73,12 +90,45 @@ def rule(view: RunView) -> list[Finding]:
     return _across_depth(view) + _over_steps(view) + _swamping_updates(view)
 
 
+def stalled_from_start(view: RunView, steps: list[FlowStep]) -> tuple[float, float] | None:
+    """``(first loss, last loss)`` of a run that starts in batch norm's explosion and stalls.
+
+    Through normalised layers without shortcuts the growth at initialisation is not a
+    verdict below :data:`~gradwatch.verdicts.EXPLODING_RATIO` on its own (a BN plain-34
+    grows ~140× and trains at a learning rate of 0.01); a training run says whether it was:
+    its first recorded step (the state ``gw.check`` sees) grows steadily (past
+    :data:`~gradwatch.verdicts.EXPLODING_RATIO_WITH_FACTOR` at more than
+    :data:`~gradwatch.verdicts.EXPLODING_FACTOR` per layer, the growth Yang et al. 2019
+    predict) and the loss was not learnt down: the median of the last fifth of the losses
+    at or above :data:`~gradwatch.diagnose.not_learning.NOT_LEARNING` of the median of the
+    first three, over at least :data:`~gradwatch.diagnose.not_learning.NOT_LEARNING_MIN_STEPS`
+    (the ``not_learning`` rule's test).
+    """
+    if view.is_checkup or view.path != "normalized" or not steps:
+        return None
+    _, losses = finite_loss(view)
+    if len(losses) < NOT_LEARNING_MIN_STEPS:
+        return None
+    start = float(np.median(losses[:3]))
+    end = float(np.median(losses[-max(1, len(losses) // 5) :]))
+    if not (start > 0 and end >= NOT_LEARNING * start):
+        return None
+    first = steps[0]
+    if not (first.total > EXPLODING_RATIO_WITH_FACTOR and first.factor > EXPLODING_FACTOR):
+        return None
+    return start, end
+
+
 def _across_depth(view: RunView) -> list[Finding]:
     steps = flow_steps(view)
     held = [fs for fs in steps if exploding_severity(fs, view)]
     held_steps, recorded = [fs.step for fs in held], [fs.step for fs in steps]
+    stalled = None
     if not (persists(held_steps, recorded) or _at_start(held_steps, recorded)):
-        return []
+        stalled = stalled_from_start(view, steps)
+        if stalled is None:
+            return []
+        held, held_steps = [steps[0]], [steps[0].step]
     last = held[-1]
     still = held_steps[-1] == recorded[-1]
     sev = exploding_severity(last, view)
@@ -93,7 +143,8 @@ def _across_depth(view: RunView) -> list[Finding]:
         f"'{last.layers[-1]}' to '{last.layers[0]}' ({number(last.factor)} per layer"
         f"{_along(view)}){when(view, held_steps, recorded)}{_forward_clause(forward)}: the "
         f"input-side layers {names(layers)} get the largest updates and training may blow up"
-        f"{_why(view, forward)}; {advice(remedies, figure=_figure(last, forward))}."
+        f"{_why(view, forward)}{_stalled(stalled)}; "
+        f"{advice(remedies, figure=_figure(last, forward))}."
     )
     evidence = {
         **last.evidence(),
@@ -105,7 +156,10 @@ def _across_depth(view: RunView) -> list[Finding]:
         "steps_held": len(held_steps),
         "steps_recorded": len(recorded),
         "persists": bool(still),
+        "stalled_from_start": stalled is not None,
     }
+    if stalled is not None:
+        evidence["loss_first"], evidence["loss_last"] = num(stalled[0]), num(stalled[1])
     return [
         Finding(
             "exploding",
@@ -142,6 +196,14 @@ def _forward_clause(forward: dict) -> str:
                      f"‖∇W‖/‖W‖ = {number(rel)}, so one SGD step at learning rate 0.1 moves it by "
                      f"{number(10 * rel)}% of its size")
     return (", while " + " and ".join(parts)) if parts else ""
+
+
+def _stalled(stalled: tuple[float, float] | None) -> str:
+    if stalled is None:
+        return ""
+    return (f", and the loss was not learnt down ({number(stalled[0])} at the start, "
+            f"{number(stalled[1])} at the end): the run started in that explosion and did not "
+            "learn")
 
 
 def _why(view: RunView, forward: dict) -> str:
@@ -215,8 +277,30 @@ def _over_steps(view: RunView) -> list[Finding]:
     ]
 
 
+def before_step(ratio: np.ndarray) -> np.ndarray:
+    """``‖Δw‖/‖w_before‖`` from the recorded ``r = ‖Δw‖/‖w_after‖``, for Δw ⟂ w_before.
+
+    ``update_ratio`` divides by the weights *after* the step, which an update that dominates
+    them has become: ``r`` tends to 1, not to the update's size, as the update grows. For an
+    update orthogonal to the weights it replaces (a random init's weights and an update
+    made of gradients, in many dimensions), ``‖w_after‖² = ‖w_before‖² + ‖Δw‖²``, so the
+    update over the weights before it is ``r / √(1 − r²)`` (inf from r ≥ 1).
+    """
+    r = np.asarray(ratio, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(r < 1, r / np.sqrt(np.clip(1 - r * r, 0, None)), np.inf)
+
+
 def _swamping_updates(view: RunView) -> list[Finding]:
-    """Updates as large as the weights themselves (zero-initialised layers left out)."""
+    """Updates as large as the weights themselves (zero-initialised layers left out).
+
+    Judged on :func:`before_step` (the update over the weights it was applied to). Held at
+    enough steps, or at the last one, it is an error (a warning once it has cleared). A swamp
+    at a few steps that the run has not recovered from (its loss does not end below
+    :data:`~gradwatch.diagnose._view.LOSS_FELL` of the loss before the first such step) is a
+    warning: the step threw the weights away and the loss shows it; one the run recovered
+    from is a note.
+    """
     if view.is_checkup:
         return []
     ur, wn = view.wide("update_ratio"), view.wide("weight_norm")
@@ -224,43 +308,103 @@ def _swamping_updates(view: RunView) -> list[Finding]:
         return []
     wn = wn.reindex(index=ur.index, columns=ur.columns)
     arr = ur.to_numpy(dtype=np.float64)
+    rel = before_step(arr)
     w = wn.to_numpy(dtype=np.float64)
     # a layer whose weights start at zero (zero-init of the last norm, Fixup) has an infinite
     # ratio at first: judged only once its weights reach a tenth of their largest norm
     wmax = np.nanmax(np.where(np.isfinite(w), w, np.nan), axis=0, initial=0.0)
     grown = np.isfinite(w) & (w > 0.1 * wmax)
-    hot_cells = np.isfinite(arr) & grown & (arr >= UPDATE_SWAMP)
+    has_matrix = np.array([_has_matrix(view, str(c)) for c in ur.columns], dtype=bool)
+    hot_cells = np.isfinite(arr) & grown & (rel >= UPDATE_SWAMP) & has_matrix[None, :]
     steps = [int(s) for s in ur.index]
     hot = hot_cells.any(axis=1)
     held = [s for s, h in zip(steps, hot, strict=True) if h]
-    if not persists(held, steps):
+    if not held:
         return []
+    lasting = persists(held, steps)
     i = steps.index(held[-1])
     cols = [j for j in range(arr.shape[1]) if hot_cells[i, j]]
     layers = [str(ur.columns[j]) for j in cols]
     worst = max(cols, key=lambda j: arr[i, j])
     still = held[-1] == steps[-1]
-    message = (
-        f"Updates as large as the weights{when(view, held, steps)}: ‖Δw‖/‖w‖ reaches "
-        f"{number(float(arr[i, worst]))} at '{ur.columns[worst]}', so each step overwrites "
-        "what the last one learned; lower the learning rate, warm it up or clip the gradient "
-        "norm."
+    size = float(rel[i, worst])
+    figures = (
+        f"‖Δw‖/‖w‖ reaches {number(float(arr[i, worst]))} at '{ur.columns[worst]}' against "
+        "the weights after the step, "
+        + (f"an update about {number(size)}× the weights it was applied to" if np.isfinite(size)
+           else "an update larger than the weights it was applied to")
     )
+    loss = _loss_around(view, held[0])
+    if lasting:
+        severity = "error" if still else "warning"
+        message = (
+            f"Updates as large as the weights{when(view, held, steps)}: {figures}, so each "
+            "step overwrites what the last one learned; lower the learning rate, warm it up "
+            "or clip the gradient norm."
+        )
+    else:
+        recovered = bool(loss) and loss["end"] < LOSS_FELL * loss["before"]
+        severity = "info" if recovered else "warning"
+        after = (
+            f"; the loss went from {number(loss['before'])} to {number(loss['peak'])} right "
+            f"after it and ends at {number(loss['end'])}" if loss else ""
+        )
+        outcome = (
+            "the run recovered from it" if recovered
+            else "the run has not recovered (its loss has not fallen below where it was)"
+        )
+        message = (
+            f"An update replaced the weights{when(view, held, steps)}: {figures}{after}; "
+            f"{outcome}; lower the learning rate or warm it up."
+        )
     evidence = {
         "axis": "updates",
         "update_ratio": {ly: num(arr[i, j]) for ly, j in zip(layers, cols, strict=True)},
+        "update_over_weights_before": {
+            ly: num(rel[i, j]) for ly, j in zip(layers, cols, strict=True)
+        },
         "threshold": UPDATE_SWAMP,
         "steps_held": len(held),
         "persists": bool(still),
+        "lasting": bool(lasting),
+        **({f"loss_{k}": num(v) for k, v in loss.items()} if loss else {}),
     }
     return [
         Finding(
             "exploding",
             tuple(layers),
             step_span(view, held),
-            "error" if still else "warning",
+            severity,  # type: ignore[arg-type]
             message,
             evidence,
             ("lower_lr", "warmup", "clip_grad_norm"),
         )
     ]
+
+
+def _loss_around(view: RunView, step: int) -> dict[str, float]:
+    """The loss at ``step`` (before its update), after it and at the end of the run.
+
+    ``before``: the loss recorded at ``step``; ``peak``: the largest over the next tenth of
+    the run; ``end``: the median of the last fifth. Empty without finite losses there.
+    """
+    st, v = finite_loss(view)
+    if len(v) < 5 or step not in st:
+        return {}
+    k = st.index(step)
+    after = v[k + 1: k + 1 + max(1, len(v) // 10)]
+    if not len(after):
+        return {}
+    return {"before": float(v[k]), "peak": float(np.max(after)),
+            "end": float(np.median(v[-max(1, len(v) // 5):]))}
+
+
+def _has_matrix(view: RunView, layer: str) -> bool:
+    """Whether ``layer`` owns a parameter with two or more non-trivial dimensions.
+
+    True when the shapes are not recorded.
+    """
+    shapes = (view.meta.get("layer_info") or {}).get(layer, {}).get("shapes")
+    if not isinstance(shapes, list) or not shapes:
+        return True
+    return any(sum(int(n) > 1 for n in shape) >= 2 for shape in shapes)

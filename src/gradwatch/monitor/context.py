@@ -24,7 +24,7 @@ def param_layout(layers: list[Any]) -> tuple[list[nn.Parameter], Layout]:
     layer_params: dict[int, list[int]] = {}
     for li, ly in enumerate(layers):
         ids = []
-        for p in ly.module.parameters(recurse=False):
+        for p in ly.parameters():
             if p.numel() == 0:
                 continue
             if id(p) not in index:

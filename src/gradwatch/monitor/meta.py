@@ -36,8 +36,8 @@ def build_meta(mon: Any, status: str) -> dict[str, Any]:
         "layer_info": {
             ly.name: {
                 "type": ly.type_name,
-                "params": int(sum(p.numel() for p in ly.module.parameters(recurse=False))),
-                "shapes": [list(p.shape) for p in ly.module.parameters(recurse=False)],
+                "params": int(sum(p.numel() for p in ly.parameters())),
+                "shapes": [list(p.shape) for p in ly.parameters()],
                 # the layer's first tensor output at its first recorded forward, batch
                 # dimension included (None until a recorded forward has run)
                 "out_shape": tracker.out_shape.get(li),

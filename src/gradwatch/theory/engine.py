@@ -26,6 +26,7 @@ import torch
 from gradwatch.theory import (
     rules,
     rules_attention,
+    rules_conv,
     rules_linear,
     rules_norm,
     rules_pointwise,
@@ -59,7 +60,11 @@ RULES = {
     **rules_pointwise.RULES,
     **rules_norm.RULES,
     **rules_attention.RULES,
+    **rules_conv.RULES,
 }
+
+#: Operations that read an image-like input (N, C, *spatial): its channels are the features.
+CONVOLUTIONS = ("convolution", "_convolution", "mkldnn_convolution")
 
 #: Operations that mix the rows of different examples (the cross-example moments C are
 #: tracked only when the model has one).
@@ -139,9 +144,22 @@ def first_tensor(obj: Any) -> torch.Tensor | None:
     return None
 
 
-def input_space(inputs: tuple[torch.Tensor, ...], batch_mixing: bool) -> tuple[Space, torch.Tensor]:
-    """Rows of the first input: examples along axis 0, positions over the other row axes."""
+def input_space(
+    inputs: tuple[torch.Tensor, ...], batch_mixing: bool, image: bool = False
+) -> tuple[Space, torch.Tensor]:
+    """Rows of the first input: examples along axis 0, positions over the other row axes.
+
+    An ``image`` (N, C, *spatial), read first by a convolution, has its channels (axis 1) as
+    features and its spatial positions as the positions of each example.
+    """
     x = inputs[0]
+    if image and x.is_floating_point() and x.dim() >= 3:
+        B, spatial = int(x.shape[0]), tuple(x.shape[2:])
+        T = int(np.prod(spatial))
+        r = np.arange(B * T)
+        space = Space(B=B, T=T, ex=r // T, pos=r % T, track_cross=batch_mixing)
+        rid = torch.arange(B * T).reshape(B, 1, *spatial).expand(x.shape)
+        return space, rid
     if x.is_floating_point() or x.is_complex():
         lead = x.shape[:-1] if x.dim() >= 2 else (x.shape[0],) if x.dim() == 1 else ()
     else:
@@ -180,7 +198,11 @@ def interpret(
     """
     given = isinstance(readout, torch.Tensor)
     mixing = given or any(op.name in BATCH_MIXING for op in trace.ops)
-    space, rid = input_space(trace.inputs, mixing)
+    main = trace.inputs[0]
+    image = any(
+        op.name in CONVOLUTIONS and op.args and op.args[0] is main for op in trace.ops
+    )
+    space, rid = input_space(trace.inputs, mixing, image)
     for _ in range(3):
         try:
             return _run(trace, space, rid, readout, samples, seed)

@@ -10,9 +10,12 @@ outside residual branches, compared across same-shape steps), with the threshold
 :mod:`gradwatch.verdicts`.
 
 Outside the theory ("uncertain", with the reason): an operation without a mean-field rule
-(recurrent kernels, convolutions, pooling, a custom autograd function), and weight matrices
-used at several places or starting with identical values (``nn.TransformerEncoder`` copies its
-layer, so its layers start identical): the theory needs independent random weights.
+(recurrent kernels, a custom autograd function), a nonlinearity of a sum that carries an
+earlier nonlinearity's output (the original ResNet's ReLU after the addition: not Gaussian),
+and weight matrices used at several places or starting with identical values
+(``nn.TransformerEncoder`` copies its layer, so its layers start identical): the theory needs
+independent random weights. Convolutions and pooling are read with images' positions as rows
+(:mod:`~gradwatch.theory.rules_conv`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from torch import nn
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.layers import find_layers
 from gradwatch.structure import describe, is_norm
-from gradwatch.theory.engine import Interpretation, first_tensor, interpret
+from gradwatch.theory.engine import CONVOLUTIONS, Interpretation, first_tensor, interpret
 from gradwatch.theory.meanfield import phase_of
 from gradwatch.theory.prediction import Prediction
 from gradwatch.theory.trace import Trace, record
@@ -40,6 +43,10 @@ PROBE_EXAMPLES = 32
 PROBE_SEQUENCE = (4, 16)
 #: Most positions per example the interpreter accepts (its cost grows as positions²).
 MAX_POSITIONS = 256
+#: ... and per image (N, C, H, W) read by convolutions (32 × 32)
+MAX_IMAGE_POSITIONS = 1024
+#: Probe images when the first layer is a convolution: examples, and side of each axis.
+PROBE_IMAGES = (16, 32)
 #: Values at or below this count as a vanished gradient (log taken of this instead).
 TINY = 1e-300
 
@@ -63,6 +70,12 @@ def probe_inputs(model: nn.Module, q0: float = 1.0) -> tuple[torch.Tensor, ...] 
     if isinstance(first, nn.Embedding):
         b, t = PROBE_SEQUENCE
         return (torch.randint(0, first.num_embeddings, (b, t), generator=gen).to(device),)
+    if isinstance(first, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        n, side = PROBE_IMAGES
+        nd = first.weight.dim() - 2
+        side = {1: 256, 2: side, 3: 8}[nd]
+        x = torch.randn(n, first.in_channels, *([side] * nd), generator=gen) * math.sqrt(q0)
+        return (x.to(dtype=dtype, device=device),)
     if isinstance(first, nn.MultiheadAttention):
         b, t = PROBE_SEQUENCE
         shape = (b, t, first.embed_dim) if first.batch_first else (t, b, first.embed_dim)
@@ -130,10 +143,15 @@ def _predict_graph(model, inputs, tol, train_mode, readout, samples) -> Predicti
                 f"{got}; pass the gradient of the loss with respect to that output"
             )
     interp = interpret(trace, readout=readout, samples=samples)
-    if interp.space.T > MAX_POSITIONS:
+    image = interp.space.T > 1 and first_tensor(trace.inputs).dim() >= 3 and any(
+        op.name in CONVOLUTIONS for op in trace.ops
+    )
+    limit = MAX_IMAGE_POSITIONS if image else MAX_POSITIONS
+    if interp.space.T > limit:
+        hint = "e.g. 32x32 images" if image else "e.g. inputs[:, :64]"
         raise GradwatchValueError(
             f"inputs have {interp.space.T} positions per example; the theory's cost grows as "
-            f"the square of it: pass at most {MAX_POSITIONS} (e.g. inputs[:, :64])"
+            f"the square of it: pass at most {limit} ({hint})"
         )
     table = layer_table(model, trace, interp)
     reason = interp.reason or first_unknown(trace, interp) or shared_weights(trace, interp)

@@ -89,6 +89,39 @@ def pair_kernel(f, g, stats: Stats, cross: bool, kinks=(), need=None) -> np.ndar
     return out
 
 
+#: Names of a Lazy that is ReLU of its source (the arc-cosine kernel applies at zero mean).
+RELU = (("relu",), ("relu_",))
+
+
+def _zero_mean_relu(lazy: Lazy) -> bool:
+    s = lazy.source.stats
+    return lazy.names in RELU and not np.any(s.mu[s.present])
+
+
+def relu_kernel(stats: Stats, cross: bool, deriv: bool) -> np.ndarray:
+    """E[relu(u_t) relu(u_t')] (or of the steps, ``deriv``) for zero-mean Gaussian u.
+
+    In closed form: the arc-cosine kernel of Cho & Saul 2009,
+    √(v v')/(2π)·(sin θ + (π − θ) cos θ) and (π − θ)/(2π), cos θ the correlation.
+    """
+    T = stats.A.shape[0]
+    p = np.flatnonzero(stats.present)
+    v = np.diag(stats.A)[p]
+    src = (stats.C if cross else stats.A)[np.ix_(p, p)]
+    sd = np.sqrt(np.maximum(v, 0.0))
+    norm = np.outer(sd, sd)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rho = np.where(norm > 0, src / norm, 0.0)
+    theta = np.arccos(np.clip(rho, -1.0, 1.0))
+    if deriv:
+        k = np.where(norm > 0, (np.pi - theta) / (2 * np.pi), 0.0)
+    else:
+        k = norm / (2 * np.pi) * (np.sin(theta) + (np.pi - theta) * np.cos(theta))
+    out = np.zeros((T, T))
+    out[np.ix_(p, p)] = k
+    return out
+
+
 def materialize(ctx: Context, lazy: Lazy) -> Field:
     """The Field y = fn(source) of a :class:`Lazy`, with its moments (cached on it)."""
     cached = getattr(lazy, "_field", None)
@@ -104,6 +137,10 @@ def materialize(ctx: Context, lazy: Lazy) -> Field:
         C = None
         if s.C is not None:
             C = a * a * s.C + a * b * (s.mu[:, None] + s.mu[None, :]) + b * b
+    elif _zero_mean_relu(lazy):
+        mu = np.where(s.present, np.sqrt(np.maximum(np.diag(s.A), 0.0) / (2 * np.pi)), 0.0)
+        A = relu_kernel(s, cross=False, deriv=False)
+        C = relu_kernel(s, cross=True, deriv=False) if s.C is not None else None
     else:
         f = numpy_fn(lazy.fn)
         kinks = lazy.kinks or ()
@@ -129,6 +166,12 @@ def lazy_backward(lazy: Lazy, grad: Grad) -> Grad:
     if lazy.affine is not None:
         a = lazy.affine[0]
         return grad.scaled(a * a)
+    if _zero_mean_relu(lazy):
+        ga = relu_kernel(s, cross=False, deriv=True) * grad.GA
+        gc = None
+        if grad.GC is not None and s.C is not None:
+            gc = relu_kernel(s, cross=True, deriv=True) * grad.GC
+        return Grad(ga, gc)
     df = numpy_grad(lazy.fn)
     kinks = lazy.kinks or ()
     ga = pair_kernel(df, df, s, cross=False, kinks=kinks, need=grad.GA != 0) * grad.GA

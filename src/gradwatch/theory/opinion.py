@@ -16,8 +16,9 @@ statistics. The finding is a note (severity "info"): it changes no verdict.
 
 Nothing is said when the theory does not apply (its verdict is "uncertain" or "nonfinite";
 a convolutional chain predicted from its modules, whose closed form is per element and does
-not count the positions that strides and pooling remove),
-or when it cannot run on the batch (too many positions, an error): a second opinion must
+not count the positions that strides and pooling remove), for conv nets (the traced theory
+costs seconds to tens of seconds on images, too much inside a checkup), or when it cannot
+run on the batch (too many positions, an error): a second opinion must
 never break a checkup.
 """
 
@@ -34,7 +35,8 @@ from gradwatch.findings import Finding
 from gradwatch.structure import is_recurrent
 from gradwatch.wording import number
 
-#: Layers the traced theory has no rule for (a chain of them is predicted per element only).
+#: Conv nets: the traced theory follows them, but at image sizes it costs seconds to tens of
+#: seconds (its moments are positions × positions), too much inside a checkup; skipped.
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: Disagreement: |log10 measured − log10 predicted| of ‖δ‖²/‖δ_last‖² above this many decades...
 MISMATCH_DECADES = 1.0
@@ -64,7 +66,7 @@ def second_opinion(
     from gradwatch.theory.predict import predict
 
     if any(isinstance(m, CONV) or is_recurrent(m) for m in model.modules()):
-        return []  # outside the traced theory: no need to run the model once more to learn it
+        return []  # recurrent: outside the theory; conv nets: too slow for a checkup
     try:
         pred = predict(model, inputs=inputs, readout=readout, train_mode=train_mode)
     except Exception:  # the theory cannot run here: say nothing rather than break the checkup

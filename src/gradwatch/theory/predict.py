@@ -5,7 +5,8 @@ Two methods, one answer (:class:`~gradwatch.theory.prediction.Prediction`):
 - a **plain chain** of Linear/Conv layers and activation modules (no ``inputs`` needed) is
   read from its modules, with the closed-form recursion below;
 - **any other model** (residual connections, LayerNorm/RMSNorm/BatchNorm, attention,
-  embeddings, functional activations), or any model given ``inputs``, runs once on a batch
+  embeddings, functional activations, convolutions and pooling in residual or normalised
+  nets), or any model given ``inputs``, runs once on a batch
   and the mean-field rules are applied to the operations it records
   (:mod:`~gradwatch.theory.graph_predict`): the same recursion, extended by the residual
   sum q_{l+1} = q_l + α² V_branch(q_l) (Yang & Schoenholz 2017), norms that reset the
@@ -165,9 +166,9 @@ def predict(
             return pred
         if any(isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) for m in model.modules()):
             reason = (
-                "the model has convolutions in a net that is not a plain chain of layers: "
-                "their overlapping windows mix positions, for which the rules read from a "
-                "forward pass have none yet; measure the model with gw.check"
+                "the model has convolutions in a net that is not a plain chain of layers, and "
+                "no probe batch fits it; pass inputs= (a batch of images, at most 32x32) to "
+                "predict it from its forward pass, or measure it with gw.check"
             )
         else:
             reason = (

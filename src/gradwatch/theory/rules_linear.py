@@ -201,6 +201,10 @@ def reduce_features(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     dims = args[1] if len(args) > 1 else kwargs.get("dim")
     rid = rid_of(src)
     dims = [dims] if isinstance(dims, int) else list(dims or range(rid.dim()))
+    from gradwatch.theory import rules_conv
+
+    if rules_conv.is_image(src, ctx) and all(d % rid.dim() >= 2 for d in dims):
+        return rules_conv.spatial_linear(ctx, op, args, kwargs)  # over positions
     if not all(is_feature_axis(rid, d) for d in dims):
         return Unknown(f"aten.{op.name} over positions or examples is not modelled")
     from gradwatch.theory import rules_norm
@@ -209,29 +213,7 @@ def reduce_features(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
 
 
 
-# ------------------------------------------------------------------- convolutions
-#: Why a convolution of a signal is outside (the reason ``predict`` reports).
-CONVOLUTION_REASON = (
-    "a convolution: its overlapping windows mix positions, for which this theory has no rule "
-    "yet (a plain chain of Conv layers and activations is predicted from its modules; measure "
-    "any other with gw.check)"
-)
-
-
-def convolution(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
-    """A convolution of the input or of a signal by a weight: outside the theory (the reason)."""
-    x, w = args[0], args[1] if len(args) > 1 else kwargs.get("weight")
-    if isinstance(x, Unknown):
-        return x
-    if isinstance(x, Data | Field | Lazy) and isinstance(w, Table):
-        return Unknown(f"{CONVOLUTION_REASON} (aten.{op.name})")
-    return default(ctx, op, args, kwargs)
-
-
 RULES = {
-    "convolution": convolution,
-    "_convolution": convolution,
-    "mkldnn_convolution": convolution,
     "addmm": matmul,
     "mm": matmul,
     "bmm": matmul,

@@ -320,6 +320,14 @@ def batch_norm(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     out = _norm_out(
         x, op, fx, Stats(A=A_out, C=C_out, mu=np.full_like(st.mu, bm), present=st.present.copy())
     )
+    if getattr(fx, "_not_gaussian", False):  # normalising keeps a non-Gaussian law so
+        out._not_gaussian = True  # type: ignore[attr-defined]
+
+    # A channel computed from k actual input numbers (a first convolution of an image)
+    # has σ² ∝ a χ²_k over its random weights: E[1/σ²] = k/(k − 2) · 1/E[σ²] (Jensen; wide
+    # signals have k large and the factor 1)
+    k = getattr(fx, "_dof", None)
+    jensen = k / (k - 2.0) if k is not None and k > 2 else 1.0
 
     def backward(gs):
         gy = gs[0]
@@ -328,8 +336,8 @@ def batch_norm(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
         ra, rc = back(GA, GC)
         ga = np.zeros_like(gy.GA)
         gc = np.zeros_like(gy.GA)
-        ga[np.ix_(p, p)] = g2 * ra
-        gc[np.ix_(p, p)] = g2 * rc
+        ga[np.ix_(p, p)] = g2 * jensen * ra
+        gc[np.ix_(p, p)] = g2 * jensen * rc
         return [Grad(ga, gc)]
 
     ctx.record([fx], [out], backward)

@@ -79,7 +79,7 @@ class ForensicsTap(Tap):
         vals = [count_nonfinite(tensors_in((args, kwargs)), dev)]
         for li, ly in enumerate(ctx.layers):
             keys.append((1, li))
-            vals.append(count_nonfinite(ly.module.parameters(recurse=False), dev))
+            vals.append(count_nonfinite(ly.parameters(), dev))
         outs: dict[int, torch.Tensor] = {}
         handles = []
         for li, ly in enumerate(ctx.layers):
