@@ -18,12 +18,23 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-from . import cnn, instability, mlp, moved, precision, recurrent, resnet, setups, transformer
+from . import (
+    cnn,
+    from_heldout,
+    instability,
+    mlp,
+    moved,
+    precision,
+    recurrent,
+    resnet,
+    setups,
+    transformer,
+)
 from .case import OUTCOMES, VERDICTS, Case, Train
 
 CASES: list[Case] = [
     *mlp.CASES, *cnn.CASES, *resnet.CASES, *transformer.CASES, *instability.CASES,
-    *recurrent.CASES, *setups.CASES, *precision.CASES, *moved.CASES,
+    *recurrent.CASES, *setups.CASES, *precision.CASES, *moved.CASES, *from_heldout.CASES,
 ]
 BY_NAME: dict[str, Case] = {c.name: c for c in CASES}
 assert len(BY_NAME) == len(CASES), "case names must be unique"

@@ -109,3 +109,12 @@ def progression_batch(
     t = torch.arange(length + 1)  # (T+1,)
     seq = (a + b * t) % vocab  # (N, T+1)
     return seq[:, :-1], seq[:, 1:]
+
+
+def pixel_sequence_batch(i: int, size: int = 16, batch: int = 16,
+                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequential digits: each image read pixel by pixel, row-major, as a sequence of
+    ``size²`` steps of one feature (the "sequential MNIST" task of Le et al. 2015 and Bai et
+    al. 2018, on the bundled digits): x (N, size², 1), labels (N,)."""
+    x, y = image_batch(i, size=size, batch=batch, channels=1, seed=seed)
+    return x.flatten(1)[:, :, None], y

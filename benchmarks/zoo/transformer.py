@@ -75,6 +75,17 @@ class Encoder(nn.Module):
         return self.out(self.body(h))
 
 
+def llama(layers: int = 4, d: int = 64, vocab: int = VOCAB) -> nn.Module:
+    """LlamaForCausalLM from a config (Touvron et al. 2023: RMSNorm, SwiGLU, rotary positions,
+    grouped-query attention with 2 key-value heads), random init N(0, 0.02)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=d, intermediate_size=int(d * 8 / 3) + 5,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=64, tie_word_embeddings=False)
+    return LlamaForCausalLM(cfg)
+
+
 def _ids(batch_fn, n: int = 2, length: int = 16, vocab: int = VOCAB):
     return lambda: batch_fn(10_000, length=length, vocab=vocab, batch=n)
 

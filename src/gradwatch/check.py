@@ -335,12 +335,14 @@ def _flow_summary(grp: pd.DataFrame, where: str | None) -> dict[str, Any]:
     """What the rules read of one measured flow through time (``meta["checkup"]["temporal"]``).
 
     ``first_over_last`` (‖∂L/∂x_0‖ over ‖∂L/∂x_(T-1)‖), ``steps`` (T), ``half_over_last`` (at
-    t = T // 2) and, for the model input, ``measured_at``.
+    t = T // 2), ``compounded`` (:func:`~gradwatch.probes.compounded_decay`) and, for the
+    model input, ``measured_at``.
     """
     r = grp["ratio"].to_numpy(dtype=np.float64)
     out: dict[str, Any] = {
         "first_over_last": json_cell(float(r[0])),
         "half_over_last": json_cell(float(r[len(r) // 2])),
+        "compounded": json_cell(probes.compounded_decay(r)),
         "steps": int(len(r)),
     }
     if where is not None:

@@ -20,6 +20,12 @@
   ConvNeXt); its δ is the stream's when it feeds the addition directly.
 - **attention**: a softmax over a product of two parameter-dependent tensors, or a fused
   scaled-dot-product kernel.
+- **gates**: a sigmoid whose output (or ``1 − σ``) multiplies another signal
+  (``MulBackward0`` of two tensors): the transform and carry gates of a highway layer
+  (Srivastava et al. 2015), the gates of an LSTM or GRU cell written out, a
+  squeeze-and-excitation scale. A gate near 0 or 1 is a gate closed or open, not a
+  saturating activation on the signal path; the layer whose output the sigmoid reads (the
+  one its activation statistics are attributed to) is kept.
 - **the loss**: cross-entropy (``NllLoss`` of a ``LogSoftmax``) at the root, with the
   number of classes and the loss of a uniform guess, ln(classes) per target (read from the
   nodes' metadata, which outlives ``backward()``; targets equal to ``ignore_index`` are left
@@ -60,6 +66,11 @@ _MATMUL_NODES = ("BmmBackward0", "MmBackward0", "MatmulBackward0", "UnsafeViewBa
 #: Autograd node names of a negative log-likelihood and of a log-softmax.
 _NLL_NODES = ("NllLossBackward0", "NllLoss2DBackward0")
 _LOG_SOFTMAX_NODES = ("LogSoftmaxBackward0",)
+#: Autograd node names of an elementwise product of two tensors, and of a sigmoid.
+_MUL_NODES = ("MulBackward0",)
+_SIGMOID_NODES = ("SigmoidBackward0",)
+#: What may sit between a gate's sigmoid and the product (``1 − σ``, ``−σ``, views).
+_GATE_PASS = ("RsubBackward", "NegBackward", *_SHAPE_OPS)
 #: ``reduction`` codes of ``nll_loss`` (torch's at::Reduction enum).
 _REDUCTIONS = {0: "none", 1: "mean", 2: "sum"}
 
@@ -97,10 +108,13 @@ class GraphFacts:
         loss: for a cross-entropy root, ``{"kind": "cross_entropy", "classes": C,
             "reduction": "mean" | "sum", "targets": n, "chance": ln(C) (× n for a sum)}``;
             None otherwise.
+        gates: the layers whose output feeds a gate's sigmoid (see the module doc), in
+            the order the walk met them.
     """
 
     joins: list[Join] = field(default_factory=list)
     attention: bool = False
+    gates: list[str] = field(default_factory=list)
     loss: dict[str, Any] | None = None
     parametrised: bool = False
 
@@ -157,6 +171,10 @@ def read_graph(model: nn.Module, output: torch.Tensor) -> GraphFacts:
                 facts.joins.append(join)
                 fresh[node] = not below_join.get(join.skip, False)
                 below_join[node] = True
+        elif kind in _MUL_NODES and len(children) == 2:
+            for layer in _gate_layers(children, reach, pure, node_layer):
+                if layer not in facts.gates:
+                    facts.gates.append(layer)
         elif kind.startswith(_FUSED_ATTENTION_PREFIX):
             facts.attention = True
         elif kind in _SOFTMAX_NODES and not facts.attention:
@@ -239,6 +257,30 @@ def _join(node, dense, reach, pure, names, bit, node_layer) -> Join | None:
     nearest = _nearest_layer(sides[best[1]], only, reach, node_layer)
     return Join(node=node, kind="dense" if dense else "residual", branch=branch, nearest=nearest,
                 skip=sides[best[0]])
+
+
+def _gate_layers(factors: list[Any], reach, pure, node_layer) -> list[str]:
+    """The layers read by a sigmoid that one factor of a product of two tensors comes from.
+
+    A factor that is a parameter seen through views only (a learnt scale) gates nothing.
+    """
+    if any(pure.get(c, False) for c in factors):
+        return []
+    out = []
+    for node in factors:
+        for _ in range(8):  # 1 − σ, views
+            name = type(node).__name__
+            if name in _SIGMOID_NODES or not name.startswith(_GATE_PASS):
+                break
+            nxt = [c for c, _ in node.next_functions if c is not None]
+            if len(nxt) != 1:
+                break
+            node = nxt[0]
+        if type(node).__name__ in _SIGMOID_NODES:
+            layer = _nearest_layer(node, reach.get(node, 0), reach, node_layer)
+            if layer is not None:
+                out.append(layer)
+    return out
 
 
 def _bits(mask: int) -> int:

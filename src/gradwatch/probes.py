@@ -82,6 +82,26 @@ class ForwardProbe:
 INPUT = "(input)"
 
 
+def compounded_decay(ratios: Any) -> float:
+    """The decay a per-step factor compounds over a sequence: ``exp(−slope · (T − 1))``.
+
+    ``ratios``: ‖∂L/∂x_t‖ over t (any scale). The slope is the least-squares fit of
+    ``ln ‖∂L/∂x_t‖`` against t over the steps before the last (the last step may have a path
+    of its own to the loss: a model that reads its output there, a skip ``D·x_T``), leaving
+    out exact zeros. A recurrence whose gradient shrinks by a factor f per step gives about
+    ``f^(T−1)``, the first step's share of the last; a gradient that is small at the early
+    steps but does not decay along them (a convolution whose receptive field covers the
+    sequence) gives about 1 whatever the first step's share. NaN with fewer than 3
+    positive steps.
+    """
+    r = np.asarray(ratios, dtype=np.float64)[:-1]
+    t = np.nonzero(np.isfinite(r) & (r > 0))[0]
+    if len(t) < 3:
+        return float("nan")
+    slope = float(np.polyfit(t.astype(np.float64), np.log(r[t]), 1)[0])
+    return float(np.exp(min(-slope * len(r), 700.0)))
+
+
 class TemporalProbe:
     """Temporal gradient flow: ‖∂L/∂x_t‖ over the time steps t of a sequence.
 

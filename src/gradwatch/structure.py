@@ -122,7 +122,8 @@ def describe(
         :func:`branch_scale` of that layer, None where it does not apply), ``dense_joins``
         (concatenations of ``x`` with ``f(x)``), ``shortcuts`` (residual or dense joins
         found), ``loss`` (cross-entropy's classes and chance loss, see
-        :class:`~gradwatch.graph.GraphFacts`; None otherwise), ``lstm_forget_bias`` (mean
+        :class:`~gradwatch.graph.GraphFacts`; None otherwise), ``gate_layers`` (layers
+        whose output a gate's sigmoid reads, from the graph), ``lstm_forget_bias`` (mean
         forget-gate bias of each nn.LSTM), ``init_scale`` (:func:`init_scale`),
         ``parametrized_layers`` (each parametrized module, ``torch.nn.utils.parametrize``:
         the tensors its parametrizations compute, e.g. ``{"0": ["weight"]}`` under spectral
@@ -179,6 +180,7 @@ def describe(
         "shortcuts": True if blocks else None,
         "loss": None,
         "lstm_forget_bias": forget,
+        "gate_layers": [],
         "init_scale": init_scale(model),
         "parametrized_layers": parametrized,
         "from_graph": False,
@@ -200,6 +202,7 @@ def describe(
         out["shortcuts"] = bool(facts.joins) or bool(blocks)
         out["attention"] = out["attention"] or facts.attention
         out["loss"] = facts.loss
+        out["gate_layers"] = list(facts.gates)
     return out
 
 

@@ -120,8 +120,10 @@ GRAD_NORM_HUGE = 1e6
 gives nothing like it in a healthy network; a GradScaler's scale is divided out)."""
 
 UPDATE_SWAMP = 1.0
-"""An update ``‖Δw‖/‖w‖`` at or above this replaces the weights at each step: nothing learned
-survives the next step (healthy runs stay near 1e-3, Karpathy's rule of thumb)."""
+"""An update ``‖Δw‖/‖w_before‖`` (over the weights it was applied to) at or above this replaces
+the weights at each step: nothing learned survives the next step (healthy runs stay near 1e-3,
+Karpathy's rule of thumb). The recorded ``update_ratio`` divides by the weights after the
+step; the exploding rule converts it (``gradwatch.diagnose.exploding.before_step``)."""
 
 DIVERGING_LOSS = 10.0
 """A loss that ends this many times above its best value, and above its start, diverged."""

@@ -10,8 +10,8 @@ import torch
 from ..case import Case, Train
 from ..data import progression_batch, reverse_batch
 from ..mlp import CHANCE
-from ..transformer import token_loss
-from .attnnets import VOCAB, CaiT, Mixer, T5Translate, ViT, llama
+from ..transformer import llama, token_loss
+from .attnnets import VOCAB, CaiT, Mixer, T5Translate, ViT
 from .common import Entry, adamw, image_case
 from .measure import Probe, children_of
 
@@ -82,16 +82,6 @@ ENTRIES = [
         why="4 layers, d 64, 4 query and 2 key-value heads, 16-token progressions: ‖∂L/∂h‖ "
             "1.47× from the embedding to the last layer, ‖∂L/∂x_t‖ flat over the tokens "
             "(first/last 2.5); AdamW (lr 1e-3, β2 0.95, wd 0.1) trains it: 2.67 → 0.30."),
-    _lm("llama_adamw_lr_0p1", partial(llama, 4, 64), "healthy", "exploding",
-        "zoo training run: the same Llama with AdamW at lr 0.1 (100× the usual 1e-3): every "
-        "step moves each weight by ~lr, far more than its size (N(0, 0.02)); the loss jumps "
-        "above its start and the model learns nothing", "stalls", lr=0.1, steps=100,
-        why="At init this is llama_tiny. At lr 0.1 the first step moves the weights by 5× "
-            "their norm (‖Δθ‖/‖θ‖ = 5), the loss jumps above chance (the first 10 steps "
-            "average 4.19 against ln 16 = 2.77) and ends at 2.55, near chance, where the same "
-            "model at lr 1e-3 reaches 0.30; the embedding moved 23× its norm, and after the "
-            "run ‖∂L/∂h‖ grows ×1.1e4 from the last layer down to the embedding. Updates that "
-            "swamp the weights, with no NaN: exploding, not nonfinite."),
     Entry(Case(
         name="t5_tiny_reverse", family="t5", model=partial(T5Translate, 2, 64),
         batch=lambda: translate_batch(10_000, batch=8), loss=token_loss,

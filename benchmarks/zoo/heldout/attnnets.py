@@ -1,5 +1,6 @@
 """Attention and mixing nets: ViT on ``nn.TransformerEncoder``, a CaiT-style deep ViT with
-LayerScale, MLP-Mixer, and Hugging Face Llama and T5 built from configs (no download)."""
+LayerScale, MLP-Mixer, and Hugging Face T5 built from a config (no download; the Llama is
+``benchmarks/zoo/transformer.py``'s)."""
 
 from __future__ import annotations
 
@@ -133,17 +134,6 @@ class Mixer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.norm(self.blocks(self.patch(x))).mean(1))
-
-
-def llama(layers: int = 4, d: int = 64) -> nn.Module:
-    """LlamaForCausalLM from a config (Touvron et al. 2023: RMSNorm, SwiGLU, rotary positions,
-    grouped-query attention with 2 key-value heads), random init N(0, 0.02)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=d, intermediate_size=int(d * 8 / 3) + 5,
-                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=64, tie_word_embeddings=False)
-    return LlamaForCausalLM(cfg)
 
 
 class T5Translate(nn.Module):

@@ -10,6 +10,7 @@ from functools import lru_cache
 import torch
 
 from ..data import image_batch
+from ..data import pixel_sequence_batch as pixel_sequence_batch  # now the development zoo's
 
 
 def denoise_batch(i: int, size: int = 16, batch: int = 16, channels: int = 1, noise: float = 0.5,
@@ -46,13 +47,3 @@ def raw_digits_batch(i: int, batch: int = 64, seed: int = 0) -> tuple[torch.Tens
 def raw_probe() -> tuple[torch.Tensor, torch.Tensor]:
     """The batch raw-pixel cases are checked on: 256 raw digits."""
     return raw_digits_batch(10_000, batch=256)
-
-
-
-def pixel_sequence_batch(i: int, size: int = 16, batch: int = 16,
-                         seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sequential digits: each image read pixel by pixel, row-major, as a sequence of
-    ``size²`` steps of one feature (the "sequential MNIST" task of Le et al. 2015 and Bai et
-    al. 2018, on the bundled digits): x (N, size², 1), labels (N,)."""
-    x, y = image_batch(i, size=size, batch=batch, channels=1, seed=seed)
-    return x.flatten(1)[:, :, None], y

@@ -1,4 +1,4 @@
-"""Held-out fully connected nets on the digits: highway nets, inits practitioners get wrong,
+"""Held-out fully connected nets on the digits: inits practitioners get wrong,
 BN without skips, and a deep sigmoid autoencoder."""
 
 from __future__ import annotations
@@ -13,38 +13,7 @@ from ..case import Case, Train
 from ..data import digits_batch
 from ..mlp import CHANCE, probe
 from .common import Entry, sgd
-from .measure import Probe, children_of, modules_of
-
-
-class HighwayLayer(nn.Module):
-    """y = H(x) · T(x) + x · (1 − T(x)), H = ReLU(W_H x + b_H), T = σ(W_T x + b_T)
-    (Srivastava et al. 2015, eq. 3); b_T starts negative, so each layer starts near the
-    identity (§2.2: "−1 to −3")."""
-
-    def __init__(self, d: int, gate_bias: float):
-        super().__init__()
-        self.h, self.relu = nn.Linear(d, d), nn.ReLU()
-        self.t, self.gate = nn.Linear(d, d), nn.Sigmoid()
-        nn.init.kaiming_normal_(self.h.weight, nonlinearity="relu")
-        nn.init.zeros_(self.h.bias)
-        nn.init.constant_(self.t.bias, gate_bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        t = self.gate(self.t(x))
-        return self.relu(self.h(x)) * t + x * (1 - t)
-
-
-class Highway(nn.Module):
-    """Input projection (64 → d, ReLU), ``depth`` highway layers, a linear classifier."""
-
-    def __init__(self, depth: int = 50, d: int = 64, gate_bias: float = -2.0):
-        super().__init__()
-        self.inp, self.act = nn.Linear(64, d), nn.ReLU()
-        self.layers = nn.Sequential(*[HighwayLayer(d, gate_bias) for _ in range(depth)])
-        self.out = nn.Linear(d, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.layers(self.act(self.inp(x))))
+from .measure import Probe, modules_of
 
 
 def default_mlp(depth: int, width: int, act: type[nn.Module], n_in: int = 64,
@@ -124,15 +93,6 @@ def _digits(name: str, family: str, build, expect_init: str, expect_run: str, so
 
 
 ENTRIES = [
-    _digits("highway_50", "highway", partial(Highway, 50, 64, -3.0), "healthy", "healthy",
-            "Srivastava et al. 2015, §2.2, §3.1 and Fig. 1: highway nets of 50-100 layers with "
-            "negative transform-gate biases train with SGD where plain nets of that depth do "
-            "not", Probe(trunk=children_of("layers"), chance=CHANCE), "trains", opt=sgd(0.05),
-            why="50 highway layers of width 64 after a ReLU input layer, gate bias −3 (T ≈ "
-                "0.05 at init): the carry path shrinks the signal and the gradient a little "
-                "per layer (0.95), ‖∂L/∂h‖ at the first layer 0.098× the last's, the forward "
-                "std ×0.14; a quarter of one transform layer's ReLU units are off on the batch. "
-                "SGD (lr 0.05, momentum 0.9) trains it: 2.30 → 0.105."),
     _digits("selu_default_init_48", "selu", partial(default_mlp, 48, 128, nn.SELU),
             "vanishing", "vanishing",
             "Klambauer et al. 2017, §2-3: SELU self-normalises only with LeCun-normal weights "

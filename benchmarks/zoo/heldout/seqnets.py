@@ -1,5 +1,6 @@
 """Sequence models written after their papers: stacked gated RNNs, diagonal linear recurrences
-(LRU), a temporal convolutional network and a GRU encoder-decoder.
+(LRU) and a GRU encoder-decoder (the temporal convolutional network moved to
+``benchmarks/zoo/from_heldout.py`` with its case).
 
 The adding-problem readers take ``(N, T, 2)`` batch-first sequences and predict one number
 from the last step (``benchmarks/zoo/data.py: adding_batch``).
@@ -11,7 +12,6 @@ import math
 
 import torch
 from torch import nn
-from torch.nn.utils.parametrizations import weight_norm
 
 
 class StackedReader(nn.Module):
@@ -121,43 +121,6 @@ class LRUReader(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, T, 2) -> (N, 1)
         return self.out(self.norm(self.blocks(self.enc(x)))[:, -1])
-
-
-# -------------------------------------------------------------------------------- TCN
-class TemporalBlock(nn.Module):
-    """Bai et al. 2018, Fig. 1b: two dilated causal convs with weight norm, ReLU and dropout,
-    and a residual connection (a 1×1 conv where the width changes)."""
-
-    def __init__(self, c_in: int, c: int, k: int, dilation: int, drop: float):
-        super().__init__()
-        pad = (k - 1) * dilation
-        self.pad = nn.ConstantPad1d((pad, 0), 0.0)  # left padding only: causal
-        self.conv1 = weight_norm(nn.Conv1d(c_in, c, k, dilation=dilation))
-        self.relu1, self.drop1 = nn.ReLU(), nn.Dropout(drop)
-        self.conv2 = weight_norm(nn.Conv1d(c, c, k, dilation=dilation))
-        self.relu2, self.drop2 = nn.ReLU(), nn.Dropout(drop)
-        self.down = nn.Conv1d(c_in, c, 1) if c_in != c else None
-        self.relu = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, T) -> (N, c, T)
-        y = self.drop1(self.relu1(self.conv1(self.pad(x))))
-        y = self.drop2(self.relu2(self.conv2(self.pad(y))))
-        return self.relu(y + (x if self.down is None else self.down(x)))
-
-
-class TCN(nn.Module):
-    """Temporal convolutional network (Bai et al. 2018): ``levels`` blocks with dilation 2^i,
-    kernel ``k``; receptive field 1 + 2(k − 1)(2^levels − 1). Reads the last step."""
-
-    def __init__(self, c_in: int = 2, c: int = 24, levels: int = 7, k: int = 4,
-                 drop: float = 0.0, n_out: int = 1):
-        super().__init__()
-        self.blocks = nn.Sequential(*[TemporalBlock(c_in if i == 0 else c, c, k, 2**i, drop)
-                                      for i in range(levels)])
-        self.out = nn.Linear(c, n_out)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, T, c_in) -> (N, n_out)
-        return self.out(self.blocks(x.transpose(1, 2))[:, :, -1])
 
 
 # ------------------------------------------------------------------ GRU encoder-decoder

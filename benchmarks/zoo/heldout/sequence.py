@@ -1,4 +1,4 @@
-"""Held-out sequence models: long-lag gated RNNs, linear recurrences, a TCN, a GRU seq2seq."""
+"""Held-out sequence models: long-lag gated RNNs, linear recurrences, a GRU seq2seq."""
 
 from __future__ import annotations
 
@@ -6,15 +6,14 @@ import math
 from functools import partial
 
 from ..case import Case, Train
-from ..data import adding_batch
+from ..data import adding_batch, pixel_sequence_batch
 from ..mlp import CHANCE
 from ..recurrent import BASELINE, mse
 from ..transformer import token_loss
 from .attention import translate_batch
 from .common import Entry, adamw
-from .data import pixel_sequence_batch
 from .measure import Probe, children_of
-from .seqnets import TCN, LRUReader, Seq2SeqGRU, StackedReader
+from .seqnets import LRUReader, Seq2SeqGRU, StackedReader
 
 ADDING = Probe(trunk=lambda m: [], time_at="", time_dim=1, chance=BASELINE)
 
@@ -89,16 +88,6 @@ ENTRIES = [
             why="lru_ring_0p65_seqdigits with |λ| on [0.99, 0.999]: ‖∂L/∂x_t‖ flat over the 256 "
                 "steps at ~1e-3 of the last step's (whose direct path D·x_T dominates; first/last "
                 "0.015); AdamW (lr 2e-3) trains it: 2.25 → 0.51."),
-    _pixels("tcn_seqdigits", "tcn", partial(TCN, 1, 24, 7, 4, 0.0, 10), "healthy", "healthy",
-            "Bai et al. 2018, §5.2 (sequential MNIST: the TCN learns pixel-by-pixel digits "
-            "quickly); receptive field 1 + 2·3·127 = 763 ≥ T = 256; weight norm as the paper",
-            "trains", probe=Probe(trunk=children_of("blocks"), time_at="", time_dim=1,
-                                  chance=CHANCE, unit_dim=1),
-            why="7 temporal blocks (kernel 4, dilations 1-64, 24 channels): every pixel is in "
-                "the receptive field. ‖∂L/∂x_t‖ lies between 1e-5 and 1e-3 of the last step's "
-                "for every earlier t, with no decay along t (the last step has a direct path; "
-                "first/last 1.9e-4); 12% of one layer's ReLU channels are off on the batch. "
-                "AdamW (lr 2e-3) trains it: 2.26 → 0.53."),
     Entry(Case(
         name="seq2seq_gru_reverse", family="seq2seq", model=partial(Seq2SeqGRU, 17, 64, 128),
         batch=lambda: translate_batch(10_000, batch=16), loss=token_loss,

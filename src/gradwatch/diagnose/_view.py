@@ -8,6 +8,7 @@ a checkup), so the same rules serve ``gw.watch`` and ``gw.check``.
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -241,9 +242,11 @@ def num(x: Any) -> Any:
 
 
 def layers_over(
-    view: RunView, stat: str, threshold: float
+    view: RunView, stat: str, threshold: float, exclude: Collection[str] = ()
 ) -> tuple[dict[str, float], np.ndarray, list[int], list[int]] | None:
     """Layers whose ``stat`` (a fraction) exceeds ``threshold``, if that persists.
+
+    Layers in ``exclude`` are not looked at.
 
     Returns:
         ({layer: value} over the threshold at the last step where any layer was, that step's
@@ -251,7 +254,9 @@ def layers_over(
         or None when the statistic is not recorded or the condition does not persist.
     """
     wide = view.wide(stat)
-    if wide.empty:
+    if exclude:
+        wide = wide.drop(columns=[c for c in wide.columns if c in set(exclude)])
+    if wide.empty or not len(wide.columns):
         return None
     arr = np.nan_to_num(wide.to_numpy(dtype=np.float64), nan=0.0)
     steps = [int(s) for s in wide.index]

@@ -17,12 +17,14 @@
   besides the first recorded step (the state ``gw.check`` sees).
 - **over the steps of a run**: the total gradient norm jumps by orders of magnitude (cliffs in
   the loss surface, Pascanu, Mikolov & Bengio 2013), or
-- **updates that swamp the weights**: ``‖Δw‖/‖w‖`` at or above
-  :data:`~gradwatch.verdicts.UPDATE_SWAMP` at a step, for a layer whose weights are not
-  zero-initialised (nothing learned survives the next step) and that owns a weight matrix
-  or kernel: the norm of a gain (a scalar or a vector: SkipInit's α, a layer scale, a norm's
-  γ) is the value it learned, not the scale of features, and one that starts at 0 crosses
-  0 as it learns, where its relative update has no bound.
+- **updates that swamp the weights**: ``‖Δw‖`` at or above
+  :data:`~gradwatch.verdicts.UPDATE_SWAMP` times the weights it was applied to
+  (:func:`before_step`) at a step, for a layer whose weights are not zero-initialised
+  (nothing learned survives the next step) and that owns a weight matrix or kernel: the
+  norm of a gain (a scalar or a vector: SkipInit's α, a layer scale, a norm's γ) is the
+  value it learned, not the scale of features, and one that starts at 0 crosses 0 as it
+  learns, where its relative update has no bound. Held at a few steps only, a swamp counts
+  when the run has not recovered from it.
 
 The thresholds are :mod:`gradwatch.verdicts`'.
 """
@@ -35,6 +37,7 @@ from gradwatch.diagnose._advice import advice, flow_remedies
 from gradwatch.diagnose._flow import FlowStep, as_layers, flow_steps
 from gradwatch.diagnose._forward import forward_figures
 from gradwatch.diagnose._view import (
+    LOSS_FELL,
     RunView,
     finite_loss,
     names,
@@ -274,8 +277,30 @@ def _over_steps(view: RunView) -> list[Finding]:
     ]
 
 
+def before_step(ratio: np.ndarray) -> np.ndarray:
+    """``‖Δw‖/‖w_before‖`` from the recorded ``r = ‖Δw‖/‖w_after‖``, for Δw ⟂ w_before.
+
+    ``update_ratio`` divides by the weights *after* the step, which an update that dominates
+    them has become: ``r`` tends to 1, not to the update's size, as the update grows. For an
+    update orthogonal to the weights it replaces (a random init's weights and an update
+    made of gradients, in many dimensions), ``‖w_after‖² = ‖w_before‖² + ‖Δw‖²``, so the
+    update over the weights before it is ``r / √(1 − r²)`` (inf from r ≥ 1).
+    """
+    r = np.asarray(ratio, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(r < 1, r / np.sqrt(np.clip(1 - r * r, 0, None)), np.inf)
+
+
 def _swamping_updates(view: RunView) -> list[Finding]:
-    """Updates as large as the weights themselves (zero-initialised layers left out)."""
+    """Updates as large as the weights themselves (zero-initialised layers left out).
+
+    Judged on :func:`before_step` (the update over the weights it was applied to). Held at
+    enough steps, or at the last one, it is an error (a warning once it has cleared). A swamp
+    at a few steps that the run has not recovered from (its loss does not end below
+    :data:`~gradwatch.diagnose._view.LOSS_FELL` of the loss before the first such step) is a
+    warning: the step threw the weights away and the loss shows it; one the run recovered
+    from is a note.
+    """
     if view.is_checkup:
         return []
     ur, wn = view.wide("update_ratio"), view.wide("weight_norm")
@@ -283,47 +308,95 @@ def _swamping_updates(view: RunView) -> list[Finding]:
         return []
     wn = wn.reindex(index=ur.index, columns=ur.columns)
     arr = ur.to_numpy(dtype=np.float64)
+    rel = before_step(arr)
     w = wn.to_numpy(dtype=np.float64)
     # a layer whose weights start at zero (zero-init of the last norm, Fixup) has an infinite
     # ratio at first: judged only once its weights reach a tenth of their largest norm
     wmax = np.nanmax(np.where(np.isfinite(w), w, np.nan), axis=0, initial=0.0)
     grown = np.isfinite(w) & (w > 0.1 * wmax)
     has_matrix = np.array([_has_matrix(view, str(c)) for c in ur.columns], dtype=bool)
-    hot_cells = np.isfinite(arr) & grown & (arr >= UPDATE_SWAMP) & has_matrix[None, :]
+    hot_cells = np.isfinite(arr) & grown & (rel >= UPDATE_SWAMP) & has_matrix[None, :]
     steps = [int(s) for s in ur.index]
     hot = hot_cells.any(axis=1)
     held = [s for s, h in zip(steps, hot, strict=True) if h]
-    if not persists(held, steps):
+    if not held:
         return []
+    lasting = persists(held, steps)
     i = steps.index(held[-1])
     cols = [j for j in range(arr.shape[1]) if hot_cells[i, j]]
     layers = [str(ur.columns[j]) for j in cols]
     worst = max(cols, key=lambda j: arr[i, j])
     still = held[-1] == steps[-1]
-    message = (
-        f"Updates as large as the weights{when(view, held, steps)}: ‖Δw‖/‖w‖ reaches "
-        f"{number(float(arr[i, worst]))} at '{ur.columns[worst]}', so each step overwrites "
-        "what the last one learned; lower the learning rate, warm it up or clip the gradient "
-        "norm."
+    size = float(rel[i, worst])
+    figures = (
+        f"‖Δw‖/‖w‖ reaches {number(float(arr[i, worst]))} at '{ur.columns[worst]}' against "
+        "the weights after the step, "
+        + (f"an update about {number(size)}× the weights it was applied to" if np.isfinite(size)
+           else "an update larger than the weights it was applied to")
     )
+    loss = _loss_around(view, held[0])
+    if lasting:
+        severity = "error" if still else "warning"
+        message = (
+            f"Updates as large as the weights{when(view, held, steps)}: {figures}, so each "
+            "step overwrites what the last one learned; lower the learning rate, warm it up "
+            "or clip the gradient norm."
+        )
+    else:
+        recovered = bool(loss) and loss["end"] < LOSS_FELL * loss["before"]
+        severity = "info" if recovered else "warning"
+        after = (
+            f"; the loss went from {number(loss['before'])} to {number(loss['peak'])} right "
+            f"after it and ends at {number(loss['end'])}" if loss else ""
+        )
+        outcome = (
+            "the run recovered from it" if recovered
+            else "the run has not recovered (its loss has not fallen below where it was)"
+        )
+        message = (
+            f"An update replaced the weights{when(view, held, steps)}: {figures}{after}; "
+            f"{outcome}; lower the learning rate or warm it up."
+        )
     evidence = {
         "axis": "updates",
         "update_ratio": {ly: num(arr[i, j]) for ly, j in zip(layers, cols, strict=True)},
+        "update_over_weights_before": {
+            ly: num(rel[i, j]) for ly, j in zip(layers, cols, strict=True)
+        },
         "threshold": UPDATE_SWAMP,
         "steps_held": len(held),
         "persists": bool(still),
+        "lasting": bool(lasting),
+        **({f"loss_{k}": num(v) for k, v in loss.items()} if loss else {}),
     }
     return [
         Finding(
             "exploding",
             tuple(layers),
             step_span(view, held),
-            "error" if still else "warning",
+            severity,  # type: ignore[arg-type]
             message,
             evidence,
             ("lower_lr", "warmup", "clip_grad_norm"),
         )
     ]
+
+
+def _loss_around(view: RunView, step: int) -> dict[str, float]:
+    """The loss at ``step`` (before its update), after it and at the end of the run.
+
+    ``before``: the loss recorded at ``step``; ``peak``: the largest over the next tenth of
+    the run; ``end``: the median of the last fifth. Empty without finite losses there.
+    """
+    st, v = finite_loss(view)
+    if len(v) < 5 or step not in st:
+        return {}
+    k = st.index(step)
+    after = v[k + 1: k + 1 + max(1, len(v) // 10)]
+    if not len(after):
+        return {}
+    return {"before": float(v[k]), "peak": float(np.max(after)),
+            "end": float(np.median(v[-max(1, len(v) // 5):]))}
 
 
 def _has_matrix(view: RunView, layer: str) -> bool:

@@ -5,6 +5,13 @@ gradient (at most ~6% of tanh's peak slope at |a| > 0.97, ~12% of the sigmoid's)
 Bengio (2010) saw two patterns: with "standard" init, tanh layers saturate one after another;
 with sigmoid, the top hidden layer is driven to 0 (its saturation value) early in training and
 only slowly escapes, which they tie to the non-zero mean of the sigmoid. The rule reports both.
+
+A sigmoid whose output multiplies another signal is a **gate** (a highway layer's transform
+gate, Srivastava et al. 2015; an LSTM or GRU cell's gates; a squeeze-and-excitation scale),
+found in the autograd graph (``meta["structure"]["gate_layers"]``,
+:func:`gradwatch.graph.read_graph`). A gate near 0 or 1 is closed or open, which is what it is
+for: the gradient reaches the input through the signal it lets pass (a highway layer's
+carry path), not through its slope. Gate layers are left out of both patterns.
 """
 
 from __future__ import annotations
@@ -33,8 +40,13 @@ def rule(view: RunView) -> list[Finding]:
     return _saturated(view) + _top_layer(view)
 
 
+def gate_layers(view: RunView) -> set[str]:
+    """The layers whose output a gate's sigmoid reads (from the recorded autograd graph)."""
+    return {str(g) for g in view.structure.get("gate_layers") or ()}
+
+
 def _saturated(view: RunView) -> list[Finding]:
-    over = layers_over(view, "saturated_frac", SATURATED_FRAC)
+    over = layers_over(view, "saturated_frac", SATURATED_FRAC, exclude=gate_layers(view))
     if over is None:
         return []
     values, row, held, steps = over
@@ -76,8 +88,10 @@ def _top_layer(view: RunView) -> list[Finding]:
     sat = view.wide("saturated_frac")
     mean, std = view.wide("act_mean"), view.wide("act_std")
     output_layer = view.layers[-1] if view.layers else None
+    gates = gate_layers(view)
     hidden = [
-        c for c in sat.columns if c != output_layer and c in mean.columns and c in std.columns
+        c for c in sat.columns
+        if c != output_layer and c in mean.columns and c in std.columns and c not in gates
     ]
     if not hidden:
         return []

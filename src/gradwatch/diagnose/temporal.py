@@ -100,6 +100,8 @@ def rule(view: RunView) -> list[Finding]:
             gated = rtype in GATED
         training = layer not in flows
         finding = _judge(layer, info, gated, remedies, training)
+        if finding is not None and layer == INPUT and not kinds:
+            finding = _not_compounding(finding, info, training)
         if finding is not None:
             found.setdefault(finding.kind, []).append(finding)
     out = []
@@ -154,6 +156,61 @@ def _with_input(view: RunView, stat: str) -> pd.DataFrame:
     wide = wide.reindex(index=wide.index.union(col.index))
     wide[INPUT] = col.reindex(wide.index)
     return wide
+
+
+def _not_compounding(finding: Finding, info: dict[str, Any], training: bool) -> Finding:
+    """A note instead of a warning where nothing shows a per-step factor compounding.
+
+    For a model with no recurrent layer, a first step that gets between
+    :data:`~gradwatch.verdicts.TEMPORAL_VANISHING_ERROR` and
+    :data:`~gradwatch.verdicts.TEMPORAL_VANISHING_WARNING` of the last step's gradient is a
+    vanishing gradient through time only if the gradient decays along the steps: a checkup's
+    profile fitted over the steps before the last (``compounded``,
+    :func:`gradwatch.probes.compounded_decay`) must decay as far. A gradient that reaches every
+    step at a level that does not fall with the lag (a temporal convolution whose receptive
+    field covers the sequence, with a direct path from the last step) is present, not
+    vanishing. A training run records only the two ends, so there the warning band at the
+    model input is a note that says so; the error band stands everywhere.
+    """
+    ratio = float(info.get("first_over_last", 1.0))
+    if finding.kind != "vanishing" or finding.severity != "warning":
+        return finding
+    if ratio < TEMPORAL_VANISHING_ERROR:
+        return finding
+    steps = int(info.get("steps", 0))
+    share = f"the first of {steps} time steps gets {times(ratio)} of the last one's"
+    if training:
+        message = (
+            f"At the model input {share} at the end of the training run; a training run "
+            "records only the first and the last step, which cannot tell a per-step factor "
+            "that compounds from a last step with a more direct path to the loss, and the "
+            "model has no recurrent layer: gw.check measures every step and judges it."
+        )
+    else:
+        compounded = info.get("compounded")
+        if not isinstance(compounded, int | float) or not math.isfinite(compounded):
+            return finding
+        if compounded < TEMPORAL_VANISHING_WARNING:
+            return finding
+        message = (
+            f"At the model input {share}, but the gradient does not compound along the "
+            f"steps: a fit of ‖∂L/∂x_t‖ over the {steps - 1} steps before the last puts the "
+            f"first at {times(float(compounded))} of the last of them (a vanishing flow "
+            f"compounds below {number(TEMPORAL_VANISHING_WARNING)}); every step gets "
+            "gradient, and the last has a more direct path to the loss."
+        )
+    evidence = {**finding.evidence, "judged_on": "two ends only" if training else "profile"}
+    if not training:
+        evidence["compounded"] = json_number(float(info["compounded"]))
+    return Finding(
+        kind="vanishing",
+        layers=finding.layers,
+        steps=None,
+        severity="info",
+        message=message,
+        evidence=evidence,
+        remedies=(),
+    )
 
 
 def _where(layer: str, info: dict[str, Any]) -> str:
