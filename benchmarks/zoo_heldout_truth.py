@@ -11,6 +11,7 @@ Usage::
 
 With ``--only`` and an existing ``--json`` file, the other cases' rows are kept from it (their
 figures as measured when their truth was written), so the table covers the whole set.
+``--prune`` measures nothing and drops the rows of cases that left the set.
 
 For every case of ``benchmarks/zoo/heldout``: brute-force autograd figures on the check batch
 at initialisation (‖∂L/∂h‖ along the trunk, ‖∂L/∂x_t‖ over time, forward std, ‖∇W‖/‖W‖,
@@ -38,6 +39,9 @@ if str(ROOT) not in sys.path:
 from benchmarks.zoo.heldout import BY_NAME, ENTRIES  # noqa: E402
 from benchmarks.zoo.heldout.truth import COLUMNS, _fmt, drift, render  # noqa: E402
 
+MD_HEAD = ("# Held-out zoo: measured ground truth\n\nWritten by "
+           "`python benchmarks/zoo_heldout_truth.py` (no gradwatch involved).\n\n")
+
 
 def _measure(name: str) -> dict:
     from benchmarks.zoo.heldout import ENTRIES
@@ -62,7 +66,23 @@ def main(argv: list[str] | None = None) -> int:
                     help="write the measured cases' figures into "
                          "benchmarks/zoo/heldout/figures.json, keeping the other cases' (when "
                          "the truth is written, never after gradwatch has been run on a case)")
+    ap.add_argument("--prune", action="store_true",
+                    help="measure nothing: rewrite --json and --md with the rows of the cases "
+                         "in the set now (cases that moved to the development zoo dropped)")
     args = ap.parse_args(argv)
+    if args.prune:
+        if not (args.json and Path(args.json).is_file()):
+            ap.error("--prune needs an existing --json file")
+        doc = json.loads(Path(args.json).read_text())
+        old = {r["name"]: r for r in doc["cases"]}
+        kept = [old[e.case.name] for e in ENTRIES if e.case.name in old]
+        doc["cases"] = kept
+        doc["meta"]["pruned"] = sorted(set(old) - {r["name"] for r in kept})
+        Path(args.json).write_text(json.dumps(doc, indent=1, default=str))
+        if args.md:
+            Path(args.md).write_text(MD_HEAD + render(kept) + "\n")
+        print(f"kept {len(kept)} rows, dropped {doc['meta']['pruned'] or 'none'}")
+        return 0
     names = [e.case.name for e in ENTRIES]
     if args.only:
         names = [n.strip() for n in args.only.split(",") if n.strip()]
@@ -103,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.json).write_text(json.dumps({"meta": meta, "cases": table}, indent=1,
                                               default=str))
     if args.md:
-        Path(args.md).write_text("# Held-out zoo: measured ground truth\n\n"
-                                 "Written by `python benchmarks/zoo_heldout_truth.py` "
-                                 "(no gradwatch involved).\n\n" + render(table) + "\n")
+        Path(args.md).write_text(MD_HEAD + render(table) + "\n")
     if args.record:
         from benchmarks.zoo.heldout.figures import FIGURES, PATH
         from benchmarks.zoo.heldout.truth import figures_json

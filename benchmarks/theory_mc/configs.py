@@ -17,7 +17,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .convnets import PreActResNet, conv_bn_chain
+from .convnets import PreActResNet, conv_bn_chain, conv_bn_flatten
 from .models import DeepNormEncoder, ResidualMLP, TokenEncoder, bert, gpt2
 
 
@@ -297,6 +297,15 @@ def _convnets() -> list[Config]:
             "conv nets with BatchNorm",
             "4 x (3x3 conv, BN, ReLU), 2x2 max pooling after every second, GAP, 16x16",
             partial(conv_bn_chain, 64, 4),
+            images(16, 16),
+            seeds=4,
+            quick=True,
+        ),
+        Config(
+            "conv_bn_flatten",
+            "conv nets with BatchNorm",
+            "conv-BN-ReLU, max pooling, strided conv-BN-ReLU, flatten (64x4x4) into a 2-layer MLP",
+            conv_bn_flatten,
             images(16, 16),
             seeds=4,
             quick=True,

@@ -88,3 +88,14 @@ def conv_bn_chain(width: int = 64, depth: int = 4) -> nn.Sequential:
             nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
             nn.init.zeros_(m.bias)
     return model
+
+
+def conv_bn_flatten(width: int = 64) -> nn.Sequential:
+    """Conv-BN-ReLU, 2×2 max pooling, a strided conv-BN-ReLU, then flatten (C·4·4) into an MLP
+    head (the classic small-CNN head: every position has its own weights)."""
+    model = nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(width, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
+        nn.Flatten(), nn.Linear(width * 16, 128), nn.ReLU(), nn.Linear(128, 10),
+    )  # fmt: skip
+    return model

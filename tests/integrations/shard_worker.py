@@ -8,7 +8,8 @@ one after the other in the same processes. Layouts: ``fsdp2``, ``fsdp2_keep``
 parallel inside, FSDP2 outside), ``ddp``. Modes: ``check`` (train, and write beside the run
 the brute-force parameter statistics of the full tensors, ``brute.json``), ``count`` (count
 the collectives each step makes, watched and not, into ``counts.json``), ``fail`` (rank 1
-raises at step 12; the docs' loop), ``nan`` (one NaN in a shard, one Inf in each copy of a
+raises at step 12; the docs' loop), ``statfail`` (the statistics of rank 1 raise at step
+12), ``nan`` (one NaN in a shard, one Inf in each copy of a
 replicated gradient).
 
 Every rank of a data-parallel group trains on its share of the union batch of
@@ -28,6 +29,9 @@ from torch import nn
 import gradwatch as gw
 
 B, T, H = 8, 4, 8
+#: The low-precision format whose underflow/overflow fractions are checked too (opt-in
+#: statistics; e4m3's smallest subnormal, 2^-9, flushes many of these gradients).
+PRECISION = "e4m3"
 
 
 class Block(nn.Module):
@@ -175,7 +179,8 @@ def run(rank, world, layout, mode, run_dir):
 
     if mode == "check":
         records = []
-        with gw.watch(inner, run_dir, optimizer=opt, detail_every=1, flush_every=2) as mon:
+        with gw.watch(inner, run_dir, optimizer=opt, detail_every=1, flush_every=2,
+                      precision=PRECISION) as mon:
             for step in range(3):
                 before = {n: [full(p.detach()).double().clone()
                               for p in (getattr(inner, n).weight, getattr(inner, n).bias)]
@@ -234,19 +239,63 @@ def run(rank, world, layout, mode, run_dir):
                     bias.to_local()[0] = float("inf")
             opt.step()
             mon.step()
-    elif mode == "fail":
+    elif mode == "partial":
+        partial_and_shard(rank, run_dir)
+    elif mode in ("fail", "statfail"):
+        from gradwatch.monitor.taps import shard as shard_tap
+
+        def broken(*args, step=12):  # the statistics of the shards raise on rank 1
+            print(f"failing at {time.time()}", flush=True)
+            raise UserError(f"rank {rank} failed at step {step}")
+
         data = torch.Generator().manual_seed(1)
         with gw.watch(inner, run_dir, optimizer=opt, flush_every=5) as mon:
             for step in range(20):
                 if rank == 1 and step == 12:
-                    print(f"failing at {time.time()}", flush=True)
-                    raise UserError(f"rank {rank} failed at step {step}")
+                    if mode == "statfail":
+                        shard_tap.local_squares = broken
+                    else:
+                        broken()
                 x = torch.randn(B, T, H, generator=data)
                 opt.zero_grad()
                 loss = loss_fn(model(x), torch.zeros(B, T, 4))
                 loss.backward()
                 opt.step()
                 mon.step(loss)  # after the step, as a training loop does: flushed with it
+
+
+def partial_and_shard(rank, run_dir):
+    """Gradients both ``Shard`` and ``Partial`` on 2-D meshes of the 2 ranks (2 x 1, 1 x 2).
+
+    One parameter per mesh, sharded on dim 0 of the mesh and replicated on dim 1; its
+    gradient is set to ``Shard(0)`` x ``Partial()`` local parts that differ per rank. Rank 0
+    writes the recorded ``grad_norm``/``grad_max_abs`` beside the norms of the gradients'
+    ``full_tensor()`` (the Partial parts summed), in ``partial.json``.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor
+
+    meshes = [init_device_mesh("cpu", shape) for shape in ((2, 1), (1, 2))]
+    model = nn.Module()
+    model.a, model.b = nn.Linear(4, 6, bias=False), nn.Linear(4, 6, bias=False)
+    for mod, mesh in zip((model.a, model.b), meshes, strict=True):
+        full_w = torch.arange(24, dtype=torch.float32).reshape(6, 4) / 10
+        mod.weight = nn.Parameter(distribute_tensor(full_w, mesh, [Shard(0), Replicate()]))
+    with gw.watch(model, run_dir, detail_every=1, diagnose=False) as mon:
+        expected = {}
+        for name, mod, mesh in (("a", model.a, meshes[0]), ("b", model.b, meshes[1])):
+            rows = mod.weight.to_local().shape[0]
+            g = torch.linspace(-1, 2, rows * 4).reshape(rows, 4) * (rank + 1) + rank
+            mod.weight.grad = DTensor.from_local(g, mesh, [Shard(0), Partial()])
+            summed = mod.weight.grad.full_tensor().double()
+            expected[name] = {"grad_norm": float(summed.norm()),
+                              "grad_max_abs": float(summed.abs().max())}
+        mon.step()
+    if rank == 0:
+        run = gw.load(run_dir)
+        got = {stat: run.pivot(stat).iloc[0].to_dict() for stat in ("grad_norm", "grad_max_abs")}
+        Path(run_dir).with_name("partial.json").write_text(
+            json.dumps({"expected": expected, "got": got}))
 
 
 class UserError(RuntimeError):

@@ -24,7 +24,7 @@ import torch
 
 import gradwatch as gw
 
-from .shard_worker import batches, loss_fn, make_model
+from .shard_worker import PRECISION, batches, loss_fn, make_model
 from .test_ddp import check_failure, free_port
 
 WORKER = Path(__file__).with_name("shard_worker.py")
@@ -36,6 +36,10 @@ BRUTE = ("grad_norm", "grad_max_abs", "weight_norm", "update_ratio")
 #: ranks is the ranks' average (as under DDP), not the union's: a unit dead on one rank's
 #: part may be alive on another's.
 SPLIT_BATCH = {"fsdp2", "fsdp2_keep", "fsdp2_mp", "hsdp", "2d", "ddp", "sp"}
+#: bp_{underflow,overflow}_* count d loss / d output as each rank's backward produced it
+#: (what a cast there sees): with the batch split over D data-parallel ranks, each rank's
+#: signal is D times the union's, so they are compared where no batch is split (tp, sp).
+PER_RANK_SIGNAL = {"fsdp2", "fsdp2_keep", "fsdp2_mp", "hsdp", "2d", "ddp"}
 
 
 def launch(base: Path, items: str, world: int, timeout: float = 300):
@@ -70,7 +74,8 @@ def single_process_run():
     """The block on the union batch in one process, every statistic at every step."""
     model = make_model()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with gw.watch(model, optimizer=opt, detail_every=1, diagnose=False) as mon:
+    with gw.watch(model, optimizer=opt, detail_every=1, diagnose=False,
+                  precision=PRECISION) as mon:
         for step in range(3):
             x, y = batches(step)
             opt.zero_grad()
@@ -116,6 +121,8 @@ def check_layout(base: Path, layout: str, world: int) -> dict[str, float]:
             continue  # bf16 compute: no fp32 process computes the same run
         if stat == "dead_frac" and layout in SPLIT_BATCH:
             continue
+        if stat.startswith("bp_") and layout in PER_RANK_SIGNAL:
+            continue
         b = single.pivot(stat)
         assert list(a.columns) == list(b.columns), stat
         if layout == "fsdp2_mp":  # grad_rms = grad_norm / sqrt(numel), numel of the full model
@@ -133,8 +140,11 @@ def check_layout(base: Path, layout: str, world: int) -> dict[str, float]:
             np.testing.assert_array_equal(a.to_numpy(), b.to_numpy())
             continue
         tol = 1e-4 if stat in ACT_STATS or stat == "dead_frac" else 1e-5
+        # log2 of the smallest nonzero |g|: one entry, the one most cancelled in its sums,
+        # which another summation order moves by ~1e-4 of its value (1.5e-4 in log2)
+        atol = 1e-3 if stat == "grad_log2_min" else 1e-7
         errors[stat] = rel_error(a.to_numpy(), b.to_numpy())
-        np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=tol, atol=1e-7,
+        np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=tol, atol=atol,
                                    err_msg=f"{layout}: {stat}")
     print(layout, json.dumps(errors))
     return errors
@@ -156,7 +166,7 @@ def two_ranks(tmp_path_factory):
     """One launch of 2 ranks for every 2-rank layout, and the collective counts."""
     return harness(tmp_path_factory, 2, ",".join([f"{x}:check" for x in TWO]
                                                  + ["fsdp2:count", "tp:count", "fsdp2:nan",
-                                                    "tp:nan"]))
+                                                    "tp:nan", "fsdp2:partial"]))
 
 
 @pytest.mark.parametrize("layout", TWO)
@@ -229,3 +239,31 @@ def test_one_rank_failing_ends_every_rank_with_the_users_exception(tmp_path, lay
     ended = time.time()
     failed_at = float(re.search(r"failing at ([\d.]+)", outs[1]).group(1))
     check_failure(tmp_path / f"{layout}-fail" / "run", procs, outs, 1, ended - failed_at)
+
+
+@pytest.mark.slow
+def test_a_rank_whose_statistics_raise_ends_every_rank_with_that_exception(tmp_path):
+    """Rank 1's shard statistics raise at step 12 (inside gradwatch, in optimizer.step()):
+    skipping them would leave rank 0 alone in the step's collective. Every rank ends soon,
+    rank 1 with that exception last; the steps flushed before are kept."""
+    procs, outs = launch(tmp_path, "fsdp2:statfail", 2, timeout=150)
+    ended = time.time()
+    failed_at = float(re.search(r"failing at ([\d.]+)", outs[1]).group(1))
+    assert ended - failed_at < 30, f"ranks took {ended - failed_at:.1f} s to end"
+    assert all(p.returncode != 0 for p in procs)
+    last = outs[1].strip().splitlines()[-1]
+    assert "UserError: rank 1 failed at step 12" in last, outs[1][-3000:]
+    assert "Timed out" not in outs[0] + outs[1]
+    run = gw.load(tmp_path / "fsdp2-statfail" / "run")
+    assert run.meta["status"] == "failed"
+    assert run.steps == list(range(10))
+
+
+def test_gradients_both_partial_and_shard_are_summed_then_counted_once(two_ranks):
+    """Shard(0) x Partial() gradients on 2 x 1 and 1 x 2 meshes: the recorded grad_norm and
+    grad_max_abs are those of the summed gradient (full_tensor()), not of its addends."""
+    found = json.loads((two_ranks / "fsdp2-partial" / "partial.json").read_text())
+    for layer in ("a", "b"):
+        for stat in ("grad_norm", "grad_max_abs"):
+            want = found["expected"][layer][stat]
+            assert found["got"][stat][layer] == pytest.approx(want, rel=1e-6), (layer, stat)

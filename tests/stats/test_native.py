@@ -175,6 +175,22 @@ def test_the_layer_output_listener_hangs_the_hook_or_hands_back(nat):
     assert float(sq[2]) == pytest.approx(float((2 * y.detach()).square().sum()), rel=1e-6)
 
 
+def test_the_gradient_reader_equals_the_pass_over_the_listed_gradients(nat):
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.Tanh(), torch.nn.Linear(5, 3))
+    params = list(model.parameters())
+    reader = nat.ParamGrads(params)
+    assert reader.sumsq_max(True) is None  # no gradient yet
+    model(torch.randn(4, 6)).square().sum().backward()
+    for with_max in (False, True):
+        out, total = reader.sumsq_max(with_max)
+        want, want_total = nat.sumsq_max([p.grad for p in params], with_max)
+        assert torch.equal(out, want) and total == want_total
+    brute = torch.stack([p.grad.double().norm() for p in params]).float()
+    torch.testing.assert_close(reader.sumsq_max(False)[0], brute)
+    params[1].grad = None  # one parameter without a gradient: the caller lists them
+    assert reader.sumsq_max(False) is None
+
+
 def test_switched_off_by_the_environment(monkeypatch, nat):
     monkeypatch.setenv(native.ENV, "0")
     assert native.refresh() is None and native.get() is None  # each Monitor reads it

@@ -26,22 +26,53 @@ class GradPass:
         nonfinite: the gradients are known to hold NaN/Inf without a host sync (CPU).
     """
 
-    __slots__ = ("_block", "_parts", "complete", "grads", "nonfinite", "pids", "with_max")
+    __slots__ = ("_all", "_block", "_complete", "_grads", "_params", "_parts", "_pids",
+                 "nonfinite", "with_max")
 
     def __init__(self, params: list[torch.Tensor], all_pids: tuple[int, ...], with_max: bool):
-        grads = [p.grad for p in params]
-        if any(g is None for g in grads):
-            pids = tuple(i for i, g in enumerate(grads) if g is not None)
-            grads = [grads[i] for i in pids]
-        else:
-            pids = all_pids
-        self.grads = grads
-        self.pids = pids
-        self.complete = pids is all_pids
+        # the gradients are listed when a tap first asks (a compiled pass reads them itself)
+        self._params, self._all = params, all_pids
+        self._grads: list[torch.Tensor] | None = None
+        self._pids: tuple[int, ...] | None = None
+        self._complete = False
         self.with_max = with_max
         self._block: torch.Tensor | None = None
         self._parts = (False, False)
         self.nonfinite = False
+
+    def _list(self) -> None:
+        grads = [p.grad for p in self._params]
+        pids = self._all
+        if any(g is None for g in grads):
+            pids = tuple(i for i, g in enumerate(grads) if g is not None)
+            grads = [grads[i] for i in pids]
+        self._grads, self._pids, self._complete = grads, pids, pids is self._all
+
+    @property
+    def grads(self) -> list[torch.Tensor]:
+        """The ``.grad`` of the watched parameters that have one (None skipped)."""
+        if self._grads is None:
+            self._list()
+        return self._grads
+
+    @property
+    def pids(self) -> tuple[int, ...]:
+        """The parameter index of each entry of ``grads``."""
+        if self._pids is None:
+            self._list()
+        return self._pids
+
+    @property
+    def complete(self) -> bool:
+        """Whether every watched parameter has a gradient (``pids`` is every index)."""
+        if self._pids is None:
+            self._list()
+        return self._complete
+
+    def every_one(self) -> None:
+        """Every watched parameter is known to have a gradient (read without listing them)."""
+        if self._pids is None:
+            self._pids, self._complete = self._all, True
 
     def keep(self, block: torch.Tensor, with_max: bool, has_counts: bool) -> None:
         """The parameter-gradient tap's block: P norms, [P max |g|], [P NaN/Inf counts]."""

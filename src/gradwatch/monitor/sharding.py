@@ -98,6 +98,17 @@ def without_partial_and_shard(t: Any) -> Any:
     return t
 
 
+def replicated_partial(t: Any) -> Any:
+    """``t`` with its ``Partial`` placements made ``Replicate`` (one collective).
+
+    Other tensors are returned as they are.
+    """
+    if not has_partial(t):
+        return t
+    placements = [Replicate() if p.is_partial() else p for p in t.placements]
+    return t.redistribute(t.device_mesh, placements)
+
+
 def layout_name(model: nn.Module, params: list[torch.Tensor]) -> str | None:
     """"FSDP2", "HSDP", "tensor parallel", "2-D (tensor parallel + FSDP2)" or None (unsharded)."""
     if not any(is_dtensor(p) for p in params):

@@ -256,6 +256,10 @@ def decode_bp(values: np.ndarray, key: Any, layout: Any) -> dict:
 define_block("prec_grad", decode_grad, keep_rank0,
              "per parameter: counts of |g| * scale in the bins of BOUNDS, max, min nonzero; "
              "key: (parameter ids, wanted statistics)")
+define_block("shard_prec_grad", decode_grad, keep_rank0,
+             "sharded parameters: prec_grad rows reduced over the mesh within the step (counts "
+             "added, copies counted once; max and min nonzero reduced); key: as prec_grad",
+             mesh=lambda key: (("sum", NBINS), ("max", 1), ("min", 1)) * len(key[0]))
 define_block("prec_bp", decode_bp, sum_over_ranks,
              "per layer call: counts of |d loss / d output| in the bins of BOUNDS; key: "
              "(layer of each call, wanted statistics)")

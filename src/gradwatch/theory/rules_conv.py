@@ -195,6 +195,83 @@ def convolution(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     return out
 
 
+# ------------------------------------------------------- a linear map of flattened maps
+def flattened_linear(ctx, op, fx, w, bias, alpha: float, beta: float) -> Field | None:
+    """``x.flatten(1) @ W``: a weight matrix reading every position and channel of an example.
+
+    Independent weights for each (channel, position) make the positions' cross terms vanish:
+    A' = σw² · mean_p A[p, p] + mean(b²) at one position per example, and going back each
+    position gets σw²/P of the gradient, G_A[p, p] = (σw²/P) G'_A. None when the rows of an
+    example are not all read, each with the same number of features.
+    """
+    from gradwatch.theory.rules_linear import _base_param, _weight_info  # noqa: PLC0415
+
+    rid = fx.rid
+    W = w.value if isinstance(w, Table) else None
+    if W is None or rid.dim() != 2 or W.dim() != 2:
+        return None
+    space = ctx.space
+    rows = rid.numpy()
+    ex = space.ex[rows]
+    if not (ex == ex[:, :1]).all():
+        return None
+    st = stats_of(ctx, fx)
+    pos = np.flatnonzero(st.present)
+    P = len(pos)
+    first = space.pos[rows[:, 0]]
+    if P == 0 or not (first == first[0]).all():
+        return None
+    counts = np.bincount(space.pos[rows[0]], minlength=space.T)
+    if set(np.flatnonzero(counts)) != set(pos) or len(set(counts[pos])) != 1:
+        return None
+    fan_in = int(W.shape[0])
+    b = bias.value if isinstance(bias, Table) and op.name == "addmm" else None
+    key = _base_param(w)
+    sw2 = _weight_info(ctx, W, fan_in, b, key) * alpha * alpha
+    ctx.uses.append((key, W))
+    bb = beta * b.detach().to(torch.float64) if b is not None and beta else None
+    b2 = float((bb * bb).mean()) if bb is not None else 0.0
+    bm = float(bb.mean()) if bb is not None else 0.0
+    p0 = int(first[0])
+    T = space.T
+    A = np.zeros((T, T))
+    A[p0, p0] = sw2 * float(np.mean(np.diag(st.A)[pos])) + b2
+    C = None
+    if st.C is not None:
+        C = np.zeros((T, T))
+        C[p0, p0] = sw2 * float(np.mean(np.diag(st.C)[pos])) + b2
+    present = np.zeros(T, dtype=bool)
+    present[p0] = True
+    out_rows = torch.as_tensor(rows[:, :1]).expand(tuple(op.out.shape))
+    out = Field(
+        stats=Stats(A=A, C=C, mu=np.full(T, bm), present=present),
+        rid=out_rows,
+        lineage=getattr(fx, "lineage", frozenset()) | {key},
+        token=frozenset({key}),
+    )
+    per_pos = fan_in // P  # features of one position
+
+    def backward(g):
+        gy = g[0]
+        B = space.B
+        ga = np.zeros((T, T))
+        ga[pos, pos] = sw2 / P * gy.GA[p0, p0]
+        gc = None
+        wg = B * gy.GA[p0, p0] * per_pos * float(np.sum(np.diag(st.A)[pos]))
+        if gy.GC is not None:
+            gc = np.zeros((T, T))
+            gc[pos, pos] = sw2 / P * gy.GC[p0, p0]
+            if st.C is not None:
+                wg += B * (B - 1) * gy.GC[p0, p0] * per_pos * float(np.sum(np.diag(st.C)[pos]))
+        if bb is not None:
+            wg += B * gy.GA[p0, p0] + (B * (B - 1) * gy.GC[p0, p0] if gy.GC is not None else 0.0)
+        ctx.weight_grads[key] = ctx.weight_grads.get(key, 0.0) + float(wg)
+        return [Grad(ga, gc)]
+
+    ctx.record([fx], [out], backward)
+    return out
+
+
 # ------------------------------------------------------------------ linear pooling
 def spatial_linear(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     """Average pooling, adaptive average pooling, a mean over spatial axes: M over positions."""

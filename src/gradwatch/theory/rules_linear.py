@@ -96,6 +96,12 @@ def matmul(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     rid = fx.rid
     contract = rid.dim() - 2 if left else rid.dim() - 1
     if not is_feature_axis(rid, contract):
+        if not left and rid.dim() == 2 and name in ("addmm", "mm"):
+            from gradwatch.theory import rules_conv
+
+            out = rules_conv.flattened_linear(ctx, op, fx, w, bias, float(alpha), float(beta))
+            if out is not None:
+                return out
         return Unknown("a matrix product that mixes positions (not a weight acting on features)")
     fan_in = W.shape[-1] if left else W.shape[-2]
     b = (

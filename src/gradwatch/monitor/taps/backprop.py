@@ -157,6 +157,8 @@ class BackpropTap(Tap):
                 else:
                     tap._slow(li, grad, first=False)
             except Exception as exc:  # noqa: BLE001 - never take training down
+                if tap.tp is not None and tap.ctx.distributed:
+                    raise  # skipped on one rank, the step's collective would hang
                 tap.ctx.warn("backprop_norm", exc)
 
         return on_backprop

@@ -42,6 +42,7 @@ class GradTap(Tap):
         self.block: tuple[torch.Tensor, tuple[bool, bool], tuple[int, ...]] | None = None
         self.with_max = False
         self.native = True  # the compiled pass takes these gradients (until it refuses one)
+        self.reader = None  # the compiled reader of every parameter's gradient (made once)
 
     def begin_step(self, plan: StepPlan) -> None:
         """Whether max |g| is taken at this step (asked of the gradient pass)."""
@@ -55,10 +56,14 @@ class GradTap(Tap):
         self.block = None
         if self.ctx.sharded or not (self.needed or "grad_norms" in self.ctx.plan.requests):
             return  # sharded parameters: the shard tap takes them
+        with_max = gp.with_max
+        block = self._native_all(gp, with_max)
+        if block is not None:  # every gradient, read by the compiled pass itself
+            self._keep(gp, gp.pids, block, False, with_max)
+            return
         grads, pids = gp.grads, gp.pids
         if not grads:
             return
-        with_max = gp.with_max
         block = self._native_block(grads, with_max)
         if block is not None:
             self._keep(gp, pids, block, False, with_max)
@@ -89,6 +94,28 @@ class GradTap(Tap):
                 return
             block, has_counts, pids = got
         self._keep(gp, pids, block, has_counts, with_max)
+
+    def _native_all(self, gp: GradPass, with_max: bool) -> torch.Tensor | None:
+        """The block of every parameter's gradient by one compiled call that reads them.
+
+        None when a parameter has no gradient, when one is non-finite (the torch path counts
+        them) or when the kernels refuse them: the caller then lists the gradients.
+        """
+        nat = native.get() if self.native and not self.general else None
+        if nat is None or not hasattr(nat, "ParamGrads"):
+            return None
+        reader = self.reader
+        if reader is None or type(reader) is not nat.ParamGrads:
+            reader = self.reader = nat.ParamGrads(self.ctx.params)
+        try:
+            got = reader.sumsq_max(with_max)
+        except (RuntimeError, TypeError):  # not dense floating CPU tensors: the torch path
+            self.native = False
+            return None
+        if got is None or not math.isfinite(got[1]):
+            return None
+        gp.every_one()
+        return got[0]
 
     def _native_block(self, grads: list[torch.Tensor], with_max: bool) -> torch.Tensor | None:
         """Norms (and max |g|) in one compiled pass, when every entry is finite; else None.
@@ -152,8 +179,8 @@ class GradTap(Tap):
             rec.emit("grad", (pids, *flags), block)
 
     def remove(self) -> None:
-        """Drop the step's block."""
-        self.block = None
+        """Drop the step's block and the gradient reader."""
+        self.block = self.reader = None
 
 
 def multi_device_grad_block(

@@ -13,22 +13,32 @@ At detail steps where a precision statistic is due (:mod:`gradwatch.stats.precis
   under GradScaler; times ``loss_scale`` without one), counted the same way per call.
 
 Nothing is read on the host; a step GradScaler skipped records none of them.
+
+Sharded parameters (FSDP2, HSDP, tensor parallel): each rank counts its local shard (copies
+along ``Replicate`` mesh dimensions on one rank only; ``Partial`` gradients summed first, one
+collective each), and the rows join the step's bucketed collective: counts added, max and
+min nonzero reduced with ``max`` and ``min`` (the ``shard_prec_grad`` block).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 from gradwatch.monitor.gradpass import GradPass
+from gradwatch.monitor.sharding import counts_here, local, replicated_partial
 from gradwatch.monitor.tap import Record, StepPlan, Tap, register_tap
 from gradwatch.stats.precision import (
     BP_STATS,
     GRAD_STATS,
+    NBINS,
     RANGE_STATS,
     PrecisionPlan,
     bin_counts,
+    grad_rows,
     magnitudes,
 )
+from gradwatch.stats.registry import mesh_segments
 
 F32 = torch.float32
 
@@ -92,6 +102,9 @@ class PrecisionTap(Tap):
             return
         grads = gp.grads
         try:
+            if self.ctx.sharded:
+                self.rows, self.pids = self._sharded_rows(grads), gp.pids
+                return
             if self.plan is None or not self.plan.fits(grads):
                 self.plan = PrecisionPlan(grads)
             self.rows = self.plan.rows(grads, self.scale(False))
@@ -99,12 +112,36 @@ class PrecisionTap(Tap):
         except Exception as exc:  # noqa: BLE001 - sparse, complex or meta gradients
             self.ctx.warn("precision statistics of the parameter gradients", exc)
 
+    def _sharded_rows(self, grads: list) -> torch.Tensor:
+        """(P, NBINS + 2) rows of the local shards; copies' counts on one rank only."""
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        group = self.ctx.process_group
+        root = dist.get_global_rank(group, 0) if group is not None else 0
+        scale = self.scale(False)
+        rows = []
+        for g in grads:
+            g = replicated_partial(g)
+            t = local(g)
+            if t.numel():
+                r = grad_rows(magnitudes(t, scale))[0]
+            else:  # an empty shard: no counts, max 0, no nonzero minimum
+                r = torch.zeros(NBINS + 2, dtype=F32, device=t.device)
+                r[-1] = torch.inf
+            if not counts_here(g, rank, root):
+                r[:NBINS] = 0.0
+            rows.append(r)
+        return torch.stack(rows)
+
     def collect(self, rec: Record) -> None:
         """One ``prec_grad`` block (per parameter) and one ``prec_bp`` block (per call)."""
         if rec.skipped:
             return
         if self.rows is not None:
-            rec.emit("prec_grad", (self.pids, self.grad_wanted), self.rows.reshape(-1))
+            key, flat = (self.pids, self.grad_wanted), self.rows.reshape(-1)
+            if self.ctx.sharded:  # reduced over the mesh within the step
+                flat = rec.all_reduce(flat, mesh_segments("shard_prec_grad", key),
+                                      self.ctx.process_group)
+            rec.emit("shard_prec_grad" if self.ctx.sharded else "prec_grad", key, flat)
         if self.bp_rows:
             dev = self.bp_rows[0][1].device
             layers = tuple(li for li, _ in self.bp_rows)

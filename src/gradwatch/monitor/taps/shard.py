@@ -14,6 +14,11 @@ Under tensor parallelism the back-propagated signal (``backprop_norm``, ``time_*
 combined by :mod:`gradwatch.monitor.tensor_parallel`, in the same collective. The NaN
 forensics (``input_nonfinite``, ``weight_nonfinite``, ``forward_nonfinite``) are off for
 sharded models: their replay of the forward pass on one rank would wait for the other ranks.
+
+A statistic that fails on one rank of several is not skipped with a warning, as elsewhere:
+that rank's part of the step's collective would be missing and the others would wait for it.
+The exception is raised where it happened (in ``optimizer.step()`` or ``Monitor.step()``),
+so that rank ends with it and the others end on the lost connection, within seconds.
 """
 
 from __future__ import annotations
@@ -135,7 +140,7 @@ class ShardTap(Tap):
                 key = (gp.pids, self.with_max, partial)
                 self.grad_block = (key, torch.cat(parts))
         except Exception as exc:  # noqa: BLE001 - never take training down
-            self.ctx.warn(f"gradient statistics under {self.layout}", exc)
+            self._failed(f"gradient statistics under {self.layout}", exc)
 
     def _check_watched_after_sharding(self) -> None:
         current = {id(p) for p in self.ctx.model.parameters()}
@@ -159,7 +164,7 @@ class ShardTap(Tap):
             locs, _ = self._weights()
             self.snapshot = [t.clone() for t in locs]
         except Exception as exc:  # noqa: BLE001
-            self.ctx.warn(f"weight_norm and update_ratio under {self.layout}", exc)
+            self._failed(f"weight_norm and update_ratio under {self.layout}", exc)
 
     def after_optimizer_step(self) -> None:
         """||w_before - w_after||^2 and ||w_after||^2 of the local shards, for the next collect."""
@@ -180,7 +185,7 @@ class ShardTap(Tap):
                 w = local_squares(locs)
                 self.update_block = (step, torch.cat([counted(dw, mask), counted(w, mask)]))
         except Exception as exc:  # noqa: BLE001
-            self.ctx.warn(f"weight_norm and update_ratio under {self.layout}", exc)
+            self._failed(f"weight_norm and update_ratio under {self.layout}", exc)
 
     # -- the step's blocks: one bucketed collective -------------------------------------------
     def collect(self, rec: Record) -> None:
@@ -211,7 +216,19 @@ class ShardTap(Tap):
                 self.snapshot = [t.clone() for t in locs]
                 self.manual_step = rec.step
             except Exception as exc:  # noqa: BLE001
-                self.ctx.warn(f"weight_norm and update_ratio under {self.layout}", exc)
+                self._failed(f"weight_norm and update_ratio under {self.layout}", exc)
+
+    def _failed(self, what: str, exc: Exception) -> None:
+        """A statistic failed on this rank: warn, or raise where skipping it would hang.
+
+        With several ranks, skipping would leave this rank's part out of the step's one
+        collective while the others wait in it (or change its size, which gloo answers by
+        aborting the process). The exception is raised as it is instead: this rank ends
+        with it on top, and the others end on the lost connection.
+        """
+        if self.ctx.distributed:
+            raise exc
+        self.ctx.warn(what, exc)
 
     def remove(self) -> None:
         """Drop buffers."""

@@ -187,6 +187,8 @@ class TemporalTap(Tap):
                 self.dims.append((time_dim, g.dim()))
                 self.vals.append(ends)
             except Exception as exc:  # noqa: BLE001 - never take training down
+                if self.tp is not None and self.ctx.distributed:
+                    raise  # skipped on one rank, the step's collective would hang
                 self.ctx.warn("time_grad_first and time_grad_last", exc)
 
         return on_time_grad

@@ -146,6 +146,26 @@ std::tuple<at::Tensor, double> sumsq_max(const std::vector<at::Tensor>& ts, bool
   return {out, sum};
 }
 
+// The gradients of a fixed list of parameters, read in C++ (no Python list of P gradients,
+// no conversion per call): sumsq_max of their .grad, or None when one has no gradient.
+struct ParamGrads {
+  std::vector<at::Tensor> params;
+
+  explicit ParamGrads(std::vector<at::Tensor> ps) : params(std::move(ps)) {}
+
+  py::object sumsq_max_of(bool with_max) const {
+    std::vector<at::Tensor> grads;
+    grads.reserve(params.size());
+    for (const auto& p : params) {
+      const at::Tensor& g = p.grad();
+      if (!g.defined()) return py::none();
+      grads.push_back(g);
+    }
+    auto [out, total] = sumsq_max(grads, with_max);
+    return py::make_tuple(out, total);
+  }
+};
+
 // Copy every tensor into the flat buffer `snap` (same dtype), one after the other.
 void snapshot_take(const std::vector<at::Tensor>& ts, at::Tensor& snap) {
   int64_t total = 0;
@@ -437,6 +457,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("update_norms", &update_norms, "||snapshot - w|| and ||w|| per tensor");
   m.def("act_stats", &act_stats, "[sum, norm, saturated, dead units] per activation");
   m.def("hook_sumsq", &hook_sumsq, "a C++ gradient hook adding ||grad||^2 into a slot");
+  py::class_<ParamGrads>(m, "ParamGrads")
+      .def(py::init<std::vector<at::Tensor>>())
+      .def("sumsq_max", &ParamGrads::sumsq_max_of,
+           "sumsq_max of every parameter's .grad, or None if one has none");
   py::class_<LayerOutputHook>(m, "LayerOutputHook")
       .def(py::init<at::Tensor, at::Tensor, py::object>())
       .def_readwrite("step", &LayerOutputHook::step)
