@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 
@@ -73,3 +75,17 @@ def geometric(factor: float, n_layers: int, n_steps: int = 1, top: float = 1.0) 
 
 def const(value: float, n_layers: int, n_steps: int = 1) -> np.ndarray:
     return np.full((n_steps, n_layers), float(value))
+
+
+def by_kind(findings, kind):
+    """The findings of one kind, after checking that every finding's evidence is JSON-clean."""
+    out = [f for f in findings if f.kind == kind]
+    for f in findings:
+        json.dumps(f.to_dict(), allow_nan=False)
+    return out
+
+
+def one(findings, kind):
+    """The one finding of a kind (fails unless there is exactly one)."""
+    (f,) = by_kind(findings, kind)
+    return f

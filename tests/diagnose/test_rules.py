@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -11,21 +10,9 @@ import pytest
 from gradwatch.diagnose import diagnose, verdict
 from gradwatch.diagnose.dead import DEAD_FRAC, DEAD_FRAC_ERROR
 from gradwatch.verdicts import EXPLODING_RATIO, VANISHING_RATIO
-from tests.diagnose.synthetic import const, geometric, make_run
+from tests.diagnose.synthetic import by_kind, const, geometric, make_run, one
 
 NAN = float("nan")
-
-
-def by_kind(findings, kind):
-    out = [f for f in findings if f.kind == kind]
-    for f in findings:
-        json.dumps(f.to_dict(), allow_nan=False)  # evidence is JSON-clean
-    return out
-
-
-def one(findings, kind):
-    (f,) = by_kind(findings, kind)
-    return f
 
 
 # ----------------------------------------------------------------------------- vanishing

@@ -3,27 +3,13 @@ change when the run learns (notes instead of warnings) or units die later."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 
 from gradwatch.diagnose import VERDICT_PRECEDENCE, diagnose, verdict
 from gradwatch.findings import Finding
-from tests.diagnose.synthetic import const, geometric, make_run
+from tests.diagnose.synthetic import const, geometric, make_run, one
 
 NAN = float("nan")
-
-
-def by_kind(findings, kind):
-    out = [f for f in findings if f.kind == kind]
-    for f in findings:
-        json.dumps(f.to_dict(), allow_nan=False)  # evidence is JSON-clean
-    return out
-
-
-def one(findings, kind):
-    (f,) = by_kind(findings, kind)
-    return f
 
 
 # ------------------------------------------------------------------------------ verdict
