@@ -22,7 +22,8 @@ guess costs ln 15 ≈ 2.71 nats per token). Adam with β = (0.9, 0.98) as in the
 learning rate of 10⁻² (the paper's 10⁻³ scaled up for a 16× narrower model: the effect
 grows with d, Theorem 1), minibatches of 32 fresh sequences, with or without a linear
 warmup over the first quarter of the steps. Gradient norms at initialisation are measured
-at 6, 12 and 24 layers; the three trainings run at 12 layers.
+at 6, 12 and 24 layers; the four trainings (post-LN, pre-LN, post-LN with warmup, DeepNorm
+without warmup) run at 12 layers.
 
 Expected (and checked):
 
@@ -40,12 +41,24 @@ Expected (and checked):
    while the pre-LN net trains (below a tenth of ln 15);
 4. with warmup the post-LN net trains (below a tenth of ln 15);
 5. ``gw.diagnose`` flags the failing run (a warning or an error) and neither of the runs
-   that trained.
+   that trained;
+6. the theory's line (:mod:`~gradwatch.experiments.xiong2020_theory`: ``gw.theory.predict``
+   against the geometric mean of 8 draws of nets whose layers are drawn independently, the
+   theory's assumption): the last layer's FFN gradient (Theorem 1's quantity) within
+   max(0.1 decade, 5% of the log) of the measurement, post-LN and pre-LN, at every depth;
+7. every layer of the pre-LN nets within that tolerance (post-LN's inner layers are shown,
+   not claimed: at 24 layers the theory has them shrink toward the input, 0.2 decade more
+   than measured);
+8. DeepNorm (Wang et al. 2022) trains without warmup where post-LN does not, unflagged;
+9. DeepNorm's first Adam step at initialisation changes the output by ≤ 0.75× what it
+   changes post-LN's (DeepNet's bounded model update).
 
-Figures (``figures/``): ``grad_at_init`` (‖∂L/∂W_FFN2‖ per layer at initialisation, post-LN
-solid, pre-LN dashed, one colour per depth, log scale, input side on the left: the post-LN
-lines rise to the right, the pre-LN lines are flat and lower for deeper nets) and ``loss``
-(training loss of the three 12-layer runs against ln 15).
+Figures (``figures/``): ``grad_at_init`` (left: ‖∂L/∂W_FFN2‖ per layer at initialisation of
+the ``nn.TransformerEncoder`` nets, post-LN solid, pre-LN dashed, one colour per depth, log
+scale, input side on the left: the post-LN lines rise to the right, the pre-LN lines are
+flat and lower for deeper nets; right: the independent-layer nets measured (markers) and
+predicted by ``gw.theory.predict`` (lines)) and ``loss`` (training loss of the four
+12-layer runs against ln 15).
 
 Run: ``gradwatch experiment xiong2020 [--quick]``.
 """
