@@ -25,8 +25,6 @@ def test_truth_holds(entry):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="acceptance not met yet: 74/80 verdicts right (92%) "
-                   "but one false error (wavenet_seqdigits); see benchmarks/README.md")
 def test_heldout_score():
     rows = run_heldout(jobs=2, progress=False)
     summ = score(rows)
