@@ -83,7 +83,8 @@ def _runs(deepnorm=0.01, post=2.5, flagged=()):
         (_runs(), {"post-LN": 1.6, "DeepNorm": 0.9}, True, True),
         (_runs(deepnorm=1.0), {"post-LN": 1.6, "DeepNorm": 0.9}, False, True),
         (_runs(post=0.05), {"post-LN": 1.6, "DeepNorm": 0.9}, False, True),
-        (_runs(flagged=["stalled"]), {"post-LN": 1.6, "DeepNorm": 0.9}, False, True),
+        (_runs(flagged=["stalled"]), {"post-LN": 1.6, "DeepNorm": 0.9}, True, True),  # shown
+        (_runs(deepnorm=math.nan), {"post-LN": 1.6, "DeepNorm": 0.9}, False, True),
         (_runs(), {"post-LN": 1.6, "DeepNorm": 1.5}, True, False),
         (_runs(), {"post-LN": 1.6}, True, False),
     ],
