@@ -3,8 +3,9 @@
 What the held-out truth of these families rests on: Swin attends inside its windows (shifted
 in every second block), an IndRNN unit carries its gradient over time as u^T and its
 recurrent weight stays inside the paper's bound, the Conformer's convolution is depthwise and
-every frame reaches its output, and the concatenating modules (Fire, Inception) give the
-widths the papers give.
+every frame reaches its output, the concatenating modules (Fire, Inception) give the widths
+the papers give, a maxout unit is its largest piece, and the no-skip layer has no identity
+path.
 """
 
 import pytest
@@ -16,6 +17,8 @@ from benchmarks.zoo.heldout.nets3 import (
     Inception,
     IndRNN,
     IndRNNLayer,
+    Maxout,
+    NoSkipLayer,
     SwinBlock,
     squeezenet,
 )
@@ -109,3 +112,17 @@ def test_fire_and_inception_concatenate_their_branches():
     inc.bd(x)[0, :, 5, 5].sum().backward()
     seen = x.grad.abs().sum((0, 1)) > 0
     assert int(seen.sum()) == 25 and bool(seen[3:8, 3:8].all())
+
+
+def test_maxout_is_the_largest_piece_and_the_no_skip_layer_has_no_identity_path():
+    torch.manual_seed(0)
+    layer = Maxout(5, 3, 4).double()
+    x = torch.randn(7, 5, dtype=torch.float64)
+    pieces = x @ layer.lin.weight.T + layer.lin.bias  # (7, 3·4), unit-major
+    torch.testing.assert_close(layer(x), pieces.view(7, 3, 4).max(-1).values)
+    # without a residual, a layer whose attention output projection is zero forgets its input
+    block = NoSkipLayer(8, 2).double()
+    with torch.no_grad():
+        block.attn.out_proj.weight.zero_()
+    h = torch.randn(2, 4, 8, dtype=torch.float64)
+    torch.testing.assert_close(block(h), block(torch.randn(2, 4, 8, dtype=torch.float64)))

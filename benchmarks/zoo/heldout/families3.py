@@ -1,6 +1,6 @@
 """The third batch of held-out families: a Conformer, a Swin transformer, IndRNN (at the
 paper's init with BN, and at a standard RNN's init), SqueezeNet at PyTorch's default init, a
-BN-Inception net and a deep LayerNorm MLP without residuals.
+BN-Inception net, a deep LayerNorm MLP and a transformer without residuals, and a maxout net.
 
 Each case's truth was written from :mod:`.measure`'s brute-force figures and its training run
 (``benchmarks/zoo_heldout_truth.py``) before gradwatch was run on it.
@@ -18,7 +18,18 @@ from ..mlp import CHANCE, probe
 from .common import Entry, adamw, image_case, sgd
 from .measure import Probe, children_of, modules_of
 from .nets2 import ln_mlp
-from .nets3 import Conformer, Fire, Inception, InceptionBN, IndRNN, Swin, squeezenet
+from .nets3 import (
+    Conformer,
+    Fire,
+    Inception,
+    InceptionBN,
+    IndRNN,
+    Maxout,
+    NoSkipTransformer,
+    Swin,
+    maxout_mlp,
+    squeezenet,
+)
 
 
 def row_sequence_batch(i: int, size: int = 16, batch: int = 16, seed: int = 0):
@@ -143,4 +154,35 @@ ENTRIES = [
             "×7.2 (×1.9 with AVX2 kernels: the one recorded figure that depends on the "
             "vector width)."),
         Probe(trunk=modules_of((nn.ReLU,)), chance=CHANCE)),
+    Entry(Case(
+        name="noskip_transformer_8", family="noskip_transformer", model=NoSkipTransformer,
+        batch=lambda: row_sequence_batch(10_000, batch=16),
+        expect_init="healthy", expect_run="vanishing",
+        source="Dong et al. 2021 (attention without skip connections loses rank doubly "
+               "exponentially with depth); zoo training run",
+        train=Train(steps=150, optimizer=adamw(1e-3, wd=0.01), batch=row_sequence_batch,
+                    outcome="stalls", baseline=CHANCE),
+        why="8 post-LN transformer layers (d 64, 4 heads, GELU MLP 256) with both residual "
+            "connections removed, over the 16 rows of a digit as frames: at init the gradient "
+            "reaches every layer (‖∂L/∂h‖ grows ×6.1 toward the input projection, 1.25 per "
+            "layer; flat over the frames, first/last 1.01; ‖∇W‖/‖W‖ ≤ 2.3). AdamW (lr 1e-3) "
+            "does not train it: 2.41 → 2.12 in 150 steps (2.29 with AVX2 kernels; ln 10 = "
+            "2.30). Over the run the flow collapses: after training ‖∂L/∂h‖ shrinks ×0.2-0.3 "
+            "per layer, the input projection's is 5.5e-5 of the last layer's (1.7e-5 with "
+            "AVX2 kernels) and the first weight's ‖∇W‖/‖W‖ is 1.7e-6: vanishing."),
+        Probe(trunk=lambda m: ["inp", *children_of("layers")(m)], time_at="", time_dim=1,
+              chance=CHANCE)),
+    Entry(Case(
+        name="maxout_mlp_dropout", family="maxout", model=maxout_mlp,
+        batch=probe, expect_init="healthy", expect_run="healthy",
+        source="Goodfellow et al. 2013 (maxout networks with dropout; SGD with momentum); zoo "
+               "training run",
+        train=Train(steps=300, optimizer=sgd(0.01), batch=digits_batch,
+                    outcome="trains", baseline=CHANCE),
+        why="3 maxout layers of 128 units with 4 pieces each and dropout 0.2, PyTorch's "
+            "default init, on the 8×8 digits: ‖∂L/∂h‖ at the first layer is 0.42 of the "
+            "last's (0.65 per layer), the forward std ×0.63, ‖∇W‖/‖W‖ ≤ 0.23, no unit off "
+            "(a maximum of pieces is never a constant 0). SGD (lr 0.01, momentum 0.9) trains "
+            "it: 2.33 → 0.067 in 300 steps."),
+        Probe(trunk=modules_of((Maxout,)), chance=CHANCE)),
 ]

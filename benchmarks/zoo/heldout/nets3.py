@@ -369,3 +369,59 @@ class InceptionBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, H, W) -> (N, classes)
         return self.fc(self.pool(self.blocks(self.stem(x))).flatten(1))
+
+
+# ---------------------------------------------------------------- attention without residuals
+class NoSkipLayer(nn.Module):
+    """A post-LN transformer layer with its two residual connections removed:
+    h ← LN(MHSA(h)), h ← LN(MLP(h))."""
+
+    def __init__(self, d: int, heads: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.norm1, self.norm2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        h = self.norm1(self.attn(h, h, h, need_weights=False)[0])
+        return self.norm2(self.mlp(h))
+
+
+class NoSkipTransformer(nn.Module):
+    """Frames (N, T, f) → linear projection and learned positions → ``layers`` transformer
+    layers without residual connections (Dong et al. 2021's ablation) → mean over tokens →
+    linear classifier."""
+
+    def __init__(self, frames: int = 16, features: int = 16, d: int = 64, layers: int = 8,
+                 heads: int = 4, classes: int = 10):
+        super().__init__()
+        self.inp = nn.Linear(features, d)
+        self.pos = nn.Parameter(torch.zeros(1, frames, d))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.layers = nn.Sequential(*[NoSkipLayer(d, heads) for _ in range(layers)])
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, T, f) -> (N, classes)
+        return self.head(self.layers(self.inp(x) + self.pos).mean(1))
+
+
+# ------------------------------------------------------------------------------------ Maxout
+class Maxout(nn.Module):
+    """A maxout layer (Goodfellow et al. 2013): k affine pieces per unit, their maximum."""
+
+    def __init__(self, n_in: int, units: int, k: int):
+        super().__init__()
+        self.units, self.k = units, k
+        self.lin = nn.Linear(n_in, units * k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x).view(*x.shape[:-1], self.units, self.k).amax(-1)
+
+
+def maxout_mlp(layers: int = 3, units: int = 128, k: int = 4, drop: float = 0.2,
+               n_in: int = 64, classes: int = 10) -> nn.Sequential:
+    """``layers`` maxout layers with dropout after each, then a linear classifier."""
+    mods: list[nn.Module] = []
+    for i in range(layers):
+        mods += [Maxout(n_in if i == 0 else units, units, k), nn.Dropout(drop)]
+    return nn.Sequential(*mods, nn.Linear(units, classes))
