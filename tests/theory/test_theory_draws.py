@@ -20,6 +20,13 @@ def _ctx(B: int, T: int) -> Context:
     return Context(space=space)
 
 
+def _unit(B: int, T: int) -> tuple[Context, torch.Tensor, Stats]:
+    """A context, rows with 8 features, and the moments of a unit Gaussian."""
+    rid = torch.arange(B * T).reshape(B, T, 1).expand(B, T, 8)
+    st = Stats(A=np.eye(T), C=np.zeros((T, T)), mu=np.zeros(T), present=np.ones(T, bool))
+    return _ctx(B, T), rid, st
+
+
 def test_gaussian_draws_have_the_moments_even_with_anticorrelated_examples():
     B, T = 8, 3
     rng = np.random.default_rng(0)
@@ -36,10 +43,8 @@ def test_gaussian_draws_have_the_moments_even_with_anticorrelated_examples():
 
 
 def test_masks_along_a_stream_multiply_per_coordinate():
-    B, T = 4, 1
-    ctx = _ctx(B, T)
-    rid = torch.arange(B * T).reshape(B, T, 1).expand(B, T, 8)
-    st = Stats(A=np.eye(T), C=np.zeros((T, T)), mu=np.zeros(T), present=np.ones(T, bool))
+    T = 1
+    ctx, rid, st = _unit(4, T)
     x = Field(stats=st, rid=rid)
     draws = law.of(ctx, x)  # x ~ N(0, 1), kept on x
     gen = np.random.default_rng(1)
@@ -66,10 +71,8 @@ def test_masks_along_a_stream_multiply_per_coordinate():
 def test_a_relu_of_a_drawn_stream_is_predicted_from_its_draws():
     from gradwatch.theory.kernels import lazy_backward, materialize
 
-    B, T = 4, 1
-    ctx = _ctx(B, T)
-    rid = torch.arange(B * T).reshape(B, T, 1).expand(B, T, 8)
-    st = Stats(A=np.eye(T), C=np.zeros((T, T)), mu=np.zeros(T), present=np.ones(T, bool))
+    T = 1
+    ctx, rid, st = _unit(4, T)
     src = Field(stats=st, rid=rid)
     y = np.abs(law.of(ctx, Field(stats=st, rid=rid)).y)  # a half-normal stream: E[y²] = 1
     src._draws = law.Draws(np.arange(T), y - np.sqrt(2 / np.pi))

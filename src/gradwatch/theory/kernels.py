@@ -169,7 +169,7 @@ def materialize(ctx: Context, lazy: Lazy) -> Field:
 
 
 def _materialize_drawn(ctx: Context, lazy: Lazy, carried: law.Draws, present) -> Field:
-    """fn of a signal carried by draws: its moments and draws from fn applied to them."""
+    """A function of a signal carried by draws: moments and draws from it applied to them."""
     src = lazy.source
     y, _ = law.apply(lazy.fn, carried.y, slopes=False)
     st = law.stats_from(ctx, law.Draws(carried.pos, y), src.stats.C is not None)
