@@ -332,19 +332,12 @@ def check(
 
 
 def _flow_summary(grp: pd.DataFrame, where: str | None) -> dict[str, Any]:
-    """What the rules read of one measured flow through time (``meta["checkup"]["temporal"]``).
+    """What the rules read of one measured flow through time.
 
-    ``first_over_last`` (‖∂L/∂x_0‖ over ‖∂L/∂x_(T-1)‖), ``steps`` (T), ``half_over_last`` (at
-    t = T // 2), ``compounded`` (:func:`~gradwatch.probes.compounded_decay`) and, for the
-    model input, ``measured_at``.
+    :func:`gradwatch.probes.flow_summary` (kept in ``meta["checkup"]["temporal"]``), and
+    ``measured_at`` for the model input.
     """
-    r = grp["ratio"].to_numpy(dtype=np.float64)
-    out: dict[str, Any] = {
-        "first_over_last": json_cell(float(r[0])),
-        "half_over_last": json_cell(float(r[len(r) // 2])),
-        "compounded": json_cell(probes.compounded_decay(r)),
-        "steps": int(len(r)),
-    }
+    out = probes.flow_summary(grp["ratio"].to_numpy(dtype=np.float64))
     if where is not None:
         out["measured_at"] = where
     return out

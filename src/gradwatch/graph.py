@@ -26,6 +26,10 @@
   squeeze-and-excitation scale. A gate near 0 or 1 is a gate closed or open, not a
   saturating activation on the signal path; the layer whose output the sigmoid reads (the
   one its activation statistics are attributed to) is kept.
+- **reuse**: how many operations read each layer's parameters (the edges into a parameter's
+  gradient accumulator). A weight read at every step of a sequence (an RNN cell written as
+  a loop, ``h = tanh(W h + U x_t)``) is a recurrence over time whatever the module types;
+  a convolution or a linear layer applied once to the whole sequence is read once.
 - **the loss**: cross-entropy (``NllLoss`` of a ``LogSoftmax``) at the root, with the
   number of classes and the loss of a uniform guess, ln(classes) per target (read from the
   nodes' metadata, which outlives ``backward()``; targets equal to ``ignore_index`` are left
@@ -110,6 +114,9 @@ class GraphFacts:
             None otherwise.
         gates: the layers whose output feeds a gate's sigmoid (see the module doc), in
             the order the walk met them.
+        reads: for each layer whose parameters feed more than one operation, the most
+            operations any one of its parameters feeds (a weight tied to two places: 2; a
+            cell applied at each of T steps: T).
     """
 
     joins: list[Join] = field(default_factory=list)
@@ -117,6 +124,7 @@ class GraphFacts:
     gates: list[str] = field(default_factory=list)
     loss: dict[str, Any] | None = None
     parametrised: bool = False
+    reads: dict[str, int] = field(default_factory=dict)
 
     @property
     def residual(self) -> list[Join]:
@@ -158,7 +166,8 @@ def read_graph(model: nn.Module, output: torch.Tensor) -> GraphFacts:
     bit = {name: 1 << i for name, i in order.items()}
     names = sorted(order, key=order.__getitem__)
     reach, pure, nodes, node_layer = _walk(root, owner, bit)
-    facts = GraphFacts(loss=_loss_of(root), parametrised=bool(reach.get(root, 0)))
+    facts = GraphFacts(loss=_loss_of(root), parametrised=bool(reach.get(root, 0)),
+                       reads=_reads(nodes, node_layer))
     below_join: dict[Any, bool] = {}  # whether a node reaches a join (post-order: children first)
     fresh: dict[Any, bool] = {}  # a join whose skip path reaches no earlier join
     for node in nodes:
@@ -181,6 +190,21 @@ def read_graph(model: nn.Module, output: torch.Tensor) -> GraphFacts:
             facts.attention = _scores_of_two_paths(node, reach)
     facts.joins = _without_loops(facts.joins, fresh)
     return facts
+
+
+def _reads(nodes: list[Any], node_layer: dict[Any, str]) -> dict[str, int]:
+    """Layer -> the most edges into one of its parameters' accumulators, where above 1."""
+    edges: dict[Any, int] = {}
+    for node in nodes:
+        for child, _ in node.next_functions:
+            if child is not None and child in node_layer:
+                edges[child] = edges.get(child, 0) + 1
+    out: dict[str, int] = {}
+    for acc, n in edges.items():
+        layer = node_layer[acc]
+        if n > 1 and n > out.get(layer, 0):
+            out[layer] = n
+    return out
 
 
 def _without_loops(joins: list[Join], fresh: dict[Any, bool]) -> list[Join]:

@@ -18,6 +18,7 @@ from torch import nn
 
 from gradwatch.jsonable import json_cell, jsonable
 from gradwatch.layers import Layer
+from gradwatch.verdicts import TEMPORAL_VANISHING_ERROR
 
 #: Columns of ``Checkup.temporal``.
 TEMPORAL_COLUMNS = ("layer", "t", "grad_norm", "ratio")
@@ -100,6 +101,65 @@ def compounded_decay(ratios: Any) -> float:
         return float("nan")
     slope = float(np.polyfit(t.astype(np.float64), np.log(r[t]), 1)[0])
     return float(np.exp(min(-slope * len(r), 700.0)))
+
+
+def temporal_reach(ratios: Any, floor: float) -> tuple[float, float]:
+    """How far the gradient through time reaches: (share of steps, share of the sequence back).
+
+    ``ratios``: ‖∂L/∂x_t‖ over t (any scale). The first number is the share of the steps
+    whose gradient is at least ``floor`` times the largest step's; the second is how far
+    back from the last step the farthest such step lies, as a share of the sequence (1 when
+    the first step is one of them). A gradient that decays with the lag reaches a tail of
+    the sequence, so the two are about equal; one that is uneven over t (paths of different
+    gains) reaches steps scattered over it. NaN for no positive step.
+    """
+    r = np.asarray(ratios, dtype=np.float64)
+    r = np.where(np.isfinite(r), r, 0.0)
+    if r.size == 0 or not (r.max() > 0):
+        return float("nan"), float("nan")
+    above = np.nonzero(r >= floor * r.max())[0]
+    return float(len(above) / len(r)), float((len(r) - above.min()) / len(r))
+
+
+def compounding_fit(ratios: Any) -> float:
+    """How well a per-step factor describes the gradient through time (R²).
+
+    The share of ``ln ‖∂L/∂x_t‖``'s variance over the steps before the last (exact zeros
+    left out) that a straight line in t explains: near 1 where a per-step factor
+    compounds (see :func:`compounded_decay`), low where the gradient is uneven over t
+    without a trend. 1 for a flat profile; NaN with fewer than 3 positive steps.
+    """
+    r = np.asarray(ratios, dtype=np.float64)[:-1]
+    t = np.nonzero(np.isfinite(r) & (r > 0))[0]
+    if len(t) < 3:
+        return float("nan")
+    y = np.log(r[t])
+    var = float(y.var())
+    if var <= 0:
+        return 1.0
+    resid = y - np.polyval(np.polyfit(t.astype(np.float64), y, 1), t)
+    return float(max(0.0, 1.0 - resid.var() / var))
+
+
+def flow_summary(ratios: Any) -> dict[str, Any]:
+    """What the temporal rule reads of one flow through time, ‖∂L/∂x_t‖ over t (JSON-safe).
+
+    ``first_over_last`` (‖∂L/∂x_0‖ over ‖∂L/∂x_(T-1)‖), ``steps`` (T), ``half_over_last`` (at
+    t = T // 2), ``compounded`` (:func:`compounded_decay`), ``fit``
+    (:func:`compounding_fit`), and ``reach`` and ``reach_back`` (:func:`temporal_reach` at
+    :data:`~gradwatch.verdicts.TEMPORAL_VANISHING_ERROR` of the largest step).
+    """
+    r = np.asarray(ratios, dtype=np.float64)
+    reach, back = temporal_reach(r, TEMPORAL_VANISHING_ERROR)
+    return {
+        "first_over_last": json_cell(float(r[0] / r[-1]) if r[-1] > 0 else float("nan")),
+        "half_over_last": json_cell(float(r[len(r) // 2] / r[-1]) if r[-1] > 0 else float("nan")),
+        "compounded": json_cell(compounded_decay(r)),
+        "fit": json_cell(compounding_fit(r)),
+        "reach": json_cell(reach),
+        "reach_back": json_cell(back),
+        "steps": int(len(r)),
+    }
 
 
 class TemporalProbe:

@@ -125,9 +125,11 @@ def describe(
         :class:`~gradwatch.graph.GraphFacts`; None otherwise), ``gate_layers`` (layers
         whose output a gate's sigmoid reads, from the graph), ``lstm_forget_bias`` (mean
         forget-gate bias of each nn.LSTM), ``init_scale`` (:func:`init_scale`),
-        ``parametrized_layers`` (each parametrized module, ``torch.nn.utils.parametrize``:
-        the tensors its parametrizations compute, e.g. ``{"0": ["weight"]}`` under spectral
-        norm) and ``from_graph``.
+        ``reused_layers`` (layers whose parameters feed more than one operation, with the
+        most operations one of them feeds, from the graph: a cell applied at every step of
+        a sequence is read once per step), ``parametrized_layers`` (each parametrized
+        module, ``torch.nn.utils.parametrize``: the tensors its parametrizations compute,
+        e.g. ``{"0": ["weight"]}`` under spectral norm) and ``from_graph``.
 
     Raises:
         GradwatchTypeError: ``model`` is not an nn.Module, or ``output`` is not a tensor.
@@ -181,6 +183,7 @@ def describe(
         "loss": None,
         "lstm_forget_bias": forget,
         "gate_layers": [],
+        "reused_layers": {},
         "init_scale": init_scale(model),
         "parametrized_layers": parametrized,
         "from_graph": False,
@@ -203,6 +206,7 @@ def describe(
         out["attention"] = out["attention"] or facts.attention
         out["loss"] = facts.loss
         out["gate_layers"] = list(facts.gates)
+        out["reused_layers"] = dict(facts.reads)
     return out
 
 

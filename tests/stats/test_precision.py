@@ -10,6 +10,7 @@ from torch import nn
 
 import gradwatch as gw
 from gradwatch.errors import GradwatchValueError
+from gradwatch.stats import precision
 from gradwatch.stats.precision import (
     BOUNDS_LIST,
     FORMATS,
@@ -18,6 +19,7 @@ from gradwatch.stats.precision import (
     UNDER_TOP,
     PrecisionPlan,
     bounds,
+    float32_bits,
     grad_rows,
     magnitudes,
 )
@@ -81,6 +83,36 @@ def test_thresholds_match_real_casts_over_every_float32(fmt):
     assert torch.equal(got_u, under)
     assert torch.equal(got_o, over)
     assert 0 < int(under.sum()) < len(v) and 0 < int(over.sum()) < len(v)
+
+
+def test_float32_bits_are_the_casts_bits_for_every_float32():
+    v = every_exponent(20_000)
+    v = torch.cat([v[torch.isfinite(v)], edge_values()[:-3]])  # finite ones, signed zeros
+    want = v.view(torch.int32).tolist()
+    # the float32 values read exactly as float64 (no float32 arithmetic: nothing flushed)
+    got = [float32_bits(x) for x in v.double().tolist()]
+    assert got == [0 if w == -(2**31) else w for w in want]  # -0.0 as +0.0: same bin
+    with pytest.raises(ValueError, match="not exact"):
+        float32_bits(2.0**-149 * 1.5)
+    with pytest.raises(ValueError, match="not"):
+        float32_bits(1.0 + 2.0**-30)
+
+
+def test_bounds_first_made_while_subnormals_are_flushed_keep_bf16s_flush_line(monkeypatch):
+    # benchmarks/zoo/run.py and the demo flush subnormals while they run; the boundary vector
+    # is cached for the process, so the first one made there must still hold 2**-134 (a
+    # float32 subnormal) once flushing stops, or bf16 underflow reads 0 from then on
+    monkeypatch.setattr(precision, "_BOUNDS", {})
+    torch.set_flush_denormal(True)
+    try:
+        made = bounds(torch.device("cpu"))
+    finally:
+        torch.set_flush_denormal(False)  # PyTorch's default (there is no getter)
+    assert made.view(torch.int32).tolist() == [float32_bits(b) for b in BOUNDS_LIST]
+    assert made[1].item() == 2.0**-134
+    v = torch.tensor([2.0**-140, 2.0**-134, 2.0**-133, 2.0**-30, 1.0])  # bf16 flushes 2
+    assert cast_masks(v, "bf16")[0].tolist() == [True, True, False, False, False]
+    assert bin_masks(v, "bf16")[0].tolist() == [True, True, False, False, False]
 
 
 def test_the_e4m3_cast_saturates_so_overflow_is_defined_by_rounding():

@@ -12,9 +12,10 @@ import math
 
 import pytest
 import torch
+from benchmarks.zoo.from_heldout import WaveNet
 from benchmarks.zoo.heldout.convnets2 import ResNeXt, drop_path
 from benchmarks.zoo.heldout.data2 import TAGS, sbm_graph, tagging_batch
-from benchmarks.zoo.heldout.nets2 import SwitchFFN, WaveNet
+from benchmarks.zoo.heldout.nets2 import SwitchFFN
 from benchmarks.zoo.heldout.truth import figures_json
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from . import attention, conv, dense, families2, sequence, setups
+from . import attention, conv, dense, families2, families3, sequence, setups
 from .common import Entry
 from .figures import FIGURES
 from .measure import Probe
@@ -24,7 +24,7 @@ from .measure import Probe
 ENTRIES: list[Entry] = [
     Entry(replace(e.case, measured=FIGURES.get(e.case.name, {})), e.probe)
     for e in (*conv.ENTRIES, *attention.ENTRIES, *sequence.ENTRIES, *dense.ENTRIES,
-              *setups.ENTRIES, *families2.ENTRIES)
+              *setups.ENTRIES, *families2.ENTRIES, *families3.ENTRIES)
 ]
 CASES = [e.case for e in ENTRIES]
 BY_NAME = {c.name: c for c in CASES}

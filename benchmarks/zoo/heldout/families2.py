@@ -21,7 +21,6 @@ from ..transformer import token_loss
 from .attnnets import VOCAB
 from .common import Entry, adamw, image_case, sgd
 from .convnets2 import AlexNetLRN, EfficientNet, ResNeXt, vgg11_default
-from .data import pixel_sequence_batch
 from .data2 import TAG_VOCAB, TAGS, graph_batch, sbm_graph, tagging_batch
 from .measure import Probe, children_of, modules_of
 from .nets2 import (
@@ -32,7 +31,6 @@ from .nets2 import (
     Perceiver,
     ReZeroEncoder,
     RNNReader,
-    WaveNet,
 )
 
 BLOCKS = Probe(trunk=children_of("blocks"), chance=CHANCE)
@@ -64,20 +62,6 @@ def _tokens(name: str, family: str, build, expect_init: str, expect_run: str, so
                             outcome=outcome, baseline=TOKEN_CHANCE))
     probe = Probe(trunk=lambda m: ["emb", *children_of("layers")(m)], time_at="emb",
                   time_dim=1, chance=TOKEN_CHANCE)
-    return Entry(case, probe)
-
-
-def _pixels(name: str, build, expect_init: str, expect_run: str, source: str, outcome: str,
-            *, steps: int = 150, lr: float = 2e-3, why: str = "") -> Entry:
-    """Sequential digits (16×16 images read pixel by pixel, T = 256), AdamW."""
-    case = Case(name=name, family="wavenet", model=build,
-                batch=lambda: pixel_sequence_batch(10_000, batch=16),
-                expect_init=expect_init, expect_run=expect_run, source=source, why=why,
-                train=Train(steps=steps, optimizer=adamw(lr, wd=0.0),
-                            batch=pixel_sequence_batch, outcome=outcome, baseline=CHANCE))
-    # the residual stream up to the last block (whose residual output nothing reads)
-    probe = Probe(trunk=lambda m: ["inp", *children_of("blocks")(m)[:-1]], time_at="",
-                  time_dim=1, chance=CHANCE, unit_dim=1)
     return Entry(case, probe)
 
 
@@ -214,16 +198,4 @@ ENTRIES = [
             "latents: ‖∂L/∂h‖ grows ×7.2 from the last latent layer back to the cross-"
             "attention (1.64 per block), the forward std ×6.6, ‖∇W‖/‖W‖ ≤ 1.8. AdamW (lr "
             "1e-3, batch 32) trains it: 2.39 → 1.14 in 150 steps."),
-    _pixels("wavenet_seqdigits", WaveNet, "healthy", "healthy",
-            "van den Oord et al. 2016 (WaveNet: gated tanh·σ units, dilated causal convs, "
-            "residual and skip connections); zoo training run", "trains",
-            why="8 gated blocks (32 channels, dilations 1-128: a receptive field of exactly "
-                "the 256 pixels), skip sum read at the last step. ‖∂L/∂h‖ along the residual "
-                "stream grows ×3.2 toward the input; ‖∂L/∂x_t‖ at the input is uneven over t "
-                "(the number of dilated paths from x_t to the last output varies with t): "
-                "7e-8 of the last step's at t = 0, but above 1e-4 of its maximum over 245 of "
-                "the 256 steps, and every step is inside the receptive field. AdamW (lr "
-                "2e-3) trains it: 2.31 → 0.39 in 150 steps; after training the gradient "
-                "reaches all 256 steps (t = 0: 2.7e-4 of the last) and 19% of one gate's "
-                "outputs sit in the sigmoid's tails (gates that have learnt to close)."),
 ]

@@ -228,47 +228,6 @@ def ln_mlp(depth: int = 32, width: int = 128, n_in: int = 64, n_out: int = 10
     return nn.Sequential(*layers)
 
 
-class WaveNetBlock(nn.Module):
-    """Gated residual block (van den Oord et al. 2016, §2.3-2.4): z = tanh(W_f ∗ x) ⊙
-    σ(W_g ∗ x) with a dilated causal conv (kernel 2), then x + 1×1(z) to the next block and
-    1×1(z) to the skip sum. Returns (residual output, skip output)."""
-
-    def __init__(self, c: int, skip: int, dilation: int):
-        super().__init__()
-        self.dilation = dilation
-        self.filt = nn.Conv1d(c, c, 2, dilation=dilation)
-        self.gate = nn.Conv1d(c, c, 2, dilation=dilation)
-        self.tanh, self.sigmoid = nn.Tanh(), nn.Sigmoid()
-        self.res = nn.Conv1d(c, c, 1)
-        self.skip = nn.Conv1d(c, skip, 1)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # (N, C, T)
-        h = nn.functional.pad(x, (self.dilation, 0))  # causal: the past only
-        z = self.tanh(self.filt(h)) * self.sigmoid(self.gate(h))
-        return x + self.res(z), self.skip(z)
-
-
-class WaveNet(nn.Module):
-    """A causal 1×1 input conv, ``layers`` gated blocks with dilations 1, 2, 4, … (receptive
-    field 2^layers), the skip sum → ReLU → 1×1 → ReLU → 1×1 to the classes, read at the last
-    step. Input (N, T, 1), as the sequential digits give it; PyTorch's default init."""
-
-    def __init__(self, c: int = 32, skip: int = 64, layers: int = 8, classes: int = 10):
-        super().__init__()
-        self.inp = nn.Conv1d(1, c, 1)
-        self.blocks = nn.ModuleList(WaveNetBlock(c, skip, 2 ** i) for i in range(layers))
-        self.post = nn.Sequential(nn.ReLU(), nn.Conv1d(skip, skip, 1), nn.ReLU(),
-                                  nn.Conv1d(skip, classes, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.inp(x.transpose(1, 2))
-        skips = 0
-        for block in self.blocks:
-            h, s = block(h)
-            skips = skips + s
-        return self.post(skips)[:, :, -1]
-
-
 def fourier_positions(size: int, bands: int = 4) -> torch.Tensor:
     """2-d Fourier position features of a size×size grid (Jaegle et al. 2021, §3.2):
     [x, y, sin(π f x), cos(π f x), sin(π f y), cos(π f y)] for f = 1 … bands (log-spaced up to

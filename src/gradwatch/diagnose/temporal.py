@@ -47,8 +47,10 @@ from gradwatch.findings import Finding
 from gradwatch.jsonable import json_number
 from gradwatch.probes import INPUT
 from gradwatch.verdicts import (
+    TEMPORAL_COMPOUNDING_FIT,
     TEMPORAL_EXPLODING,
     TEMPORAL_GATED_VANISHED,
+    TEMPORAL_REACH,
     TEMPORAL_VANISHING_ERROR,
     TEMPORAL_VANISHING_WARNING,
 )
@@ -100,8 +102,8 @@ def rule(view: RunView) -> list[Finding]:
             gated = rtype in GATED
         training = layer not in flows
         finding = _judge(layer, info, gated, remedies, training)
-        if finding is not None and layer == INPUT and not kinds:
-            finding = _not_compounding(finding, info, training)
+        if finding is not None and layer == INPUT and not _recurrent(view, info):
+            finding = _without_recurrence(finding, info, training)
         if finding is not None:
             found.setdefault(finding.kind, []).append(finding)
     out = []
@@ -158,59 +160,113 @@ def _with_input(view: RunView, stat: str) -> pd.DataFrame:
     return wide
 
 
-def _not_compounding(finding: Finding, info: dict[str, Any], training: bool) -> Finding:
-    """A note instead of a warning where nothing shows a per-step factor compounding.
+def _recurrent(view: RunView, info: dict[str, Any]) -> bool:
+    """Whether the model has a recurrence.
 
-    For a model with no recurrent layer, a first step that gets between
-    :data:`~gradwatch.verdicts.TEMPORAL_VANISHING_ERROR` and
-    :data:`~gradwatch.verdicts.TEMPORAL_VANISHING_WARNING` of the last step's gradient is a
-    vanishing gradient through time only if the gradient decays along the steps: a checkup's
-    profile fitted over the steps before the last (``compounded``,
-    :func:`gradwatch.probes.compounded_decay`) must decay as far. A gradient that reaches every
-    step at a level that does not fall with the lag (a temporal convolution whose receptive
-    field covers the sequence, with a direct path from the last step) is present, not
-    vanishing. A training run records only the two ends, so there the warning band at the
-    model input is a note that says so; the error band stands everywhere.
+    An nn.RNN/LSTM/GRU, or a layer whose weight the autograd graph shows read at (nearly)
+    every one of the flow's time steps (a cell written as a loop).
+    """
+    if view.structure.get("recurrent_layers"):
+        return True
+    steps = int(info.get("steps", 0))
+    reads = view.structure.get("reused_layers") or {}
+    return any(int(n) >= max(steps - 1, 2) for n in reads.values())
+
+
+def _finite(value: Any) -> float | None:
+    if isinstance(value, int | float) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _without_recurrence(finding: Finding, info: dict[str, Any], training: bool) -> Finding:
+    """A model input's vanishing flow, judged by reach where the model has no recurrence.
+
+    Without a recurrence nothing multiplies a per-step factor into the gradient: ‖∂L/∂x_t‖
+    is a sum over the paths from x_t to the loss, uneven over t by construction (dilated
+    convolutions give each lag its own path), so the first step's share of the last says
+    little. A checkup's profile decides instead (:data:`~gradwatch.verdicts.TEMPORAL_REACH`,
+    :data:`~gradwatch.verdicts.TEMPORAL_COMPOUNDING_FIT`):
+
+    - where a per-step factor does compound (a straight line explains ``ln ‖∂L/∂x_t‖``
+      over the steps before the last), the flow is judged by the decay it compounds over
+      the sequence (``compounded``), as a recurrence's: a decaying state computed without a
+      loop (powers of λ, an FFT convolution) is a recurrence in all but name;
+    - otherwise, where fewer than ``TEMPORAL_REACH`` of the steps get
+      :data:`~gradwatch.verdicts.TEMPORAL_VANISHING_ERROR` of the largest step's gradient,
+      it stays vanishing with the share it reaches (a recurrence remedy only where the
+      steps reached are the last ones, as a decay leaves them);
+    - and where more do, the gradient reaches the sequence: a note without remedies.
+
+    A training run records only the two ends, which cannot tell a per-step factor that
+    compounds from a last step with a more direct path to the loss: the warning band there
+    is a note that says so; the error band stands.
     """
     ratio = float(info.get("first_over_last", 1.0))
-    if finding.kind != "vanishing" or finding.severity != "warning":
-        return finding
-    if ratio < TEMPORAL_VANISHING_ERROR:
+    if finding.kind != "vanishing" or finding.severity == "info":
         return finding
     steps = int(info.get("steps", 0))
     share = f"the first of {steps} time steps gets {times(ratio)} of the last one's"
     if training:
-        message = (
+        if ratio < TEMPORAL_VANISHING_ERROR:
+            return finding
+        return _note(finding, {**finding.evidence, "judged_on": "two ends only"}, (
             f"At the model input {share} at the end of the training run; a training run "
             "records only the first and the last step, which cannot tell a per-step factor "
             "that compounds from a last step with a more direct path to the loss, and the "
-            "model has no recurrent layer: gw.check measures every step and judges it."
-        )
-    else:
-        compounded = info.get("compounded")
-        if not isinstance(compounded, int | float) or not math.isfinite(compounded):
-            return finding
+            "model has no recurrent layer: gw.check measures every step and judges it."))
+    compounded, fit = _finite(info.get("compounded")), _finite(info.get("fit"))
+    reach, back = _finite(info.get("reach")), _finite(info.get("reach_back"))
+    if compounded is None:
+        return finding
+    evidence = {**finding.evidence, "judged_on": "profile",
+                "compounded": json_number(compounded),
+                "fit": json_number(fit) if fit is not None else None,
+                "reach": json_number(reach) if reach is not None else None,
+                "reach_back": json_number(back) if back is not None else None}
+    fitted = (f"a straight line fitted to ln ‖∂L/∂x_t‖ over the {steps - 1} steps before the "
+              f"last puts the first at {times(compounded)} of the last of them")
+    if fit is None or reach is None:  # a checkup recorded before reach was measured
         if compounded < TEMPORAL_VANISHING_WARNING:
             return finding
-        message = (
+        return _note(finding, evidence, (
             f"At the model input {share}, but the gradient does not compound along the "
-            f"steps: a fit of ‖∂L/∂x_t‖ over the {steps - 1} steps before the last puts the "
-            f"first at {times(float(compounded))} of the last of them (a vanishing flow "
-            f"compounds below {number(TEMPORAL_VANISHING_WARNING)}); every step gets "
-            "gradient, and the last has a more direct path to the loss."
-        )
-    evidence = {**finding.evidence, "judged_on": "two ends only" if training else "profile"}
-    if not training:
-        evidence["compounded"] = json_number(float(info["compounded"]))
-    return Finding(
-        kind="vanishing",
-        layers=finding.layers,
-        steps=None,
-        severity="info",
-        message=message,
-        evidence=evidence,
-        remedies=(),
-    )
+            f"steps: {fitted}; every step gets gradient, and the last has a more direct "
+            "path to the loss."))
+    compounds = fit >= TEMPORAL_COMPOUNDING_FIT and compounded < TEMPORAL_VANISHING_WARNING
+    reached = f"{round(reach * steps)} of the {steps} steps get"
+    floor = number(TEMPORAL_VANISHING_ERROR)
+    if compounds:
+        severity = "error" if compounded < TEMPORAL_VANISHING_ERROR else "warning"
+        return Finding(
+            kind="vanishing", layers=finding.layers, steps=None,
+            severity=severity,  # type: ignore[arg-type]
+            message=(f"{finding.message} A per-step factor compounds: {fitted} (the line "
+                     f"explains {fit:.0%} of the profile), and {reached} at least {floor} "
+                     "of the largest step's gradient."),
+            evidence=evidence, remedies=finding.remedies)
+    if reach < TEMPORAL_REACH:
+        tail = back is not None and reach >= 0.9 * back  # the steps reached are the last
+        remedies = finding.remedies if tail else ()
+        where = (f"the last {round(reach * steps)} steps only" if tail
+                 else f"{round(reach * steps)} of the {steps} steps, scattered over them")
+        return Finding(
+            kind="vanishing", layers=finding.layers, steps=None,
+            severity=finding.severity, evidence=evidence, remedies=remedies,
+            message=(f"{finding.message} The gradient gets at least {floor} of the largest "
+                     f"step's at {where}."))
+    return _note(finding, evidence, (
+        f"At the model input {share}, but the gradient reaches the sequence and does not "
+        f"compound along it: {reached} at least {floor} of the largest step's gradient, "
+        f"and {fitted}, a line that explains {fit:.0%} of the profile (a factor compounding "
+        f"per step explains over {TEMPORAL_COMPOUNDING_FIT:.0%}). The model has no "
+        "recurrence: the gradient at each step sums the paths from it to the loss, whose "
+        "gains differ from step to step; every step gets gradient."))
+
+
+def _note(finding: Finding, evidence: dict[str, Any], message: str) -> Finding:
+    return Finding(kind="vanishing", layers=finding.layers, steps=None, severity="info",
+                   message=message, evidence=evidence, remedies=())
 
 
 def _where(layer: str, info: dict[str, Any]) -> str:

@@ -22,7 +22,8 @@ guess costs ln 15 ≈ 2.71 nats per token). Adam with β = (0.9, 0.98) as in the
 learning rate of 10⁻² (the paper's 10⁻³ scaled up for a 16× narrower model: the effect
 grows with d, Theorem 1), minibatches of 32 fresh sequences, with or without a linear
 warmup over the first quarter of the steps. Gradient norms at initialisation are measured
-at 6, 12 and 24 layers; the three trainings run at 12 layers.
+at 6, 12 and 24 layers; the four trainings (post-LN, pre-LN, post-LN with warmup, DeepNorm
+without warmup) run at 12 layers.
 
 Expected (and checked):
 
@@ -40,12 +41,24 @@ Expected (and checked):
    while the pre-LN net trains (below a tenth of ln 15);
 4. with warmup the post-LN net trains (below a tenth of ln 15);
 5. ``gw.diagnose`` flags the failing run (a warning or an error) and neither of the runs
-   that trained.
+   that trained;
+6. the theory's line (:mod:`~gradwatch.experiments.xiong2020_theory`: ``gw.theory.predict``
+   against the geometric mean of 8 draws of nets whose layers are drawn independently, the
+   theory's assumption): the last layer's FFN gradient (Theorem 1's quantity) within
+   max(0.1 decade, 5% of the log) of the measurement, post-LN and pre-LN, at every depth;
+7. every layer of the pre-LN nets within that tolerance (post-LN's inner layers are shown,
+   not claimed: at 24 layers the theory has them shrink toward the input, 0.2 decade more
+   than measured);
+8. DeepNorm (Wang et al. 2022) trains without warmup where post-LN does not, unflagged;
+9. DeepNorm's first Adam step at initialisation changes the output by ≤ 0.75× what it
+   changes post-LN's (DeepNet's bounded model update).
 
-Figures (``figures/``): ``grad_at_init`` (‖∂L/∂W_FFN2‖ per layer at initialisation, post-LN
-solid, pre-LN dashed, one colour per depth, log scale, input side on the left: the post-LN
-lines rise to the right, the pre-LN lines are flat and lower for deeper nets) and ``loss``
-(training loss of the three 12-layer runs against ln 15).
+Figures (``figures/``): ``grad_at_init`` (left: ‖∂L/∂W_FFN2‖ per layer at initialisation of
+the ``nn.TransformerEncoder`` nets, post-LN solid, pre-LN dashed, one colour per depth, log
+scale, input side on the left: the post-LN lines rise to the right, the pre-LN lines are
+flat and lower for deeper nets; right: the independent-layer nets measured (markers) and
+predicted by ``gw.theory.predict`` (lines)) and ``loss`` (training loss of the four
+12-layer runs against ln 15).
 
 Run: ``gradwatch experiment xiong2020 [--quick]``.
 """
@@ -63,13 +76,14 @@ import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
 from gradwatch.experiments import base
+from gradwatch.experiments import xiong2020_theory as theory
 from gradwatch.experiments.base import Claim, claim
-from gradwatch.experiments.seeds import SeedRun, align, band
 from gradwatch.experiments.training import probe
+from gradwatch.experiments.xiong2020_figures import plot  # noqa: F401 (the runner's)
 from gradwatch.jsonable import from_jsonable
 
 NAME = "xiong2020"
-ARMS = ("post-LN", "pre-LN", "post-LN+warmup")  # the three 12-layer trainings
+ARMS = ("post-LN", "pre-LN", "post-LN+warmup", "DeepNorm")  # the 12-layer trainings
 
 
 @dataclass(frozen=True)
@@ -174,6 +188,13 @@ def train(
             bar.advance()
 
 
+def build(cfg: Config, arm: str) -> nn.Module:
+    """The net of a training arm, at the training depth (drawn from torch's global RNG)."""
+    if arm == "DeepNorm":
+        return theory.deepnorm(cfg, cfg.train_depth)
+    return Encoder(cfg, cfg.train_depth, pre_ln=arm.startswith("pre"))
+
+
 run = base.runner(__name__)
 
 
@@ -203,11 +224,23 @@ def measure(cfg: Config, out: Path, seed: int, bar: Any) -> dict[str, Any]:
                 "ffn_grad": ffn_grads(runs / f"{key}-init", depth),
             }
 
+    # -- 1b. the theory's line beside the measurement (independent layers) ------------------
+    xb, yb = xp[: theory.BATCH], yp[: theory.BATCH]
+    numbers["theory"] = {}
+    for depth in cfg.probe_depths:
+        for arch in ("post-LN", "pre-LN"):
+            bar.note(f"{NAME}: {arch}, {depth} layers, theory against measurement")
+            line = theory.theory_line(cfg, depth, arch == "pre-LN", xb, yb, seed)
+            numbers["theory"][f"{arch}-L{depth}"] = {"arch": arch, "depth": depth, **line}
+
     # -- 2. training at one depth, with and without warmup ---------------------------------
+    numbers["first_update"] = {}
     for arm in ARMS:
         bar.note(f"{NAME}: {arm}, {cfg.train_depth} layers, training")
         torch.manual_seed(seed * 1000 + cfg.train_depth)
-        model = Encoder(cfg, cfg.train_depth, pre_ln=arm.startswith("pre"))
+        model = build(cfg, arm)
+        if arm in ("post-LN", "DeepNorm"):  # the first Adam step's change of the output
+            numbers["first_update"][arm] = theory.first_update(model, cfg, xb, yb)
         warmup = round(cfg.warmup_frac * cfg.steps) if arm.endswith("warmup") else 0
         run_dir = runs / arm.replace("+", "_")
         info = {"experiment": NAME, "arm": arm, "depth": cfg.train_depth, "warmup": warmup}
@@ -336,7 +369,7 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
             chance=chance,
         )
     )
-    flagged = {arm: runs.get(arm, {}).get("flagged") for arm in ARMS}
+    flagged = {arm: runs.get(arm, {}).get("flagged") for arm in ARMS[:3]}
     out.append(
         claim(
             "gw.diagnose flags the post-LN run without warmup, and neither run that trained",
@@ -344,42 +377,11 @@ def claims(numbers: dict[str, Any]) -> list[Claim]:
             findings=flagged,
         )
     )
+    # records made before the theory line and the DeepNorm arm carry neither: judged on the rest
+    if "theory" in numbers:
+        out += theory.theory_claims(numbers["theory"], depths)
+    if "DeepNorm" in runs:
+        out += theory.deepnorm_claims(
+            runs, numbers.get("first_update", {}), chance, FAILED, TRAINED
+        )
     return out
-
-
-def plot(out: Path, runs: list[SeedRun], cfg: Config) -> list[Path]:
-    """Draw the two figures from every seed's numbers (median and range); return their paths."""
-    paths: list[Path] = []
-    fig, ax = base.new_figure(1, 1, (5.6, 3.6))
-    for j, depth in enumerate(cfg.probe_depths):
-        for arch, style in (("post-LN", "-"), ("pre-LN", "--")):
-            gs = [r.numbers["init"].get(f"{arch}-L{depth}", {}).get("ffn_grad") for r in runs]
-            if all(gs):
-                band(ax, range(1, len(gs[0]) + 1), gs, f"C{j}", f"{arch}, L = {depth}",
-                     ls=style, marker="o" if arch == "post-LN" else "s", ms=3)  # fmt: skip
-    ax.set(
-        title="‖∂L/∂W_FFN2‖ per layer at initialisation",
-        xlabel="layer (1 = input side)",
-        ylabel="gradient norm",
-        yscale="log",
-    )
-    ax.legend(fontsize=5, ncol=2)
-    paths += base.save_figure(fig, out, "grad_at_init")
-
-    fig, ax = base.new_figure(1, 1, (5.6, 3.4))
-    chance = runs[0].numbers["chance_loss"]
-    for j, arm in enumerate(ARMS):
-        curves = [r.numbers["runs"].get(arm) for r in runs]
-        if all(curves):
-            x, ys = align([(c["curve_steps"], c["curve_loss"]) for c in curves])
-            band(ax, x, ys, f"C{j + 3}", arm, lw=1)
-    ax.axhline(chance, color="grey", ls=":", label="ln 15 (chance)")
-    ax.set(
-        title=f"{cfg.train_depth} layers, Adam lr {cfg.lr:g}: training loss",
-        xlabel="step",
-        ylabel="cross-entropy per token",
-        ylim=(0, 1.3 * chance),
-    )
-    ax.legend(fontsize=6)
-    paths += base.save_figure(fig, out, "loss")
-    return paths

@@ -105,11 +105,41 @@ STACK_MAX_NUMEL = 16384
 _BOUNDS: dict[torch.device, torch.Tensor] = {}
 
 
+def float32_bits(x: float) -> int:
+    """The IEEE-754 bits of ``x`` as a float32 (``x`` must be exact in float32), as an int32.
+
+    Integer arithmetic only: a conversion by the FPU (``torch.tensor(x, dtype=float32)``,
+    numpy, ``struct``) turns a subnormal into 0 while ``torch.set_flush_denormal(True)`` is
+    on, and :data:`BOUNDS_LIST` holds one (2**-134, bf16's flush line).
+    """
+    if x == 0:
+        return 0
+    m, e = math.frexp(abs(x))  # |x| = m * 2**e, 0.5 <= m < 1 (x is a normal float64)
+    q = int(m * 2**24)  # 24-bit significand: |x| = q * 2**(e - 24)
+    biased = e + 126
+    if biased >= 1:  # normal float32
+        bits = (biased << 23) | (q - 2**23)
+    else:  # subnormal: |x| = mantissa * 2**-149
+        shift = 1 - biased
+        if q & ((1 << shift) - 1):
+            raise ValueError(f"{x!r} is not exact in float32")
+        bits = q >> shift
+    if q != m * 2**24 or bits >= 0x7F800000:
+        raise ValueError(f"{x!r} is not a finite float32")
+    return -(2**31) + bits if x < 0 else bits
+
+
 def bounds(device: torch.device) -> torch.Tensor:
-    """:data:`BOUNDS_LIST` as a float32 tensor on ``device`` (made once per device)."""
+    """:data:`BOUNDS_LIST` as a float32 tensor on ``device`` (made once per device).
+
+    Made from the values' bits, so that a first call while subnormals are flushed
+    (``torch.set_flush_denormal(True)``) does not cache a 0 in place of 2**-134 for the
+    rest of the process.
+    """
     b = _BOUNDS.get(device)
     if b is None:
-        b = _BOUNDS[device] = torch.tensor(BOUNDS_LIST, dtype=F32).to(device)
+        bits = torch.tensor([float32_bits(v) for v in BOUNDS_LIST], dtype=torch.int32)
+        b = _BOUNDS[device] = bits.view(F32).to(device)
     return b
 
 
