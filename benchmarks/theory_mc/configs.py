@@ -325,18 +325,6 @@ def _convnets() -> list[Config]:
         )
     out.append(
         Config(
-            "resnet18_w16",
-            "conv nets with BatchNorm",
-            "ResNet-18 as in He et al. 2016 (ReLU after each addition, max-pooled stem), "
-            "width 16, 32x32, batch 16",
-            partial(_zoo_resnet, 18, 16),
-            images(16, 32),
-            seeds=4,
-            quick=True,
-        )
-    )
-    out.append(
-        Config(
             "preact_resnet18_imagenet_stem",
             "conv nets with BatchNorm",
             "pre-activation ResNet-18 with the max-pooled ImageNet stem, 32x32, batch 16",
