@@ -105,6 +105,40 @@ def test_the_class_dimension_follows_the_loss_and_manual_mode():
     _no_leftovers()
 
 
+@pytest.mark.parametrize("kind", ["cross_entropy", "mse", "bce"])
+def test_a_plain_output_holds_logits_when_its_loss_is_a_softmax_cross_entropy(kind):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(10, 6), torch.randint(0, 4, (10,))
+    outs = []
+    with gw.watch(model, optimizer=opt, detail_every=1) as mon:
+        for _ in range(3):
+            opt.zero_grad()
+            z = model(x)
+            outs.append(z.detach())
+            if kind == "cross_entropy":
+                loss = F.cross_entropy(z, y)
+            elif kind == "mse":
+                loss = F.mse_loss(z, torch.zeros_like(z))
+            else:
+                loss = F.binary_cross_entropy_with_logits(z, F.one_hot(y, 4).float())
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+        tap = mon._ctx.tap("logits")
+    stats = set(mon.run.stats["stat"])
+    if kind != "cross_entropy":  # a regression's output, or independent sigmoids: no logits
+        assert tap.flat is False and not {"logit_max", "logsumexp_mean"} & stats
+        return
+    assert tap.flat is True
+    lse, top = mon.run.pivot("logsumexp_mean")[""], mon.run.pivot("logit_max")[""]
+    for step in (0, 1, 2):  # the first step's too, reduced when its gradient arrived
+        assert lse.loc[step] == pytest.approx(float(torch.logsumexp(outs[step].double(), 1)
+                                                    .mean()), rel=1e-5)
+        assert top.loc[step] == pytest.approx(float(outs[step].max()), rel=1e-6)
+
+
 def test_new_statistics_can_be_left_out():
     model = _gpt2()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import gradwatch as gw
+from gradwatch.monitor.hookkit import RepeatPlan
 from gradwatch.stats import native
 
 from .oracle import brute_force_step
@@ -149,3 +150,43 @@ def test_a_layer_with_outputs_on_both_hooks(nat, monkeypatch, enabled):
         mon.step()
     got = mon.run.pivot("backprop_norm")
     assert got["two"].iloc[0] == pytest.approx(want, rel=1e-5)
+
+
+def test_a_repeated_pass_reuses_its_plan_and_a_changed_one_does_not(nat, monkeypatch):
+    """Steps whose pass repeats the last one take its per-row plan; a new batch size or an
+    activation changed in place does not: every step's statistics equal their definitions."""
+    monkeypatch.setenv(native.ENV, "1")
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(),
+                          nn.Linear(16, 3))
+    acts: dict[tuple[int, int], torch.Tensor] = {}
+    step = [0]
+    for i in (1, 3):
+        model[i].register_forward_hook(
+            lambda m, a, o, i=i: acts.__setitem__((step[0], i), o.detach().double().clone()))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    batches = [8, 8, 8, 5, 5, 8]
+    with gw.watch(model, optimizer=opt, detail_every=1) as mon:
+        matched = []
+
+        class Spy(RepeatPlan):
+            def match(self, pend, detail):
+                got = super().match(pend, detail)
+                matched.append(got is not None)
+                return got
+
+        mon._ctx.tap("act").repeat = Spy()
+        for step[0], n in enumerate(batches):
+            opt.zero_grad()
+            loss = model(torch.randn(n, 6)).square().mean()
+            loss.backward()
+            opt.step()
+            mon.step(loss)
+    assert matched == [False, True, True, False, True, False]
+    df = mon.run.stats
+    for (s, i), a in acts.items():
+        got = df[(df.step == s) & (df.layer == str(i - 1))].set_index("stat").value
+        assert got["act_mean"] == pytest.approx(float(a.mean()), rel=1e-5, abs=1e-7)
+        assert got["act_std"] == pytest.approx(float(a.std(unbiased=False)), rel=1e-4)
+        if i == 3:
+            assert got["dead_frac"] == pytest.approx(float((a.amax(0) <= 0).double().mean()))

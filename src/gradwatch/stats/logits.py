@@ -15,7 +15,9 @@ instabilities", §3.2). At recorded (detail) steps, over the model's output:
 The class dimension is the last one of an (N, C) output or of a library output's ``.logits``;
 for a plain tensor of 3 dimensions or more the Monitor learns it once from the loss's gradient
 (a softmax cross-entropy's gradient sums to zero over the classes at every position), so
-``(B, T, C)`` and ``F.cross_entropy``'s ``(B, C, T)`` are both read right.
+``(B, T, C)`` and ``F.cross_entropy``'s ``(B, C, T)`` are both read right. A plain ``(N, C)``
+output is tested the same way, once: one whose loss's gradient sums to zero along no dimension
+(a regression, independent sigmoids) holds no logits and gets neither statistic.
 
 Block ``logits``: ``[max, Σ log Z, number of positions]``, summed over the step's forward
 passes (the largest maximum); the key is empty.

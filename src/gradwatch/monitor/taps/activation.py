@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gradwatch.monitor.hookkit import FAST_DTYPES, HookSet, RowBuffer, StackPool
+from gradwatch.monitor.hookkit import FAST_DTYPES, HookSet, RepeatPlan, RowBuffer, StackPool
 from gradwatch.monitor.sharding import local_part
 from gradwatch.monitor.tap import Record, StepPlan, Tap, register_tap
 from gradwatch.stats import native
@@ -69,6 +69,7 @@ class ActivationTap(Tap):
         self.on = self.detail = False
         self.native = True  # the compiled kernels take these activations (until they refuse)
         self.step = -1
+        self.repeat = RepeatPlan()  # the last step's per-row plan, while passes repeat
         self.hooks = HookSet()
         acts = ctx.activations if self.needed else []
         self.hooks.forward([m for _, m, _ in acts],
@@ -162,10 +163,7 @@ class ActivationTap(Tap):
 
     def _native_rows(self, rows: list[int], acts: list[torch.Tensor], codes: list[int],
                      dims: list[int]) -> bool:
-        """Every statistic of ``acts`` into ``rows`` with one compiled call; False if not taken.
-
-        ``codes``: the family codes; ``dims``: each one's unit dimension (-1: none).
-        """
+        """All statistics of ``acts`` into ``rows`` in one compiled call; False if not taken."""
         nat = native.get() if self.native else None
         buf = self.buf.buf
         if nat is None or not buf.is_cpu:
@@ -174,10 +172,8 @@ class ActivationTap(Tap):
             vals = nat.act_stats(acts, codes, dims, self.detail)
         except (RuntimeError, TypeError):  # a strided or odd activation: the torch path
             return False
-        if len(rows) == 1:
-            buf[rows[0]].copy_(vals[0])
-        else:
-            buf.index_copy_(0, self.ctx.index(rows, buf.device), vals)
+        idx = self.ctx.index(rows, buf.device) if len(rows) > 1 else None
+        buf[rows[0]].copy_(vals[0]) if idx is None else buf.index_copy_(0, idx, vals)
         return True
 
     def reduce(self) -> None:
@@ -194,6 +190,10 @@ class ActivationTap(Tap):
 
     def _reduce(self, pend: list[tuple]) -> None:
         """Reduce the kept activations: all at once (compiled), or by shape group (torch)."""
+        got = self.repeat.match(pend, self.detail)
+        if got is not None and self._native_rows(*got[:4]):
+            self.counts.update(got[4])  # the same pass as the last step's: its plan
+            return
         keep = []
         counts, info, detail = self.counts, self.row_info, self.detail
         for row, a, version in pend:
@@ -208,8 +208,10 @@ class ActivationTap(Tap):
             ud = unit_dim(a.dim(), cf) if rect and a.dim() >= 2 else -1
             counts[row] = [a.numel(), a.shape[ud] if detail and ud >= 0 else 1]
             keep.append((row, a, version, fam, cf, code, ud))
-        if not keep or self._native_rows([it[0] for it in keep], [it[1] for it in keep],
-                                         [it[5] for it in keep], [it[6] for it in keep]):
+        rows, acts, codes, dims = ([it[i] for it in keep] for i in (0, 1, 5, 6))
+        if not keep or self._native_rows(rows, acts, codes, dims):
+            if keep and len(keep) == len(pend):  # the next steps' passes may repeat this one
+                self.repeat.keep(rows, acts, detail, codes, dims, counts)
             return
         groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
         for row, a, _, fam, cf, _, _ in keep:
@@ -269,9 +271,8 @@ class ActivationTap(Tap):
         sq = torch.stack([vals[0], vals[1].square(), vals[2], vals[3]])
         prev = act.extra.get(row)
         act.extra[row] = sq if prev is None else prev + sq
-        n = self.counts[row]
-        n[0] += a.numel()
-        n[1] += units
+        n = self.counts[row]  # a new list: the last step's plan may share the old one
+        self.counts[row] = [n[0] + a.numel(), n[1] + units]
 
     def collect(self, rec: Record) -> None:
         """The rows written this step as one ``act`` block."""
@@ -287,8 +288,7 @@ class ActivationTap(Tap):
         for row, extra in self.buf.extra.items():
             j = rows.index(row)
             vals[j] = vals[j] + extra
-        key = tuple((*self.row_meta[r], *self.counts[r]) for r in rows)
-        rec.emit("act", key, vals.reshape(-1))
+        rec.emit("act", self.repeat.key(rows, self.row_meta, self.counts), vals.reshape(-1))
 
     def remove(self) -> None:
         """Remove the hooks and drop the kept activations and stacking buffers."""

@@ -25,6 +25,7 @@ class AdamTap(Tap):
     def install(self) -> None:
         """The Adam-family optimizers among the watched ones (none: the tap does nothing)."""
         self.adams = [o for o in self.ctx.optimizers if is_adam(o)] if self.needed else []
+        self.active = bool(self.adams)  # no Adam-family optimizer: nothing to call per step
         self.due = False
         self.step = -1
 

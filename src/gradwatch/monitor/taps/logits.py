@@ -9,7 +9,9 @@ plain tensor of 3 dimensions or more ((B, T, C) for a language model, (B, C, T) 
 ``F.cross_entropy`` also takes), it is learnt once, from the loss's gradient at the first
 detail step: a softmax cross-entropy's gradient sums to zero over the classes at every
 position. The logits are kept until that gradient arrives, that one time; a loss of another
-kind leaves the last dimension.
+kind leaves the last dimension. A plain (N, C) output is tested the same way, once: an output
+whose loss's gradient sums to zero along no dimension (a regression's mean squared error, say)
+holds no logits, and the tap takes nothing from it from then on.
 """
 
 from __future__ import annotations
@@ -51,10 +53,12 @@ class LogitTap(Tap):
 
     def install(self) -> None:
         """Per-step rows; the class dimension of a plain >= 3-D output, once learnt."""
+        self.active = self.needed
         self.due = False
         self.rows: list[torch.Tensor] = []
         self.dim: int | None = None  # the class dimension of a >= 3-D output, once known
         self.pending: torch.Tensor | None = None  # logits waiting for their gradient
+        self.flat: bool | None = None  # a plain (N, C) output holds logits (None: not known)
 
     def begin_step(self, plan: StepPlan) -> None:
         """Due at detail steps (not under compile)."""
@@ -63,13 +67,15 @@ class LogitTap(Tap):
         self.due = self.needed and plan.any_due(STATS) and not self.ctx.compiled
 
     def _dim_of(self, out: Any, z: torch.Tensor) -> int | None:
-        if z.dim() <= 2 or not isinstance(out, torch.Tensor | tuple | list):
-            return -1  # (N, C), or a library output whose .logits end in the classes
+        if not isinstance(out, torch.Tensor | tuple | list):
+            return -1  # a library output whose .logits end in the classes
+        if z.dim() <= 2:  # (N, C): logits if the loss's gradient says so (learnt once)
+            return -1 if self.flat or (self.flat is None and not z.requires_grad) else None
         return self.dim
 
     def on_forward_done(self, args: Any, out: Any) -> None:
         """Reduce the output's logits at once (or once their class dimension is known)."""
-        if not self.due or not torch.is_grad_enabled() or self.ctx.replaying:
+        if not self.due or self.flat is False or not torch.is_grad_enabled() or self.ctx.replaying:
             return
         z = output_logits(out)
         if z is None or z.numel() == 0:
@@ -90,6 +96,11 @@ class LogitTap(Tap):
             found = class_dim_of_gradient(g.detach())
         except Exception:  # noqa: BLE001 - never take training down
             found = None
+        if z.dim() <= 2:
+            self.flat = found is not None
+            if self.flat:
+                self._reduce(z, -1)
+            return
         self.dim = found if found is not None else -1
         self._reduce(z, self.dim)
 

@@ -60,7 +60,7 @@ class PrecisionTap(Tap):
         self.rows: torch.Tensor | None = None
         self.pids: tuple[int, ...] = ()
         self.bp_rows: list[tuple[int, torch.Tensor]] = []
-        self.wanted_here = self.needed  # asked for at all (fixed for the Monitor's life)
+        self.wanted_here = self.active = self.needed  # asked for at all (fixed for good)
         bp = self.ctx.tap("backprop")
         if self.needed and self.bp_wanted and bp is not None:
             bp.listen(self._on_backprop, lambda plan: plan.any_due(self.bp_wanted))
