@@ -15,7 +15,12 @@ replaces it. These came with the rules they changed:
 - ``wavenet_seqdigits`` (dilated causal convolutions, no recurrence): a gradient through time
   that is uneven over the steps (1e-7 of the last step's at t = 0) but reaches most of them
   is judged by its reach, not by the first step's share, where the model has no recurrence
-  (``gradwatch.verdicts.TEMPORAL_REACH``).
+  (``gradwatch.verdicts.TEMPORAL_REACH``);
+- ``vgg11_default_init`` (VGG-A without BN at PyTorch's default init): the per-layer factor
+  of the back-propagated signal holds across the layers where the shape changes (a conv
+  after a max pool), so it is compounded over every layer crossed as far as the end-to-end
+  ratio confirms it (``gradwatch.diagnose._flow.crossed_decay``), not over the same-shape
+  steps alone.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 from .case import Case, Train
-from .data import digits_batch, pixel_sequence_batch, progression_batch
+from .data import digits_batch, image_batch, pixel_sequence_batch, progression_batch
 from .mlp import CHANCE, probe
 from .transformer import VOCAB, llama, token_loss
 
@@ -150,6 +155,31 @@ class WaveNet(nn.Module):
             h, s = block(h)
             skips = skips + s
         return self.post(skips)[:, :, -1]
+
+
+# ------------------------------------------------------------------------ VGG-A, default init
+#: VGG configuration A (11 weight layers), widths divided by ``scale``; "M" is a 2×2 max pool.
+VGG_A = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
+
+
+def vgg11_default(scale: int = 4, size: int = 32, classes: int = 10) -> nn.Sequential:
+    """VGG-A (Simonyan & Zisserman 2015, Table 1: 8 convs, 3 fully connected layers with
+    dropout), no BatchNorm, every layer at PyTorch's default init (``nn.Conv2d``/``nn.Linear``
+    Kaiming-uniform with a = √5: n·Var[w] = 1/3; nothing re-initialised)."""
+    layers: list[nn.Module] = []
+    c = 3
+    for v in VGG_A:
+        if v == "M":
+            layers.append(nn.MaxPool2d(2))
+        else:
+            layers += [nn.Conv2d(c, v // scale, 3, padding=1), nn.ReLU()]
+            c = v // scale
+    side = size // 32
+    hidden = 4096 // (4 * scale)
+    layers += [nn.Flatten(), nn.Linear(c * side * side, hidden), nn.ReLU(), nn.Dropout(0.5),
+               nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.5),
+               nn.Linear(hidden, classes)]
+    return nn.Sequential(*layers)
 
 
 CASES = [
@@ -297,6 +327,42 @@ CASES = [
             'after.time_ratio': 0.000272,
             'after.dead_max': 0.0781,
             'after.saturated_max': 0.19,
+        },
+    ),
+    Case(
+        name="vgg11_default_init", family="cnn", model=vgg11_default,
+        batch=partial(image_batch, 10_000, size=32, batch=8),
+        expect_init="vanishing", expect_run="vanishing",
+        source="Simonyan & Zisserman 2015 (VGG-A, no BN, SGD lr 0.01, momentum 0.9, wd 5e-4); "
+               "He et al. 2015, §2.2 (a ReLU layer keeps the variance only at n·Var[w] = 2; "
+               "PyTorch's default init gives 1/3); zoo training run",
+        train=Train(steps=150,
+                    optimizer=lambda m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9,
+                                                        weight_decay=5e-4),
+                    batch=partial(image_batch, size=32, batch=16), outcome="stalls",
+                    baseline=CHANCE),
+        why="VGG-A (8 convs, 3 fully connected layers with dropout; widths /4), 32×32, no "
+            "BN and nothing re-initialised: each ReLU layer keeps about 1/6 of the variance, "
+            "so ‖∂L/∂h‖ at the first ReLU is 1.9e-4 of the last's (0.39 per layer) and the "
+            "forward std falls ×0.11; half the units of one layer are zero on every image "
+            "(their input vanished, their biases rule them). SGD (lr 0.01, momentum 0.9) "
+            "learns nothing in 150 steps (2.31 → 2.31; the first conv moved 0.7%); after the "
+            "run the ratio is 1.6e-4.",
+        measured={
+            'init.loss_over_chance': 1.01,
+            'init.trunk_ratio': 0.000187,
+            'init.trunk_factor': 0.385,
+            'init.fwd_growth': 0.112,
+            'init.gw_ratio_max': 0.152,
+            'init.dead_max': 0.5,
+            'init.saturated_max': 0.0,
+            'train.loss_start': 2.31,
+            'train.loss_end': 2.31,
+            'train.move_first': 0.00702,
+            'train.update_ratio_max': 0.000312,
+            'after.trunk_ratio': 0.000159,
+            'after.dead_max': 0.531,
+            'after.saturated_max': 0.0,
         },
     ),
 ]

@@ -7,9 +7,6 @@
   depthwise k×k, squeeze-and-excitation, linear 1×1 projection, BN after each conv, SiLU,
   and stochastic depth on the residual branches (Huang et al. 2016), rate growing linearly to
   0.2 with depth;
-- :func:`vgg11_default`: VGG configuration A (Simonyan & Zisserman 2015, Table 1) without
-  BatchNorm, at PyTorch's default init (``nn.Conv2d``/``nn.Linear`` Kaiming-uniform with
-  a = √5: n·Var[w] = 1/3);
 - :class:`AlexNetLRN`: an AlexNet-style net (Krizhevsky et al. 2012, §3.3-3.4 and §5): five
   convs with local response normalisation after the first two, overlapping max pooling,
   dropout in the classifier, weights N(0, 0.01), biases 1 in conv 2, 4, 5 and the hidden fully
@@ -162,29 +159,6 @@ class EfficientNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.drop(self.head(self.blocks(self.stem(x))).mean((2, 3))))
-
-
-#: VGG configuration A (11 weight layers), widths divided by ``scale``; "M" is a 2×2 max pool.
-VGG_A = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
-
-
-def vgg11_default(scale: int = 4, size: int = 32, classes: int = 10) -> nn.Sequential:
-    """VGG-A (8 convs, 3 fully connected layers with dropout), no BatchNorm, every layer at
-    PyTorch's default init (nothing re-initialised)."""
-    layers: list[nn.Module] = []
-    c = 3
-    for v in VGG_A:
-        if v == "M":
-            layers.append(nn.MaxPool2d(2))
-        else:
-            layers += [nn.Conv2d(c, v // scale, 3, padding=1), nn.ReLU()]
-            c = v // scale
-    side = size // 32
-    hidden = 4096 // (4 * scale)
-    layers += [nn.Flatten(), nn.Linear(c * side * side, hidden), nn.ReLU(), nn.Dropout(0.5),
-               nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(0.5),
-               nn.Linear(hidden, classes)]
-    return nn.Sequential(*layers)
 
 
 class AlexNetLRN(nn.Module):

@@ -20,7 +20,7 @@ from ..recurrent import BASELINE, mse
 from ..transformer import token_loss
 from .attnnets import VOCAB
 from .common import Entry, adamw, image_case, sgd
-from .convnets2 import AlexNetLRN, EfficientNet, ResNeXt, vgg11_default
+from .convnets2 import AlexNetLRN, EfficientNet, ResNeXt
 from .data2 import TAG_VOCAB, TAGS, graph_batch, sbm_graph, tagging_batch
 from .measure import Probe, children_of, modules_of
 from .nets2 import (
@@ -100,19 +100,6 @@ ENTRIES = [
             "SiLU), stochastic depth up to 0.2 (on in the check, as in training), 16×16: "
             "‖∂L/∂h‖ grows ×11 toward the input (1.27 per block; BN), ‖∇W‖/‖W‖ ≤ 5.6. "
             "AdamW (lr 2e-3, wd 0.05) trains it: 2.20 → 0.87 in 100 steps."),
-    image_case(
-        "vgg11_default_init", "vgg_default_init", vgg11_default, "vanishing", "vanishing",
-        "Simonyan & Zisserman 2015 (VGG-A, no BN, SGD lr 0.01, momentum 0.9, wd 5e-4); He et "
-        "al. 2015, §2.2 (a ReLU layer keeps the variance only at n·Var[w] = 2; PyTorch's "
-        "default init gives 1/3); zoo training run",
-        dict(steps=150, optimizer=sgd(0.01, wd=5e-4), outcome="stalls"), RELUS,
-        why="VGG-A (8 convs, 3 fully connected layers with dropout; widths /4), 32×32, no "
-            "BN and nothing re-initialised: each ReLU layer keeps about 1/6 of the variance, "
-            "so ‖∂L/∂h‖ at the first ReLU is 1.9e-4 of the last's (0.39 per layer) and the "
-            "forward std falls ×0.11; half the units of one layer are zero on every image "
-            "(their input vanished, their biases rule them). SGD (lr 0.01, momentum 0.9) "
-            "learns nothing in 150 steps (2.31 → 2.31; the first conv moved 0.7%); after the "
-            "run the ratio is 1.6e-4."),
     image_case(
         "alexnet_lrn_he", "alexnet", partial(AlexNetLRN, 4, 10, "he"), "healthy", "healthy",
         "Krizhevsky et al. 2012, §3.3 and §5 (LRN, overlapping pooling, dropout; SGD lr 0.01, "

@@ -59,6 +59,10 @@ class FlowStep:
         total: the input-side layer's ratio.
         factor: geometric mean gain per counted step toward the input (< 1 shrinks).
         counted: the number of same-shape steps counted.
+        decay: the signal's change over every layer the walk crossed, counted or not: the
+            per-layer factor compounded over them, ``factor^depth``, where the end-to-end
+            ratio ``bp[0] / bp[-1]`` measured across the shape changes is as small (else
+            that ratio), and never above ``total`` (see :func:`crossed_decay`).
         grad_total: ``grad_norm`` of the input-side layer over that of the output-side layer
             (NaN when not recorded).
     """
@@ -71,6 +75,12 @@ class FlowStep:
     factor: float
     counted: int
     grad_total: float
+    decay: float = math.nan
+
+    @property
+    def vanishing_ratio(self) -> float:
+        """The ratio the vanishing rule judges: :attr:`decay` when known, else :attr:`total`."""
+        return self.decay if self.decay == self.decay else self.total
 
     @property
     def depth(self) -> int:
@@ -126,6 +136,27 @@ def same_shape_walk(
         ratio_log.append(ratio_log[-1] + gain)
         i = j
     return path[::-1], np.exp(np.array(ratio_log[::-1])), counted
+
+
+def crossed_decay(total: float, factor: float, depth: int, end_to_end: float) -> float:
+    """How much the signal shrinks over every layer the walk crossed, shape changes included.
+
+    The walk counts only same-shape steps, because an operation that changes the shape adds
+    a factor of its own (an average pool over k×k multiplies ‖δ‖ by 1/k). But the layer a
+    shape change crosses (a conv that doubles the channels after a pool) multiplies the
+    signal by its per-layer factor as its neighbours do: a VGG with a pool every one or two
+    convs counts 4 of its 10 steps, and at PyTorch's default init (0.4 per layer at every
+    layer) the counted ones alone give ×0.02, the whole net ×1.2e-4. So the counted
+    per-layer ``factor`` is compounded over the ``depth`` layers crossed, and the signal is
+    taken to shrink that far only as far as the end-to-end ratio measured across the shape
+    changes confirms it (no operation's own factor is read as decay): ``min(total,
+    max(factor^depth, end_to_end))``. Where nothing changes shape, or where the per-layer
+    factor is 1 or more, this is ``total``.
+    """
+    if not (factor < 1 and depth > 0 and end_to_end == end_to_end):
+        return total
+    compounded = math.exp(depth * math.log(max(factor, TINY)))
+    return min(total, max(compounded, end_to_end))
 
 
 def branch_layers(view: RunView) -> tuple[set[str], list[str | None]]:
@@ -303,6 +334,7 @@ def _compute(view: RunView) -> list[FlowStep]:
                 grad_total = float(g0 / g1)
         total = float(ratios[0])
         factor = math.exp(math.log(max(total, TINY)) / counted)
+        decay = crossed_decay(total, factor, len(path) - 1, float(vals[0] / vals[-1]))
         out.append(
             FlowStep(
                 step=int(step),
@@ -313,6 +345,7 @@ def _compute(view: RunView) -> list[FlowStep]:
                 factor=factor,
                 counted=counted,
                 grad_total=grad_total,
+                decay=decay,
             )
         )
     return out

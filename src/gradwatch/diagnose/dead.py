@@ -106,7 +106,7 @@ def bypassed(view: RunView, layers: list[str], step: int) -> dict | None:
     fs = next((f for f in flow_steps(view) if f.step == step), None)
     if fs is None:
         return None
-    v = depth_verdict(fs.total, fs.factor, plain_chain=False)
+    v = depth_verdict(fs.vanishing_ratio, fs.factor, plain_chain=False)
     if v is not None and v[0] == "vanishing":
         return None
     scales = [s for s in view.structure.get("branch_scales") or () if isinstance(s, int | float)]

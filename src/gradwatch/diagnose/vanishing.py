@@ -37,7 +37,7 @@ finding: they get under 1% of the top layers' signal."""
 
 def vanishing_severity(fs: FlowStep) -> str | None:
     """Return "error", "warning" or None for one step's gradient flow."""
-    v = depth_verdict(fs.total, fs.factor, plain_chain=False)
+    v = depth_verdict(fs.vanishing_ratio, fs.factor, plain_chain=False)
     return v[1] if v else None
 
 
@@ -117,16 +117,21 @@ def rule(view: RunView) -> list[Finding]:
             "look flatter)"
         )
     figure = f"to lift the per-layer factor {number(last.factor)} toward 1"
+    total = last.vanishing_ratio
+    across = ""
+    if total < last.total:  # shape changes crossed: the factor holds over them too
+        across = (f", over all {last.depth} layers crossed; {times(last.total)} over the "
+                  f"{last.counted} steps between layers of one shape")
     message = (
-        f"The back-propagated gradient shrinks to {times(last.total)} of its size from layer "
+        f"The back-propagated gradient shrinks to {times(total)} of its size from layer "
         f"'{last.layers[-1]}' to '{last.layers[0]}' ({number(last.factor)} per layer"
-        f"{', along the residual stream' if view.path == 'residual' else ''})"
+        f"{', along the residual stream' if view.path == 'residual' else ''}{across})"
         f"{when(view, held_steps, recorded)}: the input-side layers {names(layers)} barely "
         f"learn{flat}; {advice(remedies, figure=figure)}."
     )
     if learning is not None:
         message = (
-            f"The back-propagated gradient shrinks to {times(last.total)} of its size from "
+            f"The back-propagated gradient shrinks to {times(total)} of its size from "
             f"layer '{last.layers[-1]}' to '{last.layers[0]}'{when(view, held_steps, recorded)}"
             f", but the run learns: the loss fell from {number(learning['loss_start'])} to "
             f"{number(learning['loss_end'])} and the input-side layers update at "
@@ -141,6 +146,7 @@ def rule(view: RunView) -> list[Finding]:
         "steps_held": len(held_steps),
         "steps_recorded": len(recorded),
         "persists": bool(still),
+        "crossed_decay": num(total),
         "min_backprop_ratio": num(min(fs.total for fs in held)),
         "still_learning": learning,
     }
