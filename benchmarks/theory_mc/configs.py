@@ -254,10 +254,10 @@ def images(n: int = 16, side: int = 32) -> Callable[[], tuple[torch.Tensor, ...]
     return lambda: (torch.randn(n, 3, side, side, generator=torch.Generator().manual_seed(0)),)
 
 
-def _zoo_resnet(depth: int):
+def _zoo_resnet(depth: int, width: int = 64):
     from benchmarks.zoo.resnet import ResNet
 
-    return ResNet(depth, 64)
+    return ResNet(depth, width)
 
 
 def _zoo_vgg16_bn():
@@ -315,24 +315,22 @@ def _convnets() -> list[Config]:
         out.append(
             Config(
                 f"resnet{depth}",
-                "outside the theory",
+                "conv nets with BatchNorm",
                 f"ResNet-{depth} as in He et al. 2016 (ReLU after each addition, max-pooled "
-                "stem), width 64, 32x32",
+                "stem), width 64, 32x32, batch 16",
                 partial(_zoo_resnet, depth),
                 images(16, 32),
                 seeds=6,
-                expect="uncertain",
             )
         )
     out.append(
         Config(
             "preact_resnet18_imagenet_stem",
-            "outside the theory",
-            "pre-activation ResNet-18 with the max-pooled ImageNet stem, 32x32",
+            "conv nets with BatchNorm",
+            "pre-activation ResNet-18 with the max-pooled ImageNet stem, 32x32, batch 16",
             partial(PreActResNet, 18, 64, "imagenet"),
             images(16, 32),
             seeds=6,
-            expect="uncertain",
         )
     )
     return out

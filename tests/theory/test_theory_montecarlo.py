@@ -5,8 +5,8 @@ The quick configurations run by default; every configuration (≥ 20: residual M
 ReLU and GELU branches, α from 1/√L to 1, depth 12–50; pre-LN and post-LN
 nn.TransformerEncoder with 6 and 24 layers; GPT-2 and BERT from a config (with and without
 their default dropout); with and without a
-final norm; BatchNorm residual nets; DeepNorm; VGG-16 with BatchNorm and pre-activation
-ResNet-18/34) under ``-m slow``.
+final norm; BatchNorm residual nets; DeepNorm; VGG-16 with BatchNorm, pre-activation
+ResNet-18/34 and the original ResNet-18/34/50 with ReLU after each addition) under ``-m slow``.
 """
 
 from __future__ import annotations

@@ -43,13 +43,14 @@ Expected (and checked):
 5. ``gw.diagnose`` flags the failing run (a warning or an error) and neither of the runs
    that trained;
 6. the theory's line (:mod:`~gradwatch.experiments.xiong2020_theory`: ``gw.theory.predict``
-   against the geometric mean of 8 draws of nets whose layers are drawn independently, the
-   theory's assumption): the last layer's FFN gradient (Theorem 1's quantity) within
-   max(0.1 decade, 5% of the log) of the measurement, post-LN and pre-LN, at every depth;
+   against autograd, each a geometric mean over 8 draws of nets whose layers are drawn
+   independently, the theory's assumption): the last layer's FFN gradient (Theorem 1's
+   quantity) within max(0.1 decade, 5% of the log) of the measurement, post-LN and pre-LN,
+   at every depth;
 7. every layer of the pre-LN nets within that tolerance (post-LN's inner layers are shown,
    not claimed: at 24 layers the theory has them shrink toward the input, 0.2 decade more
    than measured);
-8. DeepNorm (Wang et al. 2022) trains without warmup where post-LN does not, unflagged;
+8. DeepNorm (Wang et al. 2022) trains without warmup where post-LN does not;
 9. DeepNorm's first Adam step at initialisation changes the output by ≤ 0.75× what it
    changes post-LN's (DeepNet's bounded model update).
 

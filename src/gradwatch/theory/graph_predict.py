@@ -10,11 +10,12 @@ outside residual branches, compared across same-shape steps), with the threshold
 :mod:`gradwatch.verdicts`.
 
 Outside the theory ("uncertain", with the reason): an operation without a mean-field rule
-(recurrent kernels, a custom autograd function), a nonlinearity of a sum that carries an
-earlier nonlinearity's output (the original ResNet's ReLU after the addition: not Gaussian),
-and weight matrices used at several places or starting with identical values
-(``nn.TransformerEncoder`` copies its layer, so its layers start identical): the theory needs
-independent random weights. Convolutions and pooling are read with images' positions as rows
+(recurrent kernels, a custom autograd function), a nonlinearity of a non-Gaussian sum whose
+law cannot be carried (a sum with an actual tensor; the original ResNet's ReLU after the
+addition is carried by draws, :mod:`~gradwatch.theory.draws`), and weight matrices used at
+several places or starting with identical values (``nn.TransformerEncoder`` copies its
+layer, so its layers start identical): the theory needs independent random weights.
+Convolutions and pooling are read with images' positions as rows
 (:mod:`~gradwatch.theory.rules_conv`).
 """
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from gradwatch.theory import draws as law
 from gradwatch.theory.gauss2 import expect1, expect2
 from gradwatch.theory.values import Context, Field, Grad, Lazy, Stats, present_positions
 
@@ -130,6 +131,9 @@ def materialize(ctx: Context, lazy: Lazy) -> Field:
     src = lazy.source
     s = src.stats
     present = present_positions(ctx.space, lazy.rid)
+    carried = law.drawn(src) if getattr(src, "_not_gaussian", False) else None
+    if carried is not None and lazy.affine is None:
+        return _materialize_drawn(ctx, lazy, carried, present)
     if lazy.affine is not None:
         a, b = lazy.affine
         mu = a * s.mu + b
@@ -156,6 +160,23 @@ def materialize(ctx: Context, lazy: Lazy) -> Field:
         lineage=src.lineage,
         token=src.token,
     )
+    if carried is not None:  # an affine function of a drawn signal: draws scaled alike
+        a, b = lazy.affine
+        out._draws = law.Draws(carried.pos, a * carried.y + b)  # type: ignore[attr-defined]
+        out._not_gaussian = True  # type: ignore[attr-defined]
+    lazy._field = out
+    return out
+
+
+def _materialize_drawn(ctx: Context, lazy: Lazy, carried: law.Draws, present) -> Field:
+    """A function of a signal carried by draws: moments and draws from it applied to them."""
+    src = lazy.source
+    y, _ = law.apply(lazy.fn, carried.y, slopes=False)
+    st = law.stats_from(ctx, law.Draws(carried.pos, y), src.stats.C is not None)
+    st.present = st.present & present
+    out = Field(stats=st, rid=lazy.rid, lineage=src.lineage, token=src.token)
+    out._draws = law.Draws(carried.pos, y)  # type: ignore[attr-defined]
+    out._not_gaussian = True  # type: ignore[attr-defined]
     lazy._field = out
     return out
 
@@ -166,6 +187,10 @@ def lazy_backward(lazy: Lazy, grad: Grad) -> Grad:
     if lazy.affine is not None:
         a = lazy.affine[0]
         return grad.scaled(a * a)
+    drawn = law.drawn(lazy.source)
+    if drawn is not None:  # a stream carried by draws: the slopes per draw (masks)
+        _, d = law.apply(lazy.fn, drawn.y)
+        return law.masked(grad, d, drawn.pos, s.A.shape[0], s.C is not None)
     if _zero_mean_relu(lazy):
         ga = relu_kernel(s, cross=False, deriv=True) * grad.GA
         gc = None

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradwatch.theory import draws as law
 from gradwatch.theory.rules import as_field, default, rid_of, stats_of
 from gradwatch.theory.rules_norm import _sqrt_psd
 from gradwatch.theory.values import (
@@ -377,12 +378,20 @@ def max_pool(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     A = st.A[np.ix_(gin, gin)]
     C = st.C[np.ix_(gin, gin)] if st.C is not None else np.zeros_like(A)
     mu = st.mu[gin]
-    Mdraw = max(8, POOL_DRAWS * 32 // max(B, 1))
+    Mdraw = law.draw_count(B, n_out)  # the forward's draws (the law it hands on)
+    Mback = min(Mdraw, max(8, POOL_DRAWS * 32 // max(B, 1)))  # the backward's routing
     gen = np.random.default_rng(ctx.seed * 7919 + len(ctx.tape) + 29)
     lw = _sqrt_psd(A - C)
     lc = _sqrt_psd(C - np.outer(mu, mu))
     u = gen.standard_normal((Mdraw, B, n_in)) @ lw.T + gen.standard_normal((Mdraw, 1, n_in)) @ lc.T
     u = u + mu
+    carried = law.drawn(src) if getattr(src, "_not_gaussian", False) else None
+    if carried is not None:  # a signal that is not Gaussian: its own law
+        where = {int(p): i for i, p in enumerate(carried.pos)}
+        if all(int(p) in where for p in gin):
+            u = carried.y[:, :, [where[int(p)] for p in gin]]
+            Mdraw = u.shape[0]
+            Mback = min(Mback, Mdraw)
     xt = torch.from_numpy(u).requires_grad_(True)
     with torch.enable_grad():
         vt = fn(xt)
@@ -415,7 +424,8 @@ def max_pool(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
         lineage=src.lineage,
         token=src.token,
     )
-    wts = np.take_along_axis(dfv.reshape(Mdraw * B, n_in), idx, axis=1)  # f' at each argmax
+    idx = idx[: Mback * B]
+    wts = np.take_along_axis(dfv.reshape(Mdraw * B, n_in)[: Mback * B], idx, axis=1)  # f' there
     n_s = idx.shape[0]
     rbar = np.zeros((n_in, n_out))
     np.add.at(rbar, (idx, np.broadcast_to(np.arange(n_out), idx.shape)), wts)
@@ -438,6 +448,8 @@ def max_pool(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
         return [Grad(ga, gc)]
 
     out._not_gaussian = True  # type: ignore[attr-defined]
+    order = np.argsort(gout)
+    out._draws = law.Draws(gout[order], y[:, :, order])  # type: ignore[attr-defined]
     ctx.record([src], [out], backward)
     fake = Unknown("max pooling indices")
     return [out, fake]

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradwatch.theory import draws as law
 from gradwatch.theory.gauss2 import expect1
 from gradwatch.theory.kernels import numpy_fn, numpy_grad
 from gradwatch.theory.rules import (
@@ -322,6 +323,19 @@ def batch_norm(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     )
     if getattr(fx, "_not_gaussian", False):  # normalising keeps a non-Gaussian law so
         out._not_gaussian = True  # type: ignore[attr-defined]
+        carried = law.drawn(fx)
+        if carried is not None:  # each drawn feature normalised over its batch
+            y = carried.y
+            mean = y.mean(axis=(1, 2), keepdims=True)
+            var = y.var(axis=(1, 2), keepdims=True)
+            yn = (y - mean) / np.sqrt(var + float(eps))
+            gw_, gb_ = _actual(weight), _actual(bias)
+            if gw_ is not None or gb_ is not None:  # each draw a channel's γ, β in turn
+                M = y.shape[0]
+                gam = np.ones(M) if gw_ is None else np.resize(gw_.double().numpy(), M)
+                bet = np.zeros(M) if gb_ is None else np.resize(gb_.double().numpy(), M)
+                yn = gam[:, None, None] * yn + bet[:, None, None]
+            out._draws = law.Draws(carried.pos, yn)  # type: ignore[attr-defined]
 
     # A channel computed from k actual input numbers (a first convolution of an image)
     # has σ² ∝ a χ²_k over its random weights: E[1/σ²] = k/(k − 2) · 1/E[σ²] (Jensen; wide

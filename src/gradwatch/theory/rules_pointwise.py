@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gradwatch.theory import draws as law
 from gradwatch.theory.rules import (
     KINKS,
     _c,
@@ -90,14 +91,14 @@ def pointwise(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     return Unknown(f"aten.{op.name} of several different signals is not modelled")
 
 
-#: Why a nonlinearity of a sum that carries a nonlinear function of a signal is outside.
+#: Why a nonlinearity of a non-Gaussian sum whose law is not carried by draws is outside.
 NOT_GAUSSIAN_REASON = (
-    "a nonlinearity applied to a residual sum whose skip path carries the output of an "
-    "earlier nonlinearity (a ReLU after the addition, as in the original ResNet of He et al. "
-    "2016, or a max pooling): that sum is not Gaussian over the random weights, and the "
-    "mean-field rules, which integrate against Gaussians, drift block after block (0.1-0.4 "
-    "decade at init on ResNet-34/50 against Monte Carlo); pre-activation blocks (the "
-    "nonlinearity inside the branch) are predicted; measure this model with gw.check"
+    "a nonlinearity applied to a sum that carries a non-Gaussian signal (an earlier "
+    "nonlinearity's output, a max pooling) together with an actual tensor or a constant, or "
+    "with operands at different positions: its law is not carried (the ReLU after a residual "
+    "addition, as in the original ResNet, is: both operands come from weight matrices), and "
+    "the Gaussian rules drift block after block there (0.2-0.4 decade over ResNet-34/50 at "
+    "init against Monte Carlo); measure this model with gw.check"
 )
 
 
@@ -126,7 +127,7 @@ def compose(op: Any, args: tuple, kwargs: dict, signals: list) -> Lazy:
     def fn(u, _a=args, _k=kwargs):
         return func(*[sub(a, u) for a in _a], **{k: sub(v, u) for k, v in _k.items()})
     affine, kinks = _affine_and_kinks(op, args, kwargs, lazies)
-    if affine is None and getattr(src, "_not_gaussian", False):
+    if affine is None and getattr(src, "_not_gaussian", False) and law.drawn(src) is None:
         return Unknown(NOT_GAUSSIAN_REASON + f" (aten.{op.name})")
     rid = _broadcast_rid([rid_of(a) for a in signals], op.out)
     names = tuple(dict.fromkeys(sum((lz.names for lz in lazies), ()) + (op.name,)))
@@ -228,16 +229,14 @@ def binary(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
             else 1.0
         )
 
+        # the gradient reaches each operand's own coordinates, so its parts go on (the skip
+        # path's; a weight matrix or a norm reading them takes their sum)
         def back_a(g):
-            return Grad(g.GA, g.GC, ones=g.ones, own=c2a * g.own + (1 - c2a))
+            return Grad(g.GA, g.GC, ones=g.ones, own=c2a * g.own + (1 - c2a), parts=g.parts)
 
         def back_b(g):
-            return Grad(
-                g.GA * scale_b,
-                g.GC * scale_b if g.GC is not None else None,
-                ones=g.ones,
-                own=c2b * g.own + (1 - c2b),
-            )
+            gs = g.scaled(scale_b)
+            return Grad(gs.GA, gs.GC, ones=g.ones, own=c2b * g.own + (1 - c2b), parts=gs.parts)
     else:  # mul
         A = sa.A * sb.A
         C = _c(sa) * _c(sb) if cross else None
@@ -251,6 +250,7 @@ def binary(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     )
     if any(not_gaussian(v) for v in (a, b)):
         out._not_gaussian = True  # type: ignore[attr-defined]
+        _carry_draws(ctx, out, a, b, name, s if name in ("add", "sub") else 1.0)
     ins, backs = [], []
     for operand, back in ((fa, back_a), (fb, back_b)):
         if isinstance(operand, Field | Data | Table):
@@ -274,6 +274,32 @@ def binary(ctx: Context, op: Any, args: tuple, kwargs: dict) -> Any:
     if name in ("add", "sub"):
         _keep_columns(out, fa, fb, op, s if name == "add" else -s)
     return out
+
+
+def _carry_draws(ctx: Context, out: Field, a: Any, b: Any, name: str, s: float) -> None:
+    """The law of a sum or product that carries a non-Gaussian signal, as draws (on demand).
+
+    Each operand is drawn from its own law (carried draws, or its Gaussian), independently
+    of the other (they are independent over the random weights); a sum with a scalar or an
+    actual tensor gets no draws (a nonlinearity of it stays outside the theory).
+    """
+    if name not in ("add", "sub", "mul"):
+        return
+    if not all(isinstance(v, Field | Lazy) for v in (a, b)):
+        return
+    if any(rid_of(v).shape != out.rid.shape for v in (a, b)):
+        return
+
+    def make() -> law.Draws | None:
+        da, db = law.of(ctx, a, salt=1), law.of(ctx, b, salt=2)
+        if da is None or db is None or not np.array_equal(da.pos, db.pos):
+            return None
+        m = min(da.y.shape[0], db.y.shape[0])
+        ya, yb = da.y[:m], db.y[:m]
+        y = ya * yb if name == "mul" else ya + (-s if name == "sub" else s) * yb
+        return law.Draws(da.pos, y)
+
+    out._make_draws = make  # type: ignore[attr-defined]
 
 
 def _keep_columns(out: Field, fa: Any, fb: Any, op: Any, s: float) -> None:

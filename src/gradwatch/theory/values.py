@@ -179,6 +179,11 @@ class Grad:
     GC: np.ndarray | None = None
     ones: float = 1.0
     own: float = 1.0
+    #: Along a residual stream carried by draws (:mod:`~gradwatch.theory.draws`): the
+    #: gradient as independent parts (GA, GC, mask, positions), each the gradient injected at some
+    #: depth times the product of the elementwise slopes it crossed since, per draw (the same
+    #: coordinate's masks are correlated along the skip path). GA, GC are their sum.
+    parts: tuple | None = None
 
     def energy(self) -> float:
         """Σ_t GA[t, t]: the weight of this gradient in a sum."""
@@ -191,18 +196,31 @@ class Grad:
             gc = _or0(self.GC, self.GA) + _or0(other.GC, other.GA)
         e1, e2 = abs(self.energy()), abs(other.energy())
         w = e1 / (e1 + e2) if e1 + e2 > 0 else 0.5
+        parts = None
+        if self.parts is not None or other.parts is not None:
+            parts = self.split() + other.split()
         return Grad(
             self.GA + other.GA,
             gc,
             ones=w * self.ones + (1 - w) * other.ones,
             own=w * self.own + (1 - w) * other.own,
+            parts=parts,
         )
+
+    def split(self) -> tuple:
+        """The independent parts (GA, GC, mask draws or None) this gradient is the sum of."""
+        return self.parts if self.parts is not None else ((self.GA, self.GC, None, None),)
 
     def scaled(self, s: float | np.ndarray) -> Grad:
         """Return the gradient times ``s``: a number keeps its direction, an array does not."""
         gc = None if self.GC is None else self.GC * s
         if np.ndim(s) == 0:
-            return Grad(self.GA * s, gc, ones=self.ones, own=self.own)
+            parts = None
+            if self.parts is not None:
+                parts = tuple(
+                    (a * s, None if c is None else c * s, m, p) for a, c, m, p in self.parts
+                )
+            return Grad(self.GA * s, gc, ones=self.ones, own=self.own, parts=parts)
         return Grad(self.GA * s, gc)
 
 
