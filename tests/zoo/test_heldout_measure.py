@@ -13,7 +13,7 @@ import torch
 from benchmarks.zoo.heldout import BY_NAME, CASES, PROBES
 from benchmarks.zoo.heldout.measure import Probe, measure, modules_of, summarise, train_plain
 from benchmarks.zoo.heldout.seqnets import LRU
-from benchmarks.zoo.heldout.truth import drift
+from benchmarks.zoo.heldout.truth import WIDTH_DEPENDENT, drift
 from torch import nn
 
 
@@ -150,6 +150,19 @@ def test_drift_flags_figures_that_moved():
     assert drift(row) == {"train.move_first": (0.5, 0.9)}  # 3e-40 vs 1e-40: within half a decade
     row["init"]["trunk_ratio"] = 1e-30
     assert set(drift(row)) == {"init.trunk_ratio", "train.move_first"}
+
+
+def test_width_dependent_figures_are_compared_within_a_decade():
+    # each listed figure is one a case records, and its AVX2 value reproduces it within a decade
+    for name, figures in WIDTH_DEPENDENT.items():
+        for key, avx2 in figures.items():
+            rec = BY_NAME[name].measured[key]
+            section, stat = key.split(".")
+            row = {"name": name, "recorded": {key: rec}, section: {stat: avx2}}
+            assert drift(row) == {}, (name, key)
+            assert drift({**row, "name": "another"}), (name, key)  # beyond same()'s tolerance
+            row[section][stat] = rec * 10 ** 1.2 if avx2 >= rec else rec / 10 ** 1.2
+            assert set(drift(row)) == {key}, (name, key)
 
 
 def test_heldout_set_is_what_it_promises():
