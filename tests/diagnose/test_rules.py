@@ -321,6 +321,22 @@ def test_not_stalled_when_frozen_brief_or_a_checkup():
     assert by_kind(diagnose(run), "stalled") == []
 
 
+def test_not_stalled_once_the_loss_has_converged():
+    # a layer whose update falls to ~0 once the loss is ~0 has nothing left to learn (a solved
+    # task under Adam: the gradient falls below ε); the same stall while the loss is still high
+    # is a stall
+    ur = const(1e-3, 4, 8)
+    ur[4:, 0] = 1e-9
+    gn = const(1.0, 4, 8)
+    solved = [2.7, 2.6, 2.5, 1.0, 1e-4, 1e-5, 6e-6, 6e-6]
+    run = make_run(4, {"update_ratio": ur, "grad_norm": gn}, loss=solved)
+    assert by_kind(diagnose(run), "stalled") == []
+    learning = [2.7, 2.6, 2.5, 2.4, 2.3, 2.2, 2.1, 2.0]
+    f = one(diagnose(make_run(4, {"update_ratio": ur, "grad_norm": gn}, loss=learning)),
+            "stalled")
+    assert f.layers == ("l0",) and f.steps == (4, 7) and f.evidence["steps_converged"] == 0
+
+
 # ------------------------------------------------------------------------- healthy_deep
 def test_healthy_deep_note_for_a_deep_net_with_healthy_gradients():
     f = one(diagnose(make_run(25, {"backprop_norm": const(1.0, 25)})), "healthy_deep")

@@ -29,6 +29,25 @@ STALLED_MIN_STEPS = 3
 STALLED_MIN_FRACTION = 0.5
 """...and at half of the recorded update steps: a layer that stalls once is not stalled."""
 
+CONVERGED = 1e-3
+"""A step whose loss is below this fraction of the run's starting loss (the median of its first
+three recorded) is past convergence and does not count: once the loss is (near) zero a layer's
+gradient, and with Adam its update (ε then outweighs √v̂), falls toward zero because nothing
+is left to learn, not because the gradient cannot reach it."""
+
+
+def converged_steps(view: RunView) -> set[int]:
+    """The recorded steps whose finite loss is below :data:`CONVERGED` of the starting loss."""
+    loss = view.loss
+    values = loss.to_numpy(dtype=np.float64)
+    ok = np.isfinite(values)
+    if ok.sum() < 3:
+        return set()
+    start = float(np.median(values[ok][:3]))
+    if start <= 0:
+        return set()
+    return {int(s) for s, v, o in zip(loss.index, values, ok, strict=True)
+            if o and v < CONVERGED * start}
 
 
 def rule(view: RunView) -> list[Finding]:
@@ -45,7 +64,10 @@ def rule(view: RunView) -> list[Finding]:
     steps = [int(s) for s in ur.index]
     stalled = np.zeros_like(arr, dtype=bool)
     medians = np.full(len(steps), np.nan)
+    past = converged_steps(view)
     for i in range(len(steps)):
+        if steps[i] in past:
+            continue
         row = arr[i]
         ok = np.isfinite(row)
         if ok.sum() < 2:
@@ -85,6 +107,7 @@ def rule(view: RunView) -> list[Finding]:
         "relative_threshold": STALLED_RELATIVE,
         "absolute_threshold": STALLED_ABSOLUTE,
         "persists": bool(still),
+        "steps_converged": len(past & set(steps)),
     }
     return [
         Finding(

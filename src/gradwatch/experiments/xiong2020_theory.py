@@ -222,8 +222,8 @@ def deepnorm_claims(runs: dict[str, Any], updates: dict[str, Any], chance: float
             dn < trained * chance and post > failed * chance,
             deepnorm_loss=dn,
             post_ln_loss=post,
-            # shown, not claimed: on a converged run (loss ~1e-5) gw.diagnose can call the
-            # LayerNorm gains "stalled" (they barely move once the gradients are ~0)
+            # shown, not claimed: what gw.diagnose flags on the DeepNorm run (a converged run,
+            # loss ~1e-5, whose LayerNorm gains barely move once the gradients are ~0)
             deepnorm_flagged=runs.get("DeepNorm", {}).get("flagged"),
             chance=chance,
         ),
