@@ -12,7 +12,15 @@ from __future__ import annotations
 import numpy as np
 
 from gradwatch.diagnose._advice import flow_remedies
-from gradwatch.diagnose._view import RunView, names, num, persists, step_span, when
+from gradwatch.diagnose._view import (
+    RunView,
+    finite_loss,
+    names,
+    num,
+    persists,
+    step_span,
+    when,
+)
 from gradwatch.findings import Finding
 from gradwatch.wording import number
 
@@ -38,16 +46,10 @@ is left to learn, not because the gradient cannot reach it."""
 
 def converged_steps(view: RunView) -> set[int]:
     """The recorded steps whose finite loss is below :data:`CONVERGED` of the starting loss."""
-    loss = view.loss
-    values = loss.to_numpy(dtype=np.float64)
-    ok = np.isfinite(values)
-    if ok.sum() < 3:
+    steps, values = finite_loss(view)
+    if len(values) < 3 or (start := float(np.median(values[:3]))) <= 0:
         return set()
-    start = float(np.median(values[ok][:3]))
-    if start <= 0:
-        return set()
-    return {int(s) for s, v, o in zip(loss.index, values, ok, strict=True)
-            if o and v < CONVERGED * start}
+    return {s for s, v in zip(steps, values, strict=True) if v < CONVERGED * start}
 
 
 def rule(view: RunView) -> list[Finding]:
