@@ -167,7 +167,8 @@ class BranchRunner:
                 x = torch.randn(self.B, self.d, generator=gen)
             else:
                 x = torch.randn(self.B, k * self.T, self.d, generator=gen)
-            self.traces[k] = record(self.kind.build(k), (x.to(self.dtype),), train_mode=True)
+            x = x.to(self.dtype).requires_grad_(True)  # a signal: gradients flow back to it
+            self.traces[k] = record(self.kind.build(k), (x,), train_mode=True)
         return self.traces[k]
 
     def run(self, A: np.ndarray, mu: np.ndarray, grad: Grad | None = None) -> Run:

@@ -110,7 +110,7 @@ class Back:
     gamma: list[np.ndarray]  # Γ(j, j), j = 0 … U
     ones: list[float]
     own: list[float]
-    runs: list[Run]  # unit j's branch over its own depth, seeded with Γ(j+1, j+1)
+    runs: list[Run]  # unit j's branch over its own depth, seeded with α_j² Γ(j+1, j+1)
 
 
 def backward(
@@ -142,11 +142,12 @@ def backward(
     ones_s[U], own_s[U] = top.ones, top.own
     for k in range(U - 1, -1, -1):
         b = kinds[k]
-        g = Grad(_sym(gamma(k + 1, k + 1)), None, ones=ones_s[k + 1], own=own_s[k + 1])
-        run = runners[b].run(*st.joint(k, k), grad=g)
+        # the branch output's gradient is α_k δ_{k+1}
+        ga = _sym(gamma(k + 1, k + 1)) * alphas[k] ** 2
+        run = runners[b].run(*st.joint(k, k), grad=Grad(ga, None, ones_s[k + 1], own_s[k + 1]))
         runs[k] = run
         gi = run.input_grad()
-        N[(k, k)] = _sym(gi.GA) * alphas[k] ** 2 if gi is not None else zero
+        N[(k, k)] = _sym(gi.GA) if gi is not None else zero
         energy[k] = float(np.trace(N[(k, k)]))
         ones_in[k], own_in[k] = (gi.ones, gi.own) if gi is not None else (1.0, 1.0)
         for m in range(k + 1, U):
