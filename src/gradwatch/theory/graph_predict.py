@@ -9,12 +9,17 @@ attenuation; the verdict reads the trunk the way ``gw.check`` reads measured nor
 outside residual branches, compared across same-shape steps), with the thresholds of
 :mod:`gradwatch.verdicts`.
 
+Weight matrices that start with identical values are predicted when they are a chain of
+identical copies along a residual stream (``nn.TransformerEncoder`` with ``norm_first=True``
+as built, a residual MLP of deep-copied blocks): :mod:`~gradwatch.theory.tied` splices the
+cross-depth recursion into the interpretation.
+
 Outside the theory ("uncertain", with the reason): an operation without a mean-field rule
 (recurrent kernels, a custom autograd function), a nonlinearity of a non-Gaussian sum whose
 law cannot be carried (a sum with an actual tensor; the original ResNet's ReLU after the
 addition is carried by draws, :mod:`~gradwatch.theory.draws`), and weight matrices used at
-several places or starting with identical values (``nn.TransformerEncoder`` copies its
-layer, so its layers start identical): the theory needs independent random weights.
+several places, or starting identical anywhere but in such a chain (the post-LN encoder
+layer as built): their signals are correlated across depth.
 Convolutions and pooling are read with images' positions as rows
 (:mod:`~gradwatch.theory.rules_conv`).
 """

@@ -42,7 +42,7 @@ from torch import nn
 
 from gradwatch.theory import rules
 from gradwatch.theory.tied_branches import BranchRunner, Kind, copy_kind, transformer_kinds
-from gradwatch.theory.tied_recursion import Back, Stream, backward, forward
+from gradwatch.theory.tied_recursion import Back, Norm, Stream, backward, forward
 from gradwatch.theory.trace import Trace
 from gradwatch.theory.values import Context, Field, Grad, Stats, Unknown, Value
 
@@ -138,11 +138,12 @@ class Chain:
                 "each identical copy holds its residual sum inside it, and only the pre-LN "
                 "nn.TransformerEncoderLayer is decomposed into its branches"
             )
-        if not layer.norm_first:
-            return (
-                "a post-LN chain of identical copies (a LayerNorm on the stream after each "
-                "sum) is not covered by the cross-depth recursion"
-            )
+        for norm in () if layer.norm_first else (layer.norm1, layer.norm2):
+            if stream_norm(norm) is None:
+                return (
+                    "the LayerNorms on the stream of a post-LN chain of identical copies have "
+                    "gains or biases that differ between features"
+                )
         kw = self.calls[0][0][1]
         mask, pad = kw.get("src_mask"), kw.get("src_key_padding_mask")
         T = ins[0].shape[1] if layer.self_attn.batch_first else ins[0].shape[0]
@@ -171,6 +172,24 @@ class Chain:
         self.kinds = [copy_kind(self.copies[0], flat=ins[0].dim() == 2)]
         self.alpha, self.x0, self.xL = alphas[0], ins[0], nxt[-1][0]
         return ""
+
+
+def stream_norm(norm: nn.Module) -> Norm | None:
+    """A LayerNorm with one gain and one bias for all features (None otherwise)."""
+    if not isinstance(norm, nn.LayerNorm) or len(norm.normalized_shape) != 1:
+        return None
+    gain, bias = 1.0, 0.0
+    if norm.weight is not None:
+        w = norm.weight.detach()
+        if not bool((w == w[0]).all()):
+            return None
+        gain = float(w[0])
+    if norm.bias is not None:
+        b = norm.bias.detach()
+        if not bool((b == b[0]).all()):
+            return None
+        bias = float(b[0])
+    return Norm(gain=gain, bias=bias, eps=float(norm.eps))
 
 
 def _sum_after(trace: Trace, x: torch.Tensor, y: torch.Tensor) -> tuple | None:
@@ -259,7 +278,11 @@ class Splice:
                          x0.dtype)
             for k in self.chain.kinds
         ]  # fmt: skip
-        self.stream = forward(self.runners, self.kinds, self.alphas, st.A, st.mu)
+        norms = [
+            stream_norm(self.chain.kinds[b].norm) if self.chain.kinds[b].norm is not None else None
+            for b in self.kinds
+        ]
+        self.stream = forward(self.runners, self.kinds, self.alphas, st.A, st.mu, norms)
         top = Stats(
             A=self.stream.s(U, U),
             C=None if not ctx.space.track_cross else np.outer(self.stream.mu_s[U], self.stream.mu_s[U]),
@@ -281,6 +304,19 @@ class Splice:
         prev = grads.get(id(self.x0_value))
         grads[id(self.x0_value)] = g0 if prev is None else prev.add(g0)
         self._layers(back)
+        self._norms(back, ctx.space.B)
+
+    def _norms(self, back: Back, B: int) -> None:
+        """The norms on the stream (post-LN): their output is the stream after the sum."""
+        n_kinds = len(self.chain.kinds)
+        for j, b in enumerate(self.kinds):
+            norm = self.chain.kinds[b].norm
+            if norm is None:
+                continue
+            rel = next(n for n, m in self.chain.copies[0].named_modules() if m is norm)
+            name = f"{self.chain.names[j // n_kinds]}.{rel}"
+            q = float(np.mean(np.diag(self.stream.s(j + 1, j + 1))))
+            self.layers[name] = {"norm2": B * float(np.trace(back.gamma[j + 1])), "q": q}
 
     def _layers(self, back: Back) -> None:
         n_kinds = len(self.chain.kinds)

@@ -34,7 +34,8 @@ NEG = float("-inf")
 
 
 class AttentionBranch(nn.Module):
-    """x ↦ dropout₁(self_attn(norm₁(x))) of a pre-LN ``nn.TransformerEncoderLayer``.
+    """x ↦ dropout₁(self_attn(norm₁(x))) of an ``nn.TransformerEncoderLayer`` (pre-LN; post-LN:
+    without norm₁, which then acts on the stream after the sum).
 
     Reads batch-first (N, depths·T, d) inputs; ``mask`` is the (depths·T)² additive mask
     (None: one depth, no mask), ``padding`` the key padding mask tiled over the depths.
@@ -48,7 +49,7 @@ class AttentionBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
-        h = layer.norm1(x)
+        h = layer.norm1(x) if layer.norm_first else x
         first = layer.self_attn.batch_first
         if not first:
             h = h.transpose(0, 1)
@@ -61,7 +62,7 @@ class AttentionBranch(nn.Module):
 
 
 class FeedForwardBranch(nn.Module):
-    """x ↦ dropout₂(linear₂(dropout(activation(linear₁(norm₂(x)))))) of a pre-LN layer."""
+    """x ↦ dropout₂(linear₂(dropout(activation(linear₁(norm₂(x)))))) (post-LN: without norm₂)."""
 
     def __init__(self, layer: nn.TransformerEncoderLayer):
         super().__init__()
@@ -69,7 +70,7 @@ class FeedForwardBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layer = self.layer
-        h = layer.linear1(layer.norm2(x))
+        h = layer.linear1(layer.norm2(x) if layer.norm_first else x)
         return layer.dropout2(layer.linear2(layer.dropout(layer.activation(h))))
 
 
@@ -96,6 +97,7 @@ class Kind:
     label: str
     build: Any  # Callable[[int], nn.Module]: the wrapper reading k depths
     prefix: str
+    norm: nn.LayerNorm | None = None  # on the stream after the sum (post-LN)
 
 
 def block_mask(k: int, T: int, mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -114,15 +116,17 @@ def block_mask(k: int, T: int, mask: torch.Tensor | None) -> torch.Tensor | None
 def transformer_kinds(
     layer: nn.TransformerEncoderLayer, T: int, mask: Any, padding: Any
 ) -> list[Kind]:
-    """The two branches of a pre-LN encoder layer (attention, then feed-forward)."""
+    """The two branches of an encoder layer (attention, then feed-forward), and for post-LN
+    the norm after each sum."""
 
     def attention(k: int) -> nn.Module:
         pad = None if padding is None else padding.repeat(1, k)
         return AttentionBranch(layer, block_mask(k, T, mask), pad)
 
+    post = not layer.norm_first
     return [
-        Kind("attention", attention, "layer."),
-        Kind("feed-forward", lambda k: FeedForwardBranch(layer), "layer."),
+        Kind("attention", attention, "layer.", layer.norm1 if post else None),
+        Kind("feed-forward", lambda k: FeedForwardBranch(layer), "layer.", layer.norm2 if post else None),
     ]
 
 

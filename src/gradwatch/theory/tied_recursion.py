@@ -1,9 +1,10 @@
 """Mean field of a residual stream whose branches reuse the same weights at every depth.
 
-The stream is s_{j+1} = s_j + α_j g_j(s_j), j = 0 … U−1 (U units; each unit's branch is of a
-kind b(j), and all branches of one kind are one random function: a chain of identical
-copies, or one module applied at several depths). Moments are per feature, over the T
-positions of an example, as in :mod:`~gradwatch.theory.values`.
+The stream is s_{j+1} = N_j(s_j + α_j g_j(s_j)), j = 0 … U−1 (U units; each unit's branch
+is of a kind b(j), and all branches of one kind are one random function: a chain of
+identical copies, or one module applied at several depths; N_j is the identity, or a
+LayerNorm on the stream after the sum, as in a post-LN layer). Moments are per feature,
+over the T positions of an example, as in :mod:`~gradwatch.theory.values`.
 
 Forward (Yang 2019, Tensor Programs I, NETSOR: one Gaussian matrix W applied to vectors
 x_i, x_j gives jointly Gaussian outputs with covariance σw² ⟨x_i, x_j⟩/n). The outputs of
@@ -16,16 +17,20 @@ weights: only their means correlate. With R(i, j) = E[g_i s_jᵀ],
     S(i+1, j) = S(i, j) + α_i R(i, j)            (S(i, j) = E[s_i s_jᵀ], S(0, 0) given)
 
 so the stream's variance grows with the coherent sum Σ_{i,j} α_i α_j M_ij, not with Σ_i α_i² M_ii.
+A LayerNorm after the sum, s = a ⊙ (u − μ_u) + β with a = γ/√(v_u + ε) per position (the
+row's scale is deterministic in the wide limit), maps these moments linearly.
 
 Backward, with the gradient-independence assumption (Yang 2020, Tensor Programs III: valid
 here, the read-out is drawn independently of the model and is used nowhere else), the
-same Wᵀ at every depth: δ_i = δ_U + Σ_{k≥i} Y_k with Y_k = α_k J_kᵀ δ_{k+1} (J_k the
-branch's Jacobian at depth k). The Y of one kind are correlated,
+same Wᵀ at every depth: δ_k = a_k δ_{k+1} + Y_k with Y_k = α_k J_kᵀ a_k δ_{k+1} (J_k the
+branch's Jacobian at depth k; a_k = 1 without a norm). The Y of one kind are correlated,
 
-    N(k, m) = E[Y_k Y_mᵀ] = α_k α_m E[J_kᵀ Γ(k+1, m+1) J_m],    Γ(i, j) = E[δ_i δ_jᵀ] = Γ_top + Σ_{k≥i, m≥j} N(k, m),
+    N(k, m) = E[Y_k Y_mᵀ] = α_k α_m E[J_kᵀ a_k Γ(k+1, m+1) a_m J_m],    Γ(i, j) = E[δ_i δ_jᵀ],
+    X(i, j) = E[δ_i Y_jᵀ] = N(i, j) + a_i X(i+1, j),
+    Γ(k, j) = a_k Γ(k+1, j+1) a_j + a_k X(k+1, j) + X(j+1, k)ᵀ a_j + N(k, j),
 
 N again from the branch's rules over two depths, run backward with the gradient moments
-Γ(k+1, m+1) between them. Both recursions visit each pair of depths of one kind once:
+between them (without norms, Γ(i, j) = Γ_top + Σ_{k≥i, m≥j} N(k, m)). Both recursions visit each pair of depths of one kind once:
 O(U²) branch interpretations. Without weight reuse M_ij and N(k, m) vanish for i ≠ j and
 the recursions are Yang & Schoenholz's 2017 residual mean field.
 """
@@ -41,6 +46,15 @@ from gradwatch.theory.values import Grad
 
 
 @dataclass
+class Norm:
+    """A LayerNorm on the stream after a unit's sum: constant gain and bias, its ε."""
+
+    gain: float = 1.0
+    bias: float = 0.0
+    eps: float = 1e-5
+
+
+@dataclass
 class Stream:
     """The forward result: stream and branch moments over all depths."""
 
@@ -48,6 +62,11 @@ class Stream:
     mu_s: list[np.ndarray]  # μ of s_j
     M: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)  # (i, j) same kind
     mu_g: list[np.ndarray] = field(default_factory=list)
+    #: per unit, the norm after its sum: scale a (T,), whether it centres, bias, μ of the sum
+    a: list[np.ndarray] = field(default_factory=list)
+    centre: list[float] = field(default_factory=list)
+    bias: list[float] = field(default_factory=list)
+    mu_u: list[np.ndarray] = field(default_factory=list)
 
     def s(self, i: int, j: int) -> np.ndarray:
         return self.S[(i, j)] if i >= j else self.S[(j, i)].T
@@ -59,6 +78,11 @@ class Stream:
         A = np.block([[self.s(i, i), self.s(i, j)], [self.s(j, i), self.s(j, j)]])
         return A, np.concatenate([self.mu_s[i], self.mu_s[j]])
 
+    def after(self, m: int, cross: np.ndarray, mu_z: np.ndarray) -> np.ndarray:
+        """E[z s_{m+1}ᵀ] from E[z u_mᵀ] (u_m the sum of unit m, before its norm)."""
+        out = (cross - self.centre[m] * np.outer(mu_z, self.mu_u[m])) * self.a[m][None, :]
+        return out + self.bias[m] * mu_z[:, None]
+
 
 def _sym(a: np.ndarray) -> np.ndarray:
     return 0.5 * (a + a.T)
@@ -66,17 +90,17 @@ def _sym(a: np.ndarray) -> np.ndarray:
 
 def forward(
     runners: list[BranchRunner], kinds: list[int], alphas: list[float], A0: np.ndarray,
-    mu0: np.ndarray,
+    mu0: np.ndarray, norms: list[Norm | None] | None = None,
 ) -> Stream:  # fmt: skip
     """The stream's moments over all U + 1 depths (see the module docstring)."""
     U = len(kinds)
     T = A0.shape[0]
+    norms = norms or [None] * U
     st = Stream(S={(0, 0): A0}, mu_s=[mu0])
     R: dict[tuple[int, int], np.ndarray] = {}  # (i, j): E[g_i s_jᵀ]
     for j in range(U):
-        b = kinds[j]
-        run = runners[b].run(*st.joint(j, j))
-        out = run.out_stats()
+        b, al = kinds[j], alphas[j]
+        out = runners[b].run(*st.joint(j, j)).out_stats()
         st.M[(j, j)] = _sym(out.A)
         st.mu_g.append(out.mu.copy())
         for i in range(j):
@@ -85,17 +109,31 @@ def forward(
                 continue
             pair = runners[b].run(*st.joint(i, j)).out_stats()
             st.M[(j, i)] = pair.A[T:, :T]  # E[g_j g_iᵀ]
-        # E[g_j s_mᵀ] for m <= j + 1, and E[g_i s_{j+1}ᵀ] for i < j
         R[(j, 0)] = np.outer(st.mu_g[j], mu0)
-        for m in range(j + 1):
-            R[(j, m + 1)] = R[(j, m)] + alphas[m] * _m(st, j, m)
-        for i in range(j):
-            R[(i, j + 1)] = R[(i, j)] + alphas[j] * _m(st, i, j)
-        # E[s_{j+1} s_mᵀ], m <= j + 1
-        for m in range(j + 1):
-            st.S[(j + 1, m)] = st.s(j, m) + alphas[j] * R[(j, m)]
-        st.S[(j + 1, j + 1)] = _sym(st.s(j, j + 1) + alphas[j] * R[(j, j + 1)])
-        st.mu_s.append(st.mu_s[j] + alphas[j] * st.mu_g[j])
+        for m in range(j):  # E[g_j s_{m+1}ᵀ] through unit m's sum and norm
+            R[(j, m + 1)] = st.after(m, R[(j, m)] + alphas[m] * _m(st, j, m), st.mu_g[j])
+        # the sum u_j = s_j + α g_j, then the norm
+        mu_u = st.mu_s[j] + al * st.mu_g[j]
+        Euu = _sym(st.s(j, j) + al * (R[(j, j)] + R[(j, j)].T) + al * al * st.M[(j, j)])
+        nm = norms[j]
+        if nm is None:
+            a, centre, bias = np.ones(T), 0.0, 0.0
+        else:
+            var = np.maximum(np.diag(Euu) - mu_u**2, 0.0)
+            a, centre, bias = nm.gain / np.sqrt(var + nm.eps), 1.0, nm.bias
+        st.a.append(a)
+        st.centre.append(centre)
+        st.bias.append(bias)
+        st.mu_u.append(mu_u)
+        for i in range(j + 1):  # E[g_i s_{j+1}ᵀ]
+            R[(i, j + 1)] = st.after(j, R[(i, j)] + al * _m(st, i, j), st.mu_g[i])
+        for m in range(j + 1):  # E[s_{j+1} s_mᵀ] = (E[s_m u_jᵀ] through the norm)ᵀ
+            Esu = st.s(m, j) + al * R[(j, m)].T
+            st.S[(j + 1, m)] = st.after(j, Esu, st.mu_s[m]).T
+        c = a * (1.0 - centre) * mu_u
+        top = a[:, None] * (Euu - centre * np.outer(mu_u, mu_u)) * a[None, :]
+        st.S[(j + 1, j + 1)] = _sym(top + bias * (c[:, None] + c[None, :]) + bias * bias)
+        st.mu_s.append(c + bias)
     return st
 
 
@@ -110,29 +148,41 @@ class Back:
     gamma: list[np.ndarray]  # Γ(j, j), j = 0 … U
     ones: list[float]
     own: list[float]
-    runs: list[Run]  # unit j's branch over its own depth, seeded with α_j² Γ(j+1, j+1)
+    runs: list[Run]  # unit j's branch over its own depth, seeded with α_j² a_j Γ(j+1, j+1) a_j
 
 
 def backward(
-    runners: list[BranchRunner], kinds: list[int], alphas: list[float], st: Stream, top: Grad
-) -> Back:
-    """Gradient moments of the stream at every depth (see the module docstring)."""
+    runners: list[BranchRunner], kinds: list[int], alphas: list[float], st: Stream, top: Grad,
+    scale: list[np.ndarray] | None = None,
+) -> Back:  # fmt: skip
+    """Gradient moments of the stream at every depth (see the module docstring).
+
+    ``scale``: per unit, the factor the gradient takes through the norm after its sum
+    (default: the norm's a; 1 without a norm).
+    """
     U = len(kinds)
     T = top.GA.shape[0]
+    a = scale if scale is not None else st.a
     N: dict[tuple[int, int], np.ndarray] = {}  # (k, m), k <= m, same kind: E[Y_k Y_mᵀ]
-    P: dict[tuple[int, int], np.ndarray] = {}  # (i, j): Σ_{k>=i, m>=j} N(k, m)
+    G: dict[tuple[int, int], np.ndarray] = {(U, U): top.GA}  # (i, j), i <= j: Γ(i, j)
+    X: dict[tuple[int, int], np.ndarray] = {}
     zero = np.zeros((T, T))
 
     def n(k: int, m: int) -> np.ndarray:
-        if k <= m:
-            return N.get((k, m), zero)
-        return N.get((m, k), zero).T
+        return N.get((k, m), zero) if k <= m else N.get((m, k), zero).T
 
-    def p(i: int, j: int) -> np.ndarray:
-        return zero if i >= U + 1 or j >= U + 1 else P.get((i, j), zero)
+    def x(i: int, j: int) -> np.ndarray:  # E[δ_i Y_jᵀ]
+        if i >= U:
+            return zero
+        if (i, j) not in X:
+            X[(i, j)] = n(i, j) + a[i][:, None] * x(i + 1, j)
+        return X[(i, j)]
 
     def gamma(i: int, j: int) -> np.ndarray:
-        return top.GA + p(i, j)
+        return G[(i, j)] if i <= j else G[(j, i)].T
+
+    def g_u(k: int, m: int) -> np.ndarray:  # the gradient moments at the sums of units k, m
+        return a[k][:, None] * gamma(k + 1, m + 1) * a[m][None, :]
 
     energy = [0.0] * U
     ones_in = [1.0] * U
@@ -142,8 +192,7 @@ def backward(
     ones_s[U], own_s[U] = top.ones, top.own
     for k in range(U - 1, -1, -1):
         b = kinds[k]
-        # the branch output's gradient is α_k δ_{k+1}
-        ga = _sym(gamma(k + 1, k + 1)) * alphas[k] ** 2
+        ga = _sym(g_u(k, k)) * alphas[k] ** 2  # the branch output's gradient is α_k a_k δ_{k+1}
         run = runners[b].run(*st.joint(k, k), grad=Grad(ga, None, ones_s[k + 1], own_s[k + 1]))
         runs[k] = run
         gi = run.input_grad()
@@ -153,22 +202,20 @@ def backward(
         for m in range(k + 1, U):
             if kinds[m] != b:
                 continue
-            G = np.block(
-                [[gamma(k + 1, k + 1), gamma(k + 1, m + 1)],
-                 [gamma(m + 1, k + 1), gamma(m + 1, m + 1)]]
-            )  # fmt: skip
+            Gm = np.block([[g_u(k, k), g_u(k, m)], [g_u(m, k), g_u(m, m)]])
             w = _mix(ones_s[k + 1], ones_s[m + 1]), _mix(own_s[k + 1], own_s[m + 1])
-            pair = runners[b].run(*st.joint(k, m), grad=Grad(_sym(G), None, *w)).input_grad()
+            pair = runners[b].run(*st.joint(k, m), grad=Grad(_sym(Gm), None, *w)).input_grad()
             if pair is not None:
                 N[(k, m)] = pair.GA[:T, T:] * alphas[k] * alphas[m]
-        # P(k, j) for j >= k, and P(j, k) = P(k, j)ᵀ by symmetry of N
-        for j in range(U, k - 1, -1):
-            row = sum((n(k, m) for m in range(max(j, k), U)), zero)
-            if j == k:
-                P[(k, k)] = p(k + 1, k + 1) + row + sum((n(a, k) for a in range(k + 1, U)), zero)
-            else:
-                P[(k, j)] = p(k + 1, j) + row
-                P[(j, k)] = P[(k, j)].T
+        G[(k, U)] = a[k][:, None] * gamma(k + 1, U)
+        for j in range(k, U):
+            G[(k, j)] = (
+                a[k][:, None] * gamma(k + 1, j + 1) * a[j][None, :]
+                + a[k][:, None] * x(k + 1, j)
+                + x(j + 1, k).T * a[j][None, :]
+                + n(k, j)
+            )
+        G[(k, k)] = _sym(G[(k, k)])
         e_top = float(np.trace(top.GA))
         tot = e_top + sum(energy[k:])
         if tot > 0:
