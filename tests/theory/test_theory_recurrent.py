@@ -3,6 +3,7 @@ models it leaves uncertain."""
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -97,3 +98,44 @@ def test_a_recurrent_model_without_steps_or_inputs_says_what_to_pass():
     assert pred.verdict == "uncertain" and "steps=" in pred.reason
     with pytest.raises(GradwatchValueError, match="steps"):
         gw.theory.predict(nn.RNN(8, 64), steps=1)
+
+
+def _cli(capsys, *args: str) -> tuple[int, str, str]:
+    from gradwatch.cli import main as cli_main
+
+    code = cli_main(["theory", *args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_the_cli_predicts_an_rnn_from_settings(capsys):
+    code, stdout, _ = _cli(capsys, "--rnn", "relu", "--steps", "12", "--layers", "2", "--json")
+    assert code == 0
+    out = json.loads(stdout)
+    assert out["settings"]["layers"] == 2 and out["prediction"]["method"] == "time"
+    rows = out["prediction"]["layers"]
+    assert len(rows) == 24 and rows[11]["attenuation"] == 1.0
+    chi = rows[12]["sigma_w2"] / 2  # ReLU: the top layer decays by σ²_hh/2 per step
+    top = [r["attenuation"] for r in rows[12:]]
+    np.testing.assert_allclose(top, chi ** np.arange(11, -1, -1), rtol=1e-9)
+    assert out["prediction"]["verdict"] == "vanishing"
+    code, stdout, _ = _cli(capsys, "--rnn", "tanh", "--steps", "30", "--read", "every")
+    assert code == 0 and stdout.startswith("nn.RNN") and "healthy" in stdout
+    code, stdout, _ = _cli(capsys, "--rnn", "tanh", "--steps", "30", "--sigma-w2", "1")
+    assert code == 0 and "uncertain" in stdout and "edge of chaos" in stdout
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (("--rnn", "tanh"), "--steps"),
+        (("--rnn", "tanh", "--steps", "1"), "--steps"),
+        (("--rnn", "tanh", "--steps", "9", "--blocks", "3"), "--blocks"),
+        (("--rnn", "tanh", "--steps", "9", "--sigma-w2", "-1"), "--sigma-w2"),
+        (("--rnn", "tanh", "--steps", "9", "--layers", "0"), "--layers"),
+        (("--activation", "tanh", "--sigma-w2", "1", "--steps", "9"), "--rnn"),
+    ],
+)
+def test_bad_rnn_settings_are_one_line_and_exit_code_two(capsys, args, needle):
+    code, stdout, err = _cli(capsys, *args)
+    assert code == 2 and not stdout and needle in err and len(err.strip().splitlines()) == 1
