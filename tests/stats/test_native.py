@@ -232,6 +232,12 @@ def test_the_hooked_reader_reads_in_backward_what_the_pass_would_read(nat):
     params[0].grad.mul_(2)  # one changed in place: the others still from their hooks
     out, _ = reader.sumsq_max(False)
     assert reader.cached() == len(params) - 1 and torch.equal(out, fresh(False)[0])
+    step(4)
+    for p in params:  # let go and made anew, at no new version: never the hooks' read
+        p.grad = None
+        p.grad = torch.zeros_like(p)
+    out, total = reader.sumsq_max(False)
+    assert reader.cached() == 0 and total == 0 and not out.any()
     reader.arm(-1, False)  # disarmed: the hooks read nothing, the pass reads all
     step(-1)
     reader.arm(4, False)

@@ -14,7 +14,8 @@
 struct GradSlots {
   std::vector<at::Tensor> params;
   std::vector<double> ss, mx;
-  std::vector<const c10::TensorImpl*> impl;  // the gradient the hook read
+  std::vector<at::Tensor> read;              // the gradient the hook read (held: its address
+                                             // cannot be reused until the step is over)
   std::vector<uint32_t> version;             // ... at this version
   std::vector<int64_t> stamp;                // ... at this armed step (-1: none)
   std::vector<uint8_t> has_max;              // ... with max |x|
@@ -40,10 +41,11 @@ struct AccGradHook : torch::autograd::FunctionPostHook {
     const at::Tensor& g = S.params[i].grad();
     if (!hook_readable(g)) {
       S.stamp[i] = -1;
+      S.read[i].reset();
       return outputs;
     }
     one_tensor(g, S.with_max, S.ss[i], S.mx[i]);
-    S.impl[i] = g.unsafeGetTensorImpl();
+    S.read[i] = g;
     S.version[i] = g._version();
     S.stamp[i] = S.step;
     S.has_max[i] = S.with_max;
@@ -66,7 +68,7 @@ struct ParamGrads {
     s->params = std::move(ps);
     s->ss.assign(P, 0.0);
     s->mx.assign(P, 0.0);
-    s->impl.assign(P, nullptr);
+    s->read.assign(P, at::Tensor());
     s->version.assign(P, 0);
     s->stamp.assign(P, -1);
     s->has_max.assign(P, 0);
@@ -97,10 +99,12 @@ struct ParamGrads {
     for (size_t i = 0; i < nodes.size(); ++i) nodes[i]->del_post_hook(keys[i]);
     nodes.clear();
     keys.clear();
-    s->step = -1;
+    arm(-1, false);
   }
 
+  // The hooks read at step `step` (-1: they read nothing); what they read before is let go.
   void arm(int64_t step, bool with_max) {
+    for (auto& t : s->read) t.reset();
     s->step = step;
     s->with_max = with_max;
   }
@@ -117,7 +121,8 @@ struct ParamGrads {
     for (size_t i = 0; i < P; ++i) {
       const at::Tensor& g = S.params[i].grad();
       if (!g.defined()) return py::none();
-      if (S.step >= 0 && S.stamp[i] == S.step && S.impl[i] == g.unsafeGetTensorImpl() &&
+      if (S.step >= 0 && S.stamp[i] == S.step && S.read[i].defined() &&
+          S.read[i].unsafeGetTensorImpl() == g.unsafeGetTensorImpl() &&
           (S.has_max[i] || !with_max) && !g.is_inference() && S.version[i] == g._version()) {
         per[i] = S.ss[i];
         pmax[i] = S.mx[i];
