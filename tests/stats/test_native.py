@@ -233,6 +233,11 @@ def test_the_hooked_reader_reads_in_backward_what_the_pass_would_read(nat):
     out, _ = reader.sumsq_max(False)
     assert reader.cached() == len(params) - 1 and torch.equal(out, fresh(False)[0])
     step(4)
+    # GradScaler's unscaling changes the gradients in place at the same version
+    torch._amp_foreach_non_finite_check_and_unscale_(
+        [p.grad for p in params], torch.zeros(1), torch.full((1,), 0.25))
+    out, _ = reader.sumsq_max(False)
+    assert reader.cached() == 0 and torch.equal(out, fresh(False)[0])
     for p in params:  # let go and made anew, at no new version: never the hooks' read
         p.grad = None
         p.grad = torch.zeros_like(p)

@@ -5,11 +5,29 @@
 // gradients, no conversion per call. With hook(), each parameter's gradient is also read the
 // moment backward has accumulated it, while it is still in the cache, by a C++ post hook on
 // the parameter's AccumulateGrad node (no Python in the backward pass): armed for a step, the
-// hook keeps the sum of squares (and max |x|) with the gradient's identity and version. At the
-// gradient pass, a gradient that is still that tensor at that version (nothing replaced it or
-// changed it in place since) takes the kept values, equal to a fresh read (the same chunks,
-// added in the same order); every other one is read again. So the pass reads only what the
-// hooks could not, and the figures are those of the gradients as they are at the pass.
+// hook keeps the sum of squares (and max |x|) with the gradient's identity, its version and
+// the bits of a few entries spread over it. At the gradient pass, a gradient that is still
+// that tensor, at that version, with those entries (nothing replaced it or changed it in place
+// since: the entries catch the in-place kernels that leave the version as it was, such as
+// GradScaler's unscaling) takes the kept values, equal to a fresh read (the same chunks, added
+// in the same order); every other one is read again. So the pass reads only what the hooks
+// could not, and the figures are those of the gradients as they are at the pass.
+
+constexpr int kProbes = 9;  // entries compared at the pass: evenly spread, the last included
+
+// The bits of kProbes entries spread evenly over g (contiguous, at most 8 bytes an entry).
+inline std::array<uint64_t, kProbes> probe(const at::Tensor& g) {
+  std::array<uint64_t, kProbes> out{};
+  const int64_t n = g.numel();
+  const int64_t item = g.element_size();
+  if (n == 0) return out;
+  const char* p = static_cast<const char*>(g.const_data_ptr());
+  for (int k = 0; k < kProbes; ++k) {
+    const int64_t j = (n - 1) * k / (kProbes - 1);
+    std::memcpy(&out[k], p + j * item, item);
+  }
+  return out;
+}
 
 struct GradSlots {
   std::vector<at::Tensor> params;
@@ -19,6 +37,7 @@ struct GradSlots {
   std::vector<uint32_t> version;             // ... at this version
   std::vector<int64_t> stamp;                // ... at this armed step (-1: none)
   std::vector<uint8_t> has_max;              // ... with max |x|
+  std::vector<std::array<uint64_t, kProbes>> probes;  // ... holding these entries (bits)
   int64_t step = -1;                         // the armed step; -1: the hooks read nothing
   bool with_max = false;
 };
@@ -49,6 +68,7 @@ struct AccGradHook : torch::autograd::FunctionPostHook {
     S.version[i] = g._version();
     S.stamp[i] = S.step;
     S.has_max[i] = S.with_max;
+    S.probes[i] = probe(g);
     return outputs;
   }
 
@@ -72,6 +92,7 @@ struct ParamGrads {
     s->version.assign(P, 0);
     s->stamp.assign(P, -1);
     s->has_max.assign(P, 0);
+    s->probes.assign(P, {});
   }
 
   ~ParamGrads() { unhook(); }
@@ -123,7 +144,8 @@ struct ParamGrads {
       if (!g.defined()) return py::none();
       if (S.step >= 0 && S.stamp[i] == S.step && S.read[i].defined() &&
           S.read[i].unsafeGetTensorImpl() == g.unsafeGetTensorImpl() &&
-          (S.has_max[i] || !with_max) && !g.is_inference() && S.version[i] == g._version()) {
+          (S.has_max[i] || !with_max) && !g.is_inference() && S.version[i] == g._version() &&
+          S.probes[i] == probe(g)) {
         per[i] = S.ss[i];
         pmax[i] = S.mx[i];
         ++n_cached;
