@@ -36,6 +36,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+
 import numpy as np
 import torch
 from torch import nn
@@ -90,6 +91,7 @@ class Chain:
 
     @property
     def param_ids(self) -> set[int]:
+        """Ids of the copies' parameters (predicted by the recursion, not as shared weights)."""
         return {id(p) for c in self.copies for p in c.parameters()}
 
     @contextlib.contextmanager
@@ -255,6 +257,7 @@ class Splice:
         self.layers: dict[str, dict[str, float]] = {}
 
     def on_value(self, t: torch.Tensor, v: Value, ctx: Context, values: dict) -> Value:
+        """Note the chain's input; give its output the recursion's moments."""
         if t is self.chain.x0 and self.x0_value is None:
             self.start = len(ctx.tape)
             self.x0_value = v
@@ -285,7 +288,7 @@ class Splice:
         self.stream = forward(self.runners, self.kinds, self.alphas, st.A, st.mu, norms)
         top = Stats(
             A=self.stream.s(U, U),
-            C=None if not ctx.space.track_cross else np.outer(self.stream.mu_s[U], self.stream.mu_s[U]),
+            C=np.outer(self.stream.mu_s[U], self.stream.mu_s[U]) if ctx.space.track_cross else None,
             mu=self.stream.mu_s[U],
             present=st.present.copy(),
         )
@@ -346,5 +349,5 @@ def _rename(name: str, prefix: str, copy: str) -> str | None:
     if name == prefix.rstrip("."):
         return copy
     if name.startswith(prefix):
-        return f"{copy}.{name[len(prefix):]}"
+        return f"{copy}.{name[len(prefix) :]}"
     return None

@@ -34,11 +34,11 @@ NEG = float("-inf")
 
 
 class AttentionBranch(nn.Module):
-    """x ↦ dropout₁(self_attn(norm₁(x))) of an ``nn.TransformerEncoderLayer`` (pre-LN; post-LN:
-    without norm₁, which then acts on the stream after the sum).
+    """x ↦ dropout₁(self_attn(norm₁(x))) of an ``nn.TransformerEncoderLayer``.
 
-    Reads batch-first (N, depths·T, d) inputs; ``mask`` is the (depths·T)² additive mask
-    (None: one depth, no mask), ``padding`` the key padding mask tiled over the depths.
+    Post-LN: without norm₁, which then acts on the stream after the sum. Reads batch-first
+    (N, depths·T, d) inputs; ``mask`` is the (depths·T)² additive mask (None: one depth, no
+    mask), ``padding`` the key padding mask tiled over the depths.
     """
 
     def __init__(self, layer: nn.TransformerEncoderLayer, mask: Any = None, padding: Any = None):
@@ -48,6 +48,7 @@ class AttentionBranch(nn.Module):
         self.padding = padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The branch on (N, depths·T, d)."""
         layer = self.layer
         h = layer.norm1(x) if layer.norm_first else x
         first = layer.self_attn.batch_first
@@ -69,6 +70,7 @@ class FeedForwardBranch(nn.Module):
         self.layer = layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The branch on (N, depths·T, d)."""
         layer = self.layer
         h = layer.linear1(layer.norm2(x) if layer.norm_first else x)
         return layer.dropout2(layer.linear2(layer.dropout(layer.activation(h))))
@@ -83,6 +85,7 @@ class CopyBranch(nn.Module):
         self.flat = flat  # the chain's stream is (N, d): one position per example
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The copy on (N, depths·T, d), or (N, d) for one depth of a flat stream."""
         return self.block(x)
 
 
@@ -116,8 +119,10 @@ def block_mask(k: int, T: int, mask: torch.Tensor | None) -> torch.Tensor | None
 def transformer_kinds(
     layer: nn.TransformerEncoderLayer, T: int, mask: Any, padding: Any
 ) -> list[Kind]:
-    """The two branches of an encoder layer (attention, then feed-forward), and for post-LN
-    the norm after each sum."""
+    """The two branches of an encoder layer (attention, then feed-forward).
+
+    Post-LN: each with the norm that follows its sum on the stream.
+    """
 
     def attention(k: int) -> nn.Module:
         pad = None if padding is None else padding.repeat(1, k)
@@ -126,7 +131,12 @@ def transformer_kinds(
     post = not layer.norm_first
     return [
         Kind("attention", attention, "layer.", layer.norm1 if post else None),
-        Kind("feed-forward", lambda k: FeedForwardBranch(layer), "layer.", layer.norm2 if post else None),
+        Kind(
+            "feed-forward",
+            lambda k: FeedForwardBranch(layer),
+            "layer.",
+            layer.norm2 if post else None,
+        ),
     ]
 
 
@@ -165,6 +175,7 @@ class BranchRunner:
         self.traces: dict[int, Trace] = {}
 
     def trace(self, k: int) -> Trace:
+        """The branch's recorded forward pass over k depths (recorded once)."""
         if k not in self.traces:
             gen = torch.Generator().manual_seed(0)
             if self.flat and k == 1:

@@ -9,16 +9,18 @@ over the T positions of an example, as in :mod:`~gradwatch.theory.values`.
 Forward (Yang 2019, Tensor Programs I, NETSOR: one Gaussian matrix W applied to vectors
 x_i, x_j gives jointly Gaussian outputs with covariance σw² ⟨x_i, x_j⟩/n). The outputs of
 branches of one kind at depths i, j have the covariance the branch's mean-field rules give
-on the joint input (s_i, s_j): M_ij = E[g_i g_jᵀ] (:class:`~gradwatch.theory.tied_branches.BranchRunner`
-over two depths). Branches of different kinds, and the chain's input s_0, have independent
-weights: only their means correlate. With R(i, j) = E[g_i s_jᵀ],
+on the joint input (s_i, s_j): M_ij = E[g_i g_jᵀ]
+(:class:`~gradwatch.theory.tied_branches.BranchRunner` over two depths). Branches of
+different kinds, and the chain's input s_0, have independent weights: only their means
+correlate. With R(i, j) = E[g_i s_jᵀ],
 
     R(i, 0) = μ_{g_i} μ_{s_0}ᵀ,   R(i, j+1) = R(i, j) + α_j M_ij,
     S(i+1, j) = S(i, j) + α_i R(i, j)            (S(i, j) = E[s_i s_jᵀ], S(0, 0) given)
 
-so the stream's variance grows with the coherent sum Σ_{i,j} α_i α_j M_ij, not with Σ_i α_i² M_ii.
-A LayerNorm after the sum, s = a ⊙ (u − μ_u) + β with a = γ/√(v_u + ε) per position (the
-row's scale is deterministic in the wide limit), maps these moments linearly.
+so the stream's variance grows with the coherent sum Σ_{i,j} α_i α_j M_ij, not with
+Σ_i α_i² M_ii. A LayerNorm after the sum, s = a ⊙ (u − μ_u) + β with a = γ/√(v_u + ε)
+per position (the row's scale is deterministic in the wide limit), maps these moments
+linearly.
 
 Backward, with the gradient-independence assumption (Yang 2020, Tensor Programs III: valid
 here, the read-out is drawn independently of the model and is used nowhere else), the
@@ -30,9 +32,10 @@ branch's Jacobian at depth k; a_k = 1 without a norm). The Y of one kind are cor
     Γ(k, j) = a_k Γ(k+1, j+1) a_j + a_k X(k+1, j) + X(j+1, k)ᵀ a_j + N(k, j),
 
 N again from the branch's rules over two depths, run backward with the gradient moments
-between them (without norms, Γ(i, j) = Γ_top + Σ_{k≥i, m≥j} N(k, m)). Both recursions visit each pair of depths of one kind once:
-O(U²) branch interpretations. Without weight reuse M_ij and N(k, m) vanish for i ≠ j and
-the recursions are Yang & Schoenholz's 2017 residual mean field.
+between them (without norms, Γ(i, j) = Γ_top + Σ_{k≥i, m≥j} N(k, m)). Both recursions visit
+each pair of depths of one kind once: O(U²) branch interpretations. Without weight reuse
+M_ij and N(k, m) vanish for i ≠ j and the recursions are Yang & Schoenholz's 2017 residual
+mean field.
 """
 
 from __future__ import annotations
@@ -69,6 +72,7 @@ class Stream:
     mu_u: list[np.ndarray] = field(default_factory=list)
 
     def s(self, i: int, j: int) -> np.ndarray:
+        """E[s_i s_jᵀ]."""
         return self.S[(i, j)] if i >= j else self.S[(j, i)].T
 
     def joint(self, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
@@ -216,14 +220,21 @@ def backward(
                 + n(k, j)
             )
         G[(k, k)] = _sym(G[(k, k)])
-        e_top = float(np.trace(top.GA))
-        tot = e_top + sum(energy[k:])
-        if tot > 0:
-            ones_s[k] = (e_top * top.ones + sum(e * o for e, o in zip(energy[k:], ones_in[k:]))) / tot
-            own_s[k] = (e_top * top.own + sum(e * o for e, o in zip(energy[k:], own_in[k:]))) / tot
+        ones_s[k], own_s[k] = _direction(top, energy[k:], ones_in[k:], own_in[k:])
     gam = [_sym(gamma(j, j)) for j in range(U + 1)]
     return Back(gamma=gam, ones=ones_s, own=own_s, runs=runs)
 
 
 def _mix(a: float, b: float) -> float:
     return 0.5 * (a + b)
+
+
+def _direction(top: Grad, energy: list, ones: list, own: list) -> tuple[float, float]:
+    """Energy-weighted ``ones``/``own`` of the top gradient and the branches' contributions."""
+    e_top = float(np.trace(top.GA))
+    tot = e_top + sum(energy)
+    if tot <= 0:
+        return 0.0, 0.0
+    w_ones = e_top * top.ones + sum(e * o for e, o in zip(energy, ones, strict=True))
+    w_own = e_top * top.own + sum(e * o for e, o in zip(energy, own, strict=True))
+    return w_ones / tot, w_own / tot
