@@ -86,9 +86,11 @@ def test_outside_the_validated_region_the_verdict_is_uncertain_with_the_reason()
     assert narrow.verdict == "uncertain" and "16 hidden units" in narrow.reason
     for cell in (nn.LSTM, nn.GRU):
         gated = gw.theory.predict(SequenceClassifier(cell, 32, 128), inputs=x)
-        assert gated.verdict == "uncertain" and "gated" in gated.reason
+        assert gated.verdict == "uncertain" and "coherently" in gated.reason
     two = nn.ModuleList([nn.RNN(4, 64), nn.RNN(64, 64)])
     assert "2 recurrent modules" in gw.theory.predict(two, steps=10).reason
+    cell = gw.theory.predict(nn.RNNCell(8, 64), steps=10)
+    assert cell.verdict == "uncertain" and "loop" in cell.reason
     bi = gw.theory.predict(nn.RNN(8, 64, bidirectional=True), steps=10)
     assert bi.verdict == "uncertain" and "bidirectional" in bi.reason
 
