@@ -19,6 +19,7 @@ from torch import nn
 
 from .convnets import PreActResNet, conv_bn_chain, conv_bn_flatten
 from .models import DeepNormEncoder, ResidualMLP, TokenEncoder, bert, gpt2
+from .rnn import SequenceClassifier
 
 
 @dataclass(frozen=True)
@@ -336,6 +337,52 @@ def _convnets() -> list[Config]:
     return out
 
 
-CONFIGS: list[Config] = [*_residual_mlps(), *_normalised(), *_transformers(), *_convnets()]
+def sequences(t: int, batch_first: bool = True) -> Callable[[], tuple[torch.Tensor, ...]]:
+    """A fixed batch of 16 standard Gaussian sequences of t steps, 32 features."""
+
+    def batch() -> tuple[torch.Tensor, ...]:
+        x = torch.randn(16, t, 32, generator=torch.Generator().manual_seed(0))
+        return (x if batch_first else x.transpose(0, 1).contiguous(),)
+
+    return batch
+
+
+def _recurrent() -> list[Config]:
+    def rnn(name, text, t, cell=nn.RNN, first=True, quick=False, expect="predicted", **kw):
+        kw.setdefault("hidden", 128)
+        return Config(name, "recurrent", text, partial(SequenceClassifier, cell, 32,
+                      batch_first=first, **kw), sequences(t, first), seeds=4 if quick else 6,
+                      quick=quick, expect=expect)
+
+    head = "width 128, PyTorch's default init, a linear head on the last step"
+    return [
+        rnn("rnn_tanh_20", f"nn.RNN tanh, 20 steps, {head}", 20, quick=True),
+        rnn("rnn_tanh_100", f"nn.RNN tanh, 100 steps, {head}", 100),
+        rnn("rnn_tanh_5", f"nn.RNN tanh, 5 steps, {head} (not vanishing yet)", 5),
+        rnn("rnn_tanh_10", f"nn.RNN tanh, 10 steps, {head} (vanishing: a warning)", 10),
+        rnn("rnn_relu_20_seq_first", f"nn.RNN ReLU, 20 steps, (T, N, F) layout, {head}", 20,
+            first=False, nonlinearity="relu"),
+        rnn("rnn_tanh_2_layers_20", f"nn.RNN tanh, 2 layers, 20 steps, {head}", 20, layers=2),
+        rnn("rnn_relu_2_layers_h_n", "nn.RNN ReLU, 2 layers, 30 steps, width 128, default "
+            "init, a linear head on both layers' final states h_n", 30, layers=2,
+            nonlinearity="relu", read="h_n"),
+        rnn("rnn_tanh_every_step_50", "nn.RNN tanh, 50 steps, width 128, default init, a "
+            "linear read-out of every step (sequence labelling)", 50, read="all"),
+        rnn("rnn_tanh_100_width_512", "nn.RNN tanh, 100 steps, width 512, PyTorch's default "
+            "init, a linear head on the last step", 100, hidden=512),
+        rnn("rnn_tanh_sigma_0.5_100", "nn.RNN tanh, 100 steps, W_hh ~ N(0, 0.5/h) "
+            "(χ* = 0.40), width 128, a head on the last step", 100, sigma_hh2=0.5,
+            expect="uncertain"),
+        rnn("rnn_tanh_sigma_1_100", "nn.RNN tanh, 100 steps, W_hh ~ N(0, 1/h) (χ* = 0.70, "
+            "near the edge of chaos), width 128, a head on the last step", 100,
+            sigma_hh2=1.0, expect="uncertain"),
+        rnn("lstm_20", f"nn.LSTM, 20 steps, {head}", 20, cell=nn.LSTM, expect="uncertain"),
+        rnn("gru_20", f"nn.GRU, 20 steps, {head}", 20, cell=nn.GRU, expect="uncertain"),
+    ]
+
+
+CONFIGS: list[Config] = [
+    *_residual_mlps(), *_normalised(), *_transformers(), *_convnets(), *_recurrent(),
+]
 BY_NAME: dict[str, Config] = {c.name: c for c in CONFIGS}
 assert len(BY_NAME) == len(CONFIGS), "configuration names must be unique"

@@ -19,6 +19,7 @@ import gradwatch as gw
 
 from .configs import Config
 from .montecarlo import measure
+from .rnn import check_time
 
 #: The tolerance: max(ABS, REL·|log10 measured|) decades.
 ABS, REL = 0.1, 0.05
@@ -31,6 +32,8 @@ def tolerance(measured_log10: float) -> float:
 
 def check_config(config: Config, seeds: int | None = None) -> dict[str, Any]:
     """Predict, measure, compare; a JSON-ready dict."""
+    if config.family == "recurrent":  # through time: one row per layer and step
+        return check_time(config, seeds, tolerance)
     start = time.process_time()
     inputs = config.batch()
     torch.manual_seed(1000)

@@ -129,6 +129,9 @@ DIVERGING_LOSS = 10.0
 """A loss that ends this many times above its best value, and above its start, diverged."""
 
 # ---------------------------------------------------------------------- through time
+TEMPORAL_MIN_STEPS = 5
+"""Sequences shorter than this say little about long-range gradient flow: not judged."""
+
 TEMPORAL_VANISHING_ERROR = 1e-4
 """``‖∂L/∂x_first‖ / ‖∂L/∂x_last‖`` below this (0 included: an underflow is vanished, not
 missing): no dependency that long can be learned (Bengio et al. 1994)."""

@@ -49,7 +49,7 @@ class Net(nn.Module):
         return self.head(h)
 
 
-def run(model, monkeypatch, enabled: bool, steps: int = 4):
+def run(model, monkeypatch, enabled: bool, steps: int = 4, clip: bool = False):
     monkeypatch.setenv(native.ENV, "1" if enabled else "0")
     torch.manual_seed(1)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -59,19 +59,23 @@ def run(model, monkeypatch, enabled: bool, steps: int = 4):
             x = torch.randn(6, 3, 8, 8)
             loss = nn.functional.cross_entropy(model(x), torch.randint(0, 5, (6,)))
             loss.backward()
+            if clip and mon.step_count % 2:  # in place, between backward and the pass
+                nn.utils.clip_grad_norm_(model.parameters(), 0.05)
             opt.step()
             mon.step(loss)
         taps = mon._ctx.taps
         used = (bool((taps["backprop"].sq_step >= 0).any()),  # the C++ hooks wrote
-                taps["update"].flat is not None, taps["grad"].native)
+                taps["update"].flat is not None, taps["grad"].native,
+                bool(taps["grad"].hooked))  # the gradients read in backward
     return mon.run.stats.sort_values(["step", "layer", "stat"]).reset_index(drop=True), used
 
 
-def test_compiled_and_python_paths_record_the_same(nat, monkeypatch):
+@pytest.mark.parametrize("clip", [False, True])
+def test_compiled_and_python_paths_record_the_same(nat, monkeypatch, clip):
     torch.manual_seed(0)
     base = Net()
-    fast, used = run(copy.deepcopy(base), monkeypatch, True)
-    slow, _ = run(copy.deepcopy(base), monkeypatch, False)
+    fast, used = run(copy.deepcopy(base), monkeypatch, True, clip=clip)
+    slow, _ = run(copy.deepcopy(base), monkeypatch, False, clip=clip)
     assert all(used), used  # the compiled kernels took the gradients, weights and hooks
     assert list(fast[["step", "layer", "stat"]].itertuples(index=False)) == list(
         slow[["step", "layer", "stat"]].itertuples(index=False))

@@ -191,6 +191,69 @@ def test_the_gradient_reader_equals_the_pass_over_the_listed_gradients(nat):
     assert reader.sumsq_max(False) is None
 
 
+def test_the_hooked_reader_reads_in_backward_what_the_pass_would_read(nat):
+    """Read at accumulation: equal to a fresh read; a changed or replaced gradient is re-read."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(300, 300), torch.nn.Tanh(),
+                                torch.nn.Linear(300, 3))
+    params = list(model.parameters())
+    reader = nat.ParamGrads(params)
+    assert reader.hook()
+
+    def step(k, with_max=True, micro=1):
+        reader.arm(k, with_max)
+        for p in params:
+            p.grad = None
+        for _ in range(micro):  # accumulation: the hooks read the sum after each backward
+            model(torch.randn(8, 300)).square().sum().backward()
+
+    def fresh(with_max):
+        return nat.sumsq_max([p.grad for p in params], with_max)
+
+    for with_max in (False, True):
+        step(0, with_max, micro=2)
+        out, total = reader.sumsq_max(with_max)
+        assert reader.cached() == len(params)  # every gradient from its hook
+        want, want_total = fresh(with_max)
+        assert torch.equal(out, want) and total == want_total
+    step(1, with_max=False)
+    reader.sumsq_max(True)  # max |g| asked but not taken by the hooks: read again
+    assert reader.cached() == 0
+    torch.testing.assert_close(reader.sumsq_max(True)[0], fresh(True)[0], rtol=0, atol=0)
+    step(2)
+    torch.nn.utils.clip_grad_norm_(params, 1e-3)  # in place: a new version
+    params[2].grad = params[2].grad * 3  # replaced
+    out, _ = reader.sumsq_max(True)
+    assert reader.cached() == 0
+    assert torch.equal(out, fresh(True)[0])
+    brute = torch.stack([p.grad.double().norm() for p in params]).float()
+    torch.testing.assert_close(out[: len(params)], brute)
+    step(3)
+    params[0].grad.mul_(2)  # one changed in place: the others still from their hooks
+    out, _ = reader.sumsq_max(False)
+    assert reader.cached() == len(params) - 1 and torch.equal(out, fresh(False)[0])
+    step(4)
+    # GradScaler's unscaling changes the gradients in place at the same version
+    torch._amp_foreach_non_finite_check_and_unscale_(
+        [p.grad for p in params], torch.zeros(1), torch.full((1,), 0.25))
+    out, _ = reader.sumsq_max(False)
+    assert reader.cached() == 0 and torch.equal(out, fresh(False)[0])
+    for p in params:  # let go and made anew, at no new version: never the hooks' read
+        p.grad = None
+        p.grad = torch.zeros_like(p)
+    out, total = reader.sumsq_max(False)
+    assert reader.cached() == 0 and total == 0 and not out.any()
+    reader.arm(-1, False)  # disarmed: the hooks read nothing, the pass reads all
+    step(-1)
+    reader.arm(4, False)
+    reader.sumsq_max(False)
+    assert reader.cached() == 0
+    reader.unhook()
+    step(5)
+    reader.sumsq_max(False)
+    assert reader.cached() == 0  # no hooks any more
+
+
 def test_switched_off_by_the_environment(monkeypatch, nat):
     monkeypatch.setenv(native.ENV, "0")
     assert native.refresh() is None and native.get() is None  # each Monitor reads it

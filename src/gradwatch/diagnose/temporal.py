@@ -50,14 +50,12 @@ from gradwatch.verdicts import (
     TEMPORAL_COMPOUNDING_FIT,
     TEMPORAL_EXPLODING,
     TEMPORAL_GATED_VANISHED,
+    TEMPORAL_MIN_STEPS,
     TEMPORAL_REACH,
     TEMPORAL_VANISHING_ERROR,
     TEMPORAL_VANISHING_WARNING,
 )
 from gradwatch.wording import number, times
-
-TEMPORAL_MIN_STEPS = 5
-"""Sequences shorter than this say little about long-range gradient flow: not judged."""
 
 TEMPORAL_RUN_TAIL = 0.2
 """A training run's temporal flow is the median ratio over this last fraction of its detail

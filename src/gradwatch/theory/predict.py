@@ -51,7 +51,7 @@ from torch import nn
 
 from gradwatch.errors import GradwatchTypeError, GradwatchValueError
 from gradwatch.structure import is_norm, is_recurrent, is_residual_block
-from gradwatch.theory import fixed_points, graph_predict
+from gradwatch.theory import fixed_points, graph_predict, recurrent
 from gradwatch.theory.activations import Activation, activation_from_module, resolve_activation
 from gradwatch.theory.meanfield import CRITICAL_TOL, phase_of, trainable_depth
 from gradwatch.theory.prediction import Prediction
@@ -61,9 +61,8 @@ from gradwatch.verdicts import depth_verdict
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: Why a recurrent model is outside (no batch helps: the rules need independent layers).
 RECURRENT_REASON = (
-    "the model has recurrent layers (RNN/LSTM/GRU): time acts as depth with the same weights "
-    "at every step, which this theory of independent random layers does not model; measure "
-    "it with gw.check (its gradient flow through time)"
+    "the model has a recurrent layer (nn.RNN): its gradient flows through time, which the "
+    "theory predicts over a given number of steps"
 )
 #: Columns of a plain chain's table.
 CHAIN_COLUMNS = (
@@ -80,6 +79,7 @@ def predict(
     train_mode: bool = True,
     readout: str = "random",
     samples: int = 512,
+    steps: int | None = None,
 ) -> Prediction:
     """Predict whether ``model``'s gradients vanish or explode, from its weights alone.
 
@@ -104,6 +104,10 @@ def predict(
             cross-entropy's (softmax − one-hot)/N on the same batch), whose second moments
             within and across examples start the backward pass.
         samples: draws of the Gaussian expectations over attention scores (more: smoother).
+        steps: the sequence length for a recurrent model given no ``inputs`` (a probe batch
+            of that many steps is built when its first layer is the nn.RNN or an
+            nn.Embedding). A vanilla nn.RNN is predicted through time
+            (:mod:`~gradwatch.theory.recurrent`): one row per layer and step.
 
     Returns:
         A :class:`Prediction`; its verdict is "uncertain" (with the reason) for a model
@@ -149,8 +153,7 @@ def predict(
         raise GradwatchTypeError(f"train_mode must be a bool, got {type(train_mode).__name__}")
     _check_weights(model)
     if any(is_recurrent(m) for m in model.modules()):
-        pred = predict_chain(model, q0, tol, require_layers=False)
-        return replace(pred, reason=RECURRENT_REASON) if pred.verdict == "uncertain" else pred
+        return _predict_recurrent(model, q0, tol, inputs, steps, readout, train_mode)
     chain = outside_theory(model) == ""
     if inputs is None and chain:
         return predict_chain(model, q0, tol)
@@ -183,6 +186,30 @@ def predict(
         # still give the closed-form recursion, from the batch's mean square
         return predict_chain(model, _mean_square(inputs, q0), tol)
     return pred
+
+
+def _predict_recurrent(model, q0, tol, inputs, steps, readout, train_mode) -> Prediction:
+    """A model with recurrent layers: through time (see :mod:`gradwatch.theory.recurrent`)."""
+    if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 2):
+        raise GradwatchValueError(
+            f"steps must be an int >= 2 (the sequence length), got {steps!r}"
+        )
+    reason = recurrent.outside(model)
+    if reason:
+        pred = predict_chain(model, q0, tol, require_layers=False)
+        return replace(pred, verdict="uncertain", reason=reason)
+    if inputs is None:
+        probe = recurrent.probe(model, steps) if steps is not None else None
+        if probe is None:
+            pred = predict_chain(model, q0, tol, require_layers=False)
+            need = "inputs= (a batch of sequences)" if steps is not None else (
+                "steps= (the sequence length) or inputs= (a batch of sequences)")
+            return replace(pred, verdict="uncertain", reason=(
+                f"{RECURRENT_REASON}; pass {need} to predict it through time"))
+        inputs = tuple(t * math.sqrt(q0) if t.is_floating_point() else t for t in probe)
+    else:
+        inputs = graph_predict.check_inputs(inputs)
+    return recurrent.predict_recurrent(model, inputs, tol, readout, train_mode)
 
 
 def _mean_square(inputs: tuple[torch.Tensor, ...], default: float) -> float:

@@ -37,8 +37,13 @@ class Prediction:
         depth: the number of layers.
         reason: why the verdict is "uncertain" or "nonfinite" ("" otherwise).
         method: "chain" (the closed-form recursion of a plain chain of layers, read from
-            the modules) or "graph" (mean-field rules applied to the operations of one
-            recorded forward pass: residual connections, normalisation, attention).
+            the modules), "graph" (mean-field rules applied to the operations of one
+            recorded forward pass: residual connections, normalisation, attention) or
+            "time" (a vanilla nn.RNN through time, :mod:`gradwatch.theory.recurrent`: one
+            row per layer ``rnn_layer`` and step ``t``, attenuation ‖∂L/∂x_t‖² at that
+            layer's input over its last step's; gradient_ratio the first step's share at
+            the module's input; depth the number of steps; trainable_depth the steps over
+            which ‖∂L/∂x_t‖² falls by e at the fixed point, −1/ln χ*).
 
     """
 
@@ -65,6 +70,13 @@ class Prediction:
             f"back-propagated gradient's norm is predicted to change by a factor "
             f"{number(self.norm_ratio)} from the last layer to the first"
         )
+        if self.method == "time":
+            return (
+                f"{self.verdict}: over {self.depth} time steps in the {self.phase} phase; the "
+                f"gradient through time is predicted to change by a factor "
+                f"{number(self.norm_ratio)} from the last step to the first (at the input of "
+                "the recurrent layer)"
+            )
         if self.method == "graph":
             return text + " (along the trunk, through layers of the same output shape)"
         return text + f"; trainable depth about {number(self.trainable_depth)}"

@@ -9,6 +9,9 @@ kernels in ``kernels.cpp`` take that below Python:
 - ``snapshot_take`` / ``update_norms``: the weights copied into one flat buffer before the
   optimizer step, then ``||w_before - w_after||`` and ``||w_after||`` in one read of each;
 - ``act_stats``: sum, L2 norm, saturated count and dead units of many activations at once;
+- ``ParamGrads``: every parameter's gradient read in C++ at the gradient pass, or, hooked,
+  the moment backward accumulates it, while it is still in the cache (a C++ post hook on each
+  parameter's AccumulateGrad node; the pass then reads only what changed since);
 - ``hook_sumsq``: a C++ gradient hook that adds ``||d loss / d output||^2`` into a slot: no
   Python runs in the backward pass for the back-propagated norm;
 - ``LayerOutputHook``: the listener of each layer's output that hangs that hook, called by
@@ -39,6 +42,8 @@ from typing import Any
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
+#: Every file the build reads (``kernels.cpp`` includes the others).
+SOURCES = (SOURCE, Path(__file__).with_name("param_grads.h"))
 #: Environment variable: "0" keeps gradwatch on its Python path (no build, no load).
 ENV = "GRADWATCH_NATIVE"
 #: Environment variable: the cache directory (default ``~/.cache/gradwatch``).
@@ -75,7 +80,7 @@ def refresh() -> Any:
 
 def key() -> str:
     """What the build depends on: the source, torch, Python and the machine's architecture."""
-    h = hashlib.sha256(SOURCE.read_bytes())
+    h = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES))
     h.update(f"{torch.__version__}|{sys.version_info[:2]}|{platform.machine()}|{CFLAGS}".encode())
     h.update(str(torch._C._GLIBCXX_USE_CXX11_ABI).encode())
     return h.hexdigest()[:16]
