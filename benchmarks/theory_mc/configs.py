@@ -406,8 +406,10 @@ def sequences(t: int, batch_first: bool = True) -> Callable[[], tuple[torch.Tens
 def _recurrent() -> list[Config]:
     def rnn(name, text, t, cell=nn.RNN, first=True, quick=False, expect="predicted", **kw):
         kw.setdefault("hidden", 128)
+        # a profile read at every step is nearly flat, within the 0.1-decade floor: 12 seeds
+        seeds = 4 if quick else 12 if kw.get("read") == "all" else 6
         return Config(name, "recurrent", text, partial(SequenceClassifier, cell, 32,
-                      batch_first=first, **kw), sequences(t, first), seeds=4 if quick else 6,
+                      batch_first=first, **kw), sequences(t, first), seeds=seeds,
                       quick=quick, expect=expect)
 
     head = "width 128, PyTorch's default init, a linear head on the last step"
@@ -432,8 +434,18 @@ def _recurrent() -> list[Config]:
         rnn("rnn_tanh_sigma_1_100", "nn.RNN tanh, 100 steps, W_hh ~ N(0, 1/h) (χ* = 0.70, "
             "near the edge of chaos), width 128, a head on the last step", 100,
             sigma_hh2=1.0, expect="uncertain"),
-        rnn("lstm_20", f"nn.LSTM, 20 steps, {head}", 20, cell=nn.LSTM, expect="uncertain"),
-        rnn("gru_20", f"nn.GRU, 20 steps, {head}", 20, cell=nn.GRU, expect="uncertain"),
+        rnn("lstm_20", f"nn.LSTM, 20 steps, {head}", 20, cell=nn.LSTM),
+        rnn("gru_20", f"nn.GRU, 20 steps, {head}", 20, cell=nn.GRU, quick=True),
+        rnn("lstm_50", f"nn.LSTM, 50 steps, {head}", 50, cell=nn.LSTM),
+        rnn("gru_100", f"nn.GRU, 100 steps, {head}", 100, cell=nn.GRU),
+        rnn("lstm_50_width_256", "nn.LSTM, 50 steps, width 256, PyTorch's default init, a "
+            "linear head on the last step", 50, cell=nn.LSTM, hidden=256),
+        rnn("lstm_forget_bias_1_50", "nn.LSTM, 50 steps, width 128, forget-gate bias 1, a "
+            "linear head on the last step", 50, cell=nn.LSTM, forget_bias=1.0),
+        rnn("gru_every_step_30", "nn.GRU, 30 steps, width 128, default init, a linear "
+            "read-out of every step", 30, cell=nn.GRU, read="all"),
+        rnn("lstm_seq_first_h_n_30", "nn.LSTM, 30 steps, (T, N, F) layout, width 128, "
+            "default init, a linear head on h_n", 30, cell=nn.LSTM, first=False, read="h_n"),
     ]
 
 

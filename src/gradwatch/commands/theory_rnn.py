@@ -1,10 +1,11 @@
-"""``gradwatch theory --rnn tanh --steps T``: a vanilla nn.RNN's gradient through time.
+"""``gradwatch theory --rnn tanh|relu|lstm|gru --steps T``: a recurrent net's gradient through time.
 
     gradwatch theory --rnn tanh --steps 50 [--layers 2] [--width 128] [--input-size 32]
                      [--read last|every] [--sigma-w2 S] [--seed 0] [--json]
 
-builds an ``nn.RNN`` (batch first) with a linear head on the last step's output (``--read
-last``: a sequence classifier) or on every step's (``--read every``: sequence labelling),
+builds an ``nn.RNN`` (tanh or relu), ``nn.LSTM`` or ``nn.GRU`` (batch first) with a linear
+head on the last step's output (``--read last``: a sequence classifier) or on every step's
+(``--read every``: sequence labelling),
 at PyTorch's default initialisation or with W_hh ~ N(0, S/width) (``--sigma-w2 S``), runs it
 on 16 standard Gaussian sequences and prints what ``gw.theory.predict`` predicts through
 time: the verdict, the phase (χ* per step) and ‖∂L/∂x_t‖² relative to the last step at the
@@ -41,9 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The RNN options of ``gradwatch theory``."""
     parser.add_argument(
         "--rnn",
-        choices=("tanh", "relu"),
+        choices=("tanh", "relu", "lstm", "gru"),
         default=None,
-        help="a vanilla nn.RNN with this nonlinearity: predict its gradient through time",
+        help="an nn.RNN with this nonlinearity, or an nn.LSTM / nn.GRU: predict its gradient "
+        "through time",
     )
     parser.add_argument("--steps", type=int, default=None, help="sequence length (with --rnn)")
     parser.add_argument("--layers", type=int, default=1, help="nn.RNN layers (default 1)")
@@ -102,7 +104,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         raise GradwatchValueError(f"--sigma-w2 must be finite and > 0, got {sw2}")
     return {
         "kind": "rnn",
-        "nonlinearity": args.rnn,
+        "cell": args.rnn,
         "steps": args.steps,
         "layers": args.layers,
         "width": width,
@@ -121,12 +123,15 @@ def build(settings: dict[str, Any]):
     class Sequence(nn.Module):
         def __init__(self) -> None:
             super().__init__()
-            self.rnn = nn.RNN(
+            cell, kw = nn.RNN, {"nonlinearity": settings["cell"]}
+            if settings["cell"] in ("lstm", "gru"):
+                cell, kw = {"lstm": nn.LSTM, "gru": nn.GRU}[settings["cell"]], {}
+            self.rnn = cell(
                 settings["input_size"],
                 settings["width"],
                 num_layers=settings["layers"],
-                nonlinearity=settings["nonlinearity"],
                 batch_first=True,
+                **kw,
             )
             self.head = nn.Linear(settings["width"], 10)
 
@@ -151,7 +156,7 @@ def _print(settings: dict[str, Any], pred: Any) -> None:
 
     title = ", ".join(f"{k} {v}" for k, v in settings.items() if k != "kind" and v is not None)
     console = Console()
-    console.print(f"[bold]nn.RNN[/bold]: {title}")
+    console.print(f"[bold]{settings['cell']}[/bold]: {title}")
     console.print(pred.summary())
     if not len(pred.table):
         return
