@@ -107,3 +107,13 @@ def test_chains_the_recursion_does_not_cover_stay_uncertain_with_the_reason():
 
     pred = T.predict(TwoUses(), inputs=torch.randn(8, 8))
     assert pred.verdict == "uncertain" and "identical values" in pred.reason
+
+
+def test_checks_second_opinion_skips_models_that_reuse_weights():
+    from gradwatch.theory.opinion import reuses_weights
+
+    assert reuses_weights(TokenEncoder(2, True, d=16, heads=2, length=8, independent=False))
+    assert reuses_weights(ResidualMLP(8, 16, 3, nn.ReLU, 1.0, shared=True))
+    assert reuses_weights(ResidualMLP(8, 16, 3, nn.ReLU, 1.0, copies=True))
+    assert not reuses_weights(TokenEncoder(2, True, d=16, heads=2, length=8, independent=True))
+    assert not reuses_weights(ResidualMLP(8, 16, 3, nn.ReLU, 1.0))
