@@ -194,3 +194,33 @@ def test_a_repeated_pass_reuses_its_plan_and_a_changed_one_does_not(nat, monkeyp
         assert got["act_std"] == pytest.approx(float(a.std(unbiased=False)), rel=1e-4)
         if i == 3:
             assert got["dead_frac"] == pytest.approx(float((a.amax(0) <= 0).double().mean()))
+
+
+def test_the_gradients_are_read_in_backward_only_outside_torch_distributed(nat, monkeypatch,
+                                                                          tmp_path):
+    """A collective may write gradients without a new version: the pass then reads them all."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv(native.ENV, "1")
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(5, 8)
+    with gw.watch(model, optimizer=opt) as mon:
+        tap = mon._ctx.taps["grad"]
+        assert tap.hooked
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0,
+                                world_size=1)
+        try:
+            for _ in range(2):
+                opt.zero_grad()
+                model(x).square().mean().backward()
+                want = [float(p.grad.norm()) for p in model.parameters()]
+                opt.step()
+                mon.step()
+            assert not tap.hooked  # let go at the first step after the group was made
+        finally:
+            dist.destroy_process_group()
+    got = mon.run.stats.query("stat == 'grad_norm' and step == 1").value.to_numpy()
+    w = [(want[0] ** 2 + want[1] ** 2) ** 0.5, (want[2] ** 2 + want[3] ** 2) ** 0.5]
+    np.testing.assert_allclose(got, w, rtol=1e-5)
