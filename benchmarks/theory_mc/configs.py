@@ -238,12 +238,68 @@ def _transformers() -> list[Config]:
             seeds=4,
             quick=True,
         ),
+    ]
+
+
+def _copies() -> list[Config]:
+    """Chains of identical copies: nn.TransformerEncoder as built, a deep-copied block."""
+    v = 32
+    return [
         Config(
             "encoder_pre_ln_6_stock",
-            "outside the theory",
-            "nn.TransformerEncoder as built (its 6 layers start identical)",
+            "identical copies",
+            "nn.TransformerEncoder as built: pre-LN, its 6 layers start identical, d = 64",
             partial(TokenEncoder, 6, True, independent=False),
             tokens(v),
+            seeds=8,
+        ),
+        Config(
+            "encoder_pre_ln_24_stock",
+            "identical copies",
+            "nn.TransformerEncoder as built: pre-LN, its 24 layers start identical, d = 64",
+            partial(TokenEncoder, 24, True, independent=False),
+            tokens(v),
+            seeds=36,  # heavy-tailed over seeds at 24 layers (sd 0.2–0.3 decade)
+        ),
+        Config(
+            "encoder_pre_ln_2_stock",
+            "identical copies",
+            "nn.TransformerEncoder as built: pre-LN, 2 identical layers, d = 32, 2 heads",
+            partial(TokenEncoder, 2, True, d=32, heads=2, independent=False),
+            tokens(v),
+            seeds=4,
+            quick=True,
+        ),
+        Config(
+            "residual_relu_12_copies",
+            "identical copies",
+            "12 deep copies of one block x + α·W₂ relu(W₁ x), α = 1/√L, width 128, σw² = 2",
+            _res(12, nn.ReLU, 1 / math.sqrt(12), 2.0, copies=True),
+            features(),
+            seeds=8,
+        ),
+        Config(
+            "residual_tanh_20_alpha_1_copies",
+            "identical copies",
+            "20 deep copies of one block x + W₂ tanh(W₁ x), width 128, σw² = 1",
+            _res(20, nn.Tanh, 1.0, 1.0, copies=True),
+            features(),
+            seeds=8,
+        ),
+        Config(
+            "encoder_post_ln_6_stock",
+            "identical copies",
+            "nn.TransformerEncoder as built: post-LN, its 6 layers start identical, d = 64",
+            partial(TokenEncoder, 6, False, independent=False),
+            tokens(v),
+            seeds=8,
+        ),
+        Config(
+            "residual_relu_12_post_ln_copies",
+            "outside the theory",
+            "12 deep copies of one block, x ← LN(x + W₂ relu(W₁ x)), the norms outside the copies",
+            _res(12, nn.ReLU, 1.0, 2.0, post_norm="ln", copies=True),
+            features(),
             seeds=6,
             expect="uncertain",
         ),
@@ -350,8 +406,10 @@ def sequences(t: int, batch_first: bool = True) -> Callable[[], tuple[torch.Tens
 def _recurrent() -> list[Config]:
     def rnn(name, text, t, cell=nn.RNN, first=True, quick=False, expect="predicted", **kw):
         kw.setdefault("hidden", 128)
+        # a profile read at every step is nearly flat, within the 0.1-decade floor: 12 seeds
+        seeds = 4 if quick else 12 if kw.get("read") == "all" else 6
         return Config(name, "recurrent", text, partial(SequenceClassifier, cell, 32,
-                      batch_first=first, **kw), sequences(t, first), seeds=4 if quick else 6,
+                      batch_first=first, **kw), sequences(t, first), seeds=seeds,
                       quick=quick, expect=expect)
 
     head = "width 128, PyTorch's default init, a linear head on the last step"
@@ -376,13 +434,24 @@ def _recurrent() -> list[Config]:
         rnn("rnn_tanh_sigma_1_100", "nn.RNN tanh, 100 steps, W_hh ~ N(0, 1/h) (χ* = 0.70, "
             "near the edge of chaos), width 128, a head on the last step", 100,
             sigma_hh2=1.0, expect="uncertain"),
-        rnn("lstm_20", f"nn.LSTM, 20 steps, {head}", 20, cell=nn.LSTM, expect="uncertain"),
-        rnn("gru_20", f"nn.GRU, 20 steps, {head}", 20, cell=nn.GRU, expect="uncertain"),
+        rnn("lstm_20", f"nn.LSTM, 20 steps, {head}", 20, cell=nn.LSTM),
+        rnn("gru_20", f"nn.GRU, 20 steps, {head}", 20, cell=nn.GRU, quick=True),
+        rnn("lstm_50", f"nn.LSTM, 50 steps, {head}", 50, cell=nn.LSTM),
+        rnn("gru_100", f"nn.GRU, 100 steps, {head}", 100, cell=nn.GRU),
+        rnn("lstm_50_width_256", "nn.LSTM, 50 steps, width 256, PyTorch's default init, a "
+            "linear head on the last step", 50, cell=nn.LSTM, hidden=256),
+        rnn("lstm_forget_bias_1_50", "nn.LSTM, 50 steps, width 128, forget-gate bias 1, a "
+            "linear head on the last step", 50, cell=nn.LSTM, forget_bias=1.0),
+        rnn("gru_every_step_30", "nn.GRU, 30 steps, width 128, default init, a linear "
+            "read-out of every step", 30, cell=nn.GRU, read="all"),
+        rnn("lstm_seq_first_h_n_30", "nn.LSTM, 30 steps, (T, N, F) layout, width 128, "
+            "default init, a linear head on h_n", 30, cell=nn.LSTM, first=False, read="h_n"),
     ]
 
 
 CONFIGS: list[Config] = [
     *_residual_mlps(), *_normalised(), *_transformers(), *_convnets(), *_recurrent(),
+    *_copies(),
 ]
 BY_NAME: dict[str, Config] = {c.name: c for c in CONFIGS}
 assert len(BY_NAME) == len(CONFIGS), "configuration names must be unique"

@@ -42,12 +42,17 @@ class SequenceClassifier(nn.Module):
         batch_first: bool = True,
         read: str = "last",
         sigma_hh2: float | None = None,
+        forget_bias: float | None = None,
     ):
         super().__init__()
         kw = {"nonlinearity": nonlinearity} if cell is nn.RNN else {}
         self.rnn = cell(inputs, hidden, num_layers=layers, batch_first=batch_first, **kw)
         self.head = nn.Linear(hidden * (layers if read == "h_n" else 1), 10)
         self.read, self.batch_first = read, batch_first
+        if forget_bias is not None:  # an LSTM's b_f (b_ih + b_hh) set to this, as is common
+            with torch.no_grad():
+                self.rnn.bias_ih_l0[hidden : 2 * hidden] = forget_bias
+                self.rnn.bias_hh_l0[hidden : 2 * hidden] = 0.0
         if sigma_hh2 is not None:
             for k in range(layers):
                 nn.init.normal_(

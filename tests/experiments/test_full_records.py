@@ -6,10 +6,8 @@ pure functions of one seed's numbers, judged over the seeds -- are checked again
 - ``records/NAME_full_tT.json``: the full run over seeds 0, 1, 2 at T torch threads
   (rebuilt with ``python -m tests.experiments.make_records LAB``). Every claim holds over
   the seeds, the verdicts stored with the record are the ones the code gives now, and each
-  claim fails once one seed more than it can spare is doctored.
-- ``records/NAME_full.json``: an older record of one seed (seed 0, one machine), kept only
-  for the experiments whose multi-seed full runs have not been recorded yet
-  (:data:`ONE_SEED_ONLY`, checked against the folder so that it is kept up to date).
+  claim fails once one seed more than it can spare is doctored. Every experiment has one
+  at 1 thread, and at 2 threads where its runs are recorded.
 """
 
 import copy
@@ -31,12 +29,6 @@ MULTI = sorted(
     (p.name.split("_full_t")[0], int(p.stem.split("_full_t")[1]))
     for p in RECORDS.glob("*_full_t*.json")
 )
-#: Experiments with a multi-seed record.
-MULTI_NAMES = sorted({n for n, _ in MULTI})
-#: Experiments still recorded from one seed of one machine only.
-#: (wortsman2023's record holds seeds 0, 1 and 2 measured inside one run, before the runner
-#: ran one measure per seed: its claims judge every seed in it, as one seed's numbers.)
-ONE_SEED_ONLY = ("wortsman2023",)
 
 
 def _record(name, threads):
@@ -47,12 +39,6 @@ def _numbers(record):
     return [s["numbers"] for s in record["per_seed"]]
 
 
-def _one_seed(name):
-    record = json.loads((RECORDS / f"{name}_full.json").read_text())
-    assert record["seed"] == 0 and record["quick"] is False
-    return record["numbers"]
-
-
 def _claim(claims, text):
     found = [c for c in claims if text in c["claim"]]
     assert len(found) == 1, text
@@ -60,20 +46,26 @@ def _claim(claims, text):
 
 
 def _doctor(numbers, path, value):
+    """``numbers`` with the value at ``path`` replaced ("*": the one key at that level, e.g.
+    the seed's own key in a record that keys its runs by seed)."""
     doctored = copy.deepcopy(numbers)
     node = doctored
     for key in path[:-1]:
-        node = node[key]
-    node[path[-1]] = value(node[path[-1]]) if callable(value) else value
+        node = node[_only(node) if key == "*" else key]
+    last = _only(node) if path[-1] == "*" else path[-1]
+    node[last] = value(node[last]) if callable(value) else value
     return doctored
 
 
-def test_every_experiment_has_one_kind_of_record():
-    one_seed = sorted(p.name.removesuffix("_full.json") for p in RECORDS.glob("*_full.json"))
-    assert one_seed == sorted(ONE_SEED_ONLY)
-    assert not set(one_seed) & set(MULTI_NAMES)  # a rebuilt record replaces the old one
-    assert sorted([*one_seed, *MULTI_NAMES]) == sorted(EXPERIMENTS)
-    assert ("he2015", 1) in MULTI and ("he2015", 2) in MULTI
+def _only(node):
+    (key,) = node  # a wildcard stands for exactly one key
+    return key
+
+
+def test_every_experiment_has_its_records_at_1_and_2_threads():
+    assert not list(RECORDS.glob("*_full.json"))  # the one-seed records are all replaced
+    assert sorted(n for n, t in MULTI if t == 1) == sorted(EXPERIMENTS)
+    assert {"he2015", "wortsman2023", "xiong2020"} <= {n for n, t in MULTI if t == 2}
 
 
 @pytest.mark.parametrize(("name", "threads"), MULTI)
@@ -95,12 +87,6 @@ def test_every_claim_holds_over_the_seeds(name, threads):
     assert [(c["claim"], c["held_in"]) for c in claims] == [
         (c["claim"], c["held_in"]) for c in record["claims"]
     ]
-
-
-@pytest.mark.parametrize("name", ONE_SEED_ONLY)
-def test_every_claim_holds_on_the_one_seed_record(name):
-    for c in get(name).load().claims(_one_seed(name)):
-        assert c["holds"], f"{name}: {c['claim']} -- evidence {c['evidence']}"
 
 
 CASES = [
@@ -188,19 +174,20 @@ CASES = [
     ("xiong2020", ("runs", "DeepNorm", "loss_end"), 2.0, "the DeepNorm net trains"),
     ("xiong2020", ("runs", "DeepNorm", "all_finite"), False, "the DeepNorm net trains"),
     ("xiong2020", ("first_update", "DeepNorm"), lambda v: 2 * v, "bounds the update"),
-    # wortsman2023: the baseline's logits as tame as qk-layernorm's at lr 1, on one seed
-    ("wortsman2023", ("runs", "baseline", "1", "0", "attn_logit_max"), 50.0,
+    # wortsman2023 (runs keyed arm, learning rate, seed): the baseline's logits as tame as
+    # qk-layernorm's at lr 1
+    ("wortsman2023", ("runs", "baseline", "1", "*", "attn_logit_max"), 50.0,
      "attention logits grow"),
-    # the baseline trains at lr 0.3 on seed 0: no learning rate left where only it fails
-    ("wortsman2023", ("runs", "baseline", "0.3", "0", "final_loss"), 1.0,
+    # the baseline trains at lr 0.3: no learning rate left where only it fails
+    ("wortsman2023", ("runs", "baseline", "0.3", "*", "final_loss"), 1.0,
      "training fails above"),
-    # qk-layernorm fails at 0.3 on seed 1: its range is no wider there
-    ("wortsman2023", ("runs", "qk-layernorm", "0.3", "1", "final_loss"), 4.5,
+    # qk-layernorm fails at 0.3: its range is no wider
+    ("wortsman2023", ("runs", "qk-layernorm", "0.3", "*", "final_loss"), 4.5,
      "range of learning rates"),
-    ("wortsman2023", ("runs", "qk-layernorm", "0.3", "1", "final_loss"), float("inf"),
+    ("wortsman2023", ("runs", "qk-layernorm", "0.3", "*", "final_loss"), float("inf"),
      "range of learning rates"),
     # a failed baseline run gradwatch did not flag
-    ("wortsman2023", ("runs", "baseline", "0.3", "2", "flagged"), [], "gw.diagnose flags"),
+    ("wortsman2023", ("runs", "baseline", "0.3", "*", "flagged"), [], "gw.diagnose flags"),
     # criticality: the near-critical net (σw² = 1.76, row 5) at chance at the largest depth
     ("criticality", ("accuracy", 5, -1), 0.1, "At the largest depth"),
     # the far-chaotic net (σw² = 4, the last row) trains at the largest depth
@@ -221,11 +208,6 @@ CASES = [
 @pytest.mark.parametrize(("name", "path", "value", "text"), CASES)
 def test_doctored_full_record_fails_claim(name, path, value, text):
     claims = get(name).load().claims
-    if name in ONE_SEED_ONLY:
-        numbers = _one_seed(name)
-        assert _claim(claims(numbers), text)["holds"]
-        assert not _claim(claims(_doctor(numbers, path, value)), text)["holds"]
-        return
     # doctor the claim's seeds one by one: it holds while enough seeds are left, and fails
     # once one seed more than it can spare no longer supports it
     for n, threads in MULTI:
@@ -255,10 +237,7 @@ def test_claims_read_a_record_with_non_finite_numbers_as_strings(name):
     # claims read them back as floats, so a record read from disk decides as the numbers did
     claims = get(name).load().claims
     cases = [(p, v) for n, p, v, _ in CASES if n == name and not callable(v)]
-    if name in ONE_SEED_ONLY:
-        seeds = [_one_seed(name)]
-    else:
-        seeds = [num for n, t in MULTI if n == name for num in _numbers(_record(n, t))]
+    seeds = [num for n, t in MULTI if n == name for num in _numbers(_record(n, t))]
     for numbers in seeds:
         for path, value in [*cases, *((p, x) for p, _ in cases[:1] for x in SPECIAL)]:
             doctored = _doctor(numbers, path, value)

@@ -9,16 +9,18 @@ the convention of :mod:`gradwatch.jsonable`).
 
     gradwatch theory --activation relu --sigma-w2 2 --blocks 50 --residual-alpha 0.14
     gradwatch theory --attention --blocks 24 --norm post [--deepnorm]
+    gradwatch theory --rnn tanh --steps 50
 
 builds a residual MLP (branches of Linear layers with W ~ N(0, σw²/fan_in), scaled by α,
 optionally normalised before the branch, after each sum or at the end) or a transformer
 encoder (token and position embeddings, ``nn.TransformerEncoder`` layers each initialised on
 their own, pre-LN or post-LN, or DeepNorm) from the settings, and prints what
 ``gw.theory.predict`` predicts for it: the verdict, the phase and each layer's attenuation
-‖δ_layer‖²/‖δ_last‖².
+‖δ_layer‖²/‖δ_last‖². With ``--rnn`` it builds a vanilla ``nn.RNN`` and predicts its gradient
+through time (:mod:`gradwatch.commands.theory_rnn`).
 
 References: Schoenholz et al. 2017, "Deep Information Propagation"; Yang & Schoenholz 2017;
-Xiong et al. 2020; Wang et al. 2022 (DeepNet); Kedia et al. 2024.
+Xiong et al. 2020; Wang et al. 2022 (DeepNet); Kedia et al. 2024; Chen et al. 2018.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import json
 import math
 from typing import Any
 
+from gradwatch.commands import theory_rnn
 from gradwatch.errors import GradwatchValueError
 from gradwatch.jsonable import jsonable
 
@@ -149,12 +152,19 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of the weights and the probe batch"
     )
+    theory_rnn.add_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print exact JSON instead of a table")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Compute the prediction and print it; return the exit code (gradwatch errors propagate)."""
+    if args.rnn is not None:
+        return theory_rnn.run(args)
+    if args.steps is not None or args.read != "last" or args.layers != 1:
+        raise GradwatchValueError(
+            "--steps, --layers and --read describe an RNN: give --rnn as well"
+        )
     if args.blocks is None:
         return _run_chain(args)
     settings = _settings(args)

@@ -61,8 +61,8 @@ from gradwatch.verdicts import depth_verdict
 LAYER_TYPES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 #: Why a recurrent model is outside (no batch helps: the rules need independent layers).
 RECURRENT_REASON = (
-    "the model has a recurrent layer (nn.RNN): its gradient flows through time, which the "
-    "theory predicts over a given number of steps"
+    "the model has a recurrent layer (nn.RNN/LSTM/GRU): its gradient flows through time, "
+    "which the theory predicts over a given number of steps"
 )
 #: Columns of a plain chain's table.
 CHAIN_COLUMNS = (
@@ -106,8 +106,8 @@ def predict(
         samples: draws of the Gaussian expectations over attention scores (more: smoother).
         steps: the sequence length for a recurrent model given no ``inputs`` (a probe batch
             of that many steps is built when its first layer is the nn.RNN or an
-            nn.Embedding). A vanilla nn.RNN is predicted through time
-            (:mod:`~gradwatch.theory.recurrent`): one row per layer and step.
+            nn.Embedding). An nn.RNN, or a one-layer nn.LSTM / nn.GRU, is predicted through
+            time (:mod:`~gradwatch.theory.recurrent`): one row per layer and step.
 
     Returns:
         A :class:`Prediction`; its verdict is "uncertain" (with the reason) for a model

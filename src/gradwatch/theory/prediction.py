@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from gradwatch.verdicts import TEMPORAL_GATED_VANISHED
 from gradwatch.wording import number
 
 
@@ -71,12 +72,18 @@ class Prediction:
             f"{number(self.norm_ratio)} from the last layer to the first"
         )
         if self.method == "time":
-            return (
+            text = (
                 f"{self.verdict}: over {self.depth} time steps in the {self.phase} phase; the "
                 f"gradient through time is predicted to change by a factor "
                 f"{number(self.norm_ratio)} from the last step to the first (at the input of "
                 "the recurrent layer)"
             )
+            if "type" in self.table and set(self.table["type"]) & {"LSTM", "GRU"}:
+                text += (
+                    "; a gated carry that fades at initialisation is learnt open in training, "
+                    f"and counts as vanished below a factor {number(TEMPORAL_GATED_VANISHED)}"
+                )
+            return text
         if self.method == "graph":
             return text + " (along the trunk, through layers of the same output shape)"
         return text + f"; trainable depth about {number(self.trainable_depth)}"

@@ -1,4 +1,4 @@
-"""Predict the gradient's flow through time of a vanilla recurrent network (nn.RNN).
+"""Predict the gradient's flow through time of a recurrent network (nn.RNN, nn.LSTM, nn.GRU).
 
 Time is depth with the same weights at every step (Chen, Pennington & Schoenholz 2018): the
 forward mean square ``q^l_t`` and the backward energies follow the recursions of
@@ -14,6 +14,9 @@ forward mean square ``q^l_t`` and the backward energies follow the recursions of
   through time is measured);
 - nn.RNN's dropout between layers (train mode) as a factor 1/(1 − p) on the next layer's
   input, forward and back.
+
+A one-layer nn.LSTM or nn.GRU follows :mod:`gradwatch.theory.rnn_gated` (the gates' fields
+drawn as Gaussian processes over time; one W_hhᵀ for every step going back).
 
 The prediction is ``‖∂L/∂x_t‖²`` at each layer's input sequence relative to its last step,
 the quantity ``gw.check`` measures through time (``Checkup.temporal``), and the verdict uses
@@ -42,6 +45,7 @@ from torch import nn
 
 from gradwatch.errors import GradwatchValueError
 from gradwatch.structure import is_recurrent
+from gradwatch.theory import rnn_gated as gated
 from gradwatch.theory import rnn_meanfield as mf
 from gradwatch.theory.activations import resolve_activation
 from gradwatch.theory.engine import first_tensor
@@ -49,6 +53,7 @@ from gradwatch.theory.meanfield import phase_of
 from gradwatch.theory.prediction import Prediction
 from gradwatch.verdicts import (
     TEMPORAL_EXPLODING,
+    TEMPORAL_GATED_VANISHED,
     TEMPORAL_MIN_STEPS,
     TEMPORAL_VANISHING_WARNING,
 )
@@ -68,6 +73,12 @@ READOUT_DRAWS = 16
 """Draws of the random read-out averaged for the gradient it puts on each step: one draw
 scatters a step's share by ~10% (a head of 10 outputs on 16 sequences), which would show as
 steps out of line in a flat profile."""
+
+MAX_GATED_STEPS = 256
+"""Longest sequence a gated layer is predicted over (seconds; the cost grows as T³)."""
+
+PHASE_STEPS = 24
+"""Steps of the read-out-at-the-last-step run that gives a gated layer's per-step factor χ*."""
 
 PROBE_EXAMPLES = 16
 """Sequences in the probe batch built when no inputs are given."""
@@ -104,12 +115,17 @@ def outside(model: nn.Module) -> str:
             "model reads; measure it with gw.check (its gradient flow through time)"
         )
     name, m = found[0]
-    if not isinstance(m, nn.RNN):
+    if isinstance(m, nn.LSTM | nn.GRU) and m.num_layers > 1:
         return (
-            f"'{name}' is a gated or hand-stepped recurrence ({type(m).__name__}): the gates' "
-            "mean-field recursions (Chen et al. 2018's minimalRNN; Gilboa et al. 2019) are "
-            "not implemented and validated at PyTorch's default init; measure it with "
-            "gw.check (its gradient flow through time)"
+            f"'{name}' is a gated recurrence ({type(m).__name__}) of {m.num_layers} layers: "
+            "the gated theory is validated for one layer; measure it with gw.check (its "
+            "gradient flow through time)"
+        )
+    if not isinstance(m, nn.RNN | nn.LSTM | nn.GRU):
+        return (
+            f"'{name}' is a recurrent cell ({type(m).__name__}) stepped by the model's own "
+            "loop, which the theory does not follow; measure it with gw.check (its gradient "
+            "flow through time)"
         )
     if m.bidirectional or getattr(m, "proj_size", 0):
         return (
@@ -129,7 +145,7 @@ def probe(model: nn.Module, steps: int) -> tuple[torch.Tensor, ...] | None:
     rnn = recurrent_modules(model)[0][1]
     gen = torch.Generator().manual_seed(0)
     p = next(model.parameters())
-    if isinstance(first, nn.RNN):
+    if isinstance(first, nn.RNNBase):
         x = torch.randn(PROBE_EXAMPLES, steps, first.input_size, generator=gen)
         x = x if first.batch_first else x.transpose(0, 1).contiguous()
         return (x.to(dtype=p.dtype, device=p.device),)
@@ -153,6 +169,8 @@ def predict_recurrent(
         return _uncertain(reason)
     name, rnn = recurrent_modules(model)[0]
     seen = _run(model, inputs, rnn, readout, train_mode)
+    if isinstance(rnn, nn.LSTM | nn.GRU):
+        return _predict_gated(name, rnn, seen, tol)
     layers = _layers(rnn, train_mode)
     x = seen["x"]  # (T, N, F)
     q_in = x.double().pow(2).mean(dim=(1, 2)).cpu().numpy()
@@ -229,12 +247,17 @@ def _time_scale(chi_star: float) -> float:
     return -1.0 / math.log(chi_star)
 
 
-def _verdict(ratio: float, steps: int) -> str:
-    """The temporal rule's verdict on the first step's share of the last (squared norms)."""
+def _verdict(ratio: float, steps: int, gated: bool = False) -> str:
+    """The temporal rule's verdict on the first step's share of the last (squared norms).
+
+    At a checkup a gated carry that fades is learnt open in training unless its first step
+    gets less than :data:`~gradwatch.verdicts.TEMPORAL_GATED_VANISHED` of the last one's
+    (a note otherwise, which leaves the verdict healthy).
+    """
     if steps < TEMPORAL_MIN_STEPS or not math.isfinite(ratio):
         return "healthy" if steps < TEMPORAL_MIN_STEPS else "exploding"
     r = math.sqrt(max(ratio, 0.0))
-    if r < TEMPORAL_VANISHING_WARNING:
+    if r < (TEMPORAL_GATED_VANISHED if gated else TEMPORAL_VANISHING_WARNING):
         return "vanishing"
     return "exploding" if r > TEMPORAL_EXPLODING else "healthy"
 
@@ -258,6 +281,77 @@ def _unvalidated(name: str, rnn: nn.RNN, chi_star: float) -> str:
             "flow through time)"
         )
     return ""
+
+
+def _predict_gated(name: str, rnn: nn.LSTM | nn.GRU, seen: dict, tol: float) -> Prediction:
+    """A one-layer LSTM or GRU through time (:mod:`gradwatch.theory.rnn_gated`)."""
+    if seen["x"].shape[0] > MAX_GATED_STEPS:
+        return _uncertain(
+            f"'{name}' reads {seen['x'].shape[0]} steps: the gated theory's cost grows as the "
+            f"cube of the steps; predict on a sequence of at most {MAX_GATED_STEPS} steps (its "
+            "per-step factor χ* and the phase do not depend on the length), or measure it with "
+            "gw.check"
+        )
+    ly = _gated_layer(rnn)
+    x = seen["x"].double().reshape(seen["x"].shape[0], -1)
+    kernel = (x @ x.T / x.shape[1]).cpu().numpy()
+    h0 = seen["h0"]
+    m0 = float(h0.double().pow(2).mean()) if isinstance(h0, torch.Tensor) else 0.0
+    steps = len(kernel)
+    rec = gated.forward(ly, kernel, m0)
+    inject = seen["inject"] + np.eye(steps)[-1] * seen["inject_final"][0]
+    energy = gated.backward(ly, rec, inject, seen["inject_c"])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        att = energy / energy[-1]
+        local = np.append(energy[:-1] / energy[1:], np.nan)
+    # the per-step factor far from the read-out: a read-out of the last step only, over the
+    # first steps (at most PHASE_STEPS)
+    n = min(steps, PHASE_STEPS)
+    probe = gated.backward(ly, rec[:n], np.eye(n)[-1])
+    chi_star = float((probe[0] / probe[-1]) ** (1 / (n - 1))) if n > 2 else math.nan
+    table = pd.DataFrame(
+        [{"layer": name, "rnn_layer": 0, "t": t, "type": ly.kind, "activation": "gated",
+          "fan_in": rnn.input_size, "sigma_w2": float(np.mean(ly.sigma_hh2)),
+          "sigma_u2": float(np.mean(ly.sigma_ih2)),
+          "sigma_b2": float(np.mean((ly.b_ih + ly.b_hh) ** 2)),
+          "q": float(np.mean(rec[t]["h"] ** 2)), "chi1": local[t], "attenuation": att[t]}
+         for t in range(steps)],
+        columns=list(COLUMNS),
+    )  # fmt: skip
+    ratio = float(att[0])
+    reason = "" if rnn.hidden_size >= VALID_WIDTH else _unvalidated(name, rnn, 0.0)
+    return Prediction(
+        table=table,
+        phase=str(phase_of(chi_star, tol)) if math.isfinite(chi_star) else "ordered",
+        gradient_ratio=ratio,
+        trainable_depth=_time_scale(chi_star),
+        verdict="uncertain" if reason else _verdict(ratio, steps, gated=True),
+        depth=steps,
+        reason=reason,
+        method="time",
+    )
+
+
+def _gated_layer(rnn: nn.LSTM | nn.GRU) -> gated.GatedLayer:
+    h = rnn.hidden_size
+    w_ih = rnn.weight_ih_l0.detach().double().cpu().numpy()
+    w_hh = rnn.weight_hh_l0.detach().double().cpu().numpy()
+    n = w_ih.shape[0] // h
+    zeros = np.zeros((n, h))
+    b_ih, b_hh = (
+        getattr(rnn, b).detach().double().cpu().numpy().reshape(n, h) if rnn.bias else zeros
+        for b in ("bias_ih_l0", "bias_hh_l0")
+    )
+    return gated.GatedLayer(
+        kind=type(rnn).__name__,
+        hidden=h,
+        sigma_ih2=tuple(w_ih.shape[1] * float((w_ih[k * h : (k + 1) * h] ** 2).mean())
+                        for k in range(n)),
+        sigma_hh2=tuple(h * float((w_hh[k * h : (k + 1) * h] ** 2).mean()) for k in range(n)),
+        rho_ih=tuple(float((w_ih[k * h : (k + 1) * h] ** 2).sum()) / h for k in range(n)),
+        b_ih=b_ih,
+        b_hh=b_hh,
+    )  # fmt: skip
 
 
 def _uncertain(reason: str) -> Prediction:
@@ -334,19 +428,26 @@ def _run(model: nn.Module, inputs: tuple, rnn: nn.RNN, readout: Any, train_mode:
             "whose output the gradient flows back from"
         )
     out, h_n = seen["out"]
+    c_n = None
+    if isinstance(h_n, tuple):  # an LSTM's (h_n, c_n)
+        h_n, c_n = h_n
     batch_first = rnn.batch_first
     x = seen["x"] if not batch_first else seen["x"].transpose(0, 1)
     if x.dim() == 2:  # an unbatched sequence (T, F)
         x = x.unsqueeze(1)
     steps = x.shape[0]
-    inject, final = np.zeros(steps), np.zeros(rnn.num_layers)
+    inject, final, final_c = np.zeros(steps), np.zeros(rnn.num_layers), 0.0
     draws = READOUT_DRAWS if not isinstance(readout, torch.Tensor) and readout == "random" else 1
     gen = torch.Generator().manual_seed(0)
     for i in range(draws):
         r = _readout(y, readout, gen)
-        g_out, g_hn = torch.autograd.grad(
-            (y * r).sum(), [out, h_n], allow_unused=True, retain_graph=i < draws - 1
+        wrt = [out, h_n] + ([c_n] if c_n is not None else [])
+        grads = torch.autograd.grad(
+            (y * r).sum(), wrt, allow_unused=True, retain_graph=i < draws - 1
         )
+        g_out, g_hn = grads[:2]
+        if c_n is not None and grads[2] is not None:
+            final_c += float(grads[2].detach().double().pow(2).sum()) / draws
         if g_out is not None:
             g = g_out.transpose(0, 1) if batch_first and g_out.dim() == 3 else g_out
             g = g.detach().double().reshape(steps, -1)
@@ -354,7 +455,7 @@ def _run(model: nn.Module, inputs: tuple, rnn: nn.RNN, readout: Any, train_mode:
         if g_hn is not None:
             g = g_hn.detach().double().reshape(rnn.num_layers, -1)
             final += g.pow(2).sum(1).cpu().numpy() / draws
-    h0 = seen["h0"]
+    h0 = seen["h0"][0] if isinstance(seen["h0"], tuple) else seen["h0"]  # an LSTM's (h0, c0)
     if isinstance(h0, torch.Tensor) and h0.dim() == 2:
         h0 = h0.unsqueeze(1)
     return {
@@ -362,6 +463,7 @@ def _run(model: nn.Module, inputs: tuple, rnn: nn.RNN, readout: Any, train_mode:
         "h0": h0.detach() if isinstance(h0, torch.Tensor) else None,
         "inject": inject,
         "inject_final": final,
+        "inject_c": final_c,
     }
 
 

@@ -365,12 +365,12 @@ def _sqrt_psd(M: np.ndarray) -> np.ndarray:
 
 def _blocks(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean within-example and across-example blocks of E[u vᵀ] over draws; u, v (M, B, T)."""
-    M, B, _ = u.shape
-    own = np.einsum("mbt,mbs->ts", u, v)  # Σ_draws Σ_b u_b v_bᵀ
+    M, B, T = u.shape
+    own = u.reshape(M * B, T).T @ v.reshape(M * B, T)  # Σ_draws Σ_b u_b v_bᵀ (one GEMM)
     within = own / (M * B)
     if B < 2:
         return within, np.zeros_like(within)
-    tot = np.einsum("mt,ms->ts", u.sum(axis=1), v.sum(axis=1))
+    tot = u.sum(axis=1).T @ v.sum(axis=1)
     across = (tot - own) / (M * B * (B - 1))
     return within, 0.5 * (across + across.T)
 
