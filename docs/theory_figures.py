@@ -25,7 +25,8 @@ if str(ROOT) not in sys.path:
 PROFILES = (
     "residual_relu_20_alpha_1", "bn_residual_relu_20", "encoder_pre_ln_24",
     "encoder_post_ln_24", "deepnorm_24", "gpt2_12", "resnet34", "resnet50",
-    "preact_resnet18_imagenet_stem",
+    "preact_resnet18_imagenet_stem", "encoder_pre_ln_24_stock", "encoder_post_ln_6_stock",
+    "residual_relu_12_copies",
 )
 QUICK = ("residual_tanh_12_alpha_isqrtL", "encoder_pre_ln_2")
 

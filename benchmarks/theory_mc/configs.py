@@ -238,12 +238,68 @@ def _transformers() -> list[Config]:
             seeds=4,
             quick=True,
         ),
+    ]
+
+
+def _copies() -> list[Config]:
+    """Chains of identical copies: nn.TransformerEncoder as built, a deep-copied block."""
+    v = 32
+    return [
         Config(
             "encoder_pre_ln_6_stock",
-            "outside the theory",
-            "nn.TransformerEncoder as built (its 6 layers start identical)",
+            "identical copies",
+            "nn.TransformerEncoder as built: pre-LN, its 6 layers start identical, d = 64",
             partial(TokenEncoder, 6, True, independent=False),
             tokens(v),
+            seeds=8,
+        ),
+        Config(
+            "encoder_pre_ln_24_stock",
+            "identical copies",
+            "nn.TransformerEncoder as built: pre-LN, its 24 layers start identical, d = 64",
+            partial(TokenEncoder, 24, True, independent=False),
+            tokens(v),
+            seeds=36,  # heavy-tailed over seeds at 24 layers (sd 0.2–0.3 decade)
+        ),
+        Config(
+            "encoder_pre_ln_2_stock",
+            "identical copies",
+            "nn.TransformerEncoder as built: pre-LN, 2 identical layers, d = 32, 2 heads",
+            partial(TokenEncoder, 2, True, d=32, heads=2, independent=False),
+            tokens(v),
+            seeds=4,
+            quick=True,
+        ),
+        Config(
+            "residual_relu_12_copies",
+            "identical copies",
+            "12 deep copies of one block x + α·W₂ relu(W₁ x), α = 1/√L, width 128, σw² = 2",
+            _res(12, nn.ReLU, 1 / math.sqrt(12), 2.0, copies=True),
+            features(),
+            seeds=8,
+        ),
+        Config(
+            "residual_tanh_20_alpha_1_copies",
+            "identical copies",
+            "20 deep copies of one block x + W₂ tanh(W₁ x), width 128, σw² = 1",
+            _res(20, nn.Tanh, 1.0, 1.0, copies=True),
+            features(),
+            seeds=8,
+        ),
+        Config(
+            "encoder_post_ln_6_stock",
+            "identical copies",
+            "nn.TransformerEncoder as built: post-LN, its 6 layers start identical, d = 64",
+            partial(TokenEncoder, 6, False, independent=False),
+            tokens(v),
+            seeds=8,
+        ),
+        Config(
+            "residual_relu_12_post_ln_copies",
+            "outside the theory",
+            "12 deep copies of one block, x ← LN(x + W₂ relu(W₁ x)), the norms outside the copies",
+            _res(12, nn.ReLU, 1.0, 2.0, post_norm="ln", copies=True),
+            features(),
             seeds=6,
             expect="uncertain",
         ),
@@ -395,6 +451,7 @@ def _recurrent() -> list[Config]:
 
 CONFIGS: list[Config] = [
     *_residual_mlps(), *_normalised(), *_transformers(), *_convnets(), *_recurrent(),
+    *_copies(),
 ]
 BY_NAME: dict[str, Config] = {c.name: c for c in CONFIGS}
 assert len(BY_NAME) == len(CONFIGS), "configuration names must be unique"

@@ -128,15 +128,24 @@ def test_deep_batch_norm_relu_grows_by_pi_over_pi_minus_one_per_layer():
     assert np.mean(ratios) == pytest.approx(math.pi / (math.pi - 1), rel=0.03)
 
 
-def test_identical_layer_copies_are_uncertain_and_independent_ones_predicted():
+def test_identical_layer_copies_and_independent_ones_are_both_predicted():
     torch.manual_seed(4)
     ids = torch.randint(0, 32, (4, 8))
     stock = TokenEncoder(2, True, d=32, heads=2, length=8, independent=False)
     own = TokenEncoder(2, True, d=32, heads=2, length=8, independent=True)
     p_stock, p_own = T.predict(stock, inputs=ids), T.predict(own, inputs=ids)
-    assert p_stock.verdict == "uncertain" and "identical values" in p_stock.reason
-    assert "body.layers.0" in p_stock.reason
+    assert p_stock.verdict == "healthy" and not p_stock.reason  # the cross-depth recursion
     assert p_own.verdict == "healthy" and not p_own.reason
+    post_ln = TokenEncoder(2, False, d=32, heads=2, length=8, independent=False)
+    post = T.predict(post_ln, inputs=ids)
+    assert post.verdict == "healthy" and not post.reason
+    # ... unless its stream's norms have a gain per feature (trained): outside, with the reason
+    with torch.no_grad():
+        for layer in post_ln.body.layers:
+            layer.norm1.weight.copy_(torch.linspace(0.5, 1.5, 32))
+    post = T.predict(post_ln, inputs=ids)
+    assert post.verdict == "uncertain" and "identical values" in post.reason
+    assert "body.layers.0" in post.reason and "differ between features" in post.reason
 
 
 def test_zero_initialised_branches_are_not_shared_weights():

@@ -19,6 +19,7 @@ experiment's DeepNorm arm, and the Monte Carlo check of ``gw.theory.predict``
 
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -26,7 +27,11 @@ from torch import nn
 
 
 class ResidualMLP(nn.Module):
-    """Linear(d_in, width), ``depth`` residual blocks, an optional final norm, a read-out."""
+    """Linear(d_in, width), ``depth`` residual blocks, an optional final norm, a read-out.
+
+    ``copies=True`` makes every block a deep copy of the first (they start identical, as the
+    layers of ``nn.TransformerEncoder`` do).
+    """
 
     def __init__(
         self,
@@ -43,6 +48,7 @@ class ResidualMLP(nn.Module):
         final_norm: str | None = None,
         branch_layers: int = 2,
         d_out: int = 10,
+        copies: bool = False,
     ):
         super().__init__()
         self.inp = nn.Linear(d_in, width)
@@ -63,6 +69,8 @@ class ResidualMLP(nn.Module):
                         layers.append(_norm(inner_norm, width))
                     layers.append(act())
             blocks.append(nn.Sequential(*layers))
+        if copies:  # every block a deep copy of the first, as nn.TransformerEncoder builds
+            blocks = [copy.deepcopy(blocks[0]) for _ in blocks]
         self.blocks = nn.ModuleList(blocks)
         # post-norm: x_{l+1} = N(x_l + α branch(x_l)), one norm after each sum
         self.post = (

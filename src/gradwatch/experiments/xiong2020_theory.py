@@ -2,9 +2,9 @@
 
 - **Theory line.** ``gw.theory.predict`` gives each layer's ‖∂L/∂W_FFN2‖ at initialisation
   (the mean-field expectation over the random weights; Xiong et al. 2020, Theorem 1, for
-  the last layer). The theory assumes independent random weights, and
-  ``nn.TransformerEncoder`` copies its layer (all layers start identical: the theory answers
-  "uncertain" for it), so the line is drawn for nets whose layers are drawn independently
+  the last layer). ``nn.TransformerEncoder`` copies its layer (all layers start identical;
+  :mod:`gradwatch.theory.tied` predicts such chains, the line was recorded before it), so the
+  line is drawn for nets whose layers are drawn independently
   (:class:`~gradwatch.experiments.architectures.TokenEncoder`, as fairseq, the paper's code,
   initialises them), of the same sizes as the experiment's. Over :data:`DRAWS` independent
   draws, on :data:`BATCH` probe sequences: measured, the geometric mean of brute-force

@@ -17,7 +17,7 @@ gradient-independence assumption (Schoenholz et al. 2017).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,7 @@ from gradwatch.theory.values import (
     Lazy,
     Repartition,
     Space,
+    Stats,
     Step,
     Table,
     Unknown,
@@ -90,6 +91,9 @@ class Interpretation:
     output: Value
     ctx: Context
     reason: str = ""
+    #: per layer name: predicted ‖δ‖², forward q and weight gradient computed outside the
+    #: tape (a chain of identical copies, :mod:`~gradwatch.theory.tied`)
+    layers: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def weights(self) -> dict[int, dict[str, float]]:
@@ -178,20 +182,30 @@ def input_space(
 
 def interpret(
     trace: Trace,
-    readout: str = "random",
+    readout: Any = "random",
     samples: int = 512,
     seed: int = 0,
+    source: Stats | None = None,
+    splice: Any = None,
 ) -> Interpretation:
     """Run the trace through the mean-field rules, forward then backward.
 
     Args:
         trace: a recorded forward pass.
         readout: "random" (independent unit gradients at the output: a random linear
-            read-out), "output" (δ = y: the gradient of ½‖y‖², ``gw.check``'s default), or
+            read-out), "output" (δ = y: the gradient of ½‖y‖², ``gw.check``'s default),
             a tensor of the output's shape, ∂L/∂output itself (its second moments, within
-            and across examples, seed the backward pass).
+            and across examples, seed the backward pass), a
+            :class:`~gradwatch.theory.values.Grad` (those moments given), or None (forward
+            moments only).
         samples: draws for the attention moments (Gaussian expectations over the scores).
         seed: seed of those draws.
+        source: the moments of the first input, given instead of read from its values (it
+            is then a signal that crossed weight matrices of its own; rows as the tensor's).
+        splice: an object whose ``on_value(tensor, value, ctx, values)`` may replace an
+            operation's output value, and whose ``start`` (a tape index, or None) and
+            ``inject(ctx, grads)`` add gradients when the backward pass reaches ``start``
+            (:mod:`~gradwatch.theory.tied` computes a chain of identical copies this way).
 
     Returns:
         the :class:`Interpretation`.
@@ -205,18 +219,23 @@ def interpret(
     space, rid = input_space(trace.inputs, mixing, image)
     for _ in range(3):
         try:
-            return _run(trace, space, rid, readout, samples, seed)
+            return _run(trace, space, rid, readout, samples, seed, source, splice)
         except Repartition as again:
             space = again.space
     raise RuntimeError("the rows of the input could not be partitioned into examples")
 
 
-def _run(trace, space, rid, readout, samples, seed) -> Interpretation:
+def _run(trace, space, rid, readout, samples, seed, source=None, splice=None) -> Interpretation:
     ctx = Context(space=space, seed=seed, samples=samples)
     values: dict[int, Value] = {}
     tape = ctx.tape
     main = trace.inputs[0]
-    values[id(main)] = Data(main.detach(), rid)
+    if source is not None:
+        values[id(main)] = Field(source, rid, frozenset({"source"}), frozenset({"source"}))
+    else:
+        values[id(main)] = Data(main.detach(), rid)
+    if splice is not None:
+        values[id(main)] = splice.on_value(main, values[id(main)], ctx, values)
     for extra in trace.inputs[1:]:
         values[id(extra)] = Const(extra)
 
@@ -248,6 +267,8 @@ def _run(trace, space, rid, readout, samples, seed) -> Interpretation:
                     if isinstance(v, Lazy):
                         v = rules.as_field(ctx, v)
                     v._detached = True  # type: ignore[attr-defined]
+                if splice is not None:
+                    v = splice.on_value(t, v, ctx, values)
                 values[id(t)] = v
     out_t = first_tensor(trace.output)
     out_v = values.get(id(out_t)) if out_t is not None else None
@@ -258,7 +279,9 @@ def _run(trace, space, rid, readout, samples, seed) -> Interpretation:
     if isinstance(out_v, Unknown):
         interp.reason = out_v.reason
         return interp
-    _backward(ctx, interp, tape, out_v, readout)
+    if readout is None:  # moments only
+        return interp
+    _backward(ctx, interp, tape, out_v, readout, splice)
     return interp
 
 
@@ -273,7 +296,12 @@ def _apply(ctx: Context, op: Op, args: tuple, kwargs: dict) -> Any:
 
 
 def _backward(
-    ctx: Context, interp: Interpretation, tape: list[Step], out_v: Value, readout: str
+    ctx: Context,
+    interp: Interpretation,
+    tape: list[Step],
+    out_v: Value,
+    readout: Any,
+    splice: Any = None,
 ) -> None:
     space = interp.space
     grads = interp.grads
@@ -282,7 +310,9 @@ def _backward(
     rid = getattr(out_v, "rid", None)
     n = features_per_row(rid) if rid is not None else 1
     present = present_positions(space, rid) if rid is not None else np.ones(space.T, bool)
-    if isinstance(readout, torch.Tensor):
+    if isinstance(readout, Grad):
+        ga, gc = readout.GA, readout.GC
+    elif isinstance(readout, torch.Tensor):
         st = data_stats(space, readout.detach().to(torch.float64), rid)
         ga = st.A * n
         gc = st.C * n if st.C is not None else np.zeros_like(ga)
@@ -293,10 +323,15 @@ def _backward(
     else:
         ga = np.diag(present.astype(float)) * n
         gc = np.zeros_like(ga) if space.track_cross else None
-    grads[id(out_v)] = Grad(ga, gc)
+    grads[id(out_v)] = readout if isinstance(readout, Grad) else Grad(ga, gc)
     if id(out_v) != id(interp.output):
         grads[id(interp.output)] = grads[id(out_v)]
-    for step in reversed(tape):
+    start = getattr(splice, "start", None)
+    for index in range(len(tape) - 1, -1, -1):
+        if start is not None and index < start:
+            splice.inject(ctx, grads)
+            start = None
+        step = tape[index]
         g_out = [None if getattr(v, "_detached", False) else grads.get(id(v)) for v in step.outputs]
         if all(g is None for g in g_out):
             continue
@@ -306,3 +341,5 @@ def _backward(
                 continue
             prev = grads.get(id(v))
             grads[id(v)] = g if prev is None else prev.add(g)
+    if start is not None:
+        splice.inject(ctx, grads)

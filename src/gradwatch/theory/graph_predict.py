@@ -9,18 +9,24 @@ attenuation; the verdict reads the trunk the way ``gw.check`` reads measured nor
 outside residual branches, compared across same-shape steps), with the thresholds of
 :mod:`gradwatch.verdicts`.
 
+Weight matrices that start with identical values are predicted when they are a chain of
+identical copies along a residual stream (``nn.TransformerEncoder`` with ``norm_first=True``
+as built, a residual MLP of deep-copied blocks): :mod:`~gradwatch.theory.tied` splices the
+cross-depth recursion into the interpretation.
+
 Outside the theory ("uncertain", with the reason): an operation without a mean-field rule
 (recurrent kernels, a custom autograd function), a nonlinearity of a non-Gaussian sum whose
 law cannot be carried (a sum with an actual tensor; the original ResNet's ReLU after the
 addition is carried by draws, :mod:`~gradwatch.theory.draws`), and weight matrices used at
-several places or starting with identical values (``nn.TransformerEncoder`` copies its
-layer, so its layers start identical): the theory needs independent random weights.
+several places, or starting identical anywhere but in such a chain (the post-LN encoder
+layer as built): their signals are correlated across depth.
 Convolutions and pooling are read with images' positions as rows
 (:mod:`~gradwatch.theory.rules_conv`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any
 
@@ -35,6 +41,7 @@ from gradwatch.structure import describe, is_norm
 from gradwatch.theory.engine import CONVOLUTIONS, Interpretation, first_tensor, interpret
 from gradwatch.theory.meanfield import phase_of
 from gradwatch.theory.prediction import Prediction
+from gradwatch.theory.tied import Splice, find_chain
 from gradwatch.theory.trace import Trace, record
 from gradwatch.theory.values import Unknown
 from gradwatch.verdicts import depth_verdict
@@ -125,10 +132,14 @@ def predict_graph(
 
 def _predict_graph(model, inputs, tol, train_mode, readout, samples) -> Prediction:
     copies = identical_copies(model)
-    if copies:  # known before running anything: say so at once
-        return outside(model, shared_reason(copies))
+    chain = None
+    if copies:  # a chain of identical copies has its own recursion; anything else is outside
+        chain, why = find_chain(model, copies)
+        if chain is None:
+            return outside(model, f"{shared_reason(copies)} ({why})")
     try:
-        trace = record(model, inputs, train_mode=train_mode)
+        with chain.capture() if chain is not None else contextlib.nullcontext():
+            trace = record(model, inputs, train_mode=train_mode)
     except (RuntimeError, IndexError, TypeError, ValueError) as exc:
         msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         raise GradwatchValueError(
@@ -143,7 +154,16 @@ def _predict_graph(model, inputs, tol, train_mode, readout, samples) -> Predicti
                 f"readout has shape {tuple(readout.shape)} but the model's output has shape "
                 f"{got}; pass the gradient of the loss with respect to that output"
             )
-    interp = interpret(trace, readout=readout, samples=samples)
+    splice = None
+    if chain is not None:
+        why = chain.verify(trace)
+        if why:
+            return outside(model, f"{shared_reason(copies)} ({why})")
+        splice = Splice(chain, samples)
+    interp = interpret(trace, readout=readout, samples=samples, splice=splice)
+    if splice is not None:
+        interp.layers.update(splice.layers)
+        interp.reason = interp.reason or splice.reason
     image = interp.space.T > 1 and first_tensor(trace.inputs).dim() >= 3 and any(
         op.name in CONVOLUTIONS for op in trace.ops
     )
@@ -155,7 +175,8 @@ def _predict_graph(model, inputs, tol, train_mode, readout, samples) -> Predicti
             f"the square of it: pass at most {limit} ({hint})"
         )
     table = layer_table(model, trace, interp)
-    reason = interp.reason or first_unknown(trace, interp) or shared_weights(trace, interp)
+    skip = chain.param_ids if chain is not None else set()
+    reason = interp.reason or first_unknown(trace, interp) or shared_weights(trace, interp, skip)
     finite = bool(np.all(np.isfinite(table["sigma_w2"].dropna().to_numpy(dtype=float))))
     nonfinite = not finite or any(
         not bool(torch.isfinite(p.detach()).all())
@@ -203,6 +224,10 @@ def layer_table(model: nn.Module, trace: Trace, interp: Interpretation) -> pd.Da
         q.setdefault(name, interp.forward_q(v))
         kinds[name] = kind
     rows = []
+    for name, entry in interp.layers.items():  # a chain of identical copies
+        norm2[name] = entry.get("norm2", math.nan)
+        if "q" in entry:
+            q[name] = entry["q"]
     for ly in find_layers(model):
         w = _weight_stats(ly.module, interp)
         rows.append(
@@ -216,7 +241,9 @@ def layer_table(model: nn.Module, trace: Trace, interp: Interpretation) -> pd.Da
                 "q": q.get(ly.name, math.nan),
                 "chi1": math.nan,
                 "norm2": norm2.get(ly.name, math.nan),
-                "weight_grad2": _weight_grad(ly.module, interp),
+                "weight_grad2": interp.layers[ly.name].get("weight_grad2", math.nan)
+                if ly.name in interp.layers
+                else _weight_grad(ly.module, interp),
             }
         )
     table = pd.DataFrame(rows)
@@ -254,10 +281,15 @@ def first_unknown(trace: Trace, interp: Interpretation) -> str:
     return ""
 
 
-def shared_weights(trace: Trace, interp: Interpretation) -> str:
-    """Why weight matrices that act at several places, or start identical, are outside."""
+def shared_weights(trace: Trace, interp: Interpretation, skip: set[int] | None = None) -> str:
+    """Why weight matrices that act at several places, or start identical, are outside.
+
+    ``skip``: parameters of a chain of identical copies, predicted by its own recursion.
+    """
     groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
     for key, w in interp.ctx.uses:
+        if skip and key in skip:
+            continue
         wd = w.detach()
         if wd.numel() < 2 or float(wd.double().var()) == 0.0:
             continue  # a zero (or constant) matrix passes no signal: nothing to correlate
