@@ -49,11 +49,12 @@ class Net(nn.Module):
         return self.head(h)
 
 
-def run(model, monkeypatch, enabled: bool, steps: int = 4, clip: bool = False):
+def run(model, monkeypatch, enabled: bool, steps: int = 4, clip: bool = False,
+        detail_every: int = 2):
     monkeypatch.setenv(native.ENV, "1" if enabled else "0")
     torch.manual_seed(1)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    with gw.watch(model, optimizer=opt, detail_every=2) as mon:
+    with gw.watch(model, optimizer=opt, detail_every=detail_every) as mon:
         for _ in range(steps):
             opt.zero_grad()
             x = torch.randn(6, 3, 8, 8)
@@ -63,6 +64,10 @@ def run(model, monkeypatch, enabled: bool, steps: int = 4, clip: bool = False):
                 nn.utils.clip_grad_norm_(model.parameters(), 0.05)
             opt.step()
             mon.step(loss)
+            if clip and mon.step_count == 2:  # weights changed outside the optimizer's step
+                with torch.no_grad():
+                    model.fc.weight.data.mul_(0.9)  # no new version: other bits
+                    model.head.bias.add_(0.1)  # a new version
         taps = mon._ctx.taps
         used = (bool((taps["backprop"].sq_step >= 0).any()),  # the C++ hooks wrote
                 taps["update"].flat is not None, taps["grad"].native,
@@ -70,12 +75,14 @@ def run(model, monkeypatch, enabled: bool, steps: int = 4, clip: bool = False):
     return mon.run.stats.sort_values(["step", "layer", "stat"]).reset_index(drop=True), used
 
 
-@pytest.mark.parametrize("clip", [False, True])
-def test_compiled_and_python_paths_record_the_same(nat, monkeypatch, clip):
+@pytest.mark.parametrize(("clip", "detail_every"), [(False, 2), (True, 2), (True, 1)])
+def test_compiled_and_python_paths_record_the_same(nat, monkeypatch, clip, detail_every):
     torch.manual_seed(0)
     base = Net()
-    fast, used = run(copy.deepcopy(base), monkeypatch, True, clip=clip)
-    slow, _ = run(copy.deepcopy(base), monkeypatch, False, clip=clip)
+    fast, used = run(copy.deepcopy(base), monkeypatch, True, clip=clip,
+                     detail_every=detail_every, steps=5)
+    slow, _ = run(copy.deepcopy(base), monkeypatch, False, clip=clip,
+                  detail_every=detail_every, steps=5)
     assert all(used), used  # the compiled kernels took the gradients, weights and hooks
     assert list(fast[["step", "layer", "stat"]].itertuples(index=False)) == list(
         slow[["step", "layer", "stat"]].itertuples(index=False))
@@ -194,3 +201,33 @@ def test_a_repeated_pass_reuses_its_plan_and_a_changed_one_does_not(nat, monkeyp
         assert got["act_std"] == pytest.approx(float(a.std(unbiased=False)), rel=1e-4)
         if i == 3:
             assert got["dead_frac"] == pytest.approx(float((a.amax(0) <= 0).double().mean()))
+
+
+def test_the_gradients_are_read_in_backward_only_outside_torch_distributed(nat, monkeypatch,
+                                                                          tmp_path):
+    """A collective may write gradients without a new version: the pass then reads them all."""
+    import torch.distributed as dist
+
+    monkeypatch.setenv(native.ENV, "1")
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(8, 8), nn.Tanh(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(5, 8)
+    with gw.watch(model, optimizer=opt) as mon:
+        tap = mon._ctx.taps["grad"]
+        assert tap.hooked
+        dist.init_process_group("gloo", init_method=f"file://{tmp_path}/pg", rank=0,
+                                world_size=1)
+        try:
+            for _ in range(2):
+                opt.zero_grad()
+                model(x).square().mean().backward()
+                want = [float(p.grad.norm()) for p in model.parameters()]
+                opt.step()
+                mon.step()
+            assert not tap.hooked  # let go at the first step after the group was made
+        finally:
+            dist.destroy_process_group()
+    got = mon.run.stats.query("stat == 'grad_norm' and step == 1").value.to_numpy()
+    w = [(want[0] ** 2 + want[1] ** 2) ** 0.5, (want[2] ** 2 + want[3] ** 2) ** 0.5]
+    np.testing.assert_allclose(got, w, rtol=1e-5)

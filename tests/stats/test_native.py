@@ -254,6 +254,27 @@ def test_the_hooked_reader_reads_in_backward_what_the_pass_would_read(nat):
     assert reader.cached() == 0  # no hooks any more
 
 
+def test_the_snapshot_kept_by_the_update_is_synced_by_what_changed(nat):
+    g = torch.Generator().manual_seed(4)
+    ps = [torch.randn(s, generator=g) for s in [(70, 30), (5,), (1 << 17,), (0,)]]
+    flat = torch.empty(sum(p.numel() for p in ps))
+    nat.snapshot_take(ps, flat)
+    before = [p.clone() for p in ps]
+    for p in ps:
+        p.add_(torch.randn(p.shape, generator=g) * 1e-3)
+    versions = torch.empty(len(ps), dtype=torch.int64)
+    out = nat.update_norms_keep(ps, flat, versions)
+    assert torch.equal(out, nat.update_norms(ps, torch.cat([b.flatten() for b in before])))
+    assert torch.equal(flat, torch.cat([p.flatten() for p in ps]))  # the weights, kept
+    assert versions.tolist() == [p._version for p in ps]
+    assert nat.snapshot_sync(ps, flat, versions) == 0  # nothing moved: nothing copied
+    ps[0].mul_(0.5)  # a new version
+    ps[2].data[-1] += 1.0  # through .data: the same version, another last entry
+    ps[1].data[2] += 1.0  # the same version, a middle entry of 5: probed too
+    assert nat.snapshot_sync(ps, flat, versions) == 3
+    assert torch.equal(flat, torch.cat([p.flatten() for p in ps]))
+
+
 def test_switched_off_by_the_environment(monkeypatch, nat):
     monkeypatch.setenv(native.ENV, "0")
     assert native.refresh() is None and native.get() is None  # each Monitor reads it

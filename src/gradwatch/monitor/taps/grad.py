@@ -29,6 +29,11 @@ from gradwatch.stats.gradient import NormPlan, grad_block
 from gradwatch.stats.numeric import dense_real
 
 
+def _dist_on() -> bool:
+    dist = torch.distributed
+    return dist.is_available() and dist.is_initialized()
+
+
 class _General(Exception):
     """Internal signal: take the general gradient path."""
 
@@ -59,7 +64,12 @@ class GradTap(Tap):
             plan.requests.add("grad_max")
         if self.hooked is None:
             self.hooked = self._hook()
-        if self.hooked:  # max |g| too at detail steps (another tap may ask for it then)
+        if self.hooked:
+            if _dist_on():  # torch.distributed set up after watch(): the pass reads them all
+                self.reader.unhook()
+                self.hooked = False
+                return
+            # max |g| too at detail steps (another tap may ask for it then)
             self.reader.arm(plan.step if plan.recorded else -1, plan.detail or self.with_max)
 
     def _hook(self) -> bool:
@@ -74,8 +84,7 @@ class GradTap(Tap):
                 or ctx.distributed or not ctx.params
                 or any(p.device.type != "cpu" for p in ctx.params)):
             return False
-        dist = torch.distributed
-        if dist.is_available() and dist.is_initialized():
+        if _dist_on():
             return False
         if self.reader is None or type(self.reader) is not nat.ParamGrads:
             self.reader = nat.ParamGrads(ctx.params)

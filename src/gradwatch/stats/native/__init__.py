@@ -8,6 +8,8 @@ kernels in ``kernels.cpp`` take that below Python:
   and the total sum of squares (so that a finite step is known without another pass);
 - ``snapshot_take`` / ``update_norms``: the weights copied into one flat buffer before the
   optimizer step, then ``||w_before - w_after||`` and ``||w_after||`` in one read of each;
+  ``update_norms_keep`` / ``snapshot_sync``: at consecutive detail steps the update's read of
+  the weights also refreshes the buffer, and the next snapshot copies only what changed since;
 - ``act_stats``: sum, L2 norm, saturated count and dead units of many activations at once;
 - ``ParamGrads``: every parameter's gradient read in C++ at the gradient pass, or, hooked,
   the moment backward accumulates it, while it is still in the cache (a C++ post hook on each
@@ -43,7 +45,7 @@ import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 #: Every file the build reads (``kernels.cpp`` includes the others).
-SOURCES = (SOURCE, Path(__file__).with_name("param_grads.h"))
+SOURCES = (SOURCE, *(Path(__file__).with_name(h) for h in ("param_grads.h", "snapshot.h")))
 #: Environment variable: "0" keeps gradwatch on its Python path (no build, no load).
 ENV = "GRADWATCH_NATIVE"
 #: Environment variable: the cache directory (default ``~/.cache/gradwatch``).

@@ -205,8 +205,9 @@ void snapshot_take(const std::vector<at::Tensor>& ts, at::Tensor& snap) {
   });
 }
 
-template <typename T>
-void diff_range(const T* w, const T* s, int64_t n, double& dw_out, double& w_out) {
+// With Keep, each block of w is also copied over s once read (the next step's snapshot).
+template <typename T, bool Keep>
+void diff_range(const T* w, T* s, int64_t n, double& dw_out, double& w_out) {
   using A = acc_t<T>;
   double dsum = 0.0, wsum = 0.0;
   for (int64_t i = 0; i < n; i += kBlock) {
@@ -230,13 +231,16 @@ void diff_range(const T* w, const T* s, int64_t n, double& dw_out, double& w_out
       dsum += static_cast<double>(d[k]);
       wsum += static_cast<double>(q[k]);
     }
+    if constexpr (Keep) std::memcpy(s + i, w + i, m * sizeof(T));
   }
   dw_out = dsum;
   w_out = wsum;
 }
 
-// (2P,) float32: ||snapshot_p - w_p|| for each tensor, then ||w_p||; one read of each.
-at::Tensor update_norms(const std::vector<at::Tensor>& ts, const at::Tensor& snap) {
+// (2P,) float32: ||snapshot_p - w_p|| for each tensor, then ||w_p||; one read of each. With
+// keep, the snapshot holds the weights afterwards.
+at::Tensor update_norms_impl(const std::vector<at::Tensor>& ts, const at::Tensor& snap,
+                             bool keep) {
   int64_t total = 0;
   const auto tasks = split(ts, total);
   TORCH_CHECK(snap.numel() == total && snap.is_contiguous(), "update_norms: wrong buffer");
@@ -252,8 +256,12 @@ at::Tensor update_norms(const std::vector<at::Tensor>& ts, const at::Tensor& sna
       const Task& tk = tasks[k];
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, snap.scalar_type(), "update", [&] {
         const scalar_t* p = ts[tk.t].const_data_ptr<scalar_t>() + tk.start;
-        const scalar_t* s = snap.const_data_ptr<scalar_t>() + off[tk.t] + tk.start;
-        diff_range<scalar_t>(p, s, tk.len, dw[k], w[k]);
+        scalar_t* s = static_cast<scalar_t*>(snap.data_ptr()) + off[tk.t] + tk.start;
+        if (keep) {
+          diff_range<scalar_t, true>(p, s, tk.len, dw[k], w[k]);
+        } else {
+          diff_range<scalar_t, false>(p, s, tk.len, dw[k], w[k]);
+        }
       });
     }
   });
@@ -466,6 +474,7 @@ struct LayerOutputHook {
 };
 
 #include "param_grads.h"  // ParamGrads: the gradients read in C++, in cache by hooks
+#include "snapshot.h"     // the weight snapshot kept from one update to the next
 
 }  // namespace
 
@@ -473,17 +482,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "gradwatch's compiled hot path (see gradwatch.stats.native)";
   m.def("sumsq_max", &sumsq_max, "per-tensor L2 norms (and max |x|), and the total of squares");
   m.def("snapshot_take", &snapshot_take, "copy tensors into one flat buffer");
-  m.def("update_norms", &update_norms, "||snapshot - w|| and ||w|| per tensor");
+  bind_snapshot(m);
   m.def("act_stats", &act_stats, "[sum, norm, saturated, dead units] per activation");
   m.def("hook_sumsq", &hook_sumsq, "a C++ gradient hook adding ||grad||^2 into a slot");
-  py::class_<ParamGrads>(m, "ParamGrads")
-      .def(py::init<std::vector<at::Tensor>>())
-      .def("sumsq_max", &ParamGrads::sumsq_max_of,
-           "sumsq_max of every parameter's .grad, or None if one has none")
-      .def("hook", &ParamGrads::hook, "read each gradient when it is accumulated (C++ hooks)")
-      .def("arm", &ParamGrads::arm, "arm(step, with_max): the hooks read at step; -1: off")
-      .def("unhook", &ParamGrads::unhook, "remove the hooks")
-      .def("cached", &ParamGrads::cached, "how many gradients the last call read from hooks");
+  bind_param_grads(m);
   py::class_<LayerOutputHook>(m, "LayerOutputHook")
       .def(py::init<at::Tensor, at::Tensor, py::object>())
       .def_readwrite("step", &LayerOutputHook::step)

@@ -166,3 +166,14 @@ struct ParamGrads {
     return py::make_tuple(out, total);
   }
 };
+
+void bind_param_grads(py::module& m) {
+  py::class_<ParamGrads>(m, "ParamGrads")
+      .def(py::init<std::vector<at::Tensor>>())
+      .def("sumsq_max", &ParamGrads::sumsq_max_of,
+           "sumsq_max of every parameter's .grad, or None if one has none")
+      .def("hook", &ParamGrads::hook, "read each gradient when it is accumulated (C++ hooks)")
+      .def("arm", &ParamGrads::arm, "arm(step, with_max): the hooks read at step; -1: off")
+      .def("unhook", &ParamGrads::unhook, "remove the hooks")
+      .def("cached", &ParamGrads::cached, "how many gradients the last call read from hooks");
+}
