@@ -295,6 +295,15 @@ def _copies() -> list[Config]:
             seeds=8,
         ),
         Config(
+            "encoder_post_ln_24_stock",
+            "outside the theory",
+            "nn.TransformerEncoder as built: post-LN, its 24 layers start identical, d = 64",
+            partial(TokenEncoder, 24, False, independent=False),
+            tokens(v),
+            seeds=12,
+            expect="uncertain",
+        ),
+        Config(
             "residual_relu_12_shared",
             "identical copies",
             "one block x + α·W₂ relu(W₁ x) applied at 12 depths (shared), α = 1/√L, width 128",

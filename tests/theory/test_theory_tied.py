@@ -90,6 +90,10 @@ def test_the_stock_pre_ln_encoder_is_predicted_and_its_stream_grows_faster():
 
 def test_chains_the_recursion_does_not_cover_stay_uncertain_with_the_reason():
     torch.manual_seed(5)
+    # post-LN past the validated depth
+    deep = TokenEncoder(8, False, d=16, heads=2, length=8, independent=False)
+    pred = T.predict(deep, inputs=torch.randint(0, 32, (2, 8)))
+    assert pred.verdict == "uncertain" and "more than 6 identical copies" in pred.reason
     # copies with a LayerNorm on the stream after each sum: not x + α·copy(x)
     normed = ResidualMLP(16, 32, 4, nn.ReLU, 1.0, post_norm="ln", copies=True)
     pred = T.predict(normed, inputs=torch.randn(8, 16))

@@ -355,8 +355,8 @@ def shared_reason(names: list[str]) -> str:
     return (
         f"weight matrices act at several places or start with identical values ({shown}, ...;"
         " nn.TransformerEncoder copies its layer, so its layers start identical): their signals "
-        "are correlated across depth, and this mean-field theory assumes independent random "
-        "weights; initialise each copy on its own, or measure the model with gw.check"
+        "are correlated across depth, which the theory follows only along a chain of copies it "
+        "can read; initialise each copy on its own, or measure the model with gw.check"
     )
 
 
