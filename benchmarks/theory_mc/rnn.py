@@ -13,14 +13,11 @@ is averaged in log over the seeds.
 from __future__ import annotations
 
 import math
-import time
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
-
-import gradwatch as gw
 
 
 def first_tensor(out: Any) -> torch.Tensor:
@@ -145,62 +142,16 @@ def measure_time(config: Any, seeds: int | None = None) -> dict[str, Any]:
     return {"log10": arr.mean(axis=0), "sd": arr.std(axis=0), "seeds": n}
 
 
-def check_time(config: Any, seeds: int | None, tolerance: Any) -> dict[str, Any]:
-    """Predict (the model of the first seed, float32), measure, compare: run.check_config's
-    dict, one "layer" per recurrent layer and step (``l0 t=3``)."""
-    start = time.process_time()
-    inputs = config.batch()
-    torch.manual_seed(1000)
-    model = config.build()
-    t0 = time.process_time()
-    pred = gw.theory.predict(model, inputs=inputs)
-    theory_s = time.process_time() - t0
-    mc = measure_time(config, seeds)
-    table = pred.table
-    rows = []
+def time_pairs(table: Any, mc: dict[str, Any]) -> list[tuple[str, float, float, float]]:
+    """(name ``l0 t=3``, predicted attenuation, measured log10, its sd) per layer and step."""
+    pairs = []
     for k in range(mc["log10"].shape[0]):
         for t in range(mc["log10"].shape[1]):
-            m, sd = float(mc["log10"][k, t]), float(mc["sd"][k, t])
             sel = (
                 table[(table["rnn_layer"] == k) & (table["t"] == t)]
                 if "rnn_layer" in table.columns
                 else table.iloc[:0]
             )
             a = float(sel["attenuation"].iloc[0]) if len(sel) else math.nan
-            p = math.log10(a) if a > 0 else (-math.inf if a == 0 else math.nan)
-            tol = tolerance(m) if math.isfinite(m) else math.nan
-            ok = bool(math.isfinite(p) and math.isfinite(m) and abs(p - m) <= tol)
-            rows.append(
-                {
-                    "layer": f"l{k} t={t}",
-                    "predicted": p,
-                    "measured": m,
-                    "sd": sd,
-                    "tolerance": tol,
-                    "ok": ok,
-                }
-            )
-    gaps = [
-        abs(r["predicted"] - r["measured"]) / r["tolerance"]
-        for r in rows
-        if math.isfinite(r["predicted"]) and math.isfinite(r["measured"])
-    ]
-    span = [r["measured"] for r in rows if math.isfinite(r["measured"])]
-    return {
-        "name": config.name,
-        "family": config.family,
-        "description": config.description,
-        "expect": config.expect,
-        "verdict": pred.verdict,
-        "reason": pred.reason,
-        "seeds": mc["seeds"],
-        "layers": rows,
-        "n_layers": len(rows),
-        "passed": all(r["ok"] for r in rows)
-        if config.expect == "predicted"
-        else pred.verdict == "uncertain",
-        "worst_over_tolerance": max(gaps, default=math.nan),
-        "measured_span": [float(np.min(span)), float(np.max(span))] if span else [],
-        "theory_cpu_s": theory_s,
-        "cpu_s": time.process_time() - start,
-    }
+            pairs.append((f"l{k} t={t}", a, float(mc["log10"][k, t]), float(mc["sd"][k, t])))
+    return pairs

@@ -19,7 +19,7 @@ import gradwatch as gw
 
 from .configs import Config
 from .montecarlo import measure
-from .rnn import check_time
+from .rnn import measure_time, time_pairs
 
 #: The tolerance: max(ABS, REL·|log10 measured|) decades.
 ABS, REL = 0.1, 0.05
@@ -32,8 +32,6 @@ def tolerance(measured_log10: float) -> float:
 
 def check_config(config: Config, seeds: int | None = None) -> dict[str, Any]:
     """Predict, measure, compare; a JSON-ready dict."""
-    if config.family == "recurrent":  # through time: one row per layer and step
-        return check_time(config, seeds, tolerance)
     start = time.process_time()
     inputs = config.batch()
     torch.manual_seed(1000)
@@ -41,11 +39,18 @@ def check_config(config: Config, seeds: int | None = None) -> dict[str, Any]:
     t0 = time.process_time()
     pred = gw.theory.predict(model, inputs=inputs)
     theory_s = time.process_time() - t0
-    mc = measure(config, seeds)
-    att = pred.table.set_index("layer")["attenuation"]
+    if config.family == "recurrent":  # through time: one row per layer and step
+        mc = measure_time(config, seeds)
+        pairs = time_pairs(pred.table, mc)
+    else:
+        mc = measure(config, seeds)
+        att = pred.table.set_index("layer")["attenuation"]
+        pairs = [
+            (name, float(att.get(name, math.nan)), m, sd)
+            for name, m, sd in zip(mc["layers"], mc["log10"], mc["sd"], strict=True)
+        ]
     rows = []
-    for name, m, sd in zip(mc["layers"], mc["log10"], mc["sd"], strict=True):
-        a = float(att.get(name, math.nan))
+    for name, a, m, sd in pairs:
         p = math.log10(a) if a > 0 else (-math.inf if a == 0 else math.nan)
         tol = tolerance(m) if math.isfinite(m) else math.nan
         ok = bool(math.isfinite(p) and math.isfinite(m) and abs(p - m) <= tol) or bool(

@@ -159,18 +159,20 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Compute the prediction and print it; return the exit code (gradwatch errors propagate)."""
-    if args.rnn is not None:
-        return theory_rnn.run(args)
-    if args.steps is not None or args.read != "last" or args.layers != 1:
+    if args.rnn is None and (args.steps is not None or args.read != "last" or args.layers != 1):
         raise GradwatchValueError(
             "--steps, --layers and --read describe an RNN: give --rnn as well"
         )
-    if args.blocks is None:
+    if args.rnn is None and args.blocks is None:
         return _run_chain(args)
-    settings = _settings(args)
     from gradwatch.theory import predict
 
-    model, inputs = _build(settings)
+    if args.rnn is not None:  # a recurrent net, through time
+        settings = theory_rnn.settings_of(args)
+        model, inputs = theory_rnn.build(settings)
+    else:
+        settings = _settings(args)
+        model, inputs = _build(settings)
     pred = predict(model, inputs=inputs)
     if args.json:
         print(
@@ -179,7 +181,10 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    _print_prediction(settings, pred)
+    if args.rnn is not None:
+        theory_rnn.print_prediction(settings, pred)
+    else:
+        _print_prediction(settings, pred)
     return 0
 
 

@@ -15,12 +15,10 @@ input of each layer (Chen, Pennington & Schoenholz 2018).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 from typing import Any
 
 from gradwatch.errors import GradwatchValueError
-from gradwatch.jsonable import jsonable
 
 #: Most steps a sequence built from settings may have.
 MAX_STEPS = 10_000
@@ -58,24 +56,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default="last",
         help="the head reads the last step (default) or every step",
     )
-
-
-def run(args: argparse.Namespace) -> int:
-    """Build the RNN the settings describe, predict, print; return the exit code."""
-    settings = settings_of(args)
-    from gradwatch.theory import predict
-
-    model, inputs = build(settings)
-    pred = predict(model, inputs=inputs)
-    if args.json:
-        print(
-            json.dumps(
-                jsonable({"settings": settings, "prediction": pred.to_dict()}), allow_nan=False
-            )
-        )
-        return 0
-    _print(settings, pred)
-    return 0
 
 
 def settings_of(args: argparse.Namespace) -> dict[str, Any]:
@@ -150,7 +130,8 @@ def build(settings: dict[str, Any]):
     return model, (x,)
 
 
-def _print(settings: dict[str, Any], pred: Any) -> None:
+def print_prediction(settings: dict[str, Any], pred: Any) -> None:
+    """The verdict, and a table of some steps of each layer, for people."""
     from rich.console import Console
     from rich.table import Table
 
