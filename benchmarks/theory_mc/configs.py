@@ -295,6 +295,22 @@ def _copies() -> list[Config]:
             seeds=8,
         ),
         Config(
+            "residual_relu_12_shared",
+            "identical copies",
+            "one block x + α·W₂ relu(W₁ x) applied at 12 depths (shared), α = 1/√L, width 128",
+            _res(12, nn.ReLU, 1 / math.sqrt(12), 2.0, shared=True),
+            features(),
+            seeds=8,
+        ),
+        Config(
+            "encoder_pre_ln_6_shared",
+            "identical copies",
+            "one pre-LN nn.TransformerEncoderLayer applied at 6 depths (ALBERT-style), d = 64",
+            partial(TokenEncoder, 6, True, shared=True),
+            tokens(v),
+            seeds=8,
+        ),
+        Config(
             "residual_relu_12_post_ln_copies",
             "outside the theory",
             "12 deep copies of one block, x ← LN(x + W₂ relu(W₁ x)), the norms outside the copies",

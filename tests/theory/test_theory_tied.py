@@ -32,7 +32,8 @@ def test_a_linear_chain_of_copies_follows_the_binomial_closed_form():
     L, alpha = 6, 0.6
     torch.manual_seed(0)
     model = ResidualMLP(16, 32, L, nn.Identity, alpha, sigma_w2=1.0, copies=True)
-    pred = T.predict(model, inputs=torch.randn(4, 16))
+    x = torch.randn(4, 16)
+    pred = T.predict(model, inputs=x)
     assert pred.verdict != "uncertain", pred.reason
     att = pred.table.set_index("layer")["attenuation"]
     c = alpha**2 * sw2_of(model.blocks[0][0]) * sw2_of(model.blocks[0][2])
@@ -42,12 +43,22 @@ def test_a_linear_chain_of_copies_follows_the_binomial_closed_form():
     assert ratio == pytest.approx(tied, rel=1e-3)
     assert ratio > 5 * (1 + c) ** L  # far from the independent-weights answer
 
+    # one block applied at every depth (ALBERT-style sharing): the same recursion, the same
+    # numbers (its rows sum the block's L applications)
+    shared = ResidualMLP(16, 32, L, nn.Identity, alpha, sigma_w2=1.0, shared=True)
+    shared.load_state_dict(model.state_dict(), strict=False)
+    p_shared = T.predict(shared, inputs=x)
+    assert p_shared.verdict != "uncertain", p_shared.reason
+    assert p_shared.table.set_index("layer").loc["inp", "attenuation"] == pytest.approx(
+        att["inp"], rel=1e-6
+    )
+
     # the same blocks drawn independently: Yang & Schoenholz's (1 + c)^L
     own = copy.deepcopy(model)
     for block in own.blocks:
         for lin in (block[0], block[2]):
             nn.init.normal_(lin.weight, std=math.sqrt(1.0 / 32))
-    pred = T.predict(own, inputs=torch.randn(4, 16))
+    pred = T.predict(own, inputs=x)
     att = pred.table.set_index("layer")["attenuation"]
     c_own = [alpha**2 * sw2_of(b[0]) * sw2_of(b[2]) for b in own.blocks]
     ratio = att["inp"] / att[f"blocks.{L - 1}.2"] * alpha**2
@@ -96,3 +107,13 @@ def test_chains_the_recursion_does_not_cover_stay_uncertain_with_the_reason():
 
     pred = T.predict(TwoUses(), inputs=torch.randn(8, 8))
     assert pred.verdict == "uncertain" and "identical values" in pred.reason
+
+
+def test_checks_second_opinion_skips_models_that_reuse_weights():
+    from gradwatch.theory.opinion import reuses_weights
+
+    assert reuses_weights(TokenEncoder(2, True, d=16, heads=2, length=8, independent=False))
+    assert reuses_weights(ResidualMLP(8, 16, 3, nn.ReLU, 1.0, shared=True))
+    assert reuses_weights(ResidualMLP(8, 16, 3, nn.ReLU, 1.0, copies=True))
+    assert not reuses_weights(TokenEncoder(2, True, d=16, heads=2, length=8, independent=True))
+    assert not reuses_weights(ResidualMLP(8, 16, 3, nn.ReLU, 1.0))

@@ -30,7 +30,8 @@ class ResidualMLP(nn.Module):
     """Linear(d_in, width), ``depth`` residual blocks, an optional final norm, a read-out.
 
     ``copies=True`` makes every block a deep copy of the first (they start identical, as the
-    layers of ``nn.TransformerEncoder`` do).
+    layers of ``nn.TransformerEncoder`` do); ``shared=True`` applies the first block at every
+    depth (one set of parameters, as ALBERT shares its layers).
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class ResidualMLP(nn.Module):
         branch_layers: int = 2,
         d_out: int = 10,
         copies: bool = False,
+        shared: bool = False,
     ):
         super().__init__()
         self.inp = nn.Linear(d_in, width)
@@ -71,6 +73,8 @@ class ResidualMLP(nn.Module):
             blocks.append(nn.Sequential(*layers))
         if copies:  # every block a deep copy of the first, as nn.TransformerEncoder builds
             blocks = [copy.deepcopy(blocks[0]) for _ in blocks]
+        if shared:  # one block applied at every depth (its parameters shared, as in ALBERT)
+            blocks = [blocks[0]] * len(blocks)
         self.blocks = nn.ModuleList(blocks)
         # post-norm: x_{l+1} = N(x_l + α branch(x_l)), one norm after each sum
         self.post = (
@@ -108,7 +112,11 @@ def independent_layers_(encoder: nn.TransformerEncoder) -> nn.TransformerEncoder
 
 
 class TokenEncoder(nn.Module):
-    """Embeddings, ``nn.TransformerEncoder`` (post- or pre-LN), a per-position read-out."""
+    """Embeddings, ``nn.TransformerEncoder`` (post- or pre-LN), a per-position read-out.
+
+    ``independent=True`` draws each layer afresh (``nn.TransformerEncoder`` copies its
+    layer); ``shared=True`` applies the first layer at every depth (ALBERT-style sharing).
+    """
 
     def __init__(
         self,
@@ -122,6 +130,7 @@ class TokenEncoder(nn.Module):
         activation: str = "relu",
         batch_first: bool = True,
         independent: bool = True,
+        shared: bool = False,
     ):
         super().__init__()
         self.tok = nn.Embedding(vocab, d)
@@ -140,6 +149,8 @@ class TokenEncoder(nn.Module):
         self.body = nn.TransformerEncoder(layer, layers, norm=final, enable_nested_tensor=False)
         if independent:
             independent_layers_(self.body)
+        if shared:  # one layer applied at every depth (ALBERT-style sharing)
+            self.body.layers = nn.ModuleList([self.body.layers[0]] * layers)
         self.out = nn.Linear(d, vocab)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

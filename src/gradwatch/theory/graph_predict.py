@@ -10,16 +10,16 @@ outside residual branches, compared across same-shape steps), with the threshold
 :mod:`gradwatch.verdicts`.
 
 Weight matrices that start with identical values are predicted when they are a chain of
-identical copies along a residual stream (``nn.TransformerEncoder`` with ``norm_first=True``
-as built, a residual MLP of deep-copied blocks): :mod:`~gradwatch.theory.tied` splices the
-cross-depth recursion into the interpretation.
+identical copies along a residual stream (``nn.TransformerEncoder`` as built, a residual
+MLP of deep-copied blocks, one block applied at every depth): :mod:`~gradwatch.theory.tied`
+splices the cross-depth recursion into the interpretation.
 
 Outside the theory ("uncertain", with the reason): an operation without a mean-field rule
 (recurrent kernels, a custom autograd function), a nonlinearity of a non-Gaussian sum whose
 law cannot be carried (a sum with an actual tensor; the original ResNet's ReLU after the
 addition is carried by draws, :mod:`~gradwatch.theory.draws`), and weight matrices used at
-several places, or starting identical anywhere but in such a chain (the post-LN encoder
-layer as built): their signals are correlated across depth.
+several places, or starting identical, anywhere but in such a chain: their signals are
+correlated across depth.
 Convolutions and pooling are read with images' positions as rows
 (:mod:`~gradwatch.theory.rules_conv`).
 """
@@ -41,7 +41,7 @@ from gradwatch.structure import describe, is_norm
 from gradwatch.theory.engine import CONVOLUTIONS, Interpretation, first_tensor, interpret
 from gradwatch.theory.meanfield import phase_of
 from gradwatch.theory.prediction import Prediction
-from gradwatch.theory.tied import Splice, find_chain
+from gradwatch.theory.tied import Splice, find_chain, find_repeated
 from gradwatch.theory.trace import Trace, record
 from gradwatch.theory.values import Unknown
 from gradwatch.verdicts import depth_verdict
@@ -130,9 +130,8 @@ def predict_graph(
         torch.set_num_threads(threads)
 
 
-def _predict_graph(model, inputs, tol, train_mode, readout, samples) -> Prediction:
-    copies = identical_copies(model)
-    chain = None
+def _predict_graph(model, inputs, tol, train_mode, readout, samples, chain=None) -> Prediction:
+    copies = identical_copies(model) if chain is None else []
     if copies:  # a chain of identical copies has its own recursion; anything else is outside
         chain, why = find_chain(model, copies)
         if chain is None:
@@ -158,7 +157,7 @@ def _predict_graph(model, inputs, tol, train_mode, readout, samples) -> Predicti
     if chain is not None:
         why = chain.verify(trace)
         if why:
-            return outside(model, f"{shared_reason(copies)} ({why})")
+            return outside(model, f"{shared_reason(copies or chain.names)} ({why})")
         splice = Splice(chain, samples)
     interp = interpret(trace, readout=readout, samples=samples, splice=splice)
     if splice is not None:
@@ -176,7 +175,12 @@ def _predict_graph(model, inputs, tol, train_mode, readout, samples) -> Predicti
         )
     table = layer_table(model, trace, interp)
     skip = chain.param_ids if chain is not None else set()
-    reason = interp.reason or first_unknown(trace, interp) or shared_weights(trace, interp, skip)
+    shared = shared_weights(trace, interp, skip)
+    if shared and chain is None:
+        repeated = find_repeated(model, inputs, train_mode)  # one module at several depths
+        if repeated is not None:
+            return _predict_graph(model, inputs, tol, train_mode, readout, samples, repeated)
+    reason = interp.reason or first_unknown(trace, interp) or shared
     finite = bool(np.all(np.isfinite(table["sigma_w2"].dropna().to_numpy(dtype=float))))
     nonfinite = not finite or any(
         not bool(torch.isfinite(p.detach()).all())
@@ -276,7 +280,7 @@ def first_unknown(trace: Trace, interp: Interpretation) -> str:
     """The reason of the first layer whose output the theory could not follow ("" if none)."""
     for name, _, out, _ in trace.layer_outputs:
         v = interp.value_of(out)
-        if isinstance(v, Unknown):
+        if isinstance(v, Unknown) and name not in interp.layers:  # (not a chain's layer)
             return f"{v.reason} (at layer '{name}')"
     return ""
 

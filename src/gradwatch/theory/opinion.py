@@ -17,7 +17,9 @@ statistics. The finding is a note (severity "info"): it changes no verdict.
 Nothing is said when the theory does not apply (its verdict is "uncertain" or "nonfinite";
 a convolutional chain predicted from its modules, whose closed form is per element and does
 not count the positions that strides and pooling remove), for conv nets (the traced theory
-costs seconds to tens of seconds on images, too much inside a checkup), or when it cannot
+costs seconds to tens of seconds on images, too much inside a checkup), for models that
+reuse weights across depth (``nn.TransformerEncoder`` as built, shared blocks: their
+cross-depth recursion costs seconds to minutes), or when it cannot
 run on the batch (too many positions, an error): a second opinion must
 never break a checkup.
 """
@@ -67,6 +69,8 @@ def second_opinion(
 
     if any(isinstance(m, CONV) or is_recurrent(m) for m in model.modules()):
         return []  # recurrent: outside the theory; conv nets: too slow for a checkup
+    if reuses_weights(model):
+        return []  # the cross-depth recursion: seconds to minutes, too slow for a checkup
     try:
         pred = predict(model, inputs=inputs, readout=readout, train_mode=train_mode)
     except Exception:  # the theory cannot run here: say nothing rather than break the checkup
@@ -74,6 +78,18 @@ def second_opinion(
     if pred.verdict in ("uncertain", "nonfinite") or pred.method != "graph":
         return []  # a chain's closed form is per element: it does not count positions
     return compare(pred.table, table, pred.verdict)
+
+
+def reuses_weights(model: nn.Module) -> bool:
+    """Whether the model has identical copies or a module it holds at several places.
+
+    Their prediction is the cross-depth recursion of :mod:`~gradwatch.theory.tied`: O(L²)
+    branch interpretations (a 6-layer ``nn.TransformerEncoder`` as built: about 9 s of CPU).
+    """
+    from gradwatch.theory.graph_predict import identical_copies
+
+    names = [id(m) for _, m in model.named_modules(remove_duplicate=False)]
+    return len(names) != len(set(names)) or bool(identical_copies(model))
 
 
 def compare(predicted: pd.DataFrame, measured: pd.DataFrame, verdict: str = "") -> list[Finding]:

@@ -11,7 +11,9 @@ A chain is found from the parameters and the recorded forward pass, not from cla
 
 - sibling modules (children of one module) of the same type whose parameters and buffers
   hold identical values are the copies, in registration order; every weight matrix that
-  starts identical to another must belong to them;
+  starts identical to another must belong to them. One module applied at several depths
+  (ALBERT-style sharing: one set of parameters) is a chain of its calls, when it is the
+  only module (below the model) called more than once (:func:`find_repeated`);
 - each copy is called once, in order, and the stream goes from one to the next either
   through the copy (its output is the next copy's input: the residual sum is inside it, as
   in ``nn.TransformerEncoderLayer``), or around it: the next input is an ``add`` of the
@@ -94,33 +96,37 @@ class Chain:
         """Ids of the copies' parameters (predicted by the recursion, not as shared weights)."""
         return {id(p) for c in self.copies for p in c.parameters()}
 
+    @property
+    def shared(self) -> bool:
+        """One module applied at several depths (its parameters are the same tensors)."""
+        return len(set(self.names)) < len(self.names)
+
     @contextlib.contextmanager
     def capture(self) -> Iterator[None]:
-        """Record each copy's calls while the model runs."""
-        self.calls = [[] for _ in self.copies]
-        order: list[int] = []
+        """Record the copies' calls, in order, while the model runs."""
+        unique = list(dict.fromkeys(self.copies))
+        seq: list[tuple[int, tuple]] = []
 
-        def hook(i: int):
+        def hook(u: int):
             def fn(_m, args, kwargs, out):
-                self.calls[i].append((args, kwargs, out))
-                order.append(i)
+                seq.append((u, (args, kwargs, out)))
 
             return fn
 
-        handles = [
-            c.register_forward_hook(hook(i), with_kwargs=True) for i, c in enumerate(self.copies)
-        ]
+        handles = [m.register_forward_hook(hook(u), with_kwargs=True) for u, m in enumerate(unique)]
         try:
             yield
         finally:
             for h in handles:
                 h.remove()
-        self._order = order
+        expected = [unique.index(c) for c in self.copies]
+        self._in_order = [u for u, _ in seq] == expected
+        self.calls = [[call] for _, call in seq]
 
     def verify(self, trace: Trace) -> str:
         """Read how the stream passes the copies ("" when it is a chain the theory covers)."""
         L = len(self.copies)
-        if any(len(c) != 1 for c in self.calls) or self._order != list(range(L)):
+        if not self._in_order or len(self.calls) != L:
             return "the identical copies are not each called once, in order"
         ins = [c[0][0][0] if c[0][0] else None for c in self.calls]
         outs = [c[0][2] for c in self.calls]
@@ -243,6 +249,39 @@ def find_chain(model: nn.Module, copies: list[str]) -> tuple[Chain | None, str]:
     return Chain([n for n, _ in best], [m for _, m in best]), ""
 
 
+def find_repeated(model: nn.Module, inputs: tuple, train_mode: bool) -> Chain | None:
+    """One module applied at several depths (ALBERT-style sharing): a chain of its calls.
+
+    The outermost module (below the model) called more than once, when it is the only one;
+    None otherwise.
+    """
+    from gradwatch.theory.trace import record
+
+    counts: dict[str, int] = {}
+    mods = {n: m for n, m in model.named_modules() if n and any(True for _ in m.parameters())}
+
+    def hook(name: str):
+        def fn(*_):
+            counts[name] = counts.get(name, 0) + 1
+
+        return fn
+
+    handles = [m.register_forward_hook(hook(n)) for n, m in mods.items()]
+    try:
+        record(model, inputs, train_mode=train_mode)
+    except (RuntimeError, IndexError, TypeError, ValueError):
+        return None
+    finally:
+        for h in handles:
+            h.remove()
+    repeated = [n for n, c in counts.items() if c > 1]
+    outer = [n for n in repeated if not any(n.startswith(r + ".") for r in repeated)]
+    if len(outer) != 1:
+        return None
+    name = outer[0]
+    return Chain([name] * counts[name], [mods[name]] * counts[name])
+
+
 class Splice:
     """Replaces the chain's moments in an interpretation (see the module docstring)."""
 
@@ -293,6 +332,12 @@ class Splice:
             present=st.present.copy(),
         )
         rid = getattr(v, "rid", None)
+        if rid is None:  # the independent-weights rules lost the stream (weights reused)
+            rid = getattr(self.x0_value, "rid", None)
+        if rid is None or tuple(rid.shape) != tuple(t.shape):
+            self.reason = "the rows of the chain's output cannot be followed"
+            self.start = None
+            return Unknown(self.reason)
         self.xL_value = Field(top, rid, frozenset({"tied-chain"}), frozenset({"tied-chain"}))
         return self.xL_value
 
@@ -319,7 +364,8 @@ class Splice:
             rel = next(n for n, m in self.chain.copies[0].named_modules() if m is norm)
             name = f"{self.chain.names[j // n_kinds]}.{rel}"
             q = float(np.mean(np.diag(self.stream.s(j + 1, j + 1))))
-            self.layers[name] = {"norm2": B * float(np.trace(back.gamma[j + 1])), "q": q}
+            entry = self.layers.setdefault(name, {"norm2": 0.0, "q": q})  # summed over depths
+            entry["norm2"] += B * float(np.trace(back.gamma[j + 1]))
 
     def _layers(self, back: Back) -> None:
         n_kinds = len(self.chain.kinds)
@@ -336,7 +382,7 @@ class Splice:
                 entry = self.layers.setdefault(full, {"norm2": 0.0})
                 entry["norm2"] += g if math.isfinite(g) else math.nan
                 entry.setdefault("q", interp.forward_q(val))
-            for pid, wg in interp.ctx.weight_grads.items():
+            for pid, wg in () if self.chain.shared else interp.ctx.weight_grads.items():
                 pname = run.trace.params.get(pid, "")
                 full = _rename(pname.rsplit(".", 1)[0], kind.prefix, copy)
                 if full is not None:
