@@ -8,12 +8,6 @@ complex, quantized, ``meta``) take a general path from then on; parameters on se
 give one block per device, moved to the first. Its results stay on the pass for the taps that
 follow (``gp.norms``, ``gp.max_abs``, ``gp.counts``). On CPU a non-finite step is known from
 the total norm without a sync (``gp.nonfinite``), which starts the NaN forensics.
-
-With the compiled kernels, in one process on the CPU, each parameter's gradient is read the
-moment backward accumulates it, while it is still in the cache (a C++ hook on its
-AccumulateGrad node, armed at recorded steps; ``ParamGrads`` in :mod:`gradwatch.stats.native`);
-the pass takes those sums for every gradient that is still the tensor the hook read, at the
-version it read, and reads the others itself.
 """
 
 from __future__ import annotations
@@ -27,11 +21,6 @@ from gradwatch.monitor.tap import Record, StepPlan, Tap, register_tap
 from gradwatch.stats import native
 from gradwatch.stats.gradient import NormPlan, grad_block
 from gradwatch.stats.numeric import dense_real
-
-
-def _dist_on() -> bool:
-    dist = torch.distributed
-    return dist.is_available() and dist.is_initialized()
 
 
 class _General(Exception):
@@ -54,41 +43,13 @@ class GradTap(Tap):
         self.with_max = False
         self.native = True  # the compiled pass takes these gradients (until it refuses one)
         self.reader = None  # the compiled reader of every parameter's gradient (made once)
-        self.hooked: bool | None = None  # the reader's backward hooks (None: not tried yet)
 
     def begin_step(self, plan: StepPlan) -> None:
-        """Whether max |g| is taken at this step (asked of the gradient pass); arm the hooks."""
+        """Whether max |g| is taken at this step (asked of the gradient pass)."""
         self.block = None
         self.with_max = plan.due("grad_max_abs")
         if self.with_max:
             plan.requests.add("grad_max")
-        if self.hooked is None:
-            self.hooked = self._hook()
-        if self.hooked:
-            if _dist_on():  # torch.distributed set up after watch(): the pass reads them all
-                self.reader.unhook()
-                self.hooked = False
-                return
-            # max |g| too at detail steps (another tap may ask for it then)
-            self.reader.arm(plan.step if plan.recorded else -1, plan.detail or self.with_max)
-
-    def _hook(self) -> bool:
-        """Hang the reader's C++ hooks on the parameters' AccumulateGrad nodes, where exact.
-
-        Not under torch.distributed (a collective may write gradients without a version
-        change) nor for sharded or non-CPU parameters; only when the statistics are wanted.
-        """
-        nat = native.get() if self.native else None
-        ctx = self.ctx
-        if (nat is None or not hasattr(nat, "ParamGrads") or not self.needed or ctx.sharded
-                or ctx.distributed or not ctx.params
-                or any(p.device.type != "cpu" for p in ctx.params)):
-            return False
-        if _dist_on():
-            return False
-        if self.reader is None or type(self.reader) is not nat.ParamGrads:
-            self.reader = nat.ParamGrads(ctx.params)
-        return bool(self.reader.hook())
 
     def on_gradients(self, gp: GradPass) -> None:
         """The gradient block, and its parts on the pass for the taps that follow."""
@@ -218,10 +179,7 @@ class GradTap(Tap):
             rec.emit("grad", (pids, *flags), block)
 
     def remove(self) -> None:
-        """Remove the reader's hooks; drop the step's block and the reader."""
-        if self.hooked:
-            self.reader.unhook()
-        self.hooked = False
+        """Drop the step's block and the gradient reader."""
         self.block = self.reader = None
 
 

@@ -7,10 +7,7 @@ reduced like the gradients. A step GradScaler skipped records no update.
 
 On CPU, with gradwatch's compiled kernels (:mod:`gradwatch.stats.native`), the snapshot is one
 flat buffer filled by one parallel copy, and the update is one read of the weights and of the
-snapshot for both norms. When detail steps follow each other (``detail_every=1``), that read
-also leaves the weights in the buffer (``update_norms_keep``), and the next snapshot copies only
-the tensors that changed since (``snapshot_sync``: a new version, or other bits in a few
-entries): one pass over the weights per step instead of two.
+snapshot for both norms.
 
 In manual mode (no ``optimizer=``) the weights are read at the recorded step's ``step()``
 call, before the user's optimizer step, and the update is measured at the next ``step()``
@@ -46,9 +43,6 @@ class UpdateTap(Tap):
         self.manual_step: int | None = None  # manual mode: the step of the last snapshot
         self.detail = False
         self.step = -1
-        self.last_detail = -2  # the step of the last detail step
-        self.follows = False  # this detail step follows another one
-        self.kept: torch.Tensor | None = None  # versions of the weights the buffer holds
 
     def begin_step(self, plan: StepPlan) -> None:
         """Whether this step takes the weights (a detail step)."""
@@ -56,9 +50,6 @@ class UpdateTap(Tap):
         # sharded parameters: the shard tap takes them
         self.detail = self.needed and plan.recorded and plan.detail and not self.ctx.sharded
         self.step = plan.step
-        if self.detail:  # the next update keeps the weights while detail steps are consecutive
-            self.follows = self.last_detail == plan.step - 1
-            self.last_detail = plan.step
 
     def param_plan(self) -> NormPlan:
         """The norm plan of the parameters (rebuilt if they moved or changed dtype)."""
@@ -74,16 +65,11 @@ class UpdateTap(Tap):
         nat = native.get() if self.native else None
         if nat is not None:
             flat, p0 = self.flat, params[0]
-            kept, self.kept = self.kept, None  # the weights' versions the buffer holds
             total = sum(p.numel() for p in params) if flat is None else flat.numel()
             if flat is None or flat.dtype != p0.dtype or flat.device != p0.device:
                 flat = self.flat = torch.empty(total, dtype=p0.dtype, device=p0.device)
-                kept = None
             try:
-                if kept is not None and kept.numel() == len(params):
-                    nat.snapshot_sync(params, flat, kept)  # only what changed since
-                else:
-                    nat.snapshot_take(params, flat)
+                nat.snapshot_take(params, flat)
                 self.snapshot, self.nat = None, nat
                 return
             except (RuntimeError, TypeError):  # mixed dtypes, not on the CPU: the torch path
@@ -117,11 +103,7 @@ class UpdateTap(Tap):
             step, what = self.manual_step, "update_ratio"
             self.manual_step = None
         try:
-            if self.flat is not None and ctx.optimizers and self.follows:
-                kept = torch.empty(len(ctx.params), dtype=torch.int64)
-                blk = self.nat.update_norms_keep(ctx.params, self.flat, kept)
-                self.kept = kept  # the buffer holds the weights at these versions
-            elif self.flat is not None:
+            if self.flat is not None:
                 blk = self.nat.update_norms(ctx.params, self.flat)
             else:
                 with torch.no_grad():
@@ -147,4 +129,4 @@ class UpdateTap(Tap):
 
     def remove(self) -> None:
         """Drop the snapshot."""
-        self.snapshot = self.flat = self.kept = None
+        self.snapshot = self.flat = None

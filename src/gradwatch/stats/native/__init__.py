@@ -8,12 +8,7 @@ kernels in ``kernels.cpp`` take that below Python:
   and the total sum of squares (so that a finite step is known without another pass);
 - ``snapshot_take`` / ``update_norms``: the weights copied into one flat buffer before the
   optimizer step, then ``||w_before - w_after||`` and ``||w_after||`` in one read of each;
-  ``update_norms_keep`` / ``snapshot_sync``: at consecutive detail steps the update's read of
-  the weights also refreshes the buffer, and the next snapshot copies only what changed since;
 - ``act_stats``: sum, L2 norm, saturated count and dead units of many activations at once;
-- ``ParamGrads``: every parameter's gradient read in C++ at the gradient pass, or, hooked,
-  the moment backward accumulates it, while it is still in the cache (a C++ post hook on each
-  parameter's AccumulateGrad node; the pass then reads only what changed since);
 - ``hook_sumsq``: a C++ gradient hook that adds ``||d loss / d output||^2`` into a slot: no
   Python runs in the backward pass for the back-propagated norm;
 - ``LayerOutputHook``: the listener of each layer's output that hangs that hook, called by
@@ -44,8 +39,6 @@ from typing import Any
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
-#: Every file the build reads (``kernels.cpp`` includes the others).
-SOURCES = (SOURCE, *(Path(__file__).with_name(h) for h in ("param_grads.h", "snapshot.h")))
 #: Environment variable: "0" keeps gradwatch on its Python path (no build, no load).
 ENV = "GRADWATCH_NATIVE"
 #: Environment variable: the cache directory (default ``~/.cache/gradwatch``).
@@ -82,7 +75,7 @@ def refresh() -> Any:
 
 def key() -> str:
     """What the build depends on: the source, torch, Python and the machine's architecture."""
-    h = hashlib.sha256(b"".join(p.read_bytes() for p in SOURCES))
+    h = hashlib.sha256(SOURCE.read_bytes())
     h.update(f"{torch.__version__}|{sys.version_info[:2]}|{platform.machine()}|{CFLAGS}".encode())
     h.update(str(torch._C._GLIBCXX_USE_CXX11_ABI).encode())
     return h.hexdigest()[:16]

@@ -9,12 +9,9 @@
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
-#include <torch/csrc/autograd/function_hook.h>
 #include <torch/csrc/autograd/python_variable.h>
-#include <torch/csrc/autograd/variable.h>
 
 #include <algorithm>
-#include <array>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -107,9 +104,9 @@ void check_plain(const at::Tensor& t, const char* what) {
               what, ": expected contiguous real floating CPU tensors");
 }
 
-// Per tensor: the sum of squares and, with with_max, max |x| (double), chunk after chunk.
-void per_tensor(const std::vector<at::Tensor>& ts, bool with_max, std::vector<double>& per,
-                std::vector<double>& pmax) {
+// Per tensor: the L2 norm (float32) and, with with_max, max |x|; and the total sum of squares
+// (a Python float: whether every entry is finite is known without another pass).
+std::tuple<at::Tensor, double> sumsq_max(const std::vector<at::Tensor>& ts, bool with_max) {
   for (const auto& t : ts) check_plain(t, "sumsq_max");
   int64_t total = 0;
   const auto tasks = split(ts, total);
@@ -128,41 +125,14 @@ void per_tensor(const std::vector<at::Tensor>& ts, bool with_max, std::vector<do
       });
     }
   });
-  per.assign(ts.size(), 0.0);
-  pmax.assign(ts.size(), 0.0);
+  const int64_t P = static_cast<int64_t>(ts.size());
+  at::Tensor out = at::zeros({with_max ? 2 * P : P}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  std::vector<double> per(P, 0.0), pmax(P, 0.0);
   for (size_t k = 0; k < tasks.size(); ++k) {
     per[tasks[k].t] += ss[k];
     pmax[tasks[k].t] = std::max(pmax[tasks[k].t], mx[k]);
   }
-}
-
-// The same for one tensor on this thread (the same chunks, added in the same order).
-void one_tensor(const at::Tensor& t, bool with_max, double& per, double& pmax) {
-  per = 0.0;
-  pmax = 0.0;
-  const int64_t n = t.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t.scalar_type(), "sumsq1", [&] {
-    const scalar_t* p = t.const_data_ptr<scalar_t>();
-    for (int64_t s = 0; s < n; s += kChunk) {
-      double ss = 0.0, mx = 0.0;
-      if (with_max) {
-        sumsq_max_range<scalar_t, true>(p + s, std::min(kChunk, n - s), ss, mx);
-      } else {
-        sumsq_max_range<scalar_t, false>(p + s, std::min(kChunk, n - s), ss, mx);
-      }
-      per += ss;
-      pmax = std::max(pmax, mx);
-    }
-  });
-}
-
-// (P,) L2 norms then, with with_max, (P,) max |x| (float32), and the total sum of squares (a
-// Python float: whether every entry is finite is known without another pass).
-std::tuple<at::Tensor, double> pack(const std::vector<double>& per,
-                                    const std::vector<double>& pmax, bool with_max) {
-  const int64_t P = static_cast<int64_t>(per.size());
-  at::Tensor out = at::zeros({with_max ? 2 * P : P}, at::kFloat);
-  float* o = out.data_ptr<float>();
   double sum = 0.0;
   for (int64_t i = 0; i < P; ++i) {
     sum += per[i];
@@ -176,12 +146,25 @@ std::tuple<at::Tensor, double> pack(const std::vector<double>& per,
   return {out, sum};
 }
 
-// Per tensor: the L2 norm (float32) and, with with_max, max |x|; and the total sum of squares.
-std::tuple<at::Tensor, double> sumsq_max(const std::vector<at::Tensor>& ts, bool with_max) {
-  std::vector<double> per, pmax;
-  per_tensor(ts, with_max, per, pmax);
-  return pack(per, pmax, with_max);
-}
+// The gradients of a fixed list of parameters, read in C++ (no Python list of P gradients,
+// no conversion per call): sumsq_max of their .grad, or None when one has no gradient.
+struct ParamGrads {
+  std::vector<at::Tensor> params;
+
+  explicit ParamGrads(std::vector<at::Tensor> ps) : params(std::move(ps)) {}
+
+  py::object sumsq_max_of(bool with_max) const {
+    std::vector<at::Tensor> grads;
+    grads.reserve(params.size());
+    for (const auto& p : params) {
+      const at::Tensor& g = p.grad();
+      if (!g.defined()) return py::none();
+      grads.push_back(g);
+    }
+    auto [out, total] = sumsq_max(grads, with_max);
+    return py::make_tuple(out, total);
+  }
+};
 
 // Copy every tensor into the flat buffer `snap` (same dtype), one after the other.
 void snapshot_take(const std::vector<at::Tensor>& ts, at::Tensor& snap) {
@@ -205,9 +188,8 @@ void snapshot_take(const std::vector<at::Tensor>& ts, at::Tensor& snap) {
   });
 }
 
-// With Keep, each block of w is also copied over s once read (the next step's snapshot).
-template <typename T, bool Keep>
-void diff_range(const T* w, T* s, int64_t n, double& dw_out, double& w_out) {
+template <typename T>
+void diff_range(const T* w, const T* s, int64_t n, double& dw_out, double& w_out) {
   using A = acc_t<T>;
   double dsum = 0.0, wsum = 0.0;
   for (int64_t i = 0; i < n; i += kBlock) {
@@ -231,16 +213,13 @@ void diff_range(const T* w, T* s, int64_t n, double& dw_out, double& w_out) {
       dsum += static_cast<double>(d[k]);
       wsum += static_cast<double>(q[k]);
     }
-    if constexpr (Keep) std::memcpy(s + i, w + i, m * sizeof(T));
   }
   dw_out = dsum;
   w_out = wsum;
 }
 
-// (2P,) float32: ||snapshot_p - w_p|| for each tensor, then ||w_p||; one read of each. With
-// keep, the snapshot holds the weights afterwards.
-at::Tensor update_norms_impl(const std::vector<at::Tensor>& ts, const at::Tensor& snap,
-                             bool keep) {
+// (2P,) float32: ||snapshot_p - w_p|| for each tensor, then ||w_p||; one read of each.
+at::Tensor update_norms(const std::vector<at::Tensor>& ts, const at::Tensor& snap) {
   int64_t total = 0;
   const auto tasks = split(ts, total);
   TORCH_CHECK(snap.numel() == total && snap.is_contiguous(), "update_norms: wrong buffer");
@@ -256,12 +235,8 @@ at::Tensor update_norms_impl(const std::vector<at::Tensor>& ts, const at::Tensor
       const Task& tk = tasks[k];
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, snap.scalar_type(), "update", [&] {
         const scalar_t* p = ts[tk.t].const_data_ptr<scalar_t>() + tk.start;
-        scalar_t* s = static_cast<scalar_t*>(snap.data_ptr()) + off[tk.t] + tk.start;
-        if (keep) {
-          diff_range<scalar_t, true>(p, s, tk.len, dw[k], w[k]);
-        } else {
-          diff_range<scalar_t, false>(p, s, tk.len, dw[k], w[k]);
-        }
+        const scalar_t* s = snap.const_data_ptr<scalar_t>() + off[tk.t] + tk.start;
+        diff_range<scalar_t>(p, s, tk.len, dw[k], w[k]);
       });
     }
   });
@@ -473,19 +448,19 @@ struct LayerOutputHook {
   }
 };
 
-#include "param_grads.h"  // ParamGrads: the gradients read in C++, in cache by hooks
-#include "snapshot.h"     // the weight snapshot kept from one update to the next
-
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "gradwatch's compiled hot path (see gradwatch.stats.native)";
   m.def("sumsq_max", &sumsq_max, "per-tensor L2 norms (and max |x|), and the total of squares");
   m.def("snapshot_take", &snapshot_take, "copy tensors into one flat buffer");
-  bind_snapshot(m);
+  m.def("update_norms", &update_norms, "||snapshot - w|| and ||w|| per tensor");
   m.def("act_stats", &act_stats, "[sum, norm, saturated, dead units] per activation");
   m.def("hook_sumsq", &hook_sumsq, "a C++ gradient hook adding ||grad||^2 into a slot");
-  bind_param_grads(m);
+  py::class_<ParamGrads>(m, "ParamGrads")
+      .def(py::init<std::vector<at::Tensor>>())
+      .def("sumsq_max", &ParamGrads::sumsq_max_of,
+           "sumsq_max of every parameter's .grad, or None if one has none");
   py::class_<LayerOutputHook>(m, "LayerOutputHook")
       .def(py::init<at::Tensor, at::Tensor, py::object>())
       .def_readwrite("step", &LayerOutputHook::step)
