@@ -18,21 +18,7 @@ import torch
 from gradwatch.layers import find_layers
 
 from .configs import Config
-
-
-def first_tensor(out: Any) -> torch.Tensor | None:
-    """The tensor a model or layer returned (the first of a tuple, a HF output's logits)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    logits = getattr(out, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    if isinstance(out, tuple | list):
-        for o in out:
-            t = first_tensor(o)
-            if t is not None:
-                return t
-    return None
+from .readout import backprop_random_readout, first_tensor
 
 
 def gradient_norms(model: torch.nn.Module, inputs: tuple, seed: int) -> dict[str, float]:
@@ -49,9 +35,7 @@ def gradient_norms(model: torch.nn.Module, inputs: tuple, seed: int) -> dict[str
 
         handles.append(ly.module.register_forward_hook(hook))
     try:
-        y = first_tensor(model(*inputs))
-        r = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype)
-        (y * r).sum().backward()
+        backprop_random_readout(model, inputs, seed)
     finally:
         for h in handles:
             h.remove()

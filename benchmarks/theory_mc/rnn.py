@@ -19,10 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-
-def first_tensor(out: Any) -> torch.Tensor:
-    """The tensor a model returned (the first of a tuple)."""
-    return out if isinstance(out, torch.Tensor) else first_tensor(out[0])
+from .readout import backprop_random_readout
 
 
 class SequenceClassifier(nn.Module):
@@ -106,9 +103,7 @@ def input_gradients(model: nn.Module, inputs: tuple, seed: int) -> np.ndarray:
 
     handles = [rnn.register_forward_pre_hook(pre), rnn.register_forward_hook(post)]
     try:
-        y = first_tensor(model(*inputs))
-        r = torch.randn(y.shape, generator=torch.Generator().manual_seed(seed), dtype=y.dtype)
-        (y * r).sum().backward()
+        backprop_random_readout(model, inputs, seed)
     finally:
         for h in handles:
             h.remove()
