@@ -19,6 +19,11 @@ from gradwatch.cli import main
 
 NUM_INT = [("zero", "0"), ("negative", "-1"), ("word", "x"), ("float", "1.5"), ("empty", "")]
 SEED = [("negative", "-1"), ("word", "x"), ("float", "0.5"), ("huge", str(2**70))]
+def tagged(values: list[tuple[str, str]], tag: str) -> list[tuple[str, str]]:
+    """``values`` with their labels prefixed by ``tag`` (one option in two commands' forms)."""
+    return [(f"{tag}-{label}", value) for label, value in values]
+
+
 OUT_DIR = [("a-file", "{a_file}"), ("under-a-file", "{a_file}/sub"), ("empty", "")]
 OUT_FILE = [("a-folder", "{empty_dir}"), ("under-a-file", "{a_file}/x.html"), ("empty", "")]
 SPEC = [
@@ -97,6 +102,21 @@ COMMANDS = [
                             ("empty", "")],
              "--depth": NUM_INT},
             {"--sigma-w2": "sigma", "--sigma-b2": "sigma"}),
+    Command("theory", ["theory", "--activation", "relu", "--sigma-w2", "2", "--blocks", "4"],
+            {"--blocks": tagged(NUM_INT, "mlp"), "--width": tagged(NUM_INT, "mlp"),
+             "--branch-layers": tagged(NUM_INT, "mlp"),
+             "--residual-alpha": [("mlp-word", "x"), ("mlp-nan", "nan"), ("mlp-empty", "")]},
+            {}),
+    Command("theory", ["theory", "--attention", "--blocks", "2"],
+            {"--width": tagged([*NUM_INT, ("no-multiple-of-heads", "6")], "attention"),
+             "--heads": tagged(NUM_INT, "attention"), "--seq-len": tagged(NUM_INT, "attention")},
+            {}),
+    Command("theory", ["theory", "--rnn", "tanh", "--steps", "10"],
+            {"--rnn": [("unknown", "lstmx"), ("empty", "")],
+             "--steps": tagged([*NUM_INT, ("one", "1"), ("huge", "100000")], "rnn"),
+             "--width": tagged(NUM_INT, "rnn"), "--layers": tagged(NUM_INT, "rnn"),
+             "--input-size": tagged(NUM_INT, "rnn")},
+            {}),
     Command("fix", ["fix", "{factory}:make", "--input-shape", "2,4"],
             {"FILE.py:FACTORY": [*SPEC[:6], SPEC[-1]], "--input-shape": SHAPE[:8],
              "--allow": [("unknown", "magic"), ("empty", ""), ("commas", ",")],

@@ -259,7 +259,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
                 "--norm-type and --final-norm apply to MLP blocks; transformer layers use "
                 "LayerNorm (pre-LN adds a final one)"
             )
-        width = args.width or 64
+        width = 64 if args.width is None else args.width
         if width < 1 or args.heads < 1 or width % args.heads:
             raise GradwatchValueError(
                 f"--width ({width}) must be a positive multiple of --heads ({args.heads})"
@@ -290,7 +290,7 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
         )
     if not (math.isfinite(args.sigma_w2) and args.sigma_w2 > 0):
         raise GradwatchValueError(f"--sigma-w2 must be finite and > 0, got {args.sigma_w2}")
-    width = args.width or 128
+    width = 128 if args.width is None else args.width
     if width < 2:
         raise GradwatchValueError(f"--width must be at least 2, got {width}")
     if args.branch_layers < 1:

@@ -74,7 +74,7 @@ def settings_of(args: argparse.Namespace) -> dict[str, Any]:
         )
     if not 1 <= args.layers <= 16:
         raise GradwatchValueError(f"--layers must be between 1 and 16, got {args.layers}")
-    width = args.width or 128
+    width = 128 if args.width is None else args.width
     if not 1 <= width <= 4096 or not 1 <= args.input_size <= 4096:
         raise GradwatchValueError(
             f"--width ({width}) and --input-size ({args.input_size}) must be between 1 and 4096"
