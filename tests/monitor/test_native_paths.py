@@ -175,7 +175,16 @@ def test_a_repeated_pass_reuses_its_plan_and_a_changed_one_does_not(nat, monkeyp
                 matched.append(got is not None)
                 return got
 
-        mon._ctx.tap("act").repeat = Spy()
+        tap = mon._ctx.tap("act")
+        tap.repeat = Spy()
+        compiled_repeat = tap.compiled.repeat
+
+        def spy_repeat(pend, detail, buf):  # the compiled plan, once it is learnt
+            got = compiled_repeat(pend, detail, buf)
+            matched.append(got)
+            return got
+
+        tap.compiled.repeat = spy_repeat
         for step[0], n in enumerate(batches):
             opt.zero_grad()
             loss = model(torch.randn(n, 6)).square().mean()
@@ -223,3 +232,48 @@ def test_writes_through_data_between_backward_and_step_are_recorded(nat, monkeyp
     first = stats[stats.layer == "0"].set_index(["step", "stat"]).value
     np.testing.assert_allclose([first[s, "grad_norm"] for s in range(4)], grads, rtol=1e-5)
     np.testing.assert_allclose([first[s, "update_ratio"] for s in range(4)], updates, rtol=1e-4)
+
+
+class ScaledOnce(nn.Module):
+    """Linear-GELU twice; at forward call ``when`` the first GELU's output is scaled in place."""
+
+    def __init__(self, when: int):
+        super().__init__()
+        self.lins = nn.ModuleList(nn.Linear(8, 8) for _ in range(2))
+        self.acts = nn.ModuleList(nn.GELU() for _ in range(2))
+        self.when, self.calls = when, 0
+
+    def forward(self, x):
+        h = self.acts[0](self.lins[0](x))
+        if self.calls == self.when:
+            h.mul_(3.0)  # GELU keeps its input for backward: autograd allows it
+        self.calls += 1
+        return self.acts[1](self.lins[1](h))
+
+
+def test_a_learnt_plan_refuses_an_activation_changed_in_place(nat):
+    """Once the compiled plan is learnt, a step whose kept activation was changed in place
+    does not take it: that row is not recorded at that step, and the others still are."""
+    torch.manual_seed(5)
+    model = ScaledOnce(when=3)
+    seen = []
+    model.acts[1].register_forward_hook(lambda m, a, o: seen.append(o.detach().double()))
+    with gw.watch(model, detail_every=1) as mon:
+        took = []
+        tap = mon._ctx.tap("act")
+        compiled_repeat = tap.compiled.repeat
+        tap.compiled.repeat = lambda *a: took.append(compiled_repeat(*a)) or took[-1]
+        for _ in range(6):
+            loss = model(torch.randn(4, 8)).square().mean()
+            loss.backward()
+            mon.step(loss)
+    # learnt at step 0; step 3 changed in place; step 4 keeps one activation (the other is
+    # reduced in its hook from then on): a new plan, taken at step 5
+    assert took == [True, True, False, False, True]
+    df = mon.run.stats
+    mean0 = df[(df.layer == "lins.0") & (df.stat == "act_mean")].set_index("step")["value"]
+    assert list(mean0.index) == [0, 1, 2, 4, 5]
+    mean1 = df[(df.layer == "lins.1") & (df.stat == "act_mean")].set_index("step")["value"]
+    assert list(mean1.index) == [0, 1, 2, 3, 4, 5]
+    for s in range(6):
+        assert mean1[s] == pytest.approx(float(seen[s].mean()), rel=1e-5, abs=1e-7)

@@ -26,6 +26,35 @@ def nat():
 
 
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+ISAS = {0: "portable", 1: "avx2", 2: "avx512"}
+
+
+@pytest.fixture(params=sorted(ISAS), ids=list(ISAS.values()))
+def isa(request, nat):
+    """Every float32 vector code this CPU has (the portable loops, AVX2, AVX-512), in turn."""
+    best = nat.set_isa(2)
+    if nat.set_isa(request.param) != request.param:
+        nat.set_isa(best)
+        pytest.skip(f"this CPU has no {ISAS[request.param]}")
+    yield request.param
+    nat.set_isa(best)
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return set()
+    return {f for line in text.splitlines() if line.startswith("flags")
+            for f in line.split(":", 1)[1].split()}
+
+
+def test_the_widest_vector_code_the_cpu_has_is_chosen(nat):
+    flags = cpu_flags()
+    if not flags:
+        pytest.skip("no /proc/cpuinfo here")
+    want = 2 if "avx512f" in flags else 1 if {"avx2", "fma"} <= flags else 0
+    assert nat.isa() == want
 
 
 def tensors(dtype, seed=0):
@@ -35,7 +64,9 @@ def tensors(dtype, seed=0):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_norms_and_max_equal_torch(nat, dtype):
+def test_norms_and_max_equal_torch(nat, dtype, isa):
+    if isa and dtype != torch.float32:
+        pytest.skip("the vector code is float32's")
     ts = tensors(dtype)
     out, total = nat.sumsq_max(ts, True)
     p = len(ts)
@@ -50,15 +81,19 @@ def test_norms_and_max_equal_torch(nat, dtype):
     assert torch.equal(only, out[:p])
 
 
-def test_a_nonfinite_entry_shows_in_the_total_and_in_max(nat):
+@pytest.mark.parametrize("where", [17, 4990])  # in the vector loop, in the tail
+def test_a_nonfinite_entry_shows_in_the_total_and_in_max(nat, isa, where):
     a, b = torch.randn(100), torch.randn(5000)
-    b[17] = float("nan")
+    b[where] = float("nan")
     out, total = nat.sumsq_max([a, b], True)
     assert math.isnan(total) and math.isnan(out[1]) and math.isnan(out[3])
     assert out[0] == pytest.approx(float(a.norm()), rel=1e-6)
-    b[17] = float("inf")
+    b[where] = float("inf")
     out, total = nat.sumsq_max([a, b], True)
     assert total == math.inf and out[3] == math.inf
+    b[where] = -1e30  # finite: its square overflows float32 only
+    out, _ = nat.sumsq_max([a, b], True)
+    assert out[3] == pytest.approx(1e30, rel=1e-6)
 
 
 def test_refuses_what_it_does_not_take(nat):
@@ -70,9 +105,14 @@ def test_refuses_what_it_does_not_take(nat):
         nat.sumsq_max([torch.randn(4).to_sparse()], False)
 
 
+@pytest.mark.parametrize("big", [False, True], ids=["cached", "streamed"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_snapshot_and_update_norms_equal_torch(nat, dtype):
+def test_snapshot_and_update_norms_equal_torch(nat, dtype, isa, big):
+    if isa and dtype != torch.float32:
+        pytest.skip("the vector code is float32's")
     ws = tensors(dtype, seed=1)
+    if big:  # a snapshot over 2 MiB: its stores bypass the cache (odd offsets included)
+        ws.append(torch.randn(1_200_001, dtype=dtype))
     before = [w.clone() for w in ws]
     flat = torch.empty(sum(w.numel() for w in ws), dtype=dtype)
     nat.snapshot_take(ws, flat)
@@ -106,7 +146,9 @@ def brute_act(a: torch.Tensor, fam: str, unit: int | None) -> list[float]:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_activation_statistics_equal_their_definitions(nat, dtype):
+def test_activation_statistics_equal_their_definitions(nat, dtype, isa):
+    if isa and dtype != torch.float32:
+        pytest.skip("the vector code is float32's")
     g = torch.Generator().manual_seed(2)
     conv = torch.randn(4, 6, 5, 5, generator=g)
     conv[:, 1] = -1.0  # channel 1 dead

@@ -205,6 +205,10 @@ class RepeatPlan:
             return None
         return rows, acts, plan[3], plan[4], plan[5]
 
+    def kept_counts(self) -> dict[int, list[int]]:
+        """The kept plan's counts per row (its step's ``counts``)."""
+        return self._plan[5] if self._plan is not None else {}
+
     def keep(self, rows: list[int], acts: list[torch.Tensor], detail: bool, codes: list[int],
              dims: list[int], counts: dict[int, list[int]]) -> None:
         """Keep the plan of a step whose every kept tensor was reduced in one call."""

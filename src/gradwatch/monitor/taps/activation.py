@@ -19,10 +19,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from gradwatch.monitor.actrows import CompiledRows
 from gradwatch.monitor.hookkit import FAST_DTYPES, HookSet, RepeatPlan, RowBuffer, StackPool
 from gradwatch.monitor.sharding import local_part
 from gradwatch.monitor.tap import Record, StepPlan, Tap, register_tap
-from gradwatch.stats import native
 from gradwatch.stats.activation import (
     FAMILY_CODE,
     STACK_ACT_MAX,
@@ -67,9 +67,9 @@ class ActivationTap(Tap):
         self.stacks = StackPool(STACK_BUFFER_BYTES)  # stacking buffers, by shape
         self.channels_first = [isinstance(ly.module, _CONV) for ly in ctx.layers]
         self.on = self.detail = False
-        self.native = True  # the compiled kernels take these activations (until they refuse)
         self.step = -1
         self.repeat = RepeatPlan()  # the last step's per-row plan, while passes repeat
+        self.compiled = CompiledRows(ctx.index)  # rows by the compiled kernels (CPU)
         self.hooks = HookSet()
         acts = ctx.activations if self.needed else []
         self.hooks.forward([m for _, m, _ in acts],
@@ -152,7 +152,7 @@ class ActivationTap(Tap):
         units = (a.shape[unit_dim(a.dim(), cf)]
                  if self.detail and fam == "rectifier" and a.dim() >= 2 else 1)
         ud = unit_dim(a.dim(), cf) if fam == "rectifier" and a.dim() >= 2 else -1
-        if self._native_rows([row], [a], [FAMILY_CODE[fam]], [ud]):
+        if self.compiled.into(self.buf.buf, [row], [a], [FAMILY_CODE[fam]], [ud], self.detail):
             return units
         v = self.buf.views[row]
         torch.sum(a, dim=all_dims(a), dtype=F32, out=v[0])
@@ -160,21 +160,6 @@ class ActivationTap(Tap):
         if self.detail:
             return detail_into(a, fam, cf, v[2], v[3])
         return 1
-
-    def _native_rows(self, rows: list[int], acts: list[torch.Tensor], codes: list[int],
-                     dims: list[int]) -> bool:
-        """All statistics of ``acts`` into ``rows`` in one compiled call; False if not taken."""
-        nat = native.get() if self.native else None
-        buf = self.buf.buf
-        if nat is None or not buf.is_cpu:
-            return False
-        try:
-            vals = nat.act_stats(acts, codes, dims, self.detail)
-        except (RuntimeError, TypeError):  # a strided or odd activation: the torch path
-            return False
-        idx = self.ctx.index(rows, buf.device) if len(rows) > 1 else None
-        buf[rows[0]].copy_(vals[0]) if idx is None else buf.index_copy_(0, idx, vals)
-        return True
 
     def reduce(self) -> None:
         """Reduce the small activations kept since the forward pass began, then drop them."""
@@ -190,10 +175,16 @@ class ActivationTap(Tap):
 
     def _reduce(self, pend: list[tuple]) -> None:
         """Reduce the kept activations: all at once (compiled), or by shape group (torch)."""
-        got = self.repeat.match(pend, self.detail)
-        if got is not None and self._native_rows(*got[:4]):
-            self.counts.update(got[4])  # the same pass as the last step's: its plan
-            return
+        buf = self.buf.buf
+        if self.compiled.plan is not None:  # checked and reduced in one compiled call
+            if self.compiled.repeat(pend, self.detail, buf):
+                self.counts.update(self.repeat.kept_counts())  # the last step's pass again
+                return
+        else:
+            got = self.repeat.match(pend, self.detail)
+            if got is not None and self.compiled.into(buf, *got[:4], self.detail):
+                self.counts.update(got[4])  # the same pass as the last step's: its plan
+                return
         keep = []
         counts, info, detail = self.counts, self.row_info, self.detail
         for row, a, version in pend:
@@ -209,14 +200,14 @@ class ActivationTap(Tap):
             counts[row] = [a.numel(), a.shape[ud] if detail and ud >= 0 else 1]
             keep.append((row, a, version, fam, cf, code, ud))
         rows, acts, codes, dims = ([it[i] for it in keep] for i in (0, 1, 5, 6))
-        if not keep or self._native_rows(rows, acts, codes, dims):
+        if not keep or self.compiled.into(buf, rows, acts, codes, dims, detail):
             if keep and len(keep) == len(pend):  # the next steps' passes may repeat this one
                 self.repeat.keep(rows, acts, detail, codes, dims, counts)
+                self.compiled.learn(rows, acts, codes, dims, detail, buf)
             return
         groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
         for row, a, _, fam, cf, _, _ in keep:
             groups.setdefault((a.shape, a.dtype, fam, cf), []).append((row, a))
-        buf = self.buf.buf
         for (shape, dtype, fam, cf), items in groups.items():
             if len(items) == 1:
                 self._into(items[0][0], items[0][1], fam, cf)

@@ -9,6 +9,8 @@ kernels in ``kernels.cpp`` take that below Python:
 - ``snapshot_take`` / ``update_norms``: the weights copied into one flat buffer before the
   optimizer step, then ``||w_before - w_after||`` and ``||w_after||`` in one read of each;
 - ``act_stats``: sum, L2 norm, saturated count and dead units of many activations at once;
+  ``ActPlan``: the same into their rows of a buffer, when a step's activations repeat the
+  last step's (rows, sizes, none changed in place), with no Python per activation;
 - ``hook_sumsq``: a C++ gradient hook that adds ``||d loss / d output||^2`` into a slot: no
   Python runs in the backward pass for the back-propagated norm;
 - ``LayerOutputHook``: the listener of each layer's output that hangs that hook, called by
@@ -23,6 +25,11 @@ model never starts a compiler; each Monitor loads the cached build if there is o
 everything runs on the Python path, which computes the same statistics (to float32 rounding:
 the kernels add in another order). The kernels take dense, contiguous, real floating CPU
 tensors; anything else (accelerators included) stays on the Python path.
+
+The float32 loops run in explicit vectors (``simd.h``): AVX-512F, or AVX2 with FMA, compiled
+beside the portable loops and chosen when the module loads, from what the CPU has (``isa()``
+says which; ``set_isa(k)`` caps it, for tests). They read the gradients faster than
+``torch._foreach_norm`` does on the same machine (``benchmarks/kernels.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ from typing import Any
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
+#: The headers it includes: what the reductions share, the activation statistics, and the
+#: float32 loops in explicit vectors (chosen at load time).
+HEADERS = tuple(Path(__file__).with_name(n) for n in ("common.h", "activations.h", "simd.h"))
 #: Environment variable: "0" keeps gradwatch on its Python path (no build, no load).
 ENV = "GRADWATCH_NATIVE"
 #: Environment variable: the cache directory (default ``~/.cache/gradwatch``).
@@ -76,6 +86,8 @@ def refresh() -> Any:
 def key() -> str:
     """What the build depends on: the source, torch, Python and the machine's architecture."""
     h = hashlib.sha256(SOURCE.read_bytes())
+    for header in HEADERS:
+        h.update(header.read_bytes())
     h.update(f"{torch.__version__}|{sys.version_info[:2]}|{platform.machine()}|{CFLAGS}".encode())
     h.update(str(torch._C._GLIBCXX_USE_CXX11_ABI).encode())
     return h.hexdigest()[:16]

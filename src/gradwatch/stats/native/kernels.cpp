@@ -5,104 +5,17 @@
 // Every reduction reads each tensor once. Squares and sums are accumulated in 16 float lanes
 // over blocks of 1024 elements (the lanes vectorise without -ffast-math), and the blocks are
 // added in double: float32 precision where the fused torch kernels have it, and better over
-// long tensors. float64 tensors accumulate in double throughout.
+// long tensors. float64 tensors accumulate in double throughout. float32 tensors take the
+// explicit vector loops of simd.h where the CPU has AVX2 or AVX-512 (the same precision).
+//
+// common.h holds what the reductions share, activations.h the activation statistics.
 
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
 #include <torch/csrc/autograd/python_variable.h>
 
-#include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <limits>
-#include <type_traits>
-#include <vector>
+#include "activations.h"
+#include "common.h"
 
 namespace {
-
-constexpr int64_t kLanes = 16;
-constexpr int64_t kBlock = 1024;         // elements per float block
-constexpr int64_t kChunk = 1 << 16;      // elements per parallel task
-constexpr int64_t kSerialBelow = 1 << 16;  // total elements under which one thread works
-
-template <typename T>
-using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
-
-template <typename T>
-inline acc_t<T> load(const T* p, int64_t i) {
-  return static_cast<acc_t<T>>(p[i]);
-}
-
-// Sum of squares (double) and, with WithMax, max |x| over p[0..n).
-template <typename T, bool WithMax>
-void sumsq_max_range(const T* p, int64_t n, double& ss_out, double& mx_out) {
-  using A = acc_t<T>;
-  double ss = 0.0;
-  A mx = 0;
-  for (int64_t i = 0; i < n; i += kBlock) {
-    const int64_t m = std::min(kBlock, n - i);
-    A acc[kLanes] = {};
-    A mxl[kLanes] = {};
-    int64_t j = 0;
-    for (; j + kLanes <= m; j += kLanes) {
-#pragma omp simd
-      for (int64_t k = 0; k < kLanes; ++k) {
-        const A v = load(p, i + j + k);
-        acc[k] += v * v;
-        if constexpr (WithMax) {
-          const A a = std::fabs(v);
-          mxl[k] = a > mxl[k] ? a : mxl[k];
-        }
-      }
-    }
-    for (; j < m; ++j) {
-      const A v = load(p, i + j);
-      acc[0] += v * v;
-      if constexpr (WithMax) {
-        const A a = std::fabs(v);
-        mxl[0] = a > mxl[0] ? a : mxl[0];
-      }
-    }
-    double s = 0.0;
-    for (int64_t k = 0; k < kLanes; ++k) {
-      s += static_cast<double>(acc[k]);
-      if constexpr (WithMax) mx = mxl[k] > mx ? mxl[k] : mx;
-    }
-    ss += s;
-  }
-  ss_out = ss;
-  mx_out = static_cast<double>(mx);
-}
-
-struct Task {
-  int64_t t, start, len;
-};
-
-std::vector<Task> split(const std::vector<at::Tensor>& ts, int64_t& total) {
-  std::vector<Task> tasks;
-  total = 0;
-  for (int64_t i = 0; i < static_cast<int64_t>(ts.size()); ++i) {
-    const int64_t n = ts[i].numel();
-    total += n;
-    for (int64_t s = 0; s < n; s += kChunk) tasks.push_back({i, s, std::min(kChunk, n - s)});
-  }
-  return tasks;
-}
-
-template <typename F>
-void run_tasks(int64_t ntasks, int64_t total, const F& f) {
-  if (total < kSerialBelow || ntasks < 2) {
-    f(0, ntasks);
-  } else {
-    at::parallel_for(0, ntasks, 1, f);
-  }
-}
-
-void check_plain(const at::Tensor& t, const char* what) {
-  TORCH_CHECK(t.device().is_cpu() && t.layout() == at::kStrided && t.is_contiguous() &&
-                  at::isFloatingType(t.scalar_type()),
-              what, ": expected contiguous real floating CPU tensors");
-}
 
 // Per tensor: the L2 norm (float32) and, with with_max, max |x|; and the total sum of squares
 // (a Python float: whether every entry is finite is known without another pass).
@@ -179,17 +92,24 @@ void snapshot_take(const std::vector<at::Tensor>& ts, at::Tensor& snap) {
   }
   const int64_t item = snap.element_size();
   char* dst = static_cast<char*>(snap.data_ptr());
+  // a snapshot larger than a core's cache is read once, after the optimizer step: its stores
+  // bypass the cache, so that they neither read its lines first nor evict the weights
+  const bool stream = total * item >= gw_simd::kStreamBytes;
   run_tasks(static_cast<int64_t>(tasks.size()), total, [&](int64_t b, int64_t e) {
     for (int64_t k = b; k < e; ++k) {
       const Task& tk = tasks[k];
       const char* src = static_cast<const char*>(ts[tk.t].const_data_ptr());
-      std::memcpy(dst + (off[tk.t] + tk.start) * item, src + tk.start * item, tk.len * item);
+      gw_simd::copy(dst + (off[tk.t] + tk.start) * item, src + tk.start * item, tk.len * item,
+                    stream);
     }
   });
 }
 
 template <typename T>
 void diff_range(const T* w, const T* s, int64_t n, double& dw_out, double& w_out) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (gw_simd::diff(w, s, n, dw_out, w_out)) return;
+  }
   using A = acc_t<T>;
   double dsum = 0.0, wsum = 0.0;
   for (int64_t i = 0; i < n; i += kBlock) {
@@ -251,126 +171,6 @@ at::Tensor update_norms(const std::vector<at::Tensor>& ts, const at::Tensor& sna
   for (int64_t i = 0; i < P; ++i) {
     o[i] = static_cast<float>(std::sqrt(pd[i]));
     o[P + i] = static_cast<float>(std::sqrt(pw[i]));
-  }
-  return out;
-}
-
-// Sum, sum of squares and (with Sat) the count of entries with |x - centre| > thr.
-template <typename T, bool Sat>
-void act_sums(const T* p, int64_t n, acc_t<T> centre, acc_t<T> thr, double* out) {
-  using A = acc_t<T>;
-  double sum = 0.0, ss = 0.0, nsat = 0.0;
-  for (int64_t i = 0; i < n; i += kBlock) {
-    const int64_t m = std::min(kBlock, n - i);
-    A s[kLanes] = {}, q[kLanes] = {}, c[kLanes] = {};
-    int64_t j = 0;
-    for (; j + kLanes <= m; j += kLanes) {
-#pragma omp simd
-      for (int64_t k = 0; k < kLanes; ++k) {
-        const A v = load(p, i + j + k);
-        s[k] += v;
-        q[k] += v * v;
-        if constexpr (Sat) c[k] += std::fabs(v - centre) > thr ? A(1) : A(0);
-      }
-    }
-    for (; j < m; ++j) {
-      const A v = load(p, i + j);
-      s[0] += v;
-      q[0] += v * v;
-      if constexpr (Sat) c[0] += std::fabs(v - centre) > thr ? A(1) : A(0);
-    }
-    for (int64_t k = 0; k < kLanes; ++k) {
-      sum += s[k];
-      ss += q[k];
-      nsat += c[k];
-    }
-  }
-  out[0] = sum;
-  out[1] = ss;
-  out[2] = nsat;
-}
-
-// Activation families (gradwatch.stats.activation.FAMILY_CODE): 1 sigmoid, 2 tanh, 3 rectifier.
-template <typename T>
-void act_one(const at::Tensor& a, int64_t fam, int64_t unit_dim, bool detail, float* row) {
-  using A = acc_t<T>;
-  const T* p = a.const_data_ptr<T>();
-  const bool sat = detail && (fam == 1 || fam == 2);
-  const A centre = fam == 1 ? static_cast<A>(0.5) : static_cast<A>(0);
-  const A thr = fam == 1 ? static_cast<A>(0.47) : static_cast<A>(0.97);
-  double sums[3];
-  if (sat) {
-    act_sums<T, true>(p, a.numel(), centre, thr, sums);
-  } else {
-    act_sums<T, false>(p, a.numel(), centre, thr, sums);
-  }
-  const float nan = std::numeric_limits<float>::quiet_NaN();
-  row[0] = static_cast<float>(sums[0]);
-  row[1] = static_cast<float>(std::sqrt(sums[1]));
-  row[2] = sat ? static_cast<float>(sums[2]) : nan;
-  row[3] = (detail && fam == 3) ? 0.0f : nan;  // a rectifier without units: none dead
-  if (detail && fam == 3 && unit_dim >= 0) {
-    // dead units: never positive over every other dimension (a NaN counts as dead, as the
-    // NaN of amax does in the torch path)
-    const auto sizes = a.sizes();
-    int64_t outer = 1, inner = 1;
-    for (int64_t d = 0; d < unit_dim; ++d) outer *= sizes[d];
-    for (int64_t d = unit_dim + 1; d < a.dim(); ++d) inner *= sizes[d];
-    const int64_t U = sizes[unit_dim];
-    std::vector<uint8_t> alive(U, 0), bad(U, 0);
-    for (int64_t o = 0; o < outer; ++o) {
-      const T* base = p + o * U * inner;
-      if (inner == 1) {
-        for (int64_t u = 0; u < U; ++u) {
-          const A v = load(base, u);
-          alive[u] |= v > 0;
-          bad[u] |= v != v;
-        }
-      } else {
-        for (int64_t u = 0; u < U; ++u) {
-          const T* q = base + u * inner;
-          uint8_t al = 0, nn = 0;
-          for (int64_t i = 0; i < inner; ++i) {
-            const A v = load(q, i);
-            al |= v > 0;
-            nn |= v != v;
-          }
-          alive[u] |= al;
-          bad[u] |= nn;
-        }
-      }
-    }
-    int64_t dead = 0;
-    for (int64_t u = 0; u < U; ++u) dead += (!alive[u] || bad[u]) ? 1 : 0;
-    row[3] = static_cast<float>(dead);
-  }
-}
-
-// (n, 4) float32 per activation: [sum, L2 norm, saturated count, dead units] (NaN where a
-// column does not apply, or outside detail steps).
-at::Tensor act_stats(const std::vector<at::Tensor>& acts, const std::vector<int64_t>& fam,
-                     const std::vector<int64_t>& unit_dim, bool detail) {
-  const int64_t n = static_cast<int64_t>(acts.size());
-  TORCH_CHECK(static_cast<int64_t>(fam.size()) == n && static_cast<int64_t>(unit_dim.size()) == n,
-              "act_stats: one family and one unit dimension per activation");
-  int64_t total = 0;
-  for (const auto& a : acts) {
-    check_plain(a, "act_stats");
-    total += a.numel();
-  }
-  at::Tensor out = at::empty({n, 4}, at::kFloat);
-  float* o = out.data_ptr<float>();
-  auto work = [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, acts[i].scalar_type(), "act", [&] {
-        act_one<scalar_t>(acts[i], fam[i], unit_dim[i], detail, o + 4 * i);
-      });
-    }
-  };
-  if (total < kSerialBelow || n < 2) {
-    work(0, n);
-  } else {
-    at::parallel_for(0, n, 1, work);
   }
   return out;
 }
@@ -457,10 +257,17 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("update_norms", &update_norms, "||snapshot - w|| and ||w|| per tensor");
   m.def("act_stats", &act_stats, "[sum, norm, saturated, dead units] per activation");
   m.def("hook_sumsq", &hook_sumsq, "a C++ gradient hook adding ||grad||^2 into a slot");
+  m.def("isa", &gw_simd::isa, "the float32 vector code in use: 0 portable, 1 AVX2, 2 AVX-512");
+  m.def("set_isa", &gw_simd::set_isa, "use at most this vector code (0, 1, 2); returns it");
   py::class_<ParamGrads>(m, "ParamGrads")
       .def(py::init<std::vector<at::Tensor>>())
       .def("sumsq_max", &ParamGrads::sumsq_max_of,
            "sumsq_max of every parameter's .grad, or None if one has none");
+  py::class_<ActPlan>(m, "ActPlan")
+      .def(py::init<std::vector<int64_t>, const std::vector<at::Tensor>&, std::vector<int64_t>,
+                    std::vector<int64_t>, bool>())
+      .def("run", &ActPlan::run,
+           "reduce a step's kept activations into their rows if they repeat the plan");
   py::class_<LayerOutputHook>(m, "LayerOutputHook")
       .def(py::init<at::Tensor, at::Tensor, py::object>())
       .def_readwrite("step", &LayerOutputHook::step)
