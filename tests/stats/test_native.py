@@ -194,6 +194,10 @@ def test_the_cpp_gradient_hook_adds_squares_per_step(nat):
     z.sum().backward()
     assert stamp.tolist() == [-1, 8, -1] and float(sq[1]) == pytest.approx(20.0)
     assert float(sq[0]) == 0.0 and float(sq[2]) == 0.0
+    layers, vals = nat.stamped(sq, stamp, 8)  # the slots written at step 8, and their sums
+    assert layers == [1] and vals.dtype == torch.float32 and vals.tolist() == [sq[1].item()]
+    layers, vals = nat.stamped(sq, stamp, 7)
+    assert layers == [] and vals.shape == (0,)
 
 
 def test_the_layer_output_listener_hangs_the_hook_or_hands_back(nat):
@@ -238,3 +242,16 @@ def test_switched_off_by_the_environment(monkeypatch, nat):
     assert native.refresh() is None and native.get() is None  # each Monitor reads it
     monkeypatch.setenv(native.ENV, "1")
     assert native.refresh() is nat
+
+
+@pytest.mark.parametrize("detail", [True, False])
+def test_activation_rows_come_back_flat_with_norms_squared(nat, detail):
+    buf = torch.arange(24, dtype=torch.float32).reshape(6, 4)
+    got = nat.act_rows(buf, [4, 1], detail)
+    want = buf[[4, 1]].clone()
+    want[:, 1] = want[:, 1].square()
+    if not detail:
+        want[:, 2:] = float("nan")
+    torch.testing.assert_close(got, want.reshape(-1), equal_nan=True)
+    with pytest.raises(RuntimeError, match="out of range"):
+        nat.act_rows(buf, [6], detail)

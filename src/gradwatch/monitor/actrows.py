@@ -62,3 +62,13 @@ class CompiledRows:
     def repeat(self, pend: list[tuple], detail: bool, buf: torch.Tensor | None) -> bool:
         """Reduce ``pend`` ((row, tensor, version when kept)) if it repeats the plan."""
         return self.plan is not None and buf is not None and self.plan.run(pend, detail, buf)
+
+    def gather(self, buf: torch.Tensor | None, rows: list[int], detail: bool) -> Any:
+        """Rows ``rows`` of ``buf`` flat, norms squared, columns 2-3 NaN outside detail steps.
+
+        None when the kernels do not take the buffer (the caller gathers with torch).
+        """
+        nat = self.kernels(buf)
+        if nat is None or not hasattr(nat, "act_rows"):
+            return None
+        return nat.act_rows(buf, rows, detail)

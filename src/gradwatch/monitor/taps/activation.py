@@ -269,17 +269,22 @@ class ActivationTap(Tap):
         """The rows written this step as one ``act`` block."""
         if self.pending:
             self.reduce()  # a submodule ran without the model's own forward
-        got = self.buf.gather(self.ctx.index)
-        if got is None:
+        rows = self.buf.called
+        if not rows or self.buf.buf is None:
             return
-        rows, vals = got
-        vals[:, 1] = vals[:, 1].square()
-        if not self.detail:
-            vals[:, 2:] = float("nan")
-        for row, extra in self.buf.extra.items():
-            j = rows.index(row)
-            vals[j] = vals[j] + extra
-        rec.emit("act", self.repeat.key(rows, self.row_meta, self.counts), vals.reshape(-1))
+        flat = self.compiled.gather(self.buf.buf, rows, self.detail)  # one call, on CPU
+        if flat is None:
+            vals = self.buf.buf.index_select(0, self.ctx.index(rows, self.buf.buf.device))
+            vals[:, 1] = vals[:, 1].square()
+            if not self.detail:
+                vals[:, 2:] = float("nan")
+            flat = vals.reshape(-1)
+        if self.buf.extra:
+            vals = flat.view(-1, 4)
+            for row, extra in self.buf.extra.items():
+                j = rows.index(row)
+                vals[j] = vals[j] + extra
+        rec.emit("act", self.repeat.key(rows, self.row_meta, self.counts), flat)
 
     def remove(self) -> None:
         """Remove the hooks and drop the kept activations and stacking buffers."""

@@ -194,15 +194,17 @@ class BackpropTap(Tap):
                 sq[j] = sq[j] + extra
             parts.append(sq)
         if self.cpp_used:  # the compiled hooks' layers (a CPU tensor: no device sync)
-            done = (self.sq_step == self.step).nonzero().flatten().tolist()
+            done, got_sq = self.stamped()
             both = [li for li in done if li in layers]  # outputs on both kinds of hook
             for li in both:
                 j = layers.index(li)
                 parts[0][j] = parts[0][j] + self.sq[li].to(parts[0].device)
-            done = [li for li in done if li not in both] if both else done
+            if both:
+                keep = [k for k, li in enumerate(done) if li not in both]
+                done, got_sq = [done[k] for k in keep], got_sq[keep]
             if done:
                 layers = [*layers, *done]
-                parts.append(self.sq[done].to(parts[0].device if parts else "cpu"))
+                parts.append(got_sq.to(parts[0].device) if parts else got_sq)
         if not parts:
             return
         sq = torch.cat(parts) if len(parts) > 1 else parts[0]
@@ -213,6 +215,14 @@ class BackpropTap(Tap):
             self.tp.emit_squares(rec, "shard_bp", tuple(layers), sq)
             return
         rec.emit("bp", tuple(layers), sq.sqrt())
+
+    def stamped(self) -> tuple[list[int], torch.Tensor]:
+        """(layers, sums of squares) of the compiled hooks' slots written at this step."""
+        nat = native.get()
+        if nat is not None and hasattr(nat, "stamped"):
+            return nat.stamped(self.sq, self.sq_step, self.step)  # one call, no torch ops
+        done = (self.sq_step == self.step).nonzero().flatten().tolist()
+        return done, self.sq[done]
 
     def remove(self) -> None:
         """Forget the listeners."""

@@ -52,7 +52,7 @@ class ScalarTap(Tap):
     def on_loss(self, value: torch.Tensor, step: int | None) -> None:
         """Keep the pending step's loss, or emit a loss given after its step closed."""
         if step is not None:  # the step optimizer.step() just closed
-            self.ctx.emit(step, "loss", (), value.to(F32).reshape(1))
+            self.ctx.emit(step, "loss", (), value)  # made float32 and flat at the flush
         elif self.recorded:
             self.losses.append(value)
 

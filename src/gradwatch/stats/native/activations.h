@@ -138,6 +138,28 @@ at::Tensor act_stats(const std::vector<at::Tensor>& acts, const std::vector<int6
   return out;
 }
 
+// Rows `rows` of the (rows, 4) buffer as one flat (n * 4) float32 tensor, with the norm column
+// squared, and the saturated and dead-unit columns NaN outside detail steps.
+at::Tensor act_rows(const at::Tensor& buf, const std::vector<int64_t>& rows, bool detail) {
+  TORCH_CHECK(buf.device().is_cpu() && buf.scalar_type() == at::kFloat && buf.is_contiguous() &&
+                  buf.dim() == 2 && buf.size(1) == 4,
+              "act_rows: expected a contiguous (rows, 4) float32 CPU buffer");
+  const int64_t n = static_cast<int64_t>(rows.size());
+  at::Tensor out = at::empty({4 * n}, at::kFloat);
+  const float* b = buf.const_data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  for (int64_t i = 0; i < n; ++i) {
+    TORCH_CHECK(rows[i] >= 0 && rows[i] < buf.size(0), "act_rows: row out of range");
+    const float* r = b + 4 * rows[i];
+    o[4 * i] = r[0];
+    o[4 * i + 1] = r[1] * r[1];
+    o[4 * i + 2] = detail ? r[2] : nan;
+    o[4 * i + 3] = detail ? r[3] : nan;
+  }
+  return out;
+}
+
 // A step's kept activations as a plan: their rows, sizes, families and unit dimensions.
 // run() reduces a later step's kept activations straight into their rows of the (rows, 4)
 // buffer when they repeat the plan: the same rows in the same order, the same sizes, none

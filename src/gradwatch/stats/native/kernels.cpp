@@ -220,6 +220,22 @@ void hook_sumsq(const at::Tensor& out, at::Tensor sq, at::Tensor stamp, int64_t 
   hang_sumsq(out, sq, stamp, li, step);
 }
 
+// The slots of hook_sumsq written at step `step`: (their indices, their sums as float32).
+py::tuple stamped(const at::Tensor& sq, const at::Tensor& stamp, int64_t step) {
+  check_slots(sq, stamp, 0);
+  const int64_t n = std::min(sq.numel(), stamp.numel());
+  const int64_t* st = stamp.const_data_ptr<int64_t>();
+  const float* s = sq.const_data_ptr<float>();
+  std::vector<int64_t> idx;
+  for (int64_t i = 0; i < n; ++i) {
+    if (st[i] == step) idx.push_back(i);
+  }
+  at::Tensor vals = at::empty({static_cast<int64_t>(idx.size())}, at::kFloat);
+  float* v = vals.data_ptr<float>();
+  for (size_t k = 0; k < idx.size(); ++k) v[k] = s[idx[k]];
+  return py::make_tuple(py::cast(idx), vals);
+}
+
 // The layer-output listener of the back-propagated norm, called as fn(li, out) by the
 // per-layer forward hook: a dense real floating CPU tensor that requires grad (grad mode on)
 // gets the C++ gradient hook of hook_sumsq with no Python frame; one that does not require
@@ -257,12 +273,14 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("update_norms", &update_norms, "||snapshot - w|| and ||w|| per tensor");
   m.def("act_stats", &act_stats, "[sum, norm, saturated, dead units] per activation");
   m.def("hook_sumsq", &hook_sumsq, "a C++ gradient hook adding ||grad||^2 into a slot");
+  m.def("stamped", &stamped, "(indices, float32 sums) of the hook slots stamped with a step");
   m.def("isa", &gw_simd::isa, "the float32 vector code in use: 0 portable, 1 AVX2, 2 AVX-512");
   m.def("set_isa", &gw_simd::set_isa, "use at most this vector code (0, 1, 2); returns it");
   py::class_<ParamGrads>(m, "ParamGrads")
       .def(py::init<std::vector<at::Tensor>>())
       .def("sumsq_max", &ParamGrads::sumsq_max_of,
            "sumsq_max of every parameter's .grad, or None if one has none");
+  m.def("act_rows", &act_rows, "rows of the activation buffer, flat, norms squared");
   py::class_<ActPlan>(m, "ActPlan")
       .def(py::init<std::vector<int64_t>, const std::vector<at::Tensor>&, std::vector<int64_t>,
                     std::vector<int64_t>, bool>())
