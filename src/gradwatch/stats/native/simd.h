@@ -273,6 +273,18 @@ __attribute__((target("avx2,fma"))) void diff_256(const float* w, const float* s
   q_out = qsum;
 }
 
+// Copy n floats; the stores bypass the cache.
+__attribute__((target("avx2"))) void stream_copy_256(float* d, const float* s, int64_t n) {
+  int64_t j = 0;
+  while (j < n && (reinterpret_cast<uintptr_t>(d + j) & 31) != 0) {
+    d[j] = s[j];
+    ++j;
+  }
+  for (; j + 8 <= n; j += 8) _mm256_stream_ps(d + j, _mm256_loadu_ps(s + j));
+  for (; j < n; ++j) d[j] = s[j];
+  _mm_sfence();
+}
+
 #endif  // GW_SIMD_X86
 
 // ---- the entry points: false when no vector version runs here (the caller's loop runs) ---
@@ -320,8 +332,10 @@ inline bool sums(const float* p, int64_t n, bool sat, float centre, float thr, d
 // Copy `bytes` bytes; `stream`: the destination is not read again soon (skip the cache).
 inline void copy(void* dst, const void* src, int64_t bytes, bool stream) {
 #ifdef GW_SIMD_X86
-  if (stream && isa() == kAvx512 && bytes % 4 == 0) {
-    stream_copy_512(static_cast<float*>(dst), static_cast<const float*>(src), bytes / 4);
+  if (stream && isa() != kPortable && bytes % 4 == 0) {
+    auto* d = static_cast<float*>(dst);
+    const auto* s = static_cast<const float*>(src);
+    isa() == kAvx512 ? stream_copy_512(d, s, bytes / 4) : stream_copy_256(d, s, bytes / 4);
     return;
   }
 #endif
