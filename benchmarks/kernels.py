@@ -46,8 +46,9 @@ def bench(name: str, iters: int) -> dict[str, float]:
     flat = torch.empty(sum(p.numel() for p in params))
     jobs = [("floor: torch._foreach_norm", None, "foreach")]
     for k in isas:
-        jobs += [(f"sumsq ({ISA_NAMES[k]})", k, "sumsq"), (f"sumsq + max ({ISA_NAMES[k]})", k, "max"),
-                 (f"snapshot + update norms ({ISA_NAMES[k]})", k, "update")]
+        name = ISA_NAMES[k]
+        jobs += [(f"sumsq ({name})", k, "sumsq"), (f"sumsq + max ({name})", k, "max"),
+                 (f"snapshot + update norms ({name})", k, "update")]
     times: dict[str, list[float]] = {label: [] for label, _, _ in jobs}
     tick = time.perf_counter
     try:
