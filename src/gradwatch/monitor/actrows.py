@@ -28,6 +28,7 @@ class CompiledRows:
     def __init__(self, index: Callable[[list[int], torch.device], torch.Tensor]):
         self.index = index
         self.plan: Any = None  # the kernels' ActPlan of the last step learnt
+        self.counts: dict[int, list[int]] = {}  # that step's [elements, units] per row
 
     @staticmethod
     def kernels(buf: torch.Tensor | None) -> Any:
@@ -49,18 +50,23 @@ class CompiledRows:
         return True
 
     def learn(self, rows: list[int], acts: list[torch.Tensor], codes: list[int],
-              dims: list[int], detail: bool, buf: torch.Tensor) -> None:
-        """Keep this step's pass as the plan the next steps are checked against."""
+              dims: list[int], detail: bool, buf: torch.Tensor,
+              counts: dict[int, list[int]]) -> None:
+        """Keep this step's pass (and its rows' counts) as the plan the next steps repeat."""
         nat = self.kernels(buf)
         self.plan = None
         if nat is not None and hasattr(nat, "ActPlan"):
             try:
                 self.plan = nat.ActPlan(rows, acts, codes, dims, detail)
+                self.counts = {r: counts[r] for r in rows}
             except (RuntimeError, TypeError):
                 self.plan = None
 
     def repeat(self, pend: list[tuple], detail: bool, buf: torch.Tensor | None) -> bool:
-        """Reduce ``pend`` ((row, tensor, version when kept)) if it repeats the plan."""
+        """Reduce ``pend`` ((row, tensor, version when kept)) if it repeats the plan.
+
+        Its rows' counts are then ``self.counts``.
+        """
         return self.plan is not None and buf is not None and self.plan.run(pend, detail, buf)
 
     def gather(self, buf: torch.Tensor | None, rows: list[int], detail: bool) -> Any:

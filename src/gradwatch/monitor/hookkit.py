@@ -175,45 +175,16 @@ class RowBuffer:
 
 
 class RepeatPlan:
-    """The per-row plan of the last step's kept tensors, reused while the passes repeat.
+    """The block key of the last step's rows, reused while the rows and their counts repeat.
 
-    The steady state of training: each step's forward pass keeps the same rows, with the
-    same shapes, none changed in place. Then each row's family code, unit dimension and
-    counts, and the step's block key, are the last step's, and the step costs no Python
-    work per tensor.
+    The steady state of training: each step's forward pass keeps the same rows with the same
+    counts, so the step's block key is the last step's and costs no Python work per row.
     """
 
-    __slots__ = ("_key", "_plan")
+    __slots__ = ("_key",)
 
     def __init__(self) -> None:
-        self._plan: tuple | None = None
         self._key: tuple | None = None
-
-    def match(self, pend: list[tuple], detail: bool) -> tuple | None:
-        """(rows, tensors, codes, dims, counts) if ``pend`` repeats the kept plan, else None.
-
-        ``pend``: (row, tensor, its version when kept) in the order the hooks kept them.
-        """
-        plan = self._plan
-        if plan is None or plan[2] != detail:
-            return None
-        rows = [p[0] for p in pend]
-        if rows != plan[0]:
-            return None
-        acts = [p[1] for p in pend]
-        if [a.shape for a in acts] != plan[1] or any(a._version != v for _, a, v in pend):
-            return None
-        return rows, acts, plan[3], plan[4], plan[5]
-
-    def kept_counts(self) -> dict[int, list[int]]:
-        """The kept plan's counts per row (its step's ``counts``)."""
-        return self._plan[5] if self._plan is not None else {}
-
-    def keep(self, rows: list[int], acts: list[torch.Tensor], detail: bool, codes: list[int],
-             dims: list[int], counts: dict[int, list[int]]) -> None:
-        """Keep the plan of a step whose every kept tensor was reduced in one call."""
-        self._plan = (rows, [a.shape for a in acts], detail, codes, dims,
-                      {r: counts[r] for r in rows})
 
     def key(self, rows: list[int], meta: list[tuple], counts: dict[int, list[int]]) -> tuple:
         """The block key ``((*meta[r], *counts[r]) for r in rows)``, the last one if equal."""

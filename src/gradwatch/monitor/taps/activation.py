@@ -68,7 +68,7 @@ class ActivationTap(Tap):
         self.channels_first = [isinstance(ly.module, _CONV) for ly in ctx.layers]
         self.on = self.detail = False
         self.step = -1
-        self.repeat = RepeatPlan()  # the last step's per-row plan, while passes repeat
+        self.repeat = RepeatPlan()  # the last step's block key, while the rows repeat
         self.compiled = CompiledRows(ctx.index)  # rows by the compiled kernels (CPU)
         self.hooks = HookSet()
         acts = ctx.activations if self.needed else []
@@ -176,15 +176,9 @@ class ActivationTap(Tap):
     def _reduce(self, pend: list[tuple]) -> None:
         """Reduce the kept activations: all at once (compiled), or by shape group (torch)."""
         buf = self.buf.buf
-        if self.compiled.plan is not None:  # checked and reduced in one compiled call
-            if self.compiled.repeat(pend, self.detail, buf):
-                self.counts.update(self.repeat.kept_counts())  # the last step's pass again
-                return
-        else:
-            got = self.repeat.match(pend, self.detail)
-            if got is not None and self.compiled.into(buf, *got[:4], self.detail):
-                self.counts.update(got[4])  # the same pass as the last step's: its plan
-                return
+        if self.compiled.repeat(pend, self.detail, buf):  # checked and reduced in one call
+            self.counts.update(self.compiled.counts)  # the learnt step's pass again
+            return
         keep = []
         counts, info, detail = self.counts, self.row_info, self.detail
         for row, a, version in pend:
@@ -202,8 +196,7 @@ class ActivationTap(Tap):
         rows, acts, codes, dims = ([it[i] for it in keep] for i in (0, 1, 5, 6))
         if not keep or self.compiled.into(buf, rows, acts, codes, dims, detail):
             if keep and len(keep) == len(pend):  # the next steps' passes may repeat this one
-                self.repeat.keep(rows, acts, detail, codes, dims, counts)
-                self.compiled.learn(rows, acts, codes, dims, detail, buf)
+                self.compiled.learn(rows, acts, codes, dims, detail, buf, counts)
             return
         groups: dict[tuple, list[tuple[int, torch.Tensor]]] = {}
         for row, a, _, fam, cf, _, _ in keep:

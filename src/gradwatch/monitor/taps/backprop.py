@@ -62,6 +62,7 @@ class BackpropTap(Tap):
         self.sq = torch.zeros(n, dtype=F32)  # the compiled hooks' sums of squares, per layer
         self.sq_step = torch.full((n,), -1, dtype=torch.long)  # the step each slot is of
         self.cpp_hook: Any = None  # native hook_sumsq at this step, or None
+        self.cpp_stamped: Any = None  # native stamped (its slots' read-back) at this step
         self.cpp_used = False
         self.tp: TensorParallelShares | None = None  # under tensor parallelism (set lazily)
         self.cpp_listener: Any = None  # the compiled layer-output listener (made once)
@@ -86,6 +87,7 @@ class BackpropTap(Tap):
             self.tp = TensorParallelShares(self.ctx, "backprop_norm")
         nat = native.get() if self.record and not self.listening and self.tp is None else None
         self.cpp_hook = nat.hook_sumsq if nat is not None else None
+        self.cpp_stamped = nat.stamped if nat is not None else None  # read back at collect
         self.cpp_used = False
         self.layer_output_fn = None
         if nat is not None and hasattr(nat, "LayerOutputHook"):
@@ -194,7 +196,8 @@ class BackpropTap(Tap):
                 sq[j] = sq[j] + extra
             parts.append(sq)
         if self.cpp_used:  # the compiled hooks' layers (a CPU tensor: no device sync)
-            done, got_sq = self.stamped()
+            # the slots written at this step and their sums of squares, in one compiled call
+            done, got_sq = self.cpp_stamped(self.sq, self.sq_step, self.step)
             both = [li for li in done if li in layers]  # outputs on both kinds of hook
             for li in both:
                 j = layers.index(li)
@@ -215,14 +218,6 @@ class BackpropTap(Tap):
             self.tp.emit_squares(rec, "shard_bp", tuple(layers), sq)
             return
         rec.emit("bp", tuple(layers), sq.sqrt())
-
-    def stamped(self) -> tuple[list[int], torch.Tensor]:
-        """(layers, sums of squares) of the compiled hooks' slots written at this step."""
-        nat = native.get()
-        if nat is not None and hasattr(nat, "stamped"):
-            return nat.stamped(self.sq, self.sq_step, self.step)  # one call, no torch ops
-        done = (self.sq_step == self.step).nonzero().flatten().tolist()
-        return done, self.sq[done]
 
     def remove(self) -> None:
         """Forget the listeners."""

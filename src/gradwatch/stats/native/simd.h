@@ -7,8 +7,9 @@
 // fused torch kernels do or better: 64 float lanes in independent accumulators (4 vectors of
 // 16, or 8 of 8), so that the loads, not the adds, set the pace.
 //
-// Precision is the portable loops': each lane sums 64 elements of a block of 4096 in float,
-// and the blocks are added in double. NaN and Inf propagate into the sums as they do there;
+// Precision is the portable loops': each lane sums 64 elements of a block of 4096 in float
+// (128 in AVX2's update norms, which keep 32 lanes for each of their two sums), and the
+// blocks are added in double. NaN and Inf propagate into the sums as they do there;
 // max |x| ignores NaN (the callers test the sum of squares for it).
 #pragma once
 
